@@ -1,0 +1,220 @@
+"""Devices and array modules: the only place in gpunet that imports CuPy.
+
+Everything else takes its array module ``xp`` from the arrays it is given
+(:func:`get_array_module`), so one implementation serves NumPy and CuPy.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from types import ModuleType
+
+import numpy
+
+try:  # CuPy is optional; a broken install counts as missing, with its reason.
+    import cupy as _cupy
+
+    _CUPY_IMPORT_ERROR: str | None = None
+except Exception as exc:  # noqa: BLE001 - any import failure means "no CuPy"
+    _cupy = None
+    _CUPY_IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
+
+__all__ = [
+    "Device", "DeviceError", "DeviceFallbackWarning", "set_device", "get_device",
+    "get_array_module", "common_array_module", "to_device", "to_numpy",
+    "manual_seed", "generator", "cuda_unavailable_reason", "resolve_device", "device_of",
+]
+
+
+class DeviceError(RuntimeError):
+    """A requested device cannot be used; the message says why."""
+
+
+class DeviceFallbackWarning(RuntimeWarning):
+    """``"auto"`` chose the CPU because CUDA is not usable."""
+
+
+@dataclass(frozen=True)
+class Device:
+    """A place where arrays live: ``Device("cpu")`` or ``Device("cuda", 0)``."""
+
+    kind: str
+    index: int = 0
+
+    @property
+    def name(self) -> str:
+        return "cpu" if self.kind == "cpu" else f"cuda:{self.index}"
+
+    @property
+    def xp(self) -> ModuleType:
+        return numpy if self.kind == "cpu" else _cupy
+
+    def synchronize(self) -> None:
+        """Wait for queued GPU work (a no-op on the CPU); benchmarks need it."""
+        if self.kind == "cuda":
+            with _cupy.cuda.Device(self.index):
+                _cupy.cuda.get_current_stream().synchronize()
+
+    def __str__(self) -> str:
+        return self.name
+
+
+CPU = Device("cpu")
+
+
+def _parse(spec: str | Device) -> Device | None:
+    """``Device`` for a spec, or ``None`` for ``"auto"``; ``ValueError`` if malformed."""
+    if isinstance(spec, Device):
+        return spec
+    if not isinstance(spec, str):
+        raise TypeError(f"device: expected a str or Device, got {type(spec).__name__}")
+    text = spec.strip().lower()
+    if text == "auto":
+        return None
+    if text == "cpu":
+        return CPU
+    if text == "cuda":
+        return Device("cuda", 0)
+    if text.startswith("cuda:") and text[5:].isdigit():
+        return Device("cuda", int(text[5:]))
+    raise ValueError(
+        f"device: expected 'cpu', 'cuda', 'cuda:N' or 'auto', got {spec!r}")
+
+
+def cuda_unavailable_reason(index: int = 0) -> str | None:
+    """Why ``cuda:index`` cannot be used, or ``None`` when it can."""
+    if _cupy is None:
+        if _CUPY_IMPORT_ERROR and "No module named 'cupy'" not in _CUPY_IMPORT_ERROR:
+            return f"CuPy failed to import ({_CUPY_IMPORT_ERROR})"
+        return "CuPy is not installed (pip install 'gpunet[cuda13]' or 'gpunet[cuda12]')"
+    try:
+        count = _cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # noqa: BLE001 - CUDARuntimeError, missing libcuda, ...
+        return f"the CUDA driver is not usable ({exc})"
+    if count == 0:
+        return "no CUDA device was found"
+    if index >= count:
+        return f"cuda:{index} was requested but only {count} CUDA device(s) exist"
+    return None
+
+
+def resolve_device(spec: str | Device) -> Device:
+    """The ``Device`` for a spec, checking that CUDA is usable (``"auto"`` may fall back)."""
+    device = _parse(spec)
+    if device is None:
+        reason = cuda_unavailable_reason(0)
+        if reason is None:
+            return Device("cuda", 0)
+        warnings.warn(f"gpunet: using the CPU because {reason}",
+                      DeviceFallbackWarning, stacklevel=3)
+        return CPU
+    if device.kind == "cuda":
+        reason = cuda_unavailable_reason(device.index)
+        if reason is not None:
+            raise DeviceError(f"cannot use {device.name}: {reason}")
+    return device
+
+
+# GPUNET_DEVICE is read once, here; it is resolved on first use so that
+# ``import gpunet`` never touches a GPU driver.
+_ENV_SPEC = os.environ.get("GPUNET_DEVICE", "auto")
+_current: Device | None = None
+
+
+def set_device(spec: str | Device) -> Device:
+    """Make ``spec`` ("cpu", "cuda", "cuda:N", "auto") the current device and return it.
+
+    Only ``"auto"`` falls back to the CPU (warning why); ``"cuda"`` without a
+    usable GPU raises :class:`DeviceError`.
+    """
+    global _current
+    _current = resolve_device(spec)
+    return _current
+
+
+def get_device() -> Device:
+    """The current device (``$GPUNET_DEVICE`` or ``"auto"`` until set)."""
+    if _current is None:
+        try:
+            return set_device(_ENV_SPEC)
+        except ValueError as exc:
+            raise ValueError(f"GPUNET_DEVICE: {exc}") from None
+    return _current
+
+
+def _is_cupy_array(x) -> bool:
+    return _cupy is not None and isinstance(x, _cupy.ndarray)
+
+
+def get_array_module(*arrays) -> ModuleType:
+    """``cupy`` if any argument is a CuPy array, else ``numpy``."""
+    return _cupy if any(_is_cupy_array(a) for a in arrays) else numpy
+
+
+def device_of(x) -> Device:
+    """The device an array lives on."""
+    return Device("cuda", x.device.id) if _is_cupy_array(x) else CPU
+
+
+def common_array_module(**named) -> ModuleType:
+    """The array module shared by the named arrays (``None`` values are skipped).
+
+    Raises ``TypeError`` naming both sides when CPU and GPU arrays are mixed.
+    """
+    first_name, first_device = None, None
+    for name, array in named.items():
+        if array is None:
+            continue
+        device = device_of(array)
+        if first_device is None:
+            first_name, first_device = name, device
+        elif device != first_device:
+            raise TypeError(
+                f"{first_name} is on {first_device} but {name} is on {device}: "
+                "move them to one device (gpunet.to_device or Module.to)")
+    return CPU.xp if first_device is None else first_device.xp
+
+
+def to_device(x, device: str | Device):
+    """``x`` as an array on ``device`` (no copy when it is already there)."""
+    target = resolve_device(device)
+    if target.kind == "cpu":
+        return to_numpy(x)
+    if target.kind == "cuda" and _cupy is None:
+        raise DeviceError(f"cannot use {target.name}: {cuda_unavailable_reason()}")
+    with _cupy.cuda.Device(target.index):
+        return _cupy.asarray(x)
+
+
+def to_numpy(x) -> numpy.ndarray:
+    """``x`` as a NumPy array (copies GPU arrays to the host)."""
+    if _is_cupy_array(x):
+        return x.get()
+    return numpy.asarray(x)
+
+
+# Randomness: one seeded generator per array module, so that a seed fixes
+# initialisation, dropout masks and shuffling on both backends.
+_seed: int | None = None
+_generators: dict = {}
+
+
+def manual_seed(seed: int) -> None:
+    """Seed every random stream gpunet uses (initialisation, dropout, shuffling)."""
+    global _seed
+    if not isinstance(seed, (int, numpy.integer)) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"manual_seed: expected a non-negative int, got {seed!r}")
+    _seed = int(seed)
+    _generators.clear()
+
+
+def generator(xp: ModuleType = numpy):
+    """The generator for ``xp`` (``numpy.random.Generator`` or CuPy's), seeded by
+    :func:`manual_seed` or, before any call to it, from fresh OS entropy."""
+    global _seed
+    if _seed is None:
+        _seed = int(numpy.random.SeedSequence().entropy % 2**63)
+    if xp not in _generators:
+        _generators[xp] = xp.random.default_rng(_seed)
+    return _generators[xp]

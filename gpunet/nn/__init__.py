@@ -1,0 +1,14 @@
+"""Layers with explicit ``forward``/``backward``; PyTorch names and state-dict keys."""
+from .activation import Flatten, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
+from .conv import Conv2d
+from .dropout import Dropout
+from .linear import Linear
+from .module import Module, Parameter, Sequential
+from .normalization import BatchNorm1d, BatchNorm2d, LocalResponseNorm
+from .pooling import AvgPool2d, MaxPool2d
+
+__all__ = [
+    "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Conv2d", "Dropout", "Flatten", "LeakyReLU",
+    "Linear", "LocalResponseNorm", "MaxPool2d", "Module", "Parameter", "ReLU", "Sequential",
+    "Sigmoid", "Softmax", "Tanh",
+]

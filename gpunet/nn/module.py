@@ -1,0 +1,244 @@
+"""``Parameter``, ``Module`` and ``Sequential``: explicit forward/backward, no tape.
+
+A layer registers its parameters, buffers and submodules by assigning them as
+attributes; ``state_dict`` keys follow PyTorch (``0.weight``, ``1.running_mean``).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy
+
+from .. import _checks
+from ..backend import Device, device_of, get_array_module, resolve_device, to_device, to_numpy
+
+
+class Parameter:
+    """A learnable array ``data`` and the gradient ``grad`` accumulated into it.
+
+    ``decay`` says whether L2 weight decay applies; by default weights (two or
+    more axes) decay and biases/batch-norm vectors do not.
+    """
+
+    __slots__ = ("data", "grad", "name", "decay")
+
+    def __init__(self, data, name: str | None = None, decay: bool | None = None):
+        _checks.float_array("Parameter", "data", data)
+        self.data = data
+        self.grad = get_array_module(data).zeros_like(data)
+        self.name = name
+        self.decay = data.ndim > 1 if decay is None else bool(decay)
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.data.shape)
+
+    def __repr__(self) -> str:
+        return (f"Parameter(name={self.name!r}, shape={self.shape}, "
+                f"dtype={self.data.dtype.name}, device={device_of(self.data)})")
+
+
+class Module:
+    """Base class of every layer and model.
+
+    Subclasses call ``super().__init__()`` first, then assign ``Parameter``s,
+    submodules and (through :meth:`register_buffer`) buffers as attributes, and
+    implement ``forward(x)`` and ``backward(dy)``. ``backward`` returns the
+    gradient with respect to the input and adds (``+=``) into each ``.grad``.
+    """
+
+    def __init__(self):
+        object.__setattr__(self, "_param_names", [])
+        object.__setattr__(self, "_buffer_names", [])
+        object.__setattr__(self, "_module_names", [])
+        object.__setattr__(self, "training", True)
+
+    # -- registration ---------------------------------------------------------
+    def __setattr__(self, name, value):
+        if "_param_names" not in self.__dict__:
+            raise AttributeError(
+                f"{type(self).__name__}: call super().__init__() before assigning "
+                f"attribute {name!r}")
+        for names, kind in ((self._param_names, Parameter), (self._module_names, Module)):
+            if isinstance(value, kind):
+                if name not in names:
+                    names.append(name)
+            elif name in names:
+                names.remove(name)
+        if isinstance(value, Parameter) and value.name is None:
+            value.name = name
+        object.__setattr__(self, name, value)
+
+    def register_buffer(self, name: str, array) -> None:
+        """A non-learnable array saved in ``state_dict`` and moved by ``to``."""
+        if name not in self._buffer_names:
+            self._buffer_names.append(name)
+        setattr(self, name, array)
+
+    # -- the computation -------------------------------------------------------
+    def forward(self, x):
+        raise NotImplementedError(f"{type(self).__name__} must implement forward(x)")
+
+    def backward(self, dy):
+        raise NotImplementedError(f"{type(self).__name__} must implement backward(dy)")
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    _ctx = None  # what forward saved for backward, in the built-in layers
+
+    def _saved(self):
+        if self._ctx is None:
+            raise RuntimeError(f"{type(self).__name__}.backward was called before forward")
+        return self._ctx
+
+    # -- traversal ----------------------------------------------------------------
+    def named_children(self) -> Iterator[tuple[str, Module]]:
+        for name in self._module_names:
+            yield name, getattr(self, name)
+
+    def children(self) -> Iterator[Module]:
+        for _, module in self.named_children():
+            yield module
+
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
+        yield prefix, self
+        for name, child in self.named_children():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def modules(self) -> Iterator[Module]:
+        for _, module in self.named_modules():
+            yield module
+
+    def _named_members(self, attr: str) -> Iterator[tuple[str, object]]:
+        for prefix, module in self.named_modules():
+            for name in getattr(module, attr):
+                yield (f"{prefix}.{name}" if prefix else name), getattr(module, name)
+
+    def named_parameters(self) -> Iterator[tuple[str, Parameter]]:
+        yield from self._named_members("_param_names")
+
+    def parameters(self) -> list[Parameter]:
+        return [p for _, p in self.named_parameters()]
+
+    def named_buffers(self) -> Iterator[tuple[str, object]]:
+        yield from self._named_members("_buffer_names")
+
+    # -- modes, gradients ------------------------------------------------------------
+    def train(self, mode: bool = True) -> Module:
+        for module in self.modules():
+            object.__setattr__(module, "training", bool(mode))
+        return self
+
+    def eval(self) -> Module:
+        return self.train(False)
+
+    def zero_grad(self) -> None:
+        for p in self.parameters():
+            p.grad[...] = 0
+
+    # -- state ---------------------------------------------------------------------
+    def state_dict(self) -> dict[str, numpy.ndarray]:
+        """``{dotted.name: NumPy array}`` of parameters and buffers (copies)."""
+        state = {name: to_numpy(p.data).copy() for name, p in self.named_parameters()}
+        state.update((name, to_numpy(b).copy()) for name, b in self.named_buffers())
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Copy arrays in, cast to each entry's dtype and device.
+
+        Missing, unexpected or mis-shaped keys raise ``ValueError`` listing every
+        one, and then nothing is changed.
+        """
+        own = dict(self.named_parameters())
+        own.update(self.named_buffers())
+        problems = []
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        if missing:
+            problems.append(f"missing keys {missing}")
+        if unexpected:
+            problems.append(f"unexpected keys {unexpected}")
+        for key in sorted(set(own) & set(state)):
+            current = own[key].data if isinstance(own[key], Parameter) else own[key]
+            if tuple(numpy.shape(state[key])) != tuple(current.shape):
+                problems.append(f"{key}: expected shape {tuple(current.shape)}, "
+                                f"got {tuple(numpy.shape(state[key]))}")
+        if problems:
+            raise ValueError(f"load_state_dict({type(self).__name__}): " + "; ".join(problems))
+        for key, target in own.items():
+            current = target.data if isinstance(target, Parameter) else target
+            current[...] = to_device(numpy.asarray(state[key]), device_of(current))
+
+    def to(self, device: str | Device | None = None, dtype=None) -> Module:
+        """Move (and/or cast to float32/float64) parameters, gradients and buffers."""
+        if dtype is not None:
+            dtype = numpy.dtype(dtype)
+            if dtype.name not in _checks.FLOAT_DTYPES:
+                raise TypeError(f"to: dtype must be float32 or float64, got {dtype.name}")
+        target = None if device is None else resolve_device(device)
+
+        def convert(a):
+            if target is not None:
+                a = to_device(a, target)
+            if dtype is not None and a.dtype.kind == "f":
+                a = a.astype(dtype, copy=False)
+            return a
+
+        for module in self.modules():
+            for name in module._param_names:
+                p = getattr(module, name)
+                p.data, p.grad = convert(p.data), convert(p.grad)
+            for name in module._buffer_names:
+                object.__setattr__(module, name, convert(getattr(module, name)))
+        return self
+
+    # -- printing -------------------------------------------------------------------
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        children = [f"  ({name}): " + repr(child).replace("\n", "\n  ")
+                    for name, child in self.named_children()]
+        head = f"{type(self).__name__}({self.extra_repr()}"
+        return head + ("\n" + "\n".join(children) + "\n)" if children else ")")
+
+
+class Sequential(Module):
+    """Modules applied in order; ``backward`` runs them in reverse.
+
+    Children are named ``"0"``, ``"1"``, ... as in ``torch.nn.Sequential``.
+    """
+
+    def __init__(self, *modules: Module):
+        super().__init__()
+        for module in modules:
+            self.append(module)
+
+    def append(self, module: Module) -> Sequential:
+        if not isinstance(module, Module):
+            raise TypeError(f"Sequential: expected a Module, got {type(module).__name__}")
+        setattr(self, str(len(self)), module)
+        return self
+
+    def __len__(self) -> int:
+        return len(self._module_names)
+
+    def __iter__(self) -> Iterator[Module]:
+        return self.children()
+
+    def __getitem__(self, index):
+        modules = list(self.children())
+        if isinstance(index, slice):
+            return Sequential(*modules[index])
+        return modules[index]
+
+    def forward(self, x):
+        for module in self:
+            x = module.forward(x)
+        return x
+
+    def backward(self, dy):
+        for module in reversed(list(self)):
+            dy = module.backward(dy)
+        return dy

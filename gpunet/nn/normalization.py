@@ -1,0 +1,89 @@
+"""Batch normalisation and local response normalisation layers."""
+from __future__ import annotations
+
+import numpy
+
+from .. import _checks
+from ..backend import get_device
+from ..init import constant
+from ..ops import batch_norm_backward, batch_norm_forward, lrn_backward, lrn_forward
+from .module import Module, Parameter
+
+
+class _BatchNorm(Module):
+    _ranks: tuple[int, ...] = ()
+    _layout = ""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1):
+        super().__init__()
+        self.num_features = _checks.positive_int("num_features", num_features)
+        if not (isinstance(eps, (int, float)) and eps > 0):
+            raise ValueError(f"eps: expected a number > 0, got {eps!r}")
+        self.eps = float(eps)
+        self.momentum = None if momentum is None else _checks.probability("momentum", momentum)
+        self.weight = Parameter(constant(num_features, 1.0), decay=False)  # gamma
+        self.bias = Parameter(constant(num_features, 0.0), decay=False)    # beta
+        self.register_buffer("running_mean", constant(num_features, 0.0))
+        self.register_buffer("running_var", constant(num_features, 1.0))
+        self.register_buffer("num_batches_tracked",
+                             get_device().xp.zeros((), dtype=numpy.int64))
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+
+    def forward(self, x):
+        where = f"{type(self).__name__}({self.num_features})"
+        _checks.float_array(where, "input", x)
+        if x.ndim not in self._ranks or x.shape[1] != self.num_features:
+            raise ValueError(f"{where}: input must be {self._layout} with C="
+                             f"{self.num_features}, got shape {tuple(x.shape)}")
+        momentum = self.momentum
+        if self.training:
+            self.num_batches_tracked += 1
+            if momentum is None:  # PyTorch: a cumulative average of all batches
+                momentum = 1.0 / float(self.num_batches_tracked)
+        y, self._ctx = batch_norm_forward(
+            x, self.weight.data, self.bias.data, self.running_mean, self.running_var,
+            training=self.training, momentum=momentum, eps=self.eps)
+        return y
+
+    def backward(self, dy):
+        dx, dweight, dbias = batch_norm_backward(dy, self._saved())
+        self.weight.grad += dweight
+        self.bias.grad += dbias
+        return dx
+
+
+class BatchNorm1d(_BatchNorm):
+    """Per-feature normalisation of ``(N, C)`` or ``(N, C, L)``."""
+
+    _ranks, _layout = (2, 3), "(N, C) or (N, C, L)"
+
+
+class BatchNorm2d(_BatchNorm):
+    """Per-channel normalisation of ``(N, C, H, W)`` over ``N, H, W``."""
+
+    _ranks, _layout = (4,), "(N, C, H, W)"
+
+
+class LocalResponseNorm(Module):
+    """``y_c = x_c / (k + alpha/size * sum of x^2 over size neighbouring channels)^beta``."""
+
+    def __init__(self, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0):
+        super().__init__()
+        self.size = _checks.positive_int("size", size)
+        self.alpha = _checks.non_negative("alpha", alpha)
+        self.beta = _checks.non_negative("beta", beta)
+        if not (isinstance(k, (int, float)) and k > 0):
+            raise ValueError(f"k: expected a number > 0, got {k!r}")
+        self.k = float(k)
+
+    def extra_repr(self) -> str:
+        return f"{self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
+
+    def forward(self, x):
+        y, self._ctx = lrn_forward(x, self.size, self.alpha, self.beta, self.k)
+        return y
+
+    def backward(self, dy):
+        return lrn_backward(dy, self._saved())

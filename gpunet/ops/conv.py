@@ -1,0 +1,177 @@
+"""2-D convolution (cross-correlation, as ``Conv2d``) by im2col + GEMM, and the
+textbook convolution with the flipped kernel.
+
+Shapes: x ``(N, C, H, W)``, weight ``(K, C, R, S)``, y ``(N, K, OH, OW)`` with
+``OH = floor((H + pad_top + pad_bottom - R) / stride_h) + 1``.
+"""
+from __future__ import annotations
+
+from .. import _checks
+from ..backend import common_array_module
+
+
+def normalize_padding(padding, kernel_size, stride) -> tuple[tuple[int, int], tuple[int, int]]:
+    """``((top, bottom), (left, right))`` from an int, a pair, ``"valid"`` or ``"same"``.
+
+    ``"same"`` pads ``f - 1`` in total, the extra pixel of an even kernel going
+    to the bottom/right as in PyTorch; it requires stride 1.
+    """
+    if isinstance(padding, str):
+        mode = padding.lower()
+        if mode == "valid":
+            return (0, 0), (0, 0)
+        if mode == "same":
+            if stride != (1, 1):
+                raise ValueError(
+                    f"padding='same' requires stride 1, got stride={stride}")
+            totals = [f - 1 for f in kernel_size]
+            return tuple((t // 2, t - t // 2) for t in totals)
+        raise ValueError(f"padding: expected an int, a pair, 'valid' or 'same', got {padding!r}")
+    ph, pw = _checks.pair("padding", padding, _checks.non_negative_int)
+    return (ph, ph), (pw, pw)
+
+
+def output_size(size: int, kernel: int, stride: int, pad: tuple[int, int]) -> int:
+    """``floor((n + 2p - f) / s) + 1`` (the notes' formula, padding split in two)."""
+    return (size + pad[0] + pad[1] - kernel) // stride + 1
+
+
+def _check_window(where, x_shape, kernel, pads):
+    """The (padded) input must hold at least one window."""
+    for axis, (n, f, p) in enumerate(zip(x_shape[2:], kernel, pads)):
+        if n + p[0] + p[1] < f:
+            dim = "height" if axis == 0 else "width"
+            raise ValueError(
+                f"{where}: kernel {dim} {f} is larger than the padded input {dim} "
+                f"{n + p[0] + p[1]} (input {n}, padding {p[0]}+{p[1]}); input shape "
+                f"{tuple(x_shape)}")
+
+
+def pad_input(x, pads, value=0.0):
+    """``x`` padded on its last two axes (no copy when there is nothing to pad)."""
+    (pt, pb), (pl, pr) = pads
+    if pt == pb == pl == pr == 0:
+        return x
+    xp = common_array_module(x=x)
+    return xp.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=value)
+
+
+def windows(x_padded, kernel, stride, out_hw):
+    """View ``(N, C, R, S, OH, OW)`` of every kernel window (no copy)."""
+    xp = common_array_module(x=x_padded)
+    n, c = x_padded.shape[:2]
+    sn, sc, sh, sw = x_padded.strides
+    return xp.lib.stride_tricks.as_strided(
+        x_padded, shape=(n, c, kernel[0], kernel[1], out_hw[0], out_hw[1]),
+        strides=(sn, sc, sh, sw, sh * stride[0], sw * stride[1]))
+
+
+def im2col(x, kernel, stride, pads):
+    """Columns ``(N, C*R*S, OH*OW)``: column ``p`` holds the window of output pixel ``p``."""
+    out_hw = tuple(output_size(n, f, s, p)
+                   for n, f, s, p in zip(x.shape[2:], kernel, stride, pads))
+    xp = common_array_module(x=x)
+    x_padded = xp.ascontiguousarray(pad_input(x, pads))
+    cols = windows(x_padded, kernel, stride, out_hw)
+    n, c = x.shape[:2]
+    return cols.reshape(n, c * kernel[0] * kernel[1], out_hw[0] * out_hw[1]), out_hw
+
+
+def col2im(cols, x_shape, kernel, stride, pads, out_hw):
+    """Adjoint of :func:`im2col`: sum every column entry back into its input pixel.
+
+    Loops over the kernel window only; each iteration is one strided slice add.
+    """
+    xp = common_array_module(cols=cols)
+    n, c, h, w = x_shape
+    (pt, pb), (pl, pr) = pads
+    r_size, s_size = kernel
+    oh, ow = out_hw
+    cols = cols.reshape(n, c, r_size, s_size, oh, ow)
+    dx_padded = xp.zeros((n, c, h + pt + pb, w + pl + pr), dtype=cols.dtype)
+    for r in range(r_size):
+        rows = slice(r, r + stride[0] * oh, stride[0])
+        for s in range(s_size):
+            dx_padded[:, :, rows, s:s + stride[1] * ow:stride[1]] += cols[:, :, r, s]
+    return dx_padded[:, :, pt:pt + h, pl:pl + w]
+
+
+def conv2d_forward(x, weight, bias=None, stride=1, padding=0):
+    """Cross-correlation ``y[n,k] = sum_c,r,s W[k,c,r,s] x[n,c,oh*s+r,ow*s+s'] + b[k]``.
+
+    Returns ``(y, ctx)``; ``ctx`` is what :func:`conv2d_backward` needs.
+    """
+    where = "conv2d"
+    xp = common_array_module(x=x, weight=weight, bias=bias)
+    _checks.float_array(where, "x", x)
+    _checks.float_array(where, "weight", weight)
+    _checks.rank(where, "x", x, 4, "(N, C, H, W)")
+    _checks.rank(where, "weight", weight, 4, "(K, C, R, S)")
+    _checks.same_dtype(where, x=x, weight=weight, bias=bias)
+    if x.shape[1] != weight.shape[1]:
+        raise ValueError(
+            f"{where}: x has {x.shape[1]} channels (shape {tuple(x.shape)}) but weight "
+            f"expects {weight.shape[1]} (shape {tuple(weight.shape)})")
+    if bias is not None and bias.shape != (weight.shape[0],):
+        raise ValueError(
+            f"{where}: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+    stride = _checks.pair("stride", stride)
+    kernel = weight.shape[2:]
+    pads = normalize_padding(padding, kernel, stride)
+    _check_window(where, x.shape, kernel, pads)
+
+    cols, out_hw = im2col(x, kernel, stride, pads)
+    w2d = weight.reshape(weight.shape[0], -1)
+    y = xp.matmul(w2d, cols)  # (K, CRS) @ (N, CRS, P) -> (N, K, P): already NCHW
+    if bias is not None:
+        y += bias[:, None]
+    y = y.reshape(x.shape[0], weight.shape[0], *out_hw)
+    ctx = (cols, weight, x.shape, stride, pads, out_hw, bias is not None)
+    return y, ctx
+
+
+def conv2d_backward(dy, ctx):
+    """``(dx, dweight, dbias)`` for ``dy`` of shape ``(N, K, OH, OW)``; ``dbias`` is
+    ``None`` when the forward had no bias."""
+    cols, weight, x_shape, stride, pads, out_hw, has_bias = ctx
+    xp = common_array_module(dy=dy, weight=weight)
+    n, k = dy.shape[:2]
+    if dy.shape != (n, weight.shape[0], *out_hw) or n != x_shape[0]:
+        raise ValueError(
+            f"conv2d backward: dy must have shape {(x_shape[0], weight.shape[0], *out_hw)}, "
+            f"got {tuple(dy.shape)}")
+    dy3 = dy.reshape(n, k, -1)
+    dbias = dy3.sum(axis=(0, 2)) if has_bias else None
+    # dW = sum_n dy[n] @ cols[n].T, as one GEMM over the (N, P) pairs.
+    dweight = xp.tensordot(dy3, cols, axes=([0, 2], [0, 2])).reshape(weight.shape)
+    dcols = xp.matmul(weight.reshape(k, -1).T, dy3)  # (CRS, K) @ (N, K, P)
+    dx = col2im(dcols, x_shape, weight.shape[2:], stride, pads, out_hw)
+    return dx, dweight, dbias
+
+
+def correlate2d(image, kernel, mode: str = "valid"):
+    """2-D cross-correlation of one image with one kernel (what CNNs call convolution).
+
+    ``mode``: ``"valid"`` (no padding), ``"same"`` (output the input's size) or
+    ``"full"`` (every overlap, padding ``f - 1``).
+    """
+    xp = common_array_module(image=image, kernel=kernel)
+    for name, a in (("image", image), ("kernel", kernel)):
+        if a.ndim != 2:
+            raise ValueError(f"correlate2d: {name} must be 2-D, got shape {tuple(a.shape)}")
+    dtype = xp.result_type(image.dtype, kernel.dtype, xp.float32)
+    paddings = {"valid": 0, "same": "same",
+                "full": (kernel.shape[0] - 1, kernel.shape[1] - 1)}
+    if mode not in paddings:
+        raise ValueError(f"mode: expected 'valid', 'same' or 'full', got {mode!r}")
+    y, _ = conv2d_forward(image[None, None].astype(dtype), kernel[None, None].astype(dtype),
+                          padding=paddings[mode])
+    return y[0, 0]
+
+
+def convolve2d(image, kernel, mode: str = "valid"):
+    """True 2-D convolution, as in a maths textbook: the kernel is flipped in both
+    axes before sliding. Unlike cross-correlation it is associative (in ``"full"``
+    mode): ``convolve2d(convolve2d(A, B, "full"), C, "full") ==
+    convolve2d(A, convolve2d(B, C, "full"), "full")``."""
+    return correlate2d(image, kernel[::-1, ::-1], mode)

@@ -1,0 +1,184 @@
+"""Conv2d / im2col against the naive loop reference, forward and backward."""
+import numpy
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gpunet import nn, ops
+from gpunet.backend import to_numpy
+
+from .helpers import assert_close, conv2d_backward_ref, conv2d_ref
+
+# (N, C, H, W, K, R, S, stride, padding): N=1, odd sizes, stride 2 and 3,
+# padding, windows that reach the border, rectangular kernels, 1x1.
+AWKWARD = [
+    (1, 1, 5, 5, 1, 3, 3, 1, 0),
+    (2, 3, 7, 6, 4, 3, 3, 2, 1),
+    (1, 2, 9, 9, 3, 3, 3, 3, 0),
+    (3, 2, 8, 7, 2, 5, 3, 3, (2, 1)),
+    (2, 4, 6, 6, 5, 1, 1, 1, 0),
+    (1, 3, 5, 5, 2, 5, 5, 1, 2),
+    (2, 1, 11, 4, 3, 2, 4, (2, 3), (1, 2)),
+    (1, 2, 3, 3, 2, 3, 3, 2, 1),
+]
+
+
+def _pads(padding):
+    return ops.normalize_padding(padding, (0, 0), (1, 1)) if not isinstance(padding, str) \
+        else None
+
+
+def _run(xp, case, rng, dtype="float64"):
+    n, c, h, w, k, r, s, stride, padding = case
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    weight = rng.standard_normal((k, c, r, s)).astype(dtype)
+    bias = rng.standard_normal(k).astype(dtype)
+    y, ctx = ops.conv2d_forward(xp.asarray(x), xp.asarray(weight), xp.asarray(bias),
+                                stride, padding)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dx, dw, db = ops.conv2d_backward(xp.asarray(dy), ctx)
+    stride2 = stride if isinstance(stride, tuple) else (stride, stride)
+    pads = _pads(padding)
+    return (x, weight, bias, dy, stride2, pads), (y, dx, dw, db)
+
+
+@pytest.mark.parametrize("case", AWKWARD, ids=str)
+def test_conv2d_matches_naive_reference(xp, case, rng):
+    (x, w, b, dy, stride, pads), (y, dx, dw, db) = _run(xp, case, rng)
+    assert_close(y, conv2d_ref(x, w, b, stride, pads), 1e-12, 1e-12, "y")
+    rdx, rdw, rdb = conv2d_backward_ref(x, w, dy, stride, pads)
+    assert_close(dx, rdx, 1e-12, 1e-12, "dx")
+    assert_close(dw, rdw, 1e-12, 1e-12, "dweight")
+    assert_close(db, rdb, 1e-12, 1e-12, "dbias")
+
+
+def test_conv2d_float32_close_to_float64(xp, rng):
+    case = AWKWARD[1]
+    _, out32 = _run(xp, case, numpy.random.default_rng(5), "float32")
+    _, out64 = _run(xp, case, numpy.random.default_rng(5), "float64")
+    for a, b, name in zip(out32, out64, ("y", "dx", "dw", "db")):
+        assert a.dtype == numpy.float32, name
+        assert_close(a, b, 1e-4, 1e-5, name)
+
+
+@given(n=st.integers(1, 3), c=st.integers(1, 3), h=st.integers(1, 9), w=st.integers(1, 9),
+       k=st.integers(1, 3), r=st.integers(1, 4), s=st.integers(1, 4),
+       sh=st.integers(1, 3), sw=st.integers(1, 3), ph=st.integers(0, 2),
+       pw=st.integers(0, 2), seed=st.integers(0, 2**16))
+def test_conv2d_random_shapes(n, c, h, w, k, r, s, sh, sw, ph, pw, seed):
+    if h + 2 * ph < r or w + 2 * pw < s:
+        with pytest.raises(ValueError, match="larger than the padded input"):
+            ops.conv2d_forward(numpy.zeros((n, c, h, w)), numpy.zeros((k, c, r, s)),
+                               None, (sh, sw), (ph, pw))
+        return
+    rng = numpy.random.default_rng(seed)
+    (x, wt, b, dy, stride, pads), (y, dx, dw, db) = _run(
+        numpy, (n, c, h, w, k, r, s, (sh, sw), (ph, pw)), rng)
+    assert_close(y, conv2d_ref(x, wt, b, stride, pads), 1e-12, 1e-12, "y")
+    rdx, rdw, _ = conv2d_backward_ref(x, wt, dy, stride, pads)
+    assert_close(dx, rdx, 1e-12, 1e-12, "dx")
+    assert_close(dw, rdw, 1e-12, 1e-12, "dweight")
+
+
+@pytest.mark.parametrize("kernel", [1, 2, 3, 4, 5, (2, 5)])
+def test_same_padding_keeps_size(xp, kernel, rng):
+    layer = nn.Conv2d(2, 3, kernel, padding="same")
+    x = xp.asarray(rng.standard_normal((2, 2, 7, 6)).astype("float32"))
+    assert layer(x).shape == (2, 3, 7, 6)
+    # an even kernel puts the extra pixel bottom/right, as PyTorch does
+    k = layer.kernel_size
+    pads = tuple(((f - 1) // 2, f - 1 - (f - 1) // 2) for f in k)
+    ref = conv2d_ref(to_numpy(x), to_numpy(layer.weight.data), to_numpy(layer.bias.data),
+                     (1, 1), pads)
+    assert_close(layer(x), ref, 1e-5, 1e-5)
+
+
+def test_valid_padding_is_zero_padding(xp, rng):
+    a = nn.Conv2d(1, 2, 3, padding="valid")
+    x = xp.asarray(rng.standard_normal((1, 1, 6, 6)).astype("float32"))
+    assert a(x).shape == (1, 2, 4, 4)
+
+
+@pytest.mark.parametrize("n,f,p,s,expected", [(6, 3, 0, 1, 4), (6, 3, 1, 1, 6), (7, 3, 0, 2, 3),
+                                              (32, 5, 0, 1, 28), (28, 5, 2, 1, 28),
+                                              (224, 11, 2, 4, 55), (8, 3, 0, 3, 2)])
+def test_output_size_is_the_notes_formula(n, f, p, s, expected):
+    """floor((n + 2p - f)/s) + 1, including the notes' 7x7, f=3, s=2 -> 3."""
+    assert ops.output_size(n, f, s, (p, p)) == expected
+    x = numpy.zeros((1, 1, n, n), dtype=numpy.float32)
+    y, _ = ops.conv2d_forward(x, numpy.zeros((1, 1, f, f), numpy.float32), None, s, p)
+    assert y.shape == (1, 1, expected, expected)
+
+
+def test_backward_accumulates_into_parameter_grads(rng):
+    layer = nn.Conv2d(2, 2, 3)
+    x = rng.standard_normal((2, 2, 5, 5)).astype("float32")
+    dy = rng.standard_normal((2, 2, 3, 3)).astype("float32")
+    layer(x)
+    layer.backward(dy)
+    once = layer.weight.grad.copy(), layer.bias.grad.copy()
+    layer(x)
+    layer.backward(dy)
+    assert_close(layer.weight.grad, 2 * once[0], 1e-6, 1e-6)
+    assert_close(layer.bias.grad, 2 * once[1], 1e-6, 1e-6)
+    layer.zero_grad()
+    assert not layer.weight.grad.any() and not layer.bias.grad.any()
+
+
+def test_conv_layer_without_bias(rng):
+    layer = nn.Conv2d(1, 2, 3, bias=False)
+    assert [n for n, _ in layer.named_parameters()] == ["weight"]
+    x = rng.standard_normal((1, 1, 4, 4)).astype("float32")
+    ref = conv2d_ref(x, layer.weight.data, None, (1, 1), ((0, 0), (0, 0)))
+    assert_close(layer(x), ref, 1e-5, 1e-5)
+    assert layer.backward(numpy.ones((1, 2, 2, 2), "float32")).shape == x.shape
+
+
+def test_parameter_count_of_the_notes_example():
+    """10 filters of 3x3x3: (27 + 1) * 10 = 280 parameters."""
+    layer = nn.Conv2d(3, 10, 3)
+    assert sum(p.data.size for p in layer.parameters()) == 280
+
+
+# -- true convolution vs cross-correlation --------------------------------------
+def test_convolve2d_flips_the_kernel(rng):
+    a = rng.standard_normal((6, 5))
+    k = rng.standard_normal((3, 2))
+    assert_close(ops.convolve2d(a, k), ops.correlate2d(a, k[::-1, ::-1]), 1e-12, 1e-12)
+    # by hand, one output: sum a[i+u, j+v] * k[R-1-u, S-1-v]
+    by_hand = sum(a[1 + u, 2 + v] * k[2 - u, 1 - v] for u in range(3) for v in range(2))
+    assert ops.convolve2d(a, k)[1, 2] == pytest.approx(by_hand, rel=1e-12)
+
+
+def test_convolution_is_associative_cross_correlation_is_not(rng):
+    a = rng.standard_normal((6, 6))
+    b = rng.standard_normal((3, 3))
+    c = rng.standard_normal((2, 3))
+    conv = ops.convolve2d
+    assert_close(conv(conv(a, b, "full"), c, "full"), conv(a, conv(b, c, "full"), "full"),
+                 1e-10, 1e-10, "(A*B)*C vs A*(B*C)")
+    corr = ops.correlate2d
+    left = corr(corr(a, b, "full"), c, "full")
+    right = corr(a, corr(b, c, "full"), "full")
+    assert left.shape == right.shape
+    assert numpy.abs(left - right).max() > 1e-3
+
+
+def test_correlate2d_modes(rng):
+    a = rng.standard_normal((5, 7))
+    k = rng.standard_normal((3, 3))
+    assert ops.correlate2d(a, k, "valid").shape == (3, 5)
+    assert ops.correlate2d(a, k, "same").shape == (5, 7)
+    assert ops.correlate2d(a, k, "full").shape == (7, 9)
+    with pytest.raises(ValueError, match="mode"):
+        ops.correlate2d(a, k, "circular")
+
+
+@pytest.mark.torch
+def test_conv2d_matches_torch(rng):
+    torch = pytest.importorskip("torch")
+    x = rng.standard_normal((3, 4, 13, 11))
+    layer = nn.Conv2d(4, 6, (3, 5), stride=(2, 1), padding=(1, 2)).to(dtype="float64")
+    ref = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(layer.weight.data),
+                                     torch.from_numpy(layer.bias.data), (2, 1), (1, 2))
+    assert_close(layer(x), ref.numpy(), 1e-12, 1e-12)
