@@ -104,7 +104,7 @@ class Module:
     def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
         yield prefix, self
         for name, child in self.named_children():
-            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+            yield from child.named_modules(_join(prefix, name))
 
     def modules(self) -> Iterator[Module]:
         for _, module in self.named_modules():
@@ -113,7 +113,7 @@ class Module:
     def _named_members(self, attr: str) -> Iterator[tuple[str, object]]:
         for prefix, module in self.named_modules():
             for name in getattr(module, attr):
-                yield (f"{prefix}.{name}" if prefix else name), getattr(module, name)
+                yield _join(prefix, name), getattr(module, name)
 
     def named_parameters(self) -> Iterator[tuple[str, Parameter]]:
         yield from self._named_members("_param_names")
@@ -140,8 +140,12 @@ class Module:
     # -- state ---------------------------------------------------------------------
     def state_dict(self) -> dict[str, numpy.ndarray]:
         """``{dotted.name: NumPy array}`` of parameters and buffers (copies)."""
-        state = {name: to_numpy(p.data).copy() for name, p in self.named_parameters()}
-        state.update((name, to_numpy(b).copy()) for name, b in self.named_buffers())
+        state = {}
+        for prefix, module in self.named_modules():  # PyTorch's order, module by module
+            for name in module._param_names:
+                state[_join(prefix, name)] = to_numpy(getattr(module, name).data).copy()
+            for name in module._buffer_names:
+                state[_join(prefix, name)] = to_numpy(getattr(module, name)).copy()
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -202,6 +206,10 @@ class Module:
                     for name, child in self.named_children()]
         head = f"{type(self).__name__}({self.extra_repr()}"
         return head + ("\n" + "\n".join(children) + "\n)" if children else ")")
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
 
 
 class Sequential(Module):

@@ -1,9 +1,9 @@
 """Batch normalisation over the channel axis 1 of ``(N, C)``, ``(N, C, L)`` or
 ``(N, C, H, W)``; statistics are per channel, over every other axis.
 
-The notes' equations: ``mu = mean(z)``, ``var = mean((z - mu)^2)`` (two passes,
-never ``E[z^2] - E[z]^2``), ``z_norm = (z - mu) / sqrt(var + eps)``,
-``y = gamma z_norm + beta``.
+The notes' equations: ``mu = mean(z)``, ``var = mean((z - mu)^2)``,
+``z_norm = (z - mu) / sqrt(var + eps)``, ``y = gamma z_norm + beta``; the variance
+in two passes (never ``E[z^2] - E[z]^2``), the mean from offsets to a pivot sample.
 """
 from __future__ import annotations
 
@@ -45,8 +45,13 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, *, training,
             raise ValueError(
                 f"{where}: training needs more than one value per channel, got input "
                 f"shape {tuple(x.shape)} (use a batch larger than 1 or call .eval())")
-        mean = x.mean(axis=axes)
-        centred = x - _per_channel(mean, x.ndim)
+        # Shift by one sample per channel before summing: a float32 sum of
+        # values near 1e4 loses what a sum of their small offsets keeps.
+        pivot = x[(0, slice(None)) + (0,) * (x.ndim - 2)]
+        shifted = x - _per_channel(pivot, x.ndim)
+        offset = shifted.mean(axis=axes)
+        mean = pivot + offset
+        centred = shifted - _per_channel(offset, x.ndim)
         var = (centred * centred).mean(axis=axes)
         running_mean *= 1.0 - momentum
         running_mean += momentum * mean.astype(running_mean.dtype)

@@ -1,4 +1,4 @@
-"""Exponentially weighted moving averages, the notes' ``V_t = beta V_{t-1} + (1 - beta) theta_t``."""
+"""Exponentially weighted moving averages: ``V_t = beta V_{t-1} + (1 - beta) theta_t``."""
 from __future__ import annotations
 
 import numpy

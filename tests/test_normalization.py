@@ -1,0 +1,136 @@
+"""Batch norm (train vs eval, running statistics) and LRN against naive references."""
+import numpy
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gpunet import nn, ops
+from gpunet.backend import to_numpy
+
+from .helpers import assert_close, batch_norm_ref, lrn_ref, numeric_vjp
+
+
+@pytest.mark.parametrize("shape", [(4, 3), (2, 3, 5), (2, 3, 4, 5), (1, 2, 3, 3), (5, 1, 1, 1)])
+def test_batch_norm_train_matches_reference(xp, shape, rng):
+    x = rng.standard_normal(shape) * 3 + 2
+    gamma, beta = rng.standard_normal(shape[1]), rng.standard_normal(shape[1])
+    run_mean, run_var = xp.zeros(shape[1]), xp.ones(shape[1])
+    y, ctx = ops.batch_norm_forward(xp.asarray(x), xp.asarray(gamma), xp.asarray(beta),
+                                    run_mean, run_var, training=True, eps=1e-5)
+    assert_close(y, batch_norm_ref(x, gamma, beta, 1e-5), 1e-10, 1e-10, "y")
+    dy = rng.standard_normal(shape)
+    dx, dgamma, dbeta = ops.batch_norm_backward(xp.asarray(dy), ctx)
+    ref_dx = numeric_vjp(lambda z: batch_norm_ref(z, gamma, beta, 1e-5), x, dy)
+    assert_close(dx, ref_dx, 1e-6, 1e-7, "dx")
+    ref_dgamma = numeric_vjp(lambda g: batch_norm_ref(x, g, beta, 1e-5), gamma, dy)
+    assert_close(dgamma, ref_dgamma, 1e-6, 1e-7, "dgamma")
+    axes = (0,) + tuple(range(2, len(shape)))
+    assert_close(dbeta, dy.sum(axis=axes), 1e-12, 1e-12, "dbeta")
+
+
+def test_running_statistics_follow_pytorch(xp, rng):
+    """running = (1 - m) running + m batch, with the unbiased variance."""
+    bn = nn.BatchNorm2d(3, momentum=0.2)
+    batches = [rng.standard_normal((4, 3, 2, 2)) * (i + 1) + i for i in range(3)]
+    mean, var = numpy.zeros(3), numpy.ones(3)
+    for b in batches:
+        bn(xp.asarray(b.astype("float32")))
+        m = b.size // 3
+        mean = 0.8 * mean + 0.2 * b.mean(axis=(0, 2, 3))
+        var = 0.8 * var + 0.2 * b.var(axis=(0, 2, 3)) * m / (m - 1)
+    assert_close(bn.running_mean, mean, 1e-5, 1e-6, "running_mean")
+    assert_close(bn.running_var, var, 1e-5, 1e-6, "running_var")
+    assert int(bn.num_batches_tracked) == 3
+
+
+def test_eval_uses_running_statistics(xp, rng):
+    bn = nn.BatchNorm1d(2)
+    bn.weight.data[...] = xp.asarray([2.0, 0.5])
+    bn.bias.data[...] = xp.asarray([1.0, -1.0])
+    bn.running_mean[...] = xp.asarray([1.0, -2.0])
+    bn.running_var[...] = xp.asarray([4.0, 0.25])
+    bn.eval()
+    x = rng.standard_normal((1, 2)).astype("float32")  # a batch of one is fine in eval
+    expected = (x - [1.0, -2.0]) / numpy.sqrt(numpy.array([4.0, 0.25]) + 1e-5) * [2, 0.5] + [1, -1]
+    assert_close(bn(xp.asarray(x)), expected, 1e-6, 1e-6)
+    before = to_numpy(bn.running_mean).copy()
+    dx = bn.backward(xp.ones((1, 2), dtype="float32"))
+    assert_close(dx, numpy.array([[2, 0.5]]) / numpy.sqrt([4.0 + 1e-5, 0.25 + 1e-5]), 1e-6, 1e-6)
+    assert_close(bn.running_mean, before, 0, 0, "eval must not update running stats")
+
+
+def test_train_output_is_normalised_per_channel(rng):
+    x = (rng.standard_normal((16, 4, 5, 5)) * [[[[1]], [[10]], [[0.1]], [[3]]]] + 7)
+    y = nn.BatchNorm2d(4)(x.astype("float32"))
+    assert_close(y.mean(axis=(0, 2, 3)), numpy.zeros(4), 0, 1e-5, "mean")
+    assert_close(y.std(axis=(0, 2, 3)), numpy.ones(4), 1e-3, 1e-3, "std")
+
+
+def test_float32_batch_norm_large_mean_small_std(rng):
+    """Two-pass variance: mean 1e4 and std 1e-2 do not cancel to NaN or 0. With the
+    default eps (1e-5, a tenth of var = 1e-4) the output std is sqrt(1e-4 / 1.1e-4),
+    as in float64 and PyTorch; with a negligible eps it is 1."""
+    x = (1e4 + 1e-2 * rng.standard_normal((64, 2, 4, 4))).astype("float32")
+    y = nn.BatchNorm2d(2)(x)
+    assert numpy.isfinite(y).all()
+    ref = batch_norm_ref(x.astype("float64"), numpy.ones(2), numpy.zeros(2), 1e-5)
+    assert_close(y, ref, 1e-3, 1e-3, "float32 vs float64")
+    y = nn.BatchNorm2d(2, eps=1e-12)(x)
+    assert_close(y.std(axis=(0, 2, 3)), numpy.ones(2), 1e-2, 1e-2, "std")
+
+
+def test_batch_of_one_in_training_is_an_error():
+    with pytest.raises(ValueError, match="more than one value per channel"):
+        nn.BatchNorm1d(3)(numpy.zeros((1, 3), "float32"))
+
+
+def test_momentum_none_is_a_cumulative_average(rng):
+    bn = nn.BatchNorm1d(2, momentum=None)
+    batches = [rng.standard_normal((5, 2)).astype("float32") for _ in range(4)]
+    for b in batches:
+        bn(b)
+    assert_close(bn.running_mean, numpy.mean([b.mean(0) for b in batches], axis=0), 1e-5, 1e-6)
+
+
+@pytest.mark.torch
+def test_batch_norm_matches_torch(rng):
+    torch = pytest.importorskip("torch")
+    ours, theirs = nn.BatchNorm2d(3).to(dtype="float64"), torch.nn.BatchNorm2d(3).double()
+    for _ in range(3):
+        x = rng.standard_normal((4, 3, 5, 5)) * 2 + 1
+        assert_close(ours(x), theirs(torch.from_numpy(x)).detach().numpy(), 1e-12, 1e-12)
+    assert_close(ours.running_var, theirs.running_var.numpy(), 1e-12, 1e-12)
+    ours.eval()
+    theirs.eval()
+    x = rng.standard_normal((2, 3, 5, 5))
+    assert_close(ours(x), theirs(torch.from_numpy(x)).detach().numpy(), 1e-12, 1e-12)
+
+
+# -- local response normalisation ---------------------------------------------------
+@pytest.mark.parametrize("size,channels", [(5, 7), (3, 3), (2, 5), (4, 6), (1, 2), (7, 3)])
+def test_lrn_matches_reference(xp, size, channels, rng):
+    x = rng.standard_normal((2, channels, 3, 2)) * 3
+    alpha, beta, k = 0.3, 0.75, 2.0
+    y, ctx = ops.lrn_forward(xp.asarray(x), size, alpha, beta, k)
+    assert_close(y, lrn_ref(x, size, alpha, beta, k), 1e-12, 1e-12, "y")
+    dy = rng.standard_normal(x.shape)
+    ref_dx = numeric_vjp(lambda z: lrn_ref(z, size, alpha, beta, k), x, dy)
+    assert_close(ops.lrn_backward(xp.asarray(dy), ctx), ref_dx, 1e-6, 1e-7, "dx")
+
+
+@given(size=st.integers(1, 6), channels=st.integers(1, 8), seed=st.integers(0, 2**16))
+def test_lrn_random_shapes(size, channels, seed):
+    rng = numpy.random.default_rng(seed)
+    x = rng.standard_normal((1, channels, 2, 2)) * 2
+    y, _ = ops.lrn_forward(x, size, 0.5, 0.75, 1.0)
+    assert_close(y, lrn_ref(x, size, 0.5, 0.75, 1.0), 1e-12, 1e-12)
+
+
+@pytest.mark.torch
+def test_lrn_matches_torch(rng):
+    torch = pytest.importorskip("torch")
+    x = rng.standard_normal((2, 8, 4, 4)) * 10
+    for size in (2, 3, 5):
+        ours = nn.LocalResponseNorm(size, 1e-2, 0.75, 2.0)(x)
+        ref = torch.nn.functional.local_response_norm(torch.from_numpy(x), size, 1e-2, 0.75, 2.0)
+        assert_close(ours, ref.numpy(), 1e-12, 1e-12, f"size {size}")
