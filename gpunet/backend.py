@@ -16,7 +16,10 @@ try:  # CuPy is optional; a broken install counts as missing, with its reason.
     import cupy as _cupy
 
     _CUPY_IMPORT_ERROR: str | None = None
-except Exception as exc:  # noqa: BLE001 - any import failure means "no CuPy"
+except ModuleNotFoundError as exc:
+    _cupy = None
+    _CUPY_IMPORT_ERROR = None if exc.name == "cupy" else f"{type(exc).__name__}: {exc}"
+except Exception as exc:  # noqa: BLE001 - a broken install also means "no CuPy"
     _cupy = None
     _CUPY_IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
 
@@ -85,7 +88,7 @@ def _parse(spec: str | Device) -> Device | None:
 def cuda_unavailable_reason(index: int = 0) -> str | None:
     """Why ``cuda:index`` cannot be used, or ``None`` when it can."""
     if _cupy is None:
-        if _CUPY_IMPORT_ERROR and "No module named 'cupy'" not in _CUPY_IMPORT_ERROR:
+        if _CUPY_IMPORT_ERROR:
             return f"CuPy failed to import ({_CUPY_IMPORT_ERROR})"
         return "CuPy is not installed (pip install 'gpunet[cuda13]' or 'gpunet[cuda12]')"
     try:
