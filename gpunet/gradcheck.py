@@ -3,8 +3,8 @@ centred difference ``(J(theta + eps e_i) - J(theta - eps e_i)) / (2 eps)`` by th
 relative error ``||approx - grad|| / (||approx|| + ||grad||)``: about 1e-7 is
 great, 1e-3 or more is a bug. The denominator is floored at ten times the
 resolution of the differences (``float64 eps * |J| / eps`` per entry), so an
-exactly-zero gradient is not failed on rounding noise. Debugging only: it costs two forward passes per
-checked entry.
+exactly-zero gradient is not failed on rounding noise. Debugging only: it costs
+two forward passes per checked entry.
 """
 from __future__ import annotations
 
