@@ -1,10 +1,10 @@
 """Gradient checking, as in the notes: compare backprop's ``dTheta[i]`` with the
 centred difference ``(J(theta + eps e_i) - J(theta - eps e_i)) / (2 eps)`` by the
 relative error ``||approx - grad|| / (||approx|| + ||grad||)``: about 1e-7 is
-great, 1e-3 or more is a bug. The denominator is floored at ten times the
-resolution of the differences (``float64 eps * |J| / eps`` per entry), so an
-exactly-zero gradient is not failed on rounding noise. Debugging only: it costs
-two forward passes per checked entry.
+great, 1e-3 or more is a bug. Gradients that are both below what centred
+differences resolve (``100 * float64_eps * |J| / eps`` per entry) count as equal,
+so a gradient that is exactly zero (a bias before batch norm) is not failed on
+rounding noise. Debugging only: it costs two forward passes per entry.
 """
 from __future__ import annotations
 
@@ -154,11 +154,12 @@ def _check_array(name, array, analytic, objective, eps, max_per_param, rng,
         array[idx] = original
         numeric[k] = (plus - minus) / (2 * eps)
     picked = numpy.array([analytic[idx] for idx in indices])
-    # The floor keeps a gradient that is zero (e.g. a bias before batch norm) from
-    # scoring 1.0 on rounding noise far below what the differences can see.
-    denom = max(numpy.linalg.norm(numeric) + numpy.linalg.norm(picked),
-                10 * resolution * numpy.sqrt(len(indices)))
-    rel = float(numpy.linalg.norm(numeric - picked) / denom) if denom > 0 else 0.0
+    floor = 100 * resolution * numpy.sqrt(len(indices))
+    norms = numpy.linalg.norm(numeric) + numpy.linalg.norm(picked)
+    if norms <= floor:
+        rel = 0.0  # both are zero as far as differences can tell
+    else:
+        rel = float(numpy.linalg.norm(numeric - picked) / norms)
     worst = int(numpy.argmax(numpy.abs(numeric - picked))) if len(indices) else 0
     return ParamCheck(name, rel, tuple(int(i) for i in indices[worst]) if indices else (),
                       float(picked[worst]) if indices else 0.0,

@@ -117,3 +117,27 @@ def test_model_is_left_untouched_and_sampling(rng):
     with pytest.raises(ValueError, match="unknown parameter names"):
         gpunet.gradcheck(model, losses.MSELoss(), rng.standard_normal((2, 30)),
                          rng.standard_normal((2, 20)), params=["nope"])
+
+
+class PhantomGrad(nn.Module):
+    """y = x; claims a gradient for a parameter the output does not depend on."""
+
+    def __init__(self, claimed):
+        super().__init__()
+        self.unused = nn.Parameter(numpy.zeros(3))
+        self.claimed = claimed
+
+    def forward(self, x):
+        return x
+
+    def backward(self, dy):
+        self.unused.grad += self.claimed
+        return dy
+
+
+def test_zero_gradients_agree_but_a_phantom_one_is_caught(rng):
+    x, y = rng.standard_normal((2, 3)), rng.standard_normal((2, 3))
+    honest = gpunet.gradcheck(nn.Sequential(PhantomGrad(0.0)), losses.MSELoss(), x, y)
+    assert honest.checks["0.unused"].rel_error == 0.0 and honest.passed
+    phantom = gpunet.gradcheck(nn.Sequential(PhantomGrad(1e-3)), losses.MSELoss(), x, y)
+    assert phantom.checks["0.unused"].rel_error == 1.0 and not phantom.passed
