@@ -254,3 +254,32 @@ def test_biases_start_at_zero_and_do_not_decay():
     assert layer.weight.decay and not layer.bias.decay
     bn = nn.BatchNorm2d(3)
     assert not bn.weight.decay and not bn.bias.decay
+
+
+@pytest.mark.parametrize("make", [lambda: nn.Conv2d(3, 2, 3, stride=2, padding=1),
+                                  lambda: nn.MaxPool2d(3, 2, 1), lambda: nn.AvgPool2d(2),
+                                  lambda: nn.BatchNorm2d(3), lambda: nn.LocalResponseNorm(2)])
+def test_non_contiguous_inputs_give_the_same_results(make, rng):
+    base = rng.standard_normal((5, 8, 6, 3)).astype("float32")
+    strided = base.transpose(0, 3, 1, 2)[:, :, ::2, :]  # (5, 3, 4, 6), a strided view
+    assert not strided.flags.c_contiguous
+    dense = numpy.ascontiguousarray(strided)
+    a, b = make(), make()
+    b.load_state_dict(a.state_dict())
+    ya, yb = a(strided), b(dense)
+    assert_close(ya, yb, 1e-6, 1e-6, "y")  # reductions may sum in another order
+    dy = rng.standard_normal(ya.shape[:-1] + (2 * ya.shape[-1],)).astype("float32")[..., ::2]
+    assert_close(a.backward(dy), b.backward(numpy.ascontiguousarray(dy)), 1e-6, 1e-6, "dx")
+
+
+def test_optimizer_state_follows_module_to():
+    """Module.to casts parameters; the optimizer's state follows on the next step."""
+    model = nn.Linear(3, 2)
+    opt = gpunet.optim.Adam(model.parameters(), 0.1)
+    model.weight.grad += 1
+    opt.step()
+    model.to(dtype="float64")
+    model.weight.grad += 1
+    opt.step()
+    assert all(v.dtype == numpy.float64 for s in opt.state for v in s.values())
+    assert model.weight.data.dtype == numpy.float64

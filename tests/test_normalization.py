@@ -134,3 +134,25 @@ def test_lrn_matches_torch(rng):
         ours = nn.LocalResponseNorm(size, 1e-2, 0.75, 2.0)(x)
         ref = torch.nn.functional.local_response_norm(torch.from_numpy(x), size, 1e-2, 0.75, 2.0)
         assert_close(ours, ref.numpy(), 1e-12, 1e-12, f"size {size}")
+
+
+@given(n=st.integers(2, 5), c=st.integers(1, 4), rest=st.lists(st.integers(1, 4), max_size=2),
+       training=st.booleans(), seed=st.integers(0, 2**16))
+def test_batch_norm_random_shapes(n, c, rest, training, seed):
+    rng = numpy.random.default_rng(seed)
+    shape = (n, c, *rest)
+    x = rng.standard_normal(shape) * 2 + 1
+    gamma, beta = rng.standard_normal(c), rng.standard_normal(c)
+    mean, var = rng.standard_normal(c), rng.random(c) + 0.5
+    y, ctx = ops.batch_norm_forward(x, gamma, beta, mean.copy(), var.copy(),
+                                    training=training)
+    if training:
+        ref = lambda z: batch_norm_ref(z, gamma, beta, 1e-5)  # noqa: E731
+    else:
+        def ref(z):
+            b = (1, c) + (1,) * len(rest)
+            return (z - mean.reshape(b)) / numpy.sqrt(var.reshape(b) + 1e-5) * \
+                gamma.reshape(b) + beta.reshape(b)
+    assert_close(y, ref(x), 1e-10, 1e-10, "y")
+    dy = rng.standard_normal(shape)
+    assert_close(ops.batch_norm_backward(dy, ctx)[0], numeric_vjp(ref, x, dy), 1e-5, 1e-7, "dx")
