@@ -3,7 +3,7 @@
 The backend names are re-exported here: ``gpunet.set_device("auto")``,
 ``gpunet.manual_seed(0)``, ``gpunet.to_numpy(x)``.
 """
-from . import init, losses, nn, ops, optim
+from . import data, init, losses, models, nn, ops, optim
 from .backend import (
                       Device,
                       DeviceError,
@@ -16,12 +16,16 @@ from .backend import (
                       to_numpy,
 )
 from .gradcheck import GradcheckReport, gradcheck
+from .io import CheckpointError, load, save
+from .models import summary
 from .optim import ewma
+from .train import History, NonFiniteError, evaluate, fit
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Device", "DeviceError", "DeviceFallbackWarning", "GradcheckReport", "ewma",
-    "get_array_module", "get_device", "gradcheck", "init", "losses", "manual_seed", "nn",
-    "ops", "optim", "set_device", "to_device", "to_numpy",
+    "CheckpointError", "Device", "DeviceError", "DeviceFallbackWarning", "GradcheckReport",
+    "History", "NonFiniteError", "data", "evaluate", "ewma", "fit", "get_array_module",
+    "get_device", "gradcheck", "init", "load", "losses", "manual_seed", "models", "nn", "ops",
+    "optim", "save", "set_device", "summary", "to_device", "to_numpy",
 ]

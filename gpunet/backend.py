@@ -26,7 +26,8 @@ except Exception as exc:  # noqa: BLE001 - a broken install also means "no CuPy"
 __all__ = [
     "Device", "DeviceError", "DeviceFallbackWarning", "set_device", "get_device",
     "get_array_module", "common_array_module", "to_device", "to_numpy",
-    "manual_seed", "generator", "cuda_unavailable_reason", "resolve_device", "device_of",
+    "manual_seed", "generator", "get_rng_state", "set_rng_state", "cuda_unavailable_reason",
+    "resolve_device", "device_of",
 ]
 
 
@@ -109,7 +110,7 @@ def resolve_device(spec: str | Device) -> Device:
         reason = cuda_unavailable_reason(0)
         if reason is None:
             return Device("cuda", 0)
-        warnings.warn(f"gpunet: using the CPU because {reason}",
+        warnings.warn(f"using the CPU because {reason}",
                       DeviceFallbackWarning, stacklevel=3)
         return CPU
     if device.kind == "cuda":
@@ -221,3 +222,18 @@ def generator(xp: ModuleType = numpy):
     if xp not in _generators:
         _generators[xp] = xp.random.default_rng(_seed)
     return _generators[xp]
+
+
+def get_rng_state() -> dict:
+    """The seed and the CPU generator's position, JSON-serialisable (for checkpoints)."""
+    generator(numpy)
+    return {"seed": _seed, "numpy": generator(numpy).bit_generator.state}
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore :func:`get_rng_state`'s result; GPU generators restart from the seed."""
+    global _seed
+    _seed = int(state["seed"])
+    _generators.clear()
+    gen = generator(numpy)
+    gen.bit_generator.state = state["numpy"]

@@ -5,10 +5,11 @@ from .dropout import Dropout
 from .linear import Linear
 from .module import Module, Parameter, Sequential
 from .normalization import BatchNorm1d, BatchNorm2d, LocalResponseNorm
-from .pooling import AvgPool2d, MaxPool2d
+from .pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 
 __all__ = [
-    "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Conv2d", "Dropout", "Flatten", "LeakyReLU",
-    "Linear", "LocalResponseNorm", "MaxPool2d", "Module", "Parameter", "ReLU", "Sequential",
+    "AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Conv2d", "Dropout",
+    "Flatten", "LeakyReLU", "Linear", "LocalResponseNorm", "MaxPool2d", "Module", "Parameter",
+    "ReLU", "Sequential",
     "Sigmoid", "Softmax", "Tanh",
 ]

@@ -215,18 +215,27 @@ def _join(prefix: str, name: str) -> str:
 class Sequential(Module):
     """Modules applied in order; ``backward`` runs them in reverse.
 
-    Children are named ``"0"``, ``"1"``, ... as in ``torch.nn.Sequential``.
+    Children are named ``"0"``, ``"1"``, ... as in ``torch.nn.Sequential``, or
+    by the keys of a single dict argument (``Sequential({"features": ...})``).
     """
 
     def __init__(self, *modules: Module):
         super().__init__()
-        for module in modules:
-            self.append(module)
+        if len(modules) == 1 and isinstance(modules[0], dict):
+            for name, module in modules[0].items():
+                self._add(str(name), module)
+        else:
+            for module in modules:
+                self.append(module)
+
+    def _add(self, name: str, module: Module) -> None:
+        if not isinstance(module, Module):
+            raise TypeError(f"Sequential: {name!r} is a {type(module).__name__}, "
+                            "expected a Module")
+        setattr(self, name, module)
 
     def append(self, module: Module) -> Sequential:
-        if not isinstance(module, Module):
-            raise TypeError(f"Sequential: expected a Module, got {type(module).__name__}")
-        setattr(self, str(len(self)), module)
+        self._add(str(len(self)), module)
         return self
 
     def __len__(self) -> int:

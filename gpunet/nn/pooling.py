@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .. import _checks
+from ..backend import get_array_module
 from ..ops import avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward, max_pool2d_forward
 from .module import Module
 
@@ -36,3 +37,40 @@ class AvgPool2d(_Pool2d):
     """Mean of each window, padding counted as zeros (PyTorch's default)."""
 
     _forward, _backward = staticmethod(avg_pool2d_forward), staticmethod(avg_pool2d_backward)
+
+
+def _adaptive_matrix(xp, size_in: int, size_out: int, dtype):
+    """Row ``i`` averages inputs ``floor(i n/m) .. ceil((i+1) n/m) - 1`` (PyTorch's windows)."""
+    m = xp.zeros((size_out, size_in), dtype=dtype)
+    for i in range(size_out):
+        start, stop = (i * size_in) // size_out, -(-((i + 1) * size_in) // size_out)
+        m[i, start:stop] = 1.0 / (stop - start)
+    return m
+
+
+class AdaptiveAvgPool2d(Module):
+    """Average pooling to a fixed ``output_size``, whatever the input size.
+
+    Each output row averages a band of input rows and each column a band of
+    columns, so ``y = A_h x A_w^T`` and ``dx = A_h^T dy A_w``.
+    """
+
+    def __init__(self, output_size):
+        super().__init__()
+        self.output_size = _checks.pair("output_size", output_size)
+
+    def extra_repr(self) -> str:
+        return f"output_size={self.output_size}"
+
+    def forward(self, x):
+        _checks.float_array("AdaptiveAvgPool2d", "input", x)
+        _checks.rank("AdaptiveAvgPool2d", "input", x, 4, "(N, C, H, W)")
+        xp = get_array_module(x)
+        rows = _adaptive_matrix(xp, x.shape[2], self.output_size[0], x.dtype)
+        cols = _adaptive_matrix(xp, x.shape[3], self.output_size[1], x.dtype)
+        self._ctx = rows, cols
+        return rows @ x @ cols.T
+
+    def backward(self, dy):
+        rows, cols = self._saved()
+        return rows.T @ dy @ cols

@@ -1,0 +1,292 @@
+"""``gpunet`` / ``python -m gpunet``: train, evaluate, summary, gradcheck, info.
+
+Bad arguments or files print one line and exit with status 2; no traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import warnings
+
+import numpy
+
+from . import __version__, backend
+from .data import DatasetError, load_cifar10, load_fashion_mnist, load_mnist, synthetic_images
+from .data.batching import train_dev_test_split
+from .data.transforms import Standardize, to_float
+from .io import CheckpointError, load, read_checkpoint
+from .losses import SoftmaxCrossEntropy
+from .models import MODELS, summary
+from .optim import SGD, Adam, Momentum, RMSProp, schedules
+from .train import History, ModelCheckpoint, NonFiniteError, Run, evaluate, fit
+
+DATASETS = {"mnist": load_mnist, "fashion-mnist": load_fashion_mnist, "cifar10": load_cifar10,
+            "synthetic": lambda: synthetic_images()}
+INPUT_SHAPES = {"lenet5": (1, 32, 32), "lenet5_notes": (3, 32, 32), "alexnet": (3, 224, 224),
+                "vgg16": (3, 224, 224), "alexnet_cifar": (3, 32, 32), "vgg_cifar": (3, 32, 32)}
+SCHEDULES = {"inverse-time": lambda o, d: schedules.InverseTimeDecay(o, d),
+             "exponential": lambda o, d: schedules.ExponentialDecay(o, d),
+             "inverse-sqrt": lambda o, d: schedules.InverseSqrtDecay(o, d),
+             "step": lambda o, d: schedules.StepDecay(o, 10, d)}
+
+
+class UsageError(Exception):
+    """A bad argument or file: reported in one line, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(message)
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def _shape(text):
+    try:
+        shape = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected C,H,W, got {text!r}") from None
+    if len(shape) != 3 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"expected three positive sizes C,H,W, got {text!r}")
+    return shape
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="gpunet", description="Train and inspect CNNs with gpunet.")
+    parser.add_argument("--version", action="version", version=f"gpunet {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    train = sub.add_parser("train", help="train a model and report its test accuracy")
+    train.add_argument("--model", choices=sorted(MODELS), default="lenet5")
+    train.add_argument("--batch-norm", action="store_true",
+                       help="LeNet-5 with batch norm after each conv and hidden FC layer")
+    train.add_argument("--dataset", choices=sorted(DATASETS), default="fashion-mnist")
+    train.add_argument("--data-root", help="folder holding the dataset files")
+    train.add_argument("--epochs", type=_positive_int, default=5)
+    train.add_argument("--batch-size", type=_positive_int, default=128)
+    train.add_argument("--optimizer", choices=["sgd", "momentum", "rmsprop", "adam"],
+                       default="adam")
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--momentum", type=float, default=0.9,
+                       help="momentum of sgd, beta of momentum and rmsprop")
+    train.add_argument("--weight-decay", type=float, default=0.0)
+    train.add_argument("--schedule", choices=sorted(SCHEDULES))
+    train.add_argument("--decay", type=float, default=1.0,
+                       help="decay_rate, gamma or k of the schedule")
+    train.add_argument("--dev-size", type=int, default=5000,
+                       help="training examples held out for validation (0: none)")
+    train.add_argument("--limit", type=_positive_int, help="use only this many training examples")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", default="auto")
+    train.add_argument("--out", default="runs/latest", help="folder for metrics and checkpoints")
+    train.add_argument("--resume", action="store_true",
+                       help="continue from OUT/last.npz (fails if it is missing or corrupt)")
+    train.add_argument("--no-progress", action="store_true")
+
+    ev = sub.add_parser("evaluate", help="loss and accuracy of a checkpoint on a test set")
+    ev.add_argument("checkpoint")
+    ev.add_argument("--dataset", choices=sorted(DATASETS))
+    ev.add_argument("--data-root")
+    ev.add_argument("--device", default="auto")
+
+    sm = sub.add_parser("summary", help="print a model's layers, shapes and parameters")
+    sm.add_argument("model", choices=sorted(MODELS))
+    sm.add_argument("--input-shape", type=_shape, help="C,H,W (default: the model's own)")
+
+    gc = sub.add_parser("gradcheck", help="check a model's backward by centred differences")
+    gc.add_argument("model", choices=sorted(MODELS))
+    gc.add_argument("--input-shape", type=_shape)
+    gc.add_argument("--batch-size", type=_positive_int, default=2)
+    gc.add_argument("--max-per-param", type=_positive_int, default=5)
+    # 1e-6 rather than the library's 1e-7: float64 rounding of the cost, ~1e-16 |J| / eps,
+    # is then below 1e-7 of even small gradients, and the O(eps^2) error still negligible.
+    gc.add_argument("--eps", type=float, default=1e-6)
+    gc.add_argument("--seed", type=int, default=0)
+
+    sub.add_parser("info", help="backend, versions, device")
+    return parser
+
+
+# -- data ---------------------------------------------------------------------------------
+def _load_dataset(name, root):
+    loader = DATASETS[name]
+    return loader(root) if root is not None and name != "synthetic" else loader()
+
+
+def _prepare(x, stats: Standardize):
+    return stats(to_float(x))
+
+
+def _build_model(name, in_channels, batch_norm):
+    if name == "lenet5":
+        return MODELS[name](in_channels=in_channels, batch_norm=batch_norm)
+    if batch_norm:
+        raise UsageError("--batch-norm applies to --model lenet5 only")
+    return MODELS[name]()
+
+
+def _optimizer(args, params):
+    if args.optimizer == "sgd":
+        return SGD(params, args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    if args.optimizer == "momentum":
+        return Momentum(params, args.lr, beta=args.momentum, weight_decay=args.weight_decay)
+    if args.optimizer == "rmsprop":
+        return RMSProp(params, args.lr, beta=args.momentum, weight_decay=args.weight_decay)
+    return Adam(params, args.lr, weight_decay=args.weight_decay)
+
+
+# -- commands -------------------------------------------------------------------------------
+class _SaveEachEpoch:
+    """After every epoch: ``last.npz`` (for --resume), ``metrics.csv``, ``curves.png``."""
+
+    def __init__(self, out, meta):
+        self.out, self.meta = out, meta
+
+    def on_epoch_end(self, run: Run):
+        run.save(os.path.join(self.out, "last.npz"), **self.meta)
+        run.history.to_csv(os.path.join(self.out, "metrics.csv"))
+        try:
+            run.history.plot(os.path.join(self.out, "curves.png"))
+        except ImportError:
+            pass
+        return False
+
+
+def cmd_train(args) -> int:
+    backend.set_device(args.device)
+    backend.manual_seed(args.seed)
+    last = os.path.join(args.out, "last.npz")
+    if args.resume and not os.path.isfile(last):
+        raise UsageError(f"--resume: no checkpoint at {last}")
+    (x, y), (x_test, y_test) = _load_dataset(args.dataset, args.data_root)
+    if args.limit:
+        x, y = x[:args.limit], y[:args.limit]
+    dev_fraction = min(max(args.dev_size, 0), len(x) - 1) / len(x)
+    (x, y), (x_dev, y_dev), _ = train_dev_test_split(x, y, (1 - dev_fraction, dev_fraction, 0),
+                                                     seed=args.seed)
+    stats = Standardize().fit(to_float(x))
+    x, x_dev, x_test = (_prepare(a, stats) for a in (x, x_dev, x_test))
+
+    model = _build_model(args.model, x.shape[1], args.batch_norm)
+    optimizer = _optimizer(args, model.parameters())
+    schedule = SCHEDULES[args.schedule](optimizer, args.decay) if args.schedule else None
+    meta = {"model": args.model, "batch_norm": args.batch_norm, "dataset": args.dataset,
+            "in_channels": int(x.shape[1]), "standardize": stats.state_dict()}
+    history, initial_epoch = History(), 0
+    if args.resume:
+        saved = load(last, model, optimizer)
+        if saved.get("model") != args.model or saved.get("dataset") != args.dataset:
+            raise UsageError(f"--resume: {last} is a {saved.get('model')} on "
+                             f"{saved.get('dataset')}, not {args.model} on {args.dataset}")
+        history, initial_epoch = History.from_dict(saved["history"]), saved["epoch"]
+        if schedule is not None and saved.get("schedule"):
+            schedule.load_state_dict(saved["schedule"])
+    os.makedirs(args.out, exist_ok=True)
+    val = (x_dev, y_dev) if len(x_dev) else None
+    callbacks = [_SaveEachEpoch(args.out, meta)]
+    if val is not None:
+        callbacks.append(ModelCheckpoint(os.path.join(args.out, "best.npz"), **meta))
+    print(f"training {args.model} on {args.dataset} ({len(x):,} images, "
+          f"{len(x_dev):,} for validation) on {backend.get_device()}", flush=True)
+    fit(model, SoftmaxCrossEntropy(), optimizer, (x, y), args.epochs, args.batch_size,
+        val_data=val, schedule=schedule, callbacks=callbacks, progress=not args.no_progress,
+        history=history, initial_epoch=initial_epoch)
+    scores = evaluate(model, (x_test, y_test))
+    print(f"test accuracy: {scores['accuracy']:.4f} (loss {scores['loss']:.4f}, "
+          f"{len(x_test):,} images)")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    backend.set_device(args.device)
+    header, _ = read_checkpoint(args.checkpoint)
+    meta = header.get("meta", {})
+    if meta.get("model") not in MODELS:
+        raise UsageError(f"{args.checkpoint}: does not say which model it holds")
+    dataset = args.dataset or meta.get("dataset")
+    if dataset not in DATASETS:
+        raise UsageError("--dataset is needed: the checkpoint does not name one")
+    model = _build_model(meta["model"], meta.get("in_channels", 1), meta.get("batch_norm", False))
+    load(args.checkpoint, model, restore_rng=False)
+    _, (x_test, y_test) = _load_dataset(dataset, args.data_root)
+    std = meta.get("standardize") or {"mean": [0.0], "std": [1.0]}
+    stats = Standardize(numpy.asarray(std["mean"]), numpy.asarray(std["std"]))
+    scores = evaluate(model, (_prepare(x_test, stats), y_test))
+    print(f"loss {scores['loss']:.4f}  accuracy {scores['accuracy']:.4f}  "
+          f"({len(x_test):,} {dataset} test images)")
+    return 0
+
+
+def cmd_summary(args) -> int:
+    backend.set_device("cpu")
+    summary(MODELS[args.model](), args.input_shape or INPUT_SHAPES[args.model])
+    return 0
+
+
+def cmd_gradcheck(args) -> int:
+    from .gradcheck import gradcheck
+    backend.set_device("cpu")
+    backend.manual_seed(args.seed)
+    model = MODELS[args.model]().eval()
+    shape = args.input_shape or INPUT_SHAPES[args.model]
+    rng = numpy.random.default_rng(args.seed)
+    x = rng.standard_normal((args.batch_size, *shape))
+    classes = model.parameters()[-1].shape[0]
+    y = rng.integers(0, classes, args.batch_size)
+    report = gradcheck(model, SoftmaxCrossEntropy(), x, y, eps=args.eps,
+                       max_per_param=args.max_per_param, seed=args.seed)
+    print(report)
+    return 0 if report.passed else 1
+
+
+def cmd_info(args) -> int:
+    print(f"gpunet {__version__}  python {platform.python_version()}  numpy {numpy.__version__}")
+    reason = backend.cuda_unavailable_reason()
+    cupy = sys.modules.get("cupy")
+    print(f"cupy: {cupy.__version__ if cupy else 'not installed'}")
+    if reason is None:
+        runtime = cupy.cuda.runtime
+        props = runtime.getDeviceProperties(0)
+        print(f"cuda: runtime {runtime.runtimeGetVersion()}, driver "
+              f"{runtime.driverGetVersion()}, {runtime.getDeviceCount()} device(s)")
+        print(f"device: cuda:0 {props['name'].decode()} (compute capability "
+              f"{props['major']}.{props['minor']})")
+    else:
+        print(f"cuda: unavailable ({reason})")
+    print(f"auto device: {'cuda:0' if reason is None else 'cpu'}")
+    print("kernel cache: none (this version runs CuPy arrays through the xp path)")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "summary": cmd_summary,
+            "gradcheck": cmd_gradcheck, "info": cmd_info}
+
+
+def _one_line_warning(message, category, filename, lineno, line=None):
+    return f"gpunet: warning: {message}\n"
+
+
+def main(argv=None) -> int:
+    warnings.formatwarning = _one_line_warning
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except (UsageError, DatasetError, CheckpointError, backend.DeviceError, ValueError,
+            TypeError, OSError) as exc:
+        print(f"gpunet: error: {exc}", file=sys.stderr)
+        return 2
+    except NonFiniteError as exc:
+        print(f"gpunet: training stopped: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("gpunet: interrupted", file=sys.stderr)
+        return 130
+
+

@@ -1,0 +1,152 @@
+"""MNIST and Fashion-MNIST from IDX files, found or downloaded.
+
+Search order for a dataset ``name``: ``root``, ``$GPUNET_DATA/<name>``,
+``~/.cache/gpunet/<name>`` (``$GPUNET_CACHE`` overrides ``~/.cache/gpunet``),
+``/usr/share/datasets/<name>`` (Debian's ``dataset-fashion-mnist``), then a
+download from the official mirror (``$GPUNET_MIRROR`` overrides it) into the cache.
+
+Fashion-MNIST is verified by the SHA-256 of the *decompressed* files (Debian
+re-gzips its copy, so the ``.gz`` digests differ); MNIST downloads by the MD5 of
+the official ``.gz`` files, the digests its mirrors publish.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy
+
+from .download import download, sha256
+from .errors import DatasetError
+from .idx import parse_idx, read_bytes
+
+DEBIAN_ROOT = "/usr/share/datasets"
+
+
+@dataclass(frozen=True)
+class Resource:
+    filename: str                    # without .gz
+    sha256: str | None = None        # of the decompressed bytes
+    gz_md5: str | None = None        # of the official .gz download
+
+
+@dataclass(frozen=True)
+class IdxDataset:
+    name: str
+    mirrors: tuple[str, ...]
+    train_images: Resource
+    train_labels: Resource
+    test_images: Resource
+    test_labels: Resource
+    classes: int = 10
+
+    @property
+    def resources(self) -> tuple[Resource, ...]:
+        return self.train_images, self.train_labels, self.test_images, self.test_labels
+
+
+FASHION_MNIST = IdxDataset(
+    "fashion-mnist", ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+    Resource("train-images-idx3-ubyte",
+             "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888"),
+    Resource("train-labels-idx1-ubyte",
+             "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9"),
+    Resource("t10k-images-idx3-ubyte",
+             "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b"),
+    Resource("t10k-labels-idx1-ubyte",
+             "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"))
+
+MNIST = IdxDataset(
+    "mnist", ("https://ossci-datasets.s3.amazonaws.com/mnist/",
+              "http://yann.lecun.com/exdb/mnist/"),
+    Resource("train-images-idx3-ubyte", gz_md5="f68b3c2dcbeaaa9fbdd348bbdeb94873"),
+    Resource("train-labels-idx1-ubyte", gz_md5="d53e105ee54ea40749a09fcbcd1e9432"),
+    Resource("t10k-images-idx3-ubyte", gz_md5="9fb629c4189551a2d022fa330f9573f3"),
+    Resource("t10k-labels-idx1-ubyte", gz_md5="ec29112dd5afa0611ce80d1b7f02629c"))
+
+
+def cache_dir() -> str:
+    return os.environ.get("GPUNET_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "gpunet")
+
+
+def search_folders(name: str, root=None) -> list[str]:
+    """Where ``name`` is looked for, in order."""
+    folders = [os.fspath(root)] if root is not None else []
+    if os.environ.get("GPUNET_DATA"):
+        folders.append(os.path.join(os.environ["GPUNET_DATA"], name))
+    folders += [os.path.join(cache_dir(), name), os.path.join(DEBIAN_ROOT, name)]
+    return folders
+
+
+def _find(folder: str, resource: Resource) -> str | None:
+    for candidate in (resource.filename, resource.filename + ".gz"):
+        path = os.path.join(folder, candidate)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def _locate(dataset: IdxDataset, root) -> list[str]:
+    """Paths of the four files from the first folder holding all of them, else
+    downloaded into the cache."""
+    for folder in search_folders(dataset.name, root):
+        paths = [_find(folder, r) for r in dataset.resources]
+        if all(paths):
+            return paths
+    target = os.path.join(cache_dir(), dataset.name)
+    mirrors = [os.environ["GPUNET_MIRROR"]] if os.environ.get("GPUNET_MIRROR") else \
+        list(dataset.mirrors)
+    paths = []
+    for resource in dataset.resources:
+        dest = os.path.join(target, resource.filename + ".gz")
+        errors = []
+        for mirror in mirrors:
+            try:
+                paths.append(download(mirror.rstrip("/") + "/" + resource.filename + ".gz",
+                                      dest, md5=resource.gz_md5))
+                break
+            except DatasetError as exc:
+                errors.append(str(exc))
+        else:
+            searched = ", ".join(search_folders(dataset.name, root))
+            raise DatasetError(f"{dataset.name}: not found in {searched}, and the download "
+                               f"failed: {'; '.join(errors)}")
+    return paths
+
+
+def _load(path: str, resource: Resource) -> numpy.ndarray:
+    data = read_bytes(path)
+    if resource.sha256 is not None and sha256(data) != resource.sha256:
+        raise DatasetError(f"{path}: checksum mismatch: SHA-256 of the decompressed "
+                           f"bytes is {sha256(data)}, expected {resource.sha256}")
+    return parse_idx(data, path)
+
+
+def load_idx_dataset(dataset: IdxDataset, root=None):
+    """``((x_train, y_train), (x_test, y_test))``: uint8 ``(N, 1, H, W)`` and int64."""
+    paths = _locate(dataset, root)
+    arrays = [_load(p, r) for p, r in zip(paths, dataset.resources)]
+    out = []
+    for (images, labels), (pi, pl) in zip((arrays[:2], arrays[2:]), (paths[:2], paths[2:])):
+        if images.ndim != 3 or images.dtype != numpy.uint8:
+            raise DatasetError(f"{pi}: expected uint8 images (N, H, W), got "
+                               f"{images.dtype} {images.shape}")
+        if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
+            raise DatasetError(f"{pl}: {labels.shape[0] if labels.ndim else '?'} labels for "
+                               f"{images.shape[0]} images in {pi}")
+        if labels.size and int(labels.max()) >= dataset.classes:
+            raise DatasetError(f"{pl}: label {int(labels.max())} is out of range for "
+                               f"{dataset.classes} classes")
+        out.append((images[:, None].copy(), labels.astype(numpy.int64)))
+    return tuple(out)
+
+
+def load_fashion_mnist(root=None):
+    """Fashion-MNIST: 60,000 + 10,000 grey 28x28 images of 10 kinds of clothing."""
+    return load_idx_dataset(FASHION_MNIST, root)
+
+
+def load_mnist(root=None):
+    """MNIST: 60,000 + 10,000 grey 28x28 handwritten digits."""
+    return load_idx_dataset(MNIST, root)

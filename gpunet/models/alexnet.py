@@ -1,0 +1,48 @@
+"""AlexNet (Krizhevsky et al., 2012): torchvision's single-tower layout, and a
+CIFAR-sized version."""
+from __future__ import annotations
+
+from ..nn import (
+    AdaptiveAvgPool2d,
+    Conv2d,
+    Dropout,
+    Flatten,
+    Linear,
+    LocalResponseNorm,
+    MaxPool2d,
+    ReLU,
+    Sequential,
+)
+
+
+def alexnet(num_classes: int = 1000, lrn: bool = False) -> Sequential:
+    """224x224x3 input; 61,100,840 parameters with 1000 classes; keys match
+    torchvision's ``features.N`` / ``classifier.N``. ``lrn=True`` adds the paper's
+    local response normalisation (size 5, alpha 1e-4, beta 0.75, k 2) after the
+    first two ReLUs, shifting the feature indices."""
+    norm = [LocalResponseNorm(5, 1e-4, 0.75, 2.0)] if lrn else []
+    features = Sequential(
+        Conv2d(3, 64, 11, stride=4, padding=2), ReLU(), *norm, MaxPool2d(3, 2),
+        Conv2d(64, 192, 5, padding=2), ReLU(), *norm, MaxPool2d(3, 2),
+        Conv2d(192, 384, 3, padding=1), ReLU(),
+        Conv2d(384, 256, 3, padding=1), ReLU(),
+        Conv2d(256, 256, 3, padding=1), ReLU(), MaxPool2d(3, 2))
+    classifier = Sequential(
+        Dropout(0.5), Linear(256 * 6 * 6, 4096), ReLU(),
+        Dropout(0.5), Linear(4096, 4096), ReLU(), Linear(4096, num_classes))
+    return Sequential({"features": features, "avgpool": AdaptiveAvgPool2d(6),
+                       "flatten": Flatten(), "classifier": classifier})
+
+
+def alexnet_cifar(num_classes: int = 10, dropout: float = 0.0) -> Sequential:
+    """32x32x3 input: conv64@5, pool 3/2, conv128@5, pool 3/2, conv192@3, conv192@3,
+    conv128@3, pool 3/2, FC384, FC192, FC10 (ReLU throughout)."""
+    drop = [Dropout(dropout)] if dropout else []
+    return Sequential(
+        Conv2d(3, 64, 5, padding=2), ReLU(), MaxPool2d(3, 2),
+        Conv2d(64, 128, 5, padding=2), ReLU(), MaxPool2d(3, 2),
+        Conv2d(128, 192, 3, padding=1), ReLU(),
+        Conv2d(192, 192, 3, padding=1), ReLU(),
+        Conv2d(192, 128, 3, padding=1), ReLU(), MaxPool2d(3, 2),
+        Flatten(), *drop, Linear(128 * 3 * 3, 384), ReLU(), *drop, Linear(384, 192), ReLU(),
+        Linear(192, num_classes))

@@ -1,0 +1,47 @@
+"""VGG (Simonyan & Zisserman, 2014): 3x3 convolutions in blocks, 2x2 max pooling."""
+from __future__ import annotations
+
+from ..nn import (
+    AdaptiveAvgPool2d,
+    BatchNorm2d,
+    Conv2d,
+    Dropout,
+    Flatten,
+    Linear,
+    MaxPool2d,
+    ReLU,
+    Sequential,
+)
+
+VGG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
+         512, 512, 512, "M"]
+VGG_CIFAR = [64, "M", 128, "M", 256, 256, "M", 512, 512, "M"]
+
+
+def _features(config, batch_norm: bool, in_channels: int = 3) -> Sequential:
+    layers = []
+    for item in config:
+        if item == "M":
+            layers.append(MaxPool2d(2))
+            continue
+        layers.append(Conv2d(in_channels, item, 3, padding=1))
+        layers += [BatchNorm2d(item)] if batch_norm else []
+        layers.append(ReLU())
+        in_channels = item
+    return Sequential(*layers)
+
+
+def vgg16(num_classes: int = 1000) -> Sequential:
+    """224x224x3 input; 138,357,544 parameters with 1000 classes; torchvision's keys."""
+    classifier = Sequential(Linear(512 * 7 * 7, 4096), ReLU(), Dropout(0.5),
+                            Linear(4096, 4096), ReLU(), Dropout(0.5), Linear(4096, num_classes))
+    return Sequential({"features": _features(VGG16, False), "avgpool": AdaptiveAvgPool2d(7),
+                       "flatten": Flatten(), "classifier": classifier})
+
+
+def vgg_cifar(num_classes: int = 10, batch_norm: bool = True) -> Sequential:
+    """A VGG-style net for 32x32x3: conv64, pool, conv128, pool, 2x conv256, pool,
+    2x conv512, pool (all 3x3), then FC256 and FC10."""
+    return Sequential({"features": _features(VGG_CIFAR, batch_norm), "flatten": Flatten(),
+                       "classifier": Sequential(Linear(512 * 2 * 2, 256), ReLU(),
+                                                Dropout(0.5), Linear(256, num_classes))})

@@ -1,0 +1,275 @@
+"""The training loop of the notes: epochs of shuffled mini-batches, forward,
+cost, backward, update; plus evaluation, history and callbacks.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+from .backend import device_of, get_array_module, get_rng_state
+from .data.batching import minibatches
+from .losses import SoftmaxCrossEntropy
+from .nn import Module
+
+__all__ = ["fit", "evaluate", "History", "Callback", "EarlyStopping", "ModelCheckpoint",
+           "NonFiniteError"]
+
+COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "time")
+
+
+class NonFiniteError(FloatingPointError):
+    """Training produced NaN or Inf; the message says where."""
+
+
+@dataclass
+class History:
+    """Per-epoch ``loss``, ``accuracy``, ``val_loss``, ``val_accuracy`` (NaN without
+    validation data), ``lr`` and wall ``time`` in seconds."""
+
+    rows: list[dict] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, column: str) -> list:
+        return [row[column] for row in self.rows]
+
+    def to_dict(self) -> dict:
+        return {"rows": self.rows}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> History:
+        return cls([dict(row) for row in data.get("rows", [])])
+
+    def to_csv(self, path) -> None:
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS)
+            writer.writeheader()
+            writer.writerows(self.rows)
+
+    def plot(self, path) -> str:
+        """Write loss and accuracy curves (train and validation) to a PNG."""
+        try:
+            import matplotlib
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            raise ImportError("History.plot needs matplotlib: pip install matplotlib") from None
+        fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+        epochs = self["epoch"]
+        for ax, key, title in ((ax_loss, "loss", "loss"), (ax_acc, "accuracy", "accuracy")):
+            ax.plot(epochs, self[key], "o-", label="train")
+            if not all(math.isnan(v) for v in self[f"val_{key}"]):
+                ax.plot(epochs, self[f"val_{key}"], "s--", label="validation")
+            ax.set_xlabel("epoch")
+            ax.set_title(title)
+            ax.grid(alpha=0.3)
+            ax.legend()
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return os.fspath(path)
+
+
+class Callback:
+    """Called after every epoch; return ``True`` from ``on_epoch_end`` to stop."""
+
+    def on_epoch_end(self, run: Run) -> bool | None:
+        return None
+
+
+class EarlyStopping(Callback):
+    """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs."""
+
+    def __init__(self, monitor: str = "val_loss", patience: int = 3, min_delta: float = 0.0):
+        if monitor not in COLUMNS[1:5]:
+            raise ValueError(f"monitor: expected one of {COLUMNS[1:5]}, got {monitor!r}")
+        self.monitor, self.patience, self.min_delta = monitor, patience, min_delta
+        self.sign = -1.0 if "loss" in monitor else 1.0
+        self.best, self.waited = -math.inf, 0
+
+    def on_epoch_end(self, run):
+        value = self.sign * run.history.rows[-1][self.monitor]
+        if value > self.best + self.min_delta:
+            self.best, self.waited = value, 0
+            return False
+        self.waited += 1
+        return self.waited >= self.patience
+
+
+class ModelCheckpoint(Callback):
+    """Save model, optimizer, schedule, epoch and history to ``path`` after each
+    epoch, or (``save_best_only``) only when ``monitor`` improves."""
+
+    def __init__(self, path, monitor: str = "val_accuracy", save_best_only: bool = True,
+                 **meta):
+        self.path, self.monitor, self.save_best_only, self.meta = path, monitor, \
+            save_best_only, meta
+        self.sign = -1.0 if "loss" in monitor else 1.0
+        self.best = -math.inf
+
+    def on_epoch_end(self, run):
+        value = self.sign * run.history.rows[-1][self.monitor]
+        if self.save_best_only and not value > self.best:
+            return False
+        self.best = max(self.best, value)
+        run.save(self.path, **self.meta)
+        return False
+
+
+@dataclass
+class Run:
+    """What callbacks see: the objects being trained and the history so far."""
+
+    model: Module
+    optimizer: object
+    schedule: object
+    history: History
+    epoch: int = 0
+
+    def save(self, path, **meta) -> str:
+        from .io import save
+        schedule = self.schedule.state_dict() if self.schedule is not None else None
+        return save(path, self.model, self.optimizer, epoch=self.epoch,
+                    history=self.history.to_dict(), schedule=schedule, **meta)
+
+
+def _check_data(name, data, model):
+    if not (isinstance(data, (tuple, list)) and len(data) == 2):
+        raise TypeError(f"{name}: expected an (x, y) pair of arrays")
+    x, y = data
+    if len(x) != len(y):
+        raise ValueError(f"{name}: x has {len(x)} examples but y has {len(y)}")
+    if len(x) == 0:
+        raise ValueError(f"{name}: no examples")
+    dtype = model.parameters()[0].data.dtype if model.parameters() else x.dtype
+    if x.dtype != dtype:
+        raise TypeError(f"{name}: x is {x.dtype} but the model is {dtype}; convert first "
+                        f"(gpunet.data.transforms.to_float for uint8 images)")
+
+
+def _accuracy_count(outputs, targets) -> int:
+    if outputs.ndim != 2 or targets.dtype.kind not in "iu":
+        return 0
+    return int((outputs.argmax(axis=1) == targets).sum())
+
+
+def _progress_bar(total, desc, enabled):
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    # disable=None: tqdm switches itself off when stderr is not a terminal (CI, logs)
+    return tqdm(total=total, desc=desc, leave=False, unit="batch", file=sys.stderr,
+                dynamic_ncols=True, disable=None)
+
+
+def fit(model: Module, loss, optimizer, train_data, epochs: int, batch_size: int,
+        val_data=None, schedule=None, callbacks=(), progress: bool = True, augment=None,
+        history: History | None = None, initial_epoch: int = 0,
+        shuffle: bool = True) -> History:
+    """Train ``model`` for epochs ``initial_epoch + 1 .. epochs``.
+
+    Each epoch visits ``train_data = (x, y)`` in a shuffled order fixed by the
+    seed of ``gpunet.manual_seed`` and the epoch number (so a resumed run sees the
+    same batches), moving batches to the model's device; ``augment(x_batch)`` may
+    transform them. Evaluates on ``val_data`` after each epoch, steps ``schedule``,
+    then runs the callbacks. Stops with :class:`NonFiniteError` at the first NaN
+    or Inf output or loss.
+    """
+    _check_data("train_data", train_data, model)
+    if val_data is not None:
+        _check_data("val_data", val_data, model)
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"epochs: expected a non-negative int, got {epochs!r}")
+    device = device_of(model.parameters()[0].data)
+    history = History() if history is None else history
+    run = Run(model, optimizer, schedule, history, initial_epoch)
+    x, y = train_data
+    n_batches = -(-len(x) // batch_size)
+    seed = get_rng_state()["seed"]
+
+    for epoch in range(initial_epoch + 1, epochs + 1):
+        model.train()
+        lr = optimizer.lr
+        start = time.perf_counter()
+        total_loss, correct, seen = 0.0, 0, 0
+        bar = _progress_bar(n_batches, f"epoch {epoch}/{epochs}", progress)
+        batches = minibatches(x, y, batch_size, shuffle=shuffle, seed=[seed, epoch],
+                              device=device)
+        for step, (xb, yb) in enumerate(batches, start=1):
+            if augment is not None:
+                xb = augment(xb)
+            optimizer.zero_grad()
+            out = model.forward(xb)
+            xp = get_array_module(out)
+            if not bool(xp.isfinite(out).all()):
+                raise NonFiniteError(f"the model's outputs became NaN or Inf at epoch {epoch}, "
+                                     f"step {step}: lower the learning rate or check the data")
+            value = loss.forward(out, yb)
+            if not math.isfinite(value):
+                raise NonFiniteError(f"the loss became {value} at epoch {epoch}, step {step}")
+            model.backward(loss.backward())
+            optimizer.step()
+            total_loss += value * len(xb)
+            correct += _accuracy_count(out, yb)
+            seen += len(xb)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}",
+                                img_s=f"{seen / (time.perf_counter() - start):,.0f}")
+        if bar is not None:
+            bar.close()
+        elapsed = time.perf_counter() - start
+        row = {"epoch": epoch, "loss": total_loss / seen, "accuracy": correct / seen,
+               "val_loss": math.nan, "val_accuracy": math.nan, "lr": lr, "time": elapsed}
+        if val_data is not None:
+            scores = evaluate(model, val_data, loss=loss)
+            row["val_loss"], row["val_accuracy"] = scores["loss"], scores["accuracy"]
+        history.rows.append(row)
+        run.epoch = epoch
+        if schedule is not None:
+            schedule.step()
+        if progress:
+            print(_epoch_line(row, epochs, seen), file=sys.stderr, flush=True)
+        stop = [bool(cb.on_epoch_end(run)) for cb in callbacks]
+        if any(stop):
+            break
+    return history
+
+
+def _epoch_line(row, epochs, seen) -> str:
+    line = (f"epoch {row['epoch']}/{epochs}  loss {row['loss']:.4f}  "
+            f"accuracy {row['accuracy']:.4f}")
+    if not math.isnan(row["val_loss"]):
+        line += f"  val_loss {row['val_loss']:.4f}  val_accuracy {row['val_accuracy']:.4f}"
+    return line + f"  lr {row['lr']:.3g}  {row['time']:.1f}s ({seen / row['time']:,.0f} img/s)"
+
+
+def evaluate(model: Module, data, batch_size: int = 256, loss=None) -> dict:
+    """``{"loss", "accuracy"}`` of ``model`` on ``data = (x, y)`` in eval mode (the
+    model's mode is restored afterwards). ``loss`` defaults to softmax cross-entropy."""
+    _check_data("data", data, model)
+    loss = SoftmaxCrossEntropy() if loss is None else loss
+    device = device_of(model.parameters()[0].data)
+    was_training = model.training
+    model.eval()
+    total, correct = 0.0, 0
+    try:
+        for xb, yb in minibatches(*data, batch_size, shuffle=False, device=device):
+            out = model.forward(xb)
+            total += loss.forward(out, yb) * len(xb)
+            correct += _accuracy_count(out, yb)
+    finally:
+        model.train(was_training)
+    n = len(data[0])
+    return {"loss": total / n, "accuracy": correct / n}
+
+
+__all__ += ["Run"]
