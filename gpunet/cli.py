@@ -177,13 +177,13 @@ def cmd_train(args) -> int:
     model = _build_model(args.model, x.shape[1], args.batch_norm)
     optimizer = _optimizer(args, model.parameters())
     schedule = SCHEDULES[args.schedule](optimizer, args.decay) if args.schedule else None
-    meta = {"model": args.model, "batch_norm": args.batch_norm, "dataset": args.dataset,
+    meta = {"architecture": args.model, "batch_norm": args.batch_norm, "dataset": args.dataset,
             "in_channels": int(x.shape[1]), "standardize": stats.state_dict()}
     history, initial_epoch = History(), 0
     if args.resume:
         saved = load(last, model, optimizer)
-        if saved.get("model") != args.model or saved.get("dataset") != args.dataset:
-            raise UsageError(f"--resume: {last} is a {saved.get('model')} on "
+        if saved.get("architecture") != args.model or saved.get("dataset") != args.dataset:
+            raise UsageError(f"--resume: {last} is a {saved.get('architecture')} on "
                              f"{saved.get('dataset')}, not {args.model} on {args.dataset}")
         history, initial_epoch = History.from_dict(saved["history"]), saved["epoch"]
         if schedule is not None and saved.get("schedule"):
@@ -208,12 +208,13 @@ def cmd_evaluate(args) -> int:
     backend.set_device(args.device)
     header, _ = read_checkpoint(args.checkpoint)
     meta = header.get("meta", {})
-    if meta.get("model") not in MODELS:
+    if meta.get("architecture") not in MODELS:
         raise UsageError(f"{args.checkpoint}: does not say which model it holds")
     dataset = args.dataset or meta.get("dataset")
     if dataset not in DATASETS:
         raise UsageError("--dataset is needed: the checkpoint does not name one")
-    model = _build_model(meta["model"], meta.get("in_channels", 1), meta.get("batch_norm", False))
+    model = _build_model(meta["architecture"], meta.get("in_channels", 1),
+                         meta.get("batch_norm", False))
     load(args.checkpoint, model, restore_rng=False)
     _, (x_test, y_test) = _load_dataset(dataset, args.data_root)
     std = meta.get("standardize") or {"mean": [0.0], "std": [1.0]}

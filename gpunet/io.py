@@ -87,8 +87,8 @@ def read_checkpoint(path) -> tuple[dict, dict]:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such checkpoint")
-    try:
-        with numpy.load(path, allow_pickle=False) as archive:
+    try:  # our own handle: numpy.load leaks it when the zip is truncated
+        with open(path, "rb") as f, numpy.load(f, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
         raise CheckpointError(f"{path}: not a readable checkpoint ({exc})") from None

@@ -20,9 +20,10 @@ TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
 TEST = ["test_batch"]
 RECORD = 1 + 3 * 32 * 32
 
-# What the format needs: NumPy's array reconstruction, nothing else.
+# What the format needs: NumPy's array reconstruction, and (for batches re-saved
+# by Python 3 with protocol 2) _codecs.encode, which only turns a str into bytes.
 _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-            ("numpy", "ndarray"), ("numpy", "dtype")}
+            ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
 
 
 class _ArrayOnlyUnpickler(pickle.Unpickler):

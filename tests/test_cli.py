@@ -1,0 +1,92 @@
+"""The command line: real runs on small data, and misuse that exits 2 in one line."""
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+
+from gpunet.cli import main
+
+QUICK = ["--dataset", "synthetic", "--limit", "300", "--dev-size", "60", "--batch-size", "32",
+         "--no-progress", "--device", "cpu", "--seed", "1"]
+
+
+def run_cli(*args, env=None):
+    """``python -m gpunet ARGS`` in a fresh process: (returncode, stdout, stderr)."""
+    full_env = dict(os.environ, **(env or {}))
+    out = subprocess.run([sys.executable, "-m", "gpunet", *args], capture_output=True,
+                         text=True, timeout=300, env=full_env)
+    return out.returncode, out.stdout, out.stderr
+
+
+def test_train_writes_metrics_curves_checkpoints_and_resumes(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--epochs", "1", "--out", str(out), *QUICK]) == 0
+    printed = capsys.readouterr().out
+    assert "test accuracy:" in printed
+    assert sorted(os.listdir(out)) == ["best.npz", "curves.png", "last.npz", "metrics.csv"]
+    assert main(["train", "--epochs", "3", "--resume", "--out", str(out), *QUICK]) == 0
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    assert float(rows[-1]["val_accuracy"]) > 0.5
+    capsys.readouterr()
+    assert main(["evaluate", str(out / "last.npz"), "--device", "cpu"]) == 0
+    line = capsys.readouterr().out
+    assert line.startswith("loss ") and "accuracy" in line and "synthetic test images" in line
+
+
+def test_summary_gradcheck_info(capsys):
+    assert main(["summary", "lenet5"]) == 0
+    assert "total parameters: 61,706" in capsys.readouterr().out
+    assert main(["summary", "alexnet_cifar", "--input-shape", "3,32,32"]) == 0
+    assert "total parameters: 1,503,050" in capsys.readouterr().out
+    assert main(["gradcheck", "lenet5", "--max-per-param", "3"]) == 0
+    assert ": great" in capsys.readouterr().out
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "numpy" in out and "auto device:" in out
+
+
+def test_python_dash_m_and_the_entry_point_agree():
+    code, out, _ = run_cli("summary", "lenet5_notes")
+    assert code == 0 and "62,958" in out
+
+
+MISUSES = [
+    (["frobnicate"], "invalid choice"),
+    ([], "required: command"),
+    (["train", "--epochs", "0"], "--epochs"),
+    (["train", "--epochs", "two"], "--epochs"),
+    (["train", "--model", "resnet"], "--model"),
+    (["train", "--device", "tpu", *QUICK[:-4]], "device"),
+    (["train", "--device", "cuda:0", *QUICK[:-4]], "cannot use cuda:0"),
+    (["train", "--dataset", "cifar10", "--data-root", "/nonexistent", "--device", "cpu"],
+     "cifar10"),
+    (["train", "--resume", "--out", "/nonexistent/run", *QUICK], "no checkpoint"),
+    (["evaluate", "/nonexistent/ck.npz"], "no such checkpoint"),
+    (["summary", "lenet5", "--input-shape", "3,x,32"], "C,H,W"),
+    (["train", "--model", "alexnet_cifar", "--batch-norm", *QUICK], "lenet5 only"),
+]
+
+
+@pytest.mark.parametrize("args,fragment", MISUSES, ids=[" ".join(a[:2]) for a, _ in MISUSES])
+def test_misuse_exits_2_with_one_line(args, fragment, tmp_path):
+    if "cuda:0" in args:
+        from gpunet.backend import cuda_unavailable_reason
+        if cuda_unavailable_reason() is None:
+            pytest.skip("a GPU is usable here")
+    code, out, err = run_cli(*args, env={"GPUNET_CACHE": str(tmp_path)})
+    assert code == 2, (out, err)
+    lines = [line for line in err.splitlines() if not line.startswith("gpunet: warning:")]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("gpunet: error:") and fragment in lines[0], err
+    assert "Traceback" not in err
+
+
+def test_corrupt_checkpoint_exits_2(tmp_path):
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"PK\x03\x04 not really a zip")
+    code, _, err = run_cli("evaluate", str(bad))
+    assert code == 2 and "bad.npz" in err and "Traceback" not in err

@@ -1,0 +1,106 @@
+"""Model layouts, parameter counts and the summary table."""
+import numpy
+import pytest
+
+import gpunet
+from gpunet import models
+
+
+def n_params(model):
+    return sum(int(p.data.size) for p in model.parameters())
+
+
+def test_published_parameter_counts():
+    assert n_params(models.alexnet()) == 61_100_840
+    assert n_params(models.alexnet(lrn=True)) == 61_100_840
+    assert n_params(models.lenet5()) == 61_706
+
+
+def test_vgg16_parameter_count_and_keys():
+    model = models.vgg16()
+    assert n_params(model) == 138_357_544
+    keys = list(model.state_dict())
+    assert keys[:2] == ["features.0.weight", "features.0.bias"]
+    assert keys[-2:] == ["classifier.6.weight", "classifier.6.bias"]
+    assert "features.28.weight" in keys  # torchvision's index of the last conv
+
+
+def test_alexnet_keys_are_torchvisions():
+    keys = list(models.alexnet().state_dict())
+    assert keys == ["features.0.weight", "features.0.bias", "features.3.weight",
+                    "features.3.bias", "features.6.weight", "features.6.bias",
+                    "features.8.weight", "features.8.bias", "features.10.weight",
+                    "features.10.bias", "classifier.1.weight", "classifier.1.bias",
+                    "classifier.4.weight", "classifier.4.bias", "classifier.6.weight",
+                    "classifier.6.bias"]
+
+
+def test_the_notes_lenet_table_has_wrong_parameter_counts():
+    """The notes print 208, 416, 48,001, 10,081 and 841: they drop each filter's input
+    channels (5*5*8 + 8 = 208 instead of 5*5*3*8 + 8 = 608) and miscount the FC biases.
+    Activation shapes and sizes in the table are right."""
+    table = models.summary(models.lenet5_notes(), (3, 32, 32), print_table=False)
+    with_params = [r for r in table.rows if r.params]
+    assert [r.params for r in with_params] == [608, 3216, 48120, 10164, 850]
+    assert [r.params for r in with_params] != [208, 416, 48001, 10081, 841]
+    assert table.total_params == 62_958
+    shapes = [(r.kind, r.shape, r.size) for r in table.rows if r.kind != "ReLU"]
+    assert shapes[:4] == [("InputConv", (8, 28, 28), 6272), ("MaxPool2d", (8, 14, 14), 1568),
+                          ("Conv2d", (16, 10, 10), 1600), ("MaxPool2d", (16, 5, 5), 400)]
+    assert [r.size for r in table.rows[-5:] if r.kind == "Linear"] == [120, 84, 10]
+
+
+def test_summary_prints_the_table(capsys):
+    models.summary(models.lenet5(), (1, 32, 32))
+    out = capsys.readouterr().out
+    assert "activation shape" in out and "total parameters: 61,706" in out
+    assert "input" in out and "1,024" in out
+
+
+def test_lenet5_accepts_28_and_32_pixel_images(rng):
+    model = models.lenet5()
+    for size in (28, 32):
+        x = rng.standard_normal((2, 1, size, size)).astype("float32")
+        y = model(x)
+        assert y.shape == (2, 10)
+        assert model.backward(numpy.ones_like(y)).shape == x.shape
+    with pytest.raises(ValueError):
+        model(rng.standard_normal((2, 1, 30, 30)).astype("float32"))
+
+
+@pytest.mark.parametrize("make,shape", [(models.alexnet_cifar, (2, 3, 32, 32)),
+                                        (models.vgg_cifar, (2, 3, 32, 32)),
+                                        (lambda: models.lenet5(batch_norm=True), (3, 1, 28, 28))])
+def test_cifar_models_run_forward_and_backward(make, shape, rng):
+    model = make()
+    x = rng.standard_normal(shape).astype("float32")
+    y = model(x)
+    assert y.shape == (shape[0], 10)
+    assert model.backward(numpy.ones_like(y)).shape == x.shape
+
+
+def test_alexnet_with_lrn_has_local_response_norm():
+    kinds = [type(m).__name__ for m in models.alexnet(lrn=True).modules()]
+    assert kinds.count("LocalResponseNorm") == 2
+
+
+def test_adaptive_avg_pool_matches_torch_windows(rng):
+    pool = gpunet.nn.AdaptiveAvgPool2d((3, 2))
+    x = rng.standard_normal((1, 2, 7, 5))
+    y = pool(x)
+    # PyTorch's windows: rows [0,3), [2,5), [4,7); cols [0,3), [2,5)
+    assert y[0, 1, 1, 0] == pytest.approx(x[0, 1, 2:5, 0:3].mean())
+    assert y[0, 0, 2, 1] == pytest.approx(x[0, 0, 4:7, 2:5].mean())
+    report = gpunet.gradcheck(gpunet.nn.Sequential(pool), gpunet.losses.MSELoss(), x,
+                              rng.standard_normal(y.shape))
+    assert report.passed, str(report)
+
+
+@pytest.mark.torch
+def test_adaptive_avg_pool_matches_torch(rng):
+    torch = pytest.importorskip("torch")
+    x = rng.standard_normal((2, 3, 13, 9))
+    for out in [(6, 6), (7, 7), (4, 3), (13, 9), (1, 1)]:
+        ours = gpunet.nn.AdaptiveAvgPool2d(out)(x)
+        ref = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(x), out).numpy()
+        assert numpy.allclose(ours, ref, rtol=1e-12, atol=1e-12), out

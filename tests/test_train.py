@@ -1,0 +1,195 @@
+"""fit / evaluate / History / callbacks / checkpoints."""
+import math
+import os
+import zipfile
+
+import numpy
+import pytest
+
+import gpunet
+from gpunet import losses, nn, optim
+from gpunet.data import synthetic_images
+from gpunet.data.transforms import to_float
+from gpunet.train import EarlyStopping, ModelCheckpoint
+
+
+@pytest.fixture(scope="module")
+def small_data():
+    (x, y), (xt, yt) = synthetic_images(600, 200, shape=(1, 12, 12), classes=4, seed=1)
+    return (to_float(x), y), (to_float(xt), yt)
+
+
+def small_net(dropout=0.0):
+    layers = [nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(100, 16),
+              nn.ReLU()]
+    layers += [nn.Dropout(dropout)] if dropout else []
+    return nn.Sequential(*layers, nn.Linear(16, 4))
+
+
+def test_fit_learns_and_records_history(small_data, tmp_path):
+    gpunet.manual_seed(0)
+    model = small_net()
+    opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    sched = optim.schedules.InverseTimeDecay(opt, 0.5)
+    before = gpunet.evaluate(model, small_data[1])
+    history = gpunet.fit(model, losses.SoftmaxCrossEntropy(), opt, small_data[0], 4, 32,
+                         val_data=small_data[1], schedule=sched, progress=False)
+    after = gpunet.evaluate(model, small_data[1])
+    assert after["accuracy"] > max(0.9, before["accuracy"] + 0.3)
+    assert history["epoch"] == [1, 2, 3, 4]
+    assert history["lr"] == pytest.approx([0.05, 0.05 / 1.5, 0.05 / 2, 0.05 / 2.5])
+    assert history["loss"][-1] < history["loss"][0]
+    assert history.rows[-1]["val_accuracy"] == pytest.approx(after["accuracy"])
+    history.to_csv(tmp_path / "m.csv")
+    lines = (tmp_path / "m.csv").read_text().splitlines()
+    assert lines[0] == "epoch,loss,accuracy,val_loss,val_accuracy,lr,time" and len(lines) == 5
+    history.plot(tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evaluate_restores_the_mode(small_data):
+    model = small_net(dropout=0.5)
+    gpunet.evaluate(model, small_data[1])
+    assert model.training
+    model.eval()
+    gpunet.evaluate(model, small_data[1])
+    assert not model.training
+
+
+def test_fit_rejects_uint8_and_mismatched_data(small_data):
+    model = small_net()
+    opt = optim.SGD(model.parameters(), 0.1)
+    x, y = small_data[0]
+    with pytest.raises(TypeError, match="to_float"):
+        gpunet.fit(model, losses.SoftmaxCrossEntropy(), opt, ((x * 255).astype("u1"), y), 1, 8)
+    with pytest.raises(ValueError, match="600 examples but y has 599"):
+        gpunet.fit(model, losses.SoftmaxCrossEntropy(), opt, (x, y[:-1]), 1, 8)
+
+
+def test_fit_stops_on_non_finite_loss(small_data):
+    model = small_net()
+    for p in model.parameters():
+        p.data *= 1e20  # three layers of 1e20 overflow float32 (max 3.4e38)
+    opt = optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(gpunet.NonFiniteError, match="epoch 1, step 1"), \
+            numpy.errstate(over="ignore", invalid="ignore"):
+        gpunet.fit(model, losses.SoftmaxCrossEntropy(), opt, small_data[0], 3, 32,
+                   progress=False)
+
+
+def test_early_stopping_and_best_checkpoint(small_data, tmp_path):
+    gpunet.manual_seed(0)
+    model = small_net()
+    opt = optim.SGD(model.parameters(), lr=0.0)  # nothing improves
+    best = tmp_path / "best.npz"
+    history = gpunet.fit(model, losses.SoftmaxCrossEntropy(), opt, small_data[0], 10, 64,
+                         val_data=small_data[1], progress=False,
+                         callbacks=[EarlyStopping("val_loss", patience=2),
+                                    ModelCheckpoint(best, "val_accuracy")])
+    assert len(history) == 3
+    meta = gpunet.load(best, small_net())
+    assert meta["epoch"] == 1
+
+
+def _train(epochs, data, save_at=None, path=None, resume_from=None):
+    """A run with dropout and shuffling; optionally saved after ``save_at`` epochs or
+    resumed from ``resume_from``."""
+    gpunet.manual_seed(7)
+    model = small_net(dropout=0.3)
+    opt = optim.Adam(model.parameters(), 3e-3)
+    sched = optim.schedules.ExponentialDecay(opt, 0.9)
+    history, start = None, 0
+    if resume_from is not None:
+        gpunet.manual_seed(12345)  # a different seed: the checkpoint must restore it
+        model, opt = small_net(dropout=0.3), None
+        opt = optim.Adam(model.parameters(), 3e-3)
+        sched = optim.schedules.ExponentialDecay(opt, 0.9)
+        meta = gpunet.load(resume_from, model, opt)
+        sched.load_state_dict(meta["schedule"])
+        history, start = gpunet.History.from_dict(meta["history"]), meta["epoch"]
+    history = gpunet.fit(model, losses.SoftmaxCrossEntropy(), opt, data, epochs, 50,
+                         schedule=sched, progress=False, history=history, initial_epoch=start,
+                         callbacks=[_SaveAt(save_at, path)] if save_at else ())
+    return model, opt, history
+
+
+class _SaveAt(gpunet.train.Callback):
+    def __init__(self, epoch, path):
+        self.epoch, self.path = epoch, path
+
+    def on_epoch_end(self, run):
+        if run.epoch == self.epoch:
+            run.save(self.path)
+        return False
+
+
+def test_resumed_run_equals_uninterrupted_bit_for_bit(small_data, tmp_path):
+    path = tmp_path / "ck.npz"
+    full_model, full_opt, full_hist = _train(4, small_data[0], save_at=2, path=path)
+    model, opt, hist = _train(4, small_data[0], resume_from=path)
+    for (name, a), b in zip(full_model.state_dict().items(), model.state_dict().values()):
+        assert numpy.array_equal(a, b), name
+    for sa, sb in zip(full_opt.state_dict()["state"], opt.state_dict()["state"]):
+        for key in sa:
+            assert numpy.array_equal(sa[key], sb[key])
+    assert hist["loss"] == full_hist["loss"] and hist["lr"] == full_hist["lr"]
+
+
+# -- checkpoint files ------------------------------------------------------------------------
+def test_save_is_atomic_and_load_restores(tmp_path):
+    model = small_net()
+    opt = optim.Momentum(model.parameters(), 0.1)
+    for p in model.parameters():
+        p.grad += 1
+    opt.step()
+    path = tmp_path / "ck.npz"
+    gpunet.save(path, model, opt, epoch=3, note="first")
+    gpunet.save(path, model, opt, epoch=4, note="second")
+    assert os.listdir(tmp_path) == ["ck.npz"]
+    other = small_net()
+    other_opt = optim.Momentum(other.parameters(), 0.5)
+    meta = gpunet.load(path, other, other_opt)
+    assert meta == {"epoch": 4, "note": "second"}
+    assert other_opt.lr == 0.1 and other_opt.steps == 1
+    for a, b in zip(model.parameters(), other.parameters()):
+        assert numpy.array_equal(a.data, b.data)
+
+
+def test_corrupt_and_mismatched_checkpoints(tmp_path):
+    model = small_net()
+    path = tmp_path / "ck.npz"
+    gpunet.save(path, model, optim.SGD(model.parameters(), 0.1))
+    raw = bytearray(path.read_bytes())
+    # flip one byte inside the first stored array's data
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo("model/0.weight.npy")
+    raw[info.header_offset + 30 + len(info.filename) + 140] ^= 0xFF
+    (tmp_path / "flipped.npz").write_bytes(bytes(raw))
+    with pytest.raises(gpunet.CheckpointError, match="CRC-32 for file 'model/0.weight"):
+        gpunet.load(tmp_path / "flipped.npz", small_net())
+    # a well-formed zip whose array was changed after saving: our SHA-256 catches it
+    with numpy.load(path) as archive:
+        members = {name: archive[name] for name in archive.files}
+    members["model/0.weight"] = members["model/0.weight"] + 1
+    numpy.savez(tmp_path / "altered.npz", **members)
+    with pytest.raises(gpunet.CheckpointError, match="altered.npz: checksum mismatch"):
+        gpunet.load(tmp_path / "altered.npz", small_net())
+    (tmp_path / "short.npz").write_bytes(path.read_bytes()[:300])
+    with pytest.raises(gpunet.CheckpointError, match="short.npz"):
+        gpunet.load(tmp_path / "short.npz", small_net())
+    numpy.savez(tmp_path / "objects.npz", __meta__=numpy.array([{"a": 1}], dtype=object))
+    with pytest.raises(gpunet.CheckpointError, match="objects.npz"):
+        gpunet.load(tmp_path / "objects.npz", small_net())
+    with pytest.raises(gpunet.CheckpointError, match="unexpected keys.*expected shape"):
+        gpunet.load(path, nn.Sequential(nn.Linear(3, 3)))
+    with pytest.raises(gpunet.CheckpointError, match="optimizer is SGD"):
+        gpunet.load(path, small_net(), optim.Adam(small_net().parameters()))
+    with pytest.raises(gpunet.CheckpointError, match="no such checkpoint"):
+        gpunet.load(tmp_path / "absent.npz", small_net())
+
+
+def test_no_pickle_in_checkpoints(tmp_path):
+    path = tmp_path / "ck.npz"
+    gpunet.save(path, small_net(), history={"rows": [{"loss": math.nan}]})
+    with numpy.load(path, allow_pickle=False) as archive:
+        assert all(archive[name].dtype != object for name in archive.files)
