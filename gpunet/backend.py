@@ -6,6 +6,7 @@ Everything else takes its array module ``xp`` from the arrays it is given
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from dataclasses import dataclass
 from types import ModuleType
@@ -110,14 +111,24 @@ def resolve_device(spec: str | Device) -> Device:
         reason = cuda_unavailable_reason(0)
         if reason is None:
             return Device("cuda", 0)
-        warnings.warn(f"using the CPU because {reason}",
-                      DeviceFallbackWarning, stacklevel=3)
+        warnings.warn(f"using the CPU because {reason}", DeviceFallbackWarning,
+                      stacklevel=_caller_outside_package())
         return CPU
     if device.kind == "cuda":
         reason = cuda_unavailable_reason(device.index)
         if reason is not None:
             raise DeviceError(f"cannot use {device.name}: {reason}")
     return device
+
+
+def _caller_outside_package() -> int:
+    """The ``stacklevel`` of the first frame outside gpunet, so that a warning
+    points at the user's line rather than ours."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(2), 2
+    while frame is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 # GPUNET_DEVICE is read once, here; it is resolved on first use so that

@@ -1,14 +1,79 @@
-"""The examples run and say what they claim."""
+"""Every example runs with --quick (in a scratch folder) and says what it claims."""
+import os
 import pathlib
 import subprocess
 import sys
 
+import pytest
+
 EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
+HAS_FASHION = os.path.isdir("/usr/share/datasets/fashion-mnist") or bool(
+    os.environ.get("GPUNET_DATA"))
 
 
-def test_gradient_checking_example():
-    out = subprocess.run([sys.executable, str(EXAMPLES / "gradient_checking.py")],
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    assert ": great" in out.stdout and ": bug" in out.stdout
-    assert "worst array: 5.weight" in out.stdout
+def run_example(name, tmp_path, *args):
+    env = dict(os.environ, GPUNET_DEVICE="cpu", MPLBACKEND="Agg")
+    out = subprocess.run([sys.executable, str(EXAMPLES / name), *args], capture_output=True,
+                         text=True, timeout=300, cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
+
+
+def test_gradient_checking(tmp_path):
+    out = run_example("gradient_checking.py", tmp_path)
+    assert ": great" in out and ": bug" in out and "worst array: 5.weight" in out
+
+
+@pytest.mark.skipif(not HAS_FASHION, reason="Fashion-MNIST is not installed")
+def test_train_lenet_fashion_mnist(tmp_path):
+    out = run_example("train_lenet_fashion_mnist.py", tmp_path, "--quick")
+    accuracy = float(out.strip().splitlines()[-1].split()[-1])
+    assert accuracy > 0.6
+    assert (tmp_path / "runs/lenet-fashion-mnist/curves.png").exists()
+
+
+def test_alexnet_cifar10_falls_back_to_synthetic_data_and_says_so(tmp_path):
+    out = run_example("alexnet_cifar10.py", tmp_path, "--quick")
+    assert "test accuracy" in out
+    assert "synthetic" in out or "CIFAR-10:" in out or "on CIFAR-10" in out
+
+
+def test_hyperparameter_search(tmp_path):
+    out = run_example("hyperparameter_search.py", tmp_path, "--quick")
+    rows = [line for line in out.splitlines() if line.startswith("trial")]
+    assert len(rows) == 4
+    for row in rows:
+        lr, beta = float(row.split()[3]), float(row.split()[5])
+        assert 1e-4 <= lr <= 1e-1 and 0.9 <= beta <= 0.999
+    assert "best first" in out
+
+
+def test_vanishing_exploding(tmp_path):
+    out = run_example("vanishing_exploding.py", tmp_path, "--quick", "--out", str(tmp_path))
+    assert "1.5^20 = 3.3253e+03, 0.5^20 = 9.5367e-07" in out
+    assert (tmp_path / "vanishing_exploding.png").exists()
+
+
+def test_ewma_temperature(tmp_path):
+    out = run_example("ewma_temperature.py", tmp_path, "--out", str(tmp_path))
+    day1 = [line for line in out.splitlines() if line.strip().startswith("1 ")][0].split()
+    # without bias correction day 1 is (1 - beta) theta_1; with it, theta_1 itself
+    theta = float(day1[1])
+    assert float(day1[4]) == pytest.approx(theta, abs=0.1)
+    assert float(day1[-3]) == pytest.approx(0.02 * theta, abs=0.1)
+    assert "beta 0.98: averages ~50 days" in out
+    assert (tmp_path / "ewma.png").exists()
+
+
+def test_edge_detection(tmp_path):
+    out = run_example("edge_detection.py", tmp_path, "--quick", "--out", str(tmp_path))
+    assert "edge maps (148, 126)" in out
+    assert (tmp_path / "edges.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_initialization(tmp_path):
+    out = run_example("initialization.py", tmp_path, "--quick")
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:]}
+    assert rows["zeros"][-3] == "1"            # one distinct hidden unit: symmetry kept
+    assert float(rows["he"][3]) > 0.95          # He learns the rings
+    assert float(rows["large"][1]) > 100 * float(rows["he"][1])  # huge initial loss

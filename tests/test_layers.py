@@ -283,3 +283,9 @@ def test_optimizer_state_follows_module_to():
     opt.step()
     assert all(v.dtype == numpy.float64 for s in opt.state for v in s.values())
     assert model.weight.data.dtype == numpy.float64
+
+
+def test_a_layer_instance_cannot_sit_twice_in_a_sequential():
+    relu = nn.ReLU()
+    with pytest.raises(ValueError, match="same ReLU instance is added twice"):
+        nn.Sequential(nn.Linear(2, 2), relu, nn.Linear(2, 2), relu)

@@ -37,12 +37,14 @@ def alexnet(num_classes: int = 1000, lrn: bool = False) -> Sequential:
 def alexnet_cifar(num_classes: int = 10, dropout: float = 0.0) -> Sequential:
     """32x32x3 input: conv64@5, pool 3/2, conv128@5, pool 3/2, conv192@3, conv192@3,
     conv128@3, pool 3/2, FC384, FC192, FC10 (ReLU throughout)."""
-    drop = [Dropout(dropout)] if dropout else []
+    def drop():  # a new layer each time: a module instance holds one forward's context
+        return [Dropout(dropout)] if dropout else []
+
     return Sequential(
         Conv2d(3, 64, 5, padding=2), ReLU(), MaxPool2d(3, 2),
         Conv2d(64, 128, 5, padding=2), ReLU(), MaxPool2d(3, 2),
         Conv2d(128, 192, 3, padding=1), ReLU(),
         Conv2d(192, 192, 3, padding=1), ReLU(),
         Conv2d(192, 128, 3, padding=1), ReLU(), MaxPool2d(3, 2),
-        Flatten(), *drop, Linear(128 * 3 * 3, 384), ReLU(), *drop, Linear(384, 192), ReLU(),
+        Flatten(), *drop(), Linear(128 * 3 * 3, 384), ReLU(), *drop(), Linear(384, 192), ReLU(),
         Linear(192, num_classes))

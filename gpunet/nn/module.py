@@ -232,6 +232,10 @@ class Sequential(Module):
         if not isinstance(module, Module):
             raise TypeError(f"Sequential: {name!r} is a {type(module).__name__}, "
                             "expected a Module")
+        if any(child is module for child in self.children()):
+            # backward needs each forward's saved context, and a module keeps one
+            raise ValueError(f"Sequential: the same {type(module).__name__} instance is added "
+                             f"twice (as {name!r}); create a new layer for each position")
         setattr(self, name, module)
 
     def append(self, module: Module) -> Sequential:
