@@ -20,10 +20,12 @@ def alexnet(num_classes: int = 1000, lrn: bool = False) -> Sequential:
     torchvision's ``features.N`` / ``classifier.N``. ``lrn=True`` adds the paper's
     local response normalisation (size 5, alpha 1e-4, beta 0.75, k 2) after the
     first two ReLUs, shifting the feature indices."""
-    norm = [LocalResponseNorm(5, 1e-4, 0.75, 2.0)] if lrn else []
+    def norm():  # a new layer each time: a module instance holds one forward's context
+        return [LocalResponseNorm(5, 1e-4, 0.75, 2.0)] if lrn else []
+
     features = Sequential(
-        Conv2d(3, 64, 11, stride=4, padding=2), ReLU(), *norm, MaxPool2d(3, 2),
-        Conv2d(64, 192, 5, padding=2), ReLU(), *norm, MaxPool2d(3, 2),
+        Conv2d(3, 64, 11, stride=4, padding=2), ReLU(), *norm(), MaxPool2d(3, 2),
+        Conv2d(64, 192, 5, padding=2), ReLU(), *norm(), MaxPool2d(3, 2),
         Conv2d(192, 384, 3, padding=1), ReLU(),
         Conv2d(384, 256, 3, padding=1), ReLU(),
         Conv2d(256, 256, 3, padding=1), ReLU(), MaxPool2d(3, 2))

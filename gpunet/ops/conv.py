@@ -56,44 +56,50 @@ def pad_input(x, pads, value=0.0):
     return xp.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=value)
 
 
-def windows(x_padded, kernel, stride, out_hw):
-    """View ``(N, C, R, S, OH, OW)`` of every kernel window (no copy)."""
-    xp = common_array_module(x=x_padded)
-    n, c = x_padded.shape[:2]
-    sn, sc, sh, sw = x_padded.strides
-    return xp.lib.stride_tricks.as_strided(
-        x_padded, shape=(n, c, kernel[0], kernel[1], out_hw[0], out_hw[1]),
-        strides=(sn, sc, sh, sw, sh * stride[0], sw * stride[1]))
+def window_offsets(kernel, stride, out_hw):
+    """``(k, rows, cols)`` for each kernel offset ``(r, s)``, ``k = r * S + s``:
+    ``x_padded[..., rows, cols]`` is the ``(OH, OW)`` grid of inputs that offset
+    touches. Convolution and pooling loop over these (a few dozen at most) instead
+    of over pixels."""
+    for r in range(kernel[0]):
+        rows = slice(r, r + stride[0] * (out_hw[0] - 1) + 1, stride[0])
+        for s in range(kernel[1]):
+            yield r * kernel[1] + s, rows, slice(s, s + stride[1] * (out_hw[1] - 1) + 1,
+                                                stride[1])
 
 
 def im2col(x, kernel, stride, pads):
-    """Columns ``(N, C*R*S, OH*OW)``: column ``p`` holds the window of output pixel ``p``."""
+    """Columns ``(C*R*S, N*OH*OW)``: column ``j`` holds the window of output pixel
+    ``j`` (batch-major), so one GEMM ``W (K, C*R*S) @ cols`` convolves the batch.
+
+    Built from a strided view of every window, copied once into this layout.
+    """
     out_hw = tuple(output_size(n, f, s, p)
                    for n, f, s, p in zip(x.shape[2:], kernel, stride, pads))
     xp = common_array_module(x=x)
     x_padded = xp.ascontiguousarray(pad_input(x, pads))
-    cols = windows(x_padded, kernel, stride, out_hw)
     n, c = x.shape[:2]
-    return cols.reshape(n, c * kernel[0] * kernel[1], out_hw[0] * out_hw[1]), out_hw
+    sn, sc, sh, sw = x_padded.strides
+    view = xp.lib.stride_tricks.as_strided(
+        x_padded, shape=(c, kernel[0], kernel[1], n, out_hw[0], out_hw[1]),
+        strides=(sc, sh, sw, sn, sh * stride[0], sw * stride[1]))
+    return view.reshape(c * kernel[0] * kernel[1], n * out_hw[0] * out_hw[1]), out_hw
 
 
 def col2im(cols, x_shape, kernel, stride, pads, out_hw):
-    """Adjoint of :func:`im2col`: sum every column entry back into its input pixel.
+    """Adjoint of :func:`im2col`: add every column entry back onto its input pixel.
 
-    Loops over the kernel window only; each iteration is one strided slice add.
+    Loops over the kernel offsets only; each adds one strided slice.
     """
     xp = common_array_module(cols=cols)
     n, c, h, w = x_shape
     (pt, pb), (pl, pr) = pads
-    r_size, s_size = kernel
-    oh, ow = out_hw
-    cols = cols.reshape(n, c, r_size, s_size, oh, ow)
-    dx_padded = xp.zeros((n, c, h + pt + pb, w + pl + pr), dtype=cols.dtype)
-    for r in range(r_size):
-        rows = slice(r, r + stride[0] * oh, stride[0])
-        for s in range(s_size):
-            dx_padded[:, :, rows, s:s + stride[1] * ow:stride[1]] += cols[:, :, r, s]
-    return dx_padded[:, :, pt:pt + h, pl:pl + w]
+    cols = cols.reshape(c, kernel[0] * kernel[1], n, *out_hw)
+    # accumulate channel-major, the layout of cols, and transpose once at the end
+    dx_padded = xp.zeros((c, n, h + pt + pb, w + pl + pr), dtype=cols.dtype)
+    for k, rows, columns in window_offsets(kernel, stride, out_hw):
+        dx_padded[:, :, rows, columns] += cols[:, k]
+    return xp.ascontiguousarray(dx_padded[:, :, pt:pt + h, pl:pl + w].transpose(1, 0, 2, 3))
 
 
 def conv2d_forward(x, weight, bias=None, stride=1, padding=0):
@@ -121,11 +127,11 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0):
     _check_window(where, x.shape, kernel, pads)
 
     cols, out_hw = im2col(x, kernel, stride, pads)
-    w2d = weight.reshape(weight.shape[0], -1)
-    y = xp.matmul(w2d, cols)  # (K, CRS) @ (N, CRS, P) -> (N, K, P): already NCHW
+    k = weight.shape[0]
+    y = weight.reshape(k, -1) @ cols  # (K, N*OH*OW): one GEMM for the whole batch
     if bias is not None:
         y += bias[:, None]
-    y = y.reshape(x.shape[0], weight.shape[0], *out_hw)
+    y = xp.ascontiguousarray(y.reshape(k, x.shape[0], *out_hw).transpose(1, 0, 2, 3))
     ctx = (cols, weight, x.shape, stride, pads, out_hw, bias is not None)
     return y, ctx
 
@@ -134,17 +140,16 @@ def conv2d_backward(dy, ctx):
     """``(dx, dweight, dbias)`` for ``dy`` of shape ``(N, K, OH, OW)``; ``dbias`` is
     ``None`` when the forward had no bias."""
     cols, weight, x_shape, stride, pads, out_hw, has_bias = ctx
-    xp = common_array_module(dy=dy, weight=weight)
+    common_array_module(dy=dy, weight=weight)  # same device, or a clear TypeError
     n, k = dy.shape[:2]
     if dy.shape != (n, weight.shape[0], *out_hw) or n != x_shape[0]:
         raise ValueError(
             f"conv2d backward: dy must have shape {(x_shape[0], weight.shape[0], *out_hw)}, "
             f"got {tuple(dy.shape)}")
-    dy3 = dy.reshape(n, k, -1)
-    dbias = dy3.sum(axis=(0, 2)) if has_bias else None
-    # dW = sum_n dy[n] @ cols[n].T, as one GEMM over the (N, P) pairs.
-    dweight = xp.tensordot(dy3, cols, axes=([0, 2], [0, 2])).reshape(weight.shape)
-    dcols = xp.matmul(weight.reshape(k, -1).T, dy3)  # (CRS, K) @ (N, K, P)
+    dy2 = dy.transpose(1, 0, 2, 3).reshape(k, -1)  # (K, N*OH*OW), the layout of y's GEMM
+    dbias = dy2.sum(axis=1) if has_bias else None
+    dweight = (dy2 @ cols.T).reshape(weight.shape)
+    dcols = weight.reshape(k, -1).T @ dy2
     dx = col2im(dcols, x_shape, weight.shape[2:], stride, pads, out_hw)
     return dx, dweight, dbias
 

@@ -1,13 +1,16 @@
-"""Max and average pooling over ``(N, C, H, W)``, windows via a strided view.
+"""Max and average pooling over ``(N, C, H, W)``.
 
-Both backward passes hand their per-window gradients to :func:`col2im`, the
-adjoint of the window view, so overlapping windows (e.g. 3/2) add up correctly.
+Both directions loop over the kernel offsets (:func:`window_offsets`), each step
+one strided slice of the padded input: no copy of every window is made, and
+overlapping windows (e.g. 3/2) add their gradients up correctly.
 """
 from __future__ import annotations
 
+import numpy
+
 from .. import _checks
 from ..backend import common_array_module
-from .conv import _check_window, col2im, output_size, pad_input, windows
+from .conv import _check_window, output_size, pad_input, window_offsets
 
 
 def _geometry(where, x, kernel_size, stride, padding):
@@ -27,44 +30,69 @@ def _geometry(where, x, kernel_size, stride, padding):
     return kernel, stride, pads, out_hw
 
 def max_pool2d_forward(x, kernel_size, stride=None, padding=0):
-    """``y = max`` over each window (padding counts as -inf). Returns ``(y, ctx)``."""
+    """``y = max`` over each window (padding counts as -inf; NaN propagates).
+    Returns ``(y, ctx)``; ``ctx`` keeps each window's argmax offset."""
     kernel, stride, pads, out_hw = _geometry("max_pool2d", x, kernel_size, stride, padding)
     xp = common_array_module(x=x)
-    x_padded = xp.ascontiguousarray(pad_input(x, pads, value=-xp.inf))
-    n, c = x.shape[:2]
-    flat = windows(x_padded, kernel, stride, out_hw).reshape(
-        n, c, kernel[0] * kernel[1], *out_hw)
-    # argmax returns the first maximum, so ties send the gradient to one input.
-    argmax = flat.argmax(axis=2)
-    y = xp.take_along_axis(flat, argmax[:, :, None], axis=2)[:, :, 0]
+    x_padded = pad_input(x, pads, value=-xp.inf)
+    offsets = window_offsets(kernel, stride, out_hw)
+    _, rows, cols = next(offsets)
+    y = x_padded[:, :, rows, cols].copy()
+    argmax = xp.zeros(y.shape, dtype=numpy.min_scalar_type(kernel[0] * kernel[1] - 1))
+    for k, rows, cols in offsets:
+        candidate = x_padded[:, :, rows, cols]
+        # strictly greater: a tie keeps the first maximum, so one input gets the gradient
+        better = (candidate > y) | (candidate != candidate)
+        xp.copyto(y, candidate, where=better)
+        xp.copyto(argmax, k, where=better)
     return y, (argmax, x.shape, kernel, stride, pads, out_hw)
+
 
 def max_pool2d_backward(dy, ctx):
     """``dx``: each window's gradient goes to its (first) maximum only."""
     argmax, x_shape, kernel, stride, pads, out_hw = ctx
-    xp = common_array_module(dy=dy)
     _check_dy("max_pool2d", dy, x_shape, out_hw)
-    offsets = xp.arange(kernel[0] * kernel[1]).reshape(1, 1, -1, 1, 1)
-    cols = (argmax[:, :, None] == offsets) * dy[:, :, None]
-    return col2im(cols, x_shape, kernel, stride, pads, out_hw)
+    dx_padded = _zeros_padded(dy, x_shape, pads)
+    for k, rows, cols in window_offsets(kernel, stride, out_hw):
+        dx_padded[:, :, rows, cols] += dy * (argmax == k)
+    return _crop(dx_padded, x_shape, pads)
+
 
 def avg_pool2d_forward(x, kernel_size, stride=None, padding=0):
     """``y = mean`` over each window; padded zeros count in the divisor
     (PyTorch's ``count_include_pad=True``). Returns ``(y, ctx)``."""
     kernel, stride, pads, out_hw = _geometry("avg_pool2d", x, kernel_size, stride, padding)
-    xp = common_array_module(x=x)
-    x_padded = xp.ascontiguousarray(pad_input(x, pads))
-    y = windows(x_padded, kernel, stride, out_hw).mean(axis=(2, 3))
-    return y, (tuple(x.shape), kernel, stride, pads, out_hw)
+    x_padded = pad_input(x, pads)
+    offsets = window_offsets(kernel, stride, out_hw)
+    _, rows, cols = next(offsets)
+    total = x_padded[:, :, rows, cols].copy()
+    for _, rows, cols in offsets:
+        total += x_padded[:, :, rows, cols]
+    return total / (kernel[0] * kernel[1]), (tuple(x.shape), kernel, stride, pads, out_hw)
+
 
 def avg_pool2d_backward(dy, ctx):
     """``dx``: each window's gradient spread evenly over its ``R*S`` inputs."""
     x_shape, kernel, stride, pads, out_hw = ctx
-    xp = common_array_module(dy=dy)
     _check_dy("avg_pool2d", dy, x_shape, out_hw)
     share = dy / (kernel[0] * kernel[1])
-    cols = xp.broadcast_to(share[:, :, None, None], (*dy.shape[:2], *kernel, *out_hw))
-    return col2im(cols, x_shape, kernel, stride, pads, out_hw)
+    dx_padded = _zeros_padded(dy, x_shape, pads)
+    for _, rows, cols in window_offsets(kernel, stride, out_hw):
+        dx_padded[:, :, rows, cols] += share
+    return _crop(dx_padded, x_shape, pads)
+
+
+def _zeros_padded(dy, x_shape, pads):
+    xp = common_array_module(dy=dy)
+    (pt, pb), (pl, pr) = pads
+    n, c, h, w = x_shape
+    return xp.zeros((n, c, h + pt + pb, w + pl + pr), dtype=dy.dtype)
+
+
+def _crop(dx_padded, x_shape, pads):
+    (pt, _), (pl, _) = pads
+    return dx_padded[:, :, pt:pt + x_shape[2], pl:pl + x_shape[3]]
+
 
 def _check_dy(where, dy, x_shape, out_hw):
     expected = (*x_shape[:2], *out_hw)
