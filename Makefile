@@ -34,7 +34,7 @@ fashion-mnist:
 demo: $(BIN)/python fashion-mnist
 	$(BIN)/pip install --quiet -e ".[train]"
 	$(BIN)/gpunet train --model lenet5 --batch-norm --dataset fashion-mnist --epochs 10 \
-	    --device auto --out runs/demo
+	    --batch-size 64 --flip 0.5 --schedule exponential --decay 0.8 --device auto --out runs/demo
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .hypothesis

@@ -15,7 +15,7 @@ import numpy
 from . import __version__, backend
 from .data import DatasetError, load_cifar10, load_fashion_mnist, load_mnist, synthetic_images
 from .data.batching import train_dev_test_split
-from .data.transforms import Standardize, to_float
+from .data.transforms import Standardize, horizontal_flip, to_float
 from .io import CheckpointError, load, read_checkpoint
 from .losses import SoftmaxCrossEntropy
 from .models import MODELS, summary
@@ -80,6 +80,8 @@ def build_parser() -> Parser:
     train.add_argument("--schedule", choices=sorted(SCHEDULES))
     train.add_argument("--decay", type=float, default=1.0,
                        help="decay_rate, gamma or k of the schedule")
+    train.add_argument("--flip", type=float, default=0.0, metavar="P",
+                       help="augment: flip each training image left-right with probability P")
     train.add_argument("--dev-size", type=int, default=5000,
                        help="training examples held out for validation (0: none)")
     train.add_argument("--limit", type=_positive_int, help="use only this many training examples")
@@ -197,7 +199,8 @@ def cmd_train(args) -> int:
           f"{len(x_dev):,} for validation) on {backend.get_device()}", flush=True)
     fit(model, SoftmaxCrossEntropy(), optimizer, (x, y), args.epochs, args.batch_size,
         val_data=val, schedule=schedule, callbacks=callbacks, progress=not args.no_progress,
-        history=history, initial_epoch=initial_epoch)
+        history=history, initial_epoch=initial_epoch,
+        augment=(lambda batch: horizontal_flip(batch, args.flip)) if args.flip else None)
     scores = evaluate(model, (x_test, y_test))
     print(f"test accuracy: {scores['accuracy']:.4f} (loss {scores['loss']:.4f}, "
           f"{len(x_test):,} images)")

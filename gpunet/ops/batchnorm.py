@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from .. import _checks
 from ..backend import common_array_module
+from ..cuda import batchnorm as cuda_batchnorm
+from .conv import _kernels
 
 
 def _reduce_axes(x):
@@ -20,14 +22,28 @@ def _per_channel(a, ndim):
     return a.reshape((1, -1) + (1,) * (ndim - 2))
 
 
+def _batch_stats(x, axes):
+    """``(mean, biased var, x - mean)`` per channel, in two passes.
+
+    The mean is taken of offsets from one sample per channel: a float32 sum of
+    values near 1e4 loses what a sum of their small offsets keeps.
+    """
+    pivot = x[(0, slice(None)) + (0,) * (x.ndim - 2)]
+    shifted = x - _per_channel(pivot, x.ndim)
+    offset = shifted.mean(axis=axes)
+    centred = shifted - _per_channel(offset, x.ndim)
+    return pivot + offset, (centred * centred).mean(axis=axes), centred
+
+
 def batch_norm_forward(x, weight, bias, running_mean, running_var, *, training,
-                       momentum=0.1, eps=1e-5):
+                       momentum=0.1, eps=1e-5, use_kernels=None):
     """Normalise ``x``; returns ``(y, ctx)``.
 
     Training uses the batch's statistics (biased variance) and updates the
     running ones in place: ``running = (1 - momentum) running + momentum batch``,
     with the unbiased variance ``var * m / (m - 1)`` as in PyTorch. Evaluation
-    uses the running statistics.
+    uses the running statistics. CuPy arrays go to the CUDA kernels unless
+    ``use_kernels=False`` or ``GPUNET_KERNELS=0``.
     """
     where = "batch_norm"
     xp = common_array_module(x=x, weight=weight, running_mean=running_mean)
@@ -38,21 +54,19 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, *, training,
         raise ValueError(
             f"{where}: x must be (N, {channels}, ...) with {channels} channels, "
             f"got shape {tuple(x.shape)}")
+    kernels = _kernels(xp, use_kernels)
     axes = _reduce_axes(x)
     count = x.size // channels
+    centred = None
     if training:
         if count < 2:
             raise ValueError(
                 f"{where}: training needs more than one value per channel, got input "
                 f"shape {tuple(x.shape)} (use a batch larger than 1 or call .eval())")
-        # Shift by one sample per channel before summing: a float32 sum of
-        # values near 1e4 loses what a sum of their small offsets keeps.
-        pivot = x[(0, slice(None)) + (0,) * (x.ndim - 2)]
-        shifted = x - _per_channel(pivot, x.ndim)
-        offset = shifted.mean(axis=axes)
-        mean = pivot + offset
-        centred = shifted - _per_channel(offset, x.ndim)
-        var = (centred * centred).mean(axis=axes)
+        if kernels:
+            mean, var = cuda_batchnorm.stats(x)
+        else:
+            mean, var, centred = _batch_stats(x, axes)
         running_mean *= 1.0 - momentum
         running_mean += momentum * mean.astype(running_mean.dtype)
         running_var *= 1.0 - momentum
@@ -60,11 +74,15 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, *, training,
     else:
         mean = running_mean.astype(x.dtype)
         var = running_var.astype(x.dtype)
-        centred = x - _per_channel(mean, x.ndim)
     inv_std = 1.0 / xp.sqrt(var + eps)
-    x_hat = centred * _per_channel(inv_std, x.ndim)
-    y = x_hat * _per_channel(weight, x.ndim) + _per_channel(bias, x.ndim)
-    return y, (x_hat, inv_std, weight, training)
+    if kernels:
+        y, x_hat = cuda_batchnorm.apply(x, mean, inv_std, weight, bias)
+    else:
+        if centred is None:
+            centred = x - _per_channel(mean, x.ndim)
+        x_hat = centred * _per_channel(inv_std, x.ndim)
+        y = x_hat * _per_channel(weight, x.ndim) + _per_channel(bias, x.ndim)
+    return y, (x_hat, inv_std, weight, training, kernels)
 
 
 def batch_norm_backward(dy, ctx):
@@ -74,10 +92,12 @@ def batch_norm_backward(dy, ctx):
     ``dx = inv_std / m * (m g - sum(g) - x_hat sum(g x_hat))`` with ``g = gamma dy``;
     in evaluation they are constants and ``dx = gamma dy inv_std``.
     """
-    x_hat, inv_std, weight, training = ctx
+    x_hat, inv_std, weight, training, kernels = ctx
     if dy.shape != x_hat.shape:
         raise ValueError(f"batch_norm backward: dy must have shape {tuple(x_hat.shape)}, "
                          f"got {tuple(dy.shape)}")
+    if kernels:
+        return cuda_batchnorm.backward(dy, x_hat, weight, inv_std, training)
     axes, ndim = _reduce_axes(dy), dy.ndim
     dbias = dy.sum(axis=axes)
     dweight = (dy * x_hat).sum(axis=axes)

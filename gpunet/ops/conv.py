@@ -8,6 +8,13 @@ from __future__ import annotations
 
 from .. import _checks
 from ..backend import common_array_module
+from ..cuda import conv2d as cuda_conv2d
+from ..cuda import uses_kernels
+
+
+def _kernels(xp, use_kernels) -> bool:
+    """Whether this call goes to the CUDA kernels."""
+    return uses_kernels(xp) if use_kernels is None else bool(use_kernels)
 
 
 def normalize_padding(padding, kernel_size, stride) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -102,10 +109,12 @@ def col2im(cols, x_shape, kernel, stride, pads, out_hw):
     return xp.ascontiguousarray(dx_padded[:, :, pt:pt + h, pl:pl + w].transpose(1, 0, 2, 3))
 
 
-def conv2d_forward(x, weight, bias=None, stride=1, padding=0):
+def conv2d_forward(x, weight, bias=None, stride=1, padding=0, use_kernels=None):
     """Cross-correlation ``y[n,k] = sum_c,r,s W[k,c,r,s] x[n,c,oh*s+r,ow*s+s'] + b[k]``.
 
-    Returns ``(y, ctx)``; ``ctx`` is what :func:`conv2d_backward` needs.
+    Returns ``(y, ctx)``; ``ctx`` is what :func:`conv2d_backward` needs. CuPy
+    arrays go to the CUDA kernels unless ``use_kernels=False`` or
+    ``GPUNET_KERNELS=0``; NumPy arrays take the im2col path.
     """
     where = "conv2d"
     xp = common_array_module(x=x, weight=weight, bias=bias)
@@ -125,6 +134,10 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0):
     kernel = weight.shape[2:]
     pads = normalize_padding(padding, kernel, stride)
     _check_window(where, x.shape, kernel, pads)
+    out_hw = tuple(output_size(n, f, s, p) for n, f, s, p in zip(x.shape[2:], kernel, stride,
+                                                                 pads))
+    if _kernels(xp, use_kernels):
+        return cuda_conv2d.forward(x, weight, bias, stride, pads, out_hw)
 
     cols, out_hw = im2col(x, kernel, stride, pads)
     k = weight.shape[0]
@@ -139,6 +152,12 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0):
 def conv2d_backward(dy, ctx):
     """``(dx, dweight, dbias)`` for ``dy`` of shape ``(N, K, OH, OW)``; ``dbias`` is
     ``None`` when the forward had no bias."""
+    if isinstance(ctx, cuda_conv2d.ConvContext):
+        n, _, _, _, k, _, _, oh, ow = ctx.sizes
+        if tuple(dy.shape) != (n, k, oh, ow):
+            raise ValueError(f"conv2d backward: dy must have shape {(n, k, oh, ow)}, "
+                             f"got {tuple(dy.shape)}")
+        return cuda_conv2d.backward(dy, ctx)
     cols, weight, x_shape, stride, pads, out_hw, has_bias = ctx
     common_array_module(dy=dy, weight=weight)  # same device, or a clear TypeError
     n, k = dy.shape[:2]

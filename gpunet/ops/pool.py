@@ -10,7 +10,8 @@ import numpy
 
 from .. import _checks
 from ..backend import common_array_module
-from .conv import _check_window, output_size, pad_input, window_offsets
+from ..cuda import pool2d as cuda_pool2d
+from .conv import _check_window, _kernels, output_size, pad_input, window_offsets
 
 
 def _geometry(where, x, kernel_size, stride, padding):
@@ -29,11 +30,13 @@ def _geometry(where, x, kernel_size, stride, padding):
                    for n, f, s, p in zip(x.shape[2:], kernel, stride, pads))
     return kernel, stride, pads, out_hw
 
-def max_pool2d_forward(x, kernel_size, stride=None, padding=0):
+def max_pool2d_forward(x, kernel_size, stride=None, padding=0, use_kernels=None):
     """``y = max`` over each window (padding counts as -inf; NaN propagates).
     Returns ``(y, ctx)``; ``ctx`` keeps each window's argmax offset."""
     kernel, stride, pads, out_hw = _geometry("max_pool2d", x, kernel_size, stride, padding)
     xp = common_array_module(x=x)
+    if _kernels(xp, use_kernels):
+        return cuda_pool2d.forward("max", x, kernel, stride, pads, out_hw)
     x_padded = pad_input(x, pads, value=-xp.inf)
     offsets = window_offsets(kernel, stride, out_hw)
     _, rows, cols = next(offsets)
@@ -42,14 +45,16 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0):
     for k, rows, cols in offsets:
         candidate = x_padded[:, :, rows, cols]
         # strictly greater: a tie keeps the first maximum, so one input gets the gradient
-        better = (candidate > y) | (candidate != candidate)
-        xp.copyto(y, candidate, where=better)
-        xp.copyto(argmax, k, where=better)
+        xp.copyto(argmax, k, where=candidate > y)
+        xp.maximum(y, candidate, out=y)  # propagates NaN, as PyTorch does
     return y, (argmax, x.shape, kernel, stride, pads, out_hw)
 
 
 def max_pool2d_backward(dy, ctx):
     """``dx``: each window's gradient goes to its (first) maximum only."""
+    if isinstance(ctx, cuda_pool2d.PoolContext):
+        _check_dy("max_pool2d", dy, ctx.x_shape, ctx.out_shape[2:])
+        return cuda_pool2d.backward(dy, ctx)
     argmax, x_shape, kernel, stride, pads, out_hw = ctx
     _check_dy("max_pool2d", dy, x_shape, out_hw)
     dx_padded = _zeros_padded(dy, x_shape, pads)
@@ -58,10 +63,12 @@ def max_pool2d_backward(dy, ctx):
     return _crop(dx_padded, x_shape, pads)
 
 
-def avg_pool2d_forward(x, kernel_size, stride=None, padding=0):
+def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, use_kernels=None):
     """``y = mean`` over each window; padded zeros count in the divisor
     (PyTorch's ``count_include_pad=True``). Returns ``(y, ctx)``."""
     kernel, stride, pads, out_hw = _geometry("avg_pool2d", x, kernel_size, stride, padding)
+    if _kernels(common_array_module(x=x), use_kernels):
+        return cuda_pool2d.forward("avg", x, kernel, stride, pads, out_hw)
     x_padded = pad_input(x, pads)
     offsets = window_offsets(kernel, stride, out_hw)
     _, rows, cols = next(offsets)
@@ -73,6 +80,9 @@ def avg_pool2d_forward(x, kernel_size, stride=None, padding=0):
 
 def avg_pool2d_backward(dy, ctx):
     """``dx``: each window's gradient spread evenly over its ``R*S`` inputs."""
+    if isinstance(ctx, cuda_pool2d.PoolContext):
+        _check_dy("avg_pool2d", dy, ctx.x_shape, ctx.out_shape[2:])
+        return cuda_pool2d.backward(dy, ctx)
     x_shape, kernel, stride, pads, out_hw = ctx
     _check_dy("avg_pool2d", dy, x_shape, out_hw)
     share = dy / (kernel[0] * kernel[1])

@@ -1,0 +1,24 @@
+"""Loading and launching gpunet's CUDA kernels (``kernels/*.cu``).
+
+Each launcher module (``conv2d``, ``pool2d``, ``batchnorm``) validates its
+inputs, makes them contiguous (raw kernels ignore strides), allocates outputs,
+computes the grid and calls :func:`launch`. ``launch`` compiles a source file
+once per (device, dtype) with ``RawModule`` and caches it; the tests replace it
+with a CPU emulation, so everything up to the kernel call is shared code.
+"""
+from .runtime import (
+                      BLOCK,
+                      NULL,
+                      ceil_div,
+                      geometry,
+                      kernel_dir,
+                      kernels_enabled,
+                      launch,
+                      new_output,
+                      poison_outputs,
+                      set_kernels_enabled,
+                      uses_kernels,
+)
+
+__all__ = ["BLOCK", "NULL", "ceil_div", "geometry", "kernel_dir", "kernels_enabled", "launch",
+           "new_output", "poison_outputs", "set_kernels_enabled", "uses_kernels"]

@@ -1,0 +1,59 @@
+"""Launchers for ``kernels/pool2d.cu``: max pooling (saving argmax offsets) and
+average pooling, forward and gather-style backward."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy
+
+from ..backend import get_array_module
+from . import runtime
+from .runtime import BLOCK, ceil_div, geometry, new_output
+
+
+class PoolContext(NamedTuple):
+    x_shape: tuple
+    out_shape: tuple
+    geometry: object
+    argmax: object  # int32 offsets r*S + s (max pooling), None for average pooling
+
+
+def _geometry(xp, x_shape, kernel, stride, pads, out_hw):
+    n, c, h, w = x_shape
+    return geometry(xp, (n, c, h, w, out_hw[0], out_hw[1], kernel[0], kernel[1], stride[0],
+                         stride[1], pads[0][0], pads[1][0]))
+
+
+def _grid(count):
+    return (ceil_div(count, BLOCK), 1, 1), (BLOCK, 1, 1)
+
+
+def forward(kind: str, x, kernel, stride, pads, out_hw):
+    """``(y, ctx)`` for ``kind`` ``"max"`` or ``"avg"``."""
+    xp = get_array_module(x)
+    x = xp.ascontiguousarray(x)
+    geom = _geometry(xp, x.shape, kernel, stride, pads, out_hw)
+    out_shape = (*x.shape[:2], *out_hw)
+    y = new_output(xp, out_shape, x.dtype)
+    grid, block = _grid(y.size)
+    if kind == "max":
+        argmax = new_output(xp, out_shape, numpy.int32)
+        runtime.launch("pool2d", "max_pool2d_fwd", x.dtype, grid, block, (x, y, argmax, geom))
+    else:
+        argmax = None
+        runtime.launch("pool2d", "avg_pool2d_fwd", x.dtype, grid, block, (x, y, geom))
+    return y, PoolContext(tuple(x.shape), out_shape, geom, argmax)
+
+
+def backward(dy, ctx: PoolContext):
+    xp = get_array_module(dy)
+    dy = xp.ascontiguousarray(dy)
+    dx = new_output(xp, ctx.x_shape, dy.dtype)
+    grid, block = _grid(dx.size)
+    if ctx.argmax is not None:
+        runtime.launch("pool2d", "max_pool2d_bwd", dy.dtype, grid, block,
+                       (dy, ctx.argmax, dx, ctx.geometry))
+    else:
+        runtime.launch("pool2d", "avg_pool2d_bwd", dy.dtype, grid, block,
+                       (dy, dx, ctx.geometry))
+    return dx

@@ -1,0 +1,190 @@
+"""The CUDA kernels against the xp path, on the same inputs.
+
+Without a GPU, each kernel runs on the CPU through tests/cuda_emulator (the .cu
+source compiled as C++, one OS thread per CUDA thread, real barriers), driven by
+the real launchers in gpunet/cuda. Outputs are poisoned with NaN before every
+launch, so an element a kernel fails to write shows; every kernel runs twice and
+must give bitwise-equal results. On a GPU the same comparisons run on CuPy.
+"""
+import numpy
+import pytest
+
+from gpunet import backend, ops
+from gpunet.cuda import batchnorm as bn_kernels
+from gpunet.cuda import conv2d as conv_kernels
+from gpunet.cuda import pool2d as pool_kernels
+from gpunet.cuda import runtime
+
+from . import cuda_emulator
+from .helpers import assert_close
+
+TOL = {"float64": 1e-12, "float32": 1e-5}
+
+
+def assert_kernel_close(got, ref, dtype, what):
+    """Relative error <= TOL, measured against the array's scale: a float32 sum of
+    hundreds of O(1) terms that cancels to 0.04 carries ~1e-5 absolute rounding."""
+    scale = float(numpy.abs(numpy.asarray(ref)).max()) or 1.0
+    assert_close(got, ref, TOL[dtype], TOL[dtype] * scale, what)
+
+needs_compiler = pytest.mark.skipif(cuda_emulator.compiler() is None,
+                                    reason="g++ is needed to emulate the kernels on the CPU")
+
+
+@pytest.fixture
+def emulated(monkeypatch):
+    """Route kernel launches to the CPU emulation, with poisoned outputs."""
+    monkeypatch.setattr(runtime, "launch", cuda_emulator.emulated_launch)
+    monkeypatch.setattr(runtime, "_POISON", True)
+
+
+def twice(fn):
+    """Run ``fn`` twice; the results must be bitwise equal (determinism)."""
+    first, second = fn(), fn()
+    for a, b in zip(first, second):
+        if a is not None:
+            assert numpy.array_equal(a, b, equal_nan=False), "not bitwise reproducible"
+    return first
+
+
+CONV_CASES = [  # N, C, H, W, K, R, S, stride, padding
+    (1, 1, 5, 5, 1, 3, 3, (1, 1), 0),
+    (2, 3, 7, 6, 4, 3, 3, (2, 2), 1),
+    (1, 2, 9, 9, 3, 3, 3, (3, 3), 0),
+    (2, 2, 8, 7, 5, 5, 3, (3, 2), (2, 1)),
+    (1, 3, 6, 6, 2, 2, 4, (1, 1), "same"),
+    (3, 1, 12, 12, 70, 3, 3, (1, 1), 1),   # K > one 64-row tile
+]
+
+
+@needs_compiler
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("case", CONV_CASES, ids=str)
+def test_conv2d_kernels_match_the_xp_path(emulated, case, dtype, rng):
+    n, c, h, w, k, r, s, stride, padding = case
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    weight = rng.standard_normal((k, c, r, s)).astype(dtype)
+    bias = rng.standard_normal(k).astype(dtype)
+    y_ref, ctx_ref = ops.conv2d_forward(x, weight, bias, stride, padding, use_kernels=False)
+    dy = rng.standard_normal(y_ref.shape).astype(dtype)
+    refs = (y_ref, *ops.conv2d_backward(dy, ctx_ref))
+
+    def run():
+        y, ctx = ops.conv2d_forward(x, weight, bias, stride, padding, use_kernels=True)
+        assert isinstance(ctx, conv_kernels.ConvContext)
+        return (y, *ops.conv2d_backward(dy, ctx))
+
+    for got, ref, name in zip(twice(run), refs, ("y", "dx", "dweight", "dbias")):
+        assert_kernel_close(got, ref, dtype, f"{name} ({dtype})")
+
+
+@needs_compiler
+def test_conv2d_without_bias_and_split_k(emulated, rng):
+    """A long (n, oh, ow) reduction is split over several slices, summed in order."""
+    x = rng.standard_normal((4, 1, 20, 20))
+    weight = rng.standard_normal((2, 1, 3, 3))
+    cuda_emulator.launches.clear()
+    y, ctx = ops.conv2d_forward(x, weight, None, 1, 0, use_kernels=True)
+    dx, dweight, dbias = ops.conv2d_backward(numpy.ones_like(y), ctx)
+    assert dbias is None
+    splits = [g[2] for kname, g, _ in cuda_emulator.launches if kname == "conv2d_bwd_weight"]
+    assert splits and splits[0] > 1
+    ref_y, ref_ctx = ops.conv2d_forward(x, weight, None, 1, 0, use_kernels=False)
+    assert_close(y, ref_y, 1e-12, 1e-12)
+    assert_close(dweight, ops.conv2d_backward(numpy.ones_like(y), ref_ctx)[1], 1e-12, 1e-12)
+
+
+POOL_CASES = [  # N, C, H, W, kernel, stride, padding
+    (1, 1, 4, 4, (2, 2), (2, 2), (0, 0)),
+    (2, 3, 7, 7, (3, 3), (2, 2), (0, 0)),
+    (1, 2, 8, 5, (3, 3), (2, 2), (1, 1)),
+    (2, 1, 9, 9, (3, 3), (3, 3), (1, 1)),
+    (1, 2, 5, 6, (2, 3), (1, 2), (1, 1)),
+]
+
+
+@needs_compiler
+@pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize("case", POOL_CASES, ids=str)
+def test_pool_kernels_match_the_xp_path(emulated, kind, case, rng):
+    n, c, h, w, kernel, stride, pad = case
+    x = rng.standard_normal((n, c, h, w))
+    x[0, 0, :2, :2] = 1.5  # a tie: the first maximum must win on both paths
+    fwd = {"max": ops.max_pool2d_forward, "avg": ops.avg_pool2d_forward}[kind]
+    bwd = {"max": ops.max_pool2d_backward, "avg": ops.avg_pool2d_backward}[kind]
+    y_ref, ctx_ref = fwd(x, kernel, stride, pad, use_kernels=False)
+    dy = rng.standard_normal(y_ref.shape)
+
+    def run():
+        y, ctx = fwd(x, kernel, stride, pad, use_kernels=True)
+        assert isinstance(ctx, pool_kernels.PoolContext)
+        return y, bwd(dy, ctx)
+
+    y, dx = twice(run)
+    assert_close(y, y_ref, 1e-12, 1e-12, "y")
+    assert_close(dx, bwd(dy, ctx_ref), 1e-12, 1e-12, "dx")
+
+
+@needs_compiler
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("shape", [(4, 3), (2, 3, 5), (3, 2, 4, 5), (1, 2, 3, 3)])
+def test_batch_norm_kernels_match_the_xp_path(emulated, shape, training, rng):
+    if training and numpy.prod(shape) // shape[1] < 2:
+        pytest.skip("one value per channel")
+    x = rng.standard_normal(shape) * 3 + 2
+    c = shape[1]
+    gamma, beta = rng.standard_normal(c), rng.standard_normal(c)
+    dy = rng.standard_normal(shape)
+
+    def run(use_kernels):
+        mean, var = numpy.linspace(-1, 1, c), numpy.linspace(0.5, 2, c)
+        y, ctx = ops.batch_norm_forward(x, gamma, beta, mean, var, training=training,
+                                        use_kernels=use_kernels)
+        return (y, mean, var, *ops.batch_norm_backward(dy, ctx))
+
+    got = twice(lambda: run(True))
+    for a, b, name in zip(got, run(False), ("y", "running_mean", "running_var", "dx",
+                                            "dgamma", "dbeta")):
+        assert_close(a, b, 1e-11, 1e-12, name)
+
+
+@needs_compiler
+def test_batch_norm_kernel_large_mean_small_spread(emulated, rng):
+    """The kernel's pivot-shifted float32 sums keep mean 1e4, std 1e-2 accurate."""
+    x = (1e4 + 1e-2 * rng.standard_normal((64, 2, 4, 4))).astype("float32")
+    mean, var = bn_kernels.stats(x)
+    # the mean is stored in float32: within one ulp of 1e4 (~1e-3)
+    assert_close(mean, x.astype("float64").mean(axis=(0, 2, 3)), 0, 1e-3)
+    assert_close(var, x.astype("float64").var(axis=(0, 2, 3)), 1e-3, 0)
+
+
+# -- on a real GPU ----------------------------------------------------------------------
+def _cupy_or_skip():
+    reason = backend.cuda_unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"no usable GPU: {reason}")
+    return backend.Device("cuda").xp
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("case", CONV_CASES + [(8, 3, 32, 32, 64, 5, 5, (1, 1), 2),
+                                               (4, 64, 27, 27, 192, 5, 5, (1, 1), 2),
+                                               (2, 256, 14, 14, 512, 3, 3, (1, 1), 1)],
+                         ids=str)
+def test_conv2d_kernels_on_gpu(case, dtype, rng, monkeypatch):
+    cp = _cupy_or_skip()
+    monkeypatch.setattr(runtime, "_POISON", True)
+    n, c, h, w, k, r, s, stride, padding = case
+    x, weight, bias = (cp.asarray(rng.standard_normal(sh).astype(dtype))
+                       for sh in ((n, c, h, w), (k, c, r, s), (k,)))
+    y_ref, ctx_ref = ops.conv2d_forward(x, weight, bias, stride, padding, use_kernels=False)
+    dy = cp.asarray(rng.standard_normal(y_ref.shape).astype(dtype))
+    refs = (y_ref, *ops.conv2d_backward(dy, ctx_ref))
+
+    def run():
+        y, ctx = ops.conv2d_forward(x, weight, bias, stride, padding, use_kernels=True)
+        return tuple(backend.to_numpy(a) for a in (y, *ops.conv2d_backward(dy, ctx)))
+
+    for got, ref, name in zip(twice(run), refs, ("y", "dx", "dweight", "dbias")):
+        assert_kernel_close(got, backend.to_numpy(ref), dtype, f"{name} ({dtype})")
