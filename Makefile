@@ -7,7 +7,7 @@ EXTRAS ?= test
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install test lint clean demo fashion-mnist
+.PHONY: install test lint clean demo fashion-mnist kernels-check gpu-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,25 @@ lint: install
 
 test: install lint
 	$(BIN)/python -m pytest
+
+# Every kernel must compile for Ampere and Hopper, in both precisions, without a
+# single warning (register spills included): no GPU is needed for this.
+NVCC ?= nvcc
+kernels-check:
+	@set -e; tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; \
+	for f in kernels/*.cu; do for arch in sm_80 sm_90; do \
+	  for types in "float float" "double double"; do set -- $$types; \
+	    out=$$($(NVCC) --cubin -arch=$$arch -O3 -std=c++17 -Xptxas -warn-spills \
+	      -Dreal_t=$$1 -Dacc_t=$$2 -Ikernels -o $$tmp/k.cubin $$f 2>&1) || { echo "$$out"; exit 1; }; \
+	    if [ -n "$$out" ]; then echo "$$f ($$arch, $$1):"; echo "$$out"; exit 1; fi; \
+	  done; done; echo "compiled $$f: sm_80 sm_90, float double, no warnings"; done
+
+# On a machine with a GPU: the whole suite on CUDA, compute-sanitizer over the
+# kernel tests, kernel timings against the xp path and cuDNN, and a JSON report
+# in bench/results/gpu-<date>-<gpu>.json.
+gpu-check:
+	$(PYTHON) -m pip install --quiet -e ".[test]" || $(PYTHON) -m pip install --quiet -e .
+	$(PYTHON) bench/gpu_check.py
 
 # Debian's package where apt works (as root); otherwise gpunet downloads and
 # verifies the files itself on first use.

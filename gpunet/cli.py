@@ -265,7 +265,11 @@ def cmd_info(args) -> int:
     else:
         print(f"cuda: unavailable ({reason})")
     print(f"auto device: {'cuda:0' if reason is None else 'cpu'}")
-    print("kernel cache: none (this version runs CuPy arrays through the xp path)")
+    from .cuda import kernel_dir, kernels_enabled
+    cache = os.environ.get("CUPY_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cupy",
+                                                              "kernel_cache")
+    print(f"kernels: {'on' if kernels_enabled() else 'off (GPUNET_KERNELS=0)'}, sources "
+          f"{kernel_dir()}, compiled by CuPy into {cache}")
     return 0
 
 

@@ -188,3 +188,95 @@ def test_conv2d_kernels_on_gpu(case, dtype, rng, monkeypatch):
 
     for got, ref, name in zip(twice(run), refs, ("y", "dx", "dweight", "dbias")):
         assert_kernel_close(got, backend.to_numpy(ref), dtype, f"{name} ({dtype})")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize("case", POOL_CASES + [(64, 64, 55, 55, (3, 3), (2, 2), (0, 0))],
+                         ids=str)
+def test_pool_kernels_on_gpu(kind, case, rng, monkeypatch):
+    cp = _cupy_or_skip()
+    monkeypatch.setattr(runtime, "_POISON", True)
+    n, c, h, w, kernel, stride, pad = case
+    x = cp.asarray(rng.standard_normal((n, c, h, w)))
+    fwd = {"max": ops.max_pool2d_forward, "avg": ops.avg_pool2d_forward}[kind]
+    bwd = {"max": ops.max_pool2d_backward, "avg": ops.avg_pool2d_backward}[kind]
+    y_ref, ctx_ref = fwd(x, kernel, stride, pad, use_kernels=False)
+    dy = cp.asarray(rng.standard_normal(y_ref.shape))
+
+    def run():
+        y, ctx = fwd(x, kernel, stride, pad, use_kernels=True)
+        return backend.to_numpy(y), backend.to_numpy(bwd(dy, ctx))
+
+    y, dx = twice(run)
+    assert_close(y, y_ref, 1e-12, 1e-12, "y")
+    assert_close(dx, bwd(dy, ctx_ref), 1e-12, 1e-12, "dx")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", [(4, 3), (2, 3, 5), (32, 64, 14, 14), (1, 2, 3, 3)])
+def test_batch_norm_kernels_on_gpu(shape, rng):
+    cp = _cupy_or_skip()
+    x = cp.asarray(rng.standard_normal(shape) * 3 + 2)
+    c = shape[1]
+    gamma, beta = cp.asarray(rng.standard_normal(c)), cp.asarray(rng.standard_normal(c))
+    dy = cp.asarray(rng.standard_normal(shape))
+
+    def run(use_kernels):
+        mean, var = cp.zeros(c), cp.ones(c)
+        y, ctx = ops.batch_norm_forward(x, gamma, beta, mean, var, training=True,
+                                        use_kernels=use_kernels)
+        return tuple(backend.to_numpy(a) for a in (y, mean, var,
+                                                   *ops.batch_norm_backward(dy, ctx)))
+
+    for a, b in zip(twice(lambda: run(True)), run(False)):
+        assert_close(a, b, 1e-11, 1e-12)
+
+
+@pytest.mark.gpu
+def test_lenet5_training_on_gpu_follows_the_cpu_run():
+    """20 steps of LeNet-5 (with batch norm) on the kernels track the CPU's losses."""
+    _cupy_or_skip()
+    import gpunet
+    from gpunet import losses, models, optim
+
+    rng = numpy.random.default_rng(0)
+    x = rng.standard_normal((32, 1, 28, 28)).astype("float32")
+    y = rng.integers(0, 10, 32)
+    curves = []
+    for device in ("cpu", "cuda"):
+        gpunet.set_device("cpu")
+        gpunet.manual_seed(0)
+        model = models.lenet5(batch_norm=True).to(device)
+        opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        loss = losses.SoftmaxCrossEntropy()
+        xb, yb = gpunet.to_device(x, device), gpunet.to_device(y, device)
+        curve = []
+        for _ in range(20):
+            opt.zero_grad()
+            curve.append(loss(model(xb), yb))
+            model.backward(loss.backward())
+            opt.step()
+        curves.append(curve)
+    gpunet.set_device("cpu")
+    assert numpy.allclose(curves[0], curves[1], rtol=1e-4, atol=1e-4), curves
+
+
+@pytest.mark.gpu
+def test_float64_gradcheck_through_the_kernels():
+    _cupy_or_skip()
+    import gpunet
+    from gpunet import losses, nn
+
+    gpunet.set_device("cuda")
+    try:
+        model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(),
+                              nn.MaxPool2d(2), nn.Conv2d(3, 2, 2, stride=2), nn.AvgPool2d(1),
+                              nn.Flatten(), nn.Linear(2, 3))
+        rng = numpy.random.default_rng(1)
+        x = gpunet.to_device(rng.standard_normal((3, 2, 8, 8)), "cuda")
+        y = gpunet.to_device(numpy.array([0, 2, 1]), "cuda")
+        report = gpunet.gradcheck(model, losses.SoftmaxCrossEntropy(), x, y, eps=1e-6)
+        assert report.passed, str(report)
+    finally:
+        gpunet.set_device("cpu")
