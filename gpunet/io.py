@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 import zipfile
 
 import numpy
+from numpy.lib import format as npformat
 
 from .backend import get_rng_state, set_rng_state, to_numpy
 from .nn import Module
@@ -82,29 +84,94 @@ def save(path, model: Module, optimizer=None, **meta) -> str:
     return path
 
 
+def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> numpy.ndarray:
+    """One ``.npy`` member, its header checked against its size *before* any data is
+    read, so a crafted shape such as ``[2**40]`` allocates nothing."""
+    with archive.open(info) as f:
+        version = npformat.read_magic(f)
+        if version not in ((1, 0), (2, 0), (3, 0)):
+            raise CheckpointError(f"member {info.filename!r}: unsupported .npy version "
+                                  f"{version}")
+        reader = npformat.read_array_header_1_0 if version == (1, 0) else \
+            npformat.read_array_header_2_0
+        shape, fortran, dtype = reader(f, max_header_size=10000)
+        if dtype.hasobject:
+            raise CheckpointError(f"member {info.filename!r}: object arrays are refused "
+                                  "(they would need pickle)")
+        if any(not isinstance(d, int) or d < 0 for d in shape):
+            raise CheckpointError(f"member {info.filename!r}: malformed shape {shape}")
+        expected = math.prod(shape) * dtype.itemsize
+        available = info.file_size - f.tell()
+        if expected != available:
+            raise CheckpointError(
+                f"member {info.filename!r}: header says shape {shape} of {dtype} "
+                f"({expected} bytes) but the member holds {available} bytes")
+        data = f.read(available)
+        if len(data) != available:
+            raise CheckpointError(f"member {info.filename!r}: truncated")
+    array = numpy.frombuffer(data, dtype=dtype)
+    return array.reshape(shape, order="F" if fortran else "C")
+
+
 def read_checkpoint(path) -> tuple[dict, dict]:
-    """``(header, arrays)`` of a checkpoint, verified; raises :class:`CheckpointError`."""
+    """``(header, arrays)`` of a checkpoint, verified; any defect raises
+    :class:`CheckpointError` naming the file and the problem, and nothing from the
+    file is executed or trusted before it is checked."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such checkpoint")
-    try:  # our own handle: numpy.load leaks it when the zip is truncated
-        with open(path, "rb") as f, numpy.load(f, allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({exc})") from None
-    if "__meta__" not in arrays:
-        raise CheckpointError(f"{path}: no __meta__ member: not a gpunet checkpoint")
     try:
-        header = json.loads(arrays.pop("__meta__").tobytes().decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: malformed metadata ({exc})") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: unknown format {header.get('format')!r}, "
-                              f"expected {FORMAT!r}")
+        arrays = _read_archive(path)
+        header = _read_header(arrays.pop("__meta__", None))
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - untrusted bytes: every failure is "corrupt"
+        raise CheckpointError(f"{path}: not a readable checkpoint "
+                              f"({type(exc).__name__}: {exc})") from None
     if _digest(arrays) != header.get("sha256"):
         raise CheckpointError(f"{path}: checksum mismatch: the arrays were altered or "
                               "truncated after saving")
     return header, arrays
+
+
+def _read_archive(path) -> dict:
+    arrays = {}
+    with open(path, "rb") as f, zipfile.ZipFile(f) as archive:
+        members = archive.infolist()
+        names = [m.filename for m in members]
+        if len(set(names)) != len(names):
+            raise CheckpointError("duplicate member names")
+        if sum(m.file_size for m in members) > os.path.getsize(path) * 1100 + 2**20:
+            raise CheckpointError("members declare far more data than the file holds")
+        for info in members:
+            if not info.filename.endswith(".npy"):
+                raise CheckpointError(f"unexpected member {info.filename!r}")
+            arrays[info.filename[:-4]] = _read_member(archive, info)
+    return arrays
+
+
+def _read_header(meta) -> dict:
+    if meta is None:
+        raise CheckpointError("no __meta__ member: not a gpunet checkpoint")
+    if meta.dtype != numpy.uint8 or meta.ndim != 1:
+        raise CheckpointError("__meta__ is not a byte string")
+    try:
+        header = json.loads(meta.tobytes().decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"malformed metadata ({exc})") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        found = header.get("format") if isinstance(header, dict) else type(header).__name__
+        raise CheckpointError(f"unknown format {found!r}, expected {FORMAT!r}")
+    optimizer = header.get("optimizer")
+    if optimizer is not None and not (
+            isinstance(optimizer, dict) and isinstance(optimizer.get("class"), str)
+            and isinstance(optimizer.get("hyperparameters"), dict)
+            and isinstance(optimizer.get("steps"), int)
+            and isinstance(optimizer.get("count"), int)):
+        raise CheckpointError("malformed optimizer metadata")
+    if not isinstance(header.get("meta", {}), dict):
+        raise CheckpointError("malformed metadata: meta is not a mapping")
+    return header
 
 
 def load(path, model: Module, optimizer=None, restore_rng: bool = True) -> dict:
@@ -130,6 +197,8 @@ def load(path, model: Module, optimizer=None, restore_rng: bool = True) -> dict:
         for key, value in arrays.items():
             if key.startswith("optimizer/"):
                 _, index, slot = key.split("/", 2)
+                if not index.isdigit() or int(index) >= len(slots):
+                    raise CheckpointError(f"{os.fspath(path)}: stray optimizer member {key!r}")
                 slots[int(index)][slot] = value
         try:
             optimizer.load_state_dict({"hyperparameters": saved["hyperparameters"],
@@ -137,5 +206,8 @@ def load(path, model: Module, optimizer=None, restore_rng: bool = True) -> dict:
         except ValueError as exc:
             raise CheckpointError(f"{os.fspath(path)}: {exc}") from None
     if restore_rng and "rng" in header:
-        set_rng_state(header["rng"])
-    return header["meta"]
+        try:
+            set_rng_state(header["rng"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{os.fspath(path)}: malformed RNG state ({exc})") from None
+    return header.get("meta", {})
