@@ -4,6 +4,7 @@ cost, backward, update; plus evaluation, history and callbacks.
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 import os
 import sys
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 from .backend import device_of, get_array_module, get_rng_state
 from .data.batching import minibatches
 from .losses import SoftmaxCrossEntropy
-from .nn import Module
+from .nn import Module, Sequential
 
 __all__ = ["fit", "evaluate", "History", "Callback", "EarlyStopping", "ModelCheckpoint",
            "NonFiniteError"]
@@ -28,9 +29,13 @@ class NonFiniteError(FloatingPointError):
 @dataclass
 class History:
     """Per-epoch ``loss``, ``accuracy``, ``val_loss``, ``val_accuracy`` (NaN without
-    validation data), ``lr`` and wall ``time`` in seconds."""
+    validation data), ``lr`` and wall ``time`` in seconds; ``steps`` holds the loss
+    of every training step, and ``partial`` the running totals of an epoch that was
+    interrupted (saved mid-epoch), from which a resumed ``fit`` continues."""
 
     rows: list[dict] = field(default_factory=list)
+    steps: list[float] = field(default_factory=list)
+    partial: dict | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -39,11 +44,12 @@ class History:
         return [row[column] for row in self.rows]
 
     def to_dict(self) -> dict:
-        return {"rows": self.rows}
+        return {"rows": self.rows, "steps": self.steps, "partial": self.partial}
 
     @classmethod
     def from_dict(cls, data: dict) -> History:
-        return cls([dict(row) for row in data.get("rows", [])])
+        return cls([dict(row) for row in data.get("rows", [])], list(data.get("steps", [])),
+                   data.get("partial"))
 
     def to_csv(self, path) -> None:
         with open(path, "w", newline="") as f:
@@ -76,7 +82,11 @@ class History:
 
 
 class Callback:
-    """Called after every epoch; return ``True`` from ``on_epoch_end`` to stop."""
+    """Called after every training step and every epoch; return ``True`` from either
+    to stop training there."""
+
+    def on_step_end(self, run: Run) -> bool | None:
+        return None
 
     def on_epoch_end(self, run: Run) -> bool | None:
         return None
@@ -129,7 +139,8 @@ class Run:
     optimizer: object
     schedule: object
     history: History
-    epoch: int = 0
+    epoch: int = 0   # epochs completed
+    step: int = 0    # training steps completed, over all epochs
 
     def save(self, path, **meta) -> str:
         from .io import save
@@ -170,6 +181,54 @@ def _progress_bar(total, desc, enabled):
                 dynamic_ncols=True, disable=None)
 
 
+def _leaves(module, prefix=""):
+    """The layers a (nested) ``Sequential`` applies, in order, with dotted names."""
+    if isinstance(module, Sequential):
+        for name, child in module.named_children():
+            yield from _leaves(child, f"{prefix}.{name}" if prefix else name)
+    else:
+        yield prefix or type(module).__name__, module
+
+
+def _finite(xp, a) -> bool:
+    return bool(xp.isfinite(a).all())
+
+
+def _first_non_finite_layer(model, x) -> str:
+    """Replay the forward pass layer by layer to find where NaN or Inf appear."""
+    xp = get_array_module(x)
+    if not _finite(xp, x):
+        return "the input batch"
+    for name, layer in _leaves(model):
+        x = layer.forward(x)
+        if not _finite(xp, x):
+            return f"layer {name} ({type(layer).__name__})"
+    return "the model's output"
+
+
+def _train_step(model, loss, optimizer, xb, yb, where: str):
+    """Forward, cost, backward, update; returns ``(loss, correct predictions)``.
+    Raises :class:`NonFiniteError` naming the step and the first layer (or
+    parameter gradient) where NaN or Inf appeared, before anything is updated."""
+    optimizer.zero_grad()
+    out = model.forward(xb)
+    xp = get_array_module(out)
+    if not _finite(xp, out):
+        raise NonFiniteError(f"{where}: the outputs became NaN or Inf, first at "
+                             f"{_first_non_finite_layer(model, xb)}; lower the learning rate "
+                             "or check the data")
+    value = loss.forward(out, yb)
+    if not math.isfinite(value):
+        raise NonFiniteError(f"{where}: the loss became {value}")
+    model.backward(loss.backward())
+    named = list(model.named_parameters())
+    if named and not bool(xp.stack([xp.isfinite(p.grad).all() for _, p in named]).all()):
+        name = next(n for n, p in named if not _finite(xp, p.grad))
+        raise NonFiniteError(f"{where}: the gradient of {name} became NaN or Inf")
+    optimizer.step()
+    return value, _accuracy_count(out, yb)
+
+
 def fit(model: Module, loss, optimizer, train_data, epochs: int, batch_size: int,
         val_data=None, schedule=None, callbacks=(), progress: bool = True, augment=None,
         history: History | None = None, initial_epoch: int = 0,
@@ -180,8 +239,9 @@ def fit(model: Module, loss, optimizer, train_data, epochs: int, batch_size: int
     seed of ``gpunet.manual_seed`` and the epoch number (so a resumed run sees the
     same batches), moving batches to the model's device; ``augment(x_batch)`` may
     transform them. Evaluates on ``val_data`` after each epoch, steps ``schedule``,
-    then runs the callbacks. Stops with :class:`NonFiniteError` at the first NaN
-    or Inf output or loss.
+    then runs the callbacks. A ``history`` saved mid-epoch (``history.partial``)
+    resumes at the batch where it stopped. Stops with :class:`NonFiniteError` at
+    the first NaN or Inf output, loss or gradient.
     """
     _check_data("train_data", train_data, model)
     if val_data is not None:
@@ -190,45 +250,53 @@ def fit(model: Module, loss, optimizer, train_data, epochs: int, batch_size: int
         raise ValueError(f"epochs: expected a non-negative int, got {epochs!r}")
     device = device_of(model.parameters()[0].data)
     history = History() if history is None else history
-    run = Run(model, optimizer, schedule, history, initial_epoch)
+    run = Run(model, optimizer, schedule, history, initial_epoch, len(history.steps))
     x, y = train_data
     n_batches = -(-len(x) // batch_size)
     seed = get_rng_state()["seed"]
 
     for epoch in range(initial_epoch + 1, epochs + 1):
         model.train()
-        lr = optimizer.lr
-        start = time.perf_counter()
-        total_loss, correct, seen = 0.0, 0, 0
+        resumed = history.partial if history.partial and history.partial["epoch"] == epoch \
+            else None
+        totals = dict(resumed) if resumed else {"epoch": epoch, "batch": 0, "loss_sum": 0.0,
+                                                "correct": 0, "seen": 0, "time": 0.0,
+                                                "lr": optimizer.lr}
+        start = time.perf_counter() - totals["time"]
         bar = _progress_bar(n_batches, f"epoch {epoch}/{epochs}", progress)
-        batches = minibatches(x, y, batch_size, shuffle=shuffle, seed=[seed, epoch],
-                              device=device)
-        for step, (xb, yb) in enumerate(batches, start=1):
+        batches = itertools.islice(
+            minibatches(x, y, batch_size, shuffle=shuffle, seed=[seed, epoch], device=device),
+            totals["batch"], None)
+        stopped = False
+        for xb, yb in batches:
             if augment is not None:
                 xb = augment(xb)
-            optimizer.zero_grad()
-            out = model.forward(xb)
-            xp = get_array_module(out)
-            if not bool(xp.isfinite(out).all()):
-                raise NonFiniteError(f"the model's outputs became NaN or Inf at epoch {epoch}, "
-                                     f"step {step}: lower the learning rate or check the data")
-            value = loss.forward(out, yb)
-            if not math.isfinite(value):
-                raise NonFiniteError(f"the loss became {value} at epoch {epoch}, step {step}")
-            model.backward(loss.backward())
-            optimizer.step()
-            total_loss += value * len(xb)
-            correct += _accuracy_count(out, yb)
-            seen += len(xb)
+            where = f"epoch {epoch}, step {totals['batch'] + 1}"
+            value, correct = _train_step(model, loss, optimizer, xb, yb, where)
+            totals.update(batch=totals["batch"] + 1, loss_sum=totals["loss_sum"] + value * len(xb),
+                          correct=totals["correct"] + correct, seen=totals["seen"] + len(xb),
+                          time=time.perf_counter() - start)
+            history.steps.append(value)
+            history.partial = dict(totals)
+            run.step += 1
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}",
-                                img_s=f"{seen / (time.perf_counter() - start):,.0f}")
+                bar.set_postfix(loss=f"{totals['loss_sum'] / totals['seen']:.4f}",
+                                acc=f"{totals['correct'] / totals['seen']:.4f}",
+                                img_s=f"{totals['seen'] / totals['time']:,.0f}")
+            if any([bool(cb.on_step_end(run)) for cb in callbacks
+                    if hasattr(cb, "on_step_end")]):
+                stopped = True
+                break
         if bar is not None:
             bar.close()
-        elapsed = time.perf_counter() - start
-        row = {"epoch": epoch, "loss": total_loss / seen, "accuracy": correct / seen,
-               "val_loss": math.nan, "val_accuracy": math.nan, "lr": lr, "time": elapsed}
+        if stopped:
+            break
+        history.partial = None
+        seen = totals["seen"]
+        row = {"epoch": epoch, "loss": totals["loss_sum"] / seen,
+               "accuracy": totals["correct"] / seen, "val_loss": math.nan,
+               "val_accuracy": math.nan, "lr": totals["lr"], "time": totals["time"]}
         if val_data is not None:
             scores = evaluate(model, val_data, loss=loss)
             row["val_loss"], row["val_accuracy"] = scores["loss"], scores["accuracy"]
