@@ -28,7 +28,7 @@ __all__ = [
     "Device", "DeviceError", "DeviceFallbackWarning", "set_device", "get_device",
     "get_array_module", "common_array_module", "to_device", "to_numpy",
     "manual_seed", "generator", "get_rng_state", "set_rng_state", "cuda_unavailable_reason",
-    "resolve_device", "device_of",
+    "resolve_device", "device_of", "is_out_of_memory", "release_cached_memory",
 ]
 
 
@@ -248,3 +248,14 @@ def set_rng_state(state: dict) -> None:
     _generators.clear()
     gen = generator(numpy)
     gen.bit_generator.state = state["numpy"]
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is CuPy's GPU out-of-memory error."""
+    return _cupy is not None and isinstance(exc, _cupy.cuda.memory.OutOfMemoryError)
+
+
+def release_cached_memory() -> None:
+    """Give CuPy's cached blocks back, so that a smaller retry can succeed."""
+    if _cupy is not None:
+        _cupy.get_default_memory_pool().free_all_blocks()

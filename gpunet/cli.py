@@ -290,7 +290,7 @@ def main(argv=None) -> int:
             TypeError, OSError) as exc:
         print(f"gpunet: error: {exc}", file=sys.stderr)
         return 2
-    except NonFiniteError as exc:
+    except (NonFiniteError, MemoryError) as exc:
         print(f"gpunet: training stopped: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

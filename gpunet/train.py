@@ -11,7 +11,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from .backend import device_of, get_array_module, get_rng_state
+from .backend import (
+    device_of,
+    get_array_module,
+    get_rng_state,
+    is_out_of_memory,
+    release_cached_memory,
+)
 from .data.batching import minibatches
 from .losses import SoftmaxCrossEntropy
 from .nn import Module, Sequential
@@ -272,7 +278,14 @@ def fit(model: Module, loss, optimizer, train_data, epochs: int, batch_size: int
             if augment is not None:
                 xb = augment(xb)
             where = f"epoch {epoch}, step {totals['batch'] + 1}"
-            value, correct = _train_step(model, loss, optimizer, xb, yb, where)
+            try:
+                value, correct = _train_step(model, loss, optimizer, xb, yb, where)
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                release_cached_memory()
+                raise MemoryError(f"{where}: the GPU ran out of memory ({exc}) with a batch "
+                                  f"of {len(xb)}; try a smaller batch_size") from None
             totals.update(batch=totals["batch"] + 1, loss_sum=totals["loss_sum"] + value * len(xb),
                           correct=totals["correct"] + correct, seen=totals["seen"] + len(xb),
                           time=time.perf_counter() - start)

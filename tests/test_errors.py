@@ -44,7 +44,9 @@ LAYER_CASES = [
 
 @pytest.mark.parametrize("name,make,x,error,fragments", LAYER_CASES,
                          ids=[c[0] for c in LAYER_CASES])
-def test_layer_rejects_bad_input(name, make, x, error, fragments):
+def test_layer_rejects_bad_input(xp, name, make, x, error, fragments):
+    """The same exception and message on NumPy and (where a GPU answers) CuPy."""
+    x = xp.asarray(x) if isinstance(x, numpy.ndarray) else x
     with pytest.raises(error) as info:
         make()(x)
     for fragment in fragments:
@@ -102,8 +104,21 @@ def test_ops_name_mismatched_weight_and_dtype():
         ops.conv2d_forward(z(1, 3, 5, 5), z(4, 3, 3, 3, dtype="float64"))
 
 
-def test_empty_batches_are_rejected_by_losses():
-    with pytest.raises(ValueError, match="non-empty batch"):
-        losses.SoftmaxCrossEntropy()(z(0, 3), numpy.zeros(0, "int64"))
-    with pytest.raises(ValueError, match="batch sizes differ"):
-        losses.MSELoss()(z(3, 2), z(2, 2))
+LOSS_CASES = [
+    (losses.SoftmaxCrossEntropy, z(0, 3), numpy.zeros(0, "int64"), ValueError, "non-empty batch"),
+    (losses.MSELoss, z(3, 2), z(2, 2), ValueError, "batch sizes differ"),
+    (losses.SoftmaxCrossEntropy, z(3, 4), numpy.array([0, 9, 1]), ValueError, "label 9"),
+    (losses.BinaryCrossEntropy, z(3, 1), z(3, 2), ValueError, "outputs' shape"),
+]
+
+
+@pytest.mark.parametrize("make,out,target,error,match", LOSS_CASES,
+                         ids=["empty", "batch", "label", "bce-shape"])
+def test_losses_reject_bad_input(xp, make, out, target, error, match):
+    with pytest.raises(error, match=match):
+        make()(xp.asarray(out), xp.asarray(target))
+
+
+def test_batch_norm_rejects_an_empty_or_single_batch(xp):
+    with pytest.raises(ValueError, match="more than one value per channel"):
+        nn.BatchNorm1d(3)(xp.zeros((0, 3), "float32"))

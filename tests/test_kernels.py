@@ -280,3 +280,25 @@ def test_float64_gradcheck_through_the_kernels():
         assert report.passed, str(report)
     finally:
         gpunet.set_device("cpu")
+
+
+@pytest.mark.gpu
+def test_gpu_out_of_memory_is_a_clear_error_and_the_process_continues():
+    _cupy_or_skip()
+    import gpunet
+    from gpunet import losses, nn, optim
+
+    gpunet.set_device("cuda")
+    try:
+        model = nn.Sequential(nn.Conv2d(3, 512, 3, padding=1), nn.Flatten(), nn.Linear(1, 1))
+        opt = optim.SGD(model.parameters(), 0.1)
+        x = numpy.zeros((64, 3, 1024, 1024), "float32")  # the conv output alone is 137 GB
+        with pytest.raises(MemoryError, match="step 1: the GPU ran out of memory .*smaller"):
+            gpunet.fit(model, losses.MSELoss(), opt, (x, numpy.zeros((64, 1), "float32")), 1,
+                       64, progress=False)
+        small = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 64, 1))
+        gpunet.fit(small, losses.MSELoss(), optim.SGD(small.parameters(), 0.1),
+                   (numpy.zeros((8, 3, 8, 8), "float32"), numpy.zeros((8, 1), "float32")), 1, 4,
+                   progress=False)
+    finally:
+        gpunet.set_device("cpu")
