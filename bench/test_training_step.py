@@ -44,7 +44,7 @@ def test_gpunet_step(benchmark, name):
     def step():
         opt.zero_grad()
         loss.forward(model.forward(x), y)
-        model.backward(loss.backward())
+        model.backward(loss.backward(), input_grad=False)  # as torch: x needs no gradient
         opt.step()
 
     benchmark.pedantic(step, rounds=15, warmup_rounds=2)

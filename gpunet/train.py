@@ -226,7 +226,10 @@ def _train_step(model, loss, optimizer, xb, yb, where: str):
     value = loss.forward(out, yb)
     if not math.isfinite(value):
         raise NonFiniteError(f"{where}: the loss became {value}")
-    model.backward(loss.backward())
+    if isinstance(model, Sequential):
+        model.backward(loss.backward(), input_grad=False)  # nothing uses d(loss)/d(input)
+    else:
+        model.backward(loss.backward())
     named = list(model.named_parameters())
     if named and not bool(xp.stack([xp.isfinite(p.grad).all() for _, p in named]).all()):
         name = next(n for n, p in named if not _finite(xp, p.grad))

@@ -103,6 +103,28 @@ def test_duplicate_members_and_overlong_members(tmp_path, good_bytes):
         load_bytes(tmp_path, zip_of({"model/a.npy": longer}))
 
 
+def _central_entries(blob: bytes):
+    """Offsets of the zip central-directory records."""
+    i = blob.find(b"PK\x01\x02")
+    while i != -1:
+        yield i
+        i = blob.find(b"PK\x01\x02", i + 4)
+
+
+def test_overlapping_offsets_and_understated_sizes(tmp_path, good_bytes):
+    entries = list(_central_entries(good_bytes))
+    first_offset = good_bytes[entries[0] + 42:entries[0] + 46]
+    overlap = bytearray(good_bytes)  # the second entry points at the first one's data
+    overlap[entries[1] + 42:entries[1] + 46] = first_offset
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_bytes(tmp_path, bytes(overlap))
+    shrunk = bytearray(good_bytes)  # a member larger than its declared size
+    size = int.from_bytes(good_bytes[entries[0] + 24:entries[0] + 28], "little")
+    shrunk[entries[0] + 24:entries[0] + 28] = (size - 8).to_bytes(4, "little")
+    with pytest.raises(CheckpointError):
+        load_bytes(tmp_path, bytes(shrunk))
+
+
 def test_a_good_checkpoint_round_trips(tmp_path, good_bytes):
     header, arrays = load_bytes(tmp_path, good_bytes)
     assert header["meta"] == {"epoch": 1} and "model/0.weight" in arrays

@@ -289,3 +289,21 @@ def test_a_layer_instance_cannot_sit_twice_in_a_sequential():
     relu = nn.ReLU()
     with pytest.raises(ValueError, match="same ReLU instance is added twice"):
         nn.Sequential(nn.Linear(2, 2), relu, nn.Linear(2, 2), relu)
+
+
+def test_backward_without_the_input_gradient_gives_the_same_parameter_gradients(rng):
+    def run(input_grad):
+        gpunet.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(12, 2))
+        x = numpy.random.default_rng(0).standard_normal((2, 2, 4, 4)).astype("float32")
+        y = model(x)
+        dx = model.backward(numpy.ones_like(y), input_grad=input_grad)
+        return dx, [p.grad.copy() for p in model.parameters()]
+
+    dx, full = run(True)
+    none, partial = run(False)
+    assert dx.shape == (2, 2, 4, 4) and none is None
+    assert all(numpy.array_equal(a, b) for a, b in zip(full, partial))
+    lin = nn.Sequential(nn.Linear(3, 2))
+    lin(numpy.ones((1, 3), "float32"))
+    assert lin.backward(numpy.ones((1, 2), "float32"), input_grad=False) is None

@@ -142,13 +142,24 @@ def test_two_processes_with_one_seed_train_identically():
 
 
 def test_dataset_errors_survive_python_dash_o(tmp_path):
+    """No check relies on assert: IDX and CIFAR-10 files are validated under -O too."""
     bad = tmp_path / "train-images-idx3-ubyte"
     bad.write_bytes(b"\x00\x00\x08\x03" + b"\x00" * 5)
-    code = (f"import gpunet.data as d\ntry:\n    d.read_idx({str(bad)!r})\n"
-            "except d.DatasetError as e:\n    print('DatasetError:', e)")
+    cifar = tmp_path / "cifar-10-batches-bin"
+    cifar.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (cifar / f"{name}.bin").write_bytes(b"\x00" * 3000)
+    code = (f"import gpunet.data as d\n"
+            f"loads = (lambda: d.read_idx({str(bad)!r}),\n"
+            f"         lambda: d.load_cifar10({str(tmp_path)!r}))\n"
+            "for load in loads:\n"
+            "    try:\n        load()\n"
+            "    except d.DatasetError as e:\n        print('DatasetError:', e)")
     out = subprocess.run([sys.executable, "-O", "-c", code], capture_output=True, text=True,
                          check=True, timeout=120)
-    assert "DatasetError:" in out.stdout and "train-images-idx3-ubyte" in out.stdout
+    lines = out.stdout.splitlines()
+    assert len(lines) == 2 and all(line.startswith("DatasetError:") for line in lines)
+    assert "train-images-idx3-ubyte" in lines[0] and "data_batch_1.bin: wrong size" in lines[1]
 
 
 def test_resume_from_a_corrupt_checkpoint_exits_2(tmp_path):

@@ -49,17 +49,20 @@ def split_k(total: int, tiles: int) -> tuple[int, int]:
     return ceil_div(total, chunk), chunk
 
 
-def backward(dy, ctx: ConvContext):
-    """``(dx, dweight, dbias)``; ``dbias`` is ``None`` without a bias."""
+def backward(dy, ctx: ConvContext, input_grad: bool = True):
+    """``(dx, dweight, dbias)``; ``dbias`` is ``None`` without a bias, ``dx`` with
+    ``input_grad=False``."""
     xp = get_array_module(dy)
     dy = xp.ascontiguousarray(dy)
     n, c, h, w, k, r, s, oh, ow = ctx.sizes
     dtype = dy.dtype
 
-    dx = new_output(xp, (n, c, h, w), dtype)
-    grid = (ceil_div(n * h * w, TILE), ceil_div(c, TILE), 1)
-    runtime.launch("conv2d", "conv2d_bwd_data", dtype, grid, GEMM_BLOCK,
-                   (dy, ctx.weight, dx, ctx.geometry))
+    dx = None
+    if input_grad:
+        dx = new_output(xp, (n, c, h, w), dtype)
+        grid = (ceil_div(n * h * w, TILE), ceil_div(c, TILE), 1)
+        runtime.launch("conv2d", "conv2d_bwd_data", dtype, grid, GEMM_BLOCK,
+                       (dy, ctx.weight, dx, ctx.geometry))
 
     crs, total = c * r * s, n * oh * ow
     splits, chunk = split_k(total, ceil_div(crs, TILE) * ceil_div(k, TILE))

@@ -42,9 +42,12 @@ class Conv2d(Module):
         y, self._ctx = conv2d_forward(x, self.weight.data, bias, self.stride, self.padding)
         return y
 
-    def backward(self, dy):
-        dx, dweight, dbias = conv2d_backward(dy, self._saved())
+    def backward(self, dy, input_grad: bool = True):
+        dx, dweight, dbias = conv2d_backward(dy, self._saved(), input_grad=input_grad)
         self.weight.grad += dweight
         if self.bias is not None:
             self.bias.grad += dbias
         return dx
+
+    def backward_params_only(self, dy) -> None:
+        self.backward(dy, input_grad=False)

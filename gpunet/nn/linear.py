@@ -36,7 +36,7 @@ class Linear(Module):
         self._ctx = x
         return y
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad: bool = True):
         x = self._saved()
         expected = (*x.shape[:-1], self.out_features)
         if tuple(dy.shape) != expected:
@@ -46,4 +46,7 @@ class Linear(Module):
         self.weight.grad += dy2.T @ x.reshape(-1, self.in_features)
         if self.bias is not None:
             self.bias.grad += dy2.sum(axis=0)
-        return dy @ self.weight.data
+        return dy @ self.weight.data if input_grad else None
+
+    def backward_params_only(self, dy) -> None:
+        self.backward(dy, input_grad=False)

@@ -82,6 +82,12 @@ class Module:
     def backward(self, dy):
         raise NotImplementedError(f"{type(self).__name__} must implement backward(dy)")
 
+    def backward_params_only(self, dy) -> None:
+        """Accumulate parameter gradients without returning the input gradient (the
+        first layer's, which nothing uses). Layers that can skip computing it
+        override this; by default it is ``backward`` with the result dropped."""
+        self.backward(dy)
+
     def __call__(self, x):
         return self.forward(x)
 
@@ -259,7 +265,18 @@ class Sequential(Module):
             x = module.forward(x)
         return x
 
-    def backward(self, dy):
-        for module in reversed(list(self)):
+    def backward(self, dy, input_grad: bool = True):
+        """Backward through the children in reverse; with ``input_grad=False`` the
+        first layer skips the gradient with respect to the input (returns ``None``)."""
+        modules = list(self)
+        for module in reversed(modules[1:]):
             dy = module.backward(dy)
-        return dy
+        if not modules:
+            return dy
+        if input_grad:
+            return modules[0].backward(dy)
+        modules[0].backward_params_only(dy)
+        return None
+
+    def backward_params_only(self, dy) -> None:
+        self.backward(dy, input_grad=False)

@@ -149,15 +149,15 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, use_kernels=None):
     return y, ctx
 
 
-def conv2d_backward(dy, ctx):
+def conv2d_backward(dy, ctx, input_grad: bool = True):
     """``(dx, dweight, dbias)`` for ``dy`` of shape ``(N, K, OH, OW)``; ``dbias`` is
-    ``None`` when the forward had no bias."""
+    ``None`` when the forward had no bias, ``dx`` is ``None`` with ``input_grad=False``."""
     if isinstance(ctx, cuda_conv2d.ConvContext):
         n, _, _, _, k, _, _, oh, ow = ctx.sizes
         if tuple(dy.shape) != (n, k, oh, ow):
             raise ValueError(f"conv2d backward: dy must have shape {(n, k, oh, ow)}, "
                              f"got {tuple(dy.shape)}")
-        return cuda_conv2d.backward(dy, ctx)
+        return cuda_conv2d.backward(dy, ctx, input_grad)
     cols, weight, x_shape, stride, pads, out_hw, has_bias = ctx
     common_array_module(dy=dy, weight=weight)  # same device, or a clear TypeError
     n, k = dy.shape[:2]
@@ -168,6 +168,8 @@ def conv2d_backward(dy, ctx):
     dy2 = dy.transpose(1, 0, 2, 3).reshape(k, -1)  # (K, N*OH*OW), the layout of y's GEMM
     dbias = dy2.sum(axis=1) if has_bias else None
     dweight = (dy2 @ cols.T).reshape(weight.shape)
+    if not input_grad:
+        return None, dweight, dbias
     dcols = weight.reshape(k, -1).T @ dy2
     dx = col2im(dcols, x_shape, weight.shape[2:], stride, pads, out_hw)
     return dx, dweight, dbias
