@@ -16,6 +16,11 @@
 // written with `=`; the parameter gradients are returned, not accumulated.
 #include "common.cuh"
 
+// Flat index of the j-th of the M = N * HW values of channel c.
+__device__ __forceinline__ index_t channel_element(index_t j, int c, int C, index_t HW) {
+    return ((j / HW) * C + c) * HW + j % HW;
+}
+
 extern "C" __global__ void bn_fwd_stats(const real_t* __restrict__ x, real_t* __restrict__ mean,
                                         real_t* __restrict__ var, int N, int C, index_t HW) {
     DYNAMIC_SHARED(acc_t, scratch);
@@ -23,16 +28,13 @@ extern "C" __global__ void bn_fwd_stats(const real_t* __restrict__ x, real_t* __
     index_t M = (index_t)N * HW;
     acc_t pivot = x[(index_t)c * HW];
     acc_t shifted = 0;
-    for (index_t j = threadIdx.x; j < M; j += blockDim.x) {
-        index_t n = j / HW, p = j % HW;
-        shifted += (acc_t)x[(n * C + c) * HW + p] - pivot;
-    }
+    for (index_t j = threadIdx.x; j < M; j += blockDim.x)
+        shifted += (acc_t)x[channel_element(j, c, C, HW)] - pivot;
     acc_t offset = block_sum(shifted, scratch) / (acc_t)M;
     acc_t mu = pivot + offset;
     acc_t squares = 0;
     for (index_t j = threadIdx.x; j < M; j += blockDim.x) {
-        index_t n = j / HW, p = j % HW;
-        acc_t d = (acc_t)x[(n * C + c) * HW + p] - mu;
+        acc_t d = (acc_t)x[channel_element(j, c, C, HW)] - mu;
         squares += d * d;
     }
     acc_t v = block_sum(squares, scratch) / (acc_t)M;
@@ -66,7 +68,7 @@ extern "C" __global__ void bn_bwd_reduce(const real_t* __restrict__ dy,
     index_t M = (index_t)N * HW;
     acc_t sum_dy = 0, sum_dy_xhat = 0;
     for (index_t j = threadIdx.x; j < M; j += blockDim.x) {
-        index_t k = ((j / HW) * C + c) * HW + j % HW;
+        index_t k = channel_element(j, c, C, HW);
         sum_dy += dy[k];
         sum_dy_xhat += (acc_t)dy[k] * x_hat[k];
     }

@@ -16,6 +16,14 @@ struct PoolGeometry {
     int N, C, H, W, OH, OW, R, S, sh, sw, ph, pw;
 };
 
+// The windows o along one axis that cover padded position p: o*stride <= p < o*stride + size,
+// clipped to [0, out - 1].
+__device__ __forceinline__ void covering_windows(int p, int size, int stride, int out, int& lo,
+                                                 int& hi) {
+    lo = p >= size ? (p - size) / stride + 1 : 0;
+    hi = min(p / stride, out - 1);
+}
+
 extern "C" __global__ void max_pool2d_fwd(const real_t* __restrict__ x, real_t* __restrict__ y,
                                           int* __restrict__ argmax, const PoolGeometry* __restrict__ geometry) {
     const PoolGeometry g = *geometry;
@@ -55,9 +63,9 @@ extern "C" __global__ void max_pool2d_bwd(const real_t* __restrict__ dy,
     int w = i % g.W, h = (i / g.W) % g.H;
     index_t nc = i / ((index_t)g.H * g.W);
     int hp = h + g.ph, wp = w + g.pw;  // position in the padded input
-    // windows oh with oh*sh <= hp < oh*sh + R
-    int oh_lo = hp >= g.R ? (hp - g.R) / g.sh + 1 : 0, oh_hi = min(hp / g.sh, g.OH - 1);
-    int ow_lo = wp >= g.S ? (wp - g.S) / g.sw + 1 : 0, ow_hi = min(wp / g.sw, g.OW - 1);
+    int oh_lo, oh_hi, ow_lo, ow_hi;
+    covering_windows(hp, g.R, g.sh, g.OH, oh_lo, oh_hi);
+    covering_windows(wp, g.S, g.sw, g.OW, ow_lo, ow_hi);
     acc_t sum = 0;
     for (int oh = oh_lo; oh <= oh_hi; ++oh) {
         for (int ow = ow_lo; ow <= ow_hi; ++ow) {
@@ -96,9 +104,10 @@ extern "C" __global__ void avg_pool2d_bwd(const real_t* __restrict__ dy, real_t*
     if (i >= total) return;
     int w = i % g.W, h = (i / g.W) % g.H;
     index_t nc = i / ((index_t)g.H * g.W);
-    int hp = h + g.ph, wp = w + g.pw;
-    int oh_lo = hp >= g.R ? (hp - g.R) / g.sh + 1 : 0, oh_hi = min(hp / g.sh, g.OH - 1);
-    int ow_lo = wp >= g.S ? (wp - g.S) / g.sw + 1 : 0, ow_hi = min(wp / g.sw, g.OW - 1);
+    int hp = h + g.ph, wp = w + g.pw;  // position in the padded input
+    int oh_lo, oh_hi, ow_lo, ow_hi;
+    covering_windows(hp, g.R, g.sh, g.OH, oh_lo, oh_hi);
+    covering_windows(wp, g.S, g.sw, g.OW, ow_lo, ow_hi);
     acc_t sum = 0;
     for (int oh = oh_lo; oh <= oh_hi; ++oh)
         for (int ow = ow_lo; ow <= ow_hi; ++ow) sum += dy[(nc * g.OH + oh) * g.OW + ow];
