@@ -180,13 +180,16 @@ def cmd_train(args) -> int:
     optimizer = _optimizer(args, model.parameters())
     schedule = SCHEDULES[args.schedule](optimizer, args.decay) if args.schedule else None
     meta = {"architecture": args.model, "batch_norm": args.batch_norm, "dataset": args.dataset,
-            "in_channels": int(x.shape[1]), "standardize": stats.state_dict()}
+            "in_channels": int(x.shape[1]), "standardize": stats.state_dict(), "seed": args.seed}
     history, initial_epoch = History(), 0
     if args.resume:
         saved = load(last, model, optimizer)
         if saved.get("architecture") != args.model or saved.get("dataset") != args.dataset:
             raise UsageError(f"--resume: {last} is a {saved.get('architecture')} on "
                              f"{saved.get('dataset')}, not {args.model} on {args.dataset}")
+        if saved.get("seed", args.seed) != args.seed:  # the seed fixes the validation split
+            raise UsageError(f"--resume: {last} was trained with --seed {saved['seed']}, "
+                             f"not {args.seed}")
         history, initial_epoch = History.from_dict(saved["history"]), saved["epoch"]
         if schedule is not None and saved.get("schedule"):
             schedule.load_state_dict(saved["schedule"])
@@ -194,7 +197,10 @@ def cmd_train(args) -> int:
     val = (x_dev, y_dev) if len(x_dev) else None
     callbacks = [_SaveEachEpoch(args.out, meta)]
     if val is not None:
-        callbacks.append(ModelCheckpoint(os.path.join(args.out, "best.npz"), **meta))
+        best = ModelCheckpoint(os.path.join(args.out, "best.npz"), **meta)
+        if history.rows:  # resumed: best.npz already holds the best so far
+            best.best = max(history["val_accuracy"])
+        callbacks.append(best)
     print(f"training {args.model} on {args.dataset} ({len(x):,} images, "
           f"{len(x_dev):,} for validation) on {backend.get_device()}", flush=True)
     fit(model, SoftmaxCrossEntropy(), optimizer, (x, y), args.epochs, args.batch_size,

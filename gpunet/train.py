@@ -23,7 +23,7 @@ from .losses import SoftmaxCrossEntropy
 from .nn import Module, Sequential
 
 __all__ = ["fit", "evaluate", "History", "Callback", "EarlyStopping", "ModelCheckpoint",
-           "NonFiniteError"]
+           "NonFiniteError", "Run"]
 
 COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "time")
 
@@ -187,6 +187,13 @@ def _progress_bar(total, desc, enabled):
                 dynamic_ncols=True, disable=None)
 
 
+def _ask_callbacks(callbacks, hook: str, run: Run) -> bool:
+    """Call ``hook`` on every callback that has it (all of them, even after one asks
+    to stop); ``True`` when any asks to stop."""
+    answers = [bool(getattr(cb, hook)(run)) for cb in callbacks if hasattr(cb, hook)]
+    return any(answers)
+
+
 def _leaves(module, prefix=""):
     """The layers a (nested) ``Sequential`` applies, in order, with dotted names."""
     if isinstance(module, Sequential):
@@ -300,8 +307,7 @@ def fit(model: Module, loss, optimizer, train_data, epochs: int, batch_size: int
                 bar.set_postfix(loss=f"{totals['loss_sum'] / totals['seen']:.4f}",
                                 acc=f"{totals['correct'] / totals['seen']:.4f}",
                                 img_s=f"{totals['seen'] / totals['time']:,.0f}")
-            if any([bool(cb.on_step_end(run)) for cb in callbacks
-                    if hasattr(cb, "on_step_end")]):
+            if _ask_callbacks(callbacks, "on_step_end", run):
                 stopped = True
                 break
         if bar is not None:
@@ -322,8 +328,7 @@ def fit(model: Module, loss, optimizer, train_data, epochs: int, batch_size: int
             schedule.step()
         if progress:
             print(_epoch_line(row, epochs, seen), file=sys.stderr, flush=True)
-        stop = [bool(cb.on_epoch_end(run)) for cb in callbacks]
-        if any(stop):
+        if _ask_callbacks(callbacks, "on_epoch_end", run):
             break
     return history
 
@@ -355,5 +360,3 @@ def evaluate(model: Module, data, batch_size: int = 256, loss=None) -> dict:
     n = len(data[0])
     return {"loss": total / n, "accuracy": correct / n}
 
-
-__all__ += ["Run"]

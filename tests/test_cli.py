@@ -90,3 +90,25 @@ def test_corrupt_checkpoint_exits_2(tmp_path):
     bad.write_bytes(b"PK\x03\x04 not really a zip")
     code, _, err = run_cli("evaluate", str(bad))
     assert code == 2 and "bad.npz" in err and "Traceback" not in err
+
+
+def test_resume_keeps_the_best_score_and_refuses_another_seed(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    assert main(["train", "--epochs", "2", "--out", str(out), *QUICK]) == 0
+    import gpunet
+    from gpunet.train import ModelCheckpoint
+    header, _ = gpunet.io.read_checkpoint(out / "last.npz")
+    best_so_far = max(r["val_accuracy"] for r in header["meta"]["history"]["rows"])
+    seen = []
+    original = ModelCheckpoint.on_epoch_end
+
+    def spy(self, run):
+        seen.append(self.best)  # what the callback compares the resumed epoch against
+        return original(self, run)
+
+    monkeypatch.setattr(ModelCheckpoint, "on_epoch_end", spy)
+    assert main(["train", "--epochs", "3", "--resume", "--out", str(out), *QUICK]) == 0
+    assert seen[0] == best_so_far  # not -inf: a worse epoch cannot overwrite best.npz
+    other_seed = [a if a != "1" else "2" for a in QUICK]
+    assert main(["train", "--epochs", "4", "--resume", "--out", str(out), *other_seed]) == 2
+    assert "--seed 1" in capsys.readouterr().err
