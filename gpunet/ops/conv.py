@@ -93,20 +93,23 @@ def im2col(x, kernel, stride, pads):
     return view.reshape(c * kernel[0] * kernel[1], n * out_hw[0] * out_hw[1]), out_hw
 
 
-def col2im(cols, x_shape, kernel, stride, pads, out_hw):
+def col2im(dcols, x_shape, kernel, stride, pads, out_hw):
     """Adjoint of :func:`im2col`: add every column entry back onto its input pixel.
 
-    Loops over the kernel offsets only; each adds one strided slice.
+    ``dcols`` is ``(R*S*C, OH*OW*N)`` (rows ``(r, s, c)``, columns ``(oh, ow, n)``),
+    the layout the backward GEMM produces when asked: accumulating into an
+    ``(H, W, C, N)`` buffer, each of the ``R*S`` strided adds then moves runs of
+    ``C*N`` contiguous values instead of rows of ``OW``, which matters in NumPy.
     """
-    xp = common_array_module(cols=cols)
+    xp = common_array_module(dcols=dcols)
     n, c, h, w = x_shape
     (pt, pb), (pl, pr) = pads
-    cols = cols.reshape(c, kernel[0] * kernel[1], n, *out_hw)
-    # accumulate channel-major, the layout of cols, and transpose once at the end
-    dx_padded = xp.zeros((c, n, h + pt + pb, w + pl + pr), dtype=cols.dtype)
+    oh, ow = out_hw
+    dcols = dcols.reshape(kernel[0] * kernel[1], c, oh, ow, n)
+    dx_padded = xp.zeros((h + pt + pb, w + pl + pr, c, n), dtype=dcols.dtype)
     for k, rows, columns in window_offsets(kernel, stride, out_hw):
-        dx_padded[:, :, rows, columns] += cols[:, k]
-    return xp.ascontiguousarray(dx_padded[:, :, pt:pt + h, pl:pl + w].transpose(1, 0, 2, 3))
+        dx_padded[rows, columns] += dcols[k].transpose(1, 2, 0, 3)
+    return xp.ascontiguousarray(dx_padded[pt:pt + h, pl:pl + w].transpose(3, 2, 0, 1))
 
 
 def conv2d_forward(x, weight, bias=None, stride=1, padding=0, use_kernels=None):
@@ -170,8 +173,10 @@ def conv2d_backward(dy, ctx, input_grad: bool = True):
     dweight = (dy2 @ cols.T).reshape(weight.shape)
     if not input_grad:
         return None, dweight, dbias
-    dcols = weight.reshape(k, -1).T @ dy2
-    dx = col2im(dcols, x_shape, weight.shape[2:], stride, pads, out_hw)
+    # rows (r, s, c) and columns (oh, ow, n): the layout col2im accumulates fastest
+    weight_rsc = weight.transpose(2, 3, 1, 0).reshape(-1, k)
+    dy_pixels_first = dy.transpose(1, 2, 3, 0).reshape(k, -1)
+    dx = col2im(weight_rsc @ dy_pixels_first, x_shape, weight.shape[2:], stride, pads, out_hw)
     return dx, dweight, dbias
 
 
