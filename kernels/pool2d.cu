@@ -25,7 +25,8 @@ __device__ __forceinline__ void covering_windows(int p, int size, int stride, in
 }
 
 extern "C" __global__ void max_pool2d_fwd(const real_t* __restrict__ x, real_t* __restrict__ y,
-                                          int* __restrict__ argmax, const PoolGeometry* __restrict__ geometry) {
+                                          int* __restrict__ argmax,
+                                          const PoolGeometry* __restrict__ geometry) {
     const PoolGeometry g = *geometry;
     index_t i = (index_t)blockIdx.x * blockDim.x + threadIdx.x;
     index_t total = (index_t)g.N * g.C * g.OH * g.OW;
@@ -53,13 +54,13 @@ extern "C" __global__ void max_pool2d_fwd(const real_t* __restrict__ x, real_t* 
     argmax[i] = best_offset;
 }
 
-extern "C" __global__ void max_pool2d_bwd(const real_t* __restrict__ dy,
-                                          const int* __restrict__ argmax,
-                                          real_t* __restrict__ dx, const PoolGeometry* __restrict__ geometry) {
-    const PoolGeometry g = *geometry;
+// dx[i] = sum of dy over the windows covering input element i whose gradient
+// `routes(o, offset)` sends there (offset = r*S + s of i inside window o).
+template <class Routes>
+__device__ void gather_windows(const real_t* __restrict__ dy, real_t* __restrict__ dx,
+                               const PoolGeometry& g, acc_t scale, Routes routes) {
     index_t i = (index_t)blockIdx.x * blockDim.x + threadIdx.x;
-    index_t total = (index_t)g.N * g.C * g.H * g.W;
-    if (i >= total) return;
+    if (i >= (index_t)g.N * g.C * g.H * g.W) return;
     int w = i % g.W, h = (i / g.W) % g.H;
     index_t nc = i / ((index_t)g.H * g.W);
     int hp = h + g.ph, wp = w + g.pw;  // position in the padded input
@@ -67,13 +68,27 @@ extern "C" __global__ void max_pool2d_bwd(const real_t* __restrict__ dy,
     covering_windows(hp, g.R, g.sh, g.OH, oh_lo, oh_hi);
     covering_windows(wp, g.S, g.sw, g.OW, ow_lo, ow_hi);
     acc_t sum = 0;
-    for (int oh = oh_lo; oh <= oh_hi; ++oh) {
+    for (int oh = oh_lo; oh <= oh_hi; ++oh)
         for (int ow = ow_lo; ow <= ow_hi; ++ow) {
             index_t o = (nc * g.OH + oh) * g.OW + ow;
-            if (argmax[o] == (hp - oh * g.sh) * g.S + (wp - ow * g.sw)) sum += dy[o];
+            if (routes(o, (hp - oh * g.sh) * g.S + (wp - ow * g.sw))) sum += dy[o];
         }
-    }
-    dx[i] = (real_t)sum;
+    dx[i] = (real_t)(sum * scale);
+}
+
+struct ToArgmax {  // max pooling: only the window's (first) maximum
+    const int* argmax;
+    __device__ bool operator()(index_t o, int offset) const { return argmax[o] == offset; }
+};
+
+struct ToAll {  // average pooling: every input of the window
+    __device__ bool operator()(index_t, int) const { return true; }
+};
+
+extern "C" __global__ void max_pool2d_bwd(const real_t* __restrict__ dy,
+                                          const int* __restrict__ argmax, real_t* __restrict__ dx,
+                                          const PoolGeometry* __restrict__ geometry) {
+    gather_windows(dy, dx, *geometry, (acc_t)1, ToArgmax{argmax});
 }
 
 extern "C" __global__ void avg_pool2d_fwd(const real_t* __restrict__ x, real_t* __restrict__ y,
@@ -99,17 +114,5 @@ extern "C" __global__ void avg_pool2d_fwd(const real_t* __restrict__ x, real_t* 
 extern "C" __global__ void avg_pool2d_bwd(const real_t* __restrict__ dy, real_t* __restrict__ dx,
                                           const PoolGeometry* __restrict__ geometry) {
     const PoolGeometry g = *geometry;
-    index_t i = (index_t)blockIdx.x * blockDim.x + threadIdx.x;
-    index_t total = (index_t)g.N * g.C * g.H * g.W;
-    if (i >= total) return;
-    int w = i % g.W, h = (i / g.W) % g.H;
-    index_t nc = i / ((index_t)g.H * g.W);
-    int hp = h + g.ph, wp = w + g.pw;  // position in the padded input
-    int oh_lo, oh_hi, ow_lo, ow_hi;
-    covering_windows(hp, g.R, g.sh, g.OH, oh_lo, oh_hi);
-    covering_windows(wp, g.S, g.sw, g.OW, ow_lo, ow_hi);
-    acc_t sum = 0;
-    for (int oh = oh_lo; oh <= oh_hi; ++oh)
-        for (int ow = ow_lo; ow <= ow_hi; ++ow) sum += dy[(nc * g.OH + oh) * g.OW + ow];
-    dx[i] = (real_t)(sum / (acc_t)(g.R * g.S));
+    gather_windows(dy, dx, g, (acc_t)1 / (acc_t)(g.R * g.S), ToAll{});
 }
