@@ -6,8 +6,6 @@ overlapping windows (e.g. 3/2) add their gradients up correctly.
 """
 from __future__ import annotations
 
-import numpy
-
 from .. import _checks
 from ..backend import common_array_module
 from ..cuda import pool2d as cuda_pool2d
@@ -32,22 +30,20 @@ def _geometry(where, x, kernel_size, stride, padding):
 
 def max_pool2d_forward(x, kernel_size, stride=None, padding=0, use_kernels=None):
     """``y = max`` over each window (padding counts as -inf; NaN propagates).
-    Returns ``(y, ctx)``; ``ctx`` keeps each window's argmax offset."""
+    Returns ``(y, ctx)``; ``ctx`` keeps each window's argmax as two small offsets.
+
+    The max is separable: first along each row (``R*S`` windows share their rows),
+    then down the columns of those row maxima. Taking the first winner of each
+    pass gives the first maximum in row-major order, as PyTorch and our kernel do.
+    """
     kernel, stride, pads, out_hw = _geometry("max_pool2d", x, kernel_size, stride, padding)
     xp = common_array_module(x=x)
     if _kernels(xp, use_kernels):
         return cuda_pool2d.forward("max", x, kernel, stride, pads, out_hw)
     x_padded = pad_input(x, pads, value=-xp.inf)
-    offsets = window_offsets(kernel, stride, out_hw)
-    _, rows, cols = next(offsets)
-    y = x_padded[:, :, rows, cols].copy()
-    argmax = xp.zeros(y.shape, dtype=numpy.min_scalar_type(kernel[0] * kernel[1] - 1))
-    for k, rows, cols in offsets:
-        candidate = x_padded[:, :, rows, cols]
-        # strictly greater: a tie keeps the first maximum, so one input gets the gradient
-        xp.copyto(argmax, k, where=candidate > y)
-        xp.maximum(y, candidate, out=y)  # propagates NaN, as PyTorch does
-    return y, (argmax, x.shape, kernel, stride, pads, out_hw)
+    row_max, col_offset = _max_along(x_padded, 3, kernel[1], stride[1], out_hw[1])
+    y, row_offset = _max_along(row_max, 2, kernel[0], stride[0], out_hw[0])
+    return y, (row_offset, col_offset, x.shape, kernel, stride, pads, out_hw)
 
 
 def max_pool2d_backward(dy, ctx):
@@ -55,12 +51,52 @@ def max_pool2d_backward(dy, ctx):
     if isinstance(ctx, cuda_pool2d.PoolContext):
         _check_dy("max_pool2d", dy, ctx.x_shape, ctx.out_shape[2:])
         return cuda_pool2d.backward(dy, ctx)
-    argmax, x_shape, kernel, stride, pads, out_hw = ctx
+    row_offset, col_offset, x_shape, kernel, stride, pads, out_hw = ctx
     _check_dy("max_pool2d", dy, x_shape, out_hw)
-    dx_padded = _zeros_padded(dy, x_shape, pads)
-    for k, rows, cols in window_offsets(kernel, stride, out_hw):
-        dx_padded[:, :, rows, cols] += dy * (argmax == k)
+    d_row_max = _route_along(dy, row_offset, 2, kernel[0], stride[0], col_offset.shape)
+    (pt, pb), (pl, pr) = pads
+    padded_shape = (*x_shape[:2], x_shape[2] + pt + pb, x_shape[3] + pl + pr)
+    dx_padded = _route_along(d_row_max, col_offset, 3, kernel[1], stride[1], padded_shape)
     return _crop(dx_padded, x_shape, pads)
+
+
+def _along(a, axis, start, stride, count):
+    """``a`` at ``start, start + stride, ...`` (``count`` of them) on ``axis``: a view."""
+    index = [slice(None)] * a.ndim
+    index[axis] = slice(start, start + stride * (count - 1) + 1, stride)
+    return a[tuple(index)]
+
+
+def _max_along(x, axis, kernel, stride, count):
+    """Running max over the ``kernel`` offsets of ``count`` windows on ``axis``, and
+    the offset of each window's first maximum (uint8: kernels are small)."""
+    xp = common_array_module(x=x)
+    best = _along(x, axis, 0, stride, count).copy()
+    offset = xp.zeros(best.shape, dtype=xp.uint8)
+    for k in range(1, kernel):
+        candidate = _along(x, axis, k, stride, count)
+        # Strictly greater, so ties keep the first. Offsets rise with k, so
+        # "becomes k where the candidate wins" is a max of uint8 arrays, which is
+        # far cheaper in NumPy than a masked assignment.
+        xp.maximum(offset, (candidate > best).view(xp.uint8) * xp.uint8(k), out=offset)
+        xp.maximum(best, candidate, out=best)  # propagates NaN, as PyTorch does
+    return best, offset
+
+
+def _route_along(dy, offset, axis, kernel, stride, in_shape):
+    """Adjoint of :func:`_max_along`: each window's gradient to its winning offset."""
+    xp = common_array_module(dy=dy)
+    count = dy.shape[axis]
+    disjoint_cover = kernel == stride and in_shape[axis] == kernel * count
+    # Windows that tile the axis exactly write every input once: no zero fill, no adds.
+    dx = (xp.empty if disjoint_cover else xp.zeros)(in_shape, dtype=dy.dtype)
+    for k in range(kernel):
+        target = _along(dx, axis, k, stride, count)
+        if disjoint_cover:
+            xp.multiply(dy, offset == k, out=target)
+        else:
+            target += dy * (offset == k)
+    return dx
 
 
 def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, use_kernels=None):
