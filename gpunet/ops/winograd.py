@@ -1,0 +1,153 @@
+"""Stride-1 convolution by Winograd's minimal filtering F(m x m, r x r).
+
+An ``r x r`` correlation over an ``alpha x alpha`` input tile (``alpha = m + r - 1``)
+gives an ``m x m`` output tile as
+
+    Y = A^T [ (G g G^T) * (B^T d B) ] A        (* elementwise)
+
+so ``alpha**2`` multiplications replace ``m**2 r**2``: 36 instead of 144 for
+F(4x4, 3x3), 49 instead of 225 for F(3x3, 5x5). Summed over channels, each of
+the ``alpha**2`` elementwise products becomes one GEMM ``(K, C) @ (C, tiles)``,
+which is where the time goes; the transforms are small GEMMs with fixed matrices.
+
+Backward is the adjoint of each step, so it reuses the forward's transformed
+input and filters: with ``Z = A dY A^T`` per output tile,
+``dg = G^T (Z (x) V) G`` summed over tiles and ``dd = B (U^T Z) B^T`` overlap-added.
+
+The matrices come from Toom-Cook interpolation at the points 0, 1, -1, 2, -2,
+1/2 (as many as needed) and infinity; more points mean larger tiles and fewer
+multiplications but more float32 rounding, so ``alpha`` stays at most 7.
+"""
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import numpy
+
+from ..backend import common_array_module
+
+POINTS = (0.0, 1.0, -1.0, 2.0, -2.0, 0.5)
+
+
+@functools.cache
+def transforms(m: int, r: int):
+    """``(A^T, G, B^T)`` of F(m, r) in float64: ``(m, alpha)``, ``(alpha, r)``,
+    ``(alpha, alpha)``, with ``y = A^T ((G g) * (B^T d))`` the 1-D correlation
+    ``y[i] = sum_k g[k] d[i + k]``.
+
+    Convolution is a polynomial product ``s = h g``: evaluate both factors at
+    ``alpha`` points (``V_m h``, ``V_r g``), multiply, interpolate (``V^-1``).
+    Correlation is its transpose in ``h``: ``A^T = V_m^T``, ``G = V_r``,
+    ``B^T = V^-T``.
+    """
+    alpha = m + r - 1
+    if not 2 <= alpha <= len(POINTS) + 1:
+        raise ValueError(f"Winograd F({m}, {r}): tile size {alpha} is outside 2..{len(POINTS) + 1}")
+    points = POINTS[:alpha - 1]
+
+    def vandermonde(columns):
+        # one row per point: its powers; the point at infinity keeps the top coefficient
+        v = numpy.zeros((alpha, columns))
+        v[:-1] = numpy.array(points)[:, None] ** numpy.arange(columns)
+        v[-1, -1] = 1.0
+        return v
+
+    return vandermonde(m).T, vandermonde(r), numpy.linalg.inv(vandermonde(alpha)).T
+
+
+@functools.cache
+def _kron_transforms(m: int, r: int, dtype):
+    """The 2-D transforms on row-major flattened tiles: ``kron(M, M)`` of each."""
+    return tuple(numpy.kron(t, t).astype(dtype) for t in transforms(m, r))
+
+
+def tile_size(out_size: int, r: int) -> int:
+    """The output tile ``m`` for an output of ``out_size`` pixels and an ``r``-tap
+    kernel: the fewest multiplications (tiles times ``alpha**2``, padding
+    included), the smaller tile on a tie."""
+    def products(m):
+        return (-(-out_size // m)) ** 2 * (m + r - 1) ** 2
+    return min(range(2, len(POINTS) + 3 - r), key=lambda m: (products(m), m))
+
+
+class WinogradContext(NamedTuple):
+    """What backward needs: the transformed input and filters, and the geometry."""
+    v: object  # (alpha^2, C, tiles*N)
+    u: object  # (alpha^2, K, C)
+    x_shape: tuple
+    w_shape: tuple
+    pads: tuple
+    out_hw: tuple
+    m: int
+    has_bias: bool
+
+
+def forward(x, weight, bias, pads, out_hw, m):
+    """``(y, ctx)`` of the stride-1 correlation of ``x`` with ``weight``; ``pads``
+    as in :func:`gpunet.ops.conv.normalize_padding`."""
+    xp = common_array_module(x=x, weight=weight)
+    n, c, h, w = x.shape
+    k, _, r, _ = weight.shape
+    alpha = m + r - 1
+    a_t, g, b_t = (xp.asarray(t) for t in _kron_transforms(m, r, numpy.dtype(x.dtype)))
+    tiles_hw = tuple(-(-o // m) for o in out_hw)
+
+    # Tiles start every m pixels and are alpha wide: pad (with zeros) so the last
+    # one fits, then read every tile through a strided view. The batch goes
+    # innermost so that view copies runs of N values, not of a 2-tile row.
+    (pt, _), (pl, _) = pads
+    padded = xp.zeros((c, tiles_hw[0] * m + r - 1, tiles_hw[1] * m + r - 1, n), x.dtype)
+    rows, cols = min(h, padded.shape[1] - pt), min(w, padded.shape[2] - pl)
+    padded[:, pt:pt + rows, pl:pl + cols] = x[:, :, :rows, :cols].transpose(1, 2, 3, 0)
+    sc, sh, sw, sn = padded.strides
+    tiles = xp.lib.stride_tricks.as_strided(
+        padded, (alpha, alpha, c, *tiles_hw, n), (sh, sw, sc, sh * m, sw * m, sn))
+    v = (b_t @ tiles.reshape(alpha * alpha, -1)).reshape(alpha * alpha, c, -1)
+    u = (g @ weight.transpose(2, 3, 0, 1).reshape(r * r, -1)).reshape(alpha * alpha, k, c)
+    products = u @ v  # (alpha^2, K, N*tiles): one GEMM per tile position
+    y_tiles = (a_t @ products.reshape(alpha * alpha, -1)).reshape(m, m, k, *tiles_hw, n)
+    y = y_tiles.transpose(5, 2, 3, 0, 4, 1).reshape(n, k, tiles_hw[0] * m, tiles_hw[1] * m)
+    y = y[:, :, :out_hw[0], :out_hw[1]]
+    if bias is not None:
+        y += bias[:, None, None]
+    y = xp.ascontiguousarray(y)
+    return y, WinogradContext(v, u, tuple(x.shape), tuple(weight.shape), pads, tuple(out_hw), m,
+                              bias is not None)
+
+
+def backward(dy, ctx, input_grad=True):
+    """``(dx, dweight, dbias)``: the adjoint of each forward step."""
+    v, u, x_shape, w_shape, pads, out_hw, m, has_bias = ctx
+    xp = common_array_module(dy=dy, v=v)
+    n, c, h, w = x_shape
+    k, _, r, _ = w_shape
+    alpha = m + r - 1
+    a_t, g, b_t = (xp.asarray(t) for t in _kron_transforms(m, r, numpy.dtype(dy.dtype)))
+    tiles_hw = tuple(-(-o // m) for o in out_hw)
+    dbias = dy.sum(axis=(0, 2, 3)) if has_bias else None
+
+    # (N, K, OH, OW) -> (m, m, K, TH, TW, N), zero past the output's edge
+    if tuple(out_hw) != (tiles_hw[0] * m, tiles_hw[1] * m):
+        dy_full = xp.zeros((n, k, tiles_hw[0] * m, tiles_hw[1] * m), dy.dtype)
+        dy_full[:, :, :out_hw[0], :out_hw[1]] = dy
+        dy = dy_full
+    dy_tiles = xp.ascontiguousarray(
+        dy.reshape(n, k, tiles_hw[0], m, tiles_hw[1], m).transpose(3, 5, 1, 2, 4, 0))
+    z = (a_t.T @ dy_tiles.reshape(m * m, -1)).reshape(alpha * alpha, k, -1)
+    du = z @ v.transpose(0, 2, 1)  # (alpha^2, K, C)
+    dweight = (g.T @ du.reshape(alpha * alpha, -1)).reshape(r, r, k, c).transpose(2, 3, 0, 1)
+    dweight = xp.ascontiguousarray(dweight)
+    if not input_grad:
+        return None, dweight, dbias
+    dv = u.transpose(0, 2, 1) @ z  # (alpha^2, C, N*tiles)
+    d_tiles = (b_t.T @ dv.reshape(alpha * alpha, -1)).reshape(alpha, alpha, c, *tiles_hw, n)
+    d_padded = xp.zeros((c, tiles_hw[0] * m + r - 1, tiles_hw[1] * m + r - 1, n), dy.dtype)
+    for i in range(alpha):  # overlap-add: neighbouring tiles share r - 1 rows/columns
+        for j in range(alpha):
+            d_padded[:, i:i + m * tiles_hw[0]:m, j:j + m * tiles_hw[1]:m] += d_tiles[i, j]
+    (pt, _), (pl, _) = pads
+    dx = xp.zeros((n, c, h, w), dy.dtype)
+    rows, cols = min(h, d_padded.shape[1] - pt), min(w, d_padded.shape[2] - pl)
+    dx[:, :, :rows, :cols] = d_padded[:, pt:pt + rows, pl:pl + cols].transpose(3, 0, 1, 2)
+    return dx, dweight, dbias
