@@ -1,4 +1,4 @@
-"""``gpunet`` / ``python -m gpunet``: train, evaluate, summary, gradcheck, info.
+"""``gpunet`` / ``python -m gpunet``: train, evaluate, summary, gradcheck, bench, info.
 
 Bad arguments or files print one line and exit with status 2; no traceback.
 """
@@ -111,6 +111,23 @@ def build_parser() -> Parser:
     # is then below 1e-7 of even small gradients, and the O(eps^2) error still negligible.
     gc.add_argument("--eps", type=float, default=1e-6)
     gc.add_argument("--seed", type=int, default=0)
+
+    bn = sub.add_parser("bench", help="time layers and training steps beside PyTorch; "
+                        "save the table as JSON")
+    bn.add_argument("--net", action="append", choices=sorted({c.net for c in bench_cases()}),
+                    help="only these nets' cases (repeatable; default: all)")
+    bn.add_argument("--op", action="append", choices=["conv", "maxpool", "batchnorm", "step"],
+                    help="only these ops (repeatable; default: all)")
+    bn.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    bn.add_argument("--rounds", type=_positive_int, default=5,
+                    help="turns each library takes; the median is reported")
+    bn.add_argument("--no-torch", action="store_true", help="time gpunet only")
+    bn.add_argument("--memory", action="store_true",
+                    help="also compare peak memory: a LeNet-5 epoch, an AlexNet-CIFAR step")
+    bn.add_argument("--images", type=_positive_int, default=60000,
+                    help="images in the LeNet-5 epoch of --memory")
+    bn.add_argument("--out", default=os.path.join("bench", "results"),
+                    help="folder for the JSON report")
 
     sub.add_parser("info", help="backend, versions, device")
     return parser
@@ -256,6 +273,33 @@ def cmd_gradcheck(args) -> int:
     return 0 if report.passed else 1
 
 
+def bench_cases():
+    from .benchmarks import CASES
+    return CASES
+
+
+def cmd_bench(args) -> int:
+    from . import benchmarks
+    if args.device != "cpu":
+        args.device = backend.resolve_device(args.device).name  # a clear error if unusable
+    cases = [c for c in benchmarks.CASES if (not args.net or c.net in args.net)
+             and (not args.op or c.op in args.op)]
+    if not cases:
+        raise UsageError(f"no benchmark case matches --net {args.net} --op {args.op}")
+    report = {"environment": benchmarks.environment(args.device)}
+    report["rows"] = benchmarks.run(
+        cases, args.device, rounds=args.rounds, with_torch=not args.no_torch,
+        progress=lambda name: print(f"timing {name} ...", file=sys.stderr, flush=True))
+    print(benchmarks.format_table(report["rows"]))
+    if args.memory:
+        report["memory"] = benchmarks.memory(images=args.images, with_torch=not args.no_torch)
+        print()
+        print(benchmarks.format_memory(report["memory"]))
+    path = benchmarks.save(report, args.out, f"bench-{args.device.replace(':', '')}")
+    print(f"saved {path}")
+    return 0
+
+
 def cmd_info(args) -> int:
     print(f"gpunet {__version__}  python {platform.python_version()}  numpy {numpy.__version__}")
     reason = backend.cuda_unavailable_reason()
@@ -280,7 +324,7 @@ def cmd_info(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "summary": cmd_summary,
-            "gradcheck": cmd_gradcheck, "info": cmd_info}
+            "gradcheck": cmd_gradcheck, "bench": cmd_bench, "info": cmd_info}
 
 
 def _one_line_warning(message, category, filename, lineno, line=None):

@@ -219,8 +219,21 @@ def test_forgetting_super_init_is_explained():
 
 
 def test_backward_before_forward_is_explained():
-    with pytest.raises(RuntimeError, match="before forward"):
+    with pytest.raises(RuntimeError, match="without a forward before it"):
         nn.Linear(2, 2).backward(numpy.zeros((1, 2), "float32"))
+
+
+def test_backward_lets_go_of_the_saved_activations():
+    """Forward saves what one backward needs; backward releases it, so a network's
+    activations are freed layer by layer during backward (peak memory), and a
+    second backward without a forward is refused rather than silently reusing it."""
+    layer = nn.Conv2d(2, 3, 3)
+    layer(numpy.ones((1, 2, 5, 5), "float32"))
+    assert layer._ctx is not None
+    layer.backward(numpy.ones((1, 3, 3, 3), "float32"))
+    assert layer._ctx is None
+    with pytest.raises(RuntimeError, match="each forward feeds one backward"):
+        layer.backward(numpy.ones((1, 3, 3, 3), "float32"))
 
 
 def test_initialisers_have_the_notes_variances():

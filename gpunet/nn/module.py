@@ -94,9 +94,13 @@ class Module:
     _ctx = None  # what forward saved for backward, in the built-in layers
 
     def _saved(self):
-        if self._ctx is None:
-            raise RuntimeError(f"{type(self).__name__}.backward was called before forward")
-        return self._ctx
+        """What forward saved, handed to backward once: letting go of it here frees
+        each layer's activations as backward passes it, not at the next forward."""
+        ctx, self._ctx = self._ctx, None
+        if ctx is None:
+            raise RuntimeError(f"{type(self).__name__}.backward was called without a forward "
+                               "before it (each forward feeds one backward)")
+        return ctx
 
     # -- traversal ----------------------------------------------------------------
     def named_children(self) -> Iterator[tuple[str, Module]]:

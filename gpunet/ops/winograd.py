@@ -105,13 +105,21 @@ def forward(x, weight, bias, pads, out_hw, m):
         padded, (alpha, alpha, c, *tiles_hw, n), (sh, sw, sc, sh * m, sw * m, sn))
     v = (b_t @ tiles.reshape(alpha * alpha, -1)).reshape(alpha * alpha, c, -1)
     u = (g @ weight.transpose(2, 3, 0, 1).reshape(r * r, -1)).reshape(alpha * alpha, k, c)
+    del padded, tiles
     products = u @ v  # (alpha^2, K, N*tiles): one GEMM per tile position
     y_tiles = (a_t @ products.reshape(alpha * alpha, -1)).reshape(m, m, k, *tiles_hw, n)
-    y = y_tiles.transpose(5, 2, 3, 0, 4, 1).reshape(n, k, tiles_hw[0] * m, tiles_hw[1] * m)
-    y = y[:, :, :out_hw[0], :out_hw[1]]
+    del products  # the largest temporary: let it go before the output is allocated
+    # back to (N, K, OH, OW), adding the bias on the way (one pass over y)
+    y_full = xp.empty((n, k, tiles_hw[0], m, tiles_hw[1], m), x.dtype)
+    tiles_as_y = y_tiles.transpose(5, 2, 3, 0, 4, 1)
     if bias is not None:
-        y += bias[:, None, None]
-    y = xp.ascontiguousarray(y)
+        xp.add(tiles_as_y, bias[:, None, None, None, None], out=y_full)
+    else:
+        y_full[...] = tiles_as_y
+    del y_tiles, tiles_as_y
+    y = y_full.reshape(n, k, tiles_hw[0] * m, tiles_hw[1] * m)
+    if tuple(out_hw) != y.shape[2:]:
+        y = xp.ascontiguousarray(y[:, :, :out_hw[0], :out_hw[1]])
     return y, WinogradContext(v, u, tuple(x.shape), tuple(weight.shape), pads, tuple(out_hw), m,
                               bias is not None)
 
@@ -135,13 +143,16 @@ def backward(dy, ctx, input_grad=True):
     dy_tiles = xp.ascontiguousarray(
         dy.reshape(n, k, tiles_hw[0], m, tiles_hw[1], m).transpose(3, 5, 1, 2, 4, 0))
     z = (a_t.T @ dy_tiles.reshape(m * m, -1)).reshape(alpha * alpha, k, -1)
+    del dy_tiles
     du = z @ v.transpose(0, 2, 1)  # (alpha^2, K, C)
     dweight = (g.T @ du.reshape(alpha * alpha, -1)).reshape(r, r, k, c).transpose(2, 3, 0, 1)
     dweight = xp.ascontiguousarray(dweight)
     if not input_grad:
         return None, dweight, dbias
     dv = u.transpose(0, 2, 1) @ z  # (alpha^2, C, N*tiles)
+    del z  # temporaries go as soon as used: they are the backward's peak memory
     d_tiles = (b_t.T @ dv.reshape(alpha * alpha, -1)).reshape(alpha, alpha, c, *tiles_hw, n)
+    del dv
     d_padded = xp.zeros((c, tiles_hw[0] * m + r - 1, tiles_hw[1] * m + r - 1, n), dy.dtype)
     for i in range(alpha):  # overlap-add: neighbouring tiles share r - 1 rows/columns
         for j in range(alpha):

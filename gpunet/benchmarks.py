@@ -1,0 +1,432 @@
+"""What ``gpunet bench`` and ``pytest bench/`` time: layer forward+backward at the
+shapes of LeNet-5, the CIFAR AlexNet, AlexNet-224 and VGG-16, and one training
+step of LeNet-5 and of the CIFAR AlexNet; each beside its PyTorch twin when
+PyTorch is installed. Also the peak-memory comparison.
+
+Every case carries the work it does (FLOPs for convolutions and steps, bytes moved
+for pooling and batch norm), so a time becomes GFLOP/s or GB/s. ``ratio`` is
+PyTorch's time over ours: above 1, gpunet is faster.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import numpy
+
+from . import __version__, backend, losses, models, nn, optim
+
+# -- cases --------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One thing to time: a layer's forward + backward, or a whole training step."""
+    net: str
+    name: str
+    op: str  # conv | maxpool | batchnorm | step
+    shape: tuple  # input (N, C, H, W)
+    args: tuple = ()  # the layer's constructor arguments (the same for PyTorch)
+    kwargs: tuple = ()  # ((name, value), ...)
+
+    @property
+    def id(self) -> str:
+        return f"{self.net}/{self.name}"
+
+    def work(self) -> tuple[float, str]:
+        """``(amount, unit)`` of forward + backward: FLOPs, or bytes for memory-bound ops."""
+        n, c, h, w = self.shape
+        if self.op == "conv":
+            k, (r, s), (oh, ow) = self.args[1], self._kernel(), self._out_hw()
+            return 3 * 2 * n * k * c * r * s * oh * ow, "flop"  # forward, dx, dW
+        if self.op == "maxpool":  # read x, write y; read dy, write dx (4-byte floats)
+            oh, ow = self._out_hw()
+            return 4 * 2 * (n * c * h * w + n * c * oh * ow), "byte"
+        if self.op == "batchnorm":  # forward: 2 reads + 1 write; backward: 3 reads + 1 write
+            return 4 * 7 * n * c * h * w, "byte"
+        return step_flops(self.net, n), "flop"
+
+    def _kernel(self):
+        k = self.args[2] if self.op == "conv" else self.args[0]
+        return (k, k) if isinstance(k, int) else tuple(k)
+
+    def _out_hw(self):
+        opts = dict(self.kwargs)
+        if self.op == "conv":
+            stride, pad = opts.get("stride", 1), opts.get("padding", 0)
+        else:
+            stride, pad = (self.args[1] if len(self.args) > 1 else self.args[0]), 0
+        return tuple((n + 2 * pad - f) // stride + 1 for n, f in zip(self.shape[2:],
+                                                                      self._kernel()))
+
+
+def _conv(net, name, n, c, hw, k, f, stride=1, padding=0):
+    return Case(net, name, "conv", (n, c, hw, hw), (c, k, f),
+                (("stride", stride), ("padding", padding)))
+
+
+def _pool(net, name, n, c, hw, f, stride):
+    return Case(net, name, "maxpool", (n, c, hw, hw), (f, stride))
+
+
+def _bn(net, name, n, c, hw):
+    return Case(net, name, "batchnorm", (n, c, hw, hw), (c,))
+
+
+# Batches: the training batches of the two CPU workloads; smaller ones at 224 pixels
+# so that a CPU run stays within minutes.
+LAYER_CASES = [
+    _conv("lenet5", "conv1", 128, 1, 32, 6, 5), _conv("lenet5", "conv2", 128, 6, 14, 16, 5),
+    _pool("lenet5", "pool1", 128, 6, 28, 2, 2), _bn("lenet5", "bn1", 128, 6, 28),
+    _conv("alexnet_cifar", "conv1", 64, 3, 32, 64, 5, padding=2),
+    _conv("alexnet_cifar", "conv2", 64, 64, 15, 128, 5, padding=2),
+    _conv("alexnet_cifar", "conv4", 64, 192, 7, 192, 3, padding=1),
+    _pool("alexnet_cifar", "pool1", 64, 64, 32, 3, 2), _bn("alexnet_cifar", "bn2", 64, 128, 15),
+    _conv("alexnet224", "conv1", 16, 3, 224, 64, 11, stride=4, padding=2),
+    _conv("alexnet224", "conv2", 16, 64, 27, 192, 5, padding=2),
+    _conv("alexnet224", "conv3", 16, 192, 13, 384, 3, padding=1),
+    _pool("alexnet224", "pool1", 16, 64, 55, 3, 2), _bn("alexnet224", "bn2", 16, 192, 27),
+    _conv("vgg16", "conv1_2", 4, 64, 224, 64, 3, padding=1),
+    _conv("vgg16", "conv3_2", 4, 256, 56, 256, 3, padding=1),
+    _conv("vgg16", "conv5_2", 4, 512, 14, 512, 3, padding=1),
+    _pool("vgg16", "pool1", 4, 64, 224, 2, 2), _bn("vgg16", "bn3_2", 4, 256, 56),
+]
+STEP_WORKLOADS = {"lenet5": (models.lenet5, 128, (1, 32, 32)),
+                  "alexnet_cifar": (models.alexnet_cifar, 64, (3, 32, 32))}
+STEP_CASES = [Case(net, "train_step", "step", (batch, *shape))
+              for net, (_, batch, shape) in STEP_WORKLOADS.items()]
+CASES = LAYER_CASES + STEP_CASES
+
+
+def step_flops(net: str, batch: int) -> int:
+    """Forward + backward FLOPs of a training step: 3x the forward of every conv and
+    linear layer (the first layer needs no input gradient: 2x)."""
+    make, _, shape = STEP_WORKLOADS[net]
+    flops, first = 0, True
+    x = numpy.zeros((1, *shape), numpy.float32)
+    for layer in make().to(dtype="float32"):
+        y = layer.forward(x)
+        if isinstance(layer, nn.Conv2d):
+            forward = 2 * batch * layer.weight.data.size * y.shape[2] * y.shape[3]
+        elif isinstance(layer, nn.Linear):
+            forward = 2 * batch * layer.weight.data.size
+        else:
+            forward = 0
+        if forward:
+            flops += (2 if first else 3) * forward
+            first = False
+        x = y
+    return flops
+
+
+# -- the two implementations of each case ---------------------------------------------------
+
+
+def _gpunet_layer(case: Case):
+    make = {"conv": nn.Conv2d, "maxpool": nn.MaxPool2d, "batchnorm": nn.BatchNorm2d}[case.op]
+    return make(*case.args, **dict(case.kwargs))
+
+
+def _torch_layer(case: Case, torch):
+    make = {"conv": torch.nn.Conv2d, "maxpool": torch.nn.MaxPool2d,
+            "batchnorm": torch.nn.BatchNorm2d}[case.op]
+    return make(*case.args, **dict(case.kwargs))
+
+
+def torch_model(net: str, torch):
+    """PyTorch's twin of ``models.<net>()``, layer for layer."""
+    nn_ = torch.nn
+    if net == "lenet5":
+        return nn_.Sequential(
+            nn_.Conv2d(1, 6, 5), nn_.ReLU(), nn_.MaxPool2d(2), nn_.Conv2d(6, 16, 5), nn_.ReLU(),
+            nn_.MaxPool2d(2), nn_.Flatten(), nn_.Linear(400, 120), nn_.ReLU(),
+            nn_.Linear(120, 84), nn_.ReLU(), nn_.Linear(84, 10))
+    return nn_.Sequential(
+        nn_.Conv2d(3, 64, 5, padding=2), nn_.ReLU(), nn_.MaxPool2d(3, 2),
+        nn_.Conv2d(64, 128, 5, padding=2), nn_.ReLU(), nn_.MaxPool2d(3, 2),
+        nn_.Conv2d(128, 192, 3, padding=1), nn_.ReLU(), nn_.Conv2d(192, 192, 3, padding=1),
+        nn_.ReLU(), nn_.Conv2d(192, 128, 3, padding=1), nn_.ReLU(), nn_.MaxPool2d(3, 2),
+        nn_.Flatten(), nn_.Linear(1152, 384), nn_.ReLU(), nn_.Linear(384, 192), nn_.ReLU(),
+        nn_.Linear(192, 10))
+
+
+def _batch(shape, seed=0):
+    rng = numpy.random.default_rng(seed)
+    return rng.standard_normal(shape, numpy.float32), rng.integers(0, 10, shape[0])
+
+
+def gpunet_runner(case: Case, device: str = "cpu") -> Callable[[], None]:
+    """A function doing the case once on ``device``, synchronised before it returns."""
+    dev = backend.set_device(device)
+    xp = dev.xp
+    sync = dev.synchronize
+    x, y = _batch(case.shape)
+    x = xp.asarray(x)
+    if case.op == "step":
+        backend.manual_seed(0)
+        make, _, _ = STEP_WORKLOADS[case.net]
+        model, loss = make(), losses.SoftmaxCrossEntropy()
+        opt = optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+        y = xp.asarray(y)
+
+        def step():
+            opt.zero_grad()
+            loss.forward(model.forward(x), y)
+            model.backward(loss.backward(), input_grad=False)  # as PyTorch: x needs no grad
+            opt.step()
+            sync()
+        return step
+    layer = _gpunet_layer(case)
+    dy = xp.ones_like(layer(x))
+
+    def forward_backward():
+        layer(x)
+        layer.backward(dy)
+        sync()
+    return forward_backward
+
+
+def torch_runner(case: Case, torch, device: str = "cpu") -> Callable[[], None]:
+    tdev = torch.device("cuda" if device.startswith("cuda") else "cpu")
+    sync = torch.cuda.synchronize if tdev.type == "cuda" else (lambda: None)
+    x, y = (torch.from_numpy(a).to(tdev) for a in _batch(case.shape))
+    if case.op == "step":
+        torch.manual_seed(0)
+        model = torch_model(case.net, torch).to(tdev)
+        opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+        loss = torch.nn.CrossEntropyLoss()
+
+        def step():
+            opt.zero_grad()
+            loss(model(x), y).backward()
+            opt.step()
+            sync()
+        return step
+    layer = _torch_layer(case, torch).to(tdev)
+    x.requires_grad_(True)
+    dy = torch.ones_like(layer(x))
+
+    def forward_backward():
+        x.grad = None
+        layer(x).backward(dy)
+        sync()
+    return forward_backward
+
+
+# -- timing -------------------------------------------------------------------------------
+
+
+# OpenBLAS's and PyTorch's worker threads spin for a while after their last job;
+# switching libraries without a pause would time one against the other's spinning.
+SWITCH_PAUSE_S = 0.3
+
+
+def time_side_by_side(runners: dict, rounds: int = 5, min_round_s: float = 0.2,
+                      warmup: int = 2) -> dict:
+    """Median seconds per call of each runner. The runners take turns round after
+    round, so that a noisy neighbour slows them alike; each turn repeats its call
+    until ``min_round_s`` has passed. Warm-up calls (compilation, caches) are not timed."""
+    times = {name: [] for name in runners}
+    for round_ in range(rounds):
+        for name, run in runners.items():
+            time.sleep(SWITCH_PAUSE_S)
+            for _ in range(warmup if round_ == 0 else 1):
+                run()
+            calls, start = 0, time.perf_counter()
+            while True:
+                run()
+                calls += 1
+                elapsed = time.perf_counter() - start
+                if elapsed >= min_round_s:
+                    break
+            times[name].append(elapsed / calls)
+    return {name: float(numpy.median(t)) for name, t in times.items()}
+
+
+def run(cases=None, device: str = "cpu", rounds: int = 5, min_round_s: float = 0.2,
+        with_torch: bool = True, progress: Callable[[str], None] | None = None) -> list[dict]:
+    """Time each case with gpunet (and PyTorch when installed); one row per case."""
+    torch = _import_torch() if with_torch else None
+    rows = []
+    for case in CASES if cases is None else cases:
+        if progress:
+            progress(case.id)
+        runners = {"gpunet": gpunet_runner(case, device)}
+        if torch is not None:
+            runners["torch"] = torch_runner(case, torch, device)
+        seconds = time_side_by_side(runners, rounds, min_round_s)
+        rows.append(make_row(case, device, seconds["gpunet"], seconds.get("torch")))
+    return rows
+
+
+def make_row(case: Case, device: str, gpunet_s: float, torch_s: float | None) -> dict:
+    """One line of the table: times, PyTorch's time over ours, and our rate."""
+    amount, unit = case.work()
+    row = {"net": case.net, "case": case.name, "op": case.op, "shape": list(case.shape),
+           "device": device, "gpunet_ms": gpunet_s * 1e3,
+           "torch_ms": None if torch_s is None else torch_s * 1e3,
+           "ratio": None if torch_s is None else torch_s / gpunet_s,
+           "unit": "GFLOP/s" if unit == "flop" else "GB/s", "gpunet_rate": amount / gpunet_s / 1e9}
+    if case.op == "step":
+        row["gpunet_images_per_s"] = case.shape[0] / gpunet_s
+        row["torch_images_per_s"] = None if torch_s is None else case.shape[0] / torch_s
+    return row
+
+
+def _import_torch():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def format_table(rows: list[dict]) -> str:
+    header = ("op", "net/case", "shape", "device", "gpunet ms", "torch ms", "ratio", "rate")
+    lines = [header]
+    for r in rows:
+        torch_ms = "-" if r["torch_ms"] is None else f"{r['torch_ms']:.2f}"
+        ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}"
+        lines.append((r["op"], f"{r['net']}/{r['case']}", "x".join(map(str, r["shape"])),
+                      r["device"], f"{r['gpunet_ms']:.2f}", torch_ms, ratio,
+                      f"{r['gpunet_rate']:.1f} {r['unit']}"))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    out = ["  ".join(cell.ljust(w) if i < 4 else cell.rjust(w)
+                     for i, (cell, w) in enumerate(zip(line, widths))) for line in lines]
+    out.insert(1, "-" * len(out[0]))
+    return "\n".join(out)
+
+
+def environment(device: str) -> dict:
+    torch = _import_torch()
+    commit = None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, check=True, timeout=10,
+                                cwd=os.path.dirname(__file__)).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"gpunet": __version__, "commit": commit, "python": platform.python_version(),
+            "numpy": numpy.__version__, "torch": torch.__version__ if torch else None,
+            "torch_threads": torch.get_num_threads() if torch else None,
+            "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "device": device, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def save(report: dict, folder: str, stem: str) -> str:
+    """Write ``report`` as ``folder/stem-<date>.json`` atomically; returns the path."""
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"{stem}-{time.strftime('%Y-%m-%d-%H%M%S')}.json")
+    partial = path + ".partial"
+    with open(partial, "w") as f:
+        json.dump(report, f, indent=1)
+    os.replace(partial, path)
+    return path
+
+
+# -- peak memory ------------------------------------------------------------------------------
+
+MEMORY_WORKLOADS = ("lenet5_epoch", "alexnet_cifar_step")
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _reset_peak_rss() -> bool:
+    """Restart the kernel's peak-RSS counter (Linux >= 4.0); False where it can't."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory since the last reset (``VmHWM``), else over the lifetime."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def memory_child(library: str, workload: str, images: int = 60000) -> dict:
+    """Run ``workload`` in this process and return its peak resident memory above
+    what the process held just before (imports, model and data included there).
+    Meant for a fresh process, where nothing else has grown the heap."""
+    net = "lenet5" if workload == "lenet5_epoch" else "alexnet_cifar"
+    make, batch, shape = STEP_WORKLOADS[net]
+    n = images if workload == "lenet5_epoch" else 2 * batch  # two steps: the first allocates
+    x_all, y_all = _batch((n, *shape))
+    if library == "torch":
+        import torch
+        x_all, y_all = torch.from_numpy(x_all), torch.from_numpy(y_all)
+        torch.manual_seed(0)
+        model = torch_model(net, torch)
+        opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+        loss = torch.nn.CrossEntropyLoss()
+
+        def step(x, y):
+            opt.zero_grad()
+            loss(model(x), y).backward()
+            opt.step()
+    else:
+        backend.set_device("cpu")
+        model, loss = make(), losses.SoftmaxCrossEntropy()
+        opt = optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+
+        def step(x, y):
+            opt.zero_grad()
+            loss.forward(model.forward(x), y)
+            model.backward(loss.backward(), input_grad=False)
+            opt.step()
+    before = _rss_mb()
+    reset = _reset_peak_rss()
+    start = time.perf_counter()
+    for i in range(0, n, batch):
+        step(x_all[i:i + batch], y_all[i:i + batch])
+    seconds = time.perf_counter() - start
+    peak = _peak_rss_mb()
+    return {"library": library, "workload": workload, "before_mb": before, "peak_mb": peak,
+            "extra_mb": peak - before, "seconds": seconds, "peak_reset": reset}
+
+
+def memory(workloads=MEMORY_WORKLOADS, images: int = 60000, with_torch: bool = True) -> list:
+    """Each workload once per library, each run in a fresh Python process."""
+    libraries = ["gpunet"] + (["torch"] if with_torch and _import_torch() else [])
+    rows = []
+    for workload in workloads:
+        for library in libraries:
+            code = ("import json, sys; from gpunet.benchmarks import memory_child; "
+                    f"print(json.dumps(memory_child({library!r}, {workload!r}, {images})))")
+            done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                  check=False, env={**os.environ, "GPUNET_DEVICE": "cpu"})
+            if done.returncode != 0:
+                raise RuntimeError(f"memory run {library} {workload} failed:\n{done.stderr}")
+            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    return rows
+
+
+def format_memory(rows: list[dict]) -> str:
+    lines = ["workload             library  peak above start (MiB)  time (s)  vs torch"]
+    extra = {(r["workload"], r["library"]): r["extra_mb"] for r in rows}
+    for r in rows:
+        theirs = extra.get((r["workload"], "torch"))
+        ratio = "" if theirs in (None, 0) or r["library"] == "torch" else \
+            f"{r['extra_mb'] / theirs:.2f}x"
+        lines.append(f"{r['workload']:<20} {r['library']:<8} {r['extra_mb']:>22.1f}  "
+                     f"{r['seconds']:>8.2f}  {ratio}")
+    return "\n".join(lines)
