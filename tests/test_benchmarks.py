@@ -1,0 +1,114 @@
+"""The benchmark harness: work counts, the side-by-side timer, the table, the JSON
+report of ``gpunet bench`` and the memory comparison (on tiny settings: timings
+themselves belong in bench/, not in unit tests)."""
+import json
+import os
+import time
+
+import pytest
+
+from gpunet import benchmarks, cli, models
+
+
+def test_work_counts_by_hand():
+    conv2 = next(c for c in benchmarks.CASES if c.id == "lenet5/conv2")
+    # 2 N K C R S OH OW for the forward; dx and dW cost as much again each
+    assert conv2.work() == (3 * 2 * 128 * 16 * 6 * 25 * 10 * 10, "flop")
+    strided = next(c for c in benchmarks.CASES if c.id == "alexnet224/conv1")
+    assert strided.work()[0] == 3 * 2 * 16 * 64 * 3 * 121 * 55 * 55  # (224+4-11)//4+1 = 55
+    pool = next(c for c in benchmarks.CASES if c.id == "alexnet_cifar/pool1")
+    assert pool.work() == (4 * 2 * (64 * 64 * 32 * 32 + 64 * 64 * 15 * 15), "byte")
+
+
+def test_step_flops_count_every_conv_and_linear_layer():
+    # LeNet-5 forward per image: conv1 2*6*25*28*28, conv2 2*16*150*10*10,
+    # FC 2*(400*120 + 120*84 + 84*10)
+    forward = 2 * 6 * 25 * 784 + 2 * 16 * 150 * 100 + 2 * (400 * 120 + 120 * 84 + 84 * 10)
+    first = 2 * 6 * 25 * 784
+    assert benchmarks.step_flops("lenet5", 1) == 3 * forward - first  # no dx for the input
+
+
+def test_every_case_runs_on_both_libraries():
+    torch = pytest.importorskip("torch")
+    case = benchmarks.Case("tiny", "conv", "conv", (2, 3, 8, 8), (3, 4, 3),
+                           (("stride", 1), ("padding", 1)))
+    benchmarks.gpunet_runner(case)()
+    benchmarks.torch_runner(case, torch)()
+    for op, args in (("maxpool", (3, 2)), ("batchnorm", (3,))):
+        case = benchmarks.Case("tiny", op, op, (2, 3, 8, 8), args)
+        benchmarks.gpunet_runner(case)()
+        benchmarks.torch_runner(case, torch)()
+
+
+def test_torch_twins_have_the_same_parameter_counts():
+    torch = pytest.importorskip("torch")
+    for net, (make, _, _) in benchmarks.STEP_WORKLOADS.items():
+        ours = sum(p.data.size for p in make().parameters())
+        theirs = sum(p.numel() for p in benchmarks.torch_model(net, torch).parameters())
+        assert ours == theirs, net
+
+
+def test_side_by_side_timer_reports_each_runner(monkeypatch):
+    monkeypatch.setattr(benchmarks, "SWITCH_PAUSE_S", 0.0)
+    calls = {"fast": 0, "slow": 0}
+
+    def fast():
+        calls["fast"] += 1
+
+    def slow():
+        calls["slow"] += 1
+        time.sleep(0.002)
+
+    medians = benchmarks.time_side_by_side({"fast": fast, "slow": slow}, rounds=3,
+                                           min_round_s=0.01)
+    assert medians["slow"] > 0.0015 > medians["fast"] >= 0
+    assert calls["slow"] >= 3 * 5  # each round repeats until 10 ms have passed
+
+
+def test_table_and_ratio():
+    case = next(c for c in benchmarks.CASES if c.id == "lenet5/train_step")
+    row = benchmarks.make_row(case, "cpu", 0.010, 0.020)
+    assert row["ratio"] == pytest.approx(2.0)
+    assert row["gpunet_images_per_s"] == pytest.approx(12800)
+    assert row["gpunet_rate"] == pytest.approx(benchmarks.step_flops("lenet5", 128) / 0.010 / 1e9)
+    table = benchmarks.format_table([row, benchmarks.make_row(case, "cpu", 0.010, None)])
+    lines = table.splitlines()
+    assert lines[0].split() == ["op", "net/case", "shape", "device", "gpunet", "ms", "torch",
+                                "ms", "ratio", "rate"]
+    assert "lenet5/train_step" in lines[2] and "2.00" in lines[2]
+    assert lines[3].split()[5:7] == ["-", "-"]  # no PyTorch: no time, no ratio
+
+
+def test_cli_bench_prints_the_table_and_saves_json(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(benchmarks, "SWITCH_PAUSE_S", 0.0)
+    tiny = benchmarks.Case("lenet5", "pool1", "maxpool", (2, 6, 28, 28), (2, 2))
+    monkeypatch.setattr(benchmarks, "CASES", [tiny])
+    code = cli.main(["bench", "--net", "lenet5", "--rounds", "1", "--out", str(tmp_path)])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "lenet5/pool1" in out and "GB/s" in out
+    (path,) = tmp_path.glob("bench-cpu-*.json")
+    report = json.loads(path.read_text())
+    assert report["environment"]["cores"] == os.cpu_count()
+    (row,) = report["rows"]
+    assert row["case"] == "pool1" and row["gpunet_ms"] > 0
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_cli_bench_refuses_an_empty_selection(capsys):
+    assert cli.main(["bench", "--net", "vgg16", "--op", "step"]) == 2  # no VGG step case
+    assert "no benchmark case matches" in capsys.readouterr().err
+
+
+def test_memory_child_measures_the_workload():
+    """A fresh process, 2 LeNet-5 steps: the peak above the start is at least the
+    activations one step keeps (conv1's columns alone: 25 x 100352 floats = 9.6 MiB)."""
+    (row,) = [r for r in benchmarks.memory(["lenet5_epoch"], images=256, with_torch=False)]
+    assert row["library"] == "gpunet" and row["workload"] == "lenet5_epoch"
+    assert 9.6 < row["extra_mb"] < 500
+    assert row["peak_mb"] >= row["before_mb"]
+    assert "lenet5_epoch" in benchmarks.format_memory([row])
+
+
+def test_lenet_is_the_model_the_twin_mirrors():
+    assert benchmarks.STEP_WORKLOADS["lenet5"][0] is models.lenet5
