@@ -115,3 +115,14 @@ def test_pool_matches_torch(case, rng):
                  torch.nn.functional.max_pool2d(t, kernel, stride, pad).numpy(), 0, 0)
     assert_close(ops.avg_pool2d_forward(x, kernel, stride, pad)[0],
                  torch.nn.functional.avg_pool2d(t, kernel, stride, pad).numpy(), 1e-12, 1e-12)
+
+
+def test_max_pool_with_a_window_wider_than_uint8_offsets():
+    """Offsets are stored as uint8 when they fit; a 1x300 window needs more."""
+    rng = numpy.random.default_rng(3)
+    x = rng.standard_normal((1, 1, 2, 300))
+    y, ctx = ops.max_pool2d_forward(x, (1, 300), (1, 300))
+    ref_y, ref_backward = pool_ref(x, (1, 300), (1, 300), (0, 0), "max")
+    assert_close(y, ref_y, 0, 0)
+    dy = rng.standard_normal(ref_y.shape)
+    assert_close(ops.max_pool2d_backward(dy, ctx), ref_backward(dy), 0, 0)

@@ -1,8 +1,9 @@
 """Max and average pooling over ``(N, C, H, W)``.
 
-Both directions loop over the kernel offsets (:func:`window_offsets`), each step
-one strided slice of the padded input: no copy of every window is made, and
-overlapping windows (e.g. 3/2) add their gradients up correctly.
+Both directions loop over kernel offsets, each step one strided slice of the padded
+input: no copy of every window is made, and overlapping windows (e.g. 3/2) add
+their gradients up correctly. Max pooling does rows and columns in two separable
+passes; average pooling loops over all R*S offsets (:func:`window_offsets`).
 """
 from __future__ import annotations
 
@@ -69,16 +70,18 @@ def _along(a, axis, start, stride, count):
 
 def _max_along(x, axis, kernel, stride, count):
     """Running max over the ``kernel`` offsets of ``count`` windows on ``axis``, and
-    the offset of each window's first maximum (uint8: kernels are small)."""
+    the offset of each window's first maximum (uint8 for any usual kernel)."""
     xp = common_array_module(x=x)
     best = _along(x, axis, 0, stride, count).copy()
-    offset = xp.zeros(best.shape, dtype=xp.uint8)
+    index_type = xp.uint8 if kernel <= 256 else xp.int32
+    offset = xp.zeros(best.shape, dtype=index_type)
     for k in range(1, kernel):
         candidate = _along(x, axis, k, stride, count)
         # Strictly greater, so ties keep the first. Offsets rise with k, so
-        # "becomes k where the candidate wins" is a max of uint8 arrays, which is
-        # far cheaper in NumPy than a masked assignment.
-        xp.maximum(offset, (candidate > best).view(xp.uint8) * xp.uint8(k), out=offset)
+        # "becomes k where the candidate wins" is a max of integer arrays, which
+        # is far cheaper in NumPy than a masked assignment.
+        wins = (candidate > best).view(xp.uint8).astype(index_type, copy=False)
+        xp.maximum(offset, wins * index_type(k), out=offset)
         xp.maximum(best, candidate, out=best)  # propagates NaN, as PyTorch does
     return best, offset
 
