@@ -125,3 +125,36 @@ def test_two_processes_with_the_same_seed_agree():
     runs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            check=True, timeout=120).stdout for _ in range(2)}
     assert len(runs) == 1
+
+
+FAULTS_PER_STEP = """
+import resource, numpy, gpunet
+gpunet.set_device("cpu")
+model, loss = gpunet.models.lenet5(), gpunet.losses.SoftmaxCrossEntropy()
+x = numpy.random.default_rng(0).standard_normal((128, 1, 32, 32), dtype=numpy.float32)
+y = numpy.arange(128) % 10
+def step():
+    loss.forward(model.forward(x), y)
+    model.backward(loss.backward(), input_grad=False)
+step(); step()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(4):
+    step()
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 4)
+"""
+
+
+@pytest.mark.skipif(backend._glibc() is None, reason="glibc's mallopt only")
+def test_freed_cpu_memory_is_reused_instead_of_faulted_in_again():
+    """A LeNet-5 step frees and reallocates ~20 MB; by default glibc returns most of
+    it to the OS and faults it in again (thousands of faults a step)."""
+    def faults(keep):
+        env = {**os.environ, "GPUNET_KEEP_FREED_MEMORY": keep}
+        out = subprocess.run([sys.executable, "-c", FAULTS_PER_STEP], env=env, text=True,
+                             capture_output=True, check=True, timeout=120)
+        return int(out.stdout.split()[-1])
+    kept, default = faults("1"), faults("0")
+    assert kept < 200 < 1000 < default, (kept, default)
+    assert backend.keep_freed_cpu_memory() is True
+    backend.release_cached_memory()  # malloc_trim: must not break later allocations
+    assert numpy.ones(1 << 22).sum() == 1 << 22

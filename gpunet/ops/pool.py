@@ -48,17 +48,51 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, use_kernels=None)
 
 
 def max_pool2d_backward(dy, ctx):
-    """``dx``: each window's gradient goes to its (first) maximum only."""
+    """``dx``: each window's gradient goes to its (first) maximum only.
+
+    Disjoint windows (stride >= kernel) route ``dy`` back through the two passes,
+    one strided write per kernel offset. Overlapping ones (3/2 pooling) can share
+    a winner, and there that routing needs an add per offset with strided
+    writes, 2-4x slower than finding each winner's flat index and adding ``dy``
+    there in one scatter (``add.at``). On CuPy (``GPUNET_KERNELS=0`` only) those
+    adds are atomic, so the last bit of a shared winner's sum may vary.
+    """
     if isinstance(ctx, cuda_pool2d.PoolContext):
         _check_dy("max_pool2d", dy, ctx.x_shape, ctx.out_shape[2:])
         return cuda_pool2d.backward(dy, ctx)
     row_offset, col_offset, x_shape, kernel, stride, pads, out_hw = ctx
     _check_dy("max_pool2d", dy, x_shape, out_hw)
-    d_row_max = _route_along(dy, row_offset, 2, kernel[0], stride[0], col_offset.shape)
+    xp = common_array_module(dy=dy)
     (pt, pb), (pl, pr) = pads
     padded_shape = (*x_shape[:2], x_shape[2] + pt + pb, x_shape[3] + pl + pr)
-    dx_padded = _route_along(d_row_max, col_offset, 3, kernel[1], stride[1], padded_shape)
+    if stride[0] >= kernel[0] and stride[1] >= kernel[1]:
+        d_row_max = _route_along(dy, row_offset, 2, kernel[0], stride[0], col_offset.shape)
+        dx_padded = _route_along(d_row_max, col_offset, 3, kernel[1], stride[1], padded_shape)
+    else:
+        winners = _first_max_positions(xp, row_offset, col_offset, padded_shape, stride)
+        dx_padded = xp.zeros(padded_shape, dtype=dy.dtype)
+        xp.add.at(dx_padded.reshape(-1), winners.reshape(-1), dy.reshape(-1))
     return _crop(dx_padded, x_shape, pads)
+
+
+def _first_max_positions(xp, row_offset, col_offset, padded_shape, stride):
+    """Flat index into the padded input of each window's first maximum.
+
+    The second pass picked a row (``row_offset``) of the first pass's row maxima;
+    that row's entry of ``col_offset`` holds the winning column.
+    """
+    n, c, hp, wp = padded_shape
+    oh, ow = row_offset.shape[2:]
+    # Rows counted through all N*C padded planes: plane * Hp + window row + offset.
+    window_rows = xp.arange(n * c).reshape(n, c, 1) * hp + xp.arange(oh) * stride[0]
+    rows = row_offset + window_rows[..., None]
+    index = rows * ow
+    index += xp.arange(ow)
+    cols = col_offset.reshape(-1).take(index)  # col_offset is (N, C, Hp, OW)
+    xp.multiply(rows, wp, out=index)
+    index += xp.arange(ow) * stride[1]
+    index += cols
+    return index
 
 
 def _along(a, axis, start, stride, count):
@@ -87,18 +121,15 @@ def _max_along(x, axis, kernel, stride, count):
 
 
 def _route_along(dy, offset, axis, kernel, stride, in_shape):
-    """Adjoint of :func:`_max_along`: each window's gradient to its winning offset."""
+    """Adjoint of :func:`_max_along` for disjoint windows: each window's gradient
+    to its winning offset."""
     xp = common_array_module(dy=dy)
     count = dy.shape[axis]
-    disjoint_cover = kernel == stride and in_shape[axis] == kernel * count
-    # Windows that tile the axis exactly write every input once: no zero fill, no adds.
-    dx = (xp.empty if disjoint_cover else xp.zeros)(in_shape, dtype=dy.dtype)
+    # Windows that tile the axis exactly write every input once: no zero fill.
+    exact_cover = kernel == stride and in_shape[axis] == kernel * count
+    dx = (xp.empty if exact_cover else xp.zeros)(in_shape, dtype=dy.dtype)
     for k in range(kernel):
-        target = _along(dx, axis, k, stride, count)
-        if disjoint_cover:
-            xp.multiply(dy, offset == k, out=target)
-        else:
-            target += dy * (offset == k)
+        xp.multiply(dy, offset == k, out=_along(dx, axis, k, stride, count))
     return dx
 
 
