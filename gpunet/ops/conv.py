@@ -10,7 +10,7 @@ from .. import _checks
 from ..backend import common_array_module
 from ..cuda import conv2d as cuda_conv2d
 from ..cuda import uses_kernels
-from . import winograd
+from . import toeplitz, winograd
 
 
 def _kernels(xp, use_kernels) -> bool:
@@ -115,19 +115,35 @@ def col2im(dcols, x_shape, kernel, stride, pads, out_hw):
 
 # Winograd pays for its transforms once the channel GEMMs are large: measured on
 # a 2-core AVX-512 CPU, AlexNet's conv2..conv5 gain 1.3-2x, LeNet's conv2 (6->16)
-# loses. Below this C*K, im2col.
+# loses. Below this C*K, im2col or the Toeplitz GEMM.
 WINOGRAD_MIN_CHANNEL_PRODUCT = 32 * 32
 WINOGRAD_KERNELS = (3, 5)
+# How many multiply-adds of a well-shaped GEMM cost as much as copying one
+# element (write it, read it back): about 64 on that CPU. The Toeplitz GEMM
+# trades im2col's copies for multiplications by zero at this rate.
+MACS_PER_COPY = 64
 
 
-def choose_algorithm(x_shape, weight_shape, stride, xp) -> str:
-    """``"winograd"`` for stride-1 square 3x3/5x5 kernels with enough channels on
-    the CPU, else ``"im2col"``."""
+def choose_algorithm(x_shape, weight_shape, stride, xp, pads=((0, 0), (0, 0))) -> str:
+    """The fastest NumPy algorithm by a simple cost model, or ``"im2col"`` on CuPy.
+
+    ``"winograd"`` for stride-1 square 3x3/5x5 kernels with many channels.
+    Otherwise, per output row (``C*R`` input rows each), im2col copies ``S*OW``
+    elements and its GEMM streams them, with ``K`` multiply-adds each; the
+    Toeplitz GEMM copies a ``Wp``-wide row and does ``K*Wp*OW`` multiply-adds.
+    With few filters (LeNet-5: 6 and 16) the copies dominate and Toeplitz wins.
+    """
+    if xp.__name__ != "numpy":
+        return "im2col"
     k, c, r, s = weight_shape
-    if (xp.__name__ == "numpy" and stride == (1, 1) and r == s and r in WINOGRAD_KERNELS
+    if (stride == (1, 1) and r == s and r in WINOGRAD_KERNELS
             and c * k >= WINOGRAD_MIN_CHANNEL_PRODUCT):
         return "winograd"
-    return "im2col"
+    wp = x_shape[3] + pads[1][0] + pads[1][1]
+    ow = output_size(x_shape[3], s, stride[1], pads[1])
+    im2col_cost = s * ow * (MACS_PER_COPY + k)
+    toeplitz_cost = wp * MACS_PER_COPY + k * wp * ow
+    return "toeplitz" if toeplitz_cost < im2col_cost else "im2col"
 
 
 def conv2d_forward(x, weight, bias=None, stride=1, padding=0, use_kernels=None,
@@ -136,10 +152,11 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, use_kernels=None,
 
     Returns ``(y, ctx)``; ``ctx`` is what :func:`conv2d_backward` needs. CuPy
     arrays go to the CUDA kernels unless ``use_kernels=False`` or
-    ``GPUNET_KERNELS=0``. Otherwise ``algorithm`` picks ``"im2col"`` (one GEMM,
-    exact to float rounding) or ``"winograd"`` (stride 1 only; 2-4x fewer
-    multiplications, relative error about 1e-5 in float32); ``None`` lets
-    :func:`choose_algorithm` decide.
+    ``GPUNET_KERNELS=0``. Otherwise ``algorithm`` picks ``"im2col"`` (one GEMM
+    over copied windows), ``"toeplitz"`` (one GEMM of input rows against a banded
+    filter matrix; both exact to float rounding) or ``"winograd"`` (stride 1 only;
+    2-4x fewer multiplications, relative error about 1e-5 in float32); ``None``
+    lets :func:`choose_algorithm` decide.
     """
     where = "conv2d"
     xp = common_array_module(x=x, weight=weight, bias=bias)
@@ -164,22 +181,27 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, use_kernels=None,
     if _kernels(xp, use_kernels):
         return cuda_conv2d.forward(x, weight, bias, stride, pads, out_hw)
     if algorithm is None:
-        algorithm = choose_algorithm(x.shape, weight.shape, stride, xp)
+        algorithm = choose_algorithm(x.shape, weight.shape, stride, xp, pads)
     if algorithm == "winograd":
         if stride != (1, 1) or weight.shape[2] != weight.shape[3]:
             raise ValueError(f"{where}: algorithm='winograd' needs stride 1 and a square "
                              f"kernel, got stride={stride}, kernel={tuple(weight.shape[2:])}")
         m = winograd.tile_size(max(out_hw), weight.shape[2])
         return winograd.forward(x, weight, bias, pads, out_hw, m)
+    if algorithm == "toeplitz":
+        return toeplitz.forward(pad_input(x, pads), weight, bias, stride, pads, out_hw)
     if algorithm != "im2col":
-        raise ValueError(f"algorithm: expected None, 'im2col' or 'winograd', got {algorithm!r}")
+        raise ValueError("algorithm: expected None, 'im2col', 'toeplitz' or 'winograd', "
+                         f"got {algorithm!r}")
 
     cols, out_hw = im2col(x, kernel, stride, pads)
     k = weight.shape[0]
-    y = weight.reshape(k, -1) @ cols  # (K, N*OH*OW): one GEMM for the whole batch
-    if bias is not None:
-        y += bias[:, None]
-    y = xp.ascontiguousarray(y.reshape(k, x.shape[0], *out_hw).transpose(1, 0, 2, 3))
+    y_kn = (weight.reshape(k, -1) @ cols).reshape(k, x.shape[0], *out_hw)  # one GEMM
+    y = xp.empty((x.shape[0], k, *out_hw), dtype=y_kn.dtype)
+    if bias is None:
+        y[...] = y_kn.transpose(1, 0, 2, 3)
+    else:  # the bias is added on the way to (N, K, OH, OW): one pass over y
+        xp.add(y_kn.transpose(1, 0, 2, 3), bias[:, None, None], out=y)
     ctx = (cols, weight, x.shape, stride, pads, out_hw, bias is not None)
     return y, ctx
 
@@ -194,6 +216,9 @@ def conv2d_backward(dy, ctx, input_grad: bool = True):
     if isinstance(ctx, winograd.WinogradContext):
         _check_dy_shape(dy, (ctx.x_shape[0], ctx.w_shape[0], *ctx.out_hw))
         return winograd.backward(dy, ctx, input_grad)
+    if isinstance(ctx, toeplitz.ToeplitzContext):
+        _check_dy_shape(dy, (ctx.x_shape[0], ctx.w_shape[0], *ctx.out_hw))
+        return toeplitz.backward(dy, ctx, input_grad)
     cols, weight, x_shape, stride, pads, out_hw, has_bias = ctx
     common_array_module(dy=dy, weight=weight)  # same device, or a clear TypeError
     n, k = dy.shape[:2]
