@@ -109,17 +109,19 @@ def forward(x, weight, bias, pads, out_hw, m):
     products = u @ v  # (alpha^2, K, N*tiles): one GEMM per tile position
     y_tiles = (a_t @ products.reshape(alpha * alpha, -1)).reshape(m, m, k, *tiles_hw, n)
     del products  # the largest temporary: let it go before the output is allocated
-    # back to (N, K, OH, OW), adding the bias on the way (one pass over y)
-    y_full = xp.empty((n, k, tiles_hw[0], m, tiles_hw[1], m), x.dtype)
-    tiles_as_y = y_tiles.transpose(5, 2, 3, 0, 4, 1)
+    # Back to (N, K, OH, OW) in two copies: first the tile pixels into place with the
+    # batch still innermost (runs of N values), then the batch to the front, adding
+    # the bias on the way. One transpose straight from the tiles reads each pixel
+    # from afar and measured 2.3-2.5x slower.
+    planes = xp.empty((k, tiles_hw[0], m, tiles_hw[1], m, n), x.dtype)
+    planes[...] = y_tiles.transpose(2, 3, 0, 4, 1, 5)
+    del y_tiles
+    planes = planes.reshape(k, tiles_hw[0] * m, tiles_hw[1] * m, n)[:, :out_hw[0], :out_hw[1]]
+    y = xp.empty((n, k, *out_hw), x.dtype)
     if bias is not None:
-        xp.add(tiles_as_y, bias[:, None, None, None, None], out=y_full)
+        xp.add(planes.transpose(3, 0, 1, 2), bias[:, None, None], out=y)
     else:
-        y_full[...] = tiles_as_y
-    del y_tiles, tiles_as_y
-    y = y_full.reshape(n, k, tiles_hw[0] * m, tiles_hw[1] * m)
-    if tuple(out_hw) != y.shape[2:]:
-        y = xp.ascontiguousarray(y[:, :, :out_hw[0], :out_hw[1]])
+        y[...] = planes.transpose(3, 0, 1, 2)
     return y, WinogradContext(v, u, tuple(x.shape), tuple(weight.shape), pads, tuple(out_hw), m,
                               bias is not None)
 
@@ -133,15 +135,16 @@ def backward(dy, ctx, input_grad=True):
     alpha = m + r - 1
     a_t, g, b_t = (xp.asarray(t) for t in _kron_transforms(m, r, numpy.dtype(dy.dtype)))
     tiles_hw = tuple(-(-o // m) for o in out_hw)
-    dbias = dy.sum(axis=(0, 2, 3)) if has_bias else None
 
-    # (N, K, OH, OW) -> (m, m, K, TH, TW, N), zero past the output's edge
-    if tuple(out_hw) != (tiles_hw[0] * m, tiles_hw[1] * m):
-        dy_full = xp.zeros((n, k, tiles_hw[0] * m, tiles_hw[1] * m), dy.dtype)
-        dy_full[:, :, :out_hw[0], :out_hw[1]] = dy
-        dy = dy_full
+    # (N, K, OH, OW) -> (m, m, K, TH, TW, N), zero past the output's edge: the
+    # forward's two copies in reverse, batch to the back first
+    full_hw = (tiles_hw[0] * m, tiles_hw[1] * m)
+    planes = (xp.empty if tuple(out_hw) == full_hw else xp.zeros)((k, *full_hw, n), dy.dtype)
+    planes[:, :out_hw[0], :out_hw[1]] = dy.transpose(1, 2, 3, 0)
+    dbias = planes.reshape(k, -1).sum(axis=1) if has_bias else None  # contiguous rows: fast
     dy_tiles = xp.ascontiguousarray(
-        dy.reshape(n, k, tiles_hw[0], m, tiles_hw[1], m).transpose(3, 5, 1, 2, 4, 0))
+        planes.reshape(k, tiles_hw[0], m, tiles_hw[1], m, n).transpose(2, 4, 0, 1, 3, 5))
+    del planes
     z = (a_t.T @ dy_tiles.reshape(m * m, -1)).reshape(alpha * alpha, k, -1)
     del dy_tiles
     du = z @ v.transpose(0, 2, 1)  # (alpha^2, K, C)
