@@ -13,26 +13,39 @@ from ..cuda import batchnorm as cuda_batchnorm
 from .conv import _kernels
 
 
-def _reduce_axes(x):
-    return (0,) + tuple(range(2, x.ndim))
+def _channel_sum(a2, channels):
+    """Per-channel sum of ``a2``, an ``(N, C*L)`` view of ``(N, C, ...)``: column sums
+    first (adding contiguous rows, which NumPy does fast), then one sum per channel."""
+    return a2.sum(axis=0).reshape(channels, -1).sum(axis=1)
 
 
-def _per_channel(a, ndim):
-    """``(C,)`` broadcastable against an ``ndim``-D ``(N, C, ...)`` array."""
-    return a.reshape((1, -1) + (1,) * (ndim - 2))
+def _channel_dot(a2, b2, channels):
+    """Per-channel sum of ``a2 * b2`` (both ``(N, C*L)``), without the product array."""
+    xp = common_array_module(a2=a2, b2=b2)
+    return xp.einsum("nl,nl->l", a2, b2).reshape(channels, -1).sum(axis=1)
 
 
-def _batch_stats(x, axes):
-    """``(mean, biased var, x - mean)`` per channel, in two passes.
+def _expand(per_channel, sample_size):
+    """``(C,)`` repeated to one sample's ``C*L`` values. Broadcast against ``(N, C*L)``
+    it leaves NumPy inner loops a whole sample long; broadcasting ``(C, 1, 1)``
+    against ``(N, C, H, W)`` loops over ``H*W`` values at a time, 2x slower."""
+    xp = common_array_module(per_channel=per_channel)
+    return xp.repeat(per_channel, sample_size // per_channel.shape[0])
+
+
+def _batch_stats(x2, channels):
+    """``(mean, biased var, x - mean)`` per channel of ``x2`` (``(N, C*L)``), in two
+    passes.
 
     The mean is taken of offsets from one sample per channel: a float32 sum of
     values near 1e4 loses what a sum of their small offsets keeps.
     """
-    pivot = x[(0, slice(None)) + (0,) * (x.ndim - 2)]
-    shifted = x - _per_channel(pivot, x.ndim)
-    offset = shifted.mean(axis=axes)
-    centred = shifted - _per_channel(offset, x.ndim)
-    return pivot + offset, (centred * centred).mean(axis=axes), centred
+    count = x2.size // channels
+    pivot = x2[0].reshape(channels, -1)[:, 0]
+    centred = x2 - _expand(pivot, x2.shape[1])
+    offset = _channel_sum(centred, channels) / count
+    centred -= _expand(offset, x2.shape[1])
+    return pivot + offset, _channel_dot(centred, centred, channels) / count, centred
 
 
 def batch_norm_forward(x, weight, bias, running_mean, running_var, *, training,
@@ -55,8 +68,8 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, *, training,
             f"{where}: x must be (N, {channels}, ...) with {channels} channels, "
             f"got shape {tuple(x.shape)}")
     kernels = _kernels(xp, use_kernels)
-    axes = _reduce_axes(x)
     count = x.size // channels
+    x2 = x.reshape(x.shape[0], -1)  # (N, C*L): see _expand
     centred = None
     if training:
         if count < 2:
@@ -66,7 +79,7 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, *, training,
         if kernels:
             mean, var = cuda_batchnorm.stats(x)
         else:
-            mean, var, centred = _batch_stats(x, axes)
+            mean, var, centred = _batch_stats(x2, channels)
         running_mean *= 1.0 - momentum
         running_mean += momentum * mean.astype(running_mean.dtype)
         running_var *= 1.0 - momentum
@@ -77,12 +90,14 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, *, training,
     inv_std = 1.0 / xp.sqrt(var + eps)
     if kernels:
         y, x_hat = cuda_batchnorm.apply(x, mean, inv_std, weight, bias)
-    else:
-        if centred is None:
-            centred = x - _per_channel(mean, x.ndim)
-        x_hat = centred * _per_channel(inv_std, x.ndim)
-        y = x_hat * _per_channel(weight, x.ndim) + _per_channel(bias, x.ndim)
-    return y, (x_hat, inv_std, weight, training, kernels)
+        return y, (x_hat, inv_std, weight, training, kernels)
+    if centred is None:
+        centred = x2 - _expand(mean, x2.shape[1])
+    x_hat = centred  # normalised in place: centred is not needed again
+    x_hat *= _expand(inv_std, x2.shape[1])
+    y = x_hat * _expand(weight, x2.shape[1])
+    y += _expand(bias, x2.shape[1])
+    return y.reshape(x.shape), (x_hat.reshape(x.shape), inv_std, weight, training, kernels)
 
 
 def batch_norm_backward(dy, ctx):
@@ -98,12 +113,14 @@ def batch_norm_backward(dy, ctx):
                          f"got {tuple(dy.shape)}")
     if kernels:
         return cuda_batchnorm.backward(dy, x_hat, weight, inv_std, training)
-    axes, ndim = _reduce_axes(dy), dy.ndim
-    dbias = dy.sum(axis=axes)
-    dweight = (dy * x_hat).sum(axis=axes)
-    g_scale = _per_channel(weight * inv_std, ndim)
-    if not training:
-        return dy * g_scale, dweight, dbias
-    m = dy.size // dbias.shape[0]
-    dx = g_scale * (dy - _per_channel(dbias / m, ndim) - x_hat * _per_channel(dweight / m, ndim))
-    return dx, dweight, dbias
+    channels, sample_size = dy.shape[1], dy.size // dy.shape[0]
+    dy2, x_hat2 = dy.reshape(dy.shape[0], -1), x_hat.reshape(dy.shape[0], -1)
+    dbias = _channel_sum(dy2, channels)
+    dweight = _channel_dot(dy2, x_hat2, channels)
+    g_scale = weight * inv_std
+    dx = dy2 * _expand(g_scale, sample_size)
+    if training:
+        m = dy.size // channels
+        dx -= x_hat2 * _expand(g_scale * dweight / m, sample_size)
+        dx -= _expand(g_scale * dbias / m, sample_size)
+    return dx.reshape(dy.shape), dweight, dbias
