@@ -28,13 +28,13 @@ def _pads(padding):
         else None
 
 
-def _run(xp, case, rng, dtype="float64"):
+def _run(xp, case, rng, dtype="float64", algorithm=None):
     n, c, h, w, k, r, s, stride, padding = case
     x = rng.standard_normal((n, c, h, w)).astype(dtype)
     weight = rng.standard_normal((k, c, r, s)).astype(dtype)
     bias = rng.standard_normal(k).astype(dtype)
     y, ctx = ops.conv2d_forward(xp.asarray(x), xp.asarray(weight), xp.asarray(bias),
-                                stride, padding)
+                                stride, padding, algorithm=algorithm)
     dy = rng.standard_normal(y.shape).astype(dtype)
     dx, dw, db = ops.conv2d_backward(xp.asarray(dy), ctx)
     stride2 = stride if isinstance(stride, tuple) else (stride, stride)
@@ -42,9 +42,14 @@ def _run(xp, case, rng, dtype="float64"):
     return (x, weight, bias, dy, stride2, pads), (y, dx, dw, db)
 
 
-@pytest.mark.parametrize("case", AWKWARD, ids=str)
-def test_conv2d_matches_naive_reference(xp, case, rng):
-    (x, w, b, dy, stride, pads), (y, dx, dw, db) = _run(xp, case, rng)
+# im2col's per-image GEMMs take another route for dW from 256 output pixels up
+WIDE = [(2, 2, 18, 17, 3, 3, 3, 1, 1), (1, 3, 40, 36, 2, 5, 5, (2, 1), 2)]
+
+
+@pytest.mark.parametrize("algorithm", [None, "im2col"])
+@pytest.mark.parametrize("case", AWKWARD + WIDE, ids=str)
+def test_conv2d_matches_naive_reference(xp, case, algorithm, rng):
+    (x, w, b, dy, stride, pads), (y, dx, dw, db) = _run(xp, case, rng, algorithm=algorithm)
     assert_close(y, conv2d_ref(x, w, b, stride, pads), 1e-12, 1e-12, "y")
     rdx, rdw, rdb = conv2d_backward_ref(x, w, dy, stride, pads)
     assert_close(dx, rdx, 1e-12, 1e-12, "dx")
@@ -73,7 +78,7 @@ def test_conv2d_random_shapes(n, c, h, w, k, r, s, sh, sw, ph, pw, seed):
         return
     rng = numpy.random.default_rng(seed)
     (x, wt, b, dy, stride, pads), (y, dx, dw, db) = _run(
-        numpy, (n, c, h, w, k, r, s, (sh, sw), (ph, pw)), rng)
+        numpy, (n, c, h, w, k, r, s, (sh, sw), (ph, pw)), rng, algorithm="im2col")
     assert_close(y, conv2d_ref(x, wt, b, stride, pads), 1e-12, 1e-12, "y")
     rdx, rdw, _ = conv2d_backward_ref(x, wt, dy, stride, pads)
     assert_close(dx, rdx, 1e-12, 1e-12, "dx")
