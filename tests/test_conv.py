@@ -42,7 +42,7 @@ def _run(xp, case, rng, dtype="float64", algorithm=None):
     return (x, weight, bias, dy, stride2, pads), (y, dx, dw, db)
 
 
-# im2col's per-image GEMMs take another route for dW from 256 output pixels up
+# im2col computes dW image by image from 32 output pixels up (AWKWARD: below)
 WIDE = [(2, 2, 18, 17, 3, 3, 3, 1, 1), (1, 3, 40, 36, 2, 5, 5, (2, 1), 2)]
 
 

@@ -82,7 +82,7 @@ def test_gradcheck_through_a_toeplitz_layer(rng):
     """A Conv2d with few filters takes the Toeplitz path and passes the float64
     gradient check, input gradient included."""
     layer = nn.Conv2d(2, 3, 3, stride=(1, 2), padding=1)
-    x = rng.standard_normal((2, 2, 6, 7))
+    x = rng.standard_normal((2, 2, 6, 7))  # padded width 9: three kernel widths
     _, ctx = ops.conv2d_forward(x, layer.weight.data.astype(x.dtype), None, (1, 2), 1)
     assert isinstance(ctx, toeplitz.ToeplitzContext)
     model = nn.Sequential(layer, nn.Flatten())
@@ -91,11 +91,12 @@ def test_gradcheck_through_a_toeplitz_layer(rng):
     assert report.max_rel_error < 1e-7, report
 
 
-def test_cost_model_picks_toeplitz_for_few_filters_only():
+def test_toeplitz_is_chosen_for_few_filters_with_a_short_band():
     choose = ops.conv.choose_algorithm
-    assert choose((128, 1, 32, 32), (6, 1, 5, 5), (1, 1), numpy) == "toeplitz"  # LeNet-5 conv1
-    assert choose((128, 6, 14, 14), (16, 6, 5, 5), (1, 1), numpy) == "toeplitz"  # conv2
+    assert choose((128, 6, 14, 14), (16, 6, 5, 5), (1, 1), numpy) == "toeplitz"  # LeNet-5 conv2
+    assert choose((8, 4, 7, 7), (8, 4, 3, 3), (1, 1), numpy) == "toeplitz"
+    assert choose((128, 1, 32, 32), (6, 1, 5, 5), (1, 1), numpy) == "im2col"  # conv1: band 6.4x
     pads = ((2, 2), (2, 2))
     assert choose((64, 3, 32, 32), (64, 3, 5, 5), (1, 1), numpy, pads) == "im2col"  # 64 filters
+    assert choose((64, 3, 9, 9), (64, 3, 5, 5), (1, 1), numpy, pads) == "im2col"
     assert choose((16, 3, 224, 224), (64, 3, 11, 11), (4, 4), numpy, pads) == "im2col"
-    assert choose((64, 1, 28, 28), (32, 1, 3, 3), (1, 1), numpy, ((1, 1), (1, 1))) == "im2col"

@@ -125,20 +125,21 @@ def col2im(dcols, x_shape, kernel, stride, pads, out_hw):
 # loses. Below this C*K, im2col or the Toeplitz GEMM.
 WINOGRAD_MIN_CHANNEL_PRODUCT = 32 * 32
 WINOGRAD_KERNELS = (3, 5)
-# How many multiply-adds of a well-shaped GEMM cost as much as copying one
-# element (write it, read it back): about 64 on that CPU. The Toeplitz GEMM
-# trades im2col's copies for multiplications by zero at this rate.
-MACS_PER_COPY = 64
+# The Toeplitz GEMM multiplies Wp / S times more than im2col does (mostly by
+# zero), but it is one well-shaped GEMM where im2col's image-by-image GEMMs are
+# thin: few filters on small maps. Measured on a 2-core AVX-512 CPU, LeNet-5's
+# conv2 (16 filters, Wp / S = 2.8) runs forward + dW in 2.5 ms by Toeplitz
+# against 4.8 by im2col; its conv1 (Wp / S = 6.4) in 3.2 against 1.9.
+TOEPLITZ_MAX_FILTERS = 32
+TOEPLITZ_MAX_REDUNDANCY = 3
 
 
 def choose_algorithm(x_shape, weight_shape, stride, xp, pads=((0, 0), (0, 0))) -> str:
-    """The fastest NumPy algorithm by a simple cost model, or ``"im2col"`` on CuPy.
+    """The NumPy algorithm for a layer, or ``"im2col"`` on CuPy.
 
-    ``"winograd"`` for stride-1 square 3x3/5x5 kernels with many channels.
-    Otherwise, per output row (``C*R`` input rows each), im2col copies ``S*OW``
-    elements and its GEMM streams them, with ``K`` multiply-adds each; the
-    Toeplitz GEMM copies a ``Wp``-wide row and does ``K*Wp*OW`` multiply-adds.
-    With few filters (LeNet-5: 6 and 16) the copies dominate and Toeplitz wins.
+    ``"winograd"`` for stride-1 square 3x3/5x5 kernels with many channels,
+    ``"toeplitz"`` for few filters whose band is short (padded width at most
+    ``TOEPLITZ_MAX_REDUNDANCY`` kernel widths), ``"im2col"`` otherwise.
     """
     if xp.__name__ != "numpy":
         return "im2col"
@@ -146,11 +147,10 @@ def choose_algorithm(x_shape, weight_shape, stride, xp, pads=((0, 0), (0, 0))) -
     if (stride == (1, 1) and r == s and r in WINOGRAD_KERNELS
             and c * k >= WINOGRAD_MIN_CHANNEL_PRODUCT):
         return "winograd"
-    wp = x_shape[3] + pads[1][0] + pads[1][1]
-    ow = output_size(x_shape[3], s, stride[1], pads[1])
-    im2col_cost = s * ow * (MACS_PER_COPY + k)
-    toeplitz_cost = wp * MACS_PER_COPY + k * wp * ow
-    return "toeplitz" if toeplitz_cost < im2col_cost else "im2col"
+    padded_width = x_shape[3] + pads[1][0] + pads[1][1]
+    if k <= TOEPLITZ_MAX_FILTERS and padded_width <= TOEPLITZ_MAX_REDUNDANCY * s:
+        return "toeplitz"
+    return "im2col"
 
 
 def conv2d_forward(x, weight, bias=None, stride=1, padding=0, use_kernels=None,
@@ -214,7 +214,7 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, use_kernels=None,
     return y, ctx
 
 
-THIN_GEMM_PIXELS = 256
+THIN_GEMM_PIXELS = 32
 
 
 def conv2d_backward(dy, ctx, input_grad: bool = True):
@@ -235,9 +235,10 @@ def conv2d_backward(dy, ctx, input_grad: bool = True):
     n, k = dy.shape[:2]
     _check_dy_shape(dy, (x_shape[0], weight.shape[0], *out_hw))
     # dy (K, OH*OW) @ cols^T image by image, summed over the batch; the ones row of
-    # cols gives the bias gradient as the last column. Small images make these
-    # GEMMs too thin (64 x (256 x 16 @ 16 x 1729): 34 ms), so below
-    # THIN_GEMM_PIXELS one GEMM over the whole batch instead (9 ms).
+    # cols gives the bias gradient as the last column. Tiny images make these
+    # GEMMs too thin (64 x (256 x 16 @ 16 x 1729): 24 ms), so below
+    # THIN_GEMM_PIXELS one GEMM over the whole batch instead (7 ms); from 49
+    # pixels up the image-by-image GEMMs win (1.2-9x).
     dy3 = dy.reshape(n, k, -1)
     if dy3.shape[2] >= THIN_GEMM_PIXELS:
         grads = (dy3 @ cols.transpose(0, 2, 1)).sum(axis=0)

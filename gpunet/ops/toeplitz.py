@@ -9,9 +9,9 @@ elsewhere. Stacking the rows gives one GEMM
     Y_rows (N*OH, K*OW) = X_rows (N*OH, C*R*Wp) @ T (C*R*Wp, K*OW).
 
 It multiplies ``Wp / S`` times more (mostly by zero) than im2col, but copies
-each input row ``R`` times instead of each pixel ``R*S`` times. Where ``C`` and
-``K`` are small, as in LeNet-5's layers, im2col's copy and its short GEMM
-dominate and this wins (see :func:`gpunet.ops.conv.choose_algorithm`).
+each input row ``R`` times instead of each pixel ``R*S`` times, and its GEMM is
+one well-shaped product where im2col's are thin. With few filters on small maps,
+as in LeNet-5's conv2, this wins (see :func:`gpunet.ops.conv.choose_algorithm`).
 
 Backward: ``dT = X_rows^T dY_rows``, and ``dW`` sums ``dT`` along the same band;
 ``dX_rows = dY_rows T^T`` is added back onto the ``R`` input rows it came from.
