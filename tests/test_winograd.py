@@ -148,3 +148,17 @@ def test_gradcheck_through_a_winograd_layer(rng):
     target = rng.standard_normal((1, 32 * 16))
     report = gradcheck(model, MSELoss(), x, target, eps=1e-6, max_per_param=40)
     assert report.max_rel_error < 1e-7, report
+
+
+def test_chunked_products_match_the_reference(rng, monkeypatch):
+    """The transform-domain products are built a few tile columns at a time when
+    they would be large; with tiny chunks (including a short last one) nothing
+    changes but the rounding."""
+    monkeypatch.setattr(winograd, "CHUNK_BYTES", 4 * 36 * 4 * 7)  # 7 columns of 4 filters
+    chunks = list(winograd._column_chunks(20, 36 * 4 * 4))
+    assert len(chunks) == 3 and chunks[-1] == slice(14, 20)
+    # the case below: F(5x5, 3x3) (49 products), 2x2 tiles x 2 images, 4 filters
+    assert winograd.tile_size(9, 3) == 5
+    assert len(list(winograd._column_chunks(8, 49 * 4 * 4))) == 2
+    _compare((2, 3, 9, 8, 4, 3, 1), None, rng)
+    _compare((2, 3, 9, 8, 4, 3, 1), None, rng, input_grad=False)
