@@ -230,9 +230,10 @@ SWITCH_PAUSE_S = 0.3
 
 def time_side_by_side(runners: dict, rounds: int = 5, min_round_s: float = 0.2,
                       warmup: int = 2) -> dict:
-    """Median seconds per call of each runner. The runners take turns round after
-    round, so that a noisy neighbour slows them alike; each turn repeats its call
-    until ``min_round_s`` has passed. Warm-up calls (compilation, caches) are not timed."""
+    """Seconds per call of each runner, one entry per round. The runners take turns
+    round after round, so that a noisy neighbour slows them alike; each turn
+    repeats its call until ``min_round_s`` has passed. Warm-up calls (compilation,
+    caches) are not timed."""
     times = {name: [] for name in runners}
     for round_ in range(rounds):
         for name, run in runners.items():
@@ -247,7 +248,14 @@ def time_side_by_side(runners: dict, rounds: int = 5, min_round_s: float = 0.2,
                 if elapsed >= min_round_s:
                     break
             times[name].append(elapsed / calls)
-    return {name: float(numpy.median(t)) for name, t in times.items()}
+    return times
+
+
+def paired_ratio(theirs: list, ours: list) -> float:
+    """Median over rounds of their time over ours, each pair timed back to back.
+    On a shared machine the load drifts over seconds: a pair sees the same load,
+    where the two medians may each catch a different one."""
+    return float(numpy.median(numpy.asarray(theirs) / numpy.asarray(ours)))
 
 
 def run(cases=None, device: str = "cpu", rounds: int = 5, min_round_s: float = 0.2,
@@ -261,18 +269,27 @@ def run(cases=None, device: str = "cpu", rounds: int = 5, min_round_s: float = 0
         runners = {"gpunet": gpunet_runner(case, device)}
         if torch is not None:
             runners["torch"] = torch_runner(case, torch, device)
-        seconds = time_side_by_side(runners, rounds, min_round_s)
-        rows.append(make_row(case, device, seconds["gpunet"], seconds.get("torch")))
+        times = time_side_by_side(runners, rounds, min_round_s)
+        ours = float(numpy.median(times["gpunet"]))
+        if torch is None:
+            rows.append(make_row(case, device, ours, None))
+        else:
+            rows.append(make_row(case, device, ours, float(numpy.median(times["torch"])),
+                                 paired_ratio(times["torch"], times["gpunet"])))
     return rows
 
 
-def make_row(case: Case, device: str, gpunet_s: float, torch_s: float | None) -> dict:
-    """One line of the table: times, PyTorch's time over ours, and our rate."""
+def make_row(case: Case, device: str, gpunet_s: float, torch_s: float | None,
+             ratio: float | None = None) -> dict:
+    """One line of the table: median times, PyTorch's time over ours (``ratio``, by
+    default the ratio of the medians), and our rate."""
     amount, unit = case.work()
+    if ratio is None and torch_s is not None:
+        ratio = torch_s / gpunet_s
     row = {"net": case.net, "case": case.name, "op": case.op, "shape": list(case.shape),
            "device": device, "gpunet_ms": gpunet_s * 1e3,
            "torch_ms": None if torch_s is None else torch_s * 1e3,
-           "ratio": None if torch_s is None else torch_s / gpunet_s,
+           "ratio": ratio,
            "unit": "GFLOP/s" if unit == "flop" else "GB/s", "gpunet_rate": amount / gpunet_s / 1e9}
     if case.op == "step":
         row["gpunet_images_per_s"] = case.shape[0] / gpunet_s

@@ -5,6 +5,7 @@ import json
 import os
 import time
 
+import numpy
 import pytest
 
 from gpunet import benchmarks, cli, models
@@ -59,10 +60,20 @@ def test_side_by_side_timer_reports_each_runner(monkeypatch):
         calls["slow"] += 1
         time.sleep(0.002)
 
-    medians = benchmarks.time_side_by_side({"fast": fast, "slow": slow}, rounds=3,
-                                           min_round_s=0.01)
-    assert medians["slow"] > 0.0015 > medians["fast"] >= 0
+    times = benchmarks.time_side_by_side({"fast": fast, "slow": slow}, rounds=3,
+                                         min_round_s=0.01)
+    assert len(times["slow"]) == len(times["fast"]) == 3
+    assert min(times["slow"]) > 0.0015 > max(times["fast"]) >= 0
     assert calls["slow"] >= 3 * 5  # each round repeats until 10 ms have passed
+
+
+def test_paired_ratio_cancels_a_drifting_load():
+    """The load doubles between their turn and ours in round 3: the medians alone
+    would compare our three fast rounds with their three slow ones (ratio 4);
+    round by round, they take twice our time."""
+    ours, theirs = [1.0, 1.0, 1.0, 2.0, 2.0], [2.0, 2.0, 4.0, 4.0, 4.0]
+    assert numpy.median(theirs) / numpy.median(ours) == pytest.approx(4.0)
+    assert benchmarks.paired_ratio(theirs, ours) == pytest.approx(2.0)
 
 
 def test_table_and_ratio():
