@@ -130,9 +130,9 @@ def test_two_processes_with_the_same_seed_agree():
 FAULTS_PER_STEP = """
 import resource, numpy, gpunet
 gpunet.set_device("cpu")
-model, loss = gpunet.models.lenet5(), gpunet.losses.SoftmaxCrossEntropy()
-x = numpy.random.default_rng(0).standard_normal((128, 1, 32, 32), dtype=numpy.float32)
-y = numpy.arange(128) % 10
+model, loss = gpunet.models.alexnet_cifar(), gpunet.losses.SoftmaxCrossEntropy()
+x = numpy.random.default_rng(0).standard_normal((16, 3, 32, 32), dtype=numpy.float32)
+y = numpy.arange(16) % 10
 def step():
     loss.forward(model.forward(x), y)
     model.backward(loss.backward(), input_grad=False)
@@ -146,8 +146,9 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 4)
 
 @pytest.mark.skipif(backend._glibc() is None, reason="glibc's mallopt only")
 def test_freed_cpu_memory_is_reused_instead_of_faulted_in_again():
-    """A LeNet-5 step frees and reallocates ~20 MB; by default glibc returns most of
-    it to the OS and faults it in again (thousands of faults a step)."""
+    """An AlexNet-CIFAR step (batch 16) frees and reallocates tens of MB; by default
+    glibc returns much of it to the OS and faults it in again (about 12,000 faults
+    a step)."""
     def faults(keep):
         env = {**os.environ, "GPUNET_KEEP_FREED_MEMORY": keep}
         out = subprocess.run([sys.executable, "-c", FAULTS_PER_STEP], env=env, text=True,

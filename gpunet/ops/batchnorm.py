@@ -7,6 +7,8 @@ in two passes (never ``E[z^2] - E[z]^2``), the mean from offsets to a pivot samp
 """
 from __future__ import annotations
 
+import math
+
 from .. import _checks
 from ..backend import common_array_module
 from ..cuda import batchnorm as cuda_batchnorm
@@ -69,13 +71,13 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, *, training,
             f"got shape {tuple(x.shape)}")
     kernels = _kernels(xp, use_kernels)
     count = x.size // channels
-    x2 = x.reshape(x.shape[0], -1)  # (N, C*L): see _expand
+    if training and count < 2:
+        raise ValueError(
+            f"{where}: training needs more than one value per channel, got input "
+            f"shape {tuple(x.shape)} (use a batch larger than 1 or call .eval())")
+    x2 = x.reshape(x.shape[0], math.prod(x.shape[1:]))  # (N, C*L): see _expand
     centred = None
     if training:
-        if count < 2:
-            raise ValueError(
-                f"{where}: training needs more than one value per channel, got input "
-                f"shape {tuple(x.shape)} (use a batch larger than 1 or call .eval())")
         if kernels:
             mean, var = cuda_batchnorm.stats(x)
         else:
