@@ -1,4 +1,6 @@
-"""2-D convolution (cross-correlation, as ``Conv2d``) by im2col + GEMM, and the
+"""2-D convolution (cross-correlation, as ``Conv2d``) by im2col + GEMM here, by a
+Toeplitz GEMM (:mod:`.toeplitz`) or Winograd (:mod:`.winograd`) where
+:func:`choose_algorithm` says so, by gpunet's CUDA kernels on CuPy; and the
 textbook convolution with the flipped kernel.
 
 Shapes: x ``(N, C, H, W)``, weight ``(K, C, R, S)``, y ``(N, K, OH, OW)`` with
