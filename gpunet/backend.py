@@ -261,7 +261,7 @@ def is_out_of_memory(exc: BaseException) -> bool:
 def release_cached_memory() -> None:
     """Give cached blocks back: CuPy's pool, and the freed memory glibc keeps for
     reuse on the CPU (see :func:`keep_freed_cpu_memory`)."""
-    if _cupy is not None:
+    if _cupy is not None and cuda_unavailable_reason() is None:
         _cupy.get_default_memory_pool().free_all_blocks()
     libc = _glibc()
     if libc is not None:
