@@ -95,10 +95,7 @@ def backward(dy, ctx: ToeplitzContext, input_grad: bool = True):
     dy_rows = xp.ascontiguousarray(dy.transpose(0, 2, 1, 3)).reshape(n * oh, k * ow)
     # down the rows first: NumPy sums a contiguous axis 0 row by row, fast
     dbias = dy_rows.sum(axis=0).reshape(k, ow).sum(axis=1) if ctx.has_bias else None
-    # (dY_rows^T X_rows)^T rather than X_rows^T dY_rows: the same product, but
-    # OpenBLAS runs a long reduction faster with the wide operand on the right
-    d_band = (dy_rows.T @ ctx.x_rows).T.reshape(c, r, wp, k, ow)
-    d_band = xp.ascontiguousarray(d_band)
+    d_band = (ctx.x_rows.T @ dy_rows).reshape(c, r, wp, k, ow)
     dweight = _band_view(d_band, ctx.w_shape, ctx.stride, ow).sum(axis=4).transpose(3, 0, 1, 2)
     dweight = xp.ascontiguousarray(dweight)
     if not input_grad:
