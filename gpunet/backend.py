@@ -287,7 +287,7 @@ def _glibc():
     return libc
 
 
-def keep_freed_cpu_memory(keep: bool = True) -> bool:
+def keep_freed_cpu_memory() -> bool:
     """Let glibc keep freed memory for the next allocation instead of returning
     it to the operating system at once. Called when gpunet is imported, unless the
     environment sets ``GPUNET_KEEP_FREED_MEMORY=0``; returns whether it applied
@@ -302,17 +302,12 @@ def keep_freed_cpu_memory(keep: bool = True) -> bool:
     ``MALLOC_TRIM_THRESHOLD_``, make glibc reuse them: the same role as CuPy's
     memory pool on the GPU. Peak memory is unchanged; the freed memory stays with
     the process until :func:`release_cached_memory` (``malloc_trim``) or exit.
-    ``keep=False`` restores glibc's defaults.
     """
     libc = _glibc()
     if libc is None:
         return False
-    if keep:
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, _CPU_MMAP_THRESHOLD)
-                    and libc.mallopt(_M_TRIM_THRESHOLD, CPU_KEEP_FREED_BYTES))
-    # glibc's defaults (the dynamic threshold is not restored, only its start)
-    return bool(libc.mallopt(_M_MMAP_THRESHOLD, 128 * 2**10)
-                and libc.mallopt(_M_TRIM_THRESHOLD, 128 * 2**10))
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, _CPU_MMAP_THRESHOLD)
+                and libc.mallopt(_M_TRIM_THRESHOLD, CPU_KEEP_FREED_BYTES))
 
 
 if os.environ.get("GPUNET_KEEP_FREED_MEMORY", "1") != "0":
