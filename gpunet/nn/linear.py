@@ -4,6 +4,7 @@ from __future__ import annotations
 from .. import _checks
 from ..backend import common_array_module
 from ..init import constant, initialize
+from ..parallel import matmul
 from .module import Module, Parameter
 
 
@@ -30,7 +31,8 @@ class Linear(Module):
         if x.ndim < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"{where}: input must be (..., {self.in_features}), "
                              f"got shape {tuple(x.shape)}")
-        y = x @ self.weight.data.T
+        y = matmul(x.reshape(-1, self.in_features), self.weight.data.T)
+        y = y.reshape(*x.shape[:-1], self.out_features)
         if self.bias is not None:
             y += self.bias.data
         self._ctx = x
@@ -43,10 +45,12 @@ class Linear(Module):
             raise ValueError(f"Linear.backward: dy must have shape {expected}, "
                              f"got {tuple(dy.shape)}")
         dy2 = dy.reshape(-1, self.out_features)
-        self.weight.grad += dy2.T @ x.reshape(-1, self.in_features)
+        self.weight.grad += matmul(dy2.T, x.reshape(-1, self.in_features))
         if self.bias is not None:
             self.bias.grad += dy2.sum(axis=0)
-        return dy @ self.weight.data if input_grad else None
+        if not input_grad:
+            return None
+        return matmul(dy2, self.weight.data).reshape(x.shape)
 
     def backward_params_only(self, dy) -> None:
         self.backward(dy, input_grad=False)

@@ -8,7 +8,7 @@ Shapes: x ``(N, C, H, W)``, weight ``(K, C, R, S)``, y ``(N, K, OH, OW)`` with
 """
 from __future__ import annotations
 
-from .. import _checks
+from .. import _checks, parallel
 from ..backend import common_array_module
 from ..cuda import conv2d as cuda_conv2d
 from ..cuda import uses_kernels
@@ -191,21 +191,32 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, use_kernels=None,
         return cuda_conv2d.forward(x, weight, bias, stride, pads, out_hw)
     if algorithm is None:
         algorithm = choose_algorithm(x.shape, weight.shape, stride, xp, pads)
+    if algorithm not in ("im2col", "toeplitz", "winograd"):
+        raise ValueError("algorithm: expected None, 'im2col', 'toeplitz' or 'winograd', "
+                         f"got {algorithm!r}")
+    if algorithm == "winograd" and (stride != (1, 1) or weight.shape[2] != weight.shape[3]):
+        raise ValueError(f"{where}: algorithm='winograd' needs stride 1 and a square "
+                         f"kernel, got stride={stride}, kernel={tuple(weight.shape[2:])}")
+
+    def forward(x_part):
+        return _forward(algorithm, x_part, weight, bias, stride, pads, out_hw)
+    if xp.__name__ == "numpy":
+        return parallel.forward_in_chunks(forward, x)
+    return forward(x)
+
+
+def _forward(algorithm, x, weight, bias, stride, pads, out_hw):
+    """``(y, ctx)`` by ``algorithm`` for checked arguments."""
     if algorithm == "winograd":
-        if stride != (1, 1) or weight.shape[2] != weight.shape[3]:
-            raise ValueError(f"{where}: algorithm='winograd' needs stride 1 and a square "
-                             f"kernel, got stride={stride}, kernel={tuple(weight.shape[2:])}")
         m = winograd.tile_size(max(out_hw), weight.shape[2])
         return winograd.forward(x, weight, bias, pads, out_hw, m)
     if algorithm == "toeplitz":
         return toeplitz.forward(pad_input(x, pads), weight, bias, stride, pads, out_hw)
-    if algorithm != "im2col":
-        raise ValueError("algorithm: expected None, 'im2col', 'toeplitz' or 'winograd', "
-                         f"got {algorithm!r}")
-
     # Image by image (a batched GEMM) rather than one GEMM over the whole batch:
     # y comes out in NCHW order with no transpose, and OpenBLAS runs these
     # shapes faster (AlexNet-CIFAR conv1: forward 11.7 -> 7.6 ms).
+    xp = common_array_module(x=x)
+    kernel = weight.shape[2:]
     cols, out_hw = im2col(x, kernel, stride, pads, ones_row=bias is not None)
     k = weight.shape[0]
     filters = weight.reshape(k, -1)
@@ -222,6 +233,10 @@ THIN_GEMM_PIXELS = 32
 def conv2d_backward(dy, ctx, input_grad: bool = True):
     """``(dx, dweight, dbias)`` for ``dy`` of shape ``(N, K, OH, OW)``; ``dbias`` is
     ``None`` when the forward had no bias, ``dx`` is ``None`` with ``input_grad=False``."""
+    if isinstance(ctx, parallel.Chunked):
+        return parallel.backward_in_chunks(
+            "conv2d", lambda dy_part, ctx_part: conv2d_backward(dy_part, ctx_part, input_grad),
+            dy, ctx)
     if isinstance(ctx, cuda_conv2d.ConvContext):
         n, _, _, _, k, _, _, oh, ow = ctx.sizes
         _check_dy_shape(dy, (n, k, oh, ow))

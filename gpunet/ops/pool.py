@@ -7,7 +7,7 @@ passes; average pooling loops over all R*S offsets (:func:`window_offsets`).
 """
 from __future__ import annotations
 
-from .. import _checks
+from .. import _checks, parallel
 from ..backend import common_array_module
 from ..cuda import pool2d as cuda_pool2d
 from .conv import _check_window, _kernels, output_size, pad_input, window_offsets
@@ -41,10 +41,22 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, use_kernels=None)
     xp = common_array_module(x=x)
     if _kernels(xp, use_kernels):
         return cuda_pool2d.forward("max", x, kernel, stride, pads, out_hw)
+    return _on_cpu_threads(_max_pool, x, kernel, stride, pads, out_hw)
+
+
+def _on_cpu_threads(pool, x, *geometry):
+    """``pool(x, *geometry)``, on batch chunks for NumPy."""
+    if common_array_module(x=x).__name__ == "numpy":
+        return parallel.forward_in_chunks(lambda x_part: pool(x_part, *geometry), x)
+    return pool(x, *geometry)
+
+
+def _max_pool(x, kernel, stride, pads, out_hw):
+    xp = common_array_module(x=x)
     x_padded = pad_input(x, pads, value=-xp.inf)
     row_max, col_offset = _max_along(x_padded, 3, kernel[1], stride[1], out_hw[1])
     y, row_offset = _max_along(row_max, 2, kernel[0], stride[0], out_hw[0])
-    return y, (row_offset, col_offset, x.shape, kernel, stride, pads, out_hw)
+    return y, (row_offset, col_offset, tuple(x.shape), kernel, stride, pads, out_hw)
 
 
 def max_pool2d_backward(dy, ctx):
@@ -57,6 +69,8 @@ def max_pool2d_backward(dy, ctx):
     there in one scatter (``add.at``). On CuPy (``GPUNET_KERNELS=0`` only) those
     adds are atomic, so the last bit of a shared winner's sum may vary.
     """
+    if isinstance(ctx, parallel.Chunked):
+        return parallel.backward_in_chunks("max_pool2d", max_pool2d_backward, dy, ctx)
     if isinstance(ctx, cuda_pool2d.PoolContext):
         _check_dy("max_pool2d", dy, ctx.x_shape, ctx.out_shape[2:])
         return cuda_pool2d.backward(dy, ctx)
@@ -139,6 +153,10 @@ def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, use_kernels=None)
     kernel, stride, pads, out_hw = _geometry("avg_pool2d", x, kernel_size, stride, padding)
     if _kernels(common_array_module(x=x), use_kernels):
         return cuda_pool2d.forward("avg", x, kernel, stride, pads, out_hw)
+    return _on_cpu_threads(_avg_pool, x, kernel, stride, pads, out_hw)
+
+
+def _avg_pool(x, kernel, stride, pads, out_hw):
     x_padded = pad_input(x, pads)
     offsets = window_offsets(kernel, stride, out_hw)
     _, rows, cols = next(offsets)
@@ -150,6 +168,8 @@ def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, use_kernels=None)
 
 def avg_pool2d_backward(dy, ctx):
     """``dx``: each window's gradient spread evenly over its ``R*S`` inputs."""
+    if isinstance(ctx, parallel.Chunked):
+        return parallel.backward_in_chunks("avg_pool2d", avg_pool2d_backward, dy, ctx)
     if isinstance(ctx, cuda_pool2d.PoolContext):
         _check_dy("avg_pool2d", dy, ctx.x_shape, ctx.out_shape[2:])
         return cuda_pool2d.backward(dy, ctx)

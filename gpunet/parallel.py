@@ -1,0 +1,214 @@
+"""CPU threads: gpunet splits an op's batch over the cores itself.
+
+NumPy runs every call on one core except BLAS, which OpenBLAS spreads over its
+own threads. Copies, pooling and Winograd's transforms thus used one of the
+cores, and OpenBLAS synchronises its threads on every one of the many small
+GEMMs a convolution makes. PyTorch threads every op: a second thread makes its
+LeNet-5 step 1.75x faster and its AlexNet-CIFAR step 1.95x on a 2-core machine.
+So on NumPy, gpunet's convolution, pooling and linear layers hand batch chunks
+to one thread per core (:func:`forward_in_chunks`, :func:`backward_in_chunks`,
+:func:`matmul`); NumPy releases the GIL inside each call.
+
+Their GEMMs must then run single-threaded. Two threads calling a multi-threaded
+OpenBLAS at once ran at half the speed of one, and after a multi-threaded call
+OpenBLAS's idle workers keep spinning for a while, on the core a chunk needs.
+So while gpunet works (:func:`single_threaded_blas`) BLAS is limited to one
+thread through threadpoolctl, and given its thread count back on the way out.
+Without threadpoolctl, or with a BLAS it cannot control, gpunet keeps to one
+thread and leaves BLAS alone.
+
+``GPUNET_NUM_THREADS`` or :func:`set_num_threads` sets the number of threads;
+the default is the number of cores this process may run on.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
+
+import numpy
+
+from . import _checks
+
+try:
+    from threadpoolctl import ThreadpoolController
+except ImportError:  # an optional dependency: without it gpunet stays on one thread
+    ThreadpoolController = None
+
+__all__ = ["num_threads", "set_num_threads", "single_threaded_blas", "map_chunks",
+           "batch_slices", "Chunked", "forward_in_chunks", "backward_in_chunks", "matmul"]
+
+# Below this many input elements a chunk costs more to hand over (about 30 us)
+# than it saves: LeNet-5's smallest split op, its last pooling at batch 128,
+# has 204,800.
+MIN_ELEMENTS_PER_CHUNK = 2**14
+
+
+def _default_threads() -> int:
+    text = os.environ.get("GPUNET_NUM_THREADS")
+    if text is not None:
+        try:
+            return _checks.positive_int("GPUNET_NUM_THREADS", int(text))
+        except ValueError:
+            raise ValueError(
+                f"GPUNET_NUM_THREADS: expected a positive integer, got {text!r}") from None
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+class _State:
+    """The thread count, the worker pool and the BLAS limit, shared by all callers."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.requested = _default_threads()
+        self.workers: ThreadPoolExecutor | None = None
+        self.blas = None  # threadpoolctl's controllers of the BLAS libraries, once looked up
+        self.depth = 0  # nesting of single_threaded_blas()
+        self.saved_limits: list[int] = []
+        self.local = threading.local()  # .in_worker: nested splits run inline
+
+    def blas_controllers(self):
+        if self.blas is None:
+            self.blas = (ThreadpoolController().select(user_api="blas").lib_controllers
+                         if ThreadpoolController is not None else [])
+        return self.blas
+
+
+_state = _State()
+
+
+def _forget_workers_after_fork():
+    # A forked child has the pool's bookkeeping but not its threads.
+    _state.workers = None
+    _state.lock = threading.Lock()
+    _state.depth = 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_workers_after_fork)
+
+
+def num_threads() -> int:
+    """Threads gpunet's CPU ops use: the requested number, or 1 when BLAS cannot be
+    limited to one thread (threadpoolctl missing, or a BLAS it does not know)."""
+    return _state.requested if _state.blas_controllers() else 1
+
+
+def set_num_threads(n: int) -> None:
+    """Use ``n`` threads from now on (``GPUNET_NUM_THREADS`` sets the default)."""
+    n = _checks.positive_int("n", n)
+    with _state.lock:
+        _state.requested = n
+        if _state.workers is not None:
+            _state.workers.shutdown(wait=True)
+            _state.workers = None
+
+
+@contextlib.contextmanager
+def single_threaded_blas():
+    """BLAS limited to one thread inside; the outermost exit restores its count."""
+    controllers = _state.blas_controllers()
+    with _state.lock:
+        if _state.depth == 0:
+            _state.saved_limits = [c.num_threads for c in controllers]
+            for c in controllers:
+                c.set_num_threads(1)
+        _state.depth += 1
+    try:
+        yield
+    finally:
+        with _state.lock:
+            _state.depth -= 1
+            if _state.depth == 0:
+                for c, limit in zip(controllers, _state.saved_limits):
+                    c.set_num_threads(limit)
+
+
+def _workers() -> ThreadPoolExecutor:
+    with _state.lock:
+        if _state.workers is None:
+            _state.workers = ThreadPoolExecutor(_state.requested - 1,
+                                                thread_name_prefix="gpunet-cpu",
+                                                initializer=_mark_worker)
+        return _state.workers
+
+
+def _mark_worker():
+    _state.local.in_worker = True
+
+
+def map_chunks(task, chunks: list) -> list:
+    """``[task(chunk) for chunk in chunks]``, the chunks run at once on gpunet's
+    threads (the first on the calling thread), BLAS single-threaded meanwhile.
+    An exception in any chunk is raised here, after all chunks have finished."""
+    with single_threaded_blas():
+        if (len(chunks) == 1 or _state.requested == 1
+                or getattr(_state.local, "in_worker", False)):
+            return [task(chunk) for chunk in chunks]
+        pending = [_workers().submit(task, chunk) for chunk in chunks[1:]]
+        try:
+            first = task(chunks[0])
+        finally:  # never leave a chunk running on memory the caller may free
+            done = [future.exception() for future in pending]
+        for error in done:
+            if error is not None:
+                raise error
+        return [first] + [future.result() for future in pending]
+
+
+def batch_slices(batch: int, elements: int) -> list[slice]:
+    """At most :func:`num_threads` equal slices of ``range(batch)``, each with at
+    least ``MIN_ELEMENTS_PER_CHUNK`` of the ``elements``."""
+    count = min(num_threads(), batch, max(1, elements // MIN_ELEMENTS_PER_CHUNK))
+    size = -(-batch // count)
+    return [slice(start, min(start + size, batch)) for start in range(0, batch, size)]
+
+
+class Chunked(NamedTuple):
+    """The contexts of an op that ran on batch chunks, the chunks' slices, and the
+    shape of its output (which ``dy`` must have)."""
+
+    slices: list
+    contexts: list
+    out_shape: tuple
+
+
+def forward_in_chunks(forward, x):
+    """``forward(x) -> (y, ctx)`` run on batch chunks of the NumPy array ``x``:
+    ``y`` joined back along the batch axis, ``ctx`` a :class:`Chunked` (or the
+    op's own context when ``x`` is too small to split)."""
+    slices = batch_slices(x.shape[0], x.size)
+    results = map_chunks(lambda rows: forward(x[rows]), slices)
+    if len(results) == 1:
+        return results[0]
+    y = numpy.concatenate([y for y, _ in results])
+    return y, Chunked(slices, [ctx for _, ctx in results], y.shape)
+
+
+def backward_in_chunks(where: str, backward, dy, ctx: Chunked):
+    """``backward(dy, ctx)`` per chunk of a :func:`forward_in_chunks` op. It
+    returns ``dx`` or ``(dx, *parameter_grads)``; ``dx`` (``None`` allowed) is
+    joined along the batch axis, parameter gradients are summed over chunks."""
+    if tuple(dy.shape) != ctx.out_shape:
+        raise ValueError(f"{where} backward: dy must have shape {ctx.out_shape}, "
+                         f"got {tuple(dy.shape)}")
+    results = map_chunks(lambda i: backward(dy[ctx.slices[i]], ctx.contexts[i]),
+                         list(range(len(ctx.slices))))
+    if not isinstance(results[0], tuple):
+        return numpy.concatenate(results)
+    dx, *grads = zip(*results)
+    joined = None if dx[0] is None else numpy.concatenate(dx)
+    return (joined, *(None if g[0] is None else sum(g[1:], g[0]) for g in grads))
+
+
+def matmul(a, b):
+    """``a @ b`` for 2-D ``a`` and ``b``; on NumPy the rows of ``a`` are split over
+    gpunet's threads."""
+    if not isinstance(a, numpy.ndarray):
+        return a @ b
+    out = numpy.empty((a.shape[0], b.shape[1]), numpy.result_type(a, b))
+    rows = batch_slices(a.shape[0], a.size + b.size)
+    map_chunks(lambda part: numpy.matmul(a[part], b, out=out[part]), rows)
+    return out

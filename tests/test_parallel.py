@@ -1,0 +1,195 @@
+"""gpunet's CPU threads: chunked ops agree with unchunked ones, BLAS is limited to
+one thread only while gpunet works, errors in a chunk reach the caller."""
+import os
+import subprocess
+import sys
+import threading
+
+import numpy
+import pytest
+
+from gpunet import nn, parallel
+from gpunet.ops import (
+    avg_pool2d_backward,
+    avg_pool2d_forward,
+    conv2d_backward,
+    conv2d_forward,
+    max_pool2d_backward,
+    max_pool2d_forward,
+)
+
+needs_blas_control = pytest.mark.skipif(
+    not parallel._state.blas_controllers(),
+    reason="threadpoolctl is not installed or cannot control this BLAS")
+
+
+def blas_threads():
+    return [c.num_threads for c in parallel._state.blas_controllers()]
+
+
+@pytest.fixture
+def split_everything(monkeypatch):
+    """Three threads and no minimum chunk: a batch of 5 runs as chunks of 2, 2, 1."""
+    monkeypatch.setattr(parallel, "MIN_ELEMENTS_PER_CHUNK", 1)
+    monkeypatch.setattr(parallel._state, "blas", [object()])  # pretend BLAS is controllable
+    monkeypatch.setattr(parallel, "single_threaded_blas", _no_limit)
+    requested = parallel._state.requested
+    parallel.set_num_threads(3)
+    yield
+    parallel.set_num_threads(requested)
+
+
+class _no_limit:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_batch_slices_cover_the_batch_in_equal_chunks(split_everything):
+    assert parallel.batch_slices(5, 5) == [slice(0, 2), slice(2, 4), slice(4, 5)]
+    assert parallel.batch_slices(1, 100) == [slice(0, 1)]
+
+
+def test_small_inputs_are_not_split(monkeypatch):
+    monkeypatch.setattr(parallel._state, "requested", 4)
+    monkeypatch.setattr(parallel._state, "blas", [object()])
+    small = parallel.MIN_ELEMENTS_PER_CHUNK * 2 - 1
+    assert parallel.batch_slices(64, small) == [slice(0, 64)]
+    assert len(parallel.batch_slices(64, 4 * parallel.MIN_ELEMENTS_PER_CHUNK)) == 4
+
+
+def test_one_thread_without_a_controllable_blas(monkeypatch):
+    monkeypatch.setattr(parallel._state, "blas", [])
+    monkeypatch.setattr(parallel._state, "requested", 8)
+    assert parallel.num_threads() == 1
+    assert parallel.batch_slices(64, 10**9) == [slice(0, 64)]
+
+
+def test_map_chunks_runs_the_chunks_on_several_threads_in_order(split_everything):
+    ran_on = {}
+
+    def task(i):
+        ran_on[i] = threading.current_thread().name
+        return i * i
+
+    assert parallel.map_chunks(task, [1, 2, 3]) == [1, 4, 9]
+    assert ran_on[1] == threading.current_thread().name
+    assert ran_on[2].startswith("gpunet-cpu") and ran_on[3].startswith("gpunet-cpu")
+
+
+def test_an_error_in_a_worker_chunk_reaches_the_caller(split_everything):
+    def task(i):
+        if i == 2:
+            raise ValueError("chunk 2 failed")
+        return i
+
+    with pytest.raises(ValueError, match="chunk 2 failed"):
+        parallel.map_chunks(task, [0, 1, 2])
+
+
+@needs_blas_control
+def test_blas_is_single_threaded_inside_and_restored_after():
+    before = blas_threads()
+    inside = []
+    with parallel.single_threaded_blas():
+        with parallel.single_threaded_blas():  # nested: still one thread
+            inside.append(blas_threads())
+        inside.append(blas_threads())
+    assert inside == [[1] * len(before)] * 2
+    assert blas_threads() == before
+    with pytest.raises(RuntimeError), parallel.single_threaded_blas():
+        raise RuntimeError("restored even so")
+    assert blas_threads() == before
+
+
+def test_thread_count_is_validated(monkeypatch):
+    with pytest.raises(ValueError, match="n"):
+        parallel.set_num_threads(0)
+    monkeypatch.setenv("GPUNET_NUM_THREADS", "two")
+    with pytest.raises(ValueError, match="GPUNET_NUM_THREADS.*'two'"):
+        parallel._default_threads()
+    monkeypatch.setenv("GPUNET_NUM_THREADS", "3")
+    assert parallel._default_threads() == 3
+
+
+@pytest.mark.parametrize("algorithm,stride,padding", [
+    ("im2col", 2, 1), ("toeplitz", 1, 0), ("winograd", 1, 1)])
+def test_chunked_convolution_matches_one_chunk(split_everything, rng, algorithm, stride,
+                                               padding):
+    x = rng.standard_normal((5, 3, 9, 9))
+    w = rng.standard_normal((4, 3, 3, 3))
+    b = rng.standard_normal(4)
+    y, ctx = conv2d_forward(x, w, b, stride, padding, algorithm=algorithm)
+    assert isinstance(ctx, parallel.Chunked) and len(ctx.contexts) == 3
+    dy = rng.standard_normal(y.shape)
+    grads = conv2d_backward(dy, ctx)
+    parallel.set_num_threads(1)
+    y1, ctx1 = conv2d_forward(x, w, b, stride, padding, algorithm=algorithm)
+    assert not isinstance(ctx1, parallel.Chunked)
+    numpy.testing.assert_allclose(y, y1, rtol=1e-12, atol=1e-12)
+    for got, want in zip(grads, conv2d_backward(dy, ctx1)):
+        numpy.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    dx, dw, db = conv2d_backward(dy, ctx, input_grad=False)
+    assert dx is None
+    numpy.testing.assert_allclose(dw, grads[1], rtol=1e-12)
+    with pytest.raises(ValueError, match=r"conv2d backward: dy must have shape \(5, 4"):
+        conv2d_backward(dy[:4], ctx)
+
+
+@pytest.mark.parametrize("forward,backward", [(max_pool2d_forward, max_pool2d_backward),
+                                              (avg_pool2d_forward, avg_pool2d_backward)])
+def test_chunked_pooling_matches_one_chunk(split_everything, rng, forward, backward):
+    x = rng.standard_normal((5, 2, 7, 7))
+    y, ctx = forward(x, 3, 2, 1)
+    assert isinstance(ctx, parallel.Chunked)
+    dy = rng.standard_normal(y.shape)
+    dx = backward(dy, ctx)
+    parallel.set_num_threads(1)
+    y1, ctx1 = forward(x, 3, 2, 1)
+    numpy.testing.assert_array_equal(y, y1)
+    numpy.testing.assert_allclose(dx, backward(dy, ctx1), rtol=1e-12)
+    with pytest.raises(ValueError, match="dy must have shape"):
+        backward(dy[:, :1], ctx)
+
+
+def test_linear_splits_its_products_and_agrees(split_everything, rng):
+    layer = nn.Linear(6, 4).to(dtype="float64")
+    x = rng.standard_normal((5, 2, 6))
+    y = layer(x)
+    dy = rng.standard_normal(y.shape)
+    dx = layer.backward(dy)
+    numpy.testing.assert_allclose(y, x @ layer.weight.data.T + layer.bias.data, rtol=1e-12)
+    numpy.testing.assert_allclose(dx, dy @ layer.weight.data, rtol=1e-12)
+    numpy.testing.assert_allclose(layer.weight.grad,
+                                  dy.reshape(-1, 4).T @ x.reshape(-1, 6), rtol=1e-12)
+
+
+@needs_blas_control
+def test_a_training_step_leaves_blas_threads_as_they_were():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                          nn.Linear(4 * 13 * 13, 10))
+    before = blas_threads()
+    x = numpy.random.default_rng(0).standard_normal((64, 1, 28, 28)).astype(numpy.float32)
+    model.backward(numpy.ones_like(model(x)))
+    assert blas_threads() == before
+
+
+def test_a_forked_child_gets_fresh_workers():
+    code = ("import os, numpy, gpunet\n"
+            "from gpunet import parallel, nn\n"
+            "parallel.MIN_ELEMENTS_PER_CHUNK = 1\n"
+            "x = numpy.ones((8, 1, 8, 8), numpy.float32)\n"
+            "pool = nn.MaxPool2d(2)\n"
+            "pool(x)\n"
+            "pid = os.fork()\n"
+            "if pid == 0:\n"
+            "    pool(x); os._exit(0)\n"
+            "_, status = os.waitpid(pid, 0)\n"
+            "print(os.waitstatus_to_exitcode(status))\n")
+    if not hasattr(os, "fork"):
+        pytest.skip("no fork on this platform")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, env={**os.environ, "GPUNET_NUM_THREADS": "2"})
+    assert out.stdout.strip() == "0", out.stderr
