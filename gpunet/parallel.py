@@ -177,13 +177,12 @@ class Chunked(NamedTuple):
 
 def forward_in_chunks(forward, x):
     """``forward(x) -> (y, ctx)`` run on batch chunks of the NumPy array ``x``:
-    ``y`` joined back along the batch axis, ``ctx`` a :class:`Chunked` (or the
-    op's own context when ``x`` is too small to split)."""
+    ``y`` joined back along the batch axis, ``ctx`` a :class:`Chunked` (with one
+    chunk when ``x`` is too small to split: its backward, too, must run with
+    single-threaded BLAS)."""
     slices = batch_slices(x.shape[0], x.size)
     results = map_chunks(lambda rows: forward(x[rows]), slices)
-    if len(results) == 1:
-        return results[0]
-    y = numpy.concatenate([y for y, _ in results])
+    y = _join([y for y, _ in results])
     return y, Chunked(slices, [ctx for _, ctx in results], y.shape)
 
 
@@ -197,10 +196,14 @@ def backward_in_chunks(where: str, backward, dy, ctx: Chunked):
     results = map_chunks(lambda i: backward(dy[ctx.slices[i]], ctx.contexts[i]),
                          list(range(len(ctx.slices))))
     if not isinstance(results[0], tuple):
-        return numpy.concatenate(results)
+        return _join(results)
     dx, *grads = zip(*results)
-    joined = None if dx[0] is None else numpy.concatenate(dx)
+    joined = None if dx[0] is None else _join(dx)
     return (joined, *(None if g[0] is None else sum(g[1:], g[0]) for g in grads))
+
+
+def _join(parts):
+    return parts[0] if len(parts) == 1 else numpy.concatenate(parts)
 
 
 def matmul(a, b):

@@ -127,7 +127,7 @@ def test_chunked_convolution_matches_one_chunk(split_everything, rng, algorithm,
     grads = conv2d_backward(dy, ctx)
     parallel.set_num_threads(1)
     y1, ctx1 = conv2d_forward(x, w, b, stride, padding, algorithm=algorithm)
-    assert not isinstance(ctx1, parallel.Chunked)
+    assert len(ctx1.contexts) == 1
     numpy.testing.assert_allclose(y, y1, rtol=1e-12, atol=1e-12)
     for got, want in zip(grads, conv2d_backward(dy, ctx1)):
         numpy.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
@@ -193,3 +193,21 @@ def test_a_forked_child_gets_fresh_workers():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60, env={**os.environ, "GPUNET_NUM_THREADS": "2"})
     assert out.stdout.strip() == "0", out.stderr
+
+
+@needs_blas_control
+def test_an_op_too_small_to_split_still_runs_its_backward_with_one_blas_thread(monkeypatch):
+    from gpunet.ops import conv
+    seen = []
+    col2im = conv.col2im
+
+    def spy(*args, **kwargs):
+        seen.append(blas_threads())
+        return col2im(*args, **kwargs)
+
+    monkeypatch.setattr(conv, "col2im", spy)
+    x = numpy.ones((1, 1, 5, 5))
+    y, ctx = conv2d_forward(x, numpy.ones((1, 1, 3, 3)), algorithm="im2col")
+    assert len(ctx.contexts) == 1
+    conv2d_backward(numpy.ones_like(y), ctx)
+    assert seen == [[1] * len(blas_threads())]
