@@ -83,29 +83,32 @@ def max_pool2d_backward(dy, ctx):
         d_row_max = _route_along(dy, row_offset, 2, kernel[0], stride[0], col_offset.shape)
         dx_padded = _route_along(d_row_max, col_offset, 3, kernel[1], stride[1], padded_shape)
     else:
-        winners = _first_max_positions(xp, row_offset, col_offset, padded_shape, stride)
+        winners = _first_max_positions(xp, row_offset, col_offset, padded_shape, kernel,
+                                       stride)
         dx_padded = xp.zeros(padded_shape, dtype=dy.dtype)
         xp.add.at(dx_padded.reshape(-1), winners.reshape(-1), dy.reshape(-1))
     return _crop(dx_padded, x_shape, pads)
 
 
-def _first_max_positions(xp, row_offset, col_offset, padded_shape, stride):
-    """Flat index into the padded input of each window's first maximum.
+def _first_max_positions(xp, row_offset, col_offset, padded_shape, kernel, stride):
+    """Index into the flattened padded input of each window's first maximum.
 
-    The second pass picked a row (``row_offset``) of the first pass's row maxima;
-    that row's entry of ``col_offset`` holds the winning column.
+    The second pass picked a row (``row_offset``) of the first pass's row maxima,
+    and that row's entry of ``col_offset`` holds the winning column: a select per
+    kernel row, on bytes, gives the maximum's position ``r * S + s`` in its window,
+    and a table turns that into an offset from the window's first pixel.
     """
     n, c, hp, wp = padded_shape
     oh, ow = row_offset.shape[2:]
-    # Rows counted through all N*C padded planes: plane * Hp + window row + offset.
-    window_rows = xp.arange(n * c).reshape(n, c, 1) * hp + xp.arange(oh) * stride[0]
-    rows = row_offset + window_rows[..., None]
-    index = rows * ow
-    index += xp.arange(ow)
-    cols = col_offset.reshape(-1).take(index)  # col_offset is (N, C, Hp, OW)
-    xp.multiply(rows, wp, out=index)
-    index += xp.arange(ow) * stride[1]
-    index += cols
+    index_type = xp.uint8 if kernel[0] * kernel[1] <= 256 else xp.int32
+    position = row_offset.astype(index_type) * index_type(kernel[1])
+    for k in range(kernel[0]):
+        position += _along(col_offset, 2, k, stride[0], oh) * (row_offset == k)
+    within = xp.arange(kernel[0] * kernel[1])
+    within = within // kernel[1] * wp + within % kernel[1]
+    index = within.take(position)
+    index += (xp.arange(n * c) * (hp * wp)).reshape(n, c, 1, 1)  # the plane's first pixel
+    index += xp.arange(oh)[:, None] * (stride[0] * wp) + xp.arange(ow) * stride[1]  # window's
     return index
 
 
