@@ -40,10 +40,14 @@ except ImportError:  # an optional dependency: without it gpunet stays on one th
 __all__ = ["num_threads", "set_num_threads", "single_threaded_blas", "map_chunks",
            "batch_slices", "Chunked", "forward_in_chunks", "backward_in_chunks", "matmul"]
 
-# Below this many input elements a chunk costs more to hand over (about 30 us)
-# than it saves: LeNet-5's smallest split op, its last pooling at batch 128,
-# has 204,800.
-MIN_ELEMENTS_PER_CHUNK = 2**14
+# A chunk is worth a thread from about this much work: handing it over costs
+# 40-80 us here (two thread wake-ups), and one element of a copy or pooling pass
+# takes about a nanosecond. LeNet-5's first pooling (602,112 inputs at batch
+# 128) gains from two chunks (0.64 -> 0.46 ms), its second (204,800) does not,
+# nor do its fully connected layers.
+MIN_WORK_PER_CHUNK = 2**17
+# A multiply-add inside a GEMM costs about this fraction of an element pass.
+GEMM_MACS_PER_WORK = 32
 
 
 def _default_threads() -> int:
@@ -158,10 +162,11 @@ def map_chunks(task, chunks: list) -> list:
         return [first] + [future.result() for future in pending]
 
 
-def batch_slices(batch: int, elements: int) -> list[slice]:
+def batch_slices(batch: int, work: int) -> list[slice]:
     """At most :func:`num_threads` equal slices of ``range(batch)``, each with at
-    least ``MIN_ELEMENTS_PER_CHUNK`` of the ``elements``."""
-    count = min(num_threads(), batch, max(1, elements // MIN_ELEMENTS_PER_CHUNK))
+    least ``MIN_WORK_PER_CHUNK`` of the ``work`` (elements passed over, or GEMM
+    multiply-adds / ``GEMM_MACS_PER_WORK``)."""
+    count = min(num_threads(), batch, max(1, work // MIN_WORK_PER_CHUNK))
     size = -(-batch // count)
     return [slice(start, min(start + size, batch)) for start in range(0, batch, size)]
 
@@ -175,12 +180,13 @@ class Chunked(NamedTuple):
     out_shape: tuple
 
 
-def forward_in_chunks(forward, x):
-    """``forward(x) -> (y, ctx)`` run on batch chunks of the NumPy array ``x``:
+def forward_in_chunks(forward, x, work: int):
+    """``forward(x) -> (y, ctx)`` run on batch chunks of the NumPy array ``x``
+    (``work`` in all, as :func:`batch_slices` counts it):
     ``y`` joined back along the batch axis, ``ctx`` a :class:`Chunked` (with one
     chunk when ``x`` is too small to split: its backward, too, must run with
     single-threaded BLAS)."""
-    slices = batch_slices(x.shape[0], x.size)
+    slices = batch_slices(x.shape[0], work)
     results = map_chunks(lambda rows: forward(x[rows]), slices)
     y = _join([y for y, _ in results])
     return y, Chunked(slices, [ctx for _, ctx in results], y.shape)
@@ -212,6 +218,6 @@ def matmul(a, b):
     if not isinstance(a, numpy.ndarray):
         return a @ b
     out = numpy.empty((a.shape[0], b.shape[1]), numpy.result_type(a, b))
-    rows = batch_slices(a.shape[0], a.size + b.size)
+    rows = batch_slices(a.shape[0], a.shape[0] * a.shape[1] * b.shape[1] // GEMM_MACS_PER_WORK)
     map_chunks(lambda part: numpy.matmul(a[part], b, out=out[part]), rows)
     return out

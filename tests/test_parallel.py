@@ -30,7 +30,8 @@ def blas_threads():
 @pytest.fixture
 def split_everything(monkeypatch):
     """Three threads and no minimum chunk: a batch of 5 runs as chunks of 2, 2, 1."""
-    monkeypatch.setattr(parallel, "MIN_ELEMENTS_PER_CHUNK", 1)
+    monkeypatch.setattr(parallel, "MIN_WORK_PER_CHUNK", 1)
+    monkeypatch.setattr(parallel, "GEMM_MACS_PER_WORK", 1)
     monkeypatch.setattr(parallel._state, "blas", [object()])  # pretend BLAS is controllable
     monkeypatch.setattr(parallel, "single_threaded_blas", _no_limit)
     requested = parallel._state.requested
@@ -55,9 +56,9 @@ def test_batch_slices_cover_the_batch_in_equal_chunks(split_everything):
 def test_small_inputs_are_not_split(monkeypatch):
     monkeypatch.setattr(parallel._state, "requested", 4)
     monkeypatch.setattr(parallel._state, "blas", [object()])
-    small = parallel.MIN_ELEMENTS_PER_CHUNK * 2 - 1
+    small = parallel.MIN_WORK_PER_CHUNK * 2 - 1
     assert parallel.batch_slices(64, small) == [slice(0, 64)]
-    assert len(parallel.batch_slices(64, 4 * parallel.MIN_ELEMENTS_PER_CHUNK)) == 4
+    assert len(parallel.batch_slices(64, 4 * parallel.MIN_WORK_PER_CHUNK)) == 4
 
 
 def test_one_thread_without_a_controllable_blas(monkeypatch):
@@ -179,7 +180,7 @@ def test_a_training_step_leaves_blas_threads_as_they_were():
 def test_a_forked_child_gets_fresh_workers():
     code = ("import os, numpy, gpunet\n"
             "from gpunet import parallel, nn\n"
-            "parallel.MIN_ELEMENTS_PER_CHUNK = 1\n"
+            "parallel.MIN_WORK_PER_CHUNK = 1\n"
             "x = numpy.ones((8, 1, 8, 8), numpy.float32)\n"
             "pool = nn.MaxPool2d(2)\n"
             "pool(x)\n"

@@ -47,7 +47,7 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, use_kernels=None)
 def _on_cpu_threads(pool, x, *geometry):
     """``pool(x, *geometry)``, on batch chunks for NumPy."""
     if common_array_module(x=x).__name__ == "numpy":
-        return parallel.forward_in_chunks(lambda x_part: pool(x_part, *geometry), x)
+        return parallel.forward_in_chunks(lambda x_part: pool(x_part, *geometry), x, x.size)
     return pool(x, *geometry)
 
 
