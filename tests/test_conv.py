@@ -46,7 +46,7 @@ def _run(xp, case, rng, dtype="float64", algorithm=None):
 WIDE = [(2, 2, 18, 17, 3, 3, 3, 1, 1), (1, 3, 40, 36, 2, 5, 5, (2, 1), 2)]
 
 
-@pytest.mark.parametrize("algorithm", [None, "im2col"])
+@pytest.mark.parametrize("algorithm", [None, "im2col", "im2col_chwn"])
 @pytest.mark.parametrize("case", AWKWARD + WIDE, ids=str)
 def test_conv2d_matches_naive_reference(xp, case, algorithm, rng):
     (x, w, b, dy, stride, pads), (y, dx, dw, db) = _run(xp, case, rng, algorithm=algorithm)
@@ -187,3 +187,34 @@ def test_conv2d_matches_torch(rng):
     ref = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(layer.weight.data),
                                      torch.from_numpy(layer.bias.data), (2, 1), (1, 2))
     assert_close(layer(x), ref.numpy(), 1e-12, 1e-12)
+
+
+def test_both_im2col_layouts_agree_in_float32_at_lenet_shapes(rng):
+    for shape, w_shape in [((8, 1, 32, 32), (6, 1, 5, 5)), ((8, 6, 14, 14), (16, 6, 5, 5))]:
+        x = rng.standard_normal(shape).astype(numpy.float32)
+        weight = (rng.standard_normal(w_shape) / 5).astype(numpy.float32)
+        bias = rng.standard_normal(w_shape[0]).astype(numpy.float32)
+        outputs = {}
+        for algorithm in ("im2col", "im2col_chwn"):
+            y, ctx = ops.conv2d_forward(x, weight, bias, algorithm=algorithm)
+            outputs[algorithm] = (y, *ops.conv2d_backward(numpy.cos(y), ctx))
+        for got, ref in zip(outputs["im2col_chwn"], outputs["im2col"]):
+            assert got.dtype == numpy.float32
+            # both round in float32, summing in different orders
+            scale = float(numpy.abs(ref).max())
+            assert float(numpy.abs(got - ref).max()) < 2e-6 * scale
+
+
+def test_gradcheck_through_a_chwn_layer(rng):
+    """A small strided, padded Conv2d takes the CHWN path and passes the float64
+    gradient check, input gradient included."""
+    from gpunet import gradcheck
+    from gpunet.losses import MSELoss
+    layer = nn.Conv2d(2, 3, 3, stride=(1, 2), padding=1)
+    x = rng.standard_normal((2, 2, 6, 7))
+    _, ctx = ops.conv2d_forward(x, layer.weight.data.astype(x.dtype), None, (1, 2), 1)
+    assert all(part.chwn for part in ctx.contexts)
+    model = nn.Sequential(layer, nn.Flatten())
+    target = rng.standard_normal((2, 3 * 6 * 4))
+    report = gradcheck(model, MSELoss(), x, target, eps=1e-6)
+    assert report.max_rel_error < 1e-7, report

@@ -116,7 +116,7 @@ def test_thread_count_is_validated(monkeypatch):
 
 
 @pytest.mark.parametrize("algorithm,stride,padding", [
-    ("im2col", 2, 1), ("toeplitz", 1, 0), ("winograd", 1, 1)])
+    ("im2col", 2, 1), ("im2col_chwn", 1, 0), ("winograd", 1, 1)])
 def test_chunked_convolution_matches_one_chunk(split_everything, rng, algorithm, stride,
                                                padding):
     x = rng.standard_normal((5, 3, 9, 9))

@@ -121,10 +121,13 @@ def test_automatic_choice():
     choose = ops.conv.choose_algorithm
     assert choose((64, 128, 7, 7), (192, 128, 3, 3), (1, 1), numpy) == "winograd"
     assert choose((64, 64, 15, 15), (128, 64, 5, 5), (1, 1), numpy) == "winograd"
-    assert choose((128, 6, 14, 14), (16, 6, 5, 5), (1, 1), numpy) == "toeplitz"  # few channels
-    assert choose((64, 64, 15, 15), (128, 64, 3, 3), (2, 2), numpy) == "im2col"  # stride 2
-    assert choose((64, 64, 15, 15), (128, 64, 3, 5), (1, 1), numpy) == "im2col"  # not square
-    assert choose((64, 64, 15, 15), (128, 64, 7, 7), (1, 1), numpy) == "im2col"  # 7x7
+    # few channels, small maps: one GEMM over the batch
+    assert choose((128, 6, 14, 14), (16, 6, 5, 5), (1, 1), numpy) == "im2col_chwn"
+    big = (64, 64, 40, 40)
+    assert choose(big, (128, 64, 3, 3), (2, 2), numpy) == "im2col"  # stride 2
+    assert choose(big, (128, 64, 3, 5), (1, 1), numpy) == "im2col"  # not square
+    assert choose(big, (128, 64, 7, 7), (1, 1), numpy) == "im2col"  # 7x7
+    assert choose((64, 64, 15, 15), (128, 64, 7, 7), (1, 1), numpy) == "im2col_chwn"
 
 
 def test_bad_algorithm_requests_are_refused(rng):

@@ -1,18 +1,20 @@
-"""2-D convolution (cross-correlation, as ``Conv2d``) by im2col + GEMM here, by a
-Toeplitz GEMM (:mod:`.toeplitz`) or Winograd (:mod:`.winograd`) where
-:func:`choose_algorithm` says so, by gpunet's CUDA kernels on CuPy; and the
-textbook convolution with the flipped kernel.
+"""2-D convolution (cross-correlation, as ``Conv2d``) by im2col + GEMM here (image
+by image, or for the whole batch in CHWN layout) or by Winograd
+(:mod:`.winograd`) where :func:`choose_algorithm` says so, by gpunet's CUDA
+kernels on CuPy; and the textbook convolution with the flipped kernel.
 
 Shapes: x ``(N, C, H, W)``, weight ``(K, C, R, S)``, y ``(N, K, OH, OW)`` with
 ``OH = floor((H + pad_top + pad_bottom - R) / stride_h) + 1``.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from .. import _checks, parallel
 from ..backend import common_array_module
 from ..cuda import conv2d as cuda_conv2d
 from ..cuda import uses_kernels
-from . import toeplitz, winograd
+from . import winograd
 
 
 def _kernels(xp, use_kernels) -> bool:
@@ -103,6 +105,28 @@ def im2col(x, kernel, stride, pads, ones_row: bool = False):
     return cols, out_hw
 
 
+def im2col_chwn(x, kernel, stride, pads):
+    """Columns ``(C*R*S, OH*OW*N)`` with the batch innermost (CHWN): one GEMM
+    ``W (K, C*R*S) @ cols`` covers the whole batch, where :func:`im2col`'s GEMMs
+    are one image wide. The input goes to ``(C, H, W, N)`` first, so the copy into
+    columns moves runs of ``N`` (or ``OW*N``) values."""
+    xp = common_array_module(x=x)
+    n, c, h, w = x.shape
+    (pt, pb), (pl, pr) = pads
+    oh, ow = (output_size(size, f, st, p) for size, f, st, p in zip(x.shape[2:], kernel, stride,
+                                                                       pads))
+    x_chwn = (xp.zeros if pt or pb or pl or pr else xp.empty)(
+        (c, h + pt + pb, w + pl + pr, n), dtype=x.dtype)
+    x_chwn[:, pt:pt + h, pl:pl + w] = x.transpose(1, 2, 3, 0)
+    sc, sh, sw, sn = x_chwn.strides
+    view = xp.lib.stride_tricks.as_strided(
+        x_chwn, shape=(c, kernel[0], kernel[1], oh, ow, n),
+        strides=(sc, sh, sw, sh * stride[0], sw * stride[1], sn))
+    cols = xp.empty((c * kernel[0] * kernel[1], oh * ow * n), dtype=x.dtype)
+    cols.reshape(view.shape)[...] = view
+    return cols
+
+
 def col2im(dcols, x_shape, kernel, stride, pads, out_hw):
     """Adjoint of :func:`im2col`: add every column entry back onto its input pixel.
 
@@ -124,24 +148,24 @@ def col2im(dcols, x_shape, kernel, stride, pads, out_hw):
 
 # Winograd pays for its transforms once the channel GEMMs are large: measured on
 # a 2-core AVX-512 CPU, AlexNet's conv2..conv5 gain 1.3-2x, LeNet's conv2 (6->16)
-# loses. Below this C*K, im2col or the Toeplitz GEMM.
+# loses. Below this C*K, one of the im2col layouts.
 WINOGRAD_MIN_CHANNEL_PRODUCT = 32 * 32
 WINOGRAD_KERNELS = (3, 5)
-# The Toeplitz GEMM multiplies Wp / S times more than im2col does (mostly by
-# zero), but it is one well-shaped GEMM where im2col's image-by-image GEMMs are
-# thin: few filters on small maps. Measured on a 2-core AVX-512 CPU, LeNet-5's
-# conv2 (16 filters, Wp / S = 2.8) runs forward + dW in 2.5 ms by Toeplitz
-# against 4.8 by im2col; its conv1 (Wp / S = 6.4) in 3.2 against 1.9.
-TOEPLITZ_MAX_FILTERS = 32
-TOEPLITZ_MAX_REDUNDANCY = 3
+# Up to this many output pixels per image, im2col's image-by-image GEMMs are
+# thin, and one GEMM over the whole batch in CHWN layout wins despite its
+# transposes. Forward + backward on one core, 32-64 images: LeNet-5's conv2
+# (100 pixels) 2.81 -> 2.28 ms, a 32->32 5x5 conv on 16x16 35.2 -> 30.3; even
+# at 784 pixels (28x28, 16->32); losing at LeNet-5's conv1 (1 channel, 0.67
+# -> 2.12) and AlexNet-CIFAR's (1024 pixels, 10.9 -> 18.0).
+CHWN_MAX_PIXELS = 256
 
 
 def choose_algorithm(x_shape, weight_shape, stride, xp, pads=((0, 0), (0, 0))) -> str:
     """The NumPy algorithm for a layer, or ``"im2col"`` on CuPy.
 
     ``"winograd"`` for stride-1 square 3x3/5x5 kernels with many channels,
-    ``"toeplitz"`` for few filters whose band is short (padded width at most
-    ``TOEPLITZ_MAX_REDUNDANCY`` kernel widths), ``"im2col"`` otherwise.
+    ``"im2col_chwn"`` for small outputs (at most ``CHWN_MAX_PIXELS`` pixels),
+    ``"im2col"`` otherwise.
     """
     if xp.__name__ != "numpy":
         return "im2col"
@@ -149,9 +173,9 @@ def choose_algorithm(x_shape, weight_shape, stride, xp, pads=((0, 0), (0, 0))) -
     if (stride == (1, 1) and r == s and r in WINOGRAD_KERNELS
             and c * k >= WINOGRAD_MIN_CHANNEL_PRODUCT):
         return "winograd"
-    padded_width = x_shape[3] + pads[1][0] + pads[1][1]
-    if k <= TOEPLITZ_MAX_FILTERS and padded_width <= TOEPLITZ_MAX_REDUNDANCY * s:
-        return "toeplitz"
+    out_hw = [output_size(n, f, st, p) for n, f, st, p in zip(x_shape[2:], (r, s), stride, pads)]
+    if out_hw[0] * out_hw[1] <= CHWN_MAX_PIXELS:
+        return "im2col_chwn"
     return "im2col"
 
 
@@ -161,9 +185,9 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, use_kernels=None,
 
     Returns ``(y, ctx)``; ``ctx`` is what :func:`conv2d_backward` needs. CuPy
     arrays go to the CUDA kernels unless ``use_kernels=False`` or
-    ``GPUNET_KERNELS=0``. Otherwise ``algorithm`` picks ``"im2col"`` (one GEMM
-    over copied windows), ``"toeplitz"`` (one GEMM of input rows against a banded
-    filter matrix; both exact to float rounding) or ``"winograd"`` (stride 1 only;
+    ``GPUNET_KERNELS=0``. Otherwise ``algorithm`` picks ``"im2col"`` (a GEMM per
+    image over copied windows), ``"im2col_chwn"`` (one GEMM for the batch, in
+    CHWN layout; both exact to float rounding) or ``"winograd"`` (stride 1 only;
     2-4x fewer multiplications, relative error about 1e-5 in float32); ``None``
     lets :func:`choose_algorithm` decide.
     """
@@ -191,8 +215,8 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, use_kernels=None,
         return cuda_conv2d.forward(x, weight, bias, stride, pads, out_hw)
     if algorithm is None:
         algorithm = choose_algorithm(x.shape, weight.shape, stride, xp, pads)
-    if algorithm not in ("im2col", "toeplitz", "winograd"):
-        raise ValueError("algorithm: expected None, 'im2col', 'toeplitz' or 'winograd', "
+    if algorithm not in ("im2col", "im2col_chwn", "winograd"):
+        raise ValueError("algorithm: expected None, 'im2col', 'im2col_chwn' or 'winograd', "
                          f"got {algorithm!r}")
     if algorithm == "winograd" and (stride != (1, 1) or weight.shape[2] != weight.shape[3]):
         raise ValueError(f"{where}: algorithm='winograd' needs stride 1 and a square "
@@ -206,26 +230,48 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, use_kernels=None,
     return forward(x)
 
 
+class Im2colContext(NamedTuple):
+    """What the im2col backward needs; ``chwn``: ``cols`` is ``(C*R*S, OH*OW*N)``
+    from :func:`im2col_chwn`, else ``(N, C*R*S [+ 1], OH*OW)`` from :func:`im2col`."""
+
+    cols: object
+    weight: object
+    x_shape: tuple
+    stride: tuple
+    pads: tuple
+    out_hw: tuple
+    has_bias: bool
+    chwn: bool
+
+
 def _forward(algorithm, x, weight, bias, stride, pads, out_hw):
     """``(y, ctx)`` by ``algorithm`` for checked arguments."""
     if algorithm == "winograd":
         m = winograd.tile_size(max(out_hw), weight.shape[2])
         return winograd.forward(x, weight, bias, pads, out_hw, m)
-    if algorithm == "toeplitz":
-        return toeplitz.forward(pad_input(x, pads), weight, bias, stride, pads, out_hw)
+    xp = common_array_module(x=x)
+    kernel = weight.shape[2:]
+    n, k = x.shape[0], weight.shape[0]
+    if algorithm == "im2col_chwn":
+        cols = im2col_chwn(x, kernel, stride, pads)
+        y_chwn = (weight.reshape(k, -1) @ cols).reshape(k, *out_hw, n)
+        y = xp.empty((n, k, *out_hw), dtype=x.dtype)
+        if bias is None:
+            y[...] = y_chwn.transpose(3, 0, 1, 2)
+        else:  # the bias is added on the way back to NCHW: one pass over y
+            xp.add(y_chwn.transpose(3, 0, 1, 2), bias[:, None, None], out=y)
+        return y, Im2colContext(cols, weight, tuple(x.shape), stride, pads, out_hw,
+                                bias is not None, True)
     # Image by image (a batched GEMM) rather than one GEMM over the whole batch:
     # y comes out in NCHW order with no transpose, and OpenBLAS runs these
     # shapes faster (AlexNet-CIFAR conv1: forward 11.7 -> 7.6 ms).
-    xp = common_array_module(x=x)
-    kernel = weight.shape[2:]
     cols, out_hw = im2col(x, kernel, stride, pads, ones_row=bias is not None)
-    k = weight.shape[0]
     filters = weight.reshape(k, -1)
     if bias is not None:
         filters = xp.concatenate([filters, bias[:, None]], axis=1)
-    y = (filters @ cols).reshape(x.shape[0], k, *out_hw)
-    ctx = (cols, weight, x.shape, stride, pads, out_hw, bias is not None)
-    return y, ctx
+    y = (filters @ cols).reshape(n, k, *out_hw)
+    return y, Im2colContext(cols, weight, tuple(x.shape), stride, pads, out_hw,
+                            bias is not None, False)
 
 
 THIN_GEMM_PIXELS = 32
@@ -245,32 +291,36 @@ def conv2d_backward(dy, ctx, input_grad: bool = True):
     if isinstance(ctx, winograd.WinogradContext):
         _check_dy_shape(dy, (ctx.x_shape[0], ctx.w_shape[0], *ctx.out_hw))
         return winograd.backward(dy, ctx, input_grad)
-    if isinstance(ctx, toeplitz.ToeplitzContext):
-        _check_dy_shape(dy, (ctx.x_shape[0], ctx.w_shape[0], *ctx.out_hw))
-        return toeplitz.backward(dy, ctx, input_grad)
-    cols, weight, x_shape, stride, pads, out_hw, has_bias = ctx
+    cols, weight, x_shape, stride, pads, out_hw, has_bias, chwn = ctx
     xp = common_array_module(dy=dy, weight=weight)  # same device, or a clear TypeError
     n, k = dy.shape[:2]
     _check_dy_shape(dy, (x_shape[0], weight.shape[0], *out_hw))
-    # dy (K, OH*OW) @ cols^T image by image, summed over the batch; the ones row of
-    # cols gives the bias gradient as the last column. Tiny images make these
-    # GEMMs too thin (64 x (256 x 16 @ 16 x 1729): 24 ms), so below
-    # THIN_GEMM_PIXELS one GEMM over the whole batch instead (7 ms); from 49
-    # pixels up the image-by-image GEMMs win (1.2-9x).
-    dy3 = dy.reshape(n, k, -1)
-    if dy3.shape[2] >= THIN_GEMM_PIXELS:
-        grads = (dy3 @ cols.transpose(0, 2, 1)).sum(axis=0)
+    # dy as (K, OH*OW*N): the CHWN layout's GEMMs, and col2im's, take it
+    dy_chwn = xp.ascontiguousarray(dy.transpose(1, 2, 3, 0)).reshape(k, -1) \
+        if chwn or input_grad else None
+    if chwn:
+        # cols @ dy^T, then transposed: BLAS ran dy @ cols^T 1.7x slower
+        dweight = xp.ascontiguousarray((cols @ dy_chwn.T).T).reshape(weight.shape)
+        dbias = dy_chwn.sum(axis=1) if has_bias else None
     else:
-        grads = xp.tensordot(dy3, cols, axes=([0, 2], [0, 2]))
-    window = weight[0].size
-    dweight = xp.ascontiguousarray(grads[:, :window]).reshape(weight.shape)
-    dbias = grads[:, window].copy() if has_bias else None
+        # dy (K, OH*OW) @ cols^T image by image, summed over the batch; the ones row
+        # of cols gives the bias gradient as the last column. Tiny images make these
+        # GEMMs too thin (64 x (256 x 16 @ 16 x 1729): 24 ms), so below
+        # THIN_GEMM_PIXELS one GEMM over the whole batch instead (7 ms); from 49
+        # pixels up the image-by-image GEMMs win (1.2-9x).
+        dy3 = dy.reshape(n, k, -1)
+        if dy3.shape[2] >= THIN_GEMM_PIXELS:
+            grads = (dy3 @ cols.transpose(0, 2, 1)).sum(axis=0)
+        else:
+            grads = xp.tensordot(dy3, cols, axes=([0, 2], [0, 2]))
+        window = weight[0].size
+        dweight = xp.ascontiguousarray(grads[:, :window]).reshape(weight.shape)
+        dbias = grads[:, window].copy() if has_bias else None
     if not input_grad:
         return None, dweight, dbias
     # rows (r, s, c) and columns (oh, ow, n): the layout col2im accumulates fastest
     weight_rsc = weight.transpose(2, 3, 1, 0).reshape(-1, k)
-    dy_pixels_first = dy.transpose(1, 2, 3, 0).reshape(k, -1)
-    dx = col2im(weight_rsc @ dy_pixels_first, x_shape, weight.shape[2:], stride, pads, out_hw)
+    dx = col2im(weight_rsc @ dy_chwn, x_shape, weight.shape[2:], stride, pads, out_hw)
     return dx, dweight, dbias
 
 
