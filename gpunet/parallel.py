@@ -173,23 +173,32 @@ def batch_slices(batch: int, work: int) -> list[slice]:
 
 class Chunked(NamedTuple):
     """The contexts of an op that ran on batch chunks, the chunks' slices, and the
-    shape of its output (which ``dy`` must have)."""
+    shapes of its output (which ``dy`` must have) and of its input."""
 
     slices: list
     contexts: list
     out_shape: tuple
+    in_shape: tuple
 
 
-def forward_in_chunks(forward, x, work: int):
+def forward_in_chunks(forward, x, work: int, out_shape):
     """``forward(x) -> (y, ctx)`` run on batch chunks of the NumPy array ``x``
-    (``work`` in all, as :func:`batch_slices` counts it):
-    ``y`` joined back along the batch axis, ``ctx`` a :class:`Chunked` (with one
-    chunk when ``x`` is too small to split: its backward, too, must run with
-    single-threaded BLAS)."""
+    (``work`` in all, as :func:`batch_slices` counts it), ``y`` being
+    ``out_shape`` for the whole batch. Returns ``y`` and a :class:`Chunked`
+    (with one chunk when ``x`` is too small to split: its backward, too, must run
+    with single-threaded BLAS)."""
     slices = batch_slices(x.shape[0], work)
-    results = map_chunks(lambda rows: forward(x[rows]), slices)
-    y = _join([y for y, _ in results])
-    return y, Chunked(slices, [ctx for _, ctx in results], y.shape)
+    if len(slices) == 1:
+        [(y, ctx)] = map_chunks(lambda _: forward(x), slices)
+        return y, Chunked(slices, [ctx], tuple(y.shape), tuple(x.shape))
+    y = numpy.empty(out_shape, x.dtype)
+
+    def chunk(rows):
+        y_part, ctx = forward(x[rows])
+        y[rows] = y_part  # by the thread that made it, while it is in cache
+        return ctx
+
+    return y, Chunked(slices, map_chunks(chunk, slices), tuple(out_shape), tuple(x.shape))
 
 
 def backward_in_chunks(where: str, backward, dy, ctx: Chunked):
@@ -199,17 +208,24 @@ def backward_in_chunks(where: str, backward, dy, ctx: Chunked):
     if tuple(dy.shape) != ctx.out_shape:
         raise ValueError(f"{where} backward: dy must have shape {ctx.out_shape}, "
                          f"got {tuple(dy.shape)}")
-    results = map_chunks(lambda i: backward(dy[ctx.slices[i]], ctx.contexts[i]),
-                         list(range(len(ctx.slices))))
-    if not isinstance(results[0], tuple):
-        return _join(results)
-    dx, *grads = zip(*results)
-    joined = None if dx[0] is None else _join(dx)
-    return (joined, *(None if g[0] is None else sum(g[1:], g[0]) for g in grads))
+    if len(ctx.slices) == 1:
+        return map_chunks(lambda _: backward(dy, ctx.contexts[0]), ctx.slices)[0]
+    dx = numpy.empty(ctx.in_shape, dy.dtype)
 
+    def chunk(i):
+        rows = ctx.slices[i]
+        result = backward(dy[rows], ctx.contexts[i])
+        dx_part, *grads = result if isinstance(result, tuple) else (result,)
+        if dx_part is not None:
+            dx[rows] = dx_part  # by the thread that made it, while it is in cache
+        return isinstance(result, tuple), dx_part is not None, grads
 
-def _join(parts):
-    return parts[0] if len(parts) == 1 else numpy.concatenate(parts)
+    results = map_chunks(chunk, list(range(len(ctx.slices))))
+    returns_tuple, has_dx, _ = results[0]
+    if not returns_tuple:
+        return dx
+    grads = [None if g[0] is None else sum(g[1:], g[0]) for g in zip(*(r[2] for r in results))]
+    return (dx if has_dx else None, *grads)
 
 
 def matmul(a, b):

@@ -226,7 +226,8 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, use_kernels=None,
         return _forward(algorithm, x_part, weight, bias, stride, pads, out_hw)
     if xp.__name__ == "numpy":
         multiply_adds = x.shape[0] * weight.size * out_hw[0] * out_hw[1]
-        return parallel.forward_in_chunks(forward, x, multiply_adds // parallel.GEMM_MACS_PER_WORK)
+        return parallel.forward_in_chunks(forward, x, multiply_adds // parallel.GEMM_MACS_PER_WORK,
+                                          (x.shape[0], weight.shape[0], *out_hw))
     return forward(x)
 
 

@@ -44,11 +44,13 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, use_kernels=None)
     return _on_cpu_threads(_max_pool, x, kernel, stride, pads, out_hw)
 
 
-def _on_cpu_threads(pool, x, *geometry):
-    """``pool(x, *geometry)``, on batch chunks for NumPy."""
+def _on_cpu_threads(pool, x, kernel, stride, pads, out_hw):
+    """``pool(x, kernel, stride, pads, out_hw)``, on batch chunks for NumPy."""
     if common_array_module(x=x).__name__ == "numpy":
-        return parallel.forward_in_chunks(lambda x_part: pool(x_part, *geometry), x, x.size)
-    return pool(x, *geometry)
+        return parallel.forward_in_chunks(lambda x_part: pool(x_part, kernel, stride, pads,
+                                                              out_hw),
+                                          x, x.size, (*x.shape[:2], *out_hw))
+    return pool(x, kernel, stride, pads, out_hw)
 
 
 def _max_pool(x, kernel, stride, pads, out_hw):
