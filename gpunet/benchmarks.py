@@ -226,29 +226,41 @@ def torch_runner(case: Case, torch, device: str = "cpu") -> Callable[[], None]:
 # OpenBLAS's and PyTorch's worker threads spin for a while after their last job;
 # switching libraries without a pause would time one against the other's spinning.
 SWITCH_PAUSE_S = 0.3
+# After the pause the machine needs a moment too: on this VM the first 0.2-0.3 s
+# of LeNet-5 steps after an idle 0.3 s ran 10-30% slower (waking an idle virtual
+# CPU is slow, and gpunet's threads hand work over many times a step), so each
+# turn first runs untimed for this long; training runs its steps back to back.
+SETTLE_S = 0.3
 
 
 def time_side_by_side(runners: dict, rounds: int = 5, min_round_s: float = 0.2,
                       warmup: int = 2) -> dict:
     """Seconds per call of each runner, one entry per round. The runners take turns
     round after round, so that a noisy neighbour slows them alike; each turn
-    repeats its call until ``min_round_s`` has passed. Warm-up calls (compilation,
-    caches) are not timed."""
+    repeats its call until ``min_round_s`` has passed. Warm-up calls (at least
+    ``warmup`` in the first round, then for ``SETTLE_S`` in every turn) are not
+    timed."""
     times = {name: [] for name in runners}
     for round_ in range(rounds):
         for name, run in runners.items():
             time.sleep(SWITCH_PAUSE_S)
             for _ in range(warmup if round_ == 0 else 1):
                 run()
-            calls, start = 0, time.perf_counter()
-            while True:
-                run()
-                calls += 1
-                elapsed = time.perf_counter() - start
-                if elapsed >= min_round_s:
-                    break
+            _repeat(run, SETTLE_S)
+            calls, elapsed = _repeat(run, min_round_s)
             times[name].append(elapsed / calls)
     return times
+
+
+def _repeat(run, seconds: float) -> tuple[int, float]:
+    """Call ``run`` until ``seconds`` have passed (at least once): (calls, seconds taken)."""
+    calls, start = 0, time.perf_counter()
+    while True:
+        run()
+        calls += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return calls, elapsed
 
 
 def paired_ratio(theirs: list, ours: list) -> float:

@@ -51,6 +51,7 @@ def test_torch_twins_have_the_same_parameter_counts():
 
 def test_side_by_side_timer_reports_each_runner(monkeypatch):
     monkeypatch.setattr(benchmarks, "SWITCH_PAUSE_S", 0.0)
+    monkeypatch.setattr(benchmarks, "SETTLE_S", 0.0)
     calls = {"fast": 0, "slow": 0}
 
     def fast():
@@ -65,6 +66,30 @@ def test_side_by_side_timer_reports_each_runner(monkeypatch):
     assert len(times["slow"]) == len(times["fast"]) == 3
     assert min(times["slow"]) > 0.0015 > max(times["fast"]) >= 0
     assert calls["slow"] >= 3 * 5  # each round repeats until 10 ms have passed
+
+
+def test_each_turn_settles_untimed_after_the_pause(monkeypatch):
+    """A runner that is slow for 40 ms after every idle pause (as a virtual CPU
+    woken from idle is) is timed at its steady speed once turns settle first."""
+    monkeypatch.setattr(benchmarks, "SWITCH_PAUSE_S", 0.03)
+    last = [0.0]
+    woke = [0.0]
+
+    def cold_after_idle():
+        now = time.perf_counter()
+        if now - last[0] > 0.02:
+            woke[0] = now
+        if now - woke[0] < 0.04:
+            time.sleep(0.002)
+        last[0] = time.perf_counter()
+
+    monkeypatch.setattr(benchmarks, "SETTLE_S", 0.0)
+    unsettled = benchmarks.time_side_by_side({"r": cold_after_idle}, rounds=2,
+                                             min_round_s=0.02)["r"]
+    monkeypatch.setattr(benchmarks, "SETTLE_S", 0.06)
+    settled = benchmarks.time_side_by_side({"r": cold_after_idle}, rounds=2,
+                                           min_round_s=0.02)["r"]
+    assert min(unsettled) > 0.0015 > 0.0005 > max(settled)
 
 
 def test_paired_ratio_cancels_a_drifting_load():
@@ -92,6 +117,7 @@ def test_table_and_ratio():
 
 def test_cli_bench_prints_the_table_and_saves_json(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(benchmarks, "SWITCH_PAUSE_S", 0.0)
+    monkeypatch.setattr(benchmarks, "SETTLE_S", 0.0)
     tiny = benchmarks.Case("lenet5", "pool1", "maxpool", (2, 6, 28, 28), (2, 2))
     monkeypatch.setattr(benchmarks, "CASES", [tiny])
     code = cli.main(["bench", "--net", "lenet5", "--rounds", "1", "--out", str(tmp_path)])
