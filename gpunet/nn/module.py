@@ -11,6 +11,7 @@ import numpy
 
 from .. import _checks
 from ..backend import Device, device_of, get_array_module, resolve_device, to_device, to_numpy
+from ..parallel import single_threaded_blas
 
 
 class Parameter:
@@ -265,21 +266,24 @@ class Sequential(Module):
         return modules[index]
 
     def forward(self, x):
-        for module in self:
-            x = module.forward(x)
+        # one BLAS limit for the whole pass instead of one per layer (see gpunet.parallel)
+        with single_threaded_blas():
+            for module in self:
+                x = module.forward(x)
         return x
 
     def backward(self, dy, input_grad: bool = True):
         """Backward through the children in reverse; with ``input_grad=False`` the
         first layer skips the gradient with respect to the input (returns ``None``)."""
         modules = list(self)
-        for module in reversed(modules[1:]):
-            dy = module.backward(dy)
         if not modules:
             return dy
-        if input_grad:
-            return modules[0].backward(dy)
-        modules[0].backward_params_only(dy)
+        with single_threaded_blas():
+            for module in reversed(modules[1:]):
+                dy = module.backward(dy)
+            if input_grad:
+                return modules[0].backward(dy)
+            modules[0].backward_params_only(dy)
         return None
 
     def backward_params_only(self, dy) -> None:
