@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import numpy
 
-from . import __version__, backend, losses, models, nn, optim
+from . import __version__, backend, losses, models, nn, optim, parallel
 
 # -- cases --------------------------------------------------------------------------------
 
@@ -345,6 +345,7 @@ def environment(device: str) -> dict:
     return {"gpunet": __version__, "commit": commit, "python": platform.python_version(),
             "numpy": numpy.__version__, "torch": torch.__version__ if torch else None,
             "torch_threads": torch.get_num_threads() if torch else None,
+            "gpunet_threads": parallel.num_threads(),
             "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
             "device": device, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
 

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpunet import nn, ops
+from gpunet import nn, ops, parallel
 from gpunet.gradcheck import gradcheck
 from gpunet.losses import MSELoss
 from gpunet.ops import winograd
@@ -157,6 +157,7 @@ def test_chunked_products_match_the_reference(rng, monkeypatch):
     """The transform-domain products are built a few tile columns at a time when
     they would be large; with tiny chunks (including a short last one) nothing
     changes but the rounding."""
+    monkeypatch.setattr(parallel, "num_threads", lambda: 1)
     monkeypatch.setattr(winograd, "CHUNK_BYTES", 4 * 36 * 4 * 7)  # 7 columns of 4 filters
     chunks = list(winograd._column_chunks(20, 36 * 4 * 4))
     assert len(chunks) == 3 and chunks[-1] == slice(14, 20)
@@ -165,3 +166,12 @@ def test_chunked_products_match_the_reference(rng, monkeypatch):
     assert len(list(winograd._column_chunks(8, 49 * 4 * 4))) == 2
     _compare((2, 3, 9, 8, 4, 3, 1), None, rng)
     _compare((2, 3, 9, 8, 4, 3, 1), None, rng, input_grad=False)
+
+
+def test_threads_share_the_chunk_budget(monkeypatch):
+    """Threads build their products at the same time: each gets its share."""
+    monkeypatch.setattr(winograd, "CHUNK_BYTES", 1000)
+    monkeypatch.setattr(parallel, "num_threads", lambda: 1)
+    assert len(list(winograd._column_chunks(10, 100))) == 1
+    monkeypatch.setattr(parallel, "num_threads", lambda: 2)
+    assert len(list(winograd._column_chunks(10, 100))) == 2
