@@ -31,6 +31,7 @@ from typing import NamedTuple
 import numpy
 
 from . import _checks
+from .backend import get_array_module
 
 try:
     from threadpoolctl import ThreadpoolController
@@ -148,13 +149,18 @@ def map_chunks(task, chunks: list) -> list:
     threads (the first on the calling thread), BLAS single-threaded meanwhile.
     An exception in any chunk is raised here, after all chunks have finished."""
     with single_threaded_blas():
+        # inside another split (on a worker, or in the caller's own chunk) the
+        # threads are taken: the chunks run here, one after the other
         if (len(chunks) == 1 or _state.requested == 1
-                or getattr(_state.local, "in_worker", False)):
+                or getattr(_state.local, "in_worker", False)
+                or getattr(_state.local, "splitting", False)):
             return [task(chunk) for chunk in chunks]
         pending = [_workers().submit(task, chunk) for chunk in chunks[1:]]
+        _state.local.splitting = True
         try:
             first = task(chunks[0])
         finally:  # never leave a chunk running on memory the caller may free
+            _state.local.splitting = False
             done = [future.exception() for future in pending]
         for error in done:
             if error is not None:
@@ -162,11 +168,11 @@ def map_chunks(task, chunks: list) -> list:
         return [first] + [future.result() for future in pending]
 
 
-def batch_slices(batch: int, work: int) -> list[slice]:
+def batch_slices(batch: int, work: int, min_rows: int = 1) -> list[slice]:
     """At most :func:`num_threads` equal slices of ``range(batch)``, each with at
-    least ``MIN_WORK_PER_CHUNK`` of the ``work`` (elements passed over, or GEMM
-    multiply-adds / ``GEMM_MACS_PER_WORK``)."""
-    count = min(num_threads(), batch, max(1, work // MIN_WORK_PER_CHUNK))
+    least ``min_rows`` rows and ``MIN_WORK_PER_CHUNK`` of the ``work`` (elements
+    passed over, or GEMM multiply-adds / ``GEMM_MACS_PER_WORK``)."""
+    count = max(1, min(num_threads(), batch // min_rows, work // MIN_WORK_PER_CHUNK))
     size = -(-batch // count)
     return [slice(start, min(start + size, batch)) for start in range(0, batch, size)]
 
@@ -181,13 +187,13 @@ class Chunked(NamedTuple):
     in_shape: tuple
 
 
-def forward_in_chunks(forward, x, work: int, out_shape):
+def forward_in_chunks(forward, x, work: int, out_shape, min_rows: int = 1):
     """``forward(x) -> (y, ctx)`` run on batch chunks of the NumPy array ``x``
-    (``work`` in all, as :func:`batch_slices` counts it), ``y`` being
-    ``out_shape`` for the whole batch. Returns ``y`` and a :class:`Chunked`
-    (with one chunk when ``x`` is too small to split: its backward, too, must run
-    with single-threaded BLAS)."""
-    slices = batch_slices(x.shape[0], work)
+    (``work`` in all and ``min_rows`` at least per chunk, as :func:`batch_slices`
+    counts them), ``y`` being ``out_shape`` for the whole batch. Returns ``y`` and
+    a :class:`Chunked` (with one chunk when ``x`` is too small to split: its
+    backward, too, must run with single-threaded BLAS)."""
+    slices = batch_slices(x.shape[0], work, min_rows)
     if len(slices) == 1:
         [(y, ctx)] = map_chunks(lambda _: forward(x), slices)
         return y, Chunked(slices, [ctx], tuple(y.shape), tuple(x.shape))
@@ -228,12 +234,23 @@ def backward_in_chunks(where: str, backward, dy, ctx: Chunked):
     return (dx if has_dx else None, *grads)
 
 
-def matmul(a, b):
-    """``a @ b`` for 2-D ``a`` and ``b``; on NumPy the rows of ``a`` are split over
-    gpunet's threads."""
+def matmul(a, b, out=None):
+    """``a @ b`` (``numpy.matmul``, into ``out`` if given); on NumPy split over
+    gpunet's threads along the result's first axis: the rows of a 2-D ``a``, or
+    the batch of a batched product (Winograd's tile positions), when the op
+    around it did not split its batch already."""
     if not isinstance(a, numpy.ndarray):
-        return a @ b
-    out = numpy.empty((a.shape[0], b.shape[1]), numpy.result_type(a, b))
-    rows = batch_slices(a.shape[0], a.shape[0] * a.shape[1] * b.shape[1] // GEMM_MACS_PER_WORK)
-    map_chunks(lambda part: numpy.matmul(a[part], b, out=out[part]), rows)
+        return get_array_module(a).matmul(a, b, out=out)
+    if out is None:
+        batch = numpy.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+        out = numpy.empty((*batch, a.shape[-2], b.shape[-1]), numpy.result_type(a, b))
+    batched = out.ndim > 2
+
+    def part(rows):
+        a_part = a[rows] if a.ndim == out.ndim else a
+        b_part = b[rows] if batched and b.ndim == out.ndim else b
+        numpy.matmul(a_part, b_part, out=out[rows])
+
+    multiply_adds = out.size * a.shape[-1]
+    map_chunks(part, batch_slices(out.shape[0], multiply_adds // GEMM_MACS_PER_WORK))
     return out
