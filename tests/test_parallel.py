@@ -212,3 +212,32 @@ def test_an_op_too_small_to_split_still_runs_its_backward_with_one_blas_thread(m
     assert len(ctx.contexts) == 1
     conv2d_backward(numpy.ones_like(y), ctx)
     assert seen == [[1] * len(blas_threads())]
+
+
+def test_matmul_splits_plain_and_batched_products(split_everything, rng):
+    cases = [((5, 4), (4, 3)), ((5, 3, 4), (5, 4, 2)), ((3, 4), (5, 4, 2)), ((5, 3, 4), (4, 2))]
+    for a_shape, b_shape in cases:
+        a, b = rng.standard_normal(a_shape), rng.standard_normal(b_shape)
+        numpy.testing.assert_allclose(parallel.matmul(a, b), a @ b, rtol=1e-12)
+    a, b = rng.standard_normal((5, 3, 4)), rng.standard_normal((5, 4, 2))
+    out = numpy.empty((5, 3, 2))
+    assert parallel.matmul(a, b.transpose(0, 2, 1).transpose(0, 2, 1), out=out) is out
+    numpy.testing.assert_allclose(out, a @ b, rtol=1e-12)
+
+
+def test_a_split_inside_a_split_runs_on_its_own_thread(split_everything):
+    """The threads are busy with the outer chunks: a chunk's own splits run inline."""
+    inner_threads = {}
+
+    def inner(i):
+        return threading.current_thread().name
+
+    def outer(i):
+        inner_threads[i] = set(parallel.map_chunks(inner, [0, 1, 2]))
+        return i
+
+    assert parallel.map_chunks(outer, [0, 1, 2]) == [0, 1, 2]
+    for names in inner_threads.values():
+        assert len(names) == 1
+    # and once the outer split is over, the threads split again
+    assert len(set(parallel.map_chunks(inner, [0, 1, 2]))) > 1
