@@ -72,7 +72,7 @@ class _State:
         self.blas = None  # threadpoolctl's controllers of the BLAS libraries, once looked up
         self.depth = 0  # nesting of single_threaded_blas()
         self.saved_limits: list[int] = []
-        self.local = threading.local()  # .in_worker: nested splits run inline
+        self.local = threading.local()  # .in_worker, .splitting: nested splits run inline
 
     def blas_controllers(self):
         if self.blas is None:
