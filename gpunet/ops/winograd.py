@@ -190,12 +190,16 @@ def backward(dy, ctx, input_grad=True):
         planes.reshape(k, tiles_hw[0], m, tiles_hw[1], m, n).transpose(2, 4, 0, 1, 3, 5))
     del planes
     dy_tiles = dy_tiles.reshape(m * m, k, -1)
-    du = xp.zeros((alpha * alpha, k, c), dy.dtype)
+    du = None  # (alpha^2, K, C), summed over the column chunks
     dv = xp.empty((alpha * alpha, c, v.shape[2]), dy.dtype) if input_grad else None
     for cols in _column_chunks(v.shape[2], alpha * alpha * k * dy.dtype.itemsize):
         dy_part = xp.ascontiguousarray(dy_tiles[:, :, cols]).reshape(m * m, -1)
         z = _on_both_tile_axes(a_t.T, dy_part).reshape(alpha * alpha, k, -1)
-        du += parallel.matmul(z, v[:, :, cols].transpose(0, 2, 1))  # (alpha^2, K, C)
+        du_part = parallel.matmul(z, v[:, :, cols].transpose(0, 2, 1))
+        if du is None:
+            du = du_part
+        else:
+            du += du_part
         if input_grad:  # (alpha^2, C, columns)
             parallel.matmul(u.transpose(0, 2, 1), z, out=dv[:, :, cols])
         del z, dy_part
