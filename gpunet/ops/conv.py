@@ -163,9 +163,9 @@ WINOGRAD_KERNELS = (3, 5)
 # Up to this many output pixels per image, im2col's image-by-image GEMMs are
 # thin, and one GEMM over the whole batch in CHWN layout wins despite its
 # transposes. Forward + backward on one core, 32-64 images: LeNet-5's conv2
-# (100 pixels) 2.81 -> 2.28 ms, a 32->32 5x5 conv on 16x16 35.2 -> 30.3; even
-# at 784 pixels (28x28, 16->32); losing at LeNet-5's conv1 (1 channel, 0.67
-# -> 2.12) and AlexNet-CIFAR's (1024 pixels, 10.9 -> 18.0).
+# (100 pixels) 2.81 -> 2.28 ms, a 32->32 5x5 conv on 16x16 35.2 -> 30.3; level
+# at 784 pixels (28x28, 16->32: 41.3 -> 40.5); losing at LeNet-5's conv1
+# (1 channel, 0.67 -> 2.12) and AlexNet-CIFAR's (1024 pixels, 10.9 -> 18.0).
 CHWN_MAX_PIXELS = 256
 
 
