@@ -241,3 +241,20 @@ def test_a_split_inside_a_split_runs_on_its_own_thread(split_everything):
         assert len(names) == 1
     # and once the outer split is over, the threads split again
     assert len(set(parallel.map_chunks(inner, [0, 1, 2]))) > 1
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_over_row_chunks_matches_one_chunk(split_everything, rng, training):
+    from gpunet.ops import batch_norm_backward, batch_norm_forward
+    x = rng.standard_normal((5, 3, 4, 4)) * 3 + 100  # far from 0: the pivot matters
+    gamma, beta = rng.standard_normal(3), rng.standard_normal(3)
+    dy = rng.standard_normal(x.shape)
+    results = []
+    for threads in (3, 1):
+        parallel.set_num_threads(threads)
+        assert len(parallel.batch_slices(5, x.size)) == threads
+        mean, var = numpy.full(3, 0.5), numpy.full(3, 2.0)
+        y, ctx = batch_norm_forward(x, gamma, beta, mean, var, training=training)
+        results.append((y, mean, var, *batch_norm_backward(dy, ctx)))
+    for got, want in zip(*results):
+        numpy.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)

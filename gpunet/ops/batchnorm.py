@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from .. import _checks
+from .. import _checks, parallel
 from ..backend import common_array_module
 from ..cuda import batchnorm as cuda_batchnorm
 from .conv import _kernels
@@ -35,6 +35,15 @@ def _expand(per_channel, sample_size):
     return xp.repeat(per_channel, sample_size // per_channel.shape[0])
 
 
+def _row_chunks(x2):
+    """Row slices of ``x2`` for gpunet's threads on NumPy (see :mod:`gpunet.parallel`);
+    the statistics combine per-chunk channel sums, so any split gives the same
+    values up to rounding."""
+    if common_array_module(x2=x2).__name__ != "numpy":
+        return [slice(None)]
+    return parallel.batch_slices(x2.shape[0], x2.size)
+
+
 def _batch_stats(x2, channels):
     """``(mean, biased var, x - mean)`` per channel of ``x2`` (``(N, C*L)``), in two
     passes.
@@ -42,12 +51,26 @@ def _batch_stats(x2, channels):
     The mean is taken of offsets from one sample per channel: a float32 sum of
     values near 1e4 loses what a sum of their small offsets keeps.
     """
+    xp = common_array_module(x2=x2)
     count = x2.size // channels
     pivot = x2[0].reshape(channels, -1)[:, 0]
-    centred = x2 - _expand(pivot, x2.shape[1])
-    offset = _channel_sum(centred, channels) / count
-    centred -= _expand(offset, x2.shape[1])
-    return pivot + offset, _channel_dot(centred, centred, channels) / count, centred
+    pivot_row = _expand(pivot, x2.shape[1])
+    centred = xp.empty_like(x2)
+    chunks = _row_chunks(x2)
+
+    def centre(rows):
+        xp.subtract(x2[rows], pivot_row, out=centred[rows])
+        return _channel_sum(centred[rows], channels)
+
+    offset = sum(parallel.map_chunks(centre, chunks)) / count
+    offset_row = _expand(offset, x2.shape[1])
+
+    def square(rows):
+        centred[rows] -= offset_row
+        return _channel_dot(centred[rows], centred[rows], channels)
+
+    var = sum(parallel.map_chunks(square, chunks)) / count
+    return pivot + offset, var, centred
 
 
 def batch_norm_forward(x, weight, bias, running_mean, running_var, *, training,
@@ -93,12 +116,19 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, *, training,
     if kernels:
         y, x_hat = cuda_batchnorm.apply(x, mean, inv_std, weight, bias)
         return y, (x_hat, inv_std, weight, training, kernels)
-    if centred is None:
-        centred = x2 - _expand(mean, x2.shape[1])
-    x_hat = centred  # normalised in place: centred is not needed again
-    x_hat *= _expand(inv_std, x2.shape[1])
-    y = x_hat * _expand(weight, x2.shape[1])
-    y += _expand(bias, x2.shape[1])
+    mean_row, inv_std_row = _expand(mean, x2.shape[1]), _expand(inv_std, x2.shape[1])
+    weight_row, bias_row = _expand(weight, x2.shape[1]), _expand(bias, x2.shape[1])
+    x_hat = centred if centred is not None else xp.empty_like(x2)  # normalised in place
+    y = xp.empty_like(x2)
+
+    def normalise(rows):
+        if centred is None:
+            xp.subtract(x2[rows], mean_row, out=x_hat[rows])
+        x_hat[rows] *= inv_std_row
+        xp.multiply(x_hat[rows], weight_row, out=y[rows])
+        y[rows] += bias_row
+
+    parallel.map_chunks(normalise, _row_chunks(x2))
     return y.reshape(x.shape), (x_hat.reshape(x.shape), inv_std, weight, training, kernels)
 
 
@@ -115,14 +145,26 @@ def batch_norm_backward(dy, ctx):
                          f"got {tuple(dy.shape)}")
     if kernels:
         return cuda_batchnorm.backward(dy, x_hat, weight, inv_std, training)
+    xp = common_array_module(dy=dy, x_hat=x_hat)
     channels, sample_size = dy.shape[1], dy.size // dy.shape[0]
     dy2, x_hat2 = dy.reshape(dy.shape[0], -1), x_hat.reshape(dy.shape[0], -1)
-    dbias = _channel_sum(dy2, channels)
-    dweight = _channel_dot(dy2, x_hat2, channels)
+    chunks = _row_chunks(dy2)
+    sums = parallel.map_chunks(lambda rows: (_channel_sum(dy2[rows], channels),
+                                             _channel_dot(dy2[rows], x_hat2[rows], channels)),
+                               chunks)
+    dbias, dweight = (sum(parts) for parts in zip(*sums))
     g_scale = weight * inv_std
-    dx = dy2 * _expand(g_scale, sample_size)
-    if training:
-        m = dy.size // channels
-        dx -= x_hat2 * _expand(g_scale * dweight / m, sample_size)
-        dx -= _expand(g_scale * dbias / m, sample_size)
+    m = dy.size // channels
+    g_row = _expand(g_scale, sample_size)
+    x_hat_scale = _expand(g_scale * dweight / m, sample_size)
+    shift = _expand(g_scale * dbias / m, sample_size)
+    dx = xp.empty_like(dy2)
+
+    def input_grad(rows):
+        xp.multiply(dy2[rows], g_row, out=dx[rows])
+        if training:
+            dx[rows] -= x_hat2[rows] * x_hat_scale
+            dx[rows] -= shift
+
+    parallel.map_chunks(input_grad, chunks)
     return dx.reshape(dy.shape), dweight, dbias
