@@ -5,9 +5,10 @@ own threads. Copies, pooling and Winograd's transforms thus used one of the
 cores, and OpenBLAS synchronises its threads on every one of the many small
 GEMMs a convolution makes. PyTorch threads every op: a second thread makes its
 LeNet-5 step 1.75x faster and its AlexNet-CIFAR step 1.95x on a 2-core machine.
-So on NumPy, gpunet's convolution, pooling and linear layers hand batch chunks
-to one thread per core (:func:`forward_in_chunks`, :func:`backward_in_chunks`,
-:func:`matmul`); NumPy releases the GIL inside each call.
+So on NumPy, gpunet's convolution, pooling, batch-norm and linear layers hand
+batch chunks to one thread per core (:func:`forward_in_chunks`,
+:func:`backward_in_chunks`, :func:`matmul`, :func:`map_chunks`); NumPy releases
+the GIL inside each call.
 
 Their GEMMs must then run single-threaded. Two threads calling a multi-threaded
 OpenBLAS at once ran at half the speed of one, and after a multi-threaded call
