@@ -116,13 +116,15 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, *, training,
     if kernels:
         y, x_hat = cuda_batchnorm.apply(x, mean, inv_std, weight, bias)
         return y, (x_hat, inv_std, weight, training, kernels)
-    mean_row, inv_std_row = _expand(mean, x2.shape[1]), _expand(inv_std, x2.shape[1])
+    inv_std_row = _expand(inv_std, x2.shape[1])
     weight_row, bias_row = _expand(weight, x2.shape[1]), _expand(bias, x2.shape[1])
-    x_hat = centred if centred is not None else xp.empty_like(x2)  # normalised in place
+    # training centred x already; evaluation centres it here (x_hat is normalised in place)
+    mean_row = _expand(mean, x2.shape[1]) if centred is None else None
+    x_hat = centred if centred is not None else xp.empty_like(x2)
     y = xp.empty_like(x2)
 
     def normalise(rows):
-        if centred is None:
+        if mean_row is not None:
             xp.subtract(x2[rows], mean_row, out=x_hat[rows])
         x_hat[rows] *= inv_std_row
         xp.multiply(x_hat[rows], weight_row, out=y[rows])
@@ -154,10 +156,11 @@ def batch_norm_backward(dy, ctx):
                                chunks)
     dbias, dweight = (sum(parts) for parts in zip(*sums))
     g_scale = weight * inv_std
-    m = dy.size // channels
     g_row = _expand(g_scale, sample_size)
-    x_hat_scale = _expand(g_scale * dweight / m, sample_size)
-    shift = _expand(g_scale * dbias / m, sample_size)
+    if training:  # the batch statistics' own gradients
+        m = dy.size // channels
+        x_hat_scale = _expand(g_scale * dweight / m, sample_size)
+        shift = _expand(g_scale * dbias / m, sample_size)
     dx = xp.empty_like(dy2)
 
     def input_grad(rows):
