@@ -6,7 +6,13 @@ from __future__ import annotations
 
 import numbers
 
+import numpy
+
 FLOAT_DTYPES = ("float32", "float64")
+# Compared as dtype objects: ``dtype.name`` is computed in Python on every call,
+# and this check runs on each layer's input (CuPy arrays carry NumPy dtypes too).
+# Byte-swapped floats compare unequal and take the slow path.
+_FLOAT_DTYPE_OBJECTS = frozenset(numpy.dtype(name) for name in FLOAT_DTYPES)
 
 
 def positive_int(name: str, value) -> int:
@@ -51,7 +57,7 @@ def float_array(where: str, name: str, x) -> None:
     dtype = getattr(x, "dtype", None)
     if dtype is None or not hasattr(x, "shape"):
         raise TypeError(f"{where}: {name} must be an array, got {type(x).__name__}")
-    if dtype.name not in FLOAT_DTYPES:
+    if dtype not in _FLOAT_DTYPE_OBJECTS and dtype.name not in FLOAT_DTYPES:  # big-endian
         raise TypeError(
             f"{where}: {name} must be float32 or float64, got {dtype.name} "
             f"(convert with .astype('float32'))")

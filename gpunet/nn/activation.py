@@ -20,6 +20,8 @@ class _Elementwise(Module):
 class ReLU(_Elementwise):
     """``y = max(x, 0)``; ``dx = dy * [x > 0]``."""
 
+    commutes_with_max_pool = True
+
     def forward(self, x):
         self._check(x)
         self._ctx = positive = x > 0

@@ -93,6 +93,10 @@ class Module:
         return self.forward(x)
 
     _ctx = None  # what forward saved for backward, in the built-in layers
+    # Declared by ReLU, whose max over a window is the ReLU of the window's max, and
+    # by max pooling: Sequential runs such a pair pooling first (see _pass_order).
+    commutes_with_max_pool = False
+    pools_by_max = False
 
     def _saved(self):
         """What forward saved, handed to backward once: letting go of it here frees
@@ -224,7 +228,9 @@ def _join(prefix: str, name: str) -> str:
 
 
 class Sequential(Module):
-    """Modules applied in order; ``backward`` runs them in reverse.
+    """Modules applied in order; ``backward`` runs them in reverse. One exception
+    that changes no result: a ``ReLU`` directly before max pooling runs after it,
+    on the smaller pooled tensor (:meth:`_pass_order`).
 
     Children are named ``"0"``, ``"1"``, ... as in ``torch.nn.Sequential``, or
     by the keys of a single dict argument (``Sequential({"features": ...})``).
@@ -265,17 +271,35 @@ class Sequential(Module):
             return Sequential(*modules[index])
         return modules[index]
 
+    def _pass_order(self) -> list[Module]:
+        """The children in the order a pass runs them: in order, except that a ReLU
+        (a class with ``commutes_with_max_pool``) directly followed by max pooling
+        runs after it, on the pooled tensor (a quarter of the elements for 2x2
+        windows). The result and every gradient are the same: ``max(relu(a),
+        relu(b)) = relu(max(a, b))``; either way a window's gradient goes to its
+        first maximum, or is 0 where ReLU is flat."""
+        modules = list(self)
+        i = 0
+        while i + 1 < len(modules):
+            # looked up on the class itself: a subclass may change forward, so it opts in
+            if (vars(type(modules[i])).get("commutes_with_max_pool", False)
+                    and modules[i + 1].pools_by_max):
+                modules[i], modules[i + 1] = modules[i + 1], modules[i]
+                i += 1
+            i += 1
+        return modules
+
     def forward(self, x):
         # one BLAS limit for the whole pass instead of one per layer (see gpunet.parallel)
         with single_threaded_blas():
-            for module in self:
+            for module in self._pass_order():
                 x = module.forward(x)
         return x
 
     def backward(self, dy, input_grad: bool = True):
         """Backward through the children in reverse; with ``input_grad=False`` the
         first layer skips the gradient with respect to the input (returns ``None``)."""
-        modules = list(self)
+        modules = self._pass_order()
         if not modules:
             return dy
         with single_threaded_blas():

@@ -31,6 +31,8 @@ class _Pool2d(Module):
 class MaxPool2d(_Pool2d):
     """Maximum of each window; backward routes to the first maximum of each window."""
 
+    pools_by_max = True
+
     _forward, _backward = staticmethod(max_pool2d_forward), staticmethod(max_pool2d_backward)
 
 
