@@ -127,15 +127,20 @@ def _max_along(x, axis, kernel, stride, count):
     xp = common_array_module(x=x)
     best = _along(x, axis, 0, stride, count).copy()
     index_type = xp.uint8 if kernel <= 256 else xp.int32
-    offset = xp.zeros(best.shape, dtype=index_type)
+    offset = None
     for k in range(1, kernel):
         candidate = _along(x, axis, k, stride, count)
         # Strictly greater, so ties keep the first. Offsets rise with k, so
         # "becomes k where the candidate wins" is a max of integer arrays, which
         # is far cheaper in NumPy than a masked assignment.
         wins = (candidate > best).view(xp.uint8).astype(index_type, copy=False)
-        xp.maximum(offset, wins * index_type(k), out=offset)
+        if offset is None:  # k = 1: the wins are the offsets (2x2 pooling: all of them)
+            offset = wins
+        else:
+            xp.maximum(offset, wins * index_type(k), out=offset)
         xp.maximum(best, candidate, out=best)  # propagates NaN, as PyTorch does
+    if offset is None:
+        offset = xp.zeros(best.shape, dtype=index_type)
     return best, offset
 
 
