@@ -246,10 +246,18 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, use_kernels=None,
 
 
 class Im2colContext(NamedTuple):
-    """What the im2col backward needs; ``chwn``: ``cols`` is ``(C*R*S, OH*OW*N)``
-    from :func:`im2col_chwn`, else ``(N, C*R*S [+ 1], OH*OW)`` from :func:`im2col`."""
+    """What the im2col backward needs; ``chwn``: the forward used :func:`im2col_chwn`,
+    else :func:`im2col`.
 
-    cols: object
+    The input is kept, not its columns: the backward copies them again. They are
+    R*S times the input's size (LeNet-5: 10.4 and 7.7 MB at batch 128), and kept
+    from forward to backward they pushed a training step's data out of the CPU's
+    cache and doubled the epoch's peak memory; dropped at once, their buffer is
+    reused while still in cache. LeNet-5's step: convolutions forward 2.2 ->
+    1.75 ms, backward 2.6 -> 2.9 ms.
+    """
+
+    x: object
     weight: object
     x_shape: tuple
     stride: tuple
@@ -275,7 +283,7 @@ def _forward(algorithm, x, weight, bias, stride, pads, out_hw):
             y[...] = y_chwn.transpose(3, 0, 1, 2)
         else:  # the bias is added on the way back to NCHW: one pass over y
             xp.add(y_chwn.transpose(3, 0, 1, 2), bias[:, None, None], out=y)
-        return y, Im2colContext(cols, weight, tuple(x.shape), stride, pads, out_hw,
+        return y, Im2colContext(x, weight, tuple(x.shape), stride, pads, out_hw,
                                 bias is not None, True)
     # Image by image (a batched GEMM) rather than one GEMM over the whole batch:
     # y comes out in NCHW order with no transpose, and OpenBLAS runs these
@@ -285,7 +293,7 @@ def _forward(algorithm, x, weight, bias, stride, pads, out_hw):
     if bias is not None:
         filters = xp.concatenate([filters, bias[:, None]], axis=1)
     y = (filters @ cols).reshape(n, k, *out_hw)
-    return y, Im2colContext(cols, weight, tuple(x.shape), stride, pads, out_hw,
+    return y, Im2colContext(x, weight, tuple(x.shape), stride, pads, out_hw,
                             bias is not None, False)
 
 
@@ -306,10 +314,12 @@ def conv2d_backward(dy, ctx, input_grad: bool = True):
     if isinstance(ctx, winograd.WinogradContext):
         _check_dy_shape(dy, (ctx.x_shape[0], ctx.w_shape[0], *ctx.out_hw))
         return winograd.backward(dy, ctx, input_grad)
-    cols, weight, x_shape, stride, pads, out_hw, has_bias, chwn = ctx
+    x, weight, x_shape, stride, pads, out_hw, has_bias, chwn = ctx
     xp = common_array_module(dy=dy, weight=weight)  # same device, or a clear TypeError
     n, k = dy.shape[:2]
     _check_dy_shape(dy, (x_shape[0], weight.shape[0], *out_hw))
+    cols = (im2col_chwn(x, weight.shape[2:], stride, pads) if chwn
+            else im2col(x, weight.shape[2:], stride, pads, ones_row=has_bias)[0])
     # dy as (K, OH*OW*N): the CHWN layout's GEMMs, and col2im's, take it
     dy_chwn = xp.ascontiguousarray(dy.transpose(1, 2, 3, 0)).reshape(k, -1) \
         if chwn or input_grad else None
