@@ -252,9 +252,9 @@ class Im2colContext(NamedTuple):
     The input is kept, not its columns: the backward copies them again. They are
     R*S times the input's size (LeNet-5: 10.4 and 7.7 MB at batch 128), and kept
     from forward to backward they pushed a training step's data out of the CPU's
-    cache and doubled the epoch's peak memory; dropped at once, their buffer is
-    reused while still in cache. LeNet-5's step: convolutions forward 2.2 ->
-    1.75 ms, backward 2.6 -> 2.9 ms.
+    cache; dropped at once, their buffer is reused while still in cache. LeNet-5's
+    step: convolutions forward 2.2 -> 1.75 ms, backward 2.6 -> 2.9 ms, the step
+    as fast (paired runs: 0.99-1.01x), and 18 MB less held between the passes.
     """
 
     x: object
