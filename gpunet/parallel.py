@@ -251,7 +251,9 @@ def matmul(a, b, out=None):
     if not isinstance(a, numpy.ndarray):
         return get_array_module(a).matmul(a, b, out=out)
     if out is None:
-        batch = numpy.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+        # (broadcast_shapes costs as much as a small GEMM: plain products skip it)
+        batch = () if a.ndim == b.ndim == 2 else numpy.broadcast_shapes(a.shape[:-2],
+                                                                          b.shape[:-2])
         out = numpy.empty((*batch, a.shape[-2], b.shape[-1]), numpy.result_type(a, b))
     batched = out.ndim > 2
 

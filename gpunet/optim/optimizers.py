@@ -32,7 +32,7 @@ def sgd_update(w, g, buf, lr, momentum, dampening, nesterov):
             buf = g.copy()
         else:
             buf *= momentum
-            buf += (1.0 - dampening) * g
+            buf += (1.0 - dampening) * g if dampening else g
         g = g + momentum * buf if nesterov else buf
     w -= lr * g
     return buf
