@@ -49,8 +49,25 @@ class _no_limit:
 
 
 def test_batch_slices_cover_the_batch_in_equal_chunks(split_everything):
-    assert parallel.batch_slices(5, 5) == [slice(0, 2), slice(2, 4), slice(4, 5)]
+    assert parallel.batch_slices(6, 6) == [slice(0, 2), slice(2, 4), slice(4, 6)]
+    # the remainder goes to the first chunk, the calling thread's
+    assert parallel.batch_slices(5, 5) == [slice(0, 3), slice(3, 4), slice(4, 5)]
     assert parallel.batch_slices(1, 100) == [slice(0, 1)]
+
+
+def test_the_calling_threads_chunk_leads_by_a_workers_start(monkeypatch):
+    """A worker starts late (it is woken), so the first chunk carries about
+    WORKER_START_WORK more work, never more than a quarter of a share more."""
+    monkeypatch.setattr(parallel._state, "requested", 2)
+    monkeypatch.setattr(parallel._state, "blas", [object()])
+    monkeypatch.setattr(parallel, "WORKER_START_WORK", 2**16)
+    # 128 rows of 2**13 work each: the lead is 8 rows
+    assert parallel.batch_slices(128, 2**20) == [slice(0, 68), slice(68, 128)]
+    # half of the work: a 16-row lead, the most that 128 rows in two chunks allow
+    assert parallel.batch_slices(128, 2**19) == [slice(0, 72), slice(72, 128)]
+    assert parallel.batch_slices(128, 2**18) == [slice(0, 72), slice(72, 128)]
+    # min_rows still holds for the workers' chunks
+    assert parallel.batch_slices(9, 2**18, min_rows=4) == [slice(0, 5), slice(5, 9)]
 
 
 def test_small_inputs_are_not_split(monkeypatch):
