@@ -1,5 +1,5 @@
 """2-D convolution (cross-correlation, as ``Conv2d``) by im2col + GEMM here (image
-by image, or for the whole batch in CHWN layout) or by Winograd
+by image; small outputs' backward over the whole batch in CHWN layout) or by Winograd
 (:mod:`.winograd`) where :func:`choose_algorithm` says so, by gpunet's CUDA
 kernels on CuPy; and the textbook convolution with the flipped kernel.
 
@@ -107,10 +107,10 @@ def im2col(x, kernel, stride, pads, ones_row: bool = False):
 
 
 def im2col_chwn(x, kernel, stride, pads):
-    """Columns ``(C*R*S, OH*OW*N)`` with the batch innermost (CHWN): one GEMM
-    ``W (K, C*R*S) @ cols`` covers the whole batch, where :func:`im2col`'s GEMMs
-    are one image wide. The input goes to ``(C, H, W, N)`` first, so the copy into
-    columns moves runs of ``N`` (or ``OW*N``) values."""
+    """Columns ``(C*R*S, OH*OW*N)`` with the batch innermost (CHWN): the backward's
+    GEMMs against ``dy`` as ``(K, OH*OW*N)`` cover the whole batch, where
+    :func:`im2col`'s are one image wide. The input goes to ``(C, H, W, N)`` first,
+    so the copy into columns moves runs of ``N`` (or ``OW*N``) values."""
     xp = common_array_module(x=x)
     n, c, h, w = x.shape
     (pt, pb), (pl, pr) = pads
@@ -182,12 +182,16 @@ def col2im(dcols, x_shape, kernel, stride, pads, out_hw):
 # loses. Below this C*K, one of the im2col layouts.
 WINOGRAD_MIN_CHANNEL_PRODUCT = 32 * 32
 WINOGRAD_KERNELS = (3, 5)
-# Up to this many output pixels per image, im2col's image-by-image GEMMs are
-# thin, and one GEMM over the whole batch in CHWN layout wins despite its
+# Up to this many output pixels per image, the backward's image-by-image GEMMs
+# are thin, and one GEMM over the whole batch in CHWN layout wins despite its
 # transposes. Forward + backward on one core, 32-64 images: LeNet-5's conv2
 # (100 pixels) 2.81 -> 2.28 ms, a 32->32 5x5 conv on 16x16 35.2 -> 30.3; level
 # at 784 pixels (28x28, 16->32: 41.3 -> 40.5); losing at LeNet-5's conv1
 # (1 channel, 0.67 -> 2.12) and AlexNet-CIFAR's (1024 pixels, 10.9 -> 18.0).
+# The forward stays image by image: its batched GEMM gives NCHW with the bias
+# added, where CHWN needs a transpose (one core, 64 images: LeNet-5's conv2
+# 724 -> 612 us, 32->32 5x5 on 16x16 12.5 -> 10.0 ms, 16->32 3x3 on 6x6 222 ->
+# 156 us; only 3->8 channels on 8x8 lost, 75 -> 126 us).
 CHWN_MAX_PIXELS = 256
 
 
@@ -195,8 +199,8 @@ def choose_algorithm(x_shape, weight_shape, stride, xp, pads=((0, 0), (0, 0))) -
     """The NumPy algorithm for a layer, or ``"im2col"`` on CuPy.
 
     ``"winograd"`` for stride-1 square 3x3/5x5 kernels with many channels,
-    ``"im2col_chwn"`` for small outputs (at most ``CHWN_MAX_PIXELS`` pixels),
-    ``"im2col"`` otherwise.
+    ``"im2col_chwn"`` for small outputs (at most ``CHWN_MAX_PIXELS`` pixels: the
+    backward in CHWN layout), ``"im2col"`` otherwise.
     """
     if xp.__name__ != "numpy":
         return "im2col"
@@ -217,8 +221,9 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, use_kernels=None,
     Returns ``(y, ctx)``; ``ctx`` is what :func:`conv2d_backward` needs. CuPy
     arrays go to the CUDA kernels unless ``use_kernels=False`` or
     ``GPUNET_KERNELS=0``. Otherwise ``algorithm`` picks ``"im2col"`` (a GEMM per
-    image over copied windows), ``"im2col_chwn"`` (one GEMM for the batch, in
-    CHWN layout; both exact to float rounding) or ``"winograd"`` (stride 1 only;
+    image over copied windows), ``"im2col_chwn"`` (the same forward, and a
+    backward whose GEMMs cover the batch in CHWN layout; both exact to float
+    rounding) or ``"winograd"`` (stride 1 only;
     2-4x fewer multiplications, relative error about 1e-5 in float32); ``None``
     lets :func:`choose_algorithm` decide.
     """
@@ -268,8 +273,9 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, use_kernels=None,
 
 
 class Im2colContext(NamedTuple):
-    """What the im2col backward needs; ``chwn``: the forward used :func:`im2col_chwn`,
-    else :func:`im2col`.
+    """What the im2col backward needs; ``chwn``: the backward's GEMMs run over the
+    whole batch on :func:`im2col_chwn`'s columns, else image by image on
+    :func:`im2col`'s.
 
     The input is kept, not its columns: the backward copies them again. They are
     R*S times the input's size (LeNet-5: 10.4 and 7.7 MB at batch 128), and kept
@@ -297,16 +303,6 @@ def _forward(algorithm, x, weight, bias, stride, pads, out_hw):
     xp = common_array_module(x=x)
     kernel = weight.shape[2:]
     n, k = x.shape[0], weight.shape[0]
-    if algorithm == "im2col_chwn":
-        cols = im2col_chwn(x, kernel, stride, pads)
-        y_chwn = (weight.reshape(k, -1) @ cols).reshape(k, *out_hw, n)
-        y = xp.empty((n, k, *out_hw), dtype=x.dtype)
-        if bias is None:
-            y[...] = y_chwn.transpose(3, 0, 1, 2)
-        else:  # the bias is added on the way back to NCHW: one pass over y
-            xp.add(y_chwn.transpose(3, 0, 1, 2), bias[:, None, None], out=y)
-        return y, Im2colContext(x, weight, tuple(x.shape), stride, pads, out_hw,
-                                bias is not None, True)
     # Image by image (a batched GEMM) rather than one GEMM over the whole batch:
     # y comes out in NCHW order with no transpose, and OpenBLAS runs these
     # shapes faster (AlexNet-CIFAR conv1: forward 11.7 -> 7.6 ms).
@@ -316,7 +312,7 @@ def _forward(algorithm, x, weight, bias, stride, pads, out_hw):
         filters = xp.concatenate([filters, bias[:, None]], axis=1)
     y = (filters @ cols).reshape(n, k, *out_hw)
     return y, Im2colContext(x, weight, tuple(x.shape), stride, pads, out_hw,
-                            bias is not None, False)
+                            bias is not None, algorithm == "im2col_chwn")
 
 
 THIN_GEMM_PIXELS = 32
