@@ -154,77 +154,42 @@ def col2im(weight, dy_chwn, x_shape, stride, pads, out_hw):
     ``W^T dy``, every entry added back onto its input pixel. ``weight`` is
     ``(K, C, R, S)``, ``dy_chwn`` is ``(K, OH*OW*N)``, ``dx`` is ``x_shape``.
 
-    Built in a ``(C, H, W, N)`` buffer with stride 1 along the width
-    (:func:`_input_rows`), else in ``(H, W, C, N)`` (:func:`_scatter_offsets`).
+    The product (rows ``(r, s, c)``, columns ``(oh, ow, n)``) is formed one
+    kernel row ``r`` at a time, ``S*C`` rows, and added back while it is still in
+    cache: formed whole it went to memory and back (LeNet-5's conv2: 3.8 MB per
+    half batch; interleaved LeNet-5 steps take 0.97-0.98x the time blocked,
+    though one conv alone, its data hot in cache, is no faster). Each of the ``R*S``
+    strided adds should move long runs of contiguous values, which matters in
+    NumPy: with stride 1 an output row lands on ``OW*N`` contiguous values of a
+    ``(C, H, W, N)`` buffer (LeNet-5's conv2: 0.60 -> 0.41 ms per half batch);
+    with a larger stride the runs there shrink to ``N``, and an ``(H, W, C, N)``
+    buffer keeps runs of ``C*N``.
     """
     xp = common_array_module(weight=weight, dy_chwn=dy_chwn)
     n, c, h, w = x_shape
+    k, _, kernel_h, kernel_w = weight.shape
     (pt, pb), (pl, pr) = pads
+    oh, ow = out_hw
     padded_hw = (h + pt + pb, w + pl + pr)
-    if stride[1] == 1:
-        dx_padded = _input_rows(xp, weight, dy_chwn, padded_hw, stride[0], out_hw)
-        return xp.ascontiguousarray(dx_padded[:, pt:pt + h, pl:pl + w].transpose(3, 0, 1, 2))
-    dx_padded = _scatter_offsets(xp, weight, dy_chwn, padded_hw, stride, out_hw)
-    return xp.ascontiguousarray(dx_padded[pt:pt + h, pl:pl + w].transpose(3, 2, 0, 1))
-
-
-def _input_rows(xp, weight, dy_chwn, padded_hw, stride_h, out_hw):
-    """``dx`` padded, ``(C, H, W, N)``, for stride 1 along the width, from one GEMM
-    and ``R`` adds.
-
-    ``dy`` is copied once per kernel column ``s``, shifted ``s`` pixels right
-    along a full padded row: ``shifted[(s, k), oh, w, n] = dy[k, oh, w - s, n]``.
-    Then ``W[k, c, r, s]`` as ``((r, c), (s, k))`` times ``shifted`` sums over the
-    kernel columns as well as the filters, and yields whole rows of ``dx``:
-    ``rows[(r, c), oh]`` is kernel row ``r``'s part of input row ``oh*sh + r``.
-    Adding the ``R*S`` column offsets one by one (25 adds for LeNet-5's conv2)
-    cost twice over: NumPy's many mid-sized calls, and two threads taking turns
-    at the GIL between them ran no faster than one. LeNet-5's conv2, 64 images
-    on one core: 993 -> 716 us; two chunks at once: 1047-1434 -> 830-867 us. It
-    multiplies by the zeros of the shift: ``W/OW`` times the FLOPs of the
-    offset-by-offset GEMMs, which lost for stride 2 (1.2-1.4x the time).
-    """
-    k, c, kernel_h, kernel_w = weight.shape
-    oh, ow = out_hw
-    n = dy_chwn.shape[1] // (oh * ow)
-    hp, wp = padded_hw
-    shifted = xp.zeros((kernel_w, k, oh, wp, n), dtype=dy_chwn.dtype)
-    dy_grid = dy_chwn.reshape(k, oh, ow, n)
-    for s in range(kernel_w):
-        shifted[s, :, :, s:s + ow] = dy_grid
-    weight_rows = xp.ascontiguousarray(weight.transpose(2, 1, 3, 0)).reshape(
-        kernel_h * c, kernel_w * k)
-    rows = (weight_rows @ shifted.reshape(kernel_w * k, -1)).reshape(kernel_h, c, oh, wp * n)
-    dx_padded = xp.zeros((c, hp, wp * n), dtype=dy_chwn.dtype)
-    for r in range(kernel_h):
-        dx_padded[:, r:r + stride_h * (oh - 1) + 1:stride_h] += rows[r]
-    return dx_padded.reshape(c, hp, wp, n)
-
-
-def _scatter_offsets(xp, weight, dy_chwn, padded_hw, stride, out_hw):
-    """``dx`` padded, ``(H, W, C, N)``: one strided add per kernel offset, which
-    keeps runs of ``C*N`` values where a stride along the width would break
-    ``(C, H, W, N)``'s rows into runs of ``N``.
-
-    ``W^T dy`` (rows ``(r, s, c)``, columns ``(oh, ow, n)``) is formed one kernel
-    row ``r`` at a time, ``S*C`` rows, and added back while it is still in
-    cache: formed whole it went to memory and back (LeNet-5's conv2, when it
-    took this path: 3.8 MB per half batch; interleaved steps 0.97-0.98x the time).
-    """
-    k, c, kernel_h, kernel_w = weight.shape
-    oh, ow = out_hw
-    n = dy_chwn.shape[1] // (oh * ow)
+    # W^T's rows (s, c) of each kernel row r
     weight_rows = xp.ascontiguousarray(weight.transpose(2, 3, 1, 0)).reshape(
         kernel_h, kernel_w * c, k)
     block = xp.empty((kernel_w * c, dy_chwn.shape[1]), dtype=dy_chwn.dtype)
     blocks = block.reshape(kernel_w, c, oh, ow, n)
-    dx_padded = xp.zeros((*padded_hw, c, n), dtype=dy_chwn.dtype)
+    runs_along_width = stride[1] == 1
+    dx_padded = xp.zeros((c, *padded_hw, n) if runs_along_width else (*padded_hw, c, n),
+                         dtype=dy_chwn.dtype)
     for offset, rows, columns in window_offsets(weight.shape[2:], stride, out_hw):
         r, s = divmod(offset, kernel_w)
         if s == 0:
             xp.matmul(weight_rows[r], dy_chwn, out=block)
-        dx_padded[rows, columns] += blocks[s].transpose(1, 2, 0, 3)
-    return dx_padded
+        if runs_along_width:
+            dx_padded[:, rows, columns] += blocks[s]
+        else:
+            dx_padded[rows, columns] += blocks[s].transpose(1, 2, 0, 3)
+    if runs_along_width:
+        return xp.ascontiguousarray(dx_padded[:, pt:pt + h, pl:pl + w].transpose(3, 0, 1, 2))
+    return xp.ascontiguousarray(dx_padded[pt:pt + h, pl:pl + w].transpose(3, 2, 0, 1))
 
 
 # Winograd pays for its transforms once the channel GEMMs are large: measured on
