@@ -156,14 +156,17 @@ def col2im(weight, dy_chwn, x_shape, stride, pads, out_hw):
 
     The product (rows ``(r, s, c)``, columns ``(oh, ow, n)``) is formed one
     kernel row ``r`` at a time, ``S*C`` rows, and added back while it is still in
-    cache: formed whole it went to memory and back (LeNet-5's conv2: 3.8 MB per
-    half batch; interleaved LeNet-5 steps take 0.97-0.98x the time blocked,
-    though one conv alone, its data hot in cache, is no faster). Each of the ``R*S``
-    strided adds should move long runs of contiguous values, which matters in
-    NumPy: with stride 1 an output row lands on ``OW*N`` contiguous values of a
-    ``(C, H, W, N)`` buffer (LeNet-5's conv2: 0.60 -> 0.41 ms per half batch);
-    with a larger stride the runs there shrink to ``N``, and an ``(H, W, C, N)``
-    buffer keeps runs of ``C*N``.
+    cache, where whole it went to memory and back (LeNet-5's conv2: 3.8 MB per
+    half batch; interleaved LeNet-5 steps take 0.97-0.98x the time, its conv2
+    layer 0.955x, its conv1 0.935x). But each of those ``R`` GEMMs reads all of
+    ``dy``, ``K`` rows, to save writing and reading ``S*C`` rows: with ``K >=
+    2*S*C`` the product is formed whole (AlexNet-CIFAR's conv1, 3 -> 64
+    channels: 1.15x the time by kernel rows). Each of the ``R*S`` strided adds
+    should move long runs of contiguous values, which matters in NumPy: with
+    stride 1 an output row lands on ``OW*N`` contiguous values of a ``(C, H, W,
+    N)`` buffer (LeNet-5's conv2: 0.60 -> 0.41 ms per half batch); with a larger
+    stride the runs there shrink to ``N``, and an ``(H, W, C, N)`` buffer keeps
+    runs of ``C*N``.
     """
     xp = common_array_module(weight=weight, dy_chwn=dy_chwn)
     n, c, h, w = x_shape
@@ -171,22 +174,23 @@ def col2im(weight, dy_chwn, x_shape, stride, pads, out_hw):
     (pt, pb), (pl, pr) = pads
     oh, ow = out_hw
     padded_hw = (h + pt + pb, w + pl + pr)
-    # W^T's rows (s, c) of each kernel row r
+    kernel_rows = 1 if k < 2 * kernel_w * c else kernel_h  # per GEMM
+    # W^T's rows (r, s, c), kernel_rows kernel rows to a GEMM
     weight_rows = xp.ascontiguousarray(weight.transpose(2, 3, 1, 0)).reshape(
-        kernel_h, kernel_w * c, k)
-    block = xp.empty((kernel_w * c, dy_chwn.shape[1]), dtype=dy_chwn.dtype)
-    blocks = block.reshape(kernel_w, c, oh, ow, n)
+        kernel_h // kernel_rows, kernel_rows * kernel_w * c, k)
+    block = xp.empty((kernel_rows * kernel_w * c, dy_chwn.shape[1]), dtype=dy_chwn.dtype)
+    blocks = block.reshape(kernel_rows * kernel_w, c, oh, ow, n)
     runs_along_width = stride[1] == 1
     dx_padded = xp.zeros((c, *padded_hw, n) if runs_along_width else (*padded_hw, c, n),
                          dtype=dy_chwn.dtype)
     for offset, rows, columns in window_offsets(weight.shape[2:], stride, out_hw):
-        r, s = divmod(offset, kernel_w)
-        if s == 0:
-            xp.matmul(weight_rows[r], dy_chwn, out=block)
+        gemm, within = divmod(offset, len(blocks))
+        if within == 0:
+            xp.matmul(weight_rows[gemm], dy_chwn, out=block)
         if runs_along_width:
-            dx_padded[:, rows, columns] += blocks[s]
+            dx_padded[:, rows, columns] += blocks[within]
         else:
-            dx_padded[rows, columns] += blocks[s].transpose(1, 2, 0, 3)
+            dx_padded[rows, columns] += blocks[within].transpose(1, 2, 0, 3)
     if runs_along_width:
         return xp.ascontiguousarray(dx_padded[:, pt:pt + h, pl:pl + w].transpose(3, 0, 1, 2))
     return xp.ascontiguousarray(dx_padded[pt:pt + h, pl:pl + w].transpose(3, 2, 0, 1))
