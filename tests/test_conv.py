@@ -264,3 +264,15 @@ def test_copy_windows_as_runs_equals_the_strided_copy(n, c, r, s, h, w, sh, sw, 
                    numpy.full((*shape[:-1], ow + 2), numpy.nan, dtype)[..., 1:-1]):  # not
         _copy_windows(numpy, target, base, shape, strides)
         numpy.testing.assert_array_equal(target, as_strided(base, shape, strides))
+
+
+@pytest.mark.parametrize("algorithm", ["im2col", "im2col_chwn", "winograd"])
+def test_an_empty_batch_gives_empty_outputs_and_zero_gradients(algorithm):
+    weight = numpy.ones((2, 3, 3, 3))
+    y, ctx = ops.conv2d_forward(numpy.zeros((0, 3, 8, 8)), weight, numpy.ones(2), 1, 1,
+                                algorithm=algorithm)
+    assert y.shape == (0, 2, 8, 8)
+    dx, dweight, dbias = ops.conv2d_backward(y, ctx)
+    assert dx.shape == (0, 3, 8, 8)
+    assert not dweight.any() and dweight.shape == weight.shape
+    assert not dbias.any() and dbias.shape == (2,)

@@ -8,6 +8,7 @@ Shapes: x ``(N, C, H, W)``, weight ``(K, C, R, S)``, y ``(N, K, OH, OW)`` with
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy
@@ -285,7 +286,7 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, use_kernels=None,
         # a dW of its own): a chunk must hold a quarter of the filters' size in
         # input. VGG-16's conv5_2 at batch 4 (2.4M weights, 100K inputs an image)
         # ran 63 -> 95 ms in two chunks; AlexNet-CIFAR's conv4 (332K, 9.4K) gains.
-        min_rows = -(-weight.size // (4 * x[0].size))
+        min_rows = -(-weight.size // (4 * max(1, math.prod(x.shape[1:]))))
         return parallel.forward_in_chunks(forward, x, multiply_adds // parallel.GEMM_MACS_PER_WORK,
                                           (x.shape[0], weight.shape[0], *out_hw), min_rows)
     return forward(x)
@@ -370,7 +371,7 @@ def conv2d_backward(dy, ctx, input_grad: bool = True):
         # GEMMs too thin (64 x (256 x 16 @ 16 x 1729): 24 ms), so below
         # THIN_GEMM_PIXELS one GEMM over the whole batch instead (7 ms); from 49
         # pixels up the image-by-image GEMMs win (1.2-9x).
-        dy3 = dy.reshape(n, k, -1)
+        dy3 = dy.reshape(n, k, out_hw[0] * out_hw[1])
         if dy3.shape[2] >= THIN_GEMM_PIXELS:
             grads = (dy3 @ cols.transpose(0, 2, 1)).sum(axis=0)
         else:
