@@ -159,7 +159,7 @@ def col2im(weight, dy_chwn, x_shape, stride, pads, out_hw):
     kernel row ``r`` at a time, ``S*C`` rows, and added back while it is still in
     cache, where whole it went to memory and back (LeNet-5's conv2: 3.8 MB per
     half batch; interleaved LeNet-5 steps take 0.97-0.98x the time, its conv2
-    layer 0.955x, its conv1 0.935x). But each of those ``R`` GEMMs reads all of
+    layer 0.955-0.96x, its conv1 0.935-0.98x). But each of those ``R`` GEMMs reads all of
     ``dy``, ``K`` rows, to save writing and reading ``S*C`` rows: with ``K >=
     2*S*C`` the product is formed whole (AlexNet-CIFAR's conv1, 3 -> 64
     channels: 1.15x the time by kernel rows). Each of the ``R*S`` strided adds
