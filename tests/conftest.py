@@ -1,9 +1,27 @@
-"""The ``xp`` fixture: every op test runs on NumPy, and on CuPy where a GPU answers."""
+"""The ``xp`` fixture: every op test runs on NumPy, and on CuPy where a GPU answers.
+
+``GPUNET_CUPY_DOUBLE=1`` puts the CuPy test double (tests/cupy_double) in CuPy's
+place before gpunet imports it: ``cuda`` is then a usable device and the tests
+marked ``gpu`` run through it, subprocesses (the CLI) included.
+"""
+import os
+import sys
+
 import numpy
 import pytest
 from hypothesis import HealthCheck, settings
 
-from gpunet import backend
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CUPY_DOUBLE = os.environ.get("GPUNET_CUPY_DOUBLE", "0") == "1"
+if CUPY_DOUBLE:
+    _double_dir = os.path.join(ROOT, "tests", "cupy_double")
+    if "cupy" in sys.modules and not getattr(sys.modules["cupy"], "IS_TEST_DOUBLE", False):
+        raise RuntimeError("GPUNET_CUPY_DOUBLE=1 but the real CuPy was imported first")
+    sys.path.insert(0, _double_dir)
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [_double_dir, ROOT, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
+
+from gpunet import backend  # noqa: E402 - after the double is in place
 
 settings.register_profile(
     "gpunet", max_examples=30, deadline=None, derandomize=True,

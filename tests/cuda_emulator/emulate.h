@@ -1,13 +1,14 @@
 // Just enough of CUDA to run gpunet's kernels on the CPU, for the tests.
 //
-// Each CUDA thread of a block is an OS thread (the Python side starts them), so
-// the threads of a block really run concurrently and meet at __syncthreads
-// (a std::barrier). Blocks run one after another, which makes function-static
-// arrays a faithful stand-in for __shared__ memory. Included before the kernel
-// source with -include; nothing here is used on a real GPU.
+// Each CUDA thread of a block is a fiber (harness.cpp): one OS thread runs the
+// block's threads in turn, each until it reaches __syncthreads or returns, so
+// the threads meet at every barrier as on a GPU. Blocks run one after another,
+// which makes function-static arrays a faithful stand-in for __shared__ memory
+// (the library is built with -fno-gnu-unique so that the float and double builds
+// of one file never share them). Included before the kernel source with
+// -include; nothing here is used on a real GPU.
 #pragma once
 #include <algorithm>
-#include <barrier>
 #include <cmath>
 #include <cstdint>
 
@@ -17,9 +18,10 @@ using std::min;
 struct emu_dim3 {
     unsigned x = 0, y = 0, z = 0;
 };
-extern thread_local emu_dim3 threadIdx, blockIdx;
-extern emu_dim3 blockDim, gridDim;
-extern unsigned char emu_dynamic_shared[];
+// Plain globals: the scheduler sets threadIdx before it resumes a thread, and
+// __syncthreads is an opaque call, so a kernel rereads it after every barrier.
+extern emu_dim3 threadIdx, blockIdx, blockDim, gridDim;
+extern unsigned char* emu_dynamic_shared;
 void __syncthreads();
 
 #define __global__

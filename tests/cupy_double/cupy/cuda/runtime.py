@@ -1,0 +1,61 @@
+"""``cupy.cuda.runtime`` of the double: the device it reports is the double."""
+from .. import _manifest
+
+DEVICE_NAME = b"CuPy test double (NumPy on the CPU, not a GPU)"
+COMPUTE_CAPABILITY = "90"  # the kernels are compiled for sm_80 and sm_90; launch limits: sm_90
+TOTAL_MEMORY = 16 * 2**30
+is_hip = False
+_CUDA_VERSION = 13000
+
+
+class CUDARuntimeError(RuntimeError):
+    def __init__(self, status):
+        self.status = status
+        super().__init__(f"CUDA runtime error {status} (CuPy test double)")
+
+
+def getDeviceCount():  # noqa: N802 - CuPy's names
+    return 1
+
+
+def getDevice():  # noqa: N802
+    return 0
+
+
+def setDevice(device):  # noqa: N802
+    if device != 0:
+        raise CUDARuntimeError(101)
+
+
+def runtimeGetVersion():  # noqa: N802
+    return _CUDA_VERSION
+
+
+def driverGetVersion():  # noqa: N802
+    return _CUDA_VERSION
+
+
+def deviceSynchronize():  # noqa: N802
+    pass
+
+
+def getDeviceProperties(device):  # noqa: N802
+    if device != 0:
+        raise CUDARuntimeError(101)
+    return {"name": DEVICE_NAME, "major": int(COMPUTE_CAPABILITY[0]),
+            "minor": int(COMPUTE_CAPABILITY[1]), "totalGlobalMem": TOTAL_MEMORY,
+            "multiProcessorCount": 1, "maxThreadsPerBlock": 1024,
+            "maxThreadsDim": (1024, 1024, 64), "maxGridSize": (2**31 - 1, 65535, 65535),
+            "sharedMemPerBlock": 48 * 1024, "sharedMemPerBlockOptin": 227 * 1024,
+            "warpSize": 32, "clockRate": 0, "memoryClockRate": 0, "memoryBusWidth": 0,
+            "l2CacheSize": 0}
+
+
+def memGetInfo():  # noqa: N802
+    from .memory import default_pool
+    return default_pool.free_device_bytes(), TOTAL_MEMORY
+
+
+_extra = [n for n in list(globals()) if not n.startswith("_") and n[0].islower()
+          and n not in ("is_hip",) and not _manifest.offered("cupy.cuda.runtime", n)]
+assert not _extra, f"the double's runtime offers names the real one lacks: {_extra}"
