@@ -16,7 +16,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--device", help="cpu, cuda, cuda:N or auto "
+                        "(default: $GPUNET_DEVICE, else auto)")
     args = parser.parse_args()
+    if args.device:
+        gpunet.set_device(args.device)
 
     gpunet.manual_seed(0)
     try:

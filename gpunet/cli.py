@@ -111,6 +111,7 @@ def build_parser() -> Parser:
     # is then below 1e-7 of even small gradients, and the O(eps^2) error still negligible.
     gc.add_argument("--eps", type=float, default=1e-6)
     gc.add_argument("--seed", type=int, default=0)
+    gc.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
 
     bn = sub.add_parser("bench", help="time layers and training steps beside PyTorch; "
                         "save the table as JSON")
@@ -259,7 +260,7 @@ def cmd_summary(args) -> int:
 
 def cmd_gradcheck(args) -> int:
     from .gradcheck import gradcheck
-    backend.set_device("cpu")
+    backend.set_device(args.device)
     backend.manual_seed(args.seed)
     model = MODELS[args.model]().eval()
     shape = args.input_shape or INPUT_SHAPES[args.model]
@@ -267,6 +268,7 @@ def cmd_gradcheck(args) -> int:
     x = rng.standard_normal((args.batch_size, *shape))
     classes = model.parameters()[-1].shape[0]
     y = rng.integers(0, classes, args.batch_size)
+    x, y = backend.to_device(x, args.device), backend.to_device(y, args.device)
     report = gradcheck(model, SoftmaxCrossEntropy(), x, y, eps=args.eps,
                        max_per_param=args.max_per_param, seed=args.seed)
     print(report)

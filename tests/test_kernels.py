@@ -16,7 +16,7 @@ from gpunet.cuda import pool2d as pool_kernels
 from gpunet.cuda import runtime
 
 from . import cuda_emulator
-from .helpers import assert_close
+from .helpers import CUPY_DOUBLE, assert_close
 
 TOL = {"float64": 1e-12, "float32": 1e-5}
 
@@ -158,6 +158,36 @@ def test_batch_norm_kernel_large_mean_small_spread(emulated, rng):
     assert_close(var, x.astype("float64").var(axis=(0, 2, 3)), 1e-3, 0)
 
 
+def _family_outputs(family, x, weight, use_kernels):
+    """Forward and backward outputs of one kernel family on ``x``."""
+    dy_of = lambda y: numpy.cos(3 * y + 1)  # noqa: E731 - any dy that is not degenerate
+    if family == "conv2d":
+        y, ctx = ops.conv2d_forward(x, weight, None, 1, 1, use_kernels=use_kernels)
+        return (y, *ops.conv2d_backward(dy_of(y), ctx)[:2])
+    if family == "batch_norm":
+        c = x.shape[1]
+        mean, var = numpy.zeros(c, x.dtype), numpy.ones(c, x.dtype)
+        y, ctx = ops.batch_norm_forward(x, weight[:c, 0, 0, 0], weight[:c, 0, 0, 1], mean, var,
+                                        training=True, use_kernels=use_kernels)
+        return (y, *ops.batch_norm_backward(dy_of(y), ctx))
+    y, ctx = getattr(ops, f"{family}_forward")(x, (3, 3), (2, 2), (1, 1), use_kernels=use_kernels)
+    return y, getattr(ops, f"{family}_backward")(dy_of(y), ctx)
+
+
+@needs_compiler
+@pytest.mark.parametrize("family", ["conv2d", "max_pool2d", "avg_pool2d", "batch_norm"])
+def test_kernels_alternating_float32_float64_in_one_process(emulated, family, rng):
+    """float32, float64, float32 launches of each kernel in one process: the two
+    builds' __shared__ arrays must stay apart (g++'s STB_GNU_UNIQUE binding merged
+    them across libraries, so float64 ran on the float build's smaller buffers)."""
+    for dtype in ("float32", "float64", "float32", "float64"):
+        x = rng.standard_normal((2, 3, 9, 9)).astype(dtype)
+        weight = rng.standard_normal((70, 3, 3, 3)).astype(dtype)
+        for got, ref in zip(_family_outputs(family, x, weight, True),
+                            _family_outputs(family, x, weight, False)):
+            assert_kernel_close(got, ref, dtype, f"{family} ({dtype} after other dtypes)")
+
+
 # -- on a real GPU ----------------------------------------------------------------------
 def _cupy_or_skip():
     reason = backend.cuda_unavailable_reason()
@@ -166,12 +196,16 @@ def _cupy_or_skip():
     return backend.Device("cuda").xp
 
 
+# Layer-sized cases run on a real GPU; the CuPy double's emulator keeps to small ones.
+LAYER_CONV_CASES = [] if CUPY_DOUBLE else [(8, 3, 32, 32, 64, 5, 5, (1, 1), 2),
+                                           (4, 64, 27, 27, 192, 5, 5, (1, 1), 2),
+                                           (2, 256, 14, 14, 512, 3, 3, (1, 1), 1)]
+LAYER_POOL_CASES = [] if CUPY_DOUBLE else [(64, 64, 55, 55, (3, 3), (2, 2), (0, 0))]
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("case", CONV_CASES + [(8, 3, 32, 32, 64, 5, 5, (1, 1), 2),
-                                               (4, 64, 27, 27, 192, 5, 5, (1, 1), 2),
-                                               (2, 256, 14, 14, 512, 3, 3, (1, 1), 1)],
-                         ids=str)
+@pytest.mark.parametrize("case", CONV_CASES + LAYER_CONV_CASES, ids=str)
 def test_conv2d_kernels_on_gpu(case, dtype, rng, monkeypatch):
     cp = _cupy_or_skip()
     monkeypatch.setattr(runtime, "_POISON", True)
@@ -192,8 +226,7 @@ def test_conv2d_kernels_on_gpu(case, dtype, rng, monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("kind", ["max", "avg"])
-@pytest.mark.parametrize("case", POOL_CASES + [(64, 64, 55, 55, (3, 3), (2, 2), (0, 0))],
-                         ids=str)
+@pytest.mark.parametrize("case", POOL_CASES + LAYER_POOL_CASES, ids=str)
 def test_pool_kernels_on_gpu(kind, case, rng, monkeypatch):
     cp = _cupy_or_skip()
     monkeypatch.setattr(runtime, "_POISON", True)
@@ -214,7 +247,8 @@ def test_pool_kernels_on_gpu(kind, case, rng, monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("shape", [(4, 3), (2, 3, 5), (32, 64, 14, 14), (1, 2, 3, 3)])
+@pytest.mark.parametrize("shape", [(4, 3), (2, 3, 5), (1, 2, 3, 3)]
+                         + ([(4, 8, 5, 5)] if CUPY_DOUBLE else [(32, 64, 14, 14)]))
 def test_batch_norm_kernels_on_gpu(shape, rng):
     cp = _cupy_or_skip()
     x = cp.asarray(rng.standard_normal(shape) * 3 + 2)
@@ -234,15 +268,19 @@ def test_batch_norm_kernels_on_gpu(shape, rng):
 
 
 @pytest.mark.gpu
-def test_lenet5_training_on_gpu_follows_the_cpu_run():
-    """20 steps of LeNet-5 (with batch norm) on the kernels track the CPU's losses."""
+@pytest.mark.parametrize("kernels", [True, False], ids=["kernels", "xp-path"])
+def test_lenet5_training_on_gpu_follows_the_cpu_run(kernels, monkeypatch):
+    """20 steps of LeNet-5 (with batch norm) on the device, through the kernels or
+    the xp path (GPUNET_KERNELS=0), give the CPU run's float32 losses to 1e-5."""
     _cupy_or_skip()
     import gpunet
     from gpunet import losses, models, optim
 
+    monkeypatch.setattr(runtime, "_enabled", kernels)
+    batch = 8 if CUPY_DOUBLE else 32
     rng = numpy.random.default_rng(0)
-    x = rng.standard_normal((32, 1, 28, 28)).astype("float32")
-    y = rng.integers(0, 10, 32)
+    x = rng.standard_normal((batch, 1, 28, 28)).astype("float32")
+    y = rng.integers(0, 10, batch)
     curves = []
     for device in ("cpu", "cuda"):
         gpunet.set_device("cpu")
@@ -259,7 +297,7 @@ def test_lenet5_training_on_gpu_follows_the_cpu_run():
             opt.step()
         curves.append(curve)
     gpunet.set_device("cpu")
-    assert numpy.allclose(curves[0], curves[1], rtol=1e-4, atol=1e-4), curves
+    assert_close(curves[1], curves[0], 1e-5, 1e-5, "losses on the device vs the CPU")
 
 
 @pytest.mark.gpu
@@ -272,7 +310,7 @@ def test_float64_gradcheck_through_the_kernels():
     try:
         model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(),
                               nn.MaxPool2d(2), nn.Conv2d(3, 2, 2, stride=2), nn.AvgPool2d(1),
-                              nn.Flatten(), nn.Linear(2, 3))
+                              nn.Flatten(), nn.Linear(8, 3))
         rng = numpy.random.default_rng(1)
         x = gpunet.to_device(rng.standard_normal((3, 2, 8, 8)), "cuda")
         y = gpunet.to_device(numpy.array([0, 2, 1]), "cuda")

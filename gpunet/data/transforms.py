@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy
 
-from ..backend import device_of, generator, get_array_module, to_device
+from ..backend import device_of, generator, get_array_module, to_device, to_numpy
 
 
 def to_float(x, scale: float = 1 / 255, dtype="float32"):
@@ -33,14 +33,14 @@ class Standardize:
     def __call__(self, x):
         if self.mean is None:
             raise RuntimeError("Standardize: call fit(x_train) first")
-        xp = get_array_module(x)
         shape = (1, -1) + (1,) * (x.ndim - 2)
-        mean = xp.asarray(self.mean, dtype=x.dtype).reshape(shape)
-        std = xp.asarray(self.std, dtype=x.dtype).reshape(shape)
+        # the statistics may have been fitted on another device than x is on
+        mean = to_device(self.mean, device_of(x)).astype(x.dtype).reshape(shape)
+        std = to_device(self.std, device_of(x)).astype(x.dtype).reshape(shape)
         return (x - mean) / std
 
     def state_dict(self) -> dict:
-        return {"mean": numpy.asarray(self.mean).tolist(), "std": numpy.asarray(self.std).tolist()}
+        return {"mean": to_numpy(self.mean).tolist(), "std": to_numpy(self.std).tolist()}
 
 
 def random_crop(x, size: int, padding: int = 0, rng=None):

@@ -187,7 +187,8 @@ class Module:
             raise ValueError(f"load_state_dict({type(self).__name__}): " + "; ".join(problems))
         for key, target in own.items():
             current = target.data if isinstance(target, Parameter) else target
-            current[...] = to_device(numpy.asarray(state[key]), device_of(current))
+            # to_device, not numpy.asarray: a saved state may hold CuPy arrays
+            current[...] = to_device(state[key], device_of(current))
 
     def to(self, device: str | Device | None = None, dtype=None) -> Module:
         """Move (and/or cast to float32/float64) parameters, gradients and buffers."""

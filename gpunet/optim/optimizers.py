@@ -142,7 +142,7 @@ class Optimizer:
             setattr(self, name, type(getattr(self, name))(value))
         self.steps = int(state_dict.get("steps", 0))
         self.state = [
-            {k: to_device(numpy.asarray(v), device_of(p.data)).astype(p.data.dtype)
+            {k: to_device(v, device_of(p.data)).astype(p.data.dtype)
              for k, v in s.items()}
             for p, s in zip(self.params, states)]
 

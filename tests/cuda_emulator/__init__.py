@@ -67,6 +67,12 @@ def compiler():
     return shutil.which("g++")
 
 
+# -fno-gnu-unique: g++ otherwise binds the static storage behind the __shared__
+# arrays of templates as STB_GNU_UNIQUE, which the loader merges across libraries
+# (the float and double builds of one file), RTLD_LOCAL or not.
+CXXFLAGS = ("-std=c++20", "-O2", "-shared", "-fPIC", "-fno-gnu-unique", "-w")
+
+
 class Library:
     """A kernel source built for the CPU as a shared library of thunks, one per
     ``extern "C" __global__`` kernel. ``options`` are NVRTC's: the ``-D`` and
@@ -76,7 +82,7 @@ class Library:
         options = [o for o in options if o.startswith(("-D", "-I"))]
         real = next((o.split("=", 1)[1] for o in options if o.startswith("-Dreal_t=")), "float")
         self.signatures = signatures(source, real)
-        digest = hashlib.sha256(source.encode() + " ".join(options).encode())
+        digest = hashlib.sha256("\0".join([source, *options, *CXXFLAGS]).encode())
         for path in (*_included_headers(options),
                      *(os.path.join(HERE, f) for f in ("emulate.h", "harness.cpp", "thunks.h"))):
             with open(path, "rb") as f:
@@ -96,12 +102,8 @@ class Library:
                 f.write(source)
                 f.write(f'\n#include "{HERE}/thunks.h"\n')
                 f.write("".join(f"EMU_THUNK({kernel})\n" for kernel in self.signatures))
-            # -fno-gnu-unique: g++ otherwise binds the static storage behind the
-            # __shared__ arrays of templates as STB_GNU_UNIQUE, which the loader
-            # merges across libraries (the float and double builds of one file).
-            cmd = [compiler(), "-std=c++20", "-O2", "-shared", "-fPIC", "-fno-gnu-unique",
-                   "-w", "-include", os.path.join(HERE, "emulate.h"), *options, unit,
-                   os.path.join(HERE, "harness.cpp"), "-o", f"{out}.{os.getpid()}.tmp"]
+            cmd = [compiler(), *CXXFLAGS, "-include", os.path.join(HERE, "emulate.h"), *options,
+                   unit, os.path.join(HERE, "harness.cpp"), "-o", f"{out}.{os.getpid()}.tmp"]
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode:
                 raise RuntimeError(f"g++ failed on the kernel source:\n{done.stderr[-4000:]}")

@@ -19,11 +19,10 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != HERE]
 
-import numpy  # noqa: E402
-
 import cupy  # noqa: E402
 import cupy.cuda.memory  # noqa: E402,F401
 import cupy.cuda.runtime  # noqa: E402,F401
+import numpy  # noqa: E402
 from cupy.cuda import compiler  # noqa: E402
 
 NAMESPACES = ["cupy", "cupy.ndarray", "cupy.random", "cupy.random.Generator", "cupy.cuda",

@@ -26,6 +26,7 @@ MAX_GRID = (2**31 - 1, 65535, 65535)
 MAX_THREADS = 1024
 MAX_SHARED = 48 * 1024  # without cudaFuncSetAttribute, which gpunet does not call
 _PTX_BYTES = {"8": 1, "16": 2, "32": 4, "64": 8}
+_PARAM = r"\.param\s+\.[busf](\d+)[^\n,]*?(?:\[(\d+)\])?\s*(?:,|$)"  # .b8 name[12]: a struct
 
 launches: list = []  # (kernel, grid, block, shared_mem) of every launch, for tests
 
@@ -51,10 +52,8 @@ def parse_ptx(ptx: str) -> dict[str, KernelInfo]:
     for i, match in enumerate(entries):
         end = entries[i + 1].start() if i + 1 < len(entries) else len(ptx)
         body = ptx[match.end():end]
-        sizes = []
-        for kind, bits, count in re.findall(r"\.param\s+\.([busf])(\d+)[^\n,]*?(?:\[(\d+)\])?\s*(?:,|$)",
-                                             match.group(2), re.M):
-            sizes.append(_PTX_BYTES[bits] * (int(count) if count else 1))
+        sizes = [_PTX_BYTES[bits] * (int(count) if count else 1) for bits, count in
+                 re.findall(_PARAM, match.group(2), re.M)]
         header = body[:body.find("{")]
         maxntid = re.search(r"\.maxntid\s+(\d+),\s*(\d+),\s*(\d+)", header)
         static = sum(int(n) for n in re.findall(r"\.shared\s+\.align\s+\d+\s+\.b8\s+\w+\[(\d+)\]",
