@@ -7,7 +7,7 @@ EXTRAS ?= test
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install test lint clean demo fashion-mnist kernels-check gpu-check
+.PHONY: install test test-cuda-double lint clean demo fashion-mnist kernels-check gpu-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,14 @@ install: $(BIN)/python
 lint: install
 	$(BIN)/ruff check gpunet tests bench examples
 
+# The whole suite, then the CUDA path without a GPU: the tests marked gpu (and the
+# double's own) with the CuPy test double in CuPy's place (tests/cupy_double).
 test: install lint
 	$(BIN)/python -m pytest
+	$(MAKE) --no-print-directory test-cuda-double
+
+test-cuda-double:
+	GPUNET_CUPY_DOUBLE=1 $(BIN)/python -m pytest -m "gpu or cupy_double"
 
 # Every kernel must compile for Ampere and Hopper, in both precisions, without a
 # single warning (register spills included): no GPU is needed for this.
@@ -38,9 +44,9 @@ kernels-check:
 # On a machine with a GPU: the whole suite on CUDA, compute-sanitizer over the
 # kernel tests, kernel timings against the xp path and cuDNN, and a JSON report
 # in bench/results/gpu-<date>-<gpu>.json.
+# Installs nothing: the GPU image has no network and no build backend.
 gpu-check:
-	$(PYTHON) -m pip install --quiet -e ".[test]" || $(PYTHON) -m pip install --quiet -e .
-	$(PYTHON) bench/gpu_check.py
+	PYTHONPATH=. $(PYTHON) bench/gpu_check.py
 
 # Debian's package where apt works (as root); otherwise gpunet downloads and
 # verifies the files itself on first use.

@@ -44,7 +44,8 @@ def main():
     history.plot(os.path.join(args.out, "curves.png"))
     gpunet.save(os.path.join(args.out, "lenet5.npz"), model, optimizer, epoch=epochs)
 
-    predictions = gpunet.to_numpy(model.eval()(x_test[:8])).argmax(axis=1)
+    first = gpunet.to_device(x_test[:8], gpunet.get_device())  # where the model is
+    predictions = gpunet.to_numpy(model.eval()(first)).argmax(axis=1)
     print("first test images:", ", ".join(f"{CLASSES[p]} ({'ok' if p == t else CLASSES[t]})"
                                           for p, t in zip(predictions, y_test[:8])))
     print(f"test accuracy: {scores['accuracy']:.4f}")

@@ -111,7 +111,8 @@ def step_flops(net: str, batch: int) -> int:
     make, _, shape = STEP_WORKLOADS[net]
     flops, first = 0, True
     x = numpy.zeros((1, *shape), numpy.float32)
-    for layer in make().to(dtype="float32"):
+    # on the CPU whatever the current device: only the shapes matter here
+    for layer in make().to("cpu", dtype="float32"):
         y = layer.forward(x)
         if isinstance(layer, nn.Conv2d):
             forward = 2 * batch * layer.weight.data.size * y.shape[2] * y.shape[3]

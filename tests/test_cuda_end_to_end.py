@@ -138,3 +138,19 @@ def test_examples_quick_on_the_device(tmp_path, script):
                          capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "test accuracy" in out.stdout
+
+
+def test_step_flops_while_the_current_device_is_cuda():
+    from gpunet import benchmarks
+    expected = benchmarks.step_flops("lenet5", 2)  # on the CPU
+    gpunet.set_device("cuda")
+    assert benchmarks.step_flops("lenet5", 2) == expected  # it fed NumPy zeros to a device model
+
+
+def test_cli_bench_training_step_on_the_device(tmp_path):
+    env = {"GPUNET_KERNELS": "0"} if CUPY_DOUBLE else {}  # the emulator: far too slow here
+    code, stdout, stderr = run_cli("bench", "--device", "cuda", "--op", "step", "--net",
+                                   "lenet5", "--rounds", "1", "--no-torch", "--out",
+                                   str(tmp_path), env=env)
+    assert code == 0, stderr[-3000:]
+    assert "train_step" in stdout and list(tmp_path.glob("bench-cuda0-*.json"))

@@ -1,0 +1,152 @@
+"""The CuPy test double refuses what real CuPy refuses: each rule, broken on
+purpose, must raise. Runs with GPUNET_CUPY_DOUBLE=1 (``make test`` does)."""
+import numpy
+import pytest
+
+from .helpers import CUPY_DOUBLE
+
+pytestmark = [pytest.mark.cupy_double,
+              pytest.mark.skipif(not CUPY_DOUBLE, reason="the CuPy test double is off "
+                                 "(GPUNET_CUPY_DOUBLE=1; make test runs it)")]
+
+
+@pytest.fixture
+def cp():
+    import cupy
+    assert cupy.IS_TEST_DOUBLE
+    return cupy
+
+
+def test_no_implicit_conversion_to_numpy(cp):
+    x = cp.arange(4.0)
+    assert not isinstance(x, numpy.ndarray)
+    with pytest.raises(TypeError, match="Implicit conversion"):
+        numpy.asarray(x)
+    with pytest.raises(TypeError, match="Implicit conversion"):
+        x.__array__()
+    with pytest.raises(TypeError):
+        numpy.array([x, x])
+    assert isinstance(x.get(), numpy.ndarray) and isinstance(cp.asnumpy(x), numpy.ndarray)
+
+
+def test_no_numpy_arrays_in_device_operations(cp):
+    x, host = cp.ones(3), numpy.ones(3)
+    for wrong in (lambda: x + host, lambda: host + x, lambda: x * host, lambda: cp.add(x, host),
+                  lambda: cp.concatenate([x, host]), lambda: cp.where(x > 0, host, x),
+                  lambda: x.dot(host), lambda: numpy.add(host, x)):
+        with pytest.raises(TypeError, match="NumPy array"):
+            wrong()
+    assert float((x + 1.5 + numpy.float32(2)).sum()) == 13.5  # scalars are fine
+
+
+def test_only_what_real_cupy_offers(cp):
+    x = cp.ones((2, 2))
+    with pytest.raises(AttributeError):
+        cp.nanpercentile  # noqa: B018 - NumPy has it, CuPy does not
+    with pytest.raises(TypeError, match="no implementation found"):
+        numpy.nanpercentile(x, 50)  # __array_function__ has no CuPy twin to call
+    with pytest.raises(AttributeError):
+        x.tofile_does_not_exist  # noqa: B018
+    with pytest.raises(AttributeError):
+        x.ctypes  # noqa: B018 - NumPy arrays have it, CuPy arrays do not
+    with pytest.raises(TypeError, match="unexpected keyword argument 'where'"):
+        cp.sum(x, where=x > 0)
+    with pytest.raises(AttributeError):
+        cp.random.default_rng(0).permutation  # noqa: B018 - not in CuPy's Generator
+    assert float(numpy.max(x)) == 1.0  # NumPy functions CuPy implements dispatch to it
+
+
+def test_dtypes_a_gpu_cannot_hold(cp):
+    x = cp.zeros(4, dtype=cp.float32)
+    with pytest.raises(TypeError, match="dtype"):
+        x.view("V8")
+    with pytest.raises(TypeError, match="dtype"):
+        cp.empty(3, dtype=object)
+    with pytest.raises(TypeError, match="dtype"):
+        cp.asarray(numpy.array(["a", "b"]))
+
+
+def test_scalars_and_transfers_behave_as_in_cupy(cp):
+    x = cp.asarray(numpy.array([2.5]))
+    assert float(x) == 2.5 and int(x) == 2 and bool(x)
+    total = cp.arange(3).sum()
+    assert isinstance(total, cp.ndarray) and total.ndim == 0  # a 0-d array, not a scalar
+    with pytest.raises(TypeError):
+        float(cp.ones(2))
+    with pytest.raises(ValueError):
+        bool(cp.ones(2))
+    assert cp.asarray(x) is x
+    assert cp.get_array_module(x) is cp and cp.get_array_module(numpy.ones(1)) is numpy
+
+
+def test_the_device_says_it_is_the_double(cp):
+    props = cp.cuda.runtime.getDeviceProperties(0)
+    assert b"CuPy test double" in props["name"] and b"not a GPU" in props["name"]
+    assert cp.cuda.runtime.getDeviceCount() == 1
+    assert "testdouble" in cp.__version__
+
+
+ORDER_KERNEL = r"""
+extern "C" __global__ void last_writer(int* out) { out[0] = threadIdx.x; }
+extern "C" __global__ void scale(const float* x, float* y, int n, float a) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] = a * x[i];
+}
+extern "C" __global__ void __launch_bounds__(64) divergent(float* y) {
+    __shared__ float cell[64];
+    if (threadIdx.x % 2) return;
+    cell[threadIdx.x] = 1;
+    __syncthreads();
+    y[threadIdx.x] = cell[threadIdx.x];
+}
+"""
+
+
+def test_raw_module_compiles_with_nvrtc_and_checks_launches(cp):
+    from cupy._raw import CompileException
+
+    from .cuda_emulator import LaunchError
+    with pytest.raises(CompileException, match="NVRTC"):
+        cp.RawModule(code='extern "C" __global__ void broken(float* y) { y[0] = ; }')
+    module = cp.RawModule(code=ORDER_KERNEL, options=("-std=c++17",))
+    assert set(module.cubins) == {"sm_80", "sm_90"}
+    scale = module.get_function("scale")
+    x, y = cp.arange(10, dtype=cp.float32), cp.zeros(10, dtype=cp.float32)
+    scale((1,), (16,), (x, y, numpy.int32(10), numpy.float32(2)))
+    assert y.get().tolist() == [2.0 * i for i in range(10)]
+    wrong_calls = {
+        "takes 4 arguments": (x, y, numpy.int32(10)),
+        "4 bytes .PTX., but a int64 scalar": (x, y, 10, numpy.float32(2)),  # a Python int
+        "array of float32, got float64": (x, cp.zeros(10), numpy.int32(10), numpy.float32(2)),
+        "not C-contiguous": (x, cp.zeros(20, dtype=cp.float32)[::2], numpy.int32(10),
+                             numpy.float32(2)),
+    }
+    for message, args in wrong_calls.items():
+        with pytest.raises(LaunchError, match=message):
+            scale((1,), (16,), args)
+    with pytest.raises(TypeError, match="Unsupported type"):
+        scale((1,), (16,), (x, numpy.zeros(10, numpy.float32), numpy.int32(10),
+                            numpy.float32(2)))
+    with pytest.raises(RuntimeError, match="blockDim.x = 1025"):
+        scale((1,), (1025,), (x, y, numpy.int32(10), numpy.float32(2)))
+    with pytest.raises(RuntimeError, match="1056 threads"):
+        scale((1,), (32, 33), (x, y, numpy.int32(10), numpy.float32(2)))
+    with pytest.raises(RuntimeError, match="gridDim.y = 65536"):
+        scale((1, 65536), (16,), (x, y, numpy.int32(10), numpy.float32(2)))
+    with pytest.raises(RuntimeError, match="shared memory"):
+        scale((1,), (16,), (x, y, numpy.int32(10), numpy.float32(2)), shared_mem=49153)
+    divergent = module.get_function("divergent")
+    with pytest.raises(RuntimeError, match="__launch_bounds__"):
+        divergent((1,), (128,), (y,))
+    with pytest.raises(LaunchError, match="divergent __syncthreads"):
+        divergent((1,), (64,), (cp.zeros(64, dtype=cp.float32),))
+
+
+def test_thread_order_flips_between_launches(cp):
+    module = cp.RawModule(code=ORDER_KERNEL, options=("-std=c++17",))
+    out = cp.zeros(1, dtype=cp.int32)
+    seen = set()
+    for _ in range(2):
+        module.get_function("last_writer")((1,), (32,), (out,))
+        seen.add(int(out))
+    assert seen == {0, 31}  # a race on out[0] shows as two results
