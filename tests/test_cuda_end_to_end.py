@@ -154,3 +154,106 @@ def test_cli_bench_training_step_on_the_device(tmp_path):
                                    str(tmp_path), env=env)
     assert code == 0, stderr[-3000:]
     assert "train_step" in stdout and list(tmp_path.glob("bench-cuda0-*.json"))
+
+
+# Every layer, loss and optimizer on the device against the same on the CPU, in float64.
+LAYERS = {
+    "linear": (lambda: nn.Linear(6, 4), (5, 6)),
+    "conv2d": (lambda: nn.Conv2d(2, 3, 3, stride=2, padding=1), (2, 2, 7, 7)),
+    "max_pool2d": (lambda: nn.MaxPool2d(3, 2, padding=1), (2, 2, 7, 7)),
+    "avg_pool2d": (lambda: nn.AvgPool2d(2), (2, 2, 6, 6)),
+    "adaptive_avg_pool2d": (lambda: nn.AdaptiveAvgPool2d(1), (2, 3, 5, 5)),
+    "batch_norm1d": (lambda: nn.BatchNorm1d(4), (6, 4)),
+    "batch_norm2d": (lambda: nn.BatchNorm2d(3), (4, 3, 5, 5)),
+    "batch_norm2d_eval": (lambda: nn.BatchNorm2d(3).eval(), (4, 3, 5, 5)),
+    "local_response_norm": (lambda: nn.LocalResponseNorm(3, alpha=0.5), (2, 5, 4, 4)),
+    "dropout_eval": (lambda: nn.Dropout(0.5).eval(), (3, 8)),
+    "relu": (lambda: nn.ReLU(), (3, 8)),
+    "leaky_relu": (lambda: nn.LeakyReLU(0.2), (3, 8)),
+    "tanh": (lambda: nn.Tanh(), (3, 8)),
+    "sigmoid": (lambda: nn.Sigmoid(), (3, 8)),
+    "softmax": (lambda: nn.Softmax(), (3, 8)),
+    "flatten": (lambda: nn.Flatten(), (2, 3, 4)),
+    "sequential": (lambda: nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(2),
+                                         nn.Flatten(), nn.Linear(8, 3)), (2, 1, 6, 6)),
+}
+
+
+def _on(device, array):
+    return gpunet.to_device(array, device)
+
+
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_every_layer_forward_and_backward_on_the_device(name, rng):
+    make, shape = LAYERS[name]
+    x = rng.standard_normal(shape) * 2 + 0.5
+    gpunet.manual_seed(3)
+    results = {}
+    for device in ("cpu", "cuda"):
+        gpunet.set_device("cpu")
+        gpunet.manual_seed(3)
+        layer = make().to(device, dtype="float64")
+        y = layer(_on(device, x))
+        dy = numpy.cos(3 * backend.to_numpy(y) + 1)
+        dx = layer.backward(_on(device, dy))
+        grads = [backend.to_numpy(p.grad) for p in layer.parameters()]
+        assert backend.device_of(y).kind == backend.device_of(dx).kind == device
+        results[device] = (backend.to_numpy(y), backend.to_numpy(dx), grads)
+    (y, dx, grads), (y_d, dx_d, grads_d) = results["cpu"], results["cuda"]
+    assert_close(y_d, y, 1e-10, 1e-12, f"{name} y")
+    assert_close(dx_d, dx, 1e-10, 1e-12, f"{name} dx")
+    for i, (g_d, g) in enumerate(zip(grads_d, grads)):
+        assert_close(g_d, g, 1e-10, 1e-12, f"{name} parameter {i} gradient")
+
+
+def test_dropout_in_training_on_the_device():
+    layer = nn.Dropout(0.25).to("cuda")
+    x = _on("cuda", numpy.ones((200, 50)))
+    y = backend.to_numpy(layer(x))
+    kept = y != 0
+    assert 0.7 < kept.mean() < 0.8 and numpy.allclose(y[kept], 1 / 0.75)
+    dx = backend.to_numpy(layer.backward(_on("cuda", numpy.ones((200, 50)))))
+    assert numpy.array_equal(dx, y)  # the same mask, the same scale
+
+
+LOSSES = {
+    "softmax_cross_entropy": (losses.SoftmaxCrossEntropy, lambda r: r.integers(0, 4, 5)),
+    "binary_cross_entropy": (losses.BinaryCrossEntropy,
+                             lambda r: r.integers(0, 2, (5, 4)).astype("float64")),
+    "mse": (losses.MSELoss, lambda r: r.standard_normal((5, 4))),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_every_loss_on_the_device(name, rng):
+    make, targets = LOSSES[name]
+    outputs, y = rng.standard_normal((5, 4)), targets(rng)
+    cpu, gpu = make(), make()
+    assert abs(gpu(_on("cuda", outputs), _on("cuda", y)) - cpu(outputs, y)) < 1e-12
+    assert_close(gpu.backward(), cpu.backward(), 1e-10, 1e-12, f"{name} gradient")
+
+
+OPTIMIZERS = {
+    "sgd": lambda ps: optim.SGD(ps, 0.1, weight_decay=0.01),
+    "sgd_momentum": lambda ps: optim.SGD(ps, 0.1, momentum=0.8, dampening=0.3),
+    "sgd_nesterov": lambda ps: optim.SGD(ps, 0.1, momentum=0.8, nesterov=True),
+    "momentum": lambda ps: optim.Momentum(ps, 0.1, beta=0.9, weight_decay=0.01),
+    "rmsprop": lambda ps: optim.RMSProp(ps, 0.01, beta=0.9),
+    "adam": lambda ps: optim.Adam(ps, 0.01, weight_decay=0.1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_every_optimizer_step_on_the_device(name, rng):
+    grads = rng.standard_normal((4, 3, 2))
+    finals = []
+    for device in ("cpu", "cuda"):
+        weight = nn.Parameter(_on(device, numpy.array([[1.0, -2.0], [0.5, 3.0], [2.0, 1.0]])))
+        opt = OPTIMIZERS[name]([weight])
+        for g in grads:
+            opt.zero_grad()
+            weight.grad += _on(device, g)
+            opt.step()
+        assert backend.device_of(weight.data).kind == device
+        finals.append(backend.to_numpy(weight.data))
+    assert_close(finals[1], finals[0], 1e-12, 1e-14, f"{name} after 4 steps")

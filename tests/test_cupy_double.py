@@ -150,3 +150,22 @@ def test_thread_order_flips_between_launches(cp):
         module.get_function("last_writer")((1,), (32,), (out,))
         seen.add(int(out))
     assert seen == {0, 31}  # a race on out[0] shows as two results
+
+
+def test_every_name_the_double_offers_is_real_cupys(cp):
+    from cupy import _manifest
+    spaces = {"cupy": cp, "cupy.ndarray": cp.ndarray, "cupy.cuda": cp.cuda,
+              "cupy.cuda.runtime": cp.cuda.runtime, "cupy.cuda.memory": cp.cuda.memory,
+              "cupy.cuda.Device": cp.cuda.Device, "cupy.cuda.Stream": cp.cuda.Stream,
+              "cupy.cuda.Event": cp.cuda.Event, "cupy.random": cp.random, "cupy.linalg": cp.linalg}
+    for space, obj in spaces.items():
+        own = {n for n in vars(obj) if not n.startswith("_")
+               and not (isinstance(obj, type(cp)) and getattr(vars(obj)[n], "__module__", "")
+                        in ("typing", "__future__"))}
+        if space == "cupy.cuda.runtime":
+            own = {n for n in own if n[0].islower() or n == "CUDARuntimeError"}
+        extra = sorted(n for n in own if not _manifest.offered(space, n)
+                       and n not in ("IS_TEST_DOUBLE", "annotations", "DEVICE_NAME",
+                                     "COMPUTE_CAPABILITY", "TOTAL_MEMORY", "default_pool",
+                                     "ufunc_methods"))
+        assert not extra, f"{space} of the double offers {extra}, which the real one lacks"

@@ -71,6 +71,11 @@ def manifest():
             entries[name] = {"kind": kind, "numpy_object": numpy_twin,
                              "signature": _signature(obj) if callable(obj) else None}
         result["namespaces"][dotted] = entries
+    for dotted in NAMESPACES:  # lazily loaded attributes (cupy.random.Generator) miss dir()
+        parent, _, name = dotted.rpartition(".")
+        if parent:
+            result["namespaces"][parent].setdefault(name, {"kind": "class", "signature": None,
+                                                           "numpy_object": False})
     return result
 
 

@@ -10,23 +10,27 @@ one device, named as the double: it is never a GPU. See README.md beside it.
 """
 from __future__ import annotations
 
-import numpy
+import numpy as _numpy
 
 from . import _manifest
-from ._core import call_numpy, check_dtype, ndarray, unwrap, wrap
+from ._core import call_numpy as _call_numpy
+from ._core import check_dtype as _check_dtype
+from ._core import ndarray
+from ._core import unwrap as _unwrap
+from ._core import wrap as _wrap
 
 __version__ = _manifest.MANIFEST["version"] + "+testdouble"
 IS_TEST_DOUBLE = True
 
 
 def _function(name: str):
-    numpy_function = getattr(numpy, name)
+    numpy_function = getattr(_numpy, name)
 
     def function(*args, **kwargs):
         _manifest.check_call("cupy", name, args, kwargs)
-        return call_numpy(f"cupy.{name}", numpy_function, args, kwargs)
+        return _call_numpy(f"cupy.{name}", numpy_function, args, kwargs)
     function.__name__ = function.__qualname__ = name
-    function.__doc__ = f"cupy.{name} of the CuPy test double (numpy.{name} underneath)."
+    function.__doc__ = f"cupy.{name} of the CuPy test double (_numpy.{name} underneath)."
     return function
 
 
@@ -34,7 +38,7 @@ class ufunc:  # noqa: N801 - CuPy's name
     """A NumPy ufunc behind CuPy's checks; only the methods CuPy's ufunc has."""
 
     def __init__(self, name: str):
-        self._numpy = getattr(numpy, name)
+        self._numpy = getattr(_numpy, name)
         self.__name__ = name
         self.nin, self.nout, self.nargs = self._numpy.nin, self._numpy.nout, self._numpy.nargs
 
@@ -42,13 +46,13 @@ class ufunc:  # noqa: N801 - CuPy's name
         out = kwargs.get("out")
         if out is not None and not isinstance(out, tuple):
             kwargs["out"] = (out,)
-        result = call_numpy(f"cupy.{self.__name__}", self._numpy, args, kwargs)
+        result = _call_numpy(f"cupy.{self.__name__}", self._numpy, args, kwargs)
         return result if out is None else out
 
     def __getattr__(self, method):
         if method.startswith("_") or not _manifest.offered("cupy.ufunc", method):
             raise AttributeError(f"'cupy.ufunc' object has no attribute {method!r}")
-        return lambda *args, **kwargs: call_numpy(f"cupy.{self.__name__}.{method}",
+        return lambda *args, **kwargs: _call_numpy(f"cupy.{self.__name__}.{method}",
                                                   getattr(self._numpy, method), args, kwargs)
 
     def __repr__(self):
@@ -60,12 +64,12 @@ def _populate():
     for name, entry in _manifest.NAMESPACES["cupy"].items():
         if name in namespace or name.startswith("_"):
             continue
-        twin = getattr(numpy, name, None)
+        twin = getattr(_numpy, name, None)
         if twin is None:
             continue
         if entry["numpy_object"] or entry["kind"] in ("attribute", "class"):
             namespace[name] = twin  # dtypes, constants, finfo, ...: the same objects in CuPy
-        elif entry["kind"] == "ufunc" and isinstance(twin, numpy.ufunc):
+        elif entry["kind"] == "ufunc" and isinstance(twin, _numpy.ufunc):
             namespace[name] = ufunc(name)
         elif entry["kind"] in ("callable", "ufunc") and callable(twin):
             namespace[name] = _function(name)
@@ -76,10 +80,10 @@ def _from_host(obj, dtype, order, copy, ndmin=0):
     if isinstance(obj, ndarray):
         obj = obj._a
     elif isinstance(obj, (list, tuple)):
-        obj = unwrap(obj, "cupy.array")
-    result = numpy.array(obj, dtype=dtype, order=order or "K", copy=copy, ndmin=ndmin)
-    check_dtype(result.dtype)
-    return wrap(result if result.base is None or not copy else result.copy())
+        obj = _unwrap(obj, "cupy.array")
+    result = _numpy.array(obj, dtype=dtype, order=order or "K", copy=copy, ndmin=ndmin)
+    _check_dtype(result.dtype)
+    return _wrap(result if result.base is None or not copy else result.copy())
 
 
 def array(obj, dtype=None, copy=True, order="K", subok=False, ndmin=0, *, blocking=False):
@@ -89,7 +93,7 @@ def array(obj, dtype=None, copy=True, order="K", subok=False, ndmin=0, *, blocki
 
 def asarray(a, dtype=None, order=None, copy=None, *, blocking=False):
     """``a`` on the device: no copy for a device array of the right dtype."""
-    if isinstance(a, ndarray) and (dtype is None or numpy.dtype(dtype) == a.dtype) \
+    if isinstance(a, ndarray) and (dtype is None or _numpy.dtype(dtype) == a.dtype) \
             and copy is not True:
         return a
     return _from_host(a, dtype, order, bool(copy) or not isinstance(a, ndarray))
@@ -99,7 +103,7 @@ def asnumpy(a, stream=None, order="C", out=None, *, blocking=True):
     """A host copy of a device array; NumPy input comes back as it is."""
     if isinstance(a, ndarray):
         return a.get(order=order, out=out)
-    return numpy.asarray(a, order=order)
+    return _numpy.asarray(a, order=order)
 
 
 def get_array_module(*args):
@@ -107,7 +111,7 @@ def get_array_module(*args):
     for arg in args:
         if isinstance(arg, ndarray):
             return sys.modules[__name__]
-    return numpy
+    return _numpy
 
 
 def is_available():

@@ -3,10 +3,10 @@
 Streams and events keep CuPy's interface; work runs at once on the CPU, so
 synchronising is a no-op and an event records the host clock.
 """
-import time
+import time as _time
 
 from . import memory, pinned_memory, runtime  # noqa: F401
-from .memory import MemoryPool, OutOfMemoryError  # noqa: F401
+from .memory import MemoryPool  # noqa: F401
 
 
 class Device:
@@ -91,7 +91,7 @@ class Event:
         self.disable_timing = disable_timing
 
     def record(self, stream=None):
-        self._time = time.perf_counter()
+        self._time = _time.perf_counter()
 
     def synchronize(self):
         pass
