@@ -7,7 +7,7 @@ EXTRAS ?= test
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install test test-cuda-double lint clean demo fashion-mnist kernels-check gpu-check
+.PHONY: install test test-cuda-double lint clean demo fashion-mnist kernels-check gpu-check gpu-check-dry
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,7 @@ lint: install
 # double's own) with the CuPy test double in CuPy's place (tests/cupy_double).
 test: install lint
 	$(BIN)/python -m pytest
-	$(MAKE) --no-print-directory test-cuda-double
+	$(MAKE) --no-print-directory test-cuda-double gpu-check-dry
 
 test-cuda-double:
 	GPUNET_CUPY_DOUBLE=1 $(BIN)/python -m pytest -m "gpu or cupy_double"
@@ -41,12 +41,17 @@ kernels-check:
 	    if [ -n "$$out" ]; then echo "$$f ($$arch, $$1):"; echo "$$out"; exit 1; fi; \
 	  done; done; echo "compiled $$f: sm_80 sm_90, float double, no warnings"; done
 
-# On a machine with a GPU: the whole suite on CUDA, compute-sanitizer over the
-# kernel tests, kernel timings against the xp path and cuDNN, and a JSON report
-# in bench/results/gpu-<date>-<gpu>.json.
-# Installs nothing: the GPU image has no network and no build backend.
+# On a machine with a GPU (bench/GPU.md): stages with time budgets, five minutes in
+# all on an H200, a JSON report rewritten after each stage in bench/results and in
+# $(OUT). Installs nothing: the GPU image has no network and no build backend.
+OUT ?= /tmp/gpunet-gpu-check
 gpu-check:
-	PYTHONPATH=. $(PYTHON) bench/gpu_check.py
+	PYTHONPATH=. $(PYTHON) bench/gpu_check.py --out "$(OUT)" $(GPU_CHECK_ARGS)
+
+# The same script through the CuPy test double, without the sanitizer (in make test):
+# the script itself must never be what fails on a GPU.
+gpu-check-dry: install
+	$(BIN)/python bench/gpu_check.py --dry-run --out /tmp/gpunet-gpu-check-dry
 
 # Debian's package where apt works (as root); otherwise gpunet downloads and
 # verifies the files itself on first use.

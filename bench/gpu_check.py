@@ -1,249 +1,236 @@
-"""``make gpu-check``: everything that needs a GPU, in one run, and a JSON report.
+"""``make gpu-check``: everything that needs a GPU, in stages with time budgets,
+fitted to a short GPU slot (five minutes in all on one H200), installing nothing.
 
-1. The whole test suite with CUDA as the device (nothing may skip for lack of it).
-2. ``compute-sanitizer --tool memcheck`` over the kernel tests.
-3. Every kernel timed against the xp path on CuPy (``use_kernels=False``) and
-   cuDNN (through PyTorch), at LeNet-5, CIFAR-AlexNet, AlexNet-224 and VGG-16
-   layer shapes, with GFLOP/s (convolution) or GB/s (pooling, batch norm).
-4. ``bench/results/gpu-<date>-<gpu>.json`` with the commit, GPU, CuPy and CUDA
-   versions, test counts and the timings.
+    PYTHONPATH=. python3 bench/gpu_check.py [--out DIR] [--stage NAME ...] [--data-root DIR]
+    python3 bench/gpu_check.py --dry-run --out DIR     # through the CuPy test double
+
+Stages (budget in seconds), each in its own process so that a crash or a hang
+costs that stage only; the next one still runs:
+  facts      15  GPU, compute capability, versions; device copy GB/s, float32 GEMM TFLOP/s
+  smoke      30  every kernel compiled, launched once small, compared with the xp path
+  tests     100  the gpu-marked tests, then the rest of the suite (GPUNET_DEVICE=cuda),
+                 60 s per test, junit XML in --out
+  sanitizer  45  compute-sanitizer memcheck, racecheck, synccheck over bench/sanitize_kernels.py
+  training   50  LeNet-5 on Fashion-MNIST, 2 epochs: accuracy, images/s, beside PyTorch+cuDNN;
+                 the first 20 losses on CPU and GPU
+  timings    60  each kernel vs the xp path and cuDNN, forward and backward; conv2d at
+                 TILE_K 8/16/32; gpunet bench --device cuda --op step
+
+The JSON report is rewritten after every stage, in --out and (on a GPU) in
+bench/results/gpu-<date>-<gpu>.json; a rerun of some stages (--stage) updates
+that day's report. The last lines printed are a table of the stages.
 """
+from __future__ import annotations
+
+import argparse
 import datetime
+import importlib.util
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-import xml.etree.ElementTree as ET
-
-import numpy
+import tempfile
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-CONV_SHAPES = {  # name: (N, C, H, W, K, R, S, stride, padding)
-    "lenet5.conv1": (128, 1, 32, 32, 6, 5, 5, 1, 0),
-    "lenet5.conv2": (128, 6, 14, 14, 16, 5, 5, 1, 0),
-    "alexnet_cifar.conv2": (64, 64, 15, 15, 128, 5, 5, 1, 2),
-    "alexnet224.conv1": (32, 3, 224, 224, 64, 11, 11, 4, 2),
-    "alexnet224.conv2": (32, 64, 27, 27, 192, 5, 5, 1, 2),
-    "vgg16.conv3_1": (16, 128, 56, 56, 256, 3, 3, 1, 1),
-    "vgg16.conv5_1": (16, 512, 14, 14, 512, 3, 3, 1, 1),
-}
-POOL_SHAPES = {  # name: (N, C, H, W, kernel, stride)
-    "lenet5.pool1": (128, 6, 28, 28, 2, 2),
-    "alexnet224.pool1": (32, 64, 55, 55, 3, 2),
-    "vgg16.pool2": (16, 128, 112, 112, 2, 2),
-}
-BN_SHAPES = {"lenet5.bn1": (128, 6, 28, 28), "vgg16.bn3": (16, 256, 56, 56)}
+BENCH = os.path.join(ROOT, "bench")
+DOUBLE = os.path.join(ROOT, "tests", "cupy_double")
+BUDGETS = {"facts": 15, "smoke": 30, "tests": 100, "sanitizer": 45, "training": 50,
+           "timings": 60}
+# The dry run emulates the kernels on CI's two cores: same stages, looser clocks.
+DRY_BUDGET_SCALE = 4
 
 
-def run(cmd, env=None, timeout=3000):
-    print("$", " ".join(cmd), flush=True)
-    return subprocess.run(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, text=True,
-                          capture_output=True, timeout=timeout)
-
-
-def test_counts(junit_path):
-    root = ET.parse(junit_path).getroot()
-    suites = root.iter("testsuite")
-    counts = {"passed": 0, "failed": 0, "skipped": 0, "gpu_tests_run": 0,
-              "skipped_for_lack_of_cuda": 0}
-    for suite in suites:
-        for case in suite.iter("testcase"):
-            name = case.get("name", "")
-            failed = case.find("failure") is not None or case.find("error") is not None
-            skipped = case.find("skipped")
-            if failed:
-                counts["failed"] += 1
-            elif skipped is not None:
-                counts["skipped"] += 1
-                if "no usable GPU" in (skipped.get("message") or ""):
-                    counts["skipped_for_lack_of_cuda"] += 1
-            else:
-                counts["passed"] += 1
-                if "cupy" in name or "gpu" in name:
-                    counts["gpu_tests_run"] += 1
-    return counts
-
-
-def time_gpu(fn, repeat=20):
-    """Median milliseconds of ``fn`` on the GPU (events around each call)."""
-    import cupy
-    fn()
-    cupy.cuda.Device().synchronize()
-    times = []
-    for _ in range(repeat):
-        start, stop = cupy.cuda.Event(), cupy.cuda.Event()
-        start.record()
-        fn()
-        stop.record()
-        stop.synchronize()
-        times.append(cupy.cuda.get_elapsed_time(start, stop))
-    return float(numpy.median(times))
-
-
-def time_torch(fn, repeat=20):
-    import torch
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeat):
-        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        stop.record()
-        stop.synchronize()
-        times.append(start.elapsed_time(stop))
-    return float(numpy.median(times))
-
-
-def _rate(work, ms):
-    return round(work / (ms * 1e-3) / 1e9, 1)
-
-
-def _row(op, shape_name, work, unit, ours, xp_path, cudnn):
-    row = {"op": op, "shape": shape_name, "gpunet_ms": round(ours, 4),
-           "xp_path_ms": round(xp_path, 4), "cudnn_ms": None if cudnn is None else round(cudnn, 4),
-           f"gpunet_{unit}": _rate(work, ours), f"xp_path_{unit}": _rate(work, xp_path),
-           f"cudnn_{unit}": None if cudnn is None else _rate(work, cudnn)}
-    print(row, flush=True)
-    return row
-
-
-def _time_conv(name, shape, rng, torch):
-    import cupy
-
-    from gpunet import ops
-    n, c, h, w, k, r, s, st, p = shape
-    x = cupy.asarray(rng.standard_normal((n, c, h, w), dtype=numpy.float32))
-    wt = cupy.asarray(rng.standard_normal((k, c, r, s), dtype=numpy.float32))
-    b = cupy.zeros(k, numpy.float32)
-
-    def forward(kernels):
-        return ops.conv2d_forward(x, wt, b, st, p, use_kernels=kernels)
-
-    (y, ctx_kernels), (_, ctx_xp) = forward(True), forward(False)
-    dy = cupy.ones_like(y)
-    flops = 2.0 * y.size * c * r * s  # one multiply-add per weight per output
-    cudnn_f = cudnn_b = None
-    if torch is not None:
-        tx = torch.randn(n, c, h, w, device="cuda", requires_grad=True)
-        tw = torch.randn(k, c, r, s, device="cuda", requires_grad=True)
-        tb = torch.zeros(k, device="cuda", requires_grad=True)
-
-        def conv():
-            return torch.nn.functional.conv2d(tx, tw, tb, st, p)
-
-        tdy = torch.ones_like(conv())
-        cudnn_f = time_torch(conv)
-        cudnn_b = time_torch(lambda: torch.autograd.grad(conv(), (tx, tw, tb), tdy)) - cudnn_f
-    return [
-        _row("conv2d_fwd", name, flops, "gflops", time_gpu(lambda: forward(True)),
-             time_gpu(lambda: forward(False)), cudnn_f),
-        _row("conv2d_bwd", name, 2 * flops, "gflops",  # dx and dW: twice the forward
-             time_gpu(lambda: ops.conv2d_backward(dy, ctx_kernels)),
-             time_gpu(lambda: ops.conv2d_backward(dy, ctx_xp)), cudnn_b)]
-
-
-def _time_pool(name, shape, rng, torch):
-    import cupy
-
-    from gpunet import ops
-    n, c, h, w, kernel, stride = shape
-    x = cupy.asarray(rng.standard_normal((n, c, h, w), dtype=numpy.float32))
-    y, _ = ops.max_pool2d_forward(x, kernel, stride)
-    moved = 4.0 * (x.size + 2 * y.size)  # read x, write y and the argmax
-    cudnn = None
-    if torch is not None:
-        tx = torch.randn(n, c, h, w, device="cuda")
-        cudnn = time_torch(lambda: torch.nn.functional.max_pool2d(tx, kernel, stride))
-    return [_row("max_pool2d_fwd", name, moved, "gbps",
-                 time_gpu(lambda: ops.max_pool2d_forward(x, kernel, stride, use_kernels=True)),
-                 time_gpu(lambda: ops.max_pool2d_forward(x, kernel, stride, use_kernels=False)),
-                 cudnn)]
-
-
-def _time_batch_norm(name, shape, rng, torch):
-    import cupy
-
-    from gpunet import ops
-    x = cupy.asarray(rng.standard_normal(shape, dtype=numpy.float32))
-    c = shape[1]
-    gamma, beta = cupy.ones(c, numpy.float32), cupy.zeros(c, numpy.float32)
-
-    def forward(kernels):
-        return ops.batch_norm_forward(x, gamma, beta, cupy.zeros(c, numpy.float32),
-                                      cupy.ones(c, numpy.float32), training=True,
-                                      use_kernels=kernels)
-
-    moved = 4.0 * 4 * x.size  # x read twice for the statistics, once more; y and x_hat written
-    cudnn = None
-    if torch is not None:
-        tx = torch.randn(*shape, device="cuda")
-        layer = torch.nn.BatchNorm2d(c).cuda()
-        cudnn = time_torch(lambda: layer(tx))
-    return [_row("batch_norm_fwd", name, moved, "gbps", time_gpu(lambda: forward(True)),
-                 time_gpu(lambda: forward(False)), cudnn)]
-
-
-def kernel_timings():
+def _stage_budget(text: str) -> tuple[str, float]:
+    name, _, seconds = text.partition("=")
     try:
-        import torch
-        torch.backends.cudnn.benchmark = True
-    except ImportError:
-        torch = None
-    rng = numpy.random.default_rng(0)
-    rows = []
-    for table, timer in ((CONV_SHAPES, _time_conv), (POOL_SHAPES, _time_pool),
-                         (BN_SHAPES, _time_batch_norm)):
-        for name, shape in table.items():
-            rows += timer(name, shape, rng, torch)
-    return rows
+        value = float(seconds)
+    except ValueError:
+        value = -1.0
+    if name not in BUDGETS or value <= 0:
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=SECONDS with NAME one of {', '.join(BUDGETS)} and SECONDS > 0, "
+            f"got {text!r}")
+    return name, value
 
 
-def main():
-    try:
-        import cupy
-        props = cupy.cuda.runtime.getDeviceProperties(0)
-    except Exception as exc:  # noqa: BLE001
-        sys.exit(f"gpu-check needs CuPy and a GPU: {exc}")
-    gpu = props["name"].decode()
-    commit = run(["git", "rev-parse", "--short", "HEAD"]).stdout.strip()
-    report = {"commit": commit, "gpu": gpu, "date": str(datetime.date.today()),
-              "cupy": cupy.__version__, "cuda": cupy.cuda.runtime.runtimeGetVersion(),
-              "driver": cupy.cuda.runtime.driverGetVersion()}
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=os.environ.get("OUT") or os.path.join(
+        tempfile.gettempdir(), "gpunet-gpu-check"),
+                        help="folder for the report and junit XML (default: $OUT)")
+    parser.add_argument("--stage", action="append", choices=list(BUDGETS),
+                        help="run only these stages (repeatable)")
+    parser.add_argument("--data-root", help="folder holding the Fashion-MNIST IDX files "
+                        "(default: $GPUNET_DATA/fashion-mnist, then the usual places)")
+    parser.add_argument("--stage-budget", action="append", default=[], metavar="NAME=SECONDS",
+                        type=_stage_budget,
+                        help="another budget for a stage (repeatable)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="through the CuPy test double, without the sanitizer")
+    parser.add_argument("--run-stage", choices=list(BUDGETS), help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    parser.add_argument("--facts", help=argparse.SUPPRESS)
+    parser.add_argument("--budget", type=float, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
 
-    junit = "/tmp/gpunet-junit.xml"
-    suite = run([sys.executable, "-m", "pytest", "-q", f"--junitxml={junit}", "-p",
-                 "no:cacheprovider"], env={"GPUNET_DEVICE": "cuda", "GPUNET_POISON": "1"})
-    print(suite.stdout[-3000:], suite.stderr[-2000:])
-    report["tests"] = test_counts(junit)
-    report["tests"]["summary"] = (suite.stdout.strip().splitlines() or [""])[-1]
 
-    sanitizer = shutil.which("compute-sanitizer")
-    if sanitizer:
-        memcheck = run([sanitizer, "--tool", "memcheck", "--error-exitcode", "1", sys.executable,
-                        "-m", "pytest", "-q", "-m", "gpu", "tests/test_kernels.py", "-p",
-                        "no:cacheprovider"], env={"GPUNET_DEVICE": "cuda"})
-        summary = re.findall(r"ERROR SUMMARY: \d+ errors?", memcheck.stdout + memcheck.stderr)
-        report["memcheck"] = {"exit_code": memcheck.returncode,
-                              "summary": summary[-1] if summary else "no summary"}
+def stage_env(dry: bool) -> dict:
+    paths = [DOUBLE] if dry else []
+    paths += [ROOT, BENCH, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths), PYTHONUNBUFFERED="1")
+    if dry:
+        env["GPUNET_CUPY_DOUBLE"] = "1"
+    return env
+
+
+def run_stage_here(args) -> None:
+    """The child: one stage, its results written to ``--result`` as it goes."""
+    sys.path.insert(0, BENCH)
+    import gpu_stages
+    facts = {}
+    if args.facts and os.path.exists(args.facts):
+        with open(args.facts) as f:
+            facts = json.load(f)
+    ctx = gpu_stages.StageContext(dry=args.dry_run, out=args.out, result_path=args.result,
+                                  budget_s=args.budget, data_root=args.data_root, facts=facts)
+    ctx.emit()
+    gpu_stages.STAGES[args.run_stage](ctx)
+
+
+def preflight(dry: bool) -> tuple[str | None, str, list[str]]:
+    """``(fatal problem or None, GPU name, what is missing)``: checked before any stage."""
+    if dry:
+        sys.path.insert(0, DOUBLE)
+        os.environ["GPUNET_CUPY_DOUBLE"] = "1"
+    missing = []
+    if importlib.util.find_spec("cupy") is None:
+        return "CuPy is not installed", "", missing
+    sys.path.insert(0, ROOT)
+    from gpunet import backend
+    reason = backend.cuda_unavailable_reason()
+    if reason is not None:
+        return f"no usable GPU: {reason}", "", missing
+    import cupy
+    gpu = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
+    for tool in ("nvcc", "compute-sanitizer"):
+        if shutil.which(tool) is None:
+            missing.append(tool)
+    if importlib.util.find_spec("torch") is None:
+        missing.append("PyTorch (no cuDNN columns)")
     else:
-        report["memcheck"] = {"exit_code": None, "summary": "compute-sanitizer not found"}
+        import torch
+        if not dry and not torch.cuda.is_available():
+            missing.append("PyTorch with CUDA (no cuDNN columns)")
+    return None, gpu, missing
 
-    report["timings"] = kernel_timings()
-    os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
+
+def report_paths(out: str, gpu: str, dry: bool) -> list[str]:
     slug = re.sub(r"[^A-Za-z0-9]+", "-", gpu).strip("-").lower()
-    path = os.path.join(ROOT, "bench", "results", f"gpu-{report['date']}-{slug}.json")
-    with open(path, "w") as f:
-        json.dump(report, f, indent=1)
-    print(f"report: {os.path.relpath(path, ROOT)}")
-    print(json.dumps(report["tests"]), json.dumps(report["memcheck"]))
-    bad = report["tests"]["failed"] or report["tests"]["skipped_for_lack_of_cuda"] or \
-        report["memcheck"]["exit_code"]
-    sys.exit(1 if bad else 0)
+    name = f"gpu-{datetime.date.today()}-{slug}.json"
+    paths = [os.path.join(out, name)]
+    if not dry:  # the double's figures are not GPU results: never in bench/results
+        paths.append(os.path.join(ROOT, "bench", "results", name))
+    return paths
+
+
+def write(report: dict, paths: list[str]) -> None:
+    for path in paths:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(report, f, indent=1, default=str)
+        os.replace(tmp, path)
+
+
+def git_commit() -> str:
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                          text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                           capture_output=True, text=True).stdout.strip()
+    return (done.stdout.strip() or "unknown") + ("+uncommitted" if dirty else "")
+
+
+def run_stage(name: str, args, budget: float, facts_path: str) -> dict:
+    result = os.path.join(args.out, f".stage-{name}.json")
+    if os.path.exists(result):
+        os.remove(result)
+    cmd = [sys.executable, os.path.abspath(__file__), "--run-stage", name, "--result", result,
+           "--out", args.out, "--budget", str(budget), "--facts", facts_path]
+    cmd += ["--dry-run"] if args.dry_run else []
+    cmd += ["--data-root", args.data_root] if args.data_root else []
+    print(f"== {name} (budget {budget:.0f} s)", flush=True)
+    start = time.monotonic()
+    try:
+        done = subprocess.run(cmd, cwd=ROOT, env=stage_env(args.dry_run), timeout=budget,
+                              stdout=sys.stdout, stderr=subprocess.PIPE, text=True)
+        status = "ok" if done.returncode == 0 else "failed"
+        stderr = done.stderr
+    except subprocess.TimeoutExpired as exc:
+        status = "out of budget"
+        stderr = exc.stderr.decode() if isinstance(exc.stderr, bytes) else (exc.stderr or "")
+    entry = {"status": status, "seconds": round(time.monotonic() - start, 1),
+             "budget_s": budget, "results": {}}
+    if os.path.exists(result):
+        with open(result) as f:
+            entry["results"] = json.load(f)
+        os.remove(result)
+    if status != "ok":
+        entry["error"] = stderr[-4000:]
+        print(stderr[-2000:], file=sys.stderr, flush=True)
+    return entry
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.run_stage:
+        run_stage_here(args)
+        return 0
+    os.makedirs(args.out, exist_ok=True)
+    args.out = os.path.abspath(args.out)
+    fatal, gpu, missing = preflight(args.dry_run)
+    print("gpu-check: " + (f"cannot run: {fatal}" if fatal else
+                           f"{gpu}; missing: {', '.join(missing) or 'nothing'}"), flush=True)
+    if fatal:
+        write({"commit": git_commit(), "date": str(datetime.date.today()), "error": fatal},
+              [os.path.join(args.out, "gpu-check-not-run.json")])
+        return 2
+    paths = report_paths(args.out, gpu, args.dry_run)
+    report = {}
+    if args.stage and os.path.exists(paths[-1]):  # a rerun of some stages updates the report
+        with open(paths[-1]) as f:
+            report = json.load(f)
+    report.update({"commit": git_commit(), "date": str(datetime.date.today()), "gpu": gpu,
+                   "dry_run_through_the_cupy_test_double": args.dry_run, "missing": missing})
+    report.setdefault("stages", {})
+    names = [n for n in BUDGETS if not args.stage or n in args.stage]
+    budgets = {n: b * (DRY_BUDGET_SCALE if args.dry_run else 1) for n, b in BUDGETS.items()}
+    budgets.update(dict(args.stage_budget))
+    facts_path = os.path.join(args.out, ".facts.json")
+    with open(facts_path, "w") as f:
+        json.dump(report["stages"].get("facts", {}).get("results", {}), f)
+    for name in names:
+        if name == "sanitizer" and args.dry_run:
+            report["stages"][name] = {"status": "skipped", "seconds": 0, "budget_s": 0,
+                                      "results": {"why": "the sanitizer needs a real GPU"}}
+            continue
+        report["stages"][name] = run_stage(name, args, budgets[name], facts_path)
+        if name == "facts":
+            with open(facts_path, "w") as f:
+                json.dump(report["stages"][name]["results"], f)
+        write(report, paths)
+    write(report, paths)
+    os.remove(facts_path)
+    print("\nstage      status          seconds  budget")
+    for name, entry in report["stages"].items():
+        print(f"{name:10s} {entry['status']:15s} {entry['seconds']:7.1f} {entry['budget_s']:7.0f}")
+    print("report: " + "  ".join(os.path.relpath(p, ROOT) if p.startswith(ROOT) else p
+                                 for p in paths))
+    failed = [n for n, e in report["stages"].items() if e["status"] not in ("ok", "skipped")]
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,7 +1,7 @@
 """The CUDA kernels against the xp path, on the same inputs.
 
 Without a GPU, each kernel runs on the CPU through tests/cuda_emulator (the .cu
-source compiled as C++, one OS thread per CUDA thread, real barriers), driven by
+source compiled as C++, a block's threads as fibers meeting at __syncthreads), driven by
 the real launchers in gpunet/cuda. Outputs are poisoned with NaN before every
 launch, so an element a kernel fails to write shows; every kernel runs twice and
 must give bitwise-equal results. On a GPU the same comparisons run on CuPy.

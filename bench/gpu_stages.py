@@ -1,0 +1,615 @@
+"""The stages of ``bench/gpu_check.py``, each run in its own process.
+
+A stage is ``stage_<name>(ctx)``; it records what it has found through
+``ctx.emit(results)`` as it goes, so that a stage killed at its budget still
+leaves its partial results in the report. ``ctx.dry`` is set when the CuPy test
+double stands in for the GPU (``make gpu-check-dry``): shapes and repeat counts
+shrink, and nothing it measures is a GPU figure.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+
+import numpy
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "bench")
+
+
+@dataclass
+class StageContext:
+    dry: bool
+    out: str                      # the folder whose files come back from the GPU machine
+    result_path: str
+    budget_s: float
+    data_root: str | None = None
+    facts: dict = field(default_factory=dict)  # the facts stage's results, for ratios
+    started: float = field(default_factory=time.monotonic)
+    results: dict = field(default_factory=dict)
+
+    def emit(self, **values) -> None:
+        self.results.update(values)
+        tmp = self.result_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.results, f, indent=1, default=str)
+        os.replace(tmp, self.result_path)
+
+    def left_s(self) -> float:
+        return self.budget_s - (time.monotonic() - self.started)
+
+
+# -- timing ---------------------------------------------------------------------------------
+def time_gpu(fn, repeat: int) -> float:
+    """Median milliseconds of ``fn`` between CUDA events (after one warm-up call)."""
+    import cupy
+    fn()
+    cupy.cuda.Device().synchronize()
+    times = []
+    for _ in range(repeat):
+        start, stop = cupy.cuda.Event(), cupy.cuda.Event()
+        start.record()
+        fn()
+        stop.record()
+        stop.synchronize()
+        times.append(cupy.cuda.get_elapsed_time(start, stop))
+    return float(numpy.median(times))
+
+
+def time_torch(fn, repeat: int) -> float:
+    import torch
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeat):
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        stop.record()
+        stop.synchronize()
+        times.append(start.elapsed_time(stop))
+    return float(numpy.median(times))
+
+
+def cuda_torch():
+    """PyTorch when it can use the GPU (cuDNN timings), else ``None``."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    return torch
+
+
+# -- facts ----------------------------------------------------------------------------------
+def stage_facts(ctx: StageContext) -> None:
+    """The GPU, the versions, and two measured ceilings: device-to-device copy GB/s
+    and float32 GEMM TFLOP/s (TF32 off: CuPy's default)."""
+    import cupy
+
+    props = cupy.cuda.runtime.getDeviceProperties(0)
+    torch = cuda_torch()
+    nvcc = shutil.which("nvcc")
+    nvcc_version = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout \
+        .strip().splitlines()[-1] if nvcc else None
+    ctx.emit(gpu=props["name"].decode(), compute_capability=f"{props['major']}.{props['minor']}",
+             memory_gib=round(props["totalGlobalMem"] / 2**30, 1),
+             multiprocessors=props["multiProcessorCount"],
+             cuda_runtime=cupy.cuda.runtime.runtimeGetVersion(),
+             cuda_driver=cupy.cuda.runtime.driverGetVersion(), cupy=cupy.__version__,
+             numpy=numpy.__version__, torch=None if torch is None else torch.__version__,
+             cudnn=None if torch is None else torch.backends.cudnn.version(), nvcc=nvcc_version,
+             python=sys.version.split()[0])
+    repeat = 2 if ctx.dry else 10
+    n = (2**18 if ctx.dry else 2**28) // 4  # float32 values: 1 MiB / 1 GiB
+    a, b = cupy.ones(n, numpy.float32), cupy.empty(n, numpy.float32)
+    ms = time_gpu(lambda: b.__setitem__(Ellipsis, a), repeat)
+    ctx.emit(copy_gbps=float(f"{2 * a.nbytes / (ms * 1e-3) / 1e9:.4g}"))
+    size = 256 if ctx.dry else 8192
+    m = cupy.ones((size, size), numpy.float32)
+    ms = time_gpu(lambda: m @ m, repeat)
+    ctx.emit(sgemm_tflops=float(f"{2 * size**3 / (ms * 1e-3) / 1e12:.4g}"))
+
+
+# -- smoke: every kernel once against the xp path --------------------------------------------
+SMOKE_CASES = {  # small and awkward: odd sizes, stride 2, padding, a tail block
+    "conv2d": (2, 3, 7, 6, 70, 3, 3, 2, 1),
+    "max_pool2d": (2, 3, 7, 7, 3, 2, 1),
+    "avg_pool2d": (1, 2, 6, 5, 2, 2, 0),
+    "batch_norm": (3, 4, 5, 5),
+}
+
+
+def kernel_names() -> set[str]:
+    names = set()
+    for name in ("conv2d", "pool2d", "batchnorm"):
+        with open(os.path.join(ROOT, "kernels", f"{name}.cu")) as f:
+            names |= set(re.findall(r'extern\s+"C"\s+__global__\s+void\s+'
+                                    r'(?:__launch_bounds__\s*\([^)]*\)\s*)?(\w+)', f.read()))
+    return names
+
+
+def family_outputs(family: str, dtype: str, use_kernels: bool, rng_seed: int = 0):
+    """Forward and backward outputs of one kernel family on a small device input."""
+    import cupy
+
+    from gpunet import ops
+    rng = numpy.random.default_rng(rng_seed)
+    shape = SMOKE_CASES[family]
+
+    def device(*dims):
+        return cupy.asarray(rng.standard_normal(dims).astype(dtype))
+
+    if family == "conv2d":
+        n, c, h, w, k, r, s, stride, pad = shape
+        x, weight, bias = device(n, c, h, w), device(k, c, r, s), device(k)
+        y, ctx = ops.conv2d_forward(x, weight, bias, stride, pad, use_kernels=use_kernels)
+        return (y, *ops.conv2d_backward(cupy.cos(3 * y + 1), ctx))
+    if family == "batch_norm":
+        x = device(*shape)
+        c = shape[1]
+        gamma, beta = device(c), device(c)
+        outputs = []
+        for training in (True, False):
+            mean, var = cupy.zeros(c, dtype), cupy.ones(c, dtype)
+            y, ctx = ops.batch_norm_forward(x, gamma, beta, mean, var, training=training,
+                                            use_kernels=use_kernels)
+            outputs += [y, mean, var, *ops.batch_norm_backward(cupy.cos(3 * y + 1), ctx)]
+        return tuple(outputs)
+    n, c, h, w, kernel, stride, pad = shape
+    x = device(n, c, h, w)
+    y, ctx = getattr(ops, f"{family}_forward")(x, kernel, stride, pad, use_kernels=use_kernels)
+    return y, getattr(ops, f"{family}_backward")(cupy.cos(3 * y + 1), ctx)
+
+
+def check_family(family: str, dtype: str) -> dict:
+    """Kernels against the xp path: the kernels launched, the worst error, or the error."""
+    from gpunet.cuda import runtime
+    launched = []
+    original = runtime.launch
+
+    def recording(name, kernel, *args, **kwargs):
+        launched.append(kernel)
+        return original(name, kernel, *args, **kwargs)
+
+    row = {"family": family, "dtype": dtype, "shape": SMOKE_CASES[family], "kernels": launched}
+    runtime.launch = recording
+    try:
+        got = family_outputs(family, dtype, True)
+        ref = family_outputs(family, dtype, False)
+        worst = 0.0
+        for g, r in zip(got, ref):
+            if g is None:
+                continue
+            g, r = g.get().astype(numpy.float64), r.get().astype(numpy.float64)
+            scale = max(float(numpy.abs(r).max()), 1.0)
+            worst = max(worst, float(numpy.abs(g - r).max()) / scale)
+        row["max_error"] = worst
+        row["ok"] = bool(worst <= (1e-5 if dtype == "float32" else 1e-12))
+    except Exception as exc:  # noqa: BLE001 - recorded with the kernel that was running
+        row.update(ok=False, error=f"{type(exc).__name__}: {exc}"[:2000],
+                   failing_kernel=launched[-1] if launched else None)
+    finally:
+        runtime.launch = original
+    return row
+
+
+def stage_smoke(ctx: StageContext) -> None:
+    import cupy
+
+    from gpunet.cuda import runtime
+    compiled = []
+    for name in ("conv2d", "pool2d", "batchnorm"):
+        for dtype in ("float32", "float64"):
+            start = time.perf_counter()
+            try:
+                runtime._module(cupy, name, dtype, cupy.cuda.Device().id)
+                compiled.append({"file": f"{name}.cu", "dtype": dtype, "ok": True,
+                                 "seconds": round(time.perf_counter() - start, 2)})
+            except Exception as exc:  # noqa: BLE001
+                compiled.append({"file": f"{name}.cu", "dtype": dtype, "ok": False,
+                                 "error": f"{type(exc).__name__}: {exc}"[:3000]})
+            ctx.emit(compiled=compiled)
+    checks = []
+    for family in SMOKE_CASES:
+        for dtype in ("float32", "float64"):
+            checks.append(check_family(family, dtype))
+            ctx.emit(checks=checks)
+            if not checks[-1]["ok"]:
+                print(f"smoke: {family} {dtype} {checks[-1]}", file=sys.stderr, flush=True)
+    launched = {k for row in checks for k in row["kernels"]}
+    ctx.emit(kernels_not_launched=sorted(kernel_names() - launched))
+    if not all(c["ok"] for c in compiled + checks) or kernel_names() - launched:
+        sys.exit(1)
+
+
+# -- tests ----------------------------------------------------------------------------------
+def junit_counts(path: str) -> dict:
+    counts = {"passed": 0, "failed": 0, "skipped": 0, "skipped_for_lack_of_cuda": 0,
+              "failures": []}
+    if not os.path.exists(path):
+        return counts
+    for case in ET.parse(path).getroot().iter("testcase"):
+        bad = case.find("failure") if case.find("failure") is not None else case.find("error")
+        skipped = case.find("skipped")
+        name = f"{case.get('classname')}::{case.get('name')}"
+        if bad is not None:
+            counts["failed"] += 1
+            counts["failures"].append(f"{name}: {(bad.get('message') or '')[:300]}")
+        elif skipped is not None:
+            counts["skipped"] += 1
+            counts["skipped_for_lack_of_cuda"] += "no usable GPU" in (skipped.get("message")
+                                                                      or "")
+        else:
+            counts["passed"] += 1
+    counts["failures"] = counts["failures"][:40]
+    return counts
+
+
+def stage_tests(ctx: StageContext) -> None:
+    """The gpu-marked tests, then (on a GPU) the rest of the suite, each test under
+    a timeout, junit XML kept in the output folder."""
+    # PIP_NO_INDEX: the packaging test's wheel build then fails at once, not after
+    # retries, on a machine without network (and skips, saying so)
+    env = dict(os.environ, GPUNET_DEVICE="cuda", GPUNET_POISON="1", PIP_NO_INDEX="1",
+               PYTHONPATH=os.pathsep.join([BENCH, os.environ.get("PYTHONPATH", "")]))
+    # The dry run keeps to the kernel tests: make test already runs every gpu test
+    # through the double.
+    runs = [("gpu", ["-m", "gpu", "tests/test_kernels.py"] if ctx.dry else ["-m", "gpu"])]
+    if not ctx.dry:
+        runs.append(("rest", ["-m", "not gpu"]))
+    for name, selection in runs:
+        junit = os.path.join(ctx.out, f"junit-{name}.xml")
+        timeout = ctx.left_s() - 5
+        if timeout < 10:
+            ctx.emit(**{name: {"status": "not run: no time left in the stage's budget"}})
+            continue
+        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p",
+               "per_test_timeout", "--per-test-timeout", "60", f"--junitxml={junit}",
+               *selection]
+        try:
+            done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                                  timeout=timeout)
+            summary = (done.stdout.strip().splitlines() or [""])[-1]
+            status = "ok" if done.returncode == 0 else f"exit {done.returncode}"
+        except subprocess.TimeoutExpired:
+            summary, status = "", f"stopped after {timeout:.0f} s"
+        ctx.emit(**{name: {"status": status, "summary": summary, **junit_counts(junit)}})
+    if any(ctx.results[n].get("status") != "ok" or ctx.results[n].get("skipped_for_lack_of_cuda")
+           for n, _ in runs):
+        sys.exit(1)
+
+
+# -- sanitizer --------------------------------------------------------------------------------
+def stage_sanitizer(ctx: StageContext) -> None:
+    """memcheck, racecheck and synccheck over one small launch of each kernel."""
+    sanitizer = shutil.which("compute-sanitizer")
+    if sanitizer is None:
+        ctx.emit(error="compute-sanitizer is not on PATH")
+        sys.exit(1)
+    script = os.path.join(BENCH, "sanitize_kernels.py")
+    tools = ("memcheck", "racecheck", "synccheck")
+    bad = False
+    for i, tool in enumerate(tools):
+        timeout = ctx.left_s() / (len(tools) - i) - 1
+        try:
+            done = subprocess.run([sanitizer, "--tool", tool, "--error-exitcode", "1",
+                                   sys.executable, script], cwd=ROOT, capture_output=True,
+                                  text=True, timeout=timeout)
+            output = done.stdout + done.stderr
+            summary = re.findall(r"(?:ERROR|RACECHECK) SUMMARY: [^\n]*", output)
+            row = {"exit_code": done.returncode, "summary": summary[-1] if summary else None}
+            if done.returncode:
+                row["output_tail"] = output[-3000:]
+        except subprocess.TimeoutExpired:
+            row = {"exit_code": None, "summary": f"stopped after {timeout:.0f} s"}
+        bad |= row["exit_code"] != 0
+        ctx.emit(**{tool: row})
+    if bad:
+        sys.exit(1)
+
+
+# -- training ---------------------------------------------------------------------------------
+def _torch_lenet5(torch):
+    nn = torch.nn
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 5, padding=2), nn.BatchNorm2d(6), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(400, 120), nn.BatchNorm1d(120), nn.ReLU(), nn.Linear(120, 84),
+        nn.BatchNorm1d(84), nn.ReLU(), nn.Linear(84, 10))
+
+
+def _torch_training(torch, data, epochs, batch) -> dict:
+    (x, y), (xt, yt) = data
+    torch.manual_seed(0)
+    model = _torch_lenet5(torch).cuda()
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    xs, ys = torch.from_numpy(x).cuda(), torch.from_numpy(y.astype("int64")).cuda()
+    loss_fn = torch.nn.CrossEntropyLoss()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(epochs):
+        order = torch.randperm(len(xs), device="cuda")
+        for i in range(0, len(xs), batch):
+            idx = order[i:i + batch]
+            opt.zero_grad(set_to_none=True)
+            loss_fn(model(xs[idx]), ys[idx]).backward()
+            opt.step()
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    model.eval()
+    with torch.no_grad():
+        logits = torch.cat([model(torch.from_numpy(xt[i:i + 1000]).cuda())
+                            for i in range(0, len(xt), 1000)])
+    accuracy = float((logits.argmax(1).cpu().numpy() == yt).mean())
+    return {"test_accuracy": round(accuracy, 4), "seconds": round(seconds, 2),
+            "images_per_s": round(epochs * len(x) / seconds)}
+
+
+def stage_training(ctx: StageContext) -> None:
+    """LeNet-5 (batch norm) on Fashion-MNIST: test accuracy and images/s on the GPU
+    beside the same model in PyTorch+cuDNN; the first 20 losses on CPU and GPU."""
+    import copy
+
+    import gpunet
+    from gpunet import losses, models, optim
+    from gpunet.data import DatasetError, load_fashion_mnist, transforms
+    try:
+        (x, y), (xt, yt) = load_fashion_mnist(ctx.data_root)
+    except DatasetError as exc:
+        ctx.emit(error=f"Fashion-MNIST not found: {exc}")
+        sys.exit(1)
+    epochs, batch = (1, 16) if ctx.dry else (2, 128)
+    if ctx.dry:
+        x, y, xt, yt = x[:384], y[:384], xt[:256], yt[:256]
+    x, xt = transforms.to_float(x), transforms.to_float(xt)
+    stats = transforms.Standardize().fit(x)
+    x, xt = stats(x), stats(xt)
+    ctx.emit(train_images=len(x), test_images=len(xt), epochs=epochs, batch_size=batch)
+
+    gpunet.set_device("cpu")
+    gpunet.manual_seed(0)
+    model = models.lenet5(batch_norm=True)
+    steps = 20
+    curves = {}
+    for device in ("cpu", "cuda"):
+        m = copy.deepcopy(model).to(device)
+        opt = optim.Adam(m.parameters(), 1e-3)
+        loss = losses.SoftmaxCrossEntropy()
+        curve = []
+        for i in range(steps):
+            xb = gpunet.to_device(x[i * batch % len(x):][:batch], device)
+            yb = gpunet.to_device(y[i * batch % len(x):][:batch], device)
+            opt.zero_grad()
+            curve.append(round(loss(m(xb), yb), 7))
+            m.backward(loss.backward())
+            opt.step()
+        curves[device] = curve
+    diff = float(numpy.max(numpy.abs(numpy.subtract(curves["cpu"], curves["cuda"]))))
+    ctx.emit(first_losses=curves, max_loss_difference=diff)
+
+    gpunet.set_device("cuda")
+    gpunet.manual_seed(0)
+    model = models.lenet5(batch_norm=True)
+    opt = optim.Adam(model.parameters(), 1e-3)
+    gpunet.backend.get_device().synchronize()
+    start = time.perf_counter()
+    gpunet.fit(model, losses.SoftmaxCrossEntropy(), opt, (x, y), epochs, batch, progress=False)
+    gpunet.backend.get_device().synchronize()
+    seconds = time.perf_counter() - start
+    accuracy = gpunet.evaluate(model, (xt, yt))["accuracy"]
+    ctx.emit(gpunet={"test_accuracy": round(accuracy, 4), "seconds": round(seconds, 2),
+                     "images_per_s": round(epochs * len(x) / seconds)})
+    torch = cuda_torch()
+    ctx.emit(torch_cudnn=_torch_training(torch, ((x, y), (xt, yt)), epochs, batch)
+             if torch is not None else "PyTorch with CUDA is not available")
+    if diff > 1e-3:
+        sys.exit(1)
+
+
+# -- timings ----------------------------------------------------------------------------------
+CONV_SHAPES = {  # name: (N, C, H, W, K, R, S, stride, padding)
+    "lenet5.conv1": (128, 1, 32, 32, 6, 5, 5, 1, 0),
+    "lenet5.conv2": (128, 6, 14, 14, 16, 5, 5, 1, 0),
+    "alexnet_cifar.conv2": (64, 64, 15, 15, 128, 5, 5, 1, 2),
+    "alexnet224.conv1": (32, 3, 224, 224, 64, 11, 11, 4, 2),
+    "alexnet224.conv2": (32, 64, 27, 27, 192, 5, 5, 1, 2),
+    "vgg16.conv3_1": (16, 128, 56, 56, 256, 3, 3, 1, 1),
+    "vgg16.conv5_1": (16, 512, 14, 14, 512, 3, 3, 1, 1),
+}
+POOL_SHAPES = {  # name: (N, C, H, W, kernel, stride)
+    "lenet5.pool1": (128, 6, 28, 28, 2, 2),
+    "alexnet224.pool1": (32, 64, 55, 55, 3, 2),
+    "vgg16.pool2": (16, 128, 112, 112, 2, 2),
+}
+BN_SHAPES = {"lenet5.bn1": (128, 6, 28, 28), "alexnet_cifar.bn2": (64, 128, 15, 15),
+             "vgg16.bn3": (16, 256, 56, 56)}
+DRY_CONV = {"tiny.conv": (2, 3, 8, 8, 4, 3, 3, 1, 1)}
+DRY_POOL = {"tiny.pool": (2, 3, 8, 8, 2, 2)}
+DRY_BN = {"tiny.bn": (2, 3, 4, 4)}
+TILE_K_CHOICES = (8, 16, 32)
+
+
+def _row(ctx, op, shape_name, work, unit, ours, xp_path, cudnn):
+    rate = lambda ms: round(work / (ms * 1e-3) / 1e9, 1)  # noqa: E731
+    ceiling = ctx.facts.get("sgemm_tflops", 0) * 1e3 if unit == "gflops" else \
+        ctx.facts.get("copy_gbps", 0)
+    row = {"op": op, "shape": shape_name, "gpunet_ms": round(ours, 4),
+           "xp_path_ms": round(xp_path, 4),
+           "cudnn_ms": None if cudnn is None else round(cudnn, 4),
+           f"gpunet_{unit}": rate(ours), f"xp_path_{unit}": rate(xp_path),
+           f"cudnn_{unit}": None if cudnn is None else rate(cudnn),
+           "cudnn_time_over_gpunet": None if cudnn is None else round(cudnn / ours, 3),
+           "fraction_of_ceiling": round(rate(ours) / ceiling, 3) if ceiling else None}
+    print(row, flush=True)
+    return row
+
+
+def _conv_rows(ctx, name, shape, torch, repeat):
+    import cupy
+
+    from gpunet import ops
+    rng = numpy.random.default_rng(0)
+    n, c, h, w, k, r, s, st, p = shape
+    x = cupy.asarray(rng.standard_normal((n, c, h, w), dtype=numpy.float32))
+    wt = cupy.asarray(rng.standard_normal((k, c, r, s), dtype=numpy.float32))
+    b = cupy.zeros(k, numpy.float32)
+
+    def forward(kernels):
+        return ops.conv2d_forward(x, wt, b, st, p, use_kernels=kernels)
+
+    (y, ctx_kernels), (_, ctx_xp) = forward(True), forward(False)
+    dy = cupy.ones_like(y)
+    flops = 2.0 * y.size * c * r * s
+    cudnn_f = cudnn_b = None
+    if torch is not None:
+        tx = torch.randn(n, c, h, w, device="cuda", requires_grad=True)
+        tw = torch.randn(k, c, r, s, device="cuda", requires_grad=True)
+        tb = torch.zeros(k, device="cuda", requires_grad=True)
+        conv = lambda: torch.nn.functional.conv2d(tx, tw, tb, st, p)  # noqa: E731
+        tdy = torch.ones_like(conv())
+        cudnn_f = time_torch(conv, repeat)
+        cudnn_b = time_torch(lambda: torch.autograd.grad(conv(), (tx, tw, tb), tdy),
+                             repeat) - cudnn_f
+    return [_row(ctx, "conv2d_fwd", name, flops, "gflops", time_gpu(lambda: forward(True), repeat),
+                 time_gpu(lambda: forward(False), repeat), cudnn_f),
+            _row(ctx, "conv2d_bwd", name, 2 * flops, "gflops",
+                 time_gpu(lambda: ops.conv2d_backward(dy, ctx_kernels), repeat),
+                 time_gpu(lambda: ops.conv2d_backward(dy, ctx_xp), repeat), cudnn_b)]
+
+
+def _pool_rows(ctx, name, shape, torch, repeat):
+    import cupy
+
+    from gpunet import ops
+    n, c, h, w, kernel, stride = shape
+    x = cupy.asarray(numpy.random.default_rng(0).standard_normal((n, c, h, w),
+                                                                 dtype=numpy.float32))
+    (y, ctx_k), (_, ctx_xp) = (ops.max_pool2d_forward(x, kernel, stride, use_kernels=k)
+                               for k in (True, False))
+    dy = cupy.ones_like(y)
+    moved_f = 4.0 * (x.size + 2 * y.size)  # read x; write y and the argmax
+    moved_b = 4.0 * (x.size + 2 * y.size)  # read dy and the argmax; write dx
+    cudnn_f = cudnn_b = None
+    if torch is not None:
+        tx = torch.randn(n, c, h, w, device="cuda", requires_grad=True)
+        pool = lambda: torch.nn.functional.max_pool2d(tx, kernel, stride)  # noqa: E731
+        tdy = torch.ones_like(pool())
+        cudnn_f = time_torch(pool, repeat)
+        cudnn_b = time_torch(lambda: torch.autograd.grad(pool(), tx, tdy), repeat) - cudnn_f
+    return [_row(ctx, "max_pool2d_fwd", name, moved_f, "gbps",
+                 time_gpu(lambda: ops.max_pool2d_forward(x, kernel, stride, use_kernels=True),
+                          repeat),
+                 time_gpu(lambda: ops.max_pool2d_forward(x, kernel, stride, use_kernels=False),
+                          repeat), cudnn_f),
+            _row(ctx, "max_pool2d_bwd", name, moved_b, "gbps",
+                 time_gpu(lambda: ops.max_pool2d_backward(dy, ctx_k), repeat),
+                 time_gpu(lambda: ops.max_pool2d_backward(dy, ctx_xp), repeat), cudnn_b)]
+
+
+def _batch_norm_rows(ctx, name, shape, torch, repeat):
+    import cupy
+
+    from gpunet import ops
+    x = cupy.asarray(numpy.random.default_rng(0).standard_normal(shape, dtype=numpy.float32))
+    c = shape[1]
+    gamma, beta = cupy.ones(c, numpy.float32), cupy.zeros(c, numpy.float32)
+
+    def forward(kernels):
+        return ops.batch_norm_forward(x, gamma, beta, cupy.zeros(c, numpy.float32),
+                                      cupy.ones(c, numpy.float32), training=True,
+                                      use_kernels=kernels)
+
+    (y, ctx_k), (_, ctx_xp) = forward(True), forward(False)
+    dy = cupy.ones_like(y)
+    moved_f = 4.0 * 5 * x.size  # x read three times; y and x_hat written
+    moved_b = 4.0 * 5 * x.size  # dy and x_hat read twice; dx written
+    cudnn_f = cudnn_b = None
+    if torch is not None:
+        tx = torch.randn(*shape, device="cuda", requires_grad=True)
+        layer = torch.nn.BatchNorm2d(c).cuda()
+        tdy = torch.ones_like(layer(tx))
+        cudnn_f = time_torch(lambda: layer(tx), repeat)
+        cudnn_b = time_torch(lambda: torch.autograd.grad(layer(tx), tx, tdy), repeat) - cudnn_f
+    return [_row(ctx, "batch_norm_fwd", name, moved_f, "gbps",
+                 time_gpu(lambda: forward(True), repeat), time_gpu(lambda: forward(False),
+                                                                   repeat), cudnn_f),
+            _row(ctx, "batch_norm_bwd", name, moved_b, "gbps",
+                 time_gpu(lambda: ops.batch_norm_backward(dy, ctx_k), repeat),
+                 time_gpu(lambda: ops.batch_norm_backward(dy, ctx_xp), repeat), cudnn_b)]
+
+
+def _tile_k_rows(ctx, repeat):
+    """conv2d with each TILE_K (a compile-time macro): which one a GPU prefers."""
+    from gpunet.cuda import runtime
+    original = runtime.compile_options
+    shapes = DRY_CONV if ctx.dry else {k: CONV_SHAPES[k] for k in ("lenet5.conv2",
+                                                                     "vgg16.conv3_1")}
+    rows = []
+    try:
+        for tile_k in TILE_K_CHOICES:
+            runtime.compile_options = lambda dtype, t=tile_k: (*original(dtype), f"-DTILE_K={t}")
+            runtime._module.cache_clear()
+            for name, shape in shapes.items():
+                for row in _conv_rows(ctx, name, shape, None, repeat):
+                    rows.append({"tile_k": tile_k, "op": row["op"], "shape": name,
+                                 "gpunet_ms": row["gpunet_ms"],
+                                 "gpunet_gflops": row["gpunet_gflops"]})
+    finally:
+        runtime.compile_options = original
+        runtime._module.cache_clear()
+    return rows
+
+
+def stage_timings(ctx: StageContext) -> None:
+    """Each kernel against the xp path on CuPy and cuDNN (forward and backward),
+    the convolution at each TILE_K, then ``gpunet bench --device cuda``."""
+    torch = None if ctx.dry else cuda_torch()
+    repeat = 2 if ctx.dry else 20
+    tables = ((DRY_CONV, _conv_rows), (DRY_POOL, _pool_rows), (DRY_BN, _batch_norm_rows)) \
+        if ctx.dry else ((CONV_SHAPES, _conv_rows), (POOL_SHAPES, _pool_rows),
+                         (BN_SHAPES, _batch_norm_rows))
+    rows = []
+    for shapes, timer in tables:
+        for name, shape in shapes.items():
+            rows += timer(ctx, name, shape, torch, repeat)
+            ctx.emit(kernels=rows)
+    ctx.emit(tile_k=_tile_k_rows(ctx, repeat))
+    folder = os.path.join(ctx.out, "bench")
+    cmd = [sys.executable, "-m", "gpunet", "bench", "--device", "cuda", "--op", "step",
+           "--rounds", "1" if ctx.dry else "3", "--out", folder]
+    env = dict(os.environ)
+    if ctx.dry:  # training steps at batch 128 are far beyond the emulator: the xp path
+        cmd += ["--net", "lenet5", "--no-torch"]
+        env["GPUNET_KERNELS"] = "0"
+    timeout = ctx.left_s() - 2
+    try:
+        done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=max(timeout, 1))
+        step = {"exit_code": done.returncode, "table": done.stdout[-4000:]}
+        if done.returncode:
+            step["stderr_tail"] = done.stderr[-2000:]
+        saved = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+        if saved:
+            with open(os.path.join(folder, saved[-1])) as f:
+                step["rows"] = json.load(f)["rows"]
+            shutil.rmtree(folder)  # its rows are in the report: one file less to bring back
+    except subprocess.TimeoutExpired:
+        step = {"exit_code": None, "table": f"stopped after {timeout:.0f} s"}
+    ctx.emit(train_steps=step)
+    if step["exit_code"] != 0:
+        sys.exit(1)
+
+
+STAGES = {"facts": stage_facts, "smoke": stage_smoke, "tests": stage_tests,
+          "sanitizer": stage_sanitizer, "training": stage_training, "timings": stage_timings}
