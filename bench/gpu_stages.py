@@ -441,7 +441,7 @@ TILE_K_CHOICES = (8, 16, 32)
 
 
 def _row(ctx, op, shape_name, work, unit, ours, xp_path, cudnn):
-    rate = lambda ms: round(work / (ms * 1e-3) / 1e9, 1)  # noqa: E731
+    rate = lambda ms: float(f"{work / (ms * 1e-3) / 1e9:.4g}")  # noqa: E731
     ceiling = ctx.facts.get("sgemm_tflops", 0) * 1e3 if unit == "gflops" else \
         ctx.facts.get("copy_gbps", 0)
     row = {"op": op, "shape": shape_name, "gpunet_ms": round(ours, 4),

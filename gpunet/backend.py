@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import platform
 import sys
 import warnings
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ __all__ = [
     "get_array_module", "common_array_module", "to_device", "to_numpy",
     "manual_seed", "generator", "get_rng_state", "set_rng_state", "cuda_unavailable_reason",
     "resolve_device", "device_of", "is_out_of_memory", "release_cached_memory",
-    "keep_freed_cpu_memory",
+    "keep_freed_cpu_memory", "device_name",
 ]
 
 
@@ -105,6 +106,15 @@ def cuda_unavailable_reason(index: int = 0) -> str | None:
     if index >= count:
         return f"cuda:{index} was requested but only {count} CUDA device(s) exist"
     return None
+
+
+def device_name(device: str | Device) -> str:
+    """What the hardware calls itself: the GPU's name from its driver (a stand-in
+    such as the tests' CuPy double says so here), or the CPU's."""
+    device = resolve_device(device)
+    if device.kind == "cpu":
+        return platform.processor() or platform.machine()
+    return _cupy.cuda.runtime.getDeviceProperties(device.index)["name"].decode()
 
 
 def resolve_device(spec: str | Device) -> Device:

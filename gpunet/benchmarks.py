@@ -348,7 +348,8 @@ def environment(device: str) -> dict:
             "torch_threads": torch.get_num_threads() if torch else None,
             "gpunet_threads": parallel.num_threads(),
             "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "device": device, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+            "device": device, "device_name": backend.device_name(device),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
 def save(report: dict, folder: str, stem: str) -> str:

@@ -220,7 +220,8 @@ def cmd_train(args) -> int:
             best.best = max(history["val_accuracy"])
         callbacks.append(best)
     print(f"training {args.model} on {args.dataset} ({len(x):,} images, "
-          f"{len(x_dev):,} for validation) on {backend.get_device()}", flush=True)
+          f"{len(x_dev):,} for validation) on {backend.get_device()} "
+          f"({backend.device_name(backend.get_device())})", flush=True)
     fit(model, SoftmaxCrossEntropy(), optimizer, (x, y), args.epochs, args.batch_size,
         val_data=val, schedule=schedule, callbacks=callbacks, progress=not args.no_progress,
         history=history, initial_epoch=initial_epoch,

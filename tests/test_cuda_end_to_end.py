@@ -1,6 +1,7 @@
 """The CUDA device end to end: the CLI, checkpoints, moving models, gradient
 checking, the examples. On a GPU these run on it; without one, with
 ``GPUNET_CUPY_DOUBLE=1``, through the CuPy test double (tests/cupy_double)."""
+import json
 import os
 import pathlib
 import subprocess
@@ -35,6 +36,8 @@ def test_cli_trains_evaluates_and_resumes_on_the_device(tmp_path):
                                    "cuda", "--out", str(out), *QUICK)
     assert code == 0, stderr[-3000:]
     assert "test accuracy:" in stdout
+    if CUPY_DOUBLE:  # the run says what it ran on, never presenting the double as a GPU
+        assert "on cuda:0 (CuPy test double" in stdout
     code, stdout, stderr = run_cli("train", "--model", "lenet5", "--epochs", "2", "--resume",
                                    "--device", "cuda", "--out", str(out), *QUICK)
     assert code == 0, stderr[-3000:]
@@ -153,7 +156,10 @@ def test_cli_bench_training_step_on_the_device(tmp_path):
                                    "lenet5", "--rounds", "1", "--no-torch", "--out",
                                    str(tmp_path), env=env)
     assert code == 0, stderr[-3000:]
-    assert "train_step" in stdout and list(tmp_path.glob("bench-cuda0-*.json"))
+    assert "train_step" in stdout
+    (saved,) = tmp_path.glob("bench-cuda0-*.json")
+    name = json.loads(saved.read_text())["environment"]["device_name"]
+    assert ("CuPy test double" in name) == CUPY_DOUBLE
 
 
 # Every layer, loss and optimizer on the device against the same on the CPU, in float64.

@@ -11,6 +11,7 @@
 // divergent __syncthreads: undefined on a GPU, an error here. The order in which
 // threads run flips on alternate launches (`reverse`), so a kernel whose result
 // depends on the order of its threads gives different results on two runs.
+#include <sys/mman.h>
 #include <ucontext.h>
 
 #include <cstdint>
@@ -176,7 +177,15 @@ extern "C" const char* emu_launch(void (*thunk)(void**), void** args, unsigned g
                                   size_t shared_bytes, int reverse) {
     unsigned count = bx * by * bz;
     if (fibers.size() < count) fibers.resize(count);
-    while (stacks.size() < count) stacks.push_back(static_cast<char*>(std::malloc(STACK_BYTES)));
+    while (stacks.size() < count) {
+        // A PROT_NONE page below each stack: an overflow faults instead of
+        // silently overwriting the next thread's stack.
+        void* region = mmap(nullptr, STACK_BYTES + 4096, PROT_READ | PROT_WRITE,
+                            MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (region == MAP_FAILED) return "cannot allocate the emulator's thread stacks";
+        mprotect(region, 4096, PROT_NONE);
+        stacks.push_back(static_cast<char*>(region) + 4096);
+    }
     std::vector<unsigned char> shared(shared_bytes ? shared_bytes : 1);
     emu_dynamic_shared = shared.data();
     gridDim = {gx, gy, gz};
