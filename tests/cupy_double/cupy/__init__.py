@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as _numpy
 
-from . import _manifest
+from . import _core, _manifest
 from ._core import call_numpy as _call_numpy
 from ._core import check_dtype as _check_dtype
 from ._core import ndarray
@@ -21,17 +21,6 @@ from ._core import wrap as _wrap
 
 __version__ = _manifest.MANIFEST["version"] + "+testdouble"
 IS_TEST_DOUBLE = True
-
-
-def _function(name: str):
-    numpy_function = getattr(_numpy, name)
-
-    def function(*args, **kwargs):
-        _manifest.check_call("cupy", name, args, kwargs)
-        return _call_numpy(f"cupy.{name}", numpy_function, args, kwargs)
-    function.__name__ = function.__qualname__ = name
-    function.__doc__ = f"cupy.{name} of the CuPy test double (_numpy.{name} underneath)."
-    return function
 
 
 class ufunc:  # noqa: N801 - CuPy's name
@@ -62,17 +51,14 @@ class ufunc:  # noqa: N801 - CuPy's name
 def _populate():
     namespace = globals()
     for name, entry in _manifest.NAMESPACES["cupy"].items():
-        if name in namespace or name.startswith("_"):
-            continue
         twin = getattr(_numpy, name, None)
-        if twin is None:
+        if name in namespace or name.startswith("_") or twin is None:
             continue
         if entry["numpy_object"] or entry["kind"] in ("attribute", "class"):
             namespace[name] = twin  # dtypes, constants, finfo, ...: the same objects in CuPy
         elif entry["kind"] == "ufunc" and isinstance(twin, _numpy.ufunc):
             namespace[name] = ufunc(name)
-        elif entry["kind"] in ("callable", "ufunc") and callable(twin):
-            namespace[name] = _function(name)
+    _core.populate("cupy", namespace, _numpy)
 
 
 # -- functions whose host/device semantics differ from NumPy's ------------------------

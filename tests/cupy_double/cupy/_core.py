@@ -96,6 +96,27 @@ def compute(function, *args, **kwargs):
         raise OutOfMemoryError(0, DEVICE_MEMORY - _Memory.used, _Memory.limit) from exc
 
 
+def numpy_twin(namespace: str, name: str, numpy_function):
+    """``namespace.name`` of the double: the real signature's checks, then
+    ``numpy_function`` on the unwrapped arguments."""
+    def function(*args, **kwargs):
+        _manifest.check_call(namespace, name, args, kwargs)
+        return call_numpy(f"{namespace}.{name}", numpy_function, args, kwargs)
+    function.__name__ = function.__qualname__ = name
+    function.__doc__ = f"{namespace}.{name} of the CuPy test double (NumPy underneath)."
+    return function
+
+
+def populate(namespace: str, target: dict, numpy_module) -> None:
+    """Every callable the real ``namespace`` offers that ``numpy_module`` has too,
+    unless ``target`` defines it already."""
+    for name, entry in _manifest.NAMESPACES[namespace].items():
+        twin = getattr(numpy_module, name, None)
+        if not name.startswith("_") and name not in target \
+                and entry["kind"] in ("callable", "ufunc") and callable(twin):
+            target[name] = numpy_twin(namespace, name, twin)
+
+
 def _index(key):
     """Indices may hold device arrays, and (converted as CuPy does) host ones."""
     if isinstance(key, tuple):

@@ -7,6 +7,7 @@ import numpy as _numpy
 
 from .. import _manifest
 from .._core import call_numpy as _call_numpy
+from .._core import populate as _populate
 
 
 class Generator:
@@ -30,15 +31,4 @@ def default_rng(seed=None):
     return Generator(_numpy.random.PCG64(seed))
 
 
-def _function(name):
-    def function(*args, **kwargs):
-        _manifest.check_call("cupy.random", name, args, kwargs)
-        return _call_numpy(f"cupy.random.{name}", getattr(_numpy.random, name), args, kwargs)
-    function.__name__ = name
-    return function
-
-
-for _name, _entry in _manifest.NAMESPACES["cupy.random"].items():
-    if not _name.startswith("_") and _name not in globals() and _entry["kind"] == "callable" \
-            and callable(getattr(_numpy.random, _name, None)):
-        globals()[_name] = _function(_name)
+_populate("cupy.random", globals(), _numpy.random)
