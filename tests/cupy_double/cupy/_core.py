@@ -26,7 +26,7 @@ class _Memory:
         from .cuda.memory import OutOfMemoryError
         nbytes = array.nbytes
         if cls.used + nbytes > cls.limit:
-            raise OutOfMemoryError(nbytes, cls.limit - cls.used, cls.limit)
+            raise OutOfMemoryError(nbytes, cls.used, cls.limit)
         cls.used += nbytes
         weakref.finalize(owner, cls._give, nbytes)
 
@@ -93,7 +93,7 @@ def compute(function, *args, **kwargs):
         return wrap(function(*args, **kwargs))
     except MemoryError as exc:
         from .cuda.memory import OutOfMemoryError
-        raise OutOfMemoryError(0, DEVICE_MEMORY - _Memory.used, _Memory.limit) from exc
+        raise OutOfMemoryError(0, _Memory.used, _Memory.limit) from exc
 
 
 def numpy_twin(namespace: str, name: str, numpy_function):

@@ -1,7 +1,8 @@
 """``cupy.cuda.runtime`` of the double: the device it reports is the double."""
+from .._core import DEVICE_MEMORY as TOTAL_MEMORY
+
 DEVICE_NAME = b"CuPy test double (NumPy on the CPU, not a GPU)"
 COMPUTE_CAPABILITY = "90"  # the kernels are compiled for sm_80 and sm_90; launch limits: sm_90
-TOTAL_MEMORY = 16 * 2**30
 is_hip = False
 _CUDA_VERSION = 13000
 
