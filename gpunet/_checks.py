@@ -55,12 +55,19 @@ def non_negative(name: str, value) -> float:
 def float_array(where: str, name: str, x) -> None:
     """``x`` must be an array of float32 or float64."""
     dtype = getattr(x, "dtype", None)
-    if dtype is None or not hasattr(x, "shape"):
-        raise TypeError(f"{where}: {name} must be an array, got {type(x).__name__}")
-    if dtype not in _FLOAT_DTYPE_OBJECTS and dtype.name not in FLOAT_DTYPES:  # big-endian
-        raise TypeError(
-            f"{where}: {name} must be float32 or float64, got {dtype.name} "
-            f"(convert with .astype('float32'))")
+    if not isinstance(dtype, numpy.dtype) or not hasattr(x, "shape"):
+        kind = type(x).__name__ if type(x).__module__ == "builtins" else \
+            f"{type(x).__module__}.{type(x).__name__}"
+        hint = " (a PyTorch tensor: pass t.numpy())" if hasattr(x, "detach") else ""
+        raise TypeError(f"{where}: {name} must be an array (NumPy or CuPy), got {kind}{hint}")
+    if dtype in _FLOAT_DTYPE_OBJECTS:
+        return
+    if dtype.name in FLOAT_DTYPES:  # the right kind in the other byte order
+        raise TypeError(f"{where}: {name} is big-endian {dtype.name} ({dtype.str}); convert "
+                        f"with .astype('{dtype.name}')")
+    raise TypeError(
+        f"{where}: {name} must be float32 or float64, got {dtype.name} "
+        f"(convert with .astype('float32'))")
 
 
 def rank(where: str, name: str, x, ndim: int, layout: str) -> None:

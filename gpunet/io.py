@@ -16,7 +16,7 @@ import hashlib
 import json
 import math
 import os
-import tempfile
+import secrets
 import zipfile
 
 import numpy
@@ -65,7 +65,9 @@ def save(path, model: Module, optimizer=None, **meta) -> str:
     arrays["__meta__"] = numpy.frombuffer(blob, dtype=numpy.uint8)
 
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
+    # created as open() creates files (0666 less the umask), not mkstemp's private 0600
+    tmp = os.path.join(folder, f".tmp-{secrets.token_hex(8)}.npz")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             numpy.savez(f, **arrays)
@@ -134,8 +136,17 @@ def read_checkpoint(path) -> tuple[dict, dict]:
     return header, arrays
 
 
+_PYTORCH_FILE = (
+    "a PyTorch file (torch.save), not a gpunet checkpoint: convert it with PyTorch "
+    "installed, model.load_state_dict(torch.load(path, map_location='cpu')) on the same "
+    "gpunet model (the keys are PyTorch's), then gpunet.save(new_path, model)")
+
+
 def _read_archive(path) -> dict:
     arrays = {}
+    with open(path, "rb") as f:
+        if f.read(1) == b"\x80":  # a pickle: PyTorch's legacy format, never unpickled here
+            raise CheckpointError(_PYTORCH_FILE)
     with open(path, "rb") as f, zipfile.ZipFile(f) as archive:
         members = archive.infolist()
         names = [m.filename for m in members]
@@ -143,6 +154,8 @@ def _read_archive(path) -> dict:
             raise CheckpointError("duplicate member names")
         if sum(m.file_size for m in members) > os.path.getsize(path) * 1100 + 2**20:
             raise CheckpointError("members declare far more data than the file holds")
+        if any(n.endswith("data.pkl") for n in names):
+            raise CheckpointError(_PYTORCH_FILE)
         for info in members:
             if not info.filename.endswith(".npy"):
                 raise CheckpointError(f"unexpected member {info.filename!r}")

@@ -9,18 +9,22 @@ import math
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 
+from . import _checks
 from .backend import (
     device_of,
     get_array_module,
     get_rng_state,
     is_out_of_memory,
     release_cached_memory,
+    to_device,
 )
 from .data.batching import minibatches
 from .losses import SoftmaxCrossEntropy
 from .nn import Module, Sequential
+from .nn.normalization import _BatchNorm
 
 __all__ = ["fit", "evaluate", "History", "Callback", "EarlyStopping", "ModelCheckpoint",
            "NonFiniteError", "Run"]
@@ -88,8 +92,12 @@ class History:
 
 
 class Callback:
-    """Called after every training step and every epoch; return ``True`` from either
-    to stop training there."""
+    """Called once before the first step (``on_fit_start``: check what can be
+    checked, raise if it cannot work), after every training step and every epoch;
+    return ``True`` from the last two to stop training there."""
+
+    def on_fit_start(self, run: Run) -> None:
+        return None
 
     def on_step_end(self, run: Run) -> bool | None:
         return None
@@ -98,18 +106,37 @@ class Callback:
         return None
 
 
+def _check_monitor(who: str, monitor: str) -> None:
+    if monitor not in COLUMNS[1:5]:
+        raise ValueError(f"{who}: monitor must be one of {', '.join(COLUMNS[1:5])}, "
+                         f"got {monitor!r}")
+
+
+def _check_monitored(who: str, monitor: str, run: Run) -> None:
+    if monitor.startswith("val_") and not run.has_val_data:
+        raise ValueError(f"{who}: monitor={monitor!r} needs fit(..., val_data=...); pass "
+                         f"validation data or monitor {monitor[4:]!r}")
+
+
 class EarlyStopping(Callback):
-    """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs."""
+    """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs,
+    or at once (with a warning saying so) when it is NaN."""
 
     def __init__(self, monitor: str = "val_loss", patience: int = 3, min_delta: float = 0.0):
-        if monitor not in COLUMNS[1:5]:
-            raise ValueError(f"monitor: expected one of {COLUMNS[1:5]}, got {monitor!r}")
+        _check_monitor("EarlyStopping", monitor)
         self.monitor, self.patience, self.min_delta = monitor, patience, min_delta
         self.sign = -1.0 if "loss" in monitor else 1.0
         self.best, self.waited = -math.inf, 0
 
+    def on_fit_start(self, run):
+        _check_monitored("EarlyStopping", self.monitor, run)
+
     def on_epoch_end(self, run):
         value = self.sign * run.history.rows[-1][self.monitor]
+        if math.isnan(value):
+            warnings.warn(f"EarlyStopping: {self.monitor} is NaN after epoch {run.epoch}; "
+                          "stopping", RuntimeWarning, stacklevel=2)
+            return True
         if value > self.best + self.min_delta:
             self.best, self.waited = value, 0
             return False
@@ -123,10 +150,15 @@ class ModelCheckpoint(Callback):
 
     def __init__(self, path, monitor: str = "val_accuracy", save_best_only: bool = True,
                  **meta):
+        _check_monitor("ModelCheckpoint", monitor)
         self.path, self.monitor, self.save_best_only, self.meta = path, monitor, \
             save_best_only, meta
         self.sign = -1.0 if "loss" in monitor else 1.0
         self.best = -math.inf
+
+    def on_fit_start(self, run):
+        if self.save_best_only:  # saving every epoch needs no monitored value
+            _check_monitored("ModelCheckpoint", self.monitor, run)
 
     def on_epoch_end(self, run):
         value = self.sign * run.history.rows[-1][self.monitor]
@@ -147,6 +179,7 @@ class Run:
     history: History
     epoch: int = 0   # epochs completed
     step: int = 0    # training steps completed, over all epochs
+    has_val_data: bool = False
 
     def save(self, path, **meta) -> str:
         from .io import save
@@ -159,6 +192,10 @@ def _check_data(name, data, model):
     if not (isinstance(data, (tuple, list)) and len(data) == 2):
         raise TypeError(f"{name}: expected an (x, y) pair of arrays")
     x, y = data
+    for part, array in (("x", x), ("y", y)):
+        if not (hasattr(array, "shape") and hasattr(array, "dtype")):
+            raise TypeError(f"{name}: {part} must be a NumPy or CuPy array, got "
+                            f"{type(array).__name__} (convert with numpy.asarray)")
     if len(x) != len(y):
         raise ValueError(f"{name}: x has {len(x)} examples but y has {len(y)}")
     if len(x) == 0:
@@ -169,10 +206,35 @@ def _check_data(name, data, model):
                         f"(gpunet.data.transforms.to_float for uint8 images)")
 
 
+def _has_batch_norm(model) -> bool:
+    return any(isinstance(m, _BatchNorm) for _, m in model.named_modules())
+
+
+def _check_forward(name, model, x_few) -> None:
+    """One eval-mode forward pass of a few examples (the model's mode is restored),
+    so that data the model cannot take fails before training, not after an epoch."""
+    device = device_of(model.parameters()[0].data) if model.parameters() else None
+    was_training = model.training
+    model.eval()
+    try:
+        model.forward(to_device(x_few, device) if device is not None else x_few)
+    except (ValueError, TypeError) as exc:
+        raise type(exc)(f"{name}: the model cannot take these examples: {exc}") from None
+    finally:
+        model.train(was_training)
+
+
 def _accuracy_count(outputs, targets) -> int:
-    if outputs.ndim != 2 or targets.dtype.kind not in "iu":
+    """Correct predictions for integer labels or one-hot (probability) rows; 0 for
+    targets that are not classes (regression)."""
+    if outputs.ndim != 2:
         return 0
-    return int((outputs.argmax(axis=1) == targets).sum())
+    if targets.dtype.kind in "iu" and targets.ndim == 1:
+        return int((outputs.argmax(axis=1) == targets).sum())
+    if targets.shape == outputs.shape and targets.dtype.kind == "f" and outputs.shape[1] > 1 \
+            and bool(abs(targets.sum(axis=1) - 1).max() < 1e-6):  # rows of class probabilities
+        return int((outputs.argmax(axis=1) == targets.argmax(axis=1)).sum())
+    return 0
 
 
 def _progress_bar(total, desc, enabled):
@@ -248,7 +310,7 @@ def _train_step(model, loss, optimizer, xb, yb, where: str):
 def fit(model: Module, loss, optimizer, train_data, epochs: int, batch_size: int,
         val_data=None, schedule=None, callbacks=(), progress: bool = True, augment=None,
         history: History | None = None, initial_epoch: int = 0,
-        shuffle: bool = True) -> History:
+        shuffle: bool = True, drop_last: bool | None = None) -> History:
     """Train ``model`` for epochs ``initial_epoch + 1 .. epochs``.
 
     Each epoch visits ``train_data = (x, y)`` in a shuffled order fixed by the
@@ -257,18 +319,32 @@ def fit(model: Module, loss, optimizer, train_data, epochs: int, batch_size: int
     transform them. Evaluates on ``val_data`` after each epoch, steps ``schedule``,
     then runs the callbacks. A ``history`` saved mid-epoch (``history.partial``)
     resumes at the batch where it stopped. Stops with :class:`NonFiniteError` at
-    the first NaN or Inf output, loss or gradient.
+    the first NaN or Inf output, loss or gradient. ``drop_last`` drops each epoch's
+    last, smaller batch; by default (``None``) only a last batch of one example when
+    the model has batch norm, whose training statistics need two.
+
+    Checked before the first step: the data, ``batch_size``, a forward pass of two
+    validation examples (so a wrong ``val_data`` shape fails now, not after an
+    epoch) and every callback's ``on_fit_start``.
     """
     _check_data("train_data", train_data, model)
+    _checks.positive_int("batch_size", batch_size)
     if val_data is not None:
         _check_data("val_data", val_data, model)
+        _check_forward("val_data", model, val_data[0][:2])
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"epochs: expected a non-negative int, got {epochs!r}")
     device = device_of(model.parameters()[0].data)
     history = History() if history is None else history
-    run = Run(model, optimizer, schedule, history, initial_epoch, len(history.steps))
+    run = Run(model, optimizer, schedule, history, initial_epoch, len(history.steps),
+              has_val_data=val_data is not None)
+    for callback in callbacks:
+        if hasattr(callback, "on_fit_start"):
+            callback.on_fit_start(run)
     x, y = train_data
-    n_batches = -(-len(x) // batch_size)
+    if drop_last is None:
+        drop_last = len(x) % batch_size == 1 and _has_batch_norm(model)
+    n_batches = len(x) // batch_size if drop_last else -(-len(x) // batch_size)
     seed = get_rng_state()["seed"]
 
     for epoch in range(initial_epoch + 1, epochs + 1):
@@ -281,7 +357,8 @@ def fit(model: Module, loss, optimizer, train_data, epochs: int, batch_size: int
         start = time.perf_counter() - totals["time"]
         bar = _progress_bar(n_batches, f"epoch {epoch}/{epochs}", progress)
         batches = itertools.islice(
-            minibatches(x, y, batch_size, shuffle=shuffle, seed=[seed, epoch], device=device),
+            minibatches(x, y, batch_size, shuffle=shuffle, seed=[seed, epoch], device=device,
+                        drop_last=drop_last),
             totals["batch"], None)
         stopped = False
         for xb, yb in batches:

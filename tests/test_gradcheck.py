@@ -140,4 +140,6 @@ def test_zero_gradients_agree_but_a_phantom_one_is_caught(rng):
     honest = gpunet.gradcheck(nn.Sequential(PhantomGrad(0.0)), losses.MSELoss(), x, y)
     assert honest.checks["0.unused"].rel_error == 0.0 and honest.passed
     phantom = gpunet.gradcheck(nn.Sequential(PhantomGrad(1e-3)), losses.MSELoss(), x, y)
-    assert phantom.checks["0.unused"].rel_error == 1.0 and not phantom.passed
+    # all of it is error, but for the rounding allowance of the differences
+    assert phantom.checks["0.unused"].rel_error == pytest.approx(1.0, abs=1e-4)
+    assert not phantom.passed

@@ -29,9 +29,9 @@ def train_dev_test_split(x, y, fractions=(0.98, 0.01, 0.01), seed: int = 0):
 
 
 def minibatches(x, y, batch_size: int, shuffle: bool = True, seed: int | None = None,
-                device=None) -> Iterator[tuple]:
+                device=None, drop_last: bool = False) -> Iterator[tuple]:
     """Yield ``(x_batch, y_batch)`` on ``device`` (default: the current one), in a
-    seeded random order; the last, smaller batch is kept."""
+    seeded random order; the last, smaller batch is kept unless ``drop_last``."""
     _check_pair(x, y)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
@@ -42,7 +42,8 @@ def minibatches(x, y, batch_size: int, shuffle: bool = True, seed: int | None = 
         order = rng.permutation(n)
     else:
         order = None
-    for start in range(0, n, batch_size):
+    stop = n - n % batch_size if drop_last else n
+    for start in range(0, stop, batch_size):
         if order is None:
             xb, yb = x[start:start + batch_size], y[start:start + batch_size]
         else:

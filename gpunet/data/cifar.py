@@ -75,7 +75,8 @@ def _read(folder, names, reader, suffix=""):
 def load_cifar10(root=None):
     """``((x_train, y_train), (x_test, y_test))``: uint8 ``(N, 3, 32, 32)``, int64 labels."""
     looked = []
-    for folder in search_folders("cifar10", root):
+    # an explicit root must hold the batches: no fallback to another copy
+    for folder in [os.fspath(root)] if root is not None else search_folders("cifar10"):
         for sub, reader, suffix in (("cifar-10-batches-py", _read_python_batch, ""),
                                     ("cifar-10-batches-bin", _read_binary_batch, ".bin"),
                                     ("", _read_python_batch, ""),

@@ -89,7 +89,15 @@ def _find(folder: str, resource: Resource) -> str | None:
 
 def _locate(dataset: IdxDataset, root) -> list[str]:
     """Paths of the four files from the first folder holding all of them, else
-    downloaded into the cache."""
+    downloaded into the cache. An explicit ``root`` must hold them: the user named
+    that folder, so another copy found elsewhere would be silently wrong data."""
+    if root is not None:
+        paths = [_find(os.fspath(root), r) for r in dataset.resources]
+        if not all(paths):
+            missing = [r.filename for r, p in zip(dataset.resources, paths) if p is None]
+            raise DatasetError(f"{dataset.name}: {os.fspath(root)} does not hold "
+                               f"{', '.join(missing)} (.gz or not)")
+        return paths
     for folder in search_folders(dataset.name, root):
         paths = [_find(folder, r) for r in dataset.resources]
         if all(paths):

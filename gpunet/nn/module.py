@@ -14,6 +14,14 @@ from ..backend import Device, device_of, get_array_module, resolve_device, to_de
 from ..parallel import single_threaded_blas
 
 
+def _plain_array(value):
+    """A PyTorch tensor as a NumPy array (detached: a parameter may require grad);
+    anything else as it is, for to_device."""
+    if hasattr(value, "detach") and hasattr(value, "numpy"):
+        return value.detach().cpu().numpy()
+    return value
+
+
 class Parameter:
     """A learnable array ``data`` and the gradient ``grad`` accumulated into it.
 
@@ -164,31 +172,43 @@ class Module:
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        """Copy arrays in, cast to each entry's dtype and device.
+        """Copy arrays in (NumPy, CuPy or PyTorch tensors), cast to each entry's
+        dtype and device.
 
-        Missing, unexpected or mis-shaped keys raise ``ValueError`` listing every
-        one, and then nothing is changed.
+        Missing, unexpected, mis-shaped or unconvertible entries raise ``ValueError``
+        listing every one, and then nothing is changed: every value is converted
+        and checked before the first is written. As in PyTorch, a batch-norm
+        ``num_batches_tracked`` may be missing (older checkpoints): it is kept.
         """
         own = dict(self.named_parameters())
         own.update(self.named_buffers())
         problems = []
-        missing = sorted(set(own) - set(state))
+        missing = sorted(k for k in set(own) - set(state)
+                         if not k.endswith("num_batches_tracked"))
         unexpected = sorted(set(state) - set(own))
         if missing:
             problems.append(f"missing keys {missing}")
         if unexpected:
             problems.append(f"unexpected keys {unexpected}")
+        converted = {}
         for key in sorted(set(own) & set(state)):
             current = own[key].data if isinstance(own[key], Parameter) else own[key]
-            if tuple(numpy.shape(state[key])) != tuple(current.shape):
+            try:
+                value = to_device(_plain_array(state[key]), device_of(current))
+            except Exception as exc:  # noqa: BLE001 - reported with the key, nothing written
+                problems.append(f"{key}: cannot convert a {type(state[key]).__name__} "
+                                f"({type(exc).__name__}: {exc})")
+                continue
+            if tuple(value.shape) != tuple(current.shape):
                 problems.append(f"{key}: expected shape {tuple(current.shape)}, "
-                                f"got {tuple(numpy.shape(state[key]))}")
+                                f"got {tuple(value.shape)}")
+            converted[key] = value
         if problems:
             raise ValueError(f"load_state_dict({type(self).__name__}): " + "; ".join(problems))
-        for key, target in own.items():
+        for key, value in converted.items():
+            target = own[key]
             current = target.data if isinstance(target, Parameter) else target
-            # to_device, not numpy.asarray: a saved state may hold CuPy arrays
-            current[...] = to_device(state[key], device_of(current))
+            current[...] = value
 
     def to(self, device: str | Device | None = None, dtype=None) -> Module:
         """Move (and/or cast to float32/float64) parameters, gradients and buffers."""

@@ -1,0 +1,196 @@
+"""What a new user met in a trial (issue 15): silent wrong results, lost work and
+late failures, each pinned here. CLI cases run ``python -m gpunet`` in a fresh
+process and check the exit status, the one-line message and that earlier files
+are untouched."""
+import gzip
+import io
+import math
+import os
+import stat
+import warnings
+
+import numpy
+import pytest
+
+import gpunet
+from gpunet import losses, nn, optim
+from gpunet.data import DatasetError, load_fashion_mnist
+from gpunet.io import CheckpointError
+from gpunet.train import EarlyStopping, ModelCheckpoint
+
+from .helpers import assert_close
+
+
+def _idx_images(n):
+    header = numpy.array([0x00000803, n, 28, 28], dtype=">i4").tobytes()
+    return header + bytes(n * 28 * 28)
+
+
+def _idx_labels(n):
+    return numpy.array([0x00000801, n], dtype=">i4").tobytes() + bytes(n)
+
+
+def test_an_explicit_data_root_without_the_files_is_an_error(tmp_path):
+    with pytest.raises(DatasetError, match="does not hold"):
+        load_fashion_mnist(tmp_path / "no-such-dir")
+    for name, data in (("train-images-idx3-ubyte", _idx_images(3)),
+                       ("train-labels-idx1-ubyte", _idx_labels(3)),
+                       ("t10k-images-idx3-ubyte", _idx_images(2))):  # 3 of the 4 files
+        (tmp_path / f"{name}.gz").write_bytes(gzip.compress(data))
+    with pytest.raises(DatasetError, match=r"does not hold t10k-labels-idx1-ubyte"):
+        load_fashion_mnist(tmp_path)
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(_idx_labels(2))
+    # all four: these are read (and fail their checksums), not another copy found elsewhere
+    with pytest.raises(DatasetError, match=f"{tmp_path}.*checksum mismatch"):
+        load_fashion_mnist(tmp_path)
+
+
+def _tiny_model(batch_norm=False):
+    layers = [nn.Flatten(), nn.Linear(4, 3)] + ([nn.BatchNorm1d(3)] if batch_norm else [])
+    return nn.Sequential(*layers)
+
+
+def _data(n, rng, classes=3):
+    return rng.standard_normal((n, 1, 2, 2)).astype("float32"), rng.integers(0, classes, n)
+
+
+def test_monitors_are_checked_when_made_and_before_the_first_step(rng, tmp_path):
+    with pytest.raises(ValueError, match="monitor must be one of"):
+        ModelCheckpoint(tmp_path / "best.npz", monitor="val_acc")
+    model = _tiny_model()
+    opt = optim.SGD(model.parameters(), 0.1)
+    for callback in (ModelCheckpoint(tmp_path / "best.npz"), EarlyStopping()):
+        with pytest.raises(ValueError, match="needs fit.*val_data"):
+            gpunet.fit(model, losses.SoftmaxCrossEntropy(), opt, _data(8, rng), 1, 4,
+                       callbacks=[callback], progress=False)
+    assert opt.steps == 0  # refused before any step
+    # saving every epoch needs no validation data
+    gpunet.fit(model, losses.SoftmaxCrossEntropy(), opt, _data(8, rng), 1, 4, progress=False,
+               callbacks=[ModelCheckpoint(tmp_path / "every.npz", save_best_only=False)])
+    assert (tmp_path / "every.npz").exists()
+
+
+def test_early_stopping_says_why_it_stops_on_nan(rng):
+    class NanVal(gpunet.train.Callback):
+        def on_epoch_end(self, run):
+            run.history.rows[-1]["val_loss"] = math.nan
+
+    model = _tiny_model()
+    with pytest.warns(RuntimeWarning, match="val_loss is NaN after epoch 1; stopping"):
+        history = gpunet.fit(model, losses.SoftmaxCrossEntropy(),
+                             optim.SGD(model.parameters(), 0.1), _data(8, rng), 5, 4,
+                             val_data=_data(4, rng), callbacks=[NanVal(), EarlyStopping()],
+                             progress=False)
+    assert len(history.rows) == 1
+
+
+def test_accuracy_counts_one_hot_targets(rng):
+    model = _tiny_model()
+    x, y = _data(12, rng)
+    one_hot = numpy.eye(3, dtype="float32")[y]
+    by_label = gpunet.evaluate(model, (x, y))["accuracy"]
+    assert by_label > 0 and gpunet.evaluate(model, (x, one_hot))["accuracy"] == by_label
+    history = gpunet.fit(model, losses.SoftmaxCrossEntropy(), optim.SGD(model.parameters(), 0),
+                         (x, one_hot), 1, 12, progress=False, shuffle=False)
+    assert history["accuracy"] == [by_label]
+
+
+def test_load_state_dict_converts_and_checks_everything_before_writing(rng):
+    torch = pytest.importorskip("torch")
+    model = _tiny_model()
+    before = {k: v.copy() for k, v in model.state_dict().items()}
+    state = {k: numpy.full_like(v, 7.0) for k, v in before.items()}
+    last = sorted(state)[-1]
+
+    class Unconvertible:
+        def __array__(self, *args, **kwargs):
+            raise RuntimeError("this value cannot become an array")
+
+    state[last] = Unconvertible()
+    with pytest.raises(ValueError, match=f"{last}: cannot convert"):
+        model.load_state_dict(state)
+    for key, value in model.state_dict().items():
+        assert numpy.array_equal(value, before[key]), f"{key} was changed"
+    # PyTorch tensors that require grad load (detached)
+    tensors = {k: torch.tensor(v + 1.0, requires_grad=True) for k, v in before.items()}
+    model.load_state_dict(tensors)
+    assert_close(model.state_dict()["1.weight"], before["1.weight"] + 1, 0, 0)
+
+
+def test_a_pytorch_state_dict_without_num_batches_tracked_loads():
+    model = nn.Sequential(nn.BatchNorm1d(3))
+    state = {k: v for k, v in model.state_dict().items() if "num_batches_tracked" not in k}
+    model.load_state_dict(state)
+    with pytest.raises(ValueError, match="missing keys"):
+        model.load_state_dict({})
+
+
+def test_gradcheck_passes_a_correct_model_with_tiny_gradients(capsys):
+    from gpunet.cli import main
+    assert main(["gradcheck", "alexnet_cifar", "--seed", "3"]) == 0  # was "suspicious"
+    assert "great" in capsys.readouterr().out
+
+
+def test_a_last_batch_of_one_is_dropped_for_batch_norm(rng):
+    model = _tiny_model(batch_norm=True)
+    opt = optim.SGD(model.parameters(), 0.1)
+    history = gpunet.fit(model, losses.SoftmaxCrossEntropy(), opt, _data(9, rng), 1, 4,
+                         progress=False)  # 9 = 4 + 4 + 1
+    assert len(history.steps) == 2 and opt.steps == 2
+    with pytest.raises(ValueError, match="more than one value per channel"):
+        gpunet.fit(model, losses.SoftmaxCrossEntropy(), opt, _data(9, rng), 1, 4,
+                   progress=False, drop_last=False)
+    plain = _tiny_model()
+    history = gpunet.fit(plain, losses.SoftmaxCrossEntropy(), optim.SGD(plain.parameters(), 0.1),
+                         _data(9, rng), 1, 4, progress=False)
+    assert len(history.steps) == 3  # nothing dropped without batch norm
+
+
+def test_fit_checks_its_arguments_before_the_first_step(rng):
+    model = _tiny_model()
+    opt = optim.SGD(model.parameters(), 0.1)
+    loss = losses.SoftmaxCrossEntropy()
+    with pytest.raises(ValueError, match="batch_size: expected a positive int, got 0"):
+        gpunet.fit(model, loss, opt, _data(8, rng), 1, 0, progress=False)
+    with pytest.raises(TypeError, match="x must be a NumPy or CuPy array, got list"):
+        gpunet.fit(model, loss, opt, ([[0.0] * 4] * 8, list(range(8))), 1, 4, progress=False)
+    wrong_val = (rng.standard_normal((4, 1, 3, 3)).astype("float32"), rng.integers(0, 3, 4))
+    with pytest.raises(ValueError, match="val_data: the model cannot take these examples"):
+        gpunet.fit(model, loss, opt, _data(8, rng), 1, 4, val_data=wrong_val, progress=False)
+    assert opt.steps == 0
+
+
+def test_pytorch_files_are_named_as_such(tmp_path):
+    torch = pytest.importorskip("torch")
+    path = tmp_path / "weights.pth"
+    torch.save(torch.nn.Linear(2, 3).state_dict(), path)
+    with pytest.raises(CheckpointError, match="a PyTorch file .torch.save."):
+        gpunet.load(path, _tiny_model())
+    buffer = io.BytesIO()
+    torch.save({"w": torch.zeros(2)}, buffer, _use_new_zipfile_serialization=False)
+    (tmp_path / "legacy.pt").write_bytes(buffer.getvalue())
+    with pytest.raises(CheckpointError, match="a PyTorch file"):
+        gpunet.load(tmp_path / "legacy.pt", _tiny_model())
+
+
+def test_checkpoints_get_the_umasks_mode(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = gpunet.save(tmp_path / "ckpt.npz", _tiny_model())
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp-")]
+
+
+def test_layers_name_what_they_cannot_take():
+    torch = pytest.importorskip("torch")
+    layer = nn.Linear(3, 2)
+    with pytest.raises(TypeError, match=r"must be an array .NumPy or CuPy., got torch.Tensor "
+                                        r".a PyTorch tensor: pass t.numpy\(\)."):
+        layer(torch.zeros(2, 3))
+    with pytest.raises(TypeError, match=r"input is big-endian float32 \(>f4\)"):
+        layer(numpy.zeros((2, 3), dtype=">f4"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        layer(numpy.zeros((2, 3), dtype="float32"))
