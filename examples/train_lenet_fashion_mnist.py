@@ -8,7 +8,7 @@ import os
 
 import gpunet
 from gpunet import losses, models, optim
-from gpunet.data import load_fashion_mnist, transforms
+from gpunet.data import load_fashion_mnist, train_dev_test_split, transforms
 
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
            "Bag", "Ankle boot"]
@@ -30,15 +30,18 @@ def main():
     epochs = args.epochs
     if args.quick:
         x, y, x_test, y_test, epochs = x[:6000], y[:6000], x_test[:2000], y_test[:2000], 1
+    # validate on a dev set held out of the training images; the test set is looked at
+    # once, at the end
+    (x, y), (x_dev, y_dev), _ = train_dev_test_split(x, y, (0.9, 0.1, 0.0), seed=0)
     # scale to [0, 1], then standardise with the training set's statistics only
-    x, x_test = transforms.to_float(x), transforms.to_float(x_test)
+    x, x_dev, x_test = (transforms.to_float(a) for a in (x, x_dev, x_test))
     stats = transforms.Standardize().fit(x)
-    x, x_test = stats(x), stats(x_test)
+    x, x_dev, x_test = stats(x), stats(x_dev), stats(x_test)
 
     model = models.lenet5(batch_norm=True)
     optimizer = optim.Adam(model.parameters(), lr=1e-3)
     history = gpunet.fit(model, losses.SoftmaxCrossEntropy(), optimizer, (x, y), epochs, 128,
-                         val_data=(x_test, y_test))
+                         val_data=(x_dev, y_dev))
     scores = gpunet.evaluate(model, (x_test, y_test))
     os.makedirs(args.out, exist_ok=True)
     history.plot(os.path.join(args.out, "curves.png"))

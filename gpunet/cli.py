@@ -26,10 +26,15 @@ DATASETS = {"mnist": load_mnist, "fashion-mnist": load_fashion_mnist, "cifar10":
             "synthetic": lambda: synthetic_images()}
 INPUT_SHAPES = {"lenet5": (1, 32, 32), "lenet5_notes": (3, 32, 32), "alexnet": (3, 224, 224),
                 "vgg16": (3, 224, 224), "alexnet_cifar": (3, 32, 32), "vgg_cifar": (3, 32, 32)}
-SCHEDULES = {"inverse-time": lambda o, d: schedules.InverseTimeDecay(o, d),
-             "exponential": lambda o, d: schedules.ExponentialDecay(o, d),
-             "inverse-sqrt": lambda o, d: schedules.InverseSqrtDecay(o, d),
-             "step": lambda o, d: schedules.StepDecay(o, 10, d)}
+SCHEDULES = {"inverse-time": lambda o, a: schedules.InverseTimeDecay(o, a.decay),
+             "exponential": lambda o, a: schedules.ExponentialDecay(o, a.decay),
+             "inverse-sqrt": lambda o, a: schedules.InverseSqrtDecay(o, a.decay),
+             "step": lambda o, a: schedules.StepDecay(o, a.step_size, a.decay)}
+# Flags a resumed run takes from its checkpoint: given again with another value,
+# they would change the data split or the update rule mid-run.
+RUN_FLAGS = ("model", "batch_norm", "dataset", "optimizer", "lr", "momentum", "weight_decay",
+             "schedule", "decay", "step_size", "batch_size", "limit", "dev_size", "flip", "seed")
+RUN_FILES = ("last.npz", "best.npz", "metrics.csv", "curves.png")
 
 
 class UsageError(Exception):
@@ -59,11 +64,14 @@ def _shape(text):
 
 
 def build_parser() -> Parser:
-    parser = Parser(prog="gpunet", description="Train and inspect CNNs with gpunet.")
+    parser = Parser(prog="gpunet", description="Train and inspect CNNs with gpunet.",
+                    allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"gpunet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
-    train = sub.add_parser("train", help="train a model and report its test accuracy")
+    train = sub.add_parser("train", help="train a model and report its test accuracy",
+                           allow_abbrev=False)  # exact flags: --resume compares them
+    parser.train_parser = train
     train.add_argument("--model", choices=sorted(MODELS), default="lenet5")
     train.add_argument("--batch-norm", action="store_true",
                        help="LeNet-5 with batch norm after each conv and hidden FC layer")
@@ -77,26 +85,36 @@ def build_parser() -> Parser:
     train.add_argument("--momentum", type=float, default=0.9,
                        help="momentum of sgd, beta of momentum and rmsprop")
     train.add_argument("--weight-decay", type=float, default=0.0)
-    train.add_argument("--schedule", choices=sorted(SCHEDULES))
-    train.add_argument("--decay", type=float, default=1.0,
-                       help="decay_rate, gamma or k of the schedule")
+    train.add_argument("--schedule", choices=sorted(SCHEDULES),
+                       help="learning-rate decay per epoch; needs --decay")
+    train.add_argument("--decay", type=float,
+                       help="the schedule's decay_rate (inverse-time, inverse-sqrt, > 0) or "
+                            "factor (exponential, step: between 0 and 1)")
+    train.add_argument("--step-size", type=_positive_int, default=10,
+                       help="epochs between the step schedule's decays (default 10)")
     train.add_argument("--flip", type=float, default=0.0, metavar="P",
                        help="augment: flip each training image left-right with probability P")
     train.add_argument("--dev-size", type=int, default=5000,
-                       help="training examples held out for validation (0: none)")
+                       help="training examples held out for validation (0: none); must leave "
+                            "at least as many for training")
     train.add_argument("--limit", type=_positive_int, help="use only this many training examples")
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--device", default="auto")
+    train.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: $GPUNET_DEVICE, "
+                       "else auto)")
     train.add_argument("--out", default="runs/latest", help="folder for metrics and checkpoints")
     train.add_argument("--resume", action="store_true",
-                       help="continue from OUT/last.npz (fails if it is missing or corrupt)")
+                       help="continue from OUT/last.npz with its run's settings (fails if it is "
+                            "missing or corrupt)")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace an earlier run in OUT (without it, train refuses to)")
     train.add_argument("--no-progress", action="store_true")
 
     ev = sub.add_parser("evaluate", help="loss and accuracy of a checkpoint on a test set")
     ev.add_argument("checkpoint")
     ev.add_argument("--dataset", choices=sorted(DATASETS))
     ev.add_argument("--data-root")
-    ev.add_argument("--device", default="auto")
+    ev.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: $GPUNET_DEVICE, "
+                    "else auto)")
 
     sm = sub.add_parser("summary", help="print a model's layers, shapes and parameters")
     sm.add_argument("model", choices=sorted(MODELS))
@@ -168,9 +186,11 @@ class _SaveEachEpoch:
 
     def __init__(self, out, meta):
         self.out, self.meta = out, meta
+        self.epoch = None  # the last epoch saved by this run
 
     def on_epoch_end(self, run: Run):
         run.save(os.path.join(self.out, "last.npz"), **self.meta)
+        self.epoch = run.epoch
         run.history.to_csv(os.path.join(self.out, "metrics.csv"))
         try:
             run.history.plot(os.path.join(self.out, "curves.png"))
@@ -179,16 +199,128 @@ class _SaveEachEpoch:
         return False
 
 
-def cmd_train(args) -> int:
-    backend.set_device(args.device)
-    backend.manual_seed(args.seed)
+def _use_device(spec) -> None:
+    """``--device``, else ``$GPUNET_DEVICE``, else ``auto``; a bad value names its source."""
+    source = "--device"
+    if spec is None:
+        spec, source = os.environ.get("GPUNET_DEVICE") or "auto", "GPUNET_DEVICE"
+    try:
+        backend.set_device(spec)
+    except ValueError as exc:
+        raise UsageError(f"{source}: {str(exc).removeprefix('device: ')}") from None
+
+
+def _check_train_flags(args) -> None:
+    """Every flag that can be checked before any data is read, named as typed."""
+    problems = []
+    if not args.lr > 0 or args.lr == float("inf"):
+        problems.append(f"--lr: expected a number > 0, got {args.lr}")
+    if not 0 <= args.momentum < 1:
+        problems.append(f"--momentum: expected a number in [0, 1), got {args.momentum}")
+    if not args.weight_decay >= 0:
+        problems.append(f"--weight-decay: expected a number >= 0, got {args.weight_decay}")
+    if not 0 <= args.flip <= 1:
+        problems.append(f"--flip: expected a probability in [0, 1], got {args.flip}")
+    if args.dev_size < 0:
+        problems.append(f"--dev-size: expected 0 or more, got {args.dev_size}")
+    if args.seed < 0:
+        problems.append(f"--seed: expected 0 or more, got {args.seed}")
+    if args.schedule and args.decay is None:
+        problems.append(f"--schedule {args.schedule} needs --decay (e.g. "
+                        f"{'0.9' if args.schedule in ('exponential', 'step') else '0.5'})")
+    elif args.schedule in ("exponential", "step") and not 0 < args.decay < 1:
+        problems.append(f"--decay: the {args.schedule} schedule multiplies the rate by it, so "
+                        f"it must be between 0 and 1, got {args.decay}")
+    elif args.schedule and not args.decay > 0:
+        problems.append(f"--decay: expected a number > 0, got {args.decay}")
+    elif args.decay is not None and not args.schedule:
+        problems.append("--decay needs --schedule")
+    if problems:
+        raise UsageError("; ".join(problems))
+
+
+def _check_out(args) -> None:
+    """``--out`` is a folder we can write in, and holds no earlier run unless
+    ``--resume`` or ``--overwrite`` says what to do with it."""
+    out = args.out
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UsageError(f"--out: {out} is a file; give a folder for the run")
+    earlier = [f for f in RUN_FILES if os.path.exists(os.path.join(out, f))]
+    if earlier and not (args.resume or args.overwrite):
+        raise UsageError(f"--out: {out} holds an earlier run ({', '.join(earlier)}); continue "
+                         "it with --resume, choose another --out, or replace it with --overwrite")
+    if args.resume and not os.path.isfile(os.path.join(out, "last.npz")):
+        raise UsageError(f"--resume: no checkpoint at {os.path.join(out, 'last.npz')}")
+    try:
+        os.makedirs(out, exist_ok=True)
+        probe = os.path.join(out, f".gpunet-write-test-{os.getpid()}")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as exc:
+        raise UsageError(f"--out: cannot write in {out} ({exc.strerror or exc})") from None
+
+
+def _given_flags(parser, argv) -> set[str]:
+    """The ``dest`` of every train flag typed on the command line."""
+    given = set()
+    for action in parser.train_parser._actions:
+        for option in action.option_strings:
+            if any(token == option or token.startswith(option + "=") for token in argv):
+                given.add(action.dest)
+    return given
+
+
+def _flag(name: str, value) -> str:
+    option = "--" + name.replace("_", "-")
+    if isinstance(value, bool):
+        return option if value else f"no {option}"
+    return f"{option} {value}"
+
+
+def _resume_settings(args, given: set[str]) -> dict:
+    """The checkpoint's meta, after taking the run's flags from it: a flag typed
+    again with another value is refused, naming each."""
     last = os.path.join(args.out, "last.npz")
-    if args.resume and not os.path.isfile(last):
-        raise UsageError(f"--resume: no checkpoint at {last}")
+    header, _ = read_checkpoint(last)
+    saved = header.get("meta", {})
+    flags = saved.get("flags")
+    if flags is None:  # a checkpoint from before flags were saved: the old checks
+        if saved.get("architecture") != args.model or saved.get("dataset") != args.dataset:
+            raise UsageError(f"--resume: {last} is a {saved.get('architecture')} on "
+                             f"{saved.get('dataset')}, not {args.model} on {args.dataset}")
+        if saved.get("seed", args.seed) != args.seed:
+            raise UsageError(f"--resume: {last} was trained with --seed {saved['seed']}, "
+                             f"not {args.seed}")
+        return saved
+    conflicts = [name for name in RUN_FLAGS
+                 if name in given and name in flags and getattr(args, name) != flags[name]]
+    if conflicts:
+        raise UsageError(
+            f"--resume: {last} was trained with "
+            + ", ".join(_flag(n, flags[n]) for n in conflicts) + "; drop "
+            + ", ".join(_flag(n, getattr(args, n)) for n in conflicts)
+            + " to continue it, or start a new run in another --out")
+    for name in RUN_FLAGS:
+        if name in flags:
+            setattr(args, name, flags[name])
+    return saved
+
+
+def cmd_train(args) -> int:
+    _check_train_flags(args)
+    _use_device(args.device)
+    _check_out(args)
+    saved = _resume_settings(args, args.given) if args.resume else None
+    backend.manual_seed(args.seed)
     (x, y), (x_test, y_test) = _load_dataset(args.dataset, args.data_root)
     if args.limit:
         x, y = x[:args.limit], y[:args.limit]
-    dev_fraction = min(max(args.dev_size, 0), len(x) - 1) / len(x)
+    if args.dev_size > len(x) // 2:
+        raise UsageError(f"--dev-size {args.dev_size} would leave {max(len(x) - args.dev_size, 0)}"
+                         f" of the {len(x):,} training images for training; hold out at most "
+                         f"half (--dev-size {len(x) // 2} or less, 0 for none)")
+    dev_fraction = args.dev_size / len(x)
     (x, y), (x_dev, y_dev), _ = train_dev_test_split(x, y, (1 - dev_fraction, dev_fraction, 0),
                                                      seed=args.seed)
     stats = Standardize().fit(to_float(x))
@@ -196,24 +328,23 @@ def cmd_train(args) -> int:
 
     model = _build_model(args.model, x.shape[1], args.batch_norm)
     optimizer = _optimizer(args, model.parameters())
-    schedule = SCHEDULES[args.schedule](optimizer, args.decay) if args.schedule else None
+    schedule = SCHEDULES[args.schedule](optimizer, args) if args.schedule else None
     meta = {"architecture": args.model, "batch_norm": args.batch_norm, "dataset": args.dataset,
-            "in_channels": int(x.shape[1]), "standardize": stats.state_dict(), "seed": args.seed}
+            "in_channels": int(x.shape[1]), "standardize": stats.state_dict(), "seed": args.seed,
+            "flags": {name: getattr(args, name) for name in RUN_FLAGS}}
     history, initial_epoch = History(), 0
-    if args.resume:
-        saved = load(last, model, optimizer)
-        if saved.get("architecture") != args.model or saved.get("dataset") != args.dataset:
-            raise UsageError(f"--resume: {last} is a {saved.get('architecture')} on "
-                             f"{saved.get('dataset')}, not {args.model} on {args.dataset}")
-        if saved.get("seed", args.seed) != args.seed:  # the seed fixes the validation split
-            raise UsageError(f"--resume: {last} was trained with --seed {saved['seed']}, "
-                             f"not {args.seed}")
+    last = os.path.join(args.out, "last.npz")
+    if saved is not None:
+        if saved["epoch"] >= args.epochs:
+            raise UsageError(f"--epochs {args.epochs}: {last} has done {saved['epoch']} "
+                             f"epoch(s) already; give more to continue it")
+        load(last, model, optimizer)
         history, initial_epoch = History.from_dict(saved["history"]), saved["epoch"]
         if schedule is not None and saved.get("schedule"):
             schedule.load_state_dict(saved["schedule"])
-    os.makedirs(args.out, exist_ok=True)
     val = (x_dev, y_dev) if len(x_dev) else None
-    callbacks = [_SaveEachEpoch(args.out, meta)]
+    saver = _SaveEachEpoch(args.out, meta)
+    callbacks = [saver]
     if val is not None:
         best = ModelCheckpoint(os.path.join(args.out, "best.npz"), **meta)
         if history.rows:  # resumed: best.npz already holds the best so far
@@ -222,18 +353,31 @@ def cmd_train(args) -> int:
     print(f"training {args.model} on {args.dataset} ({len(x):,} images, "
           f"{len(x_dev):,} for validation) on {backend.get_device()} "
           f"({backend.device_name(backend.get_device())})", flush=True)
-    fit(model, SoftmaxCrossEntropy(), optimizer, (x, y), args.epochs, args.batch_size,
-        val_data=val, schedule=schedule, callbacks=callbacks, progress=not args.no_progress,
-        history=history, initial_epoch=initial_epoch,
-        augment=(lambda batch: horizontal_flip(batch, args.flip)) if args.flip else None)
+    try:
+        fit(model, SoftmaxCrossEntropy(), optimizer, (x, y), args.epochs, args.batch_size,
+            val_data=val, schedule=schedule, callbacks=callbacks, progress=not args.no_progress,
+            history=history, initial_epoch=initial_epoch,
+            augment=(lambda batch: horizontal_flip(batch, args.flip)) if args.flip else None)
+    except KeyboardInterrupt:
+        print(f"gpunet: interrupted; {_what_was_saved(args.out, saver.epoch)}", file=sys.stderr)
+        return 130
     scores = evaluate(model, (x_test, y_test))
     print(f"test accuracy: {scores['accuracy']:.4f} (loss {scores['loss']:.4f}, "
           f"{len(x_test):,} images)")
     return 0
 
 
+def _what_was_saved(out, epoch) -> str:
+    if epoch is None:
+        return f"nothing of this run was saved (no epoch finished); {out} is as it was"
+    best = os.path.join(out, "best.npz")
+    return (f"saved {os.path.join(out, 'last.npz')} after epoch {epoch}"
+            + (f" and {best}" if os.path.exists(best) else "")
+            + f"; continue with: gpunet train --resume --out {out}")
+
+
 def cmd_evaluate(args) -> int:
-    backend.set_device(args.device)
+    _use_device(args.device)
     header, _ = read_checkpoint(args.checkpoint)
     meta = header.get("meta", {})
     if meta.get("architecture") not in MODELS:
@@ -261,7 +405,7 @@ def cmd_summary(args) -> int:
 
 def cmd_gradcheck(args) -> int:
     from .gradcheck import gradcheck
-    backend.set_device(args.device)
+    _use_device(args.device)
     backend.manual_seed(args.seed)
     model = MODELS[args.model]().eval()
     shape = args.input_shape or INPUT_SHAPES[args.model]
@@ -336,8 +480,11 @@ def _one_line_warning(message, category, filename, lineno, line=None):
 
 def main(argv=None) -> int:
     warnings.formatwarning = _one_line_warning
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        args.given = _given_flags(parser, argv) if args.command == "train" else set()
         return COMMANDS[args.command](args)
     except (UsageError, DatasetError, CheckpointError, backend.DeviceError, ValueError,
             TypeError, OSError) as exc:

@@ -45,6 +45,14 @@ def test_an_explicit_data_root_without_the_files_is_an_error(tmp_path):
         load_fashion_mnist(tmp_path)
 
 
+def test_other_loaders_with_an_explicit_root_do_not_fall_back(tmp_path):
+    from gpunet.data import load_cifar10, load_mnist
+    with pytest.raises(DatasetError, match="does not hold"):
+        load_mnist(tmp_path)
+    with pytest.raises(DatasetError, match=f"looked in {tmp_path}"):
+        load_cifar10(tmp_path)
+
+
 def _tiny_model(batch_norm=False):
     layers = [nn.Flatten(), nn.Linear(4, 3)] + ([nn.BatchNorm1d(3)] if batch_norm else [])
     return nn.Sequential(*layers)
@@ -194,3 +202,142 @@ def test_layers_name_what_they_cannot_take():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         layer(numpy.zeros((2, 3), dtype="float32"))
+
+
+# -- the command line ---------------------------------------------------------------------
+QUICK = ["--dataset", "synthetic", "--limit", "300", "--dev-size", "60", "--batch-size", "32",
+         "--no-progress", "--seed", "1", "--epochs", "1"]
+
+
+def cli(*args, env=None):
+    from .test_cli import run_cli
+    return run_cli(*args, env={"GPUNET_DEVICE": "cpu", **(env or {})})
+
+
+def _snapshot(folder):
+    return {name: (folder / name).read_bytes() for name in sorted(os.listdir(folder))}
+
+
+def _one_error_line(stderr):
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gpunet: error: "), stderr
+    return lines[0]
+
+
+def test_cli_explicit_data_root_without_the_files(tmp_path):
+    code, _, err = cli("train", "--dataset", "fashion-mnist", "--data-root",
+                       str(tmp_path / "no-such-dir"), "--out", str(tmp_path / "run"))
+    assert code == 2 and "does not hold train-images-idx3-ubyte" in _one_error_line(err)
+
+
+def test_cli_a_split_that_leaves_nothing_to_train_on(tmp_path):
+    code, _, err = cli("train", "--dataset", "synthetic", "--limit", "1000", "--out",
+                       str(tmp_path / "run"))  # --dev-size defaults to 5000
+    line = _one_error_line(err)
+    assert code == 2 and "--dev-size 5000 would leave 0 of the 1,000" in line
+    assert "--dev-size 500 or less" in line
+
+
+def test_cli_never_overwrites_an_earlier_run(tmp_path):
+    out = tmp_path / "run"
+    assert cli("train", *QUICK, "--out", str(out))[0] == 0
+    before = _snapshot(out)
+    code, _, err = cli("train", *QUICK, "--out", str(out))
+    line = _one_error_line(err)
+    assert code == 2 and "holds an earlier run" in line and "--resume" in line \
+        and "--overwrite" in line
+    assert _snapshot(out) == before
+    assert cli("train", *QUICK, "--out", str(out), "--overwrite")[0] == 0
+
+
+def test_cli_resume_continues_the_run_or_names_the_flags_it_would_change(tmp_path):
+    out = tmp_path / "run"
+    assert cli("train", *QUICK, "--lr", "0.01", "--out", str(out))[0] == 0
+    before = _snapshot(out)
+    code, _, err = cli("train", *QUICK[:-2], "--epochs", "2", "--lr", "0.1", "--batch-size",
+                       "16", "--resume", "--out", str(out))
+    line = _one_error_line(err)
+    assert code == 2 and "--lr 0.01" in line and "--batch-size 32" in line
+    assert "drop --lr 0.1, --batch-size 16" in line
+    assert _snapshot(out) == before
+    # without them the run continues with its own settings, whatever the defaults are
+    code, out_text, err = cli("train", "--dataset", "synthetic", "--no-progress", "--epochs",
+                              "2", "--resume", "--out", str(out))
+    assert code == 0, err
+    assert "(240 images, 60 for validation)" in out_text
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[2].split(",")[5].startswith("0.01")  # lr column
+
+
+def test_cli_resume_with_another_model_says_so_in_one_line(tmp_path):
+    out = tmp_path / "run"
+    assert cli("train", *QUICK, "--out", str(out))[0] == 0
+    code, _, err = cli("train", *QUICK, "--resume", "--out", str(out))  # --epochs 1 again
+    assert code == 2 and "has done 1 epoch(s) already" in _one_error_line(err)
+    code, _, err = cli("train", *QUICK, "--model", "alexnet_cifar", "--resume", "--out",
+                       str(out))
+    line = _one_error_line(err)
+    assert code == 2 and "was trained with --model lenet5" in line and len(line) < 300
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--lr", "-1"], "--lr: expected a number > 0, got -1.0"),
+    (["--momentum", "1.5"], "--momentum: expected a number in [0, 1), got 1.5"),
+    (["--flip", "2"], "--flip: expected a probability in [0, 1], got 2.0"),
+    (["--schedule", "step"], "--schedule step needs --decay"),
+    (["--schedule", "exponential", "--decay", "1"], "must be between 0 and 1, got 1.0"),
+    (["--decay", "0.5"], "--decay needs --schedule"),
+    (["--seed", "-3"], "--seed: expected 0 or more, got -3"),
+], ids=["lr", "momentum", "flip", "no-decay", "decay-1", "decay-alone", "seed"])
+def test_cli_flags_are_checked_first_and_named_as_typed(tmp_path, flags, message):
+    out = tmp_path / "run"
+    code, _, err = cli("train", "--dataset", "fashion-mnist", "--data-root",
+                       str(tmp_path / "nowhere"), *flags, "--out", str(out))
+    assert code == 2 and message in _one_error_line(err)  # before the data is looked for
+    assert not out.exists()
+
+
+def test_cli_out_must_be_a_folder_it_can_write_in(tmp_path):
+    a_file = tmp_path / "file"
+    a_file.write_text("keep me")
+    code, _, err = cli("train", *QUICK, "--out", str(a_file))
+    assert code == 2 and "is a file" in _one_error_line(err)
+    assert a_file.read_text() == "keep me"
+    code, _, err = cli("train", *QUICK, "--out", "/proc/gpunet-cannot-write-here")
+    assert code == 2 and "--out: cannot write in /proc/gpunet-cannot-write-here" \
+        in _one_error_line(err)
+
+
+def test_cli_follows_gpunet_device(tmp_path):
+    code, _, err = cli("train", *QUICK, "--out", str(tmp_path / "a"))
+    assert code == 0 and "warning" not in err  # GPUNET_DEVICE=cpu: no CUDA probe, no warning
+    code, _, err = cli("train", *QUICK, "--out", str(tmp_path / "b"),
+                       env={"GPUNET_DEVICE": "bogus"})
+    assert code == 2 and "GPUNET_DEVICE: expected 'cpu'" in _one_error_line(err)
+
+
+def test_cli_batch_norm_with_a_last_batch_of_one(tmp_path):
+    # 300 - 59 = 241 = 6 * 40 + 1
+    code, _, err = cli("train", *QUICK[:-4], "--dev-size", "59", "--batch-size", "40",
+                       "--batch-norm", "--out", str(tmp_path / "run"))
+    assert code == 0, err
+
+
+def test_cli_ctrl_c_says_what_was_saved(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "gpunet", "train", *QUICK[:-2], "--epochs",
+                             "1000", "--out", str(out)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "GPUNET_DEVICE": "cpu"})
+    deadline = time.monotonic() + 120
+    while not (out / "metrics.csv").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert f"interrupted; saved {out / 'last.npz'} after epoch" in err
+    assert f"gpunet train --resume --out {out}" in err
