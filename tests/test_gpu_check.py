@@ -58,3 +58,33 @@ def test_stage_budget_must_name_a_stage_and_a_time(tmp_path, bad):
     done = run_check("--dry-run", "--out", str(tmp_path), "--stage-budget", bad)
     assert done.returncode == 2 and "expected NAME=SECONDS" in done.stderr
     assert not list(tmp_path.iterdir())  # refused before anything ran
+
+
+@needs_cupy
+def test_the_sanitizer_stage_runs_each_tool_and_reads_its_summary(tmp_path):
+    """The one stage the dry run skips, with a stand-in compute-sanitizer that runs
+    the script as the real one would and prints the real one's summary line."""
+    fake = tmp_path / "bin" / "compute-sanitizer"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\n"
+                    "tool=$2; shift 4\n"  # --tool T --error-exitcode 1
+                    "\"$@\" || exit 1\n"
+                    "if [ \"$tool\" = racecheck ]; then\n"
+                    "  echo '========= RACECHECK SUMMARY: 0 hazards displayed'; exit 0\n"
+                    "fi\n"
+                    "echo '========= ERROR SUMMARY: 0 errors'\n")
+    fake.chmod(0o755)
+    result = tmp_path / "stage.json"
+    env = {k: v for k, v in os.environ.items() if k != "GPUNET_CUPY_DOUBLE"}
+    env["PATH"] = f"{fake.parent}{os.pathsep}{env['PATH']}"
+    env["PYTHONPATH"] = os.pathsep.join([os.path.join(ROOT, "tests", "cupy_double"), ROOT,
+                                         os.path.join(ROOT, "bench")])
+    env["GPUNET_CUPY_DOUBLE"] = "1"
+    done = subprocess.run([sys.executable, SCRIPT, "--run-stage", "sanitizer", "--result",
+                           str(result), "--out", str(tmp_path), "--budget", "240", "--dry-run"],
+                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(result.read_text())
+    assert set(rows) == {"memcheck", "racecheck", "synccheck"}
+    assert rows["memcheck"] == {"exit_code": 0, "summary": "ERROR SUMMARY: 0 errors"}
+    assert rows["racecheck"]["summary"].startswith("RACECHECK SUMMARY: 0 hazards")
