@@ -219,7 +219,8 @@ def _check_forward(name, model, x_few) -> None:
     try:
         model.forward(to_device(x_few, device) if device is not None else x_few)
     except (ValueError, TypeError) as exc:
-        raise type(exc)(f"{name}: the model cannot take these examples: {exc}") from None
+        kind = TypeError if isinstance(exc, TypeError) else ValueError
+        raise kind(f"{name}: the model cannot take these examples: {exc}") from None
     finally:
         model.train(was_training)
 
