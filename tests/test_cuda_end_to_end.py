@@ -16,6 +16,7 @@ from gpunet.data import transforms
 
 from .helpers import CUPY_DOUBLE, assert_close
 from .test_cli import run_cli
+from .test_gradcheck import LAYERS as GRADCHECK_LAYERS
 
 pytestmark = pytest.mark.gpu
 EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
@@ -163,26 +164,11 @@ def test_cli_bench_training_step_on_the_device(tmp_path):
 
 
 # Every layer, loss and optimizer on the device against the same on the CPU, in float64.
-LAYERS = {
-    "linear": (lambda: nn.Linear(6, 4), (5, 6)),
-    "conv2d": (lambda: nn.Conv2d(2, 3, 3, stride=2, padding=1), (2, 2, 7, 7)),
-    "max_pool2d": (lambda: nn.MaxPool2d(3, 2, padding=1), (2, 2, 7, 7)),
-    "avg_pool2d": (lambda: nn.AvgPool2d(2), (2, 2, 6, 6)),
-    "adaptive_avg_pool2d": (lambda: nn.AdaptiveAvgPool2d(1), (2, 3, 5, 5)),
-    "batch_norm1d": (lambda: nn.BatchNorm1d(4), (6, 4)),
-    "batch_norm2d": (lambda: nn.BatchNorm2d(3), (4, 3, 5, 5)),
-    "batch_norm2d_eval": (lambda: nn.BatchNorm2d(3).eval(), (4, 3, 5, 5)),
-    "local_response_norm": (lambda: nn.LocalResponseNorm(3, alpha=0.5), (2, 5, 4, 4)),
-    "dropout_eval": (lambda: nn.Dropout(0.5).eval(), (3, 8)),
-    "relu": (lambda: nn.ReLU(), (3, 8)),
-    "leaky_relu": (lambda: nn.LeakyReLU(0.2), (3, 8)),
-    "tanh": (lambda: nn.Tanh(), (3, 8)),
-    "sigmoid": (lambda: nn.Sigmoid(), (3, 8)),
-    "softmax": (lambda: nn.Softmax(), (3, 8)),
-    "flatten": (lambda: nn.Flatten(), (2, 3, 4)),
-    "sequential": (lambda: nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(2),
-                                         nn.Flatten(), nn.Linear(8, 3)), (2, 1, 6, 6)),
-}
+# gradcheck's table of every layer, and two more that hold others
+LAYERS = {**GRADCHECK_LAYERS,
+          "adaptive_avg_pool2d": (lambda: nn.AdaptiveAvgPool2d(1), (2, 3, 5, 5)),
+          "sequential": (lambda: nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(2),
+                                               nn.Flatten(), nn.Linear(8, 3)), (2, 1, 6, 6))}
 
 
 def _on(device, array):

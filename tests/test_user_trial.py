@@ -297,6 +297,15 @@ def test_cli_flags_are_checked_first_and_named_as_typed(tmp_path, flags, message
     assert not out.exists()
 
 
+def test_cli_step_schedule_decays_every_step_size_epochs(tmp_path):
+    out = tmp_path / "run"
+    code, _, err = cli("train", *QUICK[:-2], "--epochs", "3", "--schedule", "step", "--decay",
+                       "0.5", "--step-size", "2", "--lr", "0.01", "--out", str(out))
+    assert code == 0, err
+    rates = [float(r.split(",")[5]) for r in (out / "metrics.csv").read_text().splitlines()[1:]]
+    assert rates == pytest.approx([0.01, 0.01, 0.005])  # it used to stay at --decay 1.0
+
+
 def test_cli_out_must_be_a_folder_it_can_write_in(tmp_path):
     a_file = tmp_path / "file"
     a_file.write_text("keep me")
