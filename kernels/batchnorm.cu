@@ -1,47 +1,95 @@
 // Batch normalisation over NCHW (or NC, NCL: HW = product of the trailing axes),
 // contiguous; statistics are per channel c over the M = N * HW values x[n, c, :].
 //
-// bn_fwd_stats : mean[c], var[c] (biased). One block per channel; two passes
-//                over the channel, the first summing offsets from a pivot sample
-//                (x[0, c, 0]) so that a float sum of values near 1e4 keeps the
-//                digits of their small spread, the second summing (x - mean)^2.
-//                Never E[x^2] - E[x]^2.
-// bn_fwd_apply : x_hat = (x - mean) inv_std, y = gamma x_hat + beta; one thread
-//                per element.
-// bn_bwd_reduce: dbeta[c] = sum dy, dgamma[c] = sum dy x_hat; one block per channel.
-// bn_bwd_dx    : training: dx = gamma inv_std (dy - dbeta/M - x_hat dgamma/M);
-//                evaluation: dx = gamma inv_std dy. One thread per element.
-// Reductions use a fixed thread-to-element assignment and a fixed tree
-// (block_sum): results are bitwise reproducible. Activation gradients are
-// written with `=`; the parameter gradients are returned, not accumulated.
+// A channel's M values are cut into `parts` runs of `chunk` consecutive values (the
+// last shorter), one block per (run, channel), so that LeNet's 6 channels still fill
+// a GPU; a second kernel combines each channel's partials in run order. `chunk`
+// depends on the shapes only (gpunet/cuda/batchnorm.py), never on the GPU, and
+// every reduction has a fixed order: results are bitwise reproducible.
+//
+// bn_fwd_stats  : per run, the mean offset from a pivot (x[0, c, 0], the same for
+//                     every run) and the sum of squared deviations from the run's
+//                     mean, in two passes over the run. Offsets keep the digits of a
+//                     small spread around a large mean (float values near 1e4); never
+//                     E[x^2] - E[x]^2.
+// bn_fwd_stats_combine  : one thread per channel merges its runs in order (Chan, Golub and
+//                     LeVeque's pairwise update) into mean[c] and the biased var[c].
+// bn_fwd_apply      : x_hat = (x - mean) inv_std, y = gamma x_hat + beta; one thread per
+//                     element.
+// bn_bwd_reduce    : per run, sum dy and sum dy x_hat; bn_bwd_reduce_combine sums the runs in
+//                     order into dbeta[c], dgamma[c].
+// bn_bwd_dx         : training: dx = gamma inv_std (dy - dbeta/M - x_hat dgamma/M);
+//                     evaluation: dx = gamma inv_std dy. One thread per element.
+// Divisions: by HW and C through `divide`; by counts through reciprocals and merge
+// weights computed on the host (`weights`, per run: 1/count, count/(count so far),
+// (count before) count / (count so far)). Activation gradients are written with `=`;
+// the parameter gradients are returned, not accumulated.
 #include "common.cuh"
 
-// Flat index of the j-th of the M = N * HW values of channel c.
-__device__ __forceinline__ index_t channel_element(index_t j, int c, int C, index_t HW) {
-    return ((j / HW) * C + c) * HW + j % HW;
+// Division by HW and by C, passed as pointer to 7 int32 (cached per shape).
+struct ChannelGeometry {
+    int C, HW, M, hw_magic, hw_shift, c_magic, c_shift;
+};
+
+// Flat index of the j-th of the M values of channel c.
+__device__ __forceinline__ int channel_element(int j, int c, const ChannelGeometry& g) {
+    const int n = divide(j, g.hw_magic, g.hw_shift);
+    return (n * g.C + c) * g.HW + (j - n * g.HW);
 }
 
-extern "C" __global__ void bn_fwd_stats(const real_t* __restrict__ x, real_t* __restrict__ mean,
-                                        real_t* __restrict__ var, int N, int C, index_t HW) {
+// The channel of flat element i.
+__device__ __forceinline__ int channel_of(int i, const ChannelGeometry& g) {
+    const int plane = divide(i, g.hw_magic, g.hw_shift);
+    return plane - divide(plane, g.c_magic, g.c_shift) * g.C;
+}
+
+// Block (run, channel) = (blockIdx.x, blockIdx.y); partials laid out [c][run].
+extern "C" __global__ void bn_fwd_stats(const real_t* __restrict__ x,
+                                            real_t* __restrict__ offset_mean,
+                                            real_t* __restrict__ squares,
+                                            const ChannelGeometry* __restrict__ geometry,
+                                            const real_t* __restrict__ weights, int chunk) {
     DYNAMIC_SHARED(acc_t, scratch);
-    int c = blockIdx.x;
-    index_t M = (index_t)N * HW;
-    acc_t pivot = x[(index_t)c * HW];
+    const ChannelGeometry g = *geometry;
+    const int c = blockIdx.y, run = blockIdx.x;
+    const int begin = run * chunk, end = g.M - begin < chunk ? g.M : begin + chunk;
+    const acc_t pivot = x[c * g.HW];
     acc_t shifted = 0;
-    for (index_t j = threadIdx.x; j < M; j += blockDim.x)
-        shifted += (acc_t)x[channel_element(j, c, C, HW)] - pivot;
-    acc_t offset = block_sum(shifted, scratch) / (acc_t)M;
-    acc_t mu = pivot + offset;
-    acc_t squares = 0;
-    for (index_t j = threadIdx.x; j < M; j += blockDim.x) {
-        acc_t d = (acc_t)x[channel_element(j, c, C, HW)] - mu;
-        squares += d * d;
+    for (int j = begin + threadIdx.x; j < end; j += blockDim.x)
+        shifted += (acc_t)x[channel_element(j, c, g)] - pivot;
+    const acc_t offset = block_sum(shifted, scratch) * (acc_t)weights[3 * run];
+    acc_t sum_sq = 0;
+    for (int j = begin + threadIdx.x; j < end; j += blockDim.x) {
+        const acc_t d = (acc_t)x[channel_element(j, c, g)] - pivot - offset;
+        sum_sq += d * d;
     }
-    acc_t v = block_sum(squares, scratch) / (acc_t)M;
+    const acc_t total_sq = block_sum(sum_sq, scratch);
     if (threadIdx.x == 0) {
-        mean[c] = (real_t)mu;
-        var[c] = (real_t)v;
+        offset_mean[c * gridDim.x + run] = (real_t)offset;
+        squares[c * gridDim.x + run] = (real_t)total_sq;
     }
+}
+
+// weights[3 r + 1] = n_r / (n_0 + ... + n_r), weights[3 r + 2] = (n_0 + ... + n_{r-1}) n_r /
+// (n_0 + ... + n_r); `inv_m` = 1 / M.
+extern "C" __global__ void bn_fwd_stats_combine(const real_t* __restrict__ x,
+                                            const real_t* __restrict__ offset_mean,
+                                            const real_t* __restrict__ squares,
+                                            real_t* __restrict__ mean, real_t* __restrict__ var,
+                                            const ChannelGeometry* __restrict__ geometry,
+                                            const real_t* __restrict__ weights, int parts,
+                                            acc_t inv_m) {
+    const ChannelGeometry g = *geometry;
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= g.C) return;
+    acc_t offset = offset_mean[c * parts], m2 = squares[c * parts];
+    for (int run = 1; run < parts; ++run) {
+        const acc_t delta = (acc_t)offset_mean[c * parts + run] - offset;
+        offset += delta * (acc_t)weights[3 * run + 1];
+        m2 += (acc_t)squares[c * parts + run] + delta * delta * (acc_t)weights[3 * run + 2];
+    }
+    mean[c] = (real_t)((acc_t)x[c * g.HW] + offset);
+    var[c] = (real_t)(m2 * inv_m);
 }
 
 extern "C" __global__ void bn_fwd_apply(const real_t* __restrict__ x,
@@ -50,34 +98,53 @@ extern "C" __global__ void bn_fwd_apply(const real_t* __restrict__ x,
                                         const real_t* __restrict__ gamma,
                                         const real_t* __restrict__ beta,
                                         real_t* __restrict__ y, real_t* __restrict__ x_hat,
-                                        index_t total, int C, index_t HW) {
-    index_t i = (index_t)blockIdx.x * blockDim.x + threadIdx.x;
+                                        const ChannelGeometry* __restrict__ geometry, int total) {
+    const ChannelGeometry g = *geometry;
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= total) return;
-    int c = (i / HW) % C;
-    real_t h = (x[i] - mean[c]) * inv_std[c];
+    const int c = channel_of(i, g);
+    const real_t h = (x[i] - mean[c]) * inv_std[c];
     x_hat[i] = h;
     y[i] = gamma[c] * h + beta[c];
 }
 
 extern "C" __global__ void bn_bwd_reduce(const real_t* __restrict__ dy,
-                                         const real_t* __restrict__ x_hat,
-                                         real_t* __restrict__ dbeta, real_t* __restrict__ dgamma,
-                                         int N, int C, index_t HW) {
+                                          const real_t* __restrict__ x_hat,
+                                          real_t* __restrict__ sum_dy,
+                                          real_t* __restrict__ sum_dy_xhat,
+                                          const ChannelGeometry* __restrict__ geometry,
+                                          int chunk) {
     DYNAMIC_SHARED(acc_t, scratch);
-    int c = blockIdx.x;
-    index_t M = (index_t)N * HW;
-    acc_t sum_dy = 0, sum_dy_xhat = 0;
-    for (index_t j = threadIdx.x; j < M; j += blockDim.x) {
-        index_t k = channel_element(j, c, C, HW);
-        sum_dy += dy[k];
-        sum_dy_xhat += (acc_t)dy[k] * x_hat[k];
+    const ChannelGeometry g = *geometry;
+    const int c = blockIdx.y, run = blockIdx.x;
+    const int begin = run * chunk, end = g.M - begin < chunk ? g.M : begin + chunk;
+    acc_t a = 0, b = 0;
+    for (int j = begin + threadIdx.x; j < end; j += blockDim.x) {
+        const int k = channel_element(j, c, g);
+        a += dy[k];
+        b += (acc_t)dy[k] * x_hat[k];
     }
-    acc_t total_dy = block_sum(sum_dy, scratch);
-    acc_t total_dy_xhat = block_sum(sum_dy_xhat, scratch);
+    const acc_t total_a = block_sum(a, scratch);
+    const acc_t total_b = block_sum(b, scratch);
     if (threadIdx.x == 0) {
-        dbeta[c] = (real_t)total_dy;
-        dgamma[c] = (real_t)total_dy_xhat;
+        sum_dy[c * gridDim.x + run] = (real_t)total_a;
+        sum_dy_xhat[c * gridDim.x + run] = (real_t)total_b;
     }
+}
+
+extern "C" __global__ void bn_bwd_reduce_combine(const real_t* __restrict__ sum_dy,
+                                          const real_t* __restrict__ sum_dy_xhat,
+                                          real_t* __restrict__ dbeta, real_t* __restrict__ dgamma,
+                                          int C, int parts) {
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    acc_t a = 0, b = 0;
+    for (int run = 0; run < parts; ++run) {
+        a += sum_dy[c * parts + run];
+        b += sum_dy_xhat[c * parts + run];
+    }
+    dbeta[c] = (real_t)a;
+    dgamma[c] = (real_t)b;
 }
 
 extern "C" __global__ void bn_bwd_dx(const real_t* __restrict__ dy,
@@ -86,16 +153,17 @@ extern "C" __global__ void bn_bwd_dx(const real_t* __restrict__ dy,
                                      const real_t* __restrict__ inv_std,
                                      const real_t* __restrict__ dbeta,
                                      const real_t* __restrict__ dgamma,
-                                     real_t* __restrict__ dx, index_t total, int C, index_t HW,
-                                     index_t M, int training) {
-    index_t i = (index_t)blockIdx.x * blockDim.x + threadIdx.x;
+                                     real_t* __restrict__ dx,
+                                     const ChannelGeometry* __restrict__ geometry, int total,
+                                     acc_t inv_m, int training) {
+    const ChannelGeometry g = *geometry;
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= total) return;
-    int c = (i / HW) % C;
-    acc_t scale = (acc_t)gamma[c] * inv_std[c];
+    const int c = channel_of(i, g);
+    const acc_t scale = (acc_t)gamma[c] * inv_std[c];
     if (!training) {
         dx[i] = (real_t)(scale * dy[i]);
         return;
     }
-    acc_t m = (acc_t)M;
-    dx[i] = (real_t)(scale * ((acc_t)dy[i] - dbeta[c] / m - (acc_t)x_hat[i] * dgamma[c] / m));
+    dx[i] = (real_t)(scale * ((acc_t)dy[i] - dbeta[c] * inv_m - (acc_t)x_hat[i] * dgamma[c] * inv_m));
 }

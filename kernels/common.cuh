@@ -3,8 +3,15 @@
 // The loader compiles each .cu file once per dtype, defining
 //   real_t : the array element type (float or double)
 //   acc_t  : the accumulator type (float for float, double for double)
-// so one source serves float32 and float64. Sizes are 64-bit where a product of
-// dimensions can pass 2^31 (index_t); loop counters over one dimension are int.
+// so one source serves float32 and float64.
+//
+// Indices are 32-bit: the launchers split a batch so that no launch addresses 2^31
+// elements or more (gpunet/cuda/runtime.py batch_chunks), which keeps every index
+// product in one IMAD and every division inline. A division by a size that is the
+// same for the whole launch goes through `divide` with a multiplier the launcher
+// computed (runtime.fast_divisor); there is no floating-point division in any
+// kernel either (reciprocals come from the host): both would be out-of-line calls,
+// which `make kernels-check` (bench/sass_check.py) refuses.
 #pragma once
 
 #ifndef real_t
@@ -14,8 +21,6 @@
 #define acc_t float
 #endif
 
-typedef long long index_t;
-
 // Dynamic shared memory (sized by the launch) viewed as an array of `type`. A
 // macro so that the CPU emulation used by the tests can supply its own buffer.
 #ifndef DYNAMIC_SHARED
@@ -23,6 +28,22 @@ typedef long long index_t;
     extern __shared__ unsigned char name##_bytes[]; \
     type* name = reinterpret_cast<type*>(name##_bytes)
 #endif
+
+// n / d for 0 <= n < 2^31 and an invariant d >= 1, as a multiply-high, an add and a
+// shift (Granlund and Montgomery, 1994): shift = ceil(log2 d), magic =
+// floor(2^32 (2^shift - d) / d) + 1, both from runtime.fast_divisor. t <= n, so
+// t + n cannot overflow 32 bits while n < 2^31.
+__device__ __forceinline__ int divide(int n, int magic, int shift) {
+    unsigned t = __umulhi((unsigned)n, (unsigned)magic);
+    return (int)((t + (unsigned)n) >> shift);
+}
+
+// `count` consecutive real_t read as one aligned load (LDG.128 for 4 floats or 2
+// doubles) where the caller has checked the alignment.
+template <int count>
+struct __align__(count * sizeof(real_t)) Packet {
+    real_t v[count];
+};
 
 // Block-wide sum of one value per thread, in a fixed tree order (deterministic).
 // `scratch` holds blockDim.x acc_t; blockDim.x must be a power of two. Every

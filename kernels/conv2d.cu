@@ -1,206 +1,457 @@
 // 2-D convolution (cross-correlation, as Conv2d) over NCHW, contiguous.
 //
 // Every pass is one implicit GEMM, C[m][j] = sum_t A(m, t) B(t, j), computed by
-// tiled_gemm below; the A and B operands are never materialised: loaders index
-// straight into x, weight or dy, returning 0 for padding.
-//   conv2d_fwd        y[n,k,oh,ow]  M = K, columns (n,oh,ow), reduction (c,r,s)
-//                     A = weight[k, (c,r,s)], B = x[n, c, oh*sh - pt + r, ow*sw - pl + s]
-//   conv2d_bwd_data   dx[n,c,h,w]   M = C, columns (n,h,w), reduction (k,r,s)
-//                     A = weight[k, c, r, s], B = dy[n, k, (h+pt-r)/sh, (w+pl-s)/sw] where
+// implicit_gemm below; A and B are never materialised, their loaders index straight
+// into x, weight or dy and return 0 for padding:
+//   conv2d_fwd        y[n,k,oh,ow]  rows k, columns (n,oh,ow), reduction t = (c,r,s)
+//                     A = weight[k][t], B = x[n, c, oh*sh - pt + r, ow*sw - pl + s]
+//   conv2d_bwd_data   dx[n,c,h,w]   rows c, columns (n,h,w), reduction t = (k,r,s)
+//                     A = weight[k][c][r][s], B = dy[n, k, (h+pt-r)/sh, (w+pl-s)/sw] where
 //                     those divide exactly and fall inside dy (a gather: each dx is
 //                     written once, no atomics)
 //   conv2d_bwd_weight partial[z][k][(c,r,s)] over the z-th slice of the (n,oh,ow)
-//                     reduction (split-K, since that reduction is long and M x N small);
-//                     conv2d_bwd_weight_reduce then sums the slices in order z = 0, 1, ...
+//                     reduction (split-K: that reduction is long and M x N small);
+//                     conv2d_bwd_weight_reduce sums the slices in order z = 0, 1, ...
 //   conv2d_bwd_bias   db[k] = sum dy[:, k], one block per k, fixed tree.
-// Thread mapping: a block of 256 threads computes a 64 x 64 tile of C, each thread
-// a 4 x 4 micro-tile (rows ty*4 + i, columns tx + 16 j); the reduction advances
-// in steps of 16 staged through shared memory. Accumulation in acc_t.
-// Deterministic: fixed reduction order everywhere, no atomics. Outputs are
-// written with `=`; parameter gradients are returned, the caller accumulates.
+//
+// Thread mapping: 16 x 16 threads compute a BM x BN tile of C, each thread TM x TN
+// of it (rows ty*4 + i%4 + 64 (i/4), columns tx*4 + j%4 + 64 (j/4), so that a thread
+// reads its operands from shared memory as 4-wide vectors). Two tiles, one kernel
+// each: 128 x 128 (8 x 8 a thread), and, as `<pass>_wide`, 64 x 256 (4 x 16; 64 x 128
+// in double) for GEMMs of at most 64 rows, as LeNet's 6 and 16 channels, which would
+// leave most of a 128-row tile idle.
+// The reduction advances TILE_K at a time through two shared-memory buffers: the
+// global loads of step k+1 are issued into registers before the FMAs of step k and
+// stored to the other buffer after them, one barrier per step. C leaves through
+// shared memory, so that a warp stores 32 neighbouring outputs.
+//
+// No division in the main loop: each thread splits its output column into (n, oh,
+// ow) once; the (c,r,s) of a reduction index comes from a per-shape table of filter
+// taps (`taps`, built and cached by the launcher, as CUTLASS's and cuDNN's implicit
+// GEMMs precompute them); the (n,oh,ow) of the weight gradient's reduction index is
+// advanced incrementally. What division is left is by a per-launch constant, through
+// `divide`. Weight rows are read as aligned vectors when their length allows.
+// Accumulation in acc_t; deterministic: fixed reduction order, no atomics. Outputs
+// are written with `=`; parameter gradients are returned, the caller accumulates.
 #include "common.cuh"
 
-#define TILE_M 64
-#define TILE_N 64
-// The reduction step is a compile-time option (-DTILE_K=8/16/32) so that one GPU run
-// of bench/gpu_check.py can time the alternatives; the launcher does not depend on it.
+// The reduction step is a compile-time option (-DTILE_K=8 or 16) so that one GPU
+// run of bench/gpu_check.py can time both; the launchers do not depend on it.
 #ifndef TILE_K
-#define TILE_K 16
+#define TILE_K 8
 #endif
 #define GEMM_THREADS 256
 
-// Passed as a pointer to 13 int32 in device memory (the launcher caches one per shape).
+// Passed as a pointer to int32 in device memory (the launcher caches one per shape).
+// Each *_magic, *_shift pair divides by the size named (runtime.fast_divisor).
 struct ConvGeometry {
-    int N, C, H, W, K, R, S, OH, OW, sh, sw, pt, pl;
+    int N, C, H, W, K, R, S, OH, OW, sh, sw, pt, pl, ow_magic, ow_shift, p_magic, p_shift,
+        w_magic, w_shift, hw_magic, hw_shift, s_magic, s_shift, rs_magic, rs_shift, sh_magic,
+        sh_shift, sw_magic, sw_shift;
 };
 
-template <class LoadA, class LoadB, class Store>
-__device__ void tiled_gemm(int M, index_t cols, index_t t_begin, index_t t_end, LoadA load_a,
-                           LoadB load_b, Store store) {
-    __shared__ acc_t As[TILE_K][TILE_M];
-    __shared__ acc_t Bs[TILE_K][TILE_N];
+// A block of 16 x 16 threads computes BM x BN of C, each thread TM x TN of it.
+template <int TM_, int TN_>
+struct TileShape {
+    static constexpr int TM = TM_, TN = TN_, BM = 16 * TM, BN = 16 * TN;
+    static constexpr int A_PER = TILE_K * BM / GEMM_THREADS;  // A, B elements a thread
+    static constexpr int B_PER = TILE_K * BN / GEMM_THREADS;  // loads per step
+    static constexpr int B_ROWS_PER_PASS = GEMM_THREADS / BN;
+};
+typedef TileShape<8, 8> TileSquare;  // 128 x 128: the default
+// 64 x 256 (64 x 128 in double, whose 4 x 16 accumulators would not fit in registers)
+typedef TileShape<4, sizeof(acc_t) == 4 ? 16 : 8> TileWide;
+
+// The GEMM over one BM x BN tile of C; `ops` loads A and B (fetch: the next step
+// into registers; stash: registers into shared memory) and maps a column to its
+// offset in `out`. C[m][j] (+ bias[m] when kBias) goes to
+// out[column_offset(j) + m * row_stride].
+template <class Tile, bool kBias, class Operands>
+__device__ __forceinline__ void implicit_gemm(Operands ops, int M, int cols, int steps,
+                                              real_t* __restrict__ out, int row_stride,
+                                              const real_t* __restrict__ bias) {
+    constexpr int TM = Tile::TM, TN = Tile::TN, BM = Tile::BM, BN = Tile::BN;
+    // The operand buffers; then Bs holds one 16-row slice of C on its way out.
+    __shared__ __align__(16) acc_t As[2][TILE_K][BM];
+    __shared__ __align__(16) acc_t Bs[2][TILE_K][BN];
+    static_assert(sizeof(Bs) >= 16 * BN * sizeof(acc_t), "C slice does not fit in Bs");
     const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
-    const int m0 = blockIdx.y * TILE_M;
-    const index_t j0 = (index_t)blockIdx.x * TILE_N;
-    acc_t acc[4][4];
-    for (int i = 0; i < 4; ++i)
-        for (int j = 0; j < 4; ++j) acc[i][j] = 0;
+    acc_t acc[TM][TN];
+#pragma unroll
+    for (int i = 0; i < TM; ++i)
+#pragma unroll
+        for (int j = 0; j < TN; ++j) acc[i][j] = 0;
 
-    for (index_t t0 = t_begin; t0 < t_end; t0 += TILE_K) {
-        // A: the reduction index varies fastest across threads (contiguous in memory)
-        for (int l = threadIdx.x; l < TILE_K * TILE_M; l += GEMM_THREADS) {
-            int tt = l % TILE_K, mm = l / TILE_K;
-            index_t t = t0 + tt;
-            int m = m0 + mm;
-            As[tt][mm] = (t < t_end && m < M) ? (acc_t)load_a(m, t) : (acc_t)0;
+    // Step s fetches tile s into registers, multiplies tile s - 1 (in flight
+    // meanwhile), then stores tile s into the buffer tile s - 1 did not use.
+    typename Operands::Fragment staged;
+    for (int step = 0; step <= steps; ++step) {
+        if (step < steps) ops.fetch(staged);
+        if (step > 0) {
+            const int buf = (step - 1) & 1;
+#pragma unroll
+            for (int kk = 0; kk < TILE_K; ++kk) {
+                acc_t a[TM], b[TN];
+#pragma unroll
+                for (int i = 0; i < TM; ++i) a[i] = As[buf][kk][(i / 4) * 64 + ty * 4 + i % 4];
+#pragma unroll
+                for (int j = 0; j < TN; ++j) b[j] = Bs[buf][kk][(j / 4) * 64 + tx * 4 + j % 4];
+#pragma unroll
+                for (int i = 0; i < TM; ++i)
+#pragma unroll
+                    for (int j = 0; j < TN; ++j) acc[i][j] += a[i] * b[j];
+            }
         }
-        // B: the column index varies fastest (neighbouring output pixels)
-        for (int l = threadIdx.x; l < TILE_K * TILE_N; l += GEMM_THREADS) {
-            int tt = l / TILE_N, jj = l % TILE_N;
-            index_t t = t0 + tt, j = j0 + jj;
-            Bs[tt][jj] = (t < t_end && j < cols) ? (acc_t)load_b(t, j) : (acc_t)0;
-        }
-        __syncthreads();
-        for (int tt = 0; tt < TILE_K; ++tt) {
-            acc_t a[4], b[4];
-            for (int i = 0; i < 4; ++i) a[i] = As[tt][ty * 4 + i];
-            for (int j = 0; j < 4; ++j) b[j] = Bs[tt][tx + 16 * j];
-            for (int i = 0; i < 4; ++i)
-                for (int j = 0; j < 4; ++j) acc[i][j] += a[i] * b[j];
-        }
+        if (step < steps) ops.stash(staged, As[step & 1], Bs[step & 1]);
         __syncthreads();
     }
-    for (int i = 0; i < 4; ++i) {
-        int m = m0 + ty * 4 + i;
-        for (int j = 0; j < 4; ++j) {
-            index_t col = j0 + tx + 16 * j;
-            if (m < M && col < cols) store(m, col, acc[i][j]);
+
+    // Out through shared memory, 16 rows at a time (the i-th slice: rows i%4 + 4 ty +
+    // 64 (i/4) of the tile); each thread then writes one column of each slice, so
+    // that its column's offset is computed once.
+    acc_t(*slice)[BN] = reinterpret_cast<acc_t(*)[BN]>(&Bs[0][0][0]);
+    const int col = blockIdx.x * BN + threadIdx.x % BN;
+    const int offset = col < cols ? ops.column_offset(col) : 0;
+#pragma unroll
+    for (int i = 0; i < TM; ++i) {
+#pragma unroll
+        for (int j = 0; j < TN; ++j) slice[ty][(j / 4) * 64 + tx * 4 + j % 4] = acc[i][j];
+        __syncthreads();
+        const int row0 = blockIdx.y * BM + (i / 4) * 64 + i % 4;
+#pragma unroll 1
+        for (int r = threadIdx.x / BN; r < 16; r += GEMM_THREADS / BN) {
+            const int m = row0 + 4 * r;
+            if (m < M && col < cols)
+                out[offset + m * row_stride] =
+                    (real_t)(slice[r][threadIdx.x % BN] + (kBias ? (acc_t)bias[m] : (acc_t)0));
         }
+        __syncthreads();
     }
 }
 
-// ---- forward ---------------------------------------------------------------------
-struct FwdWeight {  // A(k, t = (c,r,s)) = weight[k][t]
-    const real_t* w; index_t CRS;
-    __device__ real_t operator()(int k, index_t t) const { return w[k * CRS + t]; }
+// The B operand's thread mapping, shared by the three passes: one column of the
+// tile, rows row, row + B_ROWS_PER_PASS, ...
+template <class Tile>
+struct BColumn {
+    int row, col;
+    __device__ BColumn() : row(threadIdx.x / Tile::BN), col(threadIdx.x % Tile::BN) {}
 };
 
-struct FwdInput {  // B(t = (c,r,s), j = (n,oh,ow)) = x at the window position, 0 in padding
-    const real_t* x; ConvGeometry g;
-    __device__ real_t operator()(index_t t, index_t j) const {
-        int s = t % g.S, r = (t / g.S) % g.R, c = t / ((index_t)g.R * g.S);
-        int ow = j % g.OW, oh = (j / g.OW) % g.OH;
-        index_t n = j / ((index_t)g.OH * g.OW);
-        int h = oh * g.sh - g.pt + r, w = ow * g.sw - g.pl + s;
-        if (h < 0 || h >= g.H || w < 0 || w >= g.W) return 0;
-        return x[((n * g.C + c) * g.H + h) * g.W + w];
+// ---- forward: rows k, columns (n,oh,ow), reduction (c,r,s) --------------------------
+// taps[t] = {c*H*W + r*W + s, r, s, unused}
+template <class Tile>
+struct ForwardOperands {
+    static constexpr int BM = Tile::BM, BN = Tile::BN, A_PER = Tile::A_PER, B_PER = Tile::B_PER;
+    static constexpr int B_ROWS_PER_PASS = Tile::B_ROWS_PER_PASS;
+    struct Fragment {
+        real_t a[A_PER], b[B_PER];
+    };
+    const real_t* __restrict__ x;
+    const real_t* __restrict__ w;
+    const int4* __restrict__ taps;
+    ConvGeometry g;
+    int CRS, t;              // t: the first reduction index of the next step
+    int a_row, a_col;        // A: weight row a_row, reduction a_col .. a_col + A_PER - 1
+    bool a_valid, a_packets;
+    BColumn<Tile> b;
+    bool b_valid;
+    int x_offset, ih0, iw0;  // B: x[x_offset + tap.x] when ih0 + r, iw0 + s are inside x
+
+    __device__ ForwardOperands(const real_t* x_, const real_t* w_, const int* taps_,
+                               const ConvGeometry& g_)
+        : x(x_), w(w_), taps(reinterpret_cast<const int4*>(taps_)), g(g_) {
+        CRS = g.C * g.R * g.S;
+        t = 0;
+        a_row = blockIdx.y * BM + threadIdx.x / (TILE_K / A_PER);
+        a_col = threadIdx.x % (TILE_K / A_PER) * A_PER;
+        a_valid = a_row < g.K;
+        a_packets = a_valid && CRS % A_PER == 0 &&
+                    reinterpret_cast<unsigned long long>(w) % sizeof(Packet<A_PER>) == 0;
+        const int j = blockIdx.x * BN + b.col, P = g.OH * g.OW;
+        b_valid = j < g.N * P;
+        const int n = divide(j, g.p_magic, g.p_shift), p = j - n * P;
+        const int oh = divide(p, g.ow_magic, g.ow_shift), ow = p - oh * g.OW;
+        ih0 = oh * g.sh - g.pt;
+        iw0 = ow * g.sw - g.pl;
+        x_offset = n * g.C * g.H * g.W + ih0 * g.W + iw0;
+    }
+
+    __device__ void fetch(Fragment& f) {
+        const int ta = t + a_col;
+        if (a_packets && ta < CRS) {
+            const Packet<A_PER> p = *reinterpret_cast<const Packet<A_PER>*>(w + a_row * CRS + ta);
+#pragma unroll
+            for (int i = 0; i < A_PER; ++i) f.a[i] = p.v[i];
+        } else {
+#pragma unroll
+            for (int i = 0; i < A_PER; ++i)
+                f.a[i] = a_valid && ta + i < CRS ? w[a_row * CRS + ta + i] : (real_t)0;
+        }
+#pragma unroll
+        for (int i = 0; i < B_PER; ++i) {
+            const int tb = t + b.row + B_ROWS_PER_PASS * i;
+            real_t v = 0;
+            if (b_valid && tb < CRS) {
+                const int4 tap = taps[tb];
+                if ((unsigned)(ih0 + tap.y) < (unsigned)g.H && (unsigned)(iw0 + tap.z) < (unsigned)g.W)
+                    v = x[x_offset + tap.x];
+            }
+            f.b[i] = v;
+        }
+        t += TILE_K;
+    }
+
+    __device__ void stash(const Fragment& f, acc_t (*As)[BM], acc_t (*Bs)[BN]) const {
+#pragma unroll
+        for (int i = 0; i < A_PER; ++i) As[a_col + i][a_row % BM] = f.a[i];
+#pragma unroll
+        for (int i = 0; i < B_PER; ++i) Bs[b.row + B_ROWS_PER_PASS * i][b.col] = f.b[i];
+    }
+
+    __device__ int column_offset(int j) const {  // y[n][k][p]: n K P + p (+ k P)
+        const int P = g.OH * g.OW, n = divide(j, g.p_magic, g.p_shift);
+        return n * g.K * P + (j - n * P);
     }
 };
 
-struct FwdStore {
-    real_t* y; const real_t* bias; ConvGeometry g;
-    __device__ void operator()(int k, index_t j, acc_t value) const {
-        index_t p = j % ((index_t)g.OH * g.OW), n = j / ((index_t)g.OH * g.OW);
-        y[(n * g.K + k) * g.OH * g.OW + p] = (real_t)(value + (bias ? (acc_t)bias[k] : 0));
-    }
-};
+template <class Tile>
+__device__ __forceinline__ void conv2d_fwd_tile(const real_t* x, const real_t* w,
+                                                const real_t* bias, real_t* y,
+                                                const ConvGeometry* geometry, const int* taps) {
+    const ConvGeometry g = *geometry;
+    const int CRS = g.C * g.R * g.S;
+    implicit_gemm<Tile, true>(ForwardOperands<Tile>(x, w, taps, g), g.K, g.N * g.OH * g.OW,
+                      (CRS + TILE_K - 1) / TILE_K, y, g.OH * g.OW, bias);
+}
 
-extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 2)
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
 conv2d_fwd(const real_t* __restrict__ x, const real_t* __restrict__ w,
-           const real_t* __restrict__ bias, real_t* __restrict__ y,
-           const ConvGeometry* __restrict__ geometry) {
-    const ConvGeometry g = *geometry;
-    index_t CRS = (index_t)g.C * g.R * g.S;
-    tiled_gemm(g.K, (index_t)g.N * g.OH * g.OW, 0, CRS, FwdWeight{w, CRS}, FwdInput{x, g},
-               FwdStore{y, bias, g});
+                   const real_t* __restrict__ bias, real_t* __restrict__ y,
+                   const ConvGeometry* __restrict__ geometry, const int* __restrict__ taps) {
+    conv2d_fwd_tile<TileSquare>(x, w, bias, y, geometry, taps);
 }
 
-// ---- backward data -------------------------------------------------------------------
-struct DataWeight {  // A(c, t = (k,r,s)) = weight[k][c][r][s]
-    const real_t* w; ConvGeometry g;
-    __device__ real_t operator()(int c, index_t t) const {
-        index_t RS = (index_t)g.R * g.S, k = t / RS;
-        return w[(k * g.C + c) * RS + t % RS];
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
+conv2d_fwd_wide(const real_t* __restrict__ x, const real_t* __restrict__ w,
+                  const real_t* __restrict__ bias, real_t* __restrict__ y,
+                  const ConvGeometry* __restrict__ geometry, const int* __restrict__ taps) {
+    conv2d_fwd_tile<TileWide>(x, w, bias, y, geometry, taps);
+}
+
+// ---- backward data: rows c, columns (n,h,w), reduction (k,r,s) ---------------------
+// taps[t] = {k*OH*OW, r, s, k*C*R*S + r*S + s}
+template <class Tile>
+struct DataOperands {
+    static constexpr int BM = Tile::BM, BN = Tile::BN, A_PER = Tile::A_PER, B_PER = Tile::B_PER;
+    static constexpr int B_ROWS_PER_PASS = Tile::B_ROWS_PER_PASS;
+    struct Fragment {
+        real_t a[A_PER], b[B_PER];
+    };
+    const real_t* __restrict__ dy;
+    const real_t* __restrict__ w;
+    const int4* __restrict__ taps;
+    ConvGeometry g;
+    int KRS, t;
+    int a_row, a_col, a_offset;  // A: w[a_offset + taps[t].w], a_offset = c R S
+    bool a_valid;
+    BColumn<Tile> b;
+    bool b_valid;
+    int dy_offset, hp, wp;  // B: dy[dy_offset + tap.x + oh OW + ow], hp = h + pt, wp = w + pl
+
+    __device__ DataOperands(const real_t* dy_, const real_t* w_, const int* taps_,
+                            const ConvGeometry& g_)
+        : dy(dy_), w(w_), taps(reinterpret_cast<const int4*>(taps_)), g(g_) {
+        KRS = g.K * g.R * g.S;
+        t = 0;
+        a_row = blockIdx.y * BM + threadIdx.x / (TILE_K / A_PER);
+        a_col = threadIdx.x % (TILE_K / A_PER) * A_PER;
+        a_valid = a_row < g.C;
+        a_offset = a_row * g.R * g.S;
+        const int j = blockIdx.x * BN + b.col, HW = g.H * g.W;
+        b_valid = j < g.N * HW;
+        const int n = divide(j, g.hw_magic, g.hw_shift), p = j - n * HW;
+        const int h = divide(p, g.w_magic, g.w_shift);
+        hp = h + g.pt;
+        wp = p - h * g.W + g.pl;
+        dy_offset = n * g.K * g.OH * g.OW;
+    }
+
+    __device__ void fetch(Fragment& f) {
+#pragma unroll
+        for (int i = 0; i < A_PER; ++i) {
+            const int ta = t + a_col + i;
+            f.a[i] = a_valid && ta < KRS ? w[a_offset + taps[ta].w] : (real_t)0;
+        }
+#pragma unroll
+        for (int i = 0; i < B_PER; ++i) {
+            const int tb = t + b.row + B_ROWS_PER_PASS * i;
+            real_t v = 0;
+            if (b_valid && tb < KRS) {
+                const int4 tap = taps[tb];
+                const int th = hp - tap.y, tw = wp - tap.z;
+                if (th >= 0 && tw >= 0) {
+                    const int oh = divide(th, g.sh_magic, g.sh_shift);
+                    const int ow = divide(tw, g.sw_magic, g.sw_shift);
+                    if (oh * g.sh == th && ow * g.sw == tw && oh < g.OH && ow < g.OW)
+                        v = dy[dy_offset + tap.x + oh * g.OW + ow];
+                }
+            }
+            f.b[i] = v;
+        }
+        t += TILE_K;
+    }
+
+    __device__ void stash(const Fragment& f, acc_t (*As)[BM], acc_t (*Bs)[BN]) const {
+#pragma unroll
+        for (int i = 0; i < A_PER; ++i) As[a_col + i][a_row % BM] = f.a[i];
+#pragma unroll
+        for (int i = 0; i < B_PER; ++i) Bs[b.row + B_ROWS_PER_PASS * i][b.col] = f.b[i];
+    }
+
+    __device__ int column_offset(int j) const {  // dx[n][c][p]: n C HW + p (+ c HW)
+        const int HW = g.H * g.W, n = divide(j, g.hw_magic, g.hw_shift);
+        return n * g.C * HW + (j - n * HW);
     }
 };
 
-struct DataGrad {  // B(t = (k,r,s), j = (n,h,w)) = dy at the output that used x[n,:,h,w]
-    const real_t* dy; ConvGeometry g;
-    __device__ real_t operator()(index_t t, index_t j) const {
-        int s = t % g.S, r = (t / g.S) % g.R, k = t / ((index_t)g.R * g.S);
-        int w = j % g.W, h = (j / g.W) % g.H;
-        index_t n = j / ((index_t)g.H * g.W);
-        int th = h + g.pt - r, tw = w + g.pl - s;
-        if (th < 0 || tw < 0 || th % g.sh || tw % g.sw) return 0;
-        int oh = th / g.sh, ow = tw / g.sw;
-        if (oh >= g.OH || ow >= g.OW) return 0;
-        return dy[((n * g.K + k) * g.OH + oh) * g.OW + ow];
-    }
-};
+template <class Tile>
+__device__ __forceinline__ void conv2d_bwd_data_tile(const real_t* dy, const real_t* w, real_t* dx,
+                                                     const ConvGeometry* geometry,
+                                                     const int* taps) {
+    const ConvGeometry g = *geometry;
+    const int KRS = g.K * g.R * g.S;
+    implicit_gemm<Tile, false>(DataOperands<Tile>(dy, w, taps, g), g.C, g.N * g.H * g.W,
+                      (KRS + TILE_K - 1) / TILE_K, dx, g.H * g.W, (const real_t*)nullptr);
+}
 
-struct DataStore {
-    real_t* dx; ConvGeometry g;
-    __device__ void operator()(int c, index_t j, acc_t value) const {
-        index_t p = j % ((index_t)g.H * g.W), n = j / ((index_t)g.H * g.W);
-        dx[(n * g.C + c) * g.H * g.W + p] = (real_t)value;
-    }
-};
-
-extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 2)
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
 conv2d_bwd_data(const real_t* __restrict__ dy, const real_t* __restrict__ w,
-                real_t* __restrict__ dx, const ConvGeometry* __restrict__ geometry) {
-    const ConvGeometry g = *geometry;
-    tiled_gemm(g.C, (index_t)g.N * g.H * g.W, 0, (index_t)g.K * g.R * g.S, DataWeight{w, g},
-               DataGrad{dy, g}, DataStore{dx, g});
+                        real_t* __restrict__ dx, const ConvGeometry* __restrict__ geometry,
+                        const int* __restrict__ taps) {
+    conv2d_bwd_data_tile<TileSquare>(dy, w, dx, geometry, taps);
 }
 
-// ---- backward weight ---------------------------------------------------------------------
-struct WeightGrad {  // A(k, t = (n,oh,ow)) = dy[n][k][oh][ow]
-    const real_t* dy; ConvGeometry g;
-    __device__ real_t operator()(int k, index_t t) const {
-        index_t P = (index_t)g.OH * g.OW;
-        return dy[((t / P) * g.K + k) * P + t % P];
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
+conv2d_bwd_data_wide(const real_t* __restrict__ dy, const real_t* __restrict__ w,
+                       real_t* __restrict__ dx, const ConvGeometry* __restrict__ geometry,
+                       const int* __restrict__ taps) {
+    conv2d_bwd_data_tile<TileWide>(dy, w, dx, geometry, taps);
+}
+
+// ---- backward weight: rows k, columns (c,r,s), reduction (n,oh,ow) in one slice ----
+// The (n, p = oh OW + ow) of a reduction index is carried from step to step: the
+// index grows by TILE_K per step, so p wraps past P = OH OW at most a few times.
+__device__ __forceinline__ void advance(int& n, int& p, int by, int P) {
+    p += by;
+    while (p >= P) {
+        p -= P;
+        ++n;
     }
+}
+
+template <class Tile>
+struct WeightOperands {
+    static constexpr int BM = Tile::BM, BN = Tile::BN, A_PER = Tile::A_PER, B_PER = Tile::B_PER;
+    static constexpr int B_ROWS_PER_PASS = Tile::B_ROWS_PER_PASS;
+    static constexpr int A_ROWS_PER_PASS = GEMM_THREADS / TILE_K;
+    struct Fragment {
+        real_t a[A_PER], b[B_PER];
+    };
+    const real_t* __restrict__ dy;
+    const real_t* __restrict__ x;
+    ConvGeometry g;
+    int P, t, t_end;
+    int a_lane, a_row0, a_n, a_p;  // A: dy[n K P + k P + p], t = t + a_lane, k = a_row0 + 32 i
+    BColumn<Tile> b;
+    bool b_valid;
+    int x_column, r, s, b_n, b_p;  // B: x[n C H W + x_column + h W + w], x_column = c H W
+
+    __device__ WeightOperands(const real_t* dy_, const real_t* x_, const ConvGeometry& g_,
+                              int t_begin, int t_end_)
+        : dy(dy_), x(x_), g(g_), t(t_begin), t_end(t_end_) {
+        P = g.OH * g.OW;
+        a_lane = threadIdx.x % TILE_K;
+        a_row0 = blockIdx.y * BM + threadIdx.x / TILE_K;
+        a_n = divide(t_begin + a_lane, g.p_magic, g.p_shift);
+        a_p = t_begin + a_lane - a_n * P;
+        const int j = blockIdx.x * BN + b.col, RS = g.R * g.S;
+        b_valid = j < g.C * RS;
+        const int c = divide(j, g.rs_magic, g.rs_shift), rs = j - c * RS;
+        r = divide(rs, g.s_magic, g.s_shift);
+        s = rs - r * g.S;
+        x_column = c * g.H * g.W;
+        b_n = divide(t_begin + b.row, g.p_magic, g.p_shift);
+        b_p = t_begin + b.row - b_n * P;
+    }
+
+    __device__ void fetch(Fragment& f) {
+        const bool a_in = t + a_lane < t_end;
+        const int a_offset = a_n * g.K * P + a_p;
+#pragma unroll
+        for (int i = 0; i < A_PER; ++i) {
+            const int k = a_row0 + A_ROWS_PER_PASS * i;
+            f.a[i] = a_in && k < g.K ? dy[a_offset + k * P] : (real_t)0;
+        }
+        int n = b_n, p = b_p;
+#pragma unroll
+        for (int i = 0; i < B_PER; ++i) {
+            if (i > 0) advance(n, p, B_ROWS_PER_PASS, P);
+            const int oh = divide(p, g.ow_magic, g.ow_shift);
+            const int h = oh * g.sh - g.pt + r, w = (p - oh * g.OW) * g.sw - g.pl + s;
+            const bool in = b_valid && t + b.row + B_ROWS_PER_PASS * i < t_end &&
+                            (unsigned)h < (unsigned)g.H && (unsigned)w < (unsigned)g.W;
+            f.b[i] = in ? x[n * g.C * g.H * g.W + x_column + h * g.W + w] : (real_t)0;
+        }
+        t += TILE_K;
+        advance(a_n, a_p, TILE_K, P);
+        advance(b_n, b_p, TILE_K, P);
+    }
+
+    __device__ void stash(const Fragment& f, acc_t (*As)[BM], acc_t (*Bs)[BN]) const {
+#pragma unroll
+        for (int i = 0; i < A_PER; ++i) As[a_lane][(a_row0 + A_ROWS_PER_PASS * i) % BM] = f.a[i];
+#pragma unroll
+        for (int i = 0; i < B_PER; ++i) Bs[b.row + B_ROWS_PER_PASS * i][b.col] = f.b[i];
+    }
+
+    __device__ int column_offset(int j) const { return j; }  // partial[z][k][j]
 };
 
-struct WeightInput {  // B(t = (n,oh,ow), j = (c,r,s)) = x at the window position
-    const real_t* x; ConvGeometry g;
-    __device__ real_t operator()(index_t t, index_t j) const {
-        int ow = t % g.OW, oh = (t / g.OW) % g.OH;
-        index_t n = t / ((index_t)g.OH * g.OW);
-        int s = j % g.S, r = (j / g.S) % g.R, c = j / ((index_t)g.R * g.S);
-        int h = oh * g.sh - g.pt + r, w = ow * g.sw - g.pl + s;
-        if (h < 0 || h >= g.H || w < 0 || w >= g.W) return 0;
-        return x[((n * g.C + c) * g.H + h) * g.W + w];
-    }
-};
+template <class Tile>
+__device__ __forceinline__ void conv2d_bwd_weight_tile(const real_t* dy, const real_t* x,
+                                                       real_t* partial,
+                                                       const ConvGeometry* geometry, int chunk) {
+    const ConvGeometry g = *geometry;
+    const int CRS = g.C * g.R * g.S, total = g.N * g.OH * g.OW;
+    const int t_begin = blockIdx.z * chunk;
+    const int t_end = total - t_begin < chunk ? total : t_begin + chunk;
+    implicit_gemm<Tile, false>(WeightOperands<Tile>(dy, x, g, t_begin, t_end), g.K, CRS,
+                      (t_end - t_begin + TILE_K - 1) / TILE_K, partial + blockIdx.z * g.K * CRS,
+                      CRS, (const real_t*)nullptr);
+}
 
-struct PartialStore {  // partial[blockIdx.z][k][j]
-    real_t* partial; int K; index_t CRS;
-    __device__ void operator()(int k, index_t j, acc_t value) const {
-        partial[((index_t)blockIdx.z * K + k) * CRS + j] = (real_t)value;
-    }
-};
-
-extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 2)
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
 conv2d_bwd_weight(const real_t* __restrict__ dy, const real_t* __restrict__ x,
-                  real_t* __restrict__ partial, const ConvGeometry* __restrict__ geometry,
-                  index_t chunk) {
-    const ConvGeometry g = *geometry;
-    index_t CRS = (index_t)g.C * g.R * g.S, total = (index_t)g.N * g.OH * g.OW;
-    index_t t_begin = (index_t)blockIdx.z * chunk;
-    index_t t_end = t_begin + chunk < total ? t_begin + chunk : total;
-    tiled_gemm(g.K, CRS, t_begin, t_end, WeightGrad{dy, g}, WeightInput{x, g},
-               PartialStore{partial, g.K, CRS});
+                          real_t* __restrict__ partial, const ConvGeometry* __restrict__ geometry,
+                          int chunk) {
+    conv2d_bwd_weight_tile<TileSquare>(dy, x, partial, geometry, chunk);
 }
 
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
+conv2d_bwd_weight_wide(const real_t* __restrict__ dy, const real_t* __restrict__ x,
+                         real_t* __restrict__ partial, const ConvGeometry* __restrict__ geometry,
+                         int chunk) {
+    conv2d_bwd_weight_tile<TileWide>(dy, x, partial, geometry, chunk);
+}
+
+// dw[i] = partial[0][i] + partial[1][i] + ... in that order, over `splits` slices.
 extern "C" __global__ void conv2d_bwd_weight_reduce(const real_t* __restrict__ partial,
-                                                    real_t* __restrict__ dw, index_t count,
+                                                    real_t* __restrict__ dw, int count,
                                                     int splits) {
-    index_t i = (index_t)blockIdx.x * blockDim.x + threadIdx.x;
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= count) return;
     acc_t sum = 0;
-    for (int z = 0; z < splits; ++z) sum += partial[z * count + i];  // fixed order
+    for (int z = 0; z < splits; ++z) sum += partial[z * count + i];
     dw[i] = (real_t)sum;
 }
 
@@ -208,11 +459,12 @@ extern "C" __global__ void conv2d_bwd_bias(const real_t* __restrict__ dy, real_t
                                            const ConvGeometry* __restrict__ geometry) {
     const ConvGeometry g = *geometry;
     DYNAMIC_SHARED(acc_t, scratch);
-    int k = blockIdx.x;
-    index_t P = (index_t)g.OH * g.OW, total = (index_t)g.N * P;
+    const int k = blockIdx.x, P = g.OH * g.OW, total = g.N * P;
     acc_t sum = 0;
-    for (index_t t = threadIdx.x; t < total; t += blockDim.x)
-        sum += dy[((t / P) * g.K + k) * P + t % P];
-    acc_t result = block_sum(sum, scratch);
+    for (int t = threadIdx.x; t < total; t += blockDim.x) {
+        const int n = divide(t, g.p_magic, g.p_shift);
+        sum += dy[(n * g.K + k) * P + t - n * P];
+    }
+    const acc_t result = block_sum(sum, scratch);
     if (threadIdx.x == 0) db[k] = (real_t)result;
 }

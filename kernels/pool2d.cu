@@ -9,30 +9,42 @@
 // max_pool2d_fwd saves each window's argmax as the offset r*S + s of its first
 //   maximum in row-major order (ties keep the first; NaN propagates), so the
 //   backward pass routes each window's gradient to exactly one input.
+// Indices are 32-bit; divisions by the output and input sizes and by the strides go
+// through `divide`, and the average's 1 / (R S) comes from the host.
 #include "common.cuh"
 
-// Passed as a pointer to 12 int32 in device memory (the launcher caches one per shape).
+// Passed as a pointer to int32 in device memory (the launcher caches one per shape);
+// each *_magic, *_shift pair divides by the size named (runtime.fast_divisor).
 struct PoolGeometry {
-    int N, C, H, W, OH, OW, R, S, sh, sw, ph, pw;
+    int N, C, H, W, OH, OW, R, S, sh, sw, ph, pw, ow_magic, ow_shift, oh_magic, oh_shift,
+        w_magic, w_shift, h_magic, h_shift, sh_magic, sh_shift, sw_magic, sw_shift;
 };
+
+// Output element i as (plane, oh, ow).
+__device__ __forceinline__ void output_position(int i, const PoolGeometry& g, int& plane, int& oh,
+                                                int& ow) {
+    const int q = divide(i, g.ow_magic, g.ow_shift);
+    ow = i - q * g.OW;
+    plane = divide(q, g.oh_magic, g.oh_shift);
+    oh = q - plane * g.OH;
+}
 
 // The windows o along one axis that cover padded position p: o*stride <= p < o*stride + size,
 // clipped to [0, out - 1].
-__device__ __forceinline__ void covering_windows(int p, int size, int stride, int out, int& lo,
-                                                 int& hi) {
-    lo = p >= size ? (p - size) / stride + 1 : 0;
-    hi = min(p / stride, out - 1);
+__device__ __forceinline__ void covering_windows(int p, int size, int magic, int shift, int out,
+                                                 int& lo, int& hi) {
+    lo = p >= size ? divide(p - size, magic, shift) + 1 : 0;
+    hi = min(divide(p, magic, shift), out - 1);
 }
 
 extern "C" __global__ void max_pool2d_fwd(const real_t* __restrict__ x, real_t* __restrict__ y,
                                           int* __restrict__ argmax,
                                           const PoolGeometry* __restrict__ geometry) {
     const PoolGeometry g = *geometry;
-    index_t i = (index_t)blockIdx.x * blockDim.x + threadIdx.x;
-    index_t total = (index_t)g.N * g.C * g.OH * g.OW;
-    if (i >= total) return;
-    int ow = i % g.OW, oh = (i / g.OW) % g.OH;
-    index_t nc = i / ((index_t)g.OH * g.OW);
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= g.N * g.C * g.OH * g.OW) return;
+    int nc, oh, ow;
+    output_position(i, g, nc, oh, ow);
     const real_t* plane = x + nc * g.H * g.W;
     real_t best = 0;
     int best_offset = -1;
@@ -59,18 +71,18 @@ extern "C" __global__ void max_pool2d_fwd(const real_t* __restrict__ x, real_t* 
 template <class Routes>
 __device__ void gather_windows(const real_t* __restrict__ dy, real_t* __restrict__ dx,
                                const PoolGeometry& g, acc_t scale, Routes routes) {
-    index_t i = (index_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (index_t)g.N * g.C * g.H * g.W) return;
-    int w = i % g.W, h = (i / g.W) % g.H;
-    index_t nc = i / ((index_t)g.H * g.W);
-    int hp = h + g.ph, wp = w + g.pw;  // position in the padded input
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= g.N * g.C * g.H * g.W) return;
+    const int q = divide(i, g.w_magic, g.w_shift), w = i - q * g.W;
+    const int nc = divide(q, g.h_magic, g.h_shift), h = q - nc * g.H;
+    const int hp = h + g.ph, wp = w + g.pw;  // position in the padded input
     int oh_lo, oh_hi, ow_lo, ow_hi;
-    covering_windows(hp, g.R, g.sh, g.OH, oh_lo, oh_hi);
-    covering_windows(wp, g.S, g.sw, g.OW, ow_lo, ow_hi);
+    covering_windows(hp, g.R, g.sh_magic, g.sh_shift, g.OH, oh_lo, oh_hi);
+    covering_windows(wp, g.S, g.sw_magic, g.sw_shift, g.OW, ow_lo, ow_hi);
     acc_t sum = 0;
     for (int oh = oh_lo; oh <= oh_hi; ++oh)
         for (int ow = ow_lo; ow <= ow_hi; ++ow) {
-            index_t o = (nc * g.OH + oh) * g.OW + ow;
+            const int o = (nc * g.OH + oh) * g.OW + ow;
             if (routes(o, (hp - oh * g.sh) * g.S + (wp - ow * g.sw))) sum += dy[o];
         }
     dx[i] = (real_t)(sum * scale);
@@ -78,11 +90,11 @@ __device__ void gather_windows(const real_t* __restrict__ dy, real_t* __restrict
 
 struct ToArgmax {  // max pooling: only the window's (first) maximum
     const int* argmax;
-    __device__ bool operator()(index_t o, int offset) const { return argmax[o] == offset; }
+    __device__ bool operator()(int o, int offset) const { return argmax[o] == offset; }
 };
 
 struct ToAll {  // average pooling: every input of the window
-    __device__ bool operator()(index_t, int) const { return true; }
+    __device__ bool operator()(int, int) const { return true; }
 };
 
 extern "C" __global__ void max_pool2d_bwd(const real_t* __restrict__ dy,
@@ -91,14 +103,16 @@ extern "C" __global__ void max_pool2d_bwd(const real_t* __restrict__ dy,
     gather_windows(dy, dx, *geometry, (acc_t)1, ToArgmax{argmax});
 }
 
+// inv_area = 1 / (R S), from the host.
 extern "C" __global__ void avg_pool2d_fwd(const real_t* __restrict__ x, real_t* __restrict__ y,
-                                          const PoolGeometry* __restrict__ geometry) {
+                                          const PoolGeometry* __restrict__ geometry,
+                                          acc_t inv_area) {
     const PoolGeometry g = *geometry;
-    index_t i = (index_t)blockIdx.x * blockDim.x + threadIdx.x;
-    index_t total = (index_t)g.N * g.C * g.OH * g.OW;
-    if (i >= total) return;
-    int ow = i % g.OW, oh = (i / g.OW) % g.OH;
-    const real_t* plane = x + (i / ((index_t)g.OH * g.OW)) * g.H * g.W;
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= g.N * g.C * g.OH * g.OW) return;
+    int nc, oh, ow;
+    output_position(i, g, nc, oh, ow);
+    const real_t* plane = x + nc * g.H * g.W;
     acc_t sum = 0;
     for (int r = 0; r < g.R; ++r) {
         int h = oh * g.sh - g.ph + r;
@@ -108,11 +122,11 @@ extern "C" __global__ void avg_pool2d_fwd(const real_t* __restrict__ x, real_t* 
             if (w >= 0 && w < g.W) sum += plane[h * g.W + w];
         }
     }
-    y[i] = (real_t)(sum / (acc_t)(g.R * g.S));
+    y[i] = (real_t)(sum * inv_area);
 }
 
 extern "C" __global__ void avg_pool2d_bwd(const real_t* __restrict__ dy, real_t* __restrict__ dx,
-                                          const PoolGeometry* __restrict__ geometry) {
-    const PoolGeometry g = *geometry;
-    gather_windows(dy, dx, g, (acc_t)1 / (acc_t)(g.R * g.S), ToAll{});
+                                          const PoolGeometry* __restrict__ geometry,
+                                          acc_t inv_area) {
+    gather_windows(dy, dx, *geometry, inv_area, ToAll{});
 }

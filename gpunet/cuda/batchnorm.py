@@ -6,7 +6,12 @@ import numpy
 
 from ..backend import get_array_module
 from . import runtime
-from .runtime import BLOCK, ceil_div, new_output
+from .runtime import (BLOCK, ceil_div, check_indexable, geometry, indexable, new_output, table,
+                      with_divisors)
+
+
+TARGET_BLOCKS = 512  # the statistics aim at about this many blocks, whatever the GPU
+MIN_RUN = 1024       # values per block at least
 
 
 def _sizes(x):
@@ -18,15 +23,58 @@ def _elementwise_grid(count):
     return (ceil_div(count, BLOCK), 1, 1)
 
 
+def fits(x_shape) -> bool:
+    """Whether the kernels' 32-bit indices cover this batch norm."""
+    return indexable(numpy.prod(x_shape, dtype=numpy.int64))
+
+
+def runs(m: int, channels: int) -> tuple[int, int]:
+    """``(parts, chunk)``: each channel's ``m`` values in ``parts`` runs of ``chunk``
+    (the last shorter), enough blocks to fill a GPU, none under MIN_RUN values. From
+    the shapes only, so that the summation order never depends on the GPU."""
+    parts = max(1, min(ceil_div(TARGET_BLOCKS, channels), ceil_div(m, MIN_RUN)))
+    chunk = ceil_div(m, parts)
+    return ceil_div(m, chunk), chunk
+
+
+def merge_weights(m: int, parts: int, chunk: int) -> numpy.ndarray:
+    """Per run r of n_r values: ``1 / n_r``, ``n_r / (n_0 + ... + n_r)`` and
+    ``(n_0 + ... + n_{r-1}) n_r / (n_0 + ... + n_r)``, computed in float64: the
+    weights of Chan et al.'s pairwise merge of means and squared deviations."""
+    counts = numpy.minimum(chunk, m - chunk * numpy.arange(parts)).astype(numpy.float64)
+    so_far = numpy.cumsum(counts)
+    before = so_far - counts
+    return numpy.stack([1.0 / counts, counts / so_far, before * counts / so_far], -1).ravel()
+
+
+def _geometry(xp, c, hw, m):
+    return geometry(xp, with_divisors((c, hw, m), (hw, c)))
+
+
+def _reduction_grid(m, c):
+    parts, chunk = runs(m, c)
+    return parts, chunk, (parts, c, 1)
+
+
 def stats(x):
     """``(mean, var)`` per channel (biased variance), each ``(C,)``."""
     xp = get_array_module(x)
     x = xp.ascontiguousarray(x)
+    check_indexable("batch_norm", x=x.size)
     n, c, hw = _sizes(x)
-    mean, var = new_output(xp, (c,), x.dtype), new_output(xp, (c,), x.dtype)
-    runtime.launch("batchnorm", "bn_fwd_stats", x.dtype, (c, 1, 1), (BLOCK, 1, 1),
-                   (x, mean, var, numpy.int32(n), numpy.int32(c), numpy.int64(hw)),
+    m = n * hw
+    geom = _geometry(xp, c, hw, m)
+    parts, chunk, grid = _reduction_grid(m, c)
+    weights = table(xp, ("batch_norm merge weights", m, parts, chunk),
+                    lambda: merge_weights(m, parts, chunk), x.dtype)
+    offsets, squares = (new_output(xp, (c, parts), x.dtype) for _ in range(2))
+    runtime.launch("batchnorm", "bn_fwd_stats", x.dtype, grid, (BLOCK, 1, 1),
+                   (x, offsets, squares, geom, weights, numpy.int32(chunk)),
                    shared_mem=BLOCK * x.dtype.itemsize)
+    mean, var = new_output(xp, (c,), x.dtype), new_output(xp, (c,), x.dtype)
+    runtime.launch("batchnorm", "bn_fwd_stats_combine", x.dtype, _elementwise_grid(c),
+                   (BLOCK, 1, 1), (x, offsets, squares, mean, var, geom, weights,
+                                   numpy.int32(parts), x.dtype.type(1.0 / m)))
     return mean, var
 
 
@@ -34,11 +82,12 @@ def apply(x, mean, inv_std, weight, bias):
     """``(y, x_hat)``: ``x_hat = (x - mean) inv_std``, ``y = weight x_hat + bias``."""
     xp = get_array_module(x)
     x = xp.ascontiguousarray(x)
+    check_indexable("batch_norm", x=x.size)
     n, c, hw = _sizes(x)
     y, x_hat = new_output(xp, x.shape, x.dtype), new_output(xp, x.shape, x.dtype)
     args = [xp.ascontiguousarray(a) for a in (mean, inv_std, weight, bias)]
     runtime.launch("batchnorm", "bn_fwd_apply", x.dtype, _elementwise_grid(x.size), (BLOCK, 1, 1),
-                   (x, *args, y, x_hat, numpy.int64(x.size), numpy.int32(c), numpy.int64(hw)))
+                   (x, *args, y, x_hat, _geometry(xp, c, hw, n * hw), numpy.int32(x.size)))
     return y, x_hat
 
 
@@ -47,13 +96,20 @@ def backward(dy, x_hat, weight, inv_std, training: bool):
     xp = get_array_module(dy)
     dy = xp.ascontiguousarray(dy)
     n, c, hw = _sizes(dy)
-    dbias, dweight = new_output(xp, (c,), dy.dtype), new_output(xp, (c,), dy.dtype)
-    runtime.launch("batchnorm", "bn_bwd_reduce", dy.dtype, (c, 1, 1), (BLOCK, 1, 1),
-                   (dy, x_hat, dbias, dweight, numpy.int32(n), numpy.int32(c), numpy.int64(hw)),
+    m = n * hw
+    geom = _geometry(xp, c, hw, m)
+    parts, chunk, grid = _reduction_grid(m, c)
+    sum_dy, sum_dy_xhat = (new_output(xp, (c, parts), dy.dtype) for _ in range(2))
+    runtime.launch("batchnorm", "bn_bwd_reduce", dy.dtype, grid, (BLOCK, 1, 1),
+                   (dy, x_hat, sum_dy, sum_dy_xhat, geom, numpy.int32(chunk)),
                    shared_mem=BLOCK * dy.dtype.itemsize)
+    dbias, dweight = new_output(xp, (c,), dy.dtype), new_output(xp, (c,), dy.dtype)
+    runtime.launch("batchnorm", "bn_bwd_reduce_combine", dy.dtype, _elementwise_grid(c),
+                   (BLOCK, 1, 1), (sum_dy, sum_dy_xhat, dbias, dweight, numpy.int32(c),
+                                   numpy.int32(parts)))
     dx = new_output(xp, dy.shape, dy.dtype)
     runtime.launch("batchnorm", "bn_bwd_dx", dy.dtype, _elementwise_grid(dy.size), (BLOCK, 1, 1),
                    (dy, x_hat, xp.ascontiguousarray(weight), xp.ascontiguousarray(inv_std), dbias,
-                    dweight, dx, numpy.int64(dy.size), numpy.int32(c), numpy.int64(hw),
-                    numpy.int64(n * hw), numpy.int32(1 if training else 0)))
+                    dweight, dx, geom, numpy.int32(dy.size), dy.dtype.type(1.0 / m),
+                    numpy.int32(1 if training else 0)))
     return dx, dweight, dbias

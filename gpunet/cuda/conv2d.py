@@ -8,12 +8,21 @@ import numpy
 
 from ..backend import get_array_module
 from . import runtime
-from .runtime import BLOCK, NULL, ceil_div, geometry, new_output
+from .runtime import (BLOCK, INDEX_LIMIT, ceil_div, check_indexable, geometry, indexable,
+                      new_output, table, with_divisors)
 
-TILE = 64              # output tile of one GEMM block (kernels/conv2d.cu TILE_M, TILE_N)
 GEMM_BLOCK = (256, 1, 1)
 TARGET_BLOCKS = 256    # split-K aims at about this many blocks, whatever the GPU: the
                        # split, hence the summation order, depends on the shapes only
+
+
+def tile(rows: int, dtype) -> tuple[str, int, int]:
+    """``(kernel suffix, rows, columns)`` of the GEMM tile for a GEMM of ``rows`` rows
+    (kernels/conv2d.cu): 128 x 128, or the wide 64 x 256 (64 x 128 in float64) when
+    at most 64 rows would use it."""
+    if rows > 64:
+        return "", 128, 128
+    return "_wide", 64, 256 if numpy.dtype(dtype).itemsize == 4 else 128
 
 
 class ConvContext(NamedTuple):
@@ -24,6 +33,40 @@ class ConvContext(NamedTuple):
     sizes: tuple  # (N, C, H, W, K, R, S, OH, OW)
 
 
+def _geometry(xp, sizes, stride, pads):
+    n, c, h, w, k, r, s, oh, ow = sizes
+    values = (*sizes, stride[0], stride[1], pads[0][0], pads[1][0])
+    # divisors in the order of ConvGeometry: OW, OH*OW, W, H*W, S, R*S, sh, sw
+    return geometry(xp, with_divisors(values, (ow, oh * ow, w, h * w, s, r * s, *stride)))
+
+
+def forward_taps(c, h, w, r, s):
+    """Per reduction index t = (c, r, s): ``(c H W + r W + s, r, s, 0)``."""
+    cc, rr, ss = numpy.meshgrid(numpy.arange(c), numpy.arange(r), numpy.arange(s), indexing="ij")
+    return numpy.stack([cc * h * w + rr * w + ss, rr, ss, numpy.zeros_like(cc)], -1).ravel()
+
+
+def data_taps(k, c, oh, ow, r, s):
+    """Per reduction index t = (k, r, s): ``(k OH OW, r, s, k C R S + r S + s)``."""
+    kk, rr, ss = numpy.meshgrid(numpy.arange(k), numpy.arange(r), numpy.arange(s), indexing="ij")
+    return numpy.stack([kk * oh * ow, rr, ss, kk * c * r * s + rr * s + ss], -1).ravel()
+
+
+def _check_sizes(where, n, c, h, w, k, r, s, oh, ow):
+    check_indexable(where, x=n * c * h * w, weight=k * c * r * s, y=n * k * oh * ow)
+
+
+def fits(x_shape, weight_shape, out_hw) -> bool:
+    """Whether the kernels' 32-bit indices cover this convolution."""
+    n, c, h, w = x_shape
+    k, _, r, s = weight_shape
+    return indexable(n * c * h * w, k * c * r * s, n * k * out_hw[0] * out_hw[1])
+
+
+def _zeros(xp, k, dtype):
+    return table(xp, ("conv2d zero bias", k), lambda: numpy.zeros(k), dtype)
+
+
 def forward(x, weight, bias, stride, pads, out_hw):
     """``(y, ctx)``; arguments already validated by ``ops.conv2d_forward``."""
     xp = get_array_module(x)
@@ -32,20 +75,26 @@ def forward(x, weight, bias, stride, pads, out_hw):
     k, _, r, s = weight.shape
     oh, ow = out_hw
     sizes = (n, c, h, w, k, r, s, oh, ow)
-    geom = geometry(xp, (*sizes, stride[0], stride[1], pads[0][0], pads[1][0]))
+    _check_sizes("conv2d", *sizes)
+    geom = _geometry(xp, sizes, stride, pads)
+    taps = table(xp, ("conv2d forward taps", c, h, w, r, s),
+                 lambda: forward_taps(c, h, w, r, s), numpy.int32)
     y = new_output(xp, (n, k, oh, ow), x.dtype)
-    grid = (ceil_div(n * oh * ow, TILE), ceil_div(k, TILE), 1)
-    bias_arg = NULL if bias is None else xp.ascontiguousarray(bias)
-    runtime.launch("conv2d", "conv2d_fwd", x.dtype, grid, GEMM_BLOCK,
-                   (x, weight, bias_arg, y, geom))
+    suffix, rows, cols = tile(k, x.dtype)
+    grid = (ceil_div(n * oh * ow, cols), ceil_div(k, rows), 1)
+    bias_arg = _zeros(xp, k, x.dtype) if bias is None else xp.ascontiguousarray(bias)
+    runtime.launch("conv2d", "conv2d_fwd" + suffix, x.dtype, grid, GEMM_BLOCK,
+                   (x, weight, bias_arg, y, geom, taps))
     return y, ConvContext(x, weight, bias is not None, geom, sizes)
 
 
-def split_k(total: int, tiles: int) -> tuple[int, int]:
+def split_k(total: int, tiles: int, slice_size: int = 1) -> tuple[int, int]:
     """``(splits, chunk)`` for a reduction of ``total`` terms over ``tiles`` output
-    tiles: enough slices to fill the GPU, none shorter than 256 terms."""
-    splits = max(1, min(ceil_div(TARGET_BLOCKS, tiles), ceil_div(total, 256)))
-    chunk = ceil_div(ceil_div(total, splits), 16) * 16  # whole TILE_K steps
+    tiles: enough slices to fill the GPU, none shorter than 256 terms, and fewer
+    than 2**31 elements in all the ``slice_size``-element partial results."""
+    most = max(1, (INDEX_LIMIT - 1) // max(1, slice_size))
+    splits = max(1, min(ceil_div(TARGET_BLOCKS, tiles), ceil_div(total, 256), most))
+    chunk = ceil_div(ceil_div(total, splits), 32) * 32  # whole reduction steps
     return ceil_div(total, chunk), chunk
 
 
@@ -60,19 +109,23 @@ def backward(dy, ctx: ConvContext, input_grad: bool = True):
     dx = None
     if input_grad:
         dx = new_output(xp, (n, c, h, w), dtype)
-        grid = (ceil_div(n * h * w, TILE), ceil_div(c, TILE), 1)
-        runtime.launch("conv2d", "conv2d_bwd_data", dtype, grid, GEMM_BLOCK,
-                       (dy, ctx.weight, dx, ctx.geometry))
+        taps = table(xp, ("conv2d data taps", k, c, oh, ow, r, s),
+                     lambda: data_taps(k, c, oh, ow, r, s), numpy.int32)
+        suffix, rows, cols = tile(c, dtype)
+        grid = (ceil_div(n * h * w, cols), ceil_div(c, rows), 1)
+        runtime.launch("conv2d", "conv2d_bwd_data" + suffix, dtype, grid, GEMM_BLOCK,
+                       (dy, ctx.weight, dx, ctx.geometry, taps))
 
     crs, total = c * r * s, n * oh * ow
-    splits, chunk = split_k(total, ceil_div(crs, TILE) * ceil_div(k, TILE))
+    suffix, rows, cols = tile(k, dtype)
+    splits, chunk = split_k(total, ceil_div(crs, cols) * ceil_div(k, rows), k * crs)
     partial = new_output(xp, (splits, k, crs), dtype)
-    grid = (ceil_div(crs, TILE), ceil_div(k, TILE), splits)
-    runtime.launch("conv2d", "conv2d_bwd_weight", dtype, grid, GEMM_BLOCK,
-                   (dy, ctx.x, partial, ctx.geometry, numpy.int64(chunk)))
+    grid = (ceil_div(crs, cols), ceil_div(k, rows), splits)
+    runtime.launch("conv2d", "conv2d_bwd_weight" + suffix, dtype, grid, GEMM_BLOCK,
+                   (dy, ctx.x, partial, ctx.geometry, numpy.int32(chunk)))
     dweight = new_output(xp, ctx.weight.shape, dtype)
     runtime.launch("conv2d", "conv2d_bwd_weight_reduce", dtype, (ceil_div(k * crs, BLOCK), 1, 1),
-                   (BLOCK, 1, 1), (partial, dweight, numpy.int64(k * crs), numpy.int32(splits)))
+                   (BLOCK, 1, 1), (partial, dweight, numpy.int32(k * crs), numpy.int32(splits)))
 
     dbias = None
     if ctx.has_bias:

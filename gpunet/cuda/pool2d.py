@@ -8,7 +8,7 @@ import numpy
 
 from ..backend import get_array_module
 from . import runtime
-from .runtime import BLOCK, ceil_div, geometry, new_output
+from .runtime import BLOCK, ceil_div, check_indexable, geometry, indexable, new_output, with_divisors
 
 
 class PoolContext(NamedTuple):
@@ -16,12 +16,25 @@ class PoolContext(NamedTuple):
     out_shape: tuple
     geometry: object
     argmax: object  # int32 offsets r*S + s (max pooling), None for average pooling
+    kernel: tuple
 
 
 def _geometry(xp, x_shape, kernel, stride, pads, out_hw):
     n, c, h, w = x_shape
-    return geometry(xp, (n, c, h, w, out_hw[0], out_hw[1], kernel[0], kernel[1], stride[0],
-                         stride[1], pads[0][0], pads[1][0]))
+    values = (n, c, h, w, out_hw[0], out_hw[1], kernel[0], kernel[1], stride[0], stride[1],
+              pads[0][0], pads[1][0])
+    # divisors in the order of PoolGeometry: OW, OH, W, H, sh, sw
+    return geometry(xp, with_divisors(values, (out_hw[1], out_hw[0], w, h, *stride)))
+
+
+def fits(x_shape, out_hw) -> bool:
+    """Whether the kernels' 32-bit indices cover this pooling."""
+    return indexable(numpy.prod(x_shape, dtype=numpy.int64),
+                     numpy.prod(x_shape[:2], dtype=numpy.int64) * out_hw[0] * out_hw[1])
+
+
+def _inv_area(kernel, dtype):
+    return numpy.dtype(dtype).type(1.0 / (kernel[0] * kernel[1]))
 
 
 def _grid(count):
@@ -32,8 +45,9 @@ def forward(kind: str, x, kernel, stride, pads, out_hw):
     """``(y, ctx)`` for ``kind`` ``"max"`` or ``"avg"``."""
     xp = get_array_module(x)
     x = xp.ascontiguousarray(x)
-    geom = _geometry(xp, x.shape, kernel, stride, pads, out_hw)
     out_shape = (*x.shape[:2], *out_hw)
+    check_indexable(f"{kind}_pool2d", x=x.size, y=numpy.prod(out_shape, dtype=numpy.int64))
+    geom = _geometry(xp, x.shape, kernel, stride, pads, out_hw)
     y = new_output(xp, out_shape, x.dtype)
     grid, block = _grid(y.size)
     if kind == "max":
@@ -41,8 +55,9 @@ def forward(kind: str, x, kernel, stride, pads, out_hw):
         runtime.launch("pool2d", "max_pool2d_fwd", x.dtype, grid, block, (x, y, argmax, geom))
     else:
         argmax = None
-        runtime.launch("pool2d", "avg_pool2d_fwd", x.dtype, grid, block, (x, y, geom))
-    return y, PoolContext(tuple(x.shape), out_shape, geom, argmax)
+        runtime.launch("pool2d", "avg_pool2d_fwd", x.dtype, grid, block,
+                       (x, y, geom, _inv_area(kernel, x.dtype)))
+    return y, PoolContext(tuple(x.shape), out_shape, geom, argmax, tuple(kernel))
 
 
 def backward(dy, ctx: PoolContext):
@@ -55,5 +70,5 @@ def backward(dy, ctx: PoolContext):
                        (dy, ctx.argmax, dx, ctx.geometry))
     else:
         runtime.launch("pool2d", "avg_pool2d_bwd", dy.dtype, grid, block,
-                       (dy, dx, ctx.geometry))
+                       (dy, dx, ctx.geometry, _inv_area(ctx.kernel, dy.dtype)))
     return dx

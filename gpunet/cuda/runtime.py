@@ -38,6 +38,49 @@ def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
+INDEX_LIMIT = 2**31  # the kernels index with int32: every array a launch touches is smaller
+
+
+def indexable(*sizes: int) -> bool:
+    """Whether arrays of these element counts fit the kernels' 32-bit indices
+    (``ops`` sends larger ones down the xp path instead)."""
+    return all(int(size) < INDEX_LIMIT for size in sizes)
+
+
+def check_indexable(where: str, **sizes: int) -> None:
+    for name, size in sizes.items():
+        if int(size) >= INDEX_LIMIT:
+            raise ValueError(f"{where}: {name} has {int(size)} elements; the CUDA kernels take "
+                             f"fewer than 2**31 (use_kernels=False takes the xp path)")
+
+
+def fast_divisor(d: int) -> tuple[int, int]:
+    """``(magic, shift)`` with which ``divide`` in kernels/common.cuh computes ``n // d``
+    for ``0 <= n < 2**31`` (Granlund and Montgomery): ``shift = ceil(log2 d)``,
+    ``magic = floor(2**32 (2**shift - d) / d) + 1``, returned as a signed int32."""
+    d = int(d)
+    if not 1 <= d < INDEX_LIMIT:
+        raise ValueError(f"fast_divisor: the divisor must be in [1, 2**31), got {d}")
+    shift = (d - 1).bit_length()
+    magic = (2**32 * (2**shift - d)) // d + 1
+    return (magic - 2**32 if magic >= 2**31 else magic), shift
+
+
+def divide(n: int, magic: int, shift: int) -> int:
+    """What the kernels' ``divide`` computes, in Python (for the tests)."""
+    t = (n * (magic % 2**32)) >> 32
+    return ((t + n) % 2**32) >> shift
+
+
+def with_divisors(values, divisors) -> tuple[int, ...]:
+    """``values`` followed by ``fast_divisor(d)`` of each of ``divisors``: the int32
+    geometry layouts of kernels/*.cu."""
+    result = [int(v) for v in values]
+    for d in divisors:
+        result += fast_divisor(d)
+    return tuple(result)
+
+
 def kernel_dir() -> str:
     """The folder holding the ``.cu`` sources: ``gpunet/_kernels`` in an installed
     wheel, ``kernels/`` at the top of a source checkout."""
@@ -88,11 +131,27 @@ def new_output(xp, shape, dtype):
 
 
 @cache
-def _geometry_cached(cupy_or_numpy, values: tuple, device_id: int):
-    return cupy_or_numpy.asarray(numpy.array(values, dtype=numpy.int32))
+def _table_cached(cupy_or_numpy, values: tuple, dtype: str, device_id: int):
+    return cupy_or_numpy.asarray(numpy.array(values, dtype=dtype))
+
+
+def _device_id(xp) -> int:
+    return xp.cuda.Device().id if xp is not numpy else -1
 
 
 def geometry(xp, values) -> object:
     """The int32 geometry array a kernel reads its sizes from, one per shape and device."""
-    device_id = xp.cuda.Device().id if xp is not numpy else -1
-    return _geometry_cached(xp, tuple(int(v) for v in values), device_id)
+    return _table_cached(xp, tuple(int(v) for v in values), "int32", _device_id(xp))
+
+
+_tables: dict = {}
+
+
+def table(xp, key: tuple, build, dtype) -> object:
+    """A per-shape table on the device, ``build()`` (a NumPy array) built and copied
+    once per ``key``, dtype and device: conv2d's filter taps, batch norm's merge
+    weights."""
+    full_key = (xp.__name__, key, numpy.dtype(dtype).name, _device_id(xp))
+    if full_key not in _tables:
+        _tables[full_key] = xp.asarray(numpy.ascontiguousarray(build(), dtype=dtype))
+    return _tables[full_key]

@@ -92,7 +92,7 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, *, training,
         raise ValueError(
             f"{where}: x must be (N, {channels}, ...) with {channels} channels, "
             f"got shape {tuple(x.shape)}")
-    kernels = _kernels(xp, use_kernels)
+    kernels = _kernels(xp, use_kernels, cuda_batchnorm.fits(x.shape))
     count = x.size // channels
     if training and count < 2:
         raise ValueError(

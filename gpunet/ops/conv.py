@@ -20,9 +20,10 @@ from ..cuda import uses_kernels
 from . import winograd
 
 
-def _kernels(xp, use_kernels) -> bool:
-    """Whether this call goes to the CUDA kernels."""
-    return uses_kernels(xp) if use_kernels is None else bool(use_kernels)
+def _kernels(xp, use_kernels, fits: bool = True) -> bool:
+    """Whether this call goes to the CUDA kernels: by default, CuPy arrays whose sizes
+    the kernels' 32-bit indices cover (``fits``)."""
+    return uses_kernels(xp) and fits if use_kernels is None else bool(use_kernels)
 
 
 def normalize_padding(padding, kernel_size, stride) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -267,7 +268,7 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, use_kernels=None,
     _check_window(where, x.shape, kernel, pads)
     out_hw = tuple(output_size(n, f, s, p) for n, f, s, p in zip(x.shape[2:], kernel, stride,
                                                                  pads))
-    if _kernels(xp, use_kernels):
+    if _kernels(xp, use_kernels, cuda_conv2d.fits(x.shape, weight.shape, out_hw)):
         return cuda_conv2d.forward(x, weight, bias, stride, pads, out_hw)
     if algorithm is None:
         algorithm = choose_algorithm(x.shape, weight.shape, stride, xp, pads)

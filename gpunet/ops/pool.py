@@ -39,7 +39,7 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, use_kernels=None)
     """
     kernel, stride, pads, out_hw = _geometry("max_pool2d", x, kernel_size, stride, padding)
     xp = common_array_module(x=x)
-    if _kernels(xp, use_kernels):
+    if _kernels(xp, use_kernels, cuda_pool2d.fits(x.shape, out_hw)):
         return cuda_pool2d.forward("max", x, kernel, stride, pads, out_hw)
     return _on_cpu_threads(_max_pool, x, kernel, stride, pads, out_hw)
 
@@ -161,7 +161,7 @@ def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, use_kernels=None)
     """``y = mean`` over each window; padded zeros count in the divisor
     (PyTorch's ``count_include_pad=True``). Returns ``(y, ctx)``."""
     kernel, stride, pads, out_hw = _geometry("avg_pool2d", x, kernel_size, stride, padding)
-    if _kernels(common_array_module(x=x), use_kernels):
+    if _kernels(common_array_module(x=x), use_kernels, cuda_pool2d.fits(x.shape, out_hw)):
         return cuda_pool2d.forward("avg", x, kernel, stride, pads, out_hw)
     return _on_cpu_threads(_avg_pool, x, kernel, stride, pads, out_hw)
 

@@ -32,3 +32,12 @@ void __syncthreads();
 #define __launch_bounds__(...)
 #define __shared__ static
 #define DYNAMIC_SHARED(type, name) type* name = reinterpret_cast<type*>(emu_dynamic_shared)
+#define __align__(n) __attribute__((aligned(n)))
+
+struct alignas(16) int4 {
+    int x, y, z, w;
+};
+
+inline unsigned __umulhi(unsigned a, unsigned b) {
+    return (unsigned)(((unsigned long long)a * b) >> 32);
+}
