@@ -14,7 +14,7 @@ costs that stage only; the next one still runs:
   training   45  LeNet-5 on Fashion-MNIST, 2 epochs: accuracy, images/s, beside PyTorch+cuDNN;
                  the first 20 losses on CPU and GPU
   timings    60  each kernel vs the xp path and cuDNN, forward and backward; conv2d at
-                 TILE_K 8/16/32; gpunet bench --device cuda --op step
+                 TILE_K 8/16; gpunet bench --device cuda --op step
 
 The JSON report is rewritten after every stage, in --out and (on a GPU) in
 bench/results/gpu-<date>-<gpu>.json; a rerun of some stages (--stage) updates

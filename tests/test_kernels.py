@@ -53,8 +53,27 @@ CONV_CASES = [  # N, C, H, W, K, R, S, stride, padding
     (1, 2, 9, 9, 3, 3, 3, (3, 3), 0),
     (2, 2, 8, 7, 5, 5, 3, (3, 2), (2, 1)),
     (1, 3, 6, 6, 2, 2, 4, (1, 1), "same"),
-    (3, 1, 12, 12, 70, 3, 3, (1, 1), 1),   # K > one 64-row tile
+    (3, 1, 12, 12, 70, 3, 3, (1, 1), 1),   # K > 64: the 128 x 128 tile
+    (2, 68, 5, 5, 3, 1, 1, (1, 1), 0),     # C > 64: 128-row tile for dx; weight rows as vectors
+    (2, 4, 17, 19, 130, 3, 3, (2, 1), (1, 2)),  # two row tiles, three column tiles, vectors
+    (1, 5, 11, 13, 7, 3, 2, (3, 2), (2, 0)),    # stride 3 in dx's gather, uneven padding
 ]
+
+
+def random_conv_cases(count, seed):
+    """Seeded random shapes: batch 1-3, windows over the border, strides 1-3, one in
+    four with more than 64 filters (the other GEMM tile)."""
+    draw = numpy.random.default_rng(seed)
+    cases = []
+    for i in range(count):
+        r, s = (int(v) for v in draw.integers(1, 5, 2))
+        h, w = (int(v) for v in draw.integers(max(r, s), 14, 2))
+        stride = tuple(int(v) for v in draw.integers(1, 4, 2))
+        padding = (int(draw.integers(0, r)), int(draw.integers(0, s)))
+        k = int(draw.integers(65, 140)) if i % 4 == 3 else int(draw.integers(1, 10))
+        cases.append((int(draw.integers(1, 4)), int(draw.integers(1, 7)), h, w, k, r, s,
+                      stride, padding))
+    return cases
 
 
 @needs_compiler
@@ -76,6 +95,71 @@ def test_conv2d_kernels_match_the_xp_path(emulated, case, dtype, rng):
 
     for got, ref, name in zip(twice(run), refs, ("y", "dx", "dweight", "dbias")):
         assert_kernel_close(got, ref, dtype, f"{name} ({dtype})")
+
+
+@needs_compiler
+@pytest.mark.parametrize("case", random_conv_cases(8, seed=19), ids=str)
+def test_conv2d_kernels_on_random_shapes(emulated, case, rng):
+    n, c, h, w, k, r, s, stride, padding = case
+    x, weight, bias = (rng.standard_normal(sh) for sh in ((n, c, h, w), (k, c, r, s), (k,)))
+    y_ref, ctx_ref = ops.conv2d_forward(x, weight, bias, stride, padding, use_kernels=False)
+    dy = rng.standard_normal(y_ref.shape)
+    y, ctx = ops.conv2d_forward(x, weight, bias, stride, padding, use_kernels=True)
+    for got, ref, name in zip((y, *ops.conv2d_backward(dy, ctx)),
+                              (y_ref, *ops.conv2d_backward(dy, ctx_ref)),
+                              ("y", "dx", "dweight", "dbias")):
+        assert_kernel_close(got, ref, "float64", name)
+
+
+@needs_compiler
+def test_conv2d_weight_at_an_unaligned_address(emulated, rng):
+    """Weight rows are read as 16-byte vectors only from an aligned address; a
+    contiguous view one element into its buffer takes the scalar loads."""
+    x = rng.standard_normal((2, 4, 6, 6))
+    buffer = rng.standard_normal(8 * 4 * 3 * 3 + 1)
+    weight = buffer[1:].reshape(8, 4, 3, 3)
+    assert weight.ctypes.data % 16 != 0 and weight.flags.c_contiguous
+    y, ctx = ops.conv2d_forward(x, weight, None, 1, 1, use_kernels=True)
+    y_ref, _ = ops.conv2d_forward(x, weight, None, 1, 1, use_kernels=False)
+    assert_kernel_close(y, y_ref, "float64", "y")
+
+
+def test_fast_divisor_matches_floor_division():
+    """The kernels divide by a launch's sizes with a multiply-high and a shift:
+    exact for every n below 2**31 (edges around multiples of d, and the top)."""
+    draw = numpy.random.default_rng(5)
+    divisors = [*range(1, 300), 641, 4096, 65535, 65537, 1 << 20, 3 * 7 * 11 * 13 * 17 * 19,
+                2**31 - 1, *(int(v) for v in draw.integers(1, 2**31, 200))]
+    for d in divisors:
+        magic, shift = runtime.fast_divisor(d)
+        assert -2**31 <= magic < 2**31 and 0 <= shift <= 31
+        multiples = [d * q for q in (1, 2, 3, (2**31 - 1) // d) if d * q < 2**31]
+        numbers = {0, 1, 2**31 - 1, 2**31 - 2, d - 1,
+                   *(int(v) for v in draw.integers(0, 2**31, 20))}
+        numbers |= {m + e for m in multiples for e in (-1, 0, 1) if 0 <= m + e < 2**31}
+        for n in numbers:
+            assert runtime.divide(n, magic, shift) == n // d, (n, d)
+    with pytest.raises(ValueError, match="divisor must be in"):
+        runtime.fast_divisor(0)
+
+
+@needs_compiler
+def test_sizes_beyond_32_bit_indices(emulated, monkeypatch, rng):
+    """Asked for explicitly, the kernels refuse arrays of 2**31 elements or more
+    with the array named; ``ops`` sends such CuPy arrays down the xp path."""
+    monkeypatch.setattr(runtime, "INDEX_LIMIT", 100)
+    x = rng.standard_normal((2, 3, 5, 5))  # 150 elements
+    with pytest.raises(ValueError, match=r"conv2d: x has 150 elements; the CUDA kernels take"):
+        ops.conv2d_forward(x, rng.standard_normal((2, 3, 3, 3)), None, 1, 0, use_kernels=True)
+    with pytest.raises(ValueError, match=r"max_pool2d: x has 150 elements"):
+        ops.max_pool2d_forward(x, 2, 2, 0, use_kernels=True)
+    with pytest.raises(ValueError, match=r"batch_norm: x has 150 elements"):
+        ops.batch_norm_forward(x, numpy.ones(3), numpy.zeros(3), numpy.zeros(3), numpy.ones(3),
+                               training=True, use_kernels=True)
+    from gpunet.ops import conv as conv_ops
+    monkeypatch.setattr(conv_ops, "uses_kernels", lambda xp: True)
+    assert not conv_ops._kernels(numpy, None, conv_kernels.fits(x.shape, (2, 3, 3, 3), (3, 3)))
+    assert conv_ops._kernels(numpy, None, conv_kernels.fits((1, 3, 5, 5), (2, 3, 3, 3), (3, 3)))
 
 
 @needs_compiler
@@ -150,9 +234,45 @@ def test_batch_norm_kernels_match_the_xp_path(emulated, shape, training, rng):
 
 
 @needs_compiler
+@pytest.mark.parametrize("min_run", [1024, 7])
+@pytest.mark.parametrize("shape", [(8, 3, 16, 16), (16, 2, 20, 20), (50, 5)])
+def test_batch_norm_statistics_over_many_runs(emulated, monkeypatch, shape, min_run, rng):
+    """Each channel's values in several runs (the last shorter), merged in order:
+    the same statistics and gradients as one pass over the channel."""
+    monkeypatch.setattr(bn_kernels, "MIN_RUN", min_run)
+    m = numpy.prod(shape) // shape[1]
+    parts, chunk = bn_kernels.runs(m, shape[1])
+    assert parts == min(-(-512 // shape[1]), -(-m // min_run)) and (parts - 1) * chunk < m
+    x = rng.standard_normal(shape) * 3 + 2
+    mean, var = bn_kernels.stats(x)
+    axes = (0, *range(2, x.ndim))
+    assert_close(mean, x.mean(axis=axes), 1e-12, 1e-12, "mean")
+    assert_close(var, x.var(axis=axes), 1e-12, 1e-12, "var")
+    dy = rng.standard_normal(shape)
+    c = shape[1]
+    for use_kernels in (True, False):
+        y, ctx = ops.batch_norm_forward(x, numpy.full(c, 1.5), numpy.zeros(c), numpy.zeros(c),
+                                        numpy.ones(c), training=True, use_kernels=use_kernels)
+        grads = ops.batch_norm_backward(dy, ctx)
+        if use_kernels:
+            got = (y, *grads)
+    for a, b, name in zip(got, (y, *grads), ("y", "dx", "dgamma", "dbeta")):
+        assert_close(a, b, 1e-11, 1e-12, name)
+
+
+def test_batch_norm_merge_weights():
+    """Chan et al.'s weights for runs of 4, 4, 2 values."""
+    w = bn_kernels.merge_weights(10, 3, 4).reshape(3, 3)
+    numpy.testing.assert_allclose(w, [[1 / 4, 1, 0], [1 / 4, 4 / 8, 4 * 4 / 8],
+                                      [1 / 2, 2 / 10, 8 * 2 / 10]])
+
+
+@needs_compiler
 def test_batch_norm_kernel_large_mean_small_spread(emulated, rng):
-    """The kernel's pivot-shifted float32 sums keep mean 1e4, std 1e-2 accurate."""
-    x = (1e4 + 1e-2 * rng.standard_normal((64, 2, 4, 4))).astype("float32")
+    """The kernel's pivot-shifted float32 sums keep mean 1e4, std 1e-2 accurate,
+    within each run and across the four runs merged."""
+    x = (1e4 + 1e-2 * rng.standard_normal((64, 2, 8, 8))).astype("float32")
+    assert bn_kernels.runs(64 * 8 * 8, 2)[0] == 4
     mean, var = bn_kernels.stats(x)
     # the mean is stored in float32: within one ulp of 1e4 (~1e-3)
     assert_close(mean, x.astype("float64").mean(axis=(0, 2, 3)), 0, 1e-3)

@@ -6,9 +6,16 @@ import numpy
 
 from ..backend import get_array_module
 from . import runtime
-from .runtime import (BLOCK, ceil_div, check_indexable, geometry, indexable, new_output, table,
-                      with_divisors)
-
+from .runtime import (
+    BLOCK,
+    ceil_div,
+    check_indexable,
+    geometry,
+    indexable,
+    new_output,
+    table,
+    with_divisors,
+)
 
 TARGET_BLOCKS = 512  # the statistics aim at about this many blocks, whatever the GPU
 MIN_RUN = 1024       # values per block at least

@@ -8,8 +8,17 @@ import numpy
 
 from ..backend import get_array_module
 from . import runtime
-from .runtime import (BLOCK, INDEX_LIMIT, ceil_div, check_indexable, geometry, indexable,
-                      new_output, table, with_divisors)
+from .runtime import (
+    BLOCK,
+    INDEX_LIMIT,
+    ceil_div,
+    check_indexable,
+    geometry,
+    indexable,
+    new_output,
+    table,
+    with_divisors,
+)
 
 GEMM_BLOCK = (256, 1, 1)
 TARGET_BLOCKS = 256    # split-K aims at about this many blocks, whatever the GPU: the

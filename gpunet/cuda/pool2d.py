@@ -8,7 +8,15 @@ import numpy
 
 from ..backend import get_array_module
 from . import runtime
-from .runtime import BLOCK, ceil_div, check_indexable, geometry, indexable, new_output, with_divisors
+from .runtime import (
+    BLOCK,
+    ceil_div,
+    check_indexable,
+    geometry,
+    indexable,
+    new_output,
+    with_divisors,
+)
 
 
 class PoolContext(NamedTuple):
