@@ -13,8 +13,10 @@ counted. Fails (exit 1) on
   is under ``--min-ffma`` (40%): a main loop that is not mostly FMA is bound by its
   index arithmetic.
 
-Prints the sm_90 table (``--json FILE`` also writes every build's). The SASS
-shows what will run, not how fast: the speed comes only from a GPU (bench/GPU.md).
+Prints the sm_90 table (``--json FILE`` also writes every build's), with the share
+of FMA in each kernel's busiest loop: in a GEMM's main loop that share bounds the
+fraction of the FMA peak an SM can issue (bench/GPU.md's napkin estimate). The SASS
+shows what will run, not how fast: the speed comes only from a GPU.
 """
 from __future__ import annotations
 
@@ -37,7 +39,8 @@ TYPES = {"float": "float", "double": "double"}  # real_t -> acc_t
 GEMM_KERNELS = re.compile(r"^conv2d_(fwd|bwd_data|bwd_weight)(_\w+)?$")
 GEMM_EXCLUDED = re.compile(r"_reduce$")
 FUNCTION = re.compile(r"^\s*Function\s*:\s*(\S+)")
-INSTRUCTION = re.compile(r"^\s*/\*[0-9a-f]{4,}\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)")
+INSTRUCTION = re.compile(r"^\s*/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
+HEX = re.compile(r"0x([0-9a-f]+)")
 PTXAS_ENTRY = re.compile(r"(?:Compiling entry function|Function properties for) '?(\w+)'?")
 PTXAS_REGS = re.compile(r"Used (\d+) registers")
 PTXAS_SPILLS = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
@@ -56,10 +59,16 @@ class KernelCode:
     widest_global_load: int = 0  # bits
     registers: int = 0
     spill_bytes: int = 0
+    loop_instructions: int = 0   # the loop with the most FMA (a GEMM's main loop)
+    loop_fma: int = 0
 
     @property
     def fma_share(self) -> float:
         return self.fma / self.instructions if self.instructions else 0.0
+
+    @property
+    def loop_fma_share(self) -> float:
+        return self.loop_fma / self.loop_instructions if self.loop_instructions else 0.0
 
 
 def tool(name: str) -> str | None:
@@ -86,20 +95,38 @@ def load_width(opcode: str) -> int:
     return 32
 
 
-def parse_sass(text: str) -> dict[str, Counter]:
-    """Opcode counts per function of ``cuobjdump --dump-sass`` output (NOPs left out:
-    they only pad the end of each function)."""
-    functions: dict[str, Counter] = {}
+Instruction = tuple  # (address, opcode, operands)
+
+
+def parse_sass(text: str) -> dict[str, list[Instruction]]:
+    """The instructions of each function of ``cuobjdump --dump-sass`` output, in
+    order (NOPs left out: they only pad the end of each function)."""
+    functions: dict[str, list[Instruction]] = {}
     current = None
     for line in text.splitlines():
         match = FUNCTION.match(line)
         if match:
-            current = functions.setdefault(match.group(1), Counter())
+            current = functions.setdefault(match.group(1), [])
             continue
         match = INSTRUCTION.match(line)
-        if match and current is not None and match.group(2) != "NOP":
-            current[match.group(2)] += 1
+        if match and current is not None and match.group(3) != "NOP":
+            current.append((int(match.group(1), 16), match.group(3), match.group(4)))
     return functions
+
+
+def busiest_loop(instructions: list[Instruction], fma: str) -> tuple[int, int]:
+    """``(instructions, FMAs)`` of the loop (a backward branch and the code it jumps
+    back over) holding the most FMAs: a GEMM's main loop."""
+    best = (0, 0)
+    for address, opcode, operands in instructions:
+        targets = HEX.findall(operands)
+        if opcode.split(".")[0] != "BRA" or not targets or int(targets[-1], 16) >= address:
+            continue
+        body = [op for a, op, _ in instructions if int(targets[-1], 16) <= a <= address]
+        count = sum(op.split(".")[0] == fma for op in body)
+        if count > best[1]:
+            best = (len(body), count)
+    return best
 
 
 def parse_ptxas(text: str) -> dict[str, tuple[int, int]]:
@@ -121,26 +148,27 @@ def parse_ptxas(text: str) -> dict[str, tuple[int, int]]:
     return result
 
 
-def summarise(file: str, arch: str, real: str, opcodes: Counter,
+def summarise(file: str, arch: str, real: str, instructions: list[Instruction],
               resources: tuple[int, int]) -> KernelCode:
     code = KernelCode(file, "", arch, real, registers=resources[0], spill_bytes=resources[1])
     fma = "FFMA" if real == "float" else "DFMA"
     returns = 0
-    for opcode, count in opcodes.items():
-        code.instructions += count
+    for _, opcode, _ in instructions:
+        code.instructions += 1
         base = opcode.split(".")[0]
         if base == fma:
-            code.fma += count
+            code.fma += 1
         elif base == "CALL":
-            code.calls += count
+            code.calls += 1
         elif base == "RET":
-            returns += count
+            returns += 1
         elif base == "LDG":
             code.widest_global_load = max(code.widest_global_load, load_width(opcode))
     if not returns:
         # A CALL with no RET anywhere is not a routine: sm_80 code leaves some loops
         # that end in a barrier through a CALL.REL.NOINC that never returns.
         code.calls = 0
+    code.loop_instructions, code.loop_fma = busiest_loop(instructions, fma)
     return code
 
 
@@ -161,8 +189,9 @@ def compile_file(nvcc: str, cuobjdump: str, path: str, arch: str, real: str,
                           check=True).stdout
     resources = parse_ptxas(log)
     kernels = []
-    for name, opcodes in sorted(parse_sass(sass).items()):
-        code = summarise(os.path.basename(path), arch, real, opcodes, resources.get(name, (0, 0)))
+    for name, instructions in sorted(parse_sass(sass).items()):
+        code = summarise(os.path.basename(path), arch, real, instructions,
+                         resources.get(name, (0, 0)))
         code.kernel = name
         kernels.append(code)
     return kernels, warnings
@@ -184,13 +213,14 @@ def failures(codes: list[KernelCode], min_ffma: float) -> list[str]:
 
 
 def table(codes: list[KernelCode], arch: str) -> str:
-    rows = [f"{'kernel':32} {'type':6} {'instr':>6} {'FMA':>5} {'FMA %':>6} {'calls':>5} "
-            f"{'LDG bits':>8} {'regs':>5} {'spill':>5}"]
+    rows = [f"{'kernel':28} {'type':6} {'instr':>6} {'FMA':>5} {'FMA %':>6} {'loop':>5} "
+            f"{'loop FMA %':>10} {'calls':>5} {'LDG bits':>8} {'regs':>5} {'spill':>5}"]
     for code in codes:
         if code.arch == arch:
-            rows.append(f"{code.kernel:32} {code.real:6} {code.instructions:6d} {code.fma:5d} "
-                        f"{code.fma_share:6.0%} {code.calls:5d} {code.widest_global_load:8d} "
-                        f"{code.registers:5d} {code.spill_bytes:5d}")
+            rows.append(f"{code.kernel:28} {code.real:6} {code.instructions:6d} {code.fma:5d} "
+                        f"{code.fma_share:6.0%} {code.loop_instructions:5d} "
+                        f"{code.loop_fma_share:10.0%} {code.calls:5d} "
+                        f"{code.widest_global_load:8d} {code.registers:5d} {code.spill_bytes:5d}")
     return "\n".join(rows)
 
 
@@ -220,8 +250,9 @@ def main(argv=None) -> int:
     print(table(codes, "sm_90"))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump([asdict(code) | {"fma_share": round(code.fma_share, 4)} for code in codes],
-                      f, indent=1)
+            json.dump([asdict(code) | {"fma_share": round(code.fma_share, 4),
+                                       "loop_fma_share": round(code.loop_fma_share, 4)}
+                       for code in codes], f, indent=1)
     for problem in problems:
         print("FAIL", problem)
     print(f"{len(codes)} kernel builds checked ({', '.join(ARCHS)}; float, double): "
