@@ -571,9 +571,31 @@ def _tile_k_rows(ctx, repeat):
     return rows
 
 
+def _tf32_rows(ctx, torch, repeat):
+    """The convolution with TF32 allowed (ours and cuDNN's tensor cores): opt-in
+    speed, beside the float32 rows above."""
+    from gpunet.cuda import runtime
+    shapes = DRY_CONV if ctx.dry else {k: CONV_SHAPES[k] for k in ("alexnet224.conv2",
+                                                                     "vgg16.conv3_1")}
+    rows = []
+    runtime.set_allow_tf32(True)
+    if torch is not None:
+        torch.backends.cudnn.allow_tf32 = True
+    try:
+        for name, shape in shapes.items():
+            for row in _conv_rows(ctx, name, shape, torch, repeat):
+                rows.append(dict(row, op=row["op"] + "_tf32"))
+    finally:
+        runtime.set_allow_tf32(False)
+        if torch is not None:
+            torch.backends.cudnn.allow_tf32 = False
+    return rows
+
+
 def stage_timings(ctx: StageContext) -> None:
     """Each kernel against the xp path on CuPy and cuDNN (forward and backward),
-    the convolution at each TILE_K, then ``gpunet bench --device cuda``."""
+    the convolution at each TILE_K and with TF32 allowed, then ``gpunet bench
+    --device cuda``."""
     torch = None if ctx.dry else cuda_torch()
     repeat = 2 if ctx.dry else 20
     tables = ((DRY_CONV, _conv_rows), (DRY_POOL, _pool_rows), (DRY_BN, _batch_norm_rows)) \
@@ -585,6 +607,7 @@ def stage_timings(ctx: StageContext) -> None:
             rows += timer(ctx, name, shape, torch, repeat)
             ctx.emit(kernels=rows)
     ctx.emit(tile_k=_tile_k_rows(ctx, repeat))
+    ctx.emit(tf32=_tf32_rows(ctx, torch, repeat))
     folder = os.path.join(ctx.out, "bench")
     cmd = [sys.executable, "-m", "gpunet", "bench", "--device", "cuda", "--op", "step",
            "--rounds", "1" if ctx.dry else "3", "--out", folder]

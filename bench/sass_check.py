@@ -11,7 +11,8 @@ counted. Fails (exit 1) on
   instructions each, where an inner loop cannot afford one;
 - a convolution GEMM kernel of the float build whose FFMA share of its instructions
   is under ``--min-ffma`` (40%): a main loop that is not mostly FMA is bound by its
-  index arithmetic.
+  index arithmetic; for the opt-in ``_tf32`` kernels, one without tensor-core MMAs
+  (HMMA), which their FMA columns count instead.
 
 Prints the sm_90 table (``--json FILE`` also writes every build's), with the share
 of FMA in each kernel's busiest loop: in a GEMM's main loop that share bounds the
@@ -30,13 +31,12 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-from collections import Counter
 from dataclasses import asdict, dataclass
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARCHS = ("sm_80", "sm_90")
 TYPES = {"float": "float", "double": "double"}  # real_t -> acc_t
-GEMM_KERNELS = re.compile(r"^conv2d_(fwd|bwd_data|bwd_weight)(_\w+)?$")
+GEMM_KERNELS = re.compile(r"^conv2d_(fwd|bwd_data|bwd_weight)(_\w+)?$")  # and _tf32
 GEMM_EXCLUDED = re.compile(r"_reduce$")
 FUNCTION = re.compile(r"^\s*Function\s*:\s*(\S+)")
 INSTRUCTION = re.compile(r"^\s*/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
@@ -54,7 +54,7 @@ class KernelCode:
     arch: str
     real: str
     instructions: int = 0
-    fma: int = 0            # FFMA in the float build, DFMA in the double one
+    fma: int = 0            # FFMA in the float build (HMMA in _tf32 kernels), DFMA in double
     calls: int = 0
     widest_global_load: int = 0  # bits
     registers: int = 0
@@ -148,10 +148,18 @@ def parse_ptxas(text: str) -> dict[str, tuple[int, int]]:
     return result
 
 
-def summarise(file: str, arch: str, real: str, instructions: list[Instruction],
+def fma_opcode(kernel: str, real: str) -> str:
+    """What does a kernel's multiply-adds: FFMA or DFMA, or tensor cores' HMMA for the
+    float build's ``_tf32`` kernels."""
+    if real != "float":
+        return "DFMA"
+    return "HMMA" if kernel.endswith("_tf32") else "FFMA"
+
+
+def summarise(file: str, name: str, arch: str, real: str, instructions: list[Instruction],
               resources: tuple[int, int]) -> KernelCode:
-    code = KernelCode(file, "", arch, real, registers=resources[0], spill_bytes=resources[1])
-    fma = "FFMA" if real == "float" else "DFMA"
+    code = KernelCode(file, name, arch, real, registers=resources[0], spill_bytes=resources[1])
+    fma = fma_opcode(name, real)
     returns = 0
     for _, opcode, _ in instructions:
         code.instructions += 1
@@ -190,10 +198,8 @@ def compile_file(nvcc: str, cuobjdump: str, path: str, arch: str, real: str,
     resources = parse_ptxas(log)
     kernels = []
     for name, instructions in sorted(parse_sass(sass).items()):
-        code = summarise(os.path.basename(path), arch, real, instructions,
-                         resources.get(name, (0, 0)))
-        code.kernel = name
-        kernels.append(code)
+        kernels.append(summarise(os.path.basename(path), name, arch, real, instructions,
+                                 resources.get(name, (0, 0))))
     return kernels, warnings
 
 
@@ -205,8 +211,13 @@ def failures(codes: list[KernelCode], min_ffma: float) -> list[str]:
             problems.append(f"{where}: {code.calls} out-of-line CALL instruction(s)")
         if code.spill_bytes:
             problems.append(f"{where}: {code.spill_bytes} bytes of register spills")
-        if (code.real == "float" and GEMM_KERNELS.match(code.kernel)
-                and not GEMM_EXCLUDED.search(code.kernel) and code.fma_share < min_ffma):
+        if code.real != "float" or not GEMM_KERNELS.match(code.kernel) \
+                or GEMM_EXCLUDED.search(code.kernel):
+            continue
+        if fma_opcode(code.kernel, code.real) == "HMMA":
+            if not code.fma:
+                problems.append(f"{where}: no tensor-core MMA (HMMA) in a TF32 kernel")
+        elif code.fma_share < min_ffma:
             problems.append(f"{where}: FFMA is {code.fma_share:.0%} of {code.instructions} "
                             f"instructions, under {min_ffma:.0%}")
     return problems

@@ -62,6 +62,33 @@ typedef TileShape<8, 8> TileSquare;  // 128 x 128: the default
 // 64 x 256 (64 x 128 in double, whose 4 x 16 accumulators would not fit in registers)
 typedef TileShape<4, sizeof(acc_t) == 4 ? 16 : 8> TileWide;
 
+// Writing C out: each thread owns one column of the tile, whose offset in `out` it
+// computes once, and copies that column of a 16-row slice staged in shared memory,
+// so that a warp stores 32 neighbouring outputs.
+template <int BN>
+struct OutColumn {
+    int col, offset;
+    bool valid;
+    template <class Operands>
+    __device__ OutColumn(const Operands& ops, int cols)
+        : col(blockIdx.x * BN + threadIdx.x % BN), offset(0), valid(col < cols) {
+        if (valid) offset = ops.column_offset(col);
+    }
+    // Slice row r is row `first + r * step` of C.
+    template <bool kBias>
+    __device__ void write(const acc_t (*slice)[BN], int first, int step, int M,
+                          real_t* __restrict__ out, int row_stride,
+                          const real_t* __restrict__ bias) const {
+#pragma unroll 1
+        for (int r = threadIdx.x / BN; r < 16; r += GEMM_THREADS / BN) {
+            const int m = first + r * step;
+            if (m < M && valid)
+                out[offset + m * row_stride] =
+                    (real_t)(slice[r][threadIdx.x % BN] + (kBias ? (acc_t)bias[m] : (acc_t)0));
+        }
+    }
+};
+
 // The GEMM over one BM x BN tile of C; `ops` loads A and B (fetch: the next step
 // into registers; stash: registers into shared memory) and maps a column to its
 // offset in `out`. C[m][j] (+ bias[m] when kBias) goes to
@@ -106,27 +133,126 @@ __device__ __forceinline__ void implicit_gemm(Operands ops, int M, int cols, int
         __syncthreads();
     }
 
-    // Out through shared memory, 16 rows at a time (the i-th slice: rows i%4 + 4 ty +
-    // 64 (i/4) of the tile); each thread then writes one column of each slice, so
-    // that its column's offset is computed once.
+    // Out through shared memory, 16 rows at a time: the i-th slice holds rows
+    // i%4 + 4 ty + 64 (i/4) of the tile.
     acc_t(*slice)[BN] = reinterpret_cast<acc_t(*)[BN]>(&Bs[0][0][0]);
-    const int col = blockIdx.x * BN + threadIdx.x % BN;
-    const int offset = col < cols ? ops.column_offset(col) : 0;
+    const OutColumn<BN> column(ops, cols);
 #pragma unroll
     for (int i = 0; i < TM; ++i) {
 #pragma unroll
         for (int j = 0; j < TN; ++j) slice[ty][(j / 4) * 64 + tx * 4 + j % 4] = acc[i][j];
         __syncthreads();
-        const int row0 = blockIdx.y * BM + (i / 4) * 64 + i % 4;
-#pragma unroll 1
-        for (int r = threadIdx.x / BN; r < 16; r += GEMM_THREADS / BN) {
-            const int m = row0 + 4 * r;
-            if (m < M && col < cols)
-                out[offset + m * row_stride] =
-                    (real_t)(slice[r][threadIdx.x % BN] + (kBias ? (acc_t)bias[m] : (acc_t)0));
-        }
+        column.template write<kBias>(slice, blockIdx.y * BM + (i / 4) * 64 + i % 4, 4, M, out, row_stride,
+                            bias);
         __syncthreads();
     }
+}
+
+// ---- the TF32 tensor-core main loop (opt-in, float only) ----------------------------
+// The same 128 x 128 tile, operands and epilogue; the products run on tensor cores,
+// mma.sync m16n8k8 with A and B rounded to TF32 (10 mantissa bits, cvt.rna: nearest,
+// ties away from zero) and float accumulation: a relative error near 2^-11 per
+// product instead of float's 2^-24. Warp w computes rows 64 (w / 4) .. + 64 and
+// columns 32 (w % 4) .. + 32 of the tile as 4 x 4 MMAs of 16 x 8. Fragment layouts
+// (PTX ISA, mma.m16n8k8 .tf32), with g = lane / 4 and q = lane % 4:
+//   A (16 x 8, row): a[r] = A[g + 8 (r % 2)][q + 4 (r / 2)]
+//   B (8 x 8, col):  b[r] = B[q + 4 r][g]
+//   C (16 x 8):      c[r] = C[g + 8 (r / 2)][2 q + r % 2]
+#ifndef MMA_TF32_EMULATED  // tests/cuda_emulator/emulate.h supplies its own on the CPU
+__device__ __forceinline__ unsigned to_tf32(float x) {
+    unsigned bits;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(bits) : "f"(x));
+    return bits;
+}
+
+__device__ __forceinline__ void mma_tf32(float (&c)[4], const unsigned (&a)[4],
+                                         const unsigned (&b)[2]) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, "
+        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+#endif
+
+#define TF32_PAD 8  // shared rows of 136: the 32 lanes of a fragment load hit 32 banks
+
+template <bool kBias, class Operands>
+__device__ __forceinline__ void implicit_gemm_tf32(Operands ops, int M, int cols, int steps,
+                                                   float* __restrict__ out, int row_stride,
+                                                   const float* __restrict__ bias) {
+    constexpr int BM = TileSquare::BM, BN = TileSquare::BN;
+    __shared__ __align__(16) float As[2][TILE_K][BM + TF32_PAD];
+    __shared__ __align__(16) float Bs[2][TILE_K][BN + TF32_PAD];
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int g = lane / 4, q = lane % 4, row0 = (warp / 4) * 64, col0 = (warp % 4) * 32;
+    float acc[4][4][4];
+#pragma unroll
+    for (int mt = 0; mt < 4; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) acc[mt][nt][r] = 0;
+
+    typename Operands::Fragment staged;
+    for (int step = 0; step <= steps; ++step) {
+        if (step < steps) ops.fetch(staged);
+        if (step > 0) {
+            const int buf = (step - 1) & 1;
+#pragma unroll
+            for (int k0 = 0; k0 < TILE_K; k0 += 8) {
+                unsigned a[4][4], b[4][2];
+#pragma unroll
+                for (int mt = 0; mt < 4; ++mt)
+#pragma unroll
+                    for (int r = 0; r < 4; ++r)
+                        a[mt][r] = to_tf32(As[buf][k0 + q + 4 * (r / 2)][row0 + mt * 16 + g + 8 * (r % 2)]);
+#pragma unroll
+                for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+                    for (int r = 0; r < 2; ++r)
+                        b[nt][r] = to_tf32(Bs[buf][k0 + q + 4 * r][col0 + nt * 8 + g]);
+#pragma unroll
+                for (int mt = 0; mt < 4; ++mt)
+#pragma unroll
+                    for (int nt = 0; nt < 4; ++nt) mma_tf32(acc[mt][nt], a[mt], b[nt]);
+            }
+        }
+        if (step < steps) ops.stash(staged, As[step & 1], Bs[step & 1]);
+        __syncthreads();
+    }
+
+    // Out through shared memory: slice p holds rows 64 (p / 4) + 16 (p % 4) .. + 16,
+    // written by the four warps that computed them.
+    static_assert(sizeof(Bs) >= 16 * BN * sizeof(float), "C slice does not fit in Bs");
+    float(*slice)[BN] = reinterpret_cast<float(*)[BN]>(&Bs[0][0][0]);
+    const OutColumn<BN> column(ops, cols);
+#pragma unroll
+    for (int p = 0; p < 8; ++p) {
+        if (warp / 4 == p / 4) {
+#pragma unroll
+            for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+                for (int r = 0; r < 4; ++r)
+                    slice[g + 8 * (r / 2)][col0 + nt * 8 + 2 * q + r % 2] = acc[p % 4][nt][r];
+        }
+        __syncthreads();
+        column.template write<kBias>(slice, blockIdx.y * BM + (p / 4) * 64 + (p % 4) * 16, 1, M,
+                                     out, row_stride, bias);
+        __syncthreads();
+    }
+}
+
+// The main loop of a kernel: tensor cores for the float build's `_tf32` kernels; the
+// double build has no TF32, and its `_tf32` kernels are the plain double ones.
+template <class Tile, bool kTF32, bool kBias, class Operands>
+__device__ __forceinline__ void run_gemm(Operands ops, int M, int cols, int steps, real_t* out,
+                                         int row_stride, const real_t* bias) {
+    if constexpr (kTF32 && sizeof(real_t) == 4)
+        implicit_gemm_tf32<kBias>(ops, M, cols, steps, (float*)out, row_stride,
+                                  (const float*)bias);
+    else
+        implicit_gemm<Tile, kBias>(ops, M, cols, steps, out, row_stride, bias);
 }
 
 // The B operand's thread mapping, shared by the three passes: one column of the
@@ -201,7 +327,8 @@ struct ForwardOperands {
         t += TILE_K;
     }
 
-    __device__ void stash(const Fragment& f, acc_t (*As)[BM], acc_t (*Bs)[BN]) const {
+    template <class ARows, class BRows>  // As[k][m], Bs[k][j]: shared arrays of any row length
+    __device__ void stash(const Fragment& f, ARows As, BRows Bs) const {
 #pragma unroll
         for (int i = 0; i < A_PER; ++i) As[a_col + i][a_row % BM] = f.a[i];
 #pragma unroll
@@ -214,13 +341,13 @@ struct ForwardOperands {
     }
 };
 
-template <class Tile>
+template <class Tile, bool kTF32>
 __device__ __forceinline__ void conv2d_fwd_tile(const real_t* x, const real_t* w,
                                                 const real_t* bias, real_t* y,
                                                 const ConvGeometry* geometry, const int* taps) {
     const ConvGeometry g = *geometry;
     const int CRS = g.C * g.R * g.S;
-    implicit_gemm<Tile, true>(ForwardOperands<Tile>(x, w, taps, g), g.K, g.N * g.OH * g.OW,
+    run_gemm<Tile, kTF32, true>(ForwardOperands<Tile>(x, w, taps, g), g.K, g.N * g.OH * g.OW,
                       (CRS + TILE_K - 1) / TILE_K, y, g.OH * g.OW, bias);
 }
 
@@ -228,14 +355,21 @@ extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
 conv2d_fwd(const real_t* __restrict__ x, const real_t* __restrict__ w,
                    const real_t* __restrict__ bias, real_t* __restrict__ y,
                    const ConvGeometry* __restrict__ geometry, const int* __restrict__ taps) {
-    conv2d_fwd_tile<TileSquare>(x, w, bias, y, geometry, taps);
+    conv2d_fwd_tile<TileSquare, false>(x, w, bias, y, geometry, taps);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
 conv2d_fwd_wide(const real_t* __restrict__ x, const real_t* __restrict__ w,
                   const real_t* __restrict__ bias, real_t* __restrict__ y,
                   const ConvGeometry* __restrict__ geometry, const int* __restrict__ taps) {
-    conv2d_fwd_tile<TileWide>(x, w, bias, y, geometry, taps);
+    conv2d_fwd_tile<TileWide, false>(x, w, bias, y, geometry, taps);
+}
+
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
+conv2d_fwd_tf32(const real_t* __restrict__ x, const real_t* __restrict__ w,
+                const real_t* __restrict__ bias, real_t* __restrict__ y,
+                const ConvGeometry* __restrict__ geometry, const int* __restrict__ taps) {
+    conv2d_fwd_tile<TileSquare, true>(x, w, bias, y, geometry, taps);
 }
 
 // ---- backward data: rows c, columns (n,h,w), reduction (k,r,s) ---------------------
@@ -301,7 +435,8 @@ struct DataOperands {
         t += TILE_K;
     }
 
-    __device__ void stash(const Fragment& f, acc_t (*As)[BM], acc_t (*Bs)[BN]) const {
+    template <class ARows, class BRows>  // As[k][m], Bs[k][j]: shared arrays of any row length
+    __device__ void stash(const Fragment& f, ARows As, BRows Bs) const {
 #pragma unroll
         for (int i = 0; i < A_PER; ++i) As[a_col + i][a_row % BM] = f.a[i];
 #pragma unroll
@@ -314,13 +449,13 @@ struct DataOperands {
     }
 };
 
-template <class Tile>
+template <class Tile, bool kTF32>
 __device__ __forceinline__ void conv2d_bwd_data_tile(const real_t* dy, const real_t* w, real_t* dx,
                                                      const ConvGeometry* geometry,
                                                      const int* taps) {
     const ConvGeometry g = *geometry;
     const int KRS = g.K * g.R * g.S;
-    implicit_gemm<Tile, false>(DataOperands<Tile>(dy, w, taps, g), g.C, g.N * g.H * g.W,
+    run_gemm<Tile, kTF32, false>(DataOperands<Tile>(dy, w, taps, g), g.C, g.N * g.H * g.W,
                       (KRS + TILE_K - 1) / TILE_K, dx, g.H * g.W, (const real_t*)nullptr);
 }
 
@@ -328,14 +463,21 @@ extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
 conv2d_bwd_data(const real_t* __restrict__ dy, const real_t* __restrict__ w,
                         real_t* __restrict__ dx, const ConvGeometry* __restrict__ geometry,
                         const int* __restrict__ taps) {
-    conv2d_bwd_data_tile<TileSquare>(dy, w, dx, geometry, taps);
+    conv2d_bwd_data_tile<TileSquare, false>(dy, w, dx, geometry, taps);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
 conv2d_bwd_data_wide(const real_t* __restrict__ dy, const real_t* __restrict__ w,
                        real_t* __restrict__ dx, const ConvGeometry* __restrict__ geometry,
                        const int* __restrict__ taps) {
-    conv2d_bwd_data_tile<TileWide>(dy, w, dx, geometry, taps);
+    conv2d_bwd_data_tile<TileWide, false>(dy, w, dx, geometry, taps);
+}
+
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
+conv2d_bwd_data_tf32(const real_t* __restrict__ dy, const real_t* __restrict__ w,
+                     real_t* __restrict__ dx, const ConvGeometry* __restrict__ geometry,
+                     const int* __restrict__ taps) {
+    conv2d_bwd_data_tile<TileSquare, true>(dy, w, dx, geometry, taps);
 }
 
 // ---- backward weight: rows k, columns (c,r,s), reduction (n,oh,ow) in one slice ----
@@ -407,7 +549,8 @@ struct WeightOperands {
         advance(b_n, b_p, TILE_K, P);
     }
 
-    __device__ void stash(const Fragment& f, acc_t (*As)[BM], acc_t (*Bs)[BN]) const {
+    template <class ARows, class BRows>  // As[k][m], Bs[k][j]: shared arrays of any row length
+    __device__ void stash(const Fragment& f, ARows As, BRows Bs) const {
 #pragma unroll
         for (int i = 0; i < A_PER; ++i) As[a_lane][(a_row0 + A_ROWS_PER_PASS * i) % BM] = f.a[i];
 #pragma unroll
@@ -417,7 +560,7 @@ struct WeightOperands {
     __device__ int column_offset(int j) const { return j; }  // partial[z][k][j]
 };
 
-template <class Tile>
+template <class Tile, bool kTF32>
 __device__ __forceinline__ void conv2d_bwd_weight_tile(const real_t* dy, const real_t* x,
                                                        real_t* partial,
                                                        const ConvGeometry* geometry, int chunk) {
@@ -425,7 +568,7 @@ __device__ __forceinline__ void conv2d_bwd_weight_tile(const real_t* dy, const r
     const int CRS = g.C * g.R * g.S, total = g.N * g.OH * g.OW;
     const int t_begin = blockIdx.z * chunk;
     const int t_end = total - t_begin < chunk ? total : t_begin + chunk;
-    implicit_gemm<Tile, false>(WeightOperands<Tile>(dy, x, g, t_begin, t_end), g.K, CRS,
+    run_gemm<Tile, kTF32, false>(WeightOperands<Tile>(dy, x, g, t_begin, t_end), g.K, CRS,
                       (t_end - t_begin + TILE_K - 1) / TILE_K, partial + blockIdx.z * g.K * CRS,
                       CRS, (const real_t*)nullptr);
 }
@@ -434,14 +577,21 @@ extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
 conv2d_bwd_weight(const real_t* __restrict__ dy, const real_t* __restrict__ x,
                           real_t* __restrict__ partial, const ConvGeometry* __restrict__ geometry,
                           int chunk) {
-    conv2d_bwd_weight_tile<TileSquare>(dy, x, partial, geometry, chunk);
+    conv2d_bwd_weight_tile<TileSquare, false>(dy, x, partial, geometry, chunk);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
 conv2d_bwd_weight_wide(const real_t* __restrict__ dy, const real_t* __restrict__ x,
                          real_t* __restrict__ partial, const ConvGeometry* __restrict__ geometry,
                          int chunk) {
-    conv2d_bwd_weight_tile<TileWide>(dy, x, partial, geometry, chunk);
+    conv2d_bwd_weight_tile<TileWide, false>(dy, x, partial, geometry, chunk);
+}
+
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
+conv2d_bwd_weight_tf32(const real_t* __restrict__ dy, const real_t* __restrict__ x,
+                       real_t* __restrict__ partial, const ConvGeometry* __restrict__ geometry,
+                       int chunk) {
+    conv2d_bwd_weight_tile<TileSquare, true>(dy, x, partial, geometry, chunk);
 }
 
 // dw[i] = partial[0][i] + partial[1][i] + ... in that order, over `splits` slices.

@@ -124,6 +124,50 @@ def test_conv2d_weight_at_an_unaligned_address(emulated, rng):
     assert_kernel_close(y, y_ref, "float64", "y")
 
 
+TF32_CASES = [(2, 3, 9, 9, 70, 3, 3, (1, 1), 1), (2, 5, 11, 10, 6, 3, 2, (2, 1), (1, 0)),
+              (1, 66, 6, 6, 9, 1, 1, (1, 1), 0)]
+
+
+def check_tf32_convolution(case, rng, to_device=lambda a: a):
+    """With TF32 allowed, float32 convolutions run the tensor-core kernels: each
+    product rounds A and B to 10 mantissa bits, so every pass stays within 2**-10
+    of the float64 result relative to sum |a| |b|, about 3e-4 typically, which
+    float32's FMA path (~1e-7) would never show."""
+    n, c, h, w, k, r, s, stride, padding = case
+    x64, w64 = rng.standard_normal((n, c, h, w)), rng.standard_normal((k, c, r, s))
+    b64 = rng.standard_normal(k)
+    y64, ctx64 = ops.conv2d_forward(x64, w64, b64, stride, padding, use_kernels=False)
+    dy64 = rng.standard_normal(y64.shape)
+    refs = (y64, *ops.conv2d_backward(dy64, ctx64)[:2])
+    # the scale of each output: the same sums over |a| |b|
+    ya, ctxa = ops.conv2d_forward(numpy.abs(x64), numpy.abs(w64), None, stride, padding,
+                                  use_kernels=False)
+    scales = (ya, *ops.conv2d_backward(numpy.abs(dy64), ctxa)[:2])
+    f32 = lambda a: to_device(a.astype("float32"))  # noqa: E731
+    y, ctx = ops.conv2d_forward(f32(x64), f32(w64), f32(b64), stride, padding, use_kernels=True)
+    got = (y, *ops.conv2d_backward(f32(dy64), ctx)[:2])
+    for name, g, ref, scale in zip(("y", "dx", "dweight"), got, refs, scales):
+        relative = numpy.abs(backend.to_numpy(g) - ref) / numpy.maximum(scale, 1e-30)
+        assert relative.max() <= 2.0**-10, f"{name}: {relative.max():.2e} over 2^-10"
+        assert 1e-5 < numpy.median(relative) < 5e-4, f"{name}: median {numpy.median(relative):.2e}"
+
+
+@needs_compiler
+@pytest.mark.parametrize("case", TF32_CASES, ids=str)
+def test_conv2d_tf32_kernels(emulated, monkeypatch, case, rng):
+    monkeypatch.setattr(runtime, "_tf32", True)
+    cuda_emulator.launches.clear()
+    check_tf32_convolution(case, rng)
+    launched = {name for name, _, _ in cuda_emulator.launches}
+    assert {"conv2d_fwd_tf32", "conv2d_bwd_data_tf32", "conv2d_bwd_weight_tf32"} <= launched
+    # float64 has no TF32: the same call in float64 runs the exact kernels
+    cuda_emulator.launches.clear()
+    n, c, h, w, k, r, s, stride, padding = case
+    ops.conv2d_forward(rng.standard_normal((n, c, h, w)), rng.standard_normal((k, c, r, s)),
+                       None, stride, padding, use_kernels=True)
+    assert not any(name.endswith("_tf32") for name, _, _ in cuda_emulator.launches)
+
+
 def test_fast_divisor_matches_floor_division():
     """The kernels divide by a launch's sizes with a multiply-high and a shift:
     exact for every n below 2**31 (edges around multiples of d, and the top)."""
@@ -343,6 +387,15 @@ def test_conv2d_kernels_on_gpu(case, dtype, rng, monkeypatch):
 
     for got, ref, name in zip(twice(run), refs, ("y", "dx", "dweight", "dbias")):
         assert_kernel_close(got, backend.to_numpy(ref), dtype, f"{name} ({dtype})")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", TF32_CASES + LAYER_CONV_CASES, ids=str)
+def test_conv2d_tf32_kernels_on_gpu(case, rng, monkeypatch):
+    """The tensor cores' fragment layouts hold only if a real mma.sync agrees."""
+    cp = _cupy_or_skip()
+    monkeypatch.setattr(runtime, "_tf32", True)
+    check_tf32_convolution(case, rng, cp.asarray)
 
 
 @pytest.mark.gpu

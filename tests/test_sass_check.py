@@ -44,9 +44,8 @@ def _codes():
     resources = sass_check.parse_ptxas(PTXAS)
     codes = []
     for name, instructions in sass_check.parse_sass(SASS).items():
-        code = sass_check.summarise("k.cu", "sm_90", "float", instructions, resources[name])
-        code.kernel = name
-        codes.append(code)
+        codes.append(sass_check.summarise("k.cu", name, "sm_90", "float", instructions,
+                                          resources[name]))
     return {code.kernel: code for code in codes}
 
 
@@ -77,6 +76,19 @@ def test_failures_name_the_kernel_and_the_rule():
     assert "conv2d_fwd (k.cu, sm_90, float): 12 bytes of register spills" in text
     assert "conv2d_fwd (k.cu, sm_90, float): FFMA is 29% of 7 instructions, under 40%" in text
     assert len(problems) == 3
+
+
+def test_a_tf32_kernel_needs_tensor_core_mmas():
+    sass = SASS.replace("conv2d_fwd", "conv2d_fwd_tf32")
+    code = sass_check.summarise("k.cu", "conv2d_fwd_tf32", "sm_90", "float",
+                                sass_check.parse_sass(sass)["conv2d_fwd_tf32"], (100, 0))
+    assert code.fma == 0  # FFMA is not what counts there
+    assert sass_check.failures([code], 0.40) == [
+        "conv2d_fwd_tf32 (k.cu, sm_90, float): no tensor-core MMA (HMMA) in a TF32 kernel"]
+    hmma = sass.replace("FFMA.FTZ R6, R4, R4, R6", "HMMA.1688.F32.TF32 R4, R8, R12, R4")
+    code = sass_check.summarise("k.cu", "conv2d_fwd_tf32", "sm_90", "float",
+                                sass_check.parse_sass(hmma)["conv2d_fwd_tf32"], (100, 0))
+    assert code.fma == 1 and code.loop_fma == 1 and not sass_check.failures([code], 0.40)
 
 
 def test_the_ffma_rule_covers_the_conv_gemms_only():

@@ -9,6 +9,7 @@ with a CPU emulation, so everything up to the kernel call is shared code.
 from .runtime import (
                       BLOCK,
                       NULL,
+                      allow_tf32,
                       ceil_div,
                       geometry,
                       kernel_dir,
@@ -16,9 +17,11 @@ from .runtime import (
                       launch,
                       new_output,
                       poison_outputs,
+                      set_allow_tf32,
                       set_kernels_enabled,
                       uses_kernels,
 )
 
-__all__ = ["BLOCK", "NULL", "ceil_div", "geometry", "kernel_dir", "kernels_enabled", "launch",
-           "new_output", "poison_outputs", "set_kernels_enabled", "uses_kernels"]
+__all__ = ["BLOCK", "NULL", "allow_tf32", "ceil_div", "geometry", "kernel_dir",
+           "kernels_enabled", "launch", "new_output", "poison_outputs", "set_allow_tf32",
+           "set_kernels_enabled", "uses_kernels"]

@@ -28,7 +28,10 @@ TARGET_BLOCKS = 256    # split-K aims at about this many blocks, whatever the GP
 def tile(rows: int, dtype) -> tuple[str, int, int]:
     """``(kernel suffix, rows, columns)`` of the GEMM tile for a GEMM of ``rows`` rows
     (kernels/conv2d.cu): 128 x 128, or the wide 64 x 256 (64 x 128 in float64) when
-    at most 64 rows would use it."""
+    at most 64 rows would use it; float32 with TF32 allowed: the tensor-core kernels
+    (128 x 128)."""
+    if runtime.allow_tf32() and numpy.dtype(dtype) == numpy.float32:
+        return "_tf32", 128, 128
     if rows > 64:
         return "", 128, 128
     return "_wide", 64, 256 if numpy.dtype(dtype).itemsize == 4 else 128

@@ -12,6 +12,7 @@ BLOCK = 256
 NULL = numpy.uint64(0)  # a null pointer argument (e.g. no bias)
 _enabled = os.environ.get("GPUNET_KERNELS", "1") != "0"
 _POISON = os.environ.get("GPUNET_POISON", "0") == "1"
+_tf32 = os.environ.get("GPUNET_ALLOW_TF32", "0") == "1"
 
 
 def kernels_enabled() -> bool:
@@ -22,6 +23,22 @@ def kernels_enabled() -> bool:
 def set_kernels_enabled(enabled: bool) -> None:
     global _enabled
     _enabled = bool(enabled)
+
+
+def allow_tf32() -> bool:
+    """Whether float32 convolutions on the GPU may run on TF32 tensor cores (off by
+    default; ``GPUNET_ALLOW_TF32=1`` or :func:`set_allow_tf32`)."""
+    return _tf32
+
+
+def set_allow_tf32(enabled: bool) -> None:
+    """Let float32 convolutions use TF32 tensor cores (as PyTorch's ``allow_tf32``):
+    A and B are rounded to 10 mantissa bits before each product, a relative error
+    near 2**-11 ~ 5e-4 per product instead of 2**-24 (measured on random data,
+    ~3e-4 of the scale of the output: tests/test_kernels.py), with float32
+    accumulation. float64 never uses it."""
+    global _tf32
+    _tf32 = bool(enabled)
 
 
 def uses_kernels(xp) -> bool:

@@ -41,3 +41,48 @@ struct alignas(16) int4 {
 inline unsigned __umulhi(unsigned a, unsigned b) {
     return (unsigned)(((unsigned long long)a * b) >> 32);
 }
+
+// Tensor cores, for the TF32 kernels (kernels/conv2d.cu): cvt.rna.tf32.f32 keeps 10
+// mantissa bits, rounding to nearest with ties away from zero; mma.sync m16n8k8 is
+// a warp-collective, emulated through a block barrier (every thread of the block
+// calls it together, as the kernels do) and a scratch copy of each lane's fragments,
+// double-buffered so that one barrier a call suffices. Products of TF32 values are
+// exact in float; the sum runs over k in order.
+#define MMA_TF32_EMULATED
+#include <cstring>
+
+inline unsigned to_tf32(float x) {
+    unsigned bits;
+    std::memcpy(&bits, &x, 4);
+    if ((bits & 0x7f800000u) != 0x7f800000u) bits += 0x1000u;  // not inf or NaN
+    return bits & 0xffffe000u;
+}
+
+inline float emu_tf32_value(unsigned bits) {
+    float x;
+    std::memcpy(&x, &bits, 4);
+    return x;
+}
+
+inline void mma_tf32(float (&c)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+    static unsigned scratch_a[2][32][32][4], scratch_b[2][32][32][2];  // [buffer][warp][lane]
+    static unsigned calls[1024];
+    const unsigned t = threadIdx.x, warp = t / 32, lane = t % 32, buf = calls[t]++ % 2;
+    for (int r = 0; r < 4; ++r) scratch_a[buf][warp][lane][r] = a[r];
+    for (int r = 0; r < 2; ++r) scratch_b[buf][warp][lane][r] = b[r];
+    __syncthreads();
+    const unsigned g = lane / 4, q = lane % 4;
+    for (int r = 0; r < 4; ++r) {
+        const unsigned row = g + 8 * (r / 2), col = 2 * q + r % 2;
+        float sum = c[r];
+        for (unsigned k = 0; k < 8; ++k) {
+            // A[row][k] is a[(row / 8) + 2 (k / 4)] of lane 4 (row % 8) + k % 4;
+            // B[k][col] is b[k / 4] of lane 4 col + k % 4
+            const float x = emu_tf32_value(
+                scratch_a[buf][warp][4 * (row % 8) + k % 4][row / 8 + 2 * (k / 4)]);
+            const float y = emu_tf32_value(scratch_b[buf][warp][4 * col + k % 4][k / 4]);
+            sum += x * y;
+        }
+        c[r] = sum;
+    }
+}
