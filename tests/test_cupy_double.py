@@ -168,3 +168,29 @@ def test_every_name_the_double_offers_is_real_cupys(cp):
                        and n not in ("IS_TEST_DOUBLE", "annotations", "DEVICE_NAME",
                                      "COMPUTE_CAPABILITY", "TOTAL_MEMORY", "default_pool"))
         assert not extra, f"{space} of the double offers {extra}, which the real one lacks"
+
+
+def test_each_kernel_counts_the_module_shared_arrays_it_names(cp):
+    """__shared__ arrays of inlined functions are module-level in PTX: a kernel gets
+    those it references, as ptxas allocates them (three tiles in conv2d.cu would
+    otherwise add up past 48 KiB for every kernel)."""
+    from cupy._raw import parse_ptx
+    ptx = """
+.shared .align 16 .b8 _ZZ4tileE2As[16384];
+.shared .align 16 .b8 _ZZ4wideE2As[20480];
+.visible .entry first(.param .u64 first_param_0)
+.maxntid 256, 1, 1
+{
+    mov.u32 %r1, _ZZ4tileE2As;
+}
+.visible .entry second(.param .u64 second_param_0, .param .b8 second_param_1[12])
+{
+    .shared .align 4 .b8 local[64];
+    mov.u32 %r1, _ZZ4wideE2As;
+    mov.u32 %r2, _ZZ4tileE2As;
+}
+"""
+    kernels = parse_ptx(ptx)
+    assert kernels["first"].static_shared == 16384 and kernels["first"].max_threads == 256
+    assert kernels["second"].static_shared == 64 + 20480 + 16384
+    assert kernels["second"].param_bytes == (8, 12)

@@ -45,8 +45,10 @@ class KernelInfo:
 def parse_ptx(ptx: str) -> dict[str, KernelInfo]:
     """Each ``.entry`` of PTX with its parameter sizes and launch limits."""
     first = ptx.find(".entry")
-    module_shared = sum(int(n) for n in re.findall(
-        r"^\s*\.shared\s+\.align\s+\d+\s+\.b8\s+\w+\[(\d+)\]", ptx[:first], re.M))
+    # __shared__ arrays of inlined functions are module-level in PTX; a kernel gets
+    # those it names (ptxas allocates per kernel what the kernel references)
+    module_shared = {name: int(n) for name, n in re.findall(
+        r"^\s*\.shared\s+\.align\s+\d+\s+\.b8\s+(\w+)\[(\d+)\]", ptx[:first], re.M)}
     kernels = {}
     entries = list(re.finditer(r"\.entry\s+(\w+)\s*\(([^)]*)\)", ptx))
     for i, match in enumerate(entries):
@@ -60,7 +62,8 @@ def parse_ptx(ptx: str) -> dict[str, KernelInfo]:
                                                 body))
         kernels[match.group(1)] = KernelInfo(
             tuple(sizes), int(numpy.prod([int(v) for v in maxntid.groups()])) if maxntid else None,
-            static + module_shared)
+            static + sum(n for name, n in module_shared.items()
+                         if re.search(rf"\b{re.escape(name)}\b", body)))
     return kernels
 
 
