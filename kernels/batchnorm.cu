@@ -15,11 +15,12 @@
 // bn_fwd_stats_combine  : one thread per channel merges its runs in order (Chan, Golub and
 //                     LeVeque's pairwise update) into mean[c] and the biased var[c].
 // bn_fwd_apply      : x_hat = (x - mean) inv_std, y = gamma x_hat + beta; one thread per
-//                     element.
+//                     element, or per 128-bit vector of them where the layout allows.
 // bn_bwd_reduce    : per run, sum dy and sum dy x_hat; bn_bwd_reduce_combine sums the runs in
 //                     order into dbeta[c], dgamma[c].
 // bn_bwd_dx         : training: dx = gamma inv_std (dy - dbeta/M - x_hat dgamma/M);
-//                     evaluation: dx = gamma inv_std dy. One thread per element.
+//                     evaluation: dx = gamma inv_std dy. One thread per element or
+//                     vector, as bn_fwd_apply.
 // Divisions: by HW and C through `divide`; by counts through reciprocals and merge
 // weights computed on the host (`weights`, per run: 1/count, count/(count so far),
 // (count before) count / (count so far)). Activation gradients are written with `=`;
@@ -92,20 +93,43 @@ extern "C" __global__ void bn_fwd_stats_combine(const real_t* __restrict__ x,
     var[c] = (real_t)(m2 * inv_m);
 }
 
+// Elementwise kernels read and write `VECTOR` neighbours at once (128-bit) when the
+// launcher says `vectors`: HW a multiple of VECTOR, so a vector never straddles two
+// channels, and every array 16-byte aligned. Thread i then handles elements
+// VECTOR i .. VECTOR i + VECTOR - 1, else element i.
+#define VECTOR (16 / (int)sizeof(real_t))
+
 extern "C" __global__ void bn_fwd_apply(const real_t* __restrict__ x,
                                         const real_t* __restrict__ mean,
                                         const real_t* __restrict__ inv_std,
                                         const real_t* __restrict__ gamma,
                                         const real_t* __restrict__ beta,
                                         real_t* __restrict__ y, real_t* __restrict__ x_hat,
-                                        const ChannelGeometry* __restrict__ geometry, int total) {
+                                        const ChannelGeometry* __restrict__ geometry, int total,
+                                        int vectors) {
     const ChannelGeometry g = *geometry;
-    const int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= total) return;
-    const int c = channel_of(i, g);
-    const real_t h = (x[i] - mean[c]) * inv_std[c];
-    x_hat[i] = h;
-    y[i] = gamma[c] * h + beta[c];
+    const int t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (vectors) {
+        const int i = t * VECTOR;
+        if (i >= total) return;
+        const int c = channel_of(i, g);
+        const real_t m = mean[c], s = inv_std[c], a = gamma[c], b = beta[c];
+        const Packet<VECTOR> in = *reinterpret_cast<const Packet<VECTOR>*>(x + i);
+        Packet<VECTOR> h, out;
+#pragma unroll
+        for (int k = 0; k < VECTOR; ++k) {
+            h.v[k] = (in.v[k] - m) * s;
+            out.v[k] = a * h.v[k] + b;
+        }
+        *reinterpret_cast<Packet<VECTOR>*>(x_hat + i) = h;
+        *reinterpret_cast<Packet<VECTOR>*>(y + i) = out;
+        return;
+    }
+    if (t >= total) return;
+    const int c = channel_of(t, g);
+    const real_t h = (x[t] - mean[c]) * inv_std[c];
+    x_hat[t] = h;
+    y[t] = gamma[c] * h + beta[c];
 }
 
 extern "C" __global__ void bn_bwd_reduce(const real_t* __restrict__ dy,
@@ -147,6 +171,12 @@ extern "C" __global__ void bn_bwd_reduce_combine(const real_t* __restrict__ sum_
     dgamma[c] = (real_t)b;
 }
 
+// training: dx = scale (dy - dbeta / M - x_hat dgamma / M), scale = gamma inv_std
+__device__ __forceinline__ acc_t input_grad(acc_t scale, acc_t dy, acc_t x_hat, acc_t mean_dy,
+                                            acc_t mean_dy_xhat, int training) {
+    return training ? scale * (dy - mean_dy - x_hat * mean_dy_xhat) : scale * dy;
+}
+
 extern "C" __global__ void bn_bwd_dx(const real_t* __restrict__ dy,
                                      const real_t* __restrict__ x_hat,
                                      const real_t* __restrict__ gamma,
@@ -155,15 +185,23 @@ extern "C" __global__ void bn_bwd_dx(const real_t* __restrict__ dy,
                                      const real_t* __restrict__ dgamma,
                                      real_t* __restrict__ dx,
                                      const ChannelGeometry* __restrict__ geometry, int total,
-                                     acc_t inv_m, int training) {
+                                     acc_t inv_m, int training, int vectors) {
     const ChannelGeometry g = *geometry;
-    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    const int t = blockIdx.x * blockDim.x + threadIdx.x;
+    const int i = vectors ? t * VECTOR : t;
     if (i >= total) return;
     const int c = channel_of(i, g);
     const acc_t scale = (acc_t)gamma[c] * inv_std[c];
-    if (!training) {
-        dx[i] = (real_t)(scale * dy[i]);
+    const acc_t mean_dy = dbeta[c] * inv_m, mean_dy_xhat = dgamma[c] * inv_m;
+    if (vectors) {
+        const Packet<VECTOR> d = *reinterpret_cast<const Packet<VECTOR>*>(dy + i);
+        const Packet<VECTOR> h = *reinterpret_cast<const Packet<VECTOR>*>(x_hat + i);
+        Packet<VECTOR> out;
+#pragma unroll
+        for (int k = 0; k < VECTOR; ++k)
+            out.v[k] = (real_t)input_grad(scale, d.v[k], h.v[k], mean_dy, mean_dy_xhat, training);
+        *reinterpret_cast<Packet<VECTOR>*>(dx + i) = out;
         return;
     }
-    dx[i] = (real_t)(scale * ((acc_t)dy[i] - dbeta[c] * inv_m - (acc_t)x_hat[i] * dgamma[c] * inv_m));
+    dx[i] = (real_t)input_grad(scale, dy[i], x_hat[i], mean_dy, mean_dy_xhat, training);
 }

@@ -304,6 +304,37 @@ def test_batch_norm_statistics_over_many_runs(emulated, monkeypatch, shape, min_
         assert_close(a, b, 1e-11, 1e-12, name)
 
 
+@needs_compiler
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_batch_norm_elementwise_kernels_move_vectors_where_aligned(emulated, dtype, rng):
+    """bn_fwd_apply and bn_bwd_dx move 16 bytes a thread when HW is a multiple of the
+    vector and every array is aligned; a view one element into its buffer, or an HW
+    the vector does not divide, takes the scalar path. Both give the xp path's values."""
+    width = 16 // numpy.dtype(dtype).itemsize
+    # (HW, x's offset in its buffer, vectors in bn_fwd_apply, in bn_bwd_dx: its dy,
+    # x_hat and dx are aligned whatever x is)
+    for hw, offset, *vectors in ((256, 0, True, True), (256, 1, False, True),
+                                 (255, 0, False, False)):
+        shape = (3, 2, hw)
+        buffer = rng.standard_normal(numpy.prod(shape) + 1).astype(dtype)
+        x = buffer[offset:offset + numpy.prod(shape)].reshape(shape)
+        dy = rng.standard_normal(shape).astype(dtype)
+        cuda_emulator.launches.clear()
+        c = shape[1]
+        outputs = []
+        for use_kernels in (True, False):
+            gamma, beta = numpy.full(c, 1.5, dtype), numpy.full(c, 0.25, dtype)
+            y, ctx = ops.batch_norm_forward(x, gamma, beta, numpy.zeros(c), numpy.ones(c),
+                                            training=True, use_kernels=use_kernels)
+            outputs.append((y, *ops.batch_norm_backward(dy, ctx)))
+        grids = {name: grid[0] for name, grid, _ in cuda_emulator.launches}
+        for kernel, vector in zip(("bn_fwd_apply", "bn_bwd_dx"), vectors):
+            count = -(-x.size // width) if vector else x.size
+            assert grids[kernel] == -(-count // runtime.BLOCK), (kernel, hw, offset)
+        for a, b, name in zip(*outputs, ("y", "dx", "dgamma", "dbeta")):
+            assert_kernel_close(a, b, dtype, f"{name} (hw {hw}, offset {offset})")
+
+
 def test_batch_norm_merge_weights():
     """Chan et al.'s weights for runs of 4, 4, 2 values."""
     w = bn_kernels.merge_weights(10, 3, 4).reshape(3, 3)

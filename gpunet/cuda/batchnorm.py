@@ -8,6 +8,7 @@ from ..backend import get_array_module
 from . import runtime
 from .runtime import (
     BLOCK,
+    address,
     ceil_div,
     check_indexable,
     geometry,
@@ -28,6 +29,17 @@ def _sizes(x):
 
 def _elementwise_grid(count):
     return (ceil_div(count, BLOCK), 1, 1)
+
+
+def _vectors(hw, *arrays) -> int:
+    """1 when the elementwise kernels may move 16 bytes at a time: ``hw`` a multiple of
+    the vector (so that one never straddles two channels), every array 16-byte aligned."""
+    width = 16 // arrays[0].dtype.itemsize
+    return int(hw % width == 0 and all(address(a) % 16 == 0 for a in arrays))
+
+
+def _vector_grid(count, vectors, itemsize):
+    return _elementwise_grid(ceil_div(count, 16 // itemsize) if vectors else count)
 
 
 def fits(x_shape) -> bool:
@@ -93,8 +105,11 @@ def apply(x, mean, inv_std, weight, bias):
     n, c, hw = _sizes(x)
     y, x_hat = new_output(xp, x.shape, x.dtype), new_output(xp, x.shape, x.dtype)
     args = [xp.ascontiguousarray(a) for a in (mean, inv_std, weight, bias)]
-    runtime.launch("batchnorm", "bn_fwd_apply", x.dtype, _elementwise_grid(x.size), (BLOCK, 1, 1),
-                   (x, *args, y, x_hat, _geometry(xp, c, hw, n * hw), numpy.int32(x.size)))
+    vectors = _vectors(hw, x, y, x_hat)
+    runtime.launch("batchnorm", "bn_fwd_apply", x.dtype,
+                   _vector_grid(x.size, vectors, x.dtype.itemsize), (BLOCK, 1, 1),
+                   (x, *args, y, x_hat, _geometry(xp, c, hw, n * hw), numpy.int32(x.size),
+                    numpy.int32(vectors)))
     return y, x_hat
 
 
@@ -115,8 +130,10 @@ def backward(dy, x_hat, weight, inv_std, training: bool):
                    (BLOCK, 1, 1), (sum_dy, sum_dy_xhat, dbias, dweight, numpy.int32(c),
                                    numpy.int32(parts)))
     dx = new_output(xp, dy.shape, dy.dtype)
-    runtime.launch("batchnorm", "bn_bwd_dx", dy.dtype, _elementwise_grid(dy.size), (BLOCK, 1, 1),
+    vectors = _vectors(hw, dy, x_hat, dx)
+    runtime.launch("batchnorm", "bn_bwd_dx", dy.dtype,
+                   _vector_grid(dy.size, vectors, dy.dtype.itemsize), (BLOCK, 1, 1),
                    (dy, x_hat, xp.ascontiguousarray(weight), xp.ascontiguousarray(inv_std), dbias,
                     dweight, dx, geom, numpy.int32(dy.size), dy.dtype.type(1.0 / m),
-                    numpy.int32(1 if training else 0)))
+                    numpy.int32(1 if training else 0), numpy.int32(vectors)))
     return dx, dweight, dbias

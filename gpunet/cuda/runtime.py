@@ -139,6 +139,11 @@ def launch(name: str, kernel: str, dtype, grid, block, args, shared_mem: int = 0
     function(tuple(grid), tuple(block), tuple(args), shared_mem=shared_mem)
 
 
+def address(array) -> int:
+    """The device address of a CuPy array (of a NumPy one under the tests' emulation)."""
+    return array.data.ptr if hasattr(array.data, "ptr") else array.ctypes.data
+
+
 def new_output(xp, shape, dtype):
     """An uninitialised output (NaN-filled when poisoning for tests)."""
     out = xp.empty(shape, dtype=dtype)
