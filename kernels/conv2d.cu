@@ -12,7 +12,9 @@
 //   conv2d_bwd_weight partial[z][k][(c,r,s)] over the z-th slice of the (n,oh,ow)
 //                     reduction (split-K: that reduction is long and M x N small);
 //                     conv2d_bwd_weight_reduce sums the slices in order z = 0, 1, ...
-//   conv2d_bwd_bias   db[k] = sum dy[:, k], one block per k, fixed tree.
+//   conv2d_bwd_bias   db[k] = sum dy[:, k]: per-block partial sums over runs of the
+//                     (n,oh,ow) values (fixed tree), summed in run order by
+//                     conv2d_bwd_weight_reduce.
 //
 // Thread mapping: 16 x 16 threads compute a BM x BN tile of C, each thread TM x TN
 // of it (rows ty*4 + i%4 + 64 (i/4), columns tx*4 + j%4 + 64 (j/4), so that a thread
@@ -605,16 +607,21 @@ extern "C" __global__ void conv2d_bwd_weight_reduce(const real_t* __restrict__ p
     dw[i] = (real_t)sum;
 }
 
-extern "C" __global__ void conv2d_bwd_bias(const real_t* __restrict__ dy, real_t* __restrict__ db,
-                                           const ConvGeometry* __restrict__ geometry) {
+// partial[run][k] = sum of dy[:, k] over the run-th `chunk` of its N OH OW values, one
+// block per (run, k), so that a layer of 6 filters still fills a GPU;
+// conv2d_bwd_weight_reduce then sums the runs in order.
+extern "C" __global__ void conv2d_bwd_bias(const real_t* __restrict__ dy,
+                                           real_t* __restrict__ partial,
+                                           const ConvGeometry* __restrict__ geometry, int chunk) {
     const ConvGeometry g = *geometry;
     DYNAMIC_SHARED(acc_t, scratch);
-    const int k = blockIdx.x, P = g.OH * g.OW, total = g.N * P;
+    const int k = blockIdx.y, run = blockIdx.x, P = g.OH * g.OW, total = g.N * P;
+    const int begin = run * chunk, end = total - begin < chunk ? total : begin + chunk;
     acc_t sum = 0;
-    for (int t = threadIdx.x; t < total; t += blockDim.x) {
+    for (int t = begin + threadIdx.x; t < end; t += blockDim.x) {
         const int n = divide(t, g.p_magic, g.p_shift);
         sum += dy[(n * g.K + k) * P + t - n * P];
     }
     const acc_t result = block_sum(sum, scratch);
-    if (threadIdx.x == 0) db[k] = (real_t)result;
+    if (threadIdx.x == 0) partial[run * g.K + k] = (real_t)result;
 }

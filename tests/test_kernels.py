@@ -207,6 +207,20 @@ def test_sizes_beyond_32_bit_indices(emulated, monkeypatch, rng):
 
 
 @needs_compiler
+def test_conv2d_bias_gradient_over_several_runs(emulated, rng):
+    """db[k] sums dy[:, k] in runs of 1024 (the last shorter), then in run order."""
+    x, weight, bias = rng.standard_normal((3, 2, 30, 30)), rng.standard_normal((3, 2, 3, 3)), \
+        rng.standard_normal(3)
+    y, ctx = ops.conv2d_forward(x, weight, bias, 1, 1, use_kernels=True)
+    dy = rng.standard_normal(y.shape)
+    cuda_emulator.launches.clear()
+    dbias = ops.conv2d_backward(dy, ctx)[2]
+    grids = [grid for name, grid, _ in cuda_emulator.launches if name == "conv2d_bwd_bias"]
+    assert grids == [(3, 3, 1)]  # 2700 values a filter: runs of 900
+    assert_close(dbias, dy.sum(axis=(0, 2, 3)), 1e-12, 1e-12, "dbias")
+
+
+@needs_compiler
 def test_conv2d_without_bias_and_split_k(emulated, rng):
     """A long (n, oh, ow) reduction is split over several slices, summed in order."""
     x = rng.standard_normal((4, 1, 20, 20))

@@ -49,11 +49,8 @@ def fits(x_shape) -> bool:
 
 def runs(m: int, channels: int) -> tuple[int, int]:
     """``(parts, chunk)``: each channel's ``m`` values in ``parts`` runs of ``chunk``
-    (the last shorter), enough blocks to fill a GPU, none under MIN_RUN values. From
-    the shapes only, so that the summation order never depends on the GPU."""
-    parts = max(1, min(ceil_div(TARGET_BLOCKS, channels), ceil_div(m, MIN_RUN)))
-    chunk = ceil_div(m, parts)
-    return ceil_div(m, chunk), chunk
+    (runtime.runs: enough blocks to fill a GPU, none under MIN_RUN values)."""
+    return runtime.runs(m, channels, TARGET_BLOCKS, MIN_RUN)
 
 
 def merge_weights(m: int, parts: int, chunk: int) -> numpy.ndarray:

@@ -141,7 +141,12 @@ def backward(dy, ctx: ConvContext, input_grad: bool = True):
 
     dbias = None
     if ctx.has_bias:
+        parts, chunk = runtime.runs(total, k, TARGET_BLOCKS, 1024)
+        partial = new_output(xp, (parts, k), dtype)
+        runtime.launch("conv2d", "conv2d_bwd_bias", dtype, (parts, k, 1), (BLOCK, 1, 1),
+                       (dy, partial, ctx.geometry, numpy.int32(chunk)),
+                       shared_mem=BLOCK * dtype.itemsize)
         dbias = new_output(xp, (k,), dtype)
-        runtime.launch("conv2d", "conv2d_bwd_bias", dtype, (k, 1, 1), (BLOCK, 1, 1),
-                       (dy, dbias, ctx.geometry), shared_mem=BLOCK * dtype.itemsize)
+        runtime.launch("conv2d", "conv2d_bwd_weight_reduce", dtype, (ceil_div(k, BLOCK), 1, 1),
+                       (BLOCK, 1, 1), (partial, dbias, numpy.int32(k), numpy.int32(parts)))
     return dx, dweight, dbias

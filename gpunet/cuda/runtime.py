@@ -71,6 +71,16 @@ def check_indexable(where: str, **sizes: int) -> None:
                              f"fewer than 2**31 (use_kernels=False takes the xp path)")
 
 
+def runs(m: int, rows: int, target_blocks: int, min_run: int) -> tuple[int, int]:
+    """``(parts, chunk)`` for ``rows`` reductions of ``m`` values each, one block per
+    (run, row): each row's values in ``parts`` runs of ``chunk`` (the last shorter),
+    about ``target_blocks`` blocks in all, no run under ``min_run`` values. From the
+    shapes only, so that the summation order never depends on the GPU."""
+    parts = max(1, min(ceil_div(target_blocks, rows), ceil_div(m, min_run)))
+    chunk = ceil_div(m, parts)
+    return ceil_div(m, chunk), chunk
+
+
 def fast_divisor(d: int) -> tuple[int, int]:
     """``(magic, shift)`` with which ``divide`` in kernels/common.cuh computes ``n // d``
     for ``0 <= n < 2**31`` (Granlund and Montgomery): ``shift = ceil(log2 d)``,
