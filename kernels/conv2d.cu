@@ -265,38 +265,62 @@ struct BColumn {
     __device__ BColumn() : row(threadIdx.x / Tile::BN), col(threadIdx.x % Tile::BN) {}
 };
 
-// ---- forward: rows k, columns (n,oh,ow), reduction (c,r,s) --------------------------
-// taps[t] = {c*H*W + r*W + s, r, s, unused}
+// The operand mapping of the forward and backward-data passes: each thread loads
+// A_PER neighbouring reduction indices of one A row and B_PER rows of one B column,
+// a step at a time, into a Fragment that `stash` puts in shared memory.
 template <class Tile>
-struct ForwardOperands {
+struct RowOperands {
     static constexpr int BM = Tile::BM, BN = Tile::BN, A_PER = Tile::A_PER, B_PER = Tile::B_PER;
     static constexpr int B_ROWS_PER_PASS = Tile::B_ROWS_PER_PASS;
     struct Fragment {
         real_t a[A_PER], b[B_PER];
     };
+    int t;             // the first reduction index of the next step
+    int a_row, a_col;  // A: row a_row, reduction t + a_col .. t + a_col + A_PER - 1
+    BColumn<Tile> b;   // (initialised before b_valid, which reads it)
+    bool a_valid, b_valid;
+
+    __device__ RowOperands(int rows, int cols)
+        : t(0),
+          a_row(blockIdx.y * BM + threadIdx.x / (TILE_K / A_PER)),
+          a_col(threadIdx.x % (TILE_K / A_PER) * A_PER),
+          b(),
+          a_valid(a_row < rows),
+          b_valid(blockIdx.x * BN + b.col < cols) {}
+
+    template <class ARows, class BRows>  // As[k][m], Bs[k][j]: shared arrays of any row length
+    __device__ void stash(const Fragment& f, ARows As, BRows Bs) const {
+#pragma unroll
+        for (int i = 0; i < A_PER; ++i) As[a_col + i][a_row % BM] = f.a[i];
+#pragma unroll
+        for (int i = 0; i < B_PER; ++i) Bs[b.row + B_ROWS_PER_PASS * i][b.col] = f.b[i];
+    }
+};
+
+// ---- forward: rows k, columns (n,oh,ow), reduction (c,r,s) --------------------------
+// taps[t] = {c*H*W + r*W + s, r, s, unused}
+template <class Tile>
+struct ForwardOperands : RowOperands<Tile> {
+    using Base = RowOperands<Tile>;
+    using typename Base::Fragment;
+    using Base::A_PER, Base::B_PER, Base::B_ROWS_PER_PASS, Base::t, Base::a_row, Base::a_col,
+        Base::a_valid, Base::b, Base::b_valid;
     const real_t* __restrict__ x;
     const real_t* __restrict__ w;
     const int4* __restrict__ taps;
     ConvGeometry g;
-    int CRS, t;              // t: the first reduction index of the next step
-    int a_row, a_col;        // A: weight row a_row, reduction a_col .. a_col + A_PER - 1
-    bool a_valid, a_packets;
-    BColumn<Tile> b;
-    bool b_valid;
+    int CRS;
+    bool a_packets;          // A: weight rows read as aligned vectors
     int x_offset, ih0, iw0;  // B: x[x_offset + tap.x] when ih0 + r, iw0 + s are inside x
 
     __device__ ForwardOperands(const real_t* x_, const real_t* w_, const int* taps_,
                                const ConvGeometry& g_)
-        : x(x_), w(w_), taps(reinterpret_cast<const int4*>(taps_)), g(g_) {
+        : Base(g_.K, g_.N * g_.OH * g_.OW), x(x_), w(w_),
+          taps(reinterpret_cast<const int4*>(taps_)), g(g_) {
         CRS = g.C * g.R * g.S;
-        t = 0;
-        a_row = blockIdx.y * BM + threadIdx.x / (TILE_K / A_PER);
-        a_col = threadIdx.x % (TILE_K / A_PER) * A_PER;
-        a_valid = a_row < g.K;
         a_packets = a_valid && CRS % A_PER == 0 &&
                     reinterpret_cast<unsigned long long>(w) % sizeof(Packet<A_PER>) == 0;
-        const int j = blockIdx.x * BN + b.col, P = g.OH * g.OW;
-        b_valid = j < g.N * P;
+        const int j = blockIdx.x * Tile::BN + b.col, P = g.OH * g.OW;
         const int n = divide(j, g.p_magic, g.p_shift), p = j - n * P;
         const int oh = divide(p, g.ow_magic, g.ow_shift), ow = p - oh * g.OW;
         ih0 = oh * g.sh - g.pt;
@@ -327,14 +351,6 @@ struct ForwardOperands {
             f.b[i] = v;
         }
         t += TILE_K;
-    }
-
-    template <class ARows, class BRows>  // As[k][m], Bs[k][j]: shared arrays of any row length
-    __device__ void stash(const Fragment& f, ARows As, BRows Bs) const {
-#pragma unroll
-        for (int i = 0; i < A_PER; ++i) As[a_col + i][a_row % BM] = f.a[i];
-#pragma unroll
-        for (int i = 0; i < B_PER; ++i) Bs[b.row + B_ROWS_PER_PASS * i][b.col] = f.b[i];
     }
 
     __device__ int column_offset(int j) const {  // y[n][k][p]: n K P + p (+ k P)
@@ -377,34 +393,26 @@ conv2d_fwd_tf32(const real_t* __restrict__ x, const real_t* __restrict__ w,
 // ---- backward data: rows c, columns (n,h,w), reduction (k,r,s) ---------------------
 // taps[t] = {k*OH*OW, r, s, k*C*R*S + r*S + s}
 template <class Tile>
-struct DataOperands {
-    static constexpr int BM = Tile::BM, BN = Tile::BN, A_PER = Tile::A_PER, B_PER = Tile::B_PER;
-    static constexpr int B_ROWS_PER_PASS = Tile::B_ROWS_PER_PASS;
-    struct Fragment {
-        real_t a[A_PER], b[B_PER];
-    };
+struct DataOperands : RowOperands<Tile> {
+    using Base = RowOperands<Tile>;
+    using typename Base::Fragment;
+    using Base::A_PER, Base::B_PER, Base::B_ROWS_PER_PASS, Base::t, Base::a_row, Base::a_col,
+        Base::a_valid, Base::b, Base::b_valid;
     const real_t* __restrict__ dy;
     const real_t* __restrict__ w;
     const int4* __restrict__ taps;
     ConvGeometry g;
-    int KRS, t;
-    int a_row, a_col, a_offset;  // A: w[a_offset + taps[t].w], a_offset = c R S
-    bool a_valid;
-    BColumn<Tile> b;
-    bool b_valid;
+    int KRS;
+    int a_offset;           // A: w[a_offset + taps[t].w], a_offset = c R S
     int dy_offset, hp, wp;  // B: dy[dy_offset + tap.x + oh OW + ow], hp = h + pt, wp = w + pl
 
     __device__ DataOperands(const real_t* dy_, const real_t* w_, const int* taps_,
                             const ConvGeometry& g_)
-        : dy(dy_), w(w_), taps(reinterpret_cast<const int4*>(taps_)), g(g_) {
+        : Base(g_.C, g_.N * g_.H * g_.W), dy(dy_), w(w_),
+          taps(reinterpret_cast<const int4*>(taps_)), g(g_) {
         KRS = g.K * g.R * g.S;
-        t = 0;
-        a_row = blockIdx.y * BM + threadIdx.x / (TILE_K / A_PER);
-        a_col = threadIdx.x % (TILE_K / A_PER) * A_PER;
-        a_valid = a_row < g.C;
         a_offset = a_row * g.R * g.S;
-        const int j = blockIdx.x * BN + b.col, HW = g.H * g.W;
-        b_valid = j < g.N * HW;
+        const int j = blockIdx.x * Tile::BN + b.col, HW = g.H * g.W;
         const int n = divide(j, g.hw_magic, g.hw_shift), p = j - n * HW;
         const int h = divide(p, g.w_magic, g.w_shift);
         hp = h + g.pt;
@@ -435,14 +443,6 @@ struct DataOperands {
             f.b[i] = v;
         }
         t += TILE_K;
-    }
-
-    template <class ARows, class BRows>  // As[k][m], Bs[k][j]: shared arrays of any row length
-    __device__ void stash(const Fragment& f, ARows As, BRows Bs) const {
-#pragma unroll
-        for (int i = 0; i < A_PER; ++i) As[a_col + i][a_row % BM] = f.a[i];
-#pragma unroll
-        for (int i = 0; i < B_PER; ++i) Bs[b.row + B_ROWS_PER_PASS * i][b.col] = f.b[i];
     }
 
     __device__ int column_offset(int j) const {  // dx[n][c][p]: n C HW + p (+ c HW)
