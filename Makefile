@@ -33,7 +33,7 @@ test-cuda-double:
 # single warning (register spills included), and its machine code must hold no
 # out-of-line call (64-bit or floating-point division) and, for the convolution
 # GEMMs, at least 40% FFMA: bench/sass_check.py prints the SASS table. No GPU needed;
-# cuobjdump comes with the test extra.
+# cuobjdump and nvdisasm come with the test extra.
 NVCC ?= nvcc
 kernels-check: install
 	NVCC=$(NVCC) $(BIN)/python bench/sass_check.py

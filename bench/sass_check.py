@@ -242,11 +242,14 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="also write every build's table to this file")
     args = parser.parse_args(argv)
     nvcc, cuobjdump = os.environ.get("NVCC") or tool("nvcc"), tool("cuobjdump")
-    for name, found in (("nvcc", nvcc), ("cuobjdump", cuobjdump)):
+    nvdisasm = tool("nvdisasm")  # what cuobjdump --dump-sass runs
+    for name, found in (("nvcc", nvcc), ("cuobjdump", cuobjdump), ("nvdisasm", nvdisasm)):
         if not found:
             print(f"sass_check: {name} not found (PATH, or the nvidia-cuda-* wheels of "
-                  f"{sys.prefix}: pip install 'cuda-toolkit[cuobjdump]')", file=sys.stderr)
+                  f"{sys.prefix}: pip install 'cuda-toolkit[cuobjdump,nvdisasm]')",
+                  file=sys.stderr)
             return 2
+    os.environ["NVDISASM_PATH"] = os.path.dirname(nvdisasm)
     codes, problems = [], []
     with tempfile.TemporaryDirectory() as workdir:
         for path in sorted(glob.glob(os.path.join(args.kernels, "*.cu"))):

@@ -100,9 +100,8 @@ def test_the_ffma_rule_covers_the_conv_gemms_only():
 
 
 def _tools_or_skip():
-    nvcc, cuobjdump = sass_check.tool("nvcc"), sass_check.tool("cuobjdump")
-    if not (nvcc and cuobjdump):
-        pytest.skip("nvcc and cuobjdump are needed to compile and disassemble")
+    if not all(sass_check.tool(name) for name in ("nvcc", "cuobjdump", "nvdisasm")):
+        pytest.skip("nvcc, cuobjdump and nvdisasm are needed to compile and disassemble")
 
 
 def test_a_64_bit_division_fails_the_check(tmp_path, capsys):
