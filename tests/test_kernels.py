@@ -221,6 +221,21 @@ def test_conv2d_bias_gradient_over_several_runs(emulated, rng):
 
 
 @needs_compiler
+def test_more_channels_than_a_grid_column(emulated, monkeypatch, rng):
+    """Batch norm's reductions and the bias gradient run a row of blocks a channel
+    (gridDim.y <= 65535): more channels take the xp path, or raise when asked."""
+    monkeypatch.setattr(runtime, "MAX_GRID_ROWS", 2)
+    x = rng.standard_normal((4, 3, 2, 2))
+    assert not bn_kernels.fits(x.shape) and bn_kernels.fits((4, 2, 2, 2))
+    with pytest.raises(ValueError, match=r"batch_norm: 3 channels; the CUDA kernels take at most"):
+        ops.batch_norm_forward(x, numpy.ones(3), numpy.zeros(3), numpy.zeros(3), numpy.ones(3),
+                               training=True, use_kernels=True)
+    assert not conv_kernels.fits(x.shape, (3, 3, 1, 1), (2, 2))
+    with pytest.raises(ValueError, match=r"conv2d: 3 filters; the CUDA kernels take at most 2"):
+        ops.conv2d_forward(x, rng.standard_normal((3, 3, 1, 1)), None, 1, 0, use_kernels=True)
+
+
+@needs_compiler
 def test_conv2d_without_bias_and_split_k(emulated, rng):
     """A long (n, oh, ow) reduction is split over several slices, summed in order."""
     x = rng.standard_normal((4, 1, 20, 20))

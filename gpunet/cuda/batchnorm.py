@@ -43,8 +43,9 @@ def _vector_grid(count, vectors, itemsize):
 
 
 def fits(x_shape) -> bool:
-    """Whether the kernels' 32-bit indices cover this batch norm."""
-    return indexable(numpy.prod(x_shape, dtype=numpy.int64))
+    """Whether the kernels' 32-bit indices and grids cover this batch norm."""
+    return indexable(numpy.prod(x_shape, dtype=numpy.int64)) and \
+        x_shape[1] <= runtime.MAX_GRID_ROWS
 
 
 def runs(m: int, channels: int) -> tuple[int, int]:
@@ -78,6 +79,7 @@ def stats(x):
     x = xp.ascontiguousarray(x)
     check_indexable("batch_norm", x=x.size)
     n, c, hw = _sizes(x)
+    runtime.check_grid_rows("batch_norm", "channels", c)
     m = n * hw
     geom = _geometry(xp, c, hw, m)
     parts, chunk, grid = _reduction_grid(m, c)

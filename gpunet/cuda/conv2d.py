@@ -66,13 +66,15 @@ def data_taps(k, c, oh, ow, r, s):
 
 def _check_sizes(where, n, c, h, w, k, r, s, oh, ow):
     check_indexable(where, x=n * c * h * w, weight=k * c * r * s, y=n * k * oh * ow)
+    runtime.check_grid_rows(where, "filters", k)  # the bias gradient's grid
 
 
 def fits(x_shape, weight_shape, out_hw) -> bool:
-    """Whether the kernels' 32-bit indices cover this convolution."""
+    """Whether the kernels' 32-bit indices and grids cover this convolution."""
     n, c, h, w = x_shape
     k, _, r, s = weight_shape
-    return indexable(n * c * h * w, k * c * r * s, n * k * out_hw[0] * out_hw[1])
+    return indexable(n * c * h * w, k * c * r * s, n * k * out_hw[0] * out_hw[1]) and \
+        k <= runtime.MAX_GRID_ROWS
 
 
 def _zeros(xp, k, dtype):

@@ -81,6 +81,15 @@ def runs(m: int, rows: int, target_blocks: int, min_run: int) -> tuple[int, int]
     return ceil_div(m, chunk), chunk
 
 
+MAX_GRID_ROWS = 65535  # gridDim.y: the per-channel reductions run a row of blocks a channel
+
+
+def check_grid_rows(where: str, what: str, count: int) -> None:
+    if int(count) > MAX_GRID_ROWS:
+        raise ValueError(f"{where}: {int(count)} {what}; the CUDA kernels take at most "
+                         f"{MAX_GRID_ROWS} (use_kernels=False takes the xp path)")
+
+
 def fast_divisor(d: int) -> tuple[int, int]:
     """``(magic, shift)`` with which ``divide`` in kernels/common.cuh computes ``n // d``
     for ``0 <= n < 2**31`` (Granlund and Montgomery): ``shift = ceil(log2 d)``,
