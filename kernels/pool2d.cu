@@ -3,8 +3,9 @@
 // Geometry: window (R, S), stride (sh, sw), padding (ph, pw) on each side,
 //   output OH = (H + 2 ph - R) / sh + 1 (likewise OW); padding is -inf for max
 //   and 0 for average, whose divisor is always R*S (PyTorch count_include_pad).
-// Thread mapping: forward, one thread per output element; backward, one thread
-//   per input-gradient element, which gathers from every window that covers it
+// Thread mapping: forward, one thread per output element (reading each window row
+//   of a 2-wide, stride-2 window as one 2-element vector where aligned); backward,
+//   one thread per input-gradient element, which gathers from every window that covers it
 //   (no atomics: deterministic, each dx written exactly once with `=`).
 // max_pool2d_fwd saves each window's argmax as the offset r*S + s of its first
 //   maximum in row-major order (ties keep the first; NaN propagates), so the
@@ -37,31 +38,46 @@ __device__ __forceinline__ void covering_windows(int p, int size, int magic, int
     hi = min(divide(p, magic, shift), out - 1);
 }
 
-extern "C" __global__ void max_pool2d_fwd(const real_t* __restrict__ x, real_t* __restrict__ y,
-                                          int* __restrict__ argmax,
-                                          const PoolGeometry* __restrict__ geometry) {
-    const PoolGeometry g = *geometry;
-    const int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= g.N * g.C * g.OH * g.OW) return;
+// Calls visit(value, r*S + s) for each element of output i's window inside x, in
+// row-major order. With `pairs` (the launcher checked S = 2, stride 2, no left
+// padding, W even and x aligned) each window row is one aligned 2-element load.
+template <class Visit>
+__device__ __forceinline__ void visit_window(const real_t* __restrict__ x, const PoolGeometry& g,
+                                             int i, int pairs, Visit visit) {
     int nc, oh, ow;
     output_position(i, g, nc, oh, ow);
     const real_t* plane = x + nc * g.H * g.W;
-    real_t best = 0;
-    int best_offset = -1;
     for (int r = 0; r < g.R; ++r) {
-        int h = oh * g.sh - g.ph + r;
+        const int h = oh * g.sh - g.ph + r;
         if (h < 0 || h >= g.H) continue;
+        if (pairs) {
+            const Packet<2> row = *reinterpret_cast<const Packet<2>*>(plane + h * g.W + 2 * ow);
+            visit(row.v[0], r * 2);
+            visit(row.v[1], r * 2 + 1);
+            continue;
+        }
         for (int s = 0; s < g.S; ++s) {
-            int w = ow * g.sw - g.pw + s;
-            if (w < 0 || w >= g.W) continue;
-            real_t v = plane[h * g.W + w];
-            bool is_nan = v != v;
-            if (best_offset < 0 || v > best || (is_nan && best == best)) {
-                best = v;
-                best_offset = r * g.S + s;
-            }
+            const int w = ow * g.sw - g.pw + s;
+            if (w >= 0 && w < g.W) visit(plane[h * g.W + w], r * g.S + s);
         }
     }
+}
+
+extern "C" __global__ void max_pool2d_fwd(const real_t* __restrict__ x, real_t* __restrict__ y,
+                                          int* __restrict__ argmax,
+                                          const PoolGeometry* __restrict__ geometry, int pairs) {
+    const PoolGeometry g = *geometry;
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= g.N * g.C * g.OH * g.OW) return;
+    real_t best = 0;
+    int best_offset = -1;
+    visit_window(x, g, i, pairs, [&](real_t v, int offset) {
+        const bool is_nan = v != v;
+        if (best_offset < 0 || v > best || (is_nan && best == best)) {
+            best = v;
+            best_offset = offset;
+        }
+    });
     y[i] = best;
     argmax[i] = best_offset;
 }
@@ -106,22 +122,12 @@ extern "C" __global__ void max_pool2d_bwd(const real_t* __restrict__ dy,
 // inv_area = 1 / (R S), from the host.
 extern "C" __global__ void avg_pool2d_fwd(const real_t* __restrict__ x, real_t* __restrict__ y,
                                           const PoolGeometry* __restrict__ geometry,
-                                          acc_t inv_area) {
+                                          acc_t inv_area, int pairs) {
     const PoolGeometry g = *geometry;
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= g.N * g.C * g.OH * g.OW) return;
-    int nc, oh, ow;
-    output_position(i, g, nc, oh, ow);
-    const real_t* plane = x + nc * g.H * g.W;
     acc_t sum = 0;
-    for (int r = 0; r < g.R; ++r) {
-        int h = oh * g.sh - g.ph + r;
-        if (h < 0 || h >= g.H) continue;
-        for (int s = 0; s < g.S; ++s) {
-            int w = ow * g.sw - g.pw + s;
-            if (w >= 0 && w < g.W) sum += plane[h * g.W + w];
-        }
-    }
+    visit_window(x, g, i, pairs, [&](real_t v, int) { sum += v; });
     y[i] = (real_t)(sum * inv_area);
 }
 

@@ -258,7 +258,23 @@ POOL_CASES = [  # N, C, H, W, kernel, stride, padding
     (1, 2, 8, 5, (3, 3), (2, 2), (1, 1)),
     (2, 1, 9, 9, (3, 3), (3, 3), (1, 1)),
     (1, 2, 5, 6, (2, 3), (1, 2), (1, 1)),
+    (2, 3, 6, 8, (3, 2), (1, 2), (1, 0)),   # window rows read as pairs, rows padded
+    (1, 2, 5, 7, (2, 2), (2, 2), (0, 0)),   # W odd: single loads
 ]
+
+
+def test_pool_window_rows_as_pairs_only_where_they_are():
+    """The forward kernels read a window row as one 2-element vector only for 2-wide,
+    stride-2 windows without left padding over an even W, from an aligned x."""
+    x = numpy.zeros((1, 1, 4, 8))
+    assert pool_kernels._pairs(x, (2, 2), (2, 2), ((0, 0), (0, 0))) == 1
+    assert pool_kernels._pairs(x, (3, 2), (1, 2), ((1, 1), (0, 0))) == 1
+    assert pool_kernels._pairs(x, (2, 2), (2, 2), ((0, 0), (1, 1))) == 0  # left padding
+    assert pool_kernels._pairs(x, (2, 3), (2, 2), ((0, 0), (0, 0))) == 0  # 3 wide
+    assert pool_kernels._pairs(x, (2, 2), (2, 1), ((0, 0), (0, 0))) == 0  # stride 1
+    assert pool_kernels._pairs(x[..., :7], (2, 2), (2, 2), ((0, 0), (0, 0))) == 0  # W odd
+    unaligned = numpy.zeros(33)[1:].reshape(1, 1, 4, 8)
+    assert pool_kernels._pairs(unaligned, (2, 2), (2, 2), ((0, 0), (0, 0))) == 0
 
 
 @needs_compiler
