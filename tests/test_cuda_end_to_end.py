@@ -198,6 +198,46 @@ def test_every_layer_forward_and_backward_on_the_device(name, rng):
         assert_close(g_d, g, 1e-10, 1e-12, f"{name} parameter {i} gradient")
 
 
+def _cpu_thread_code_entered(device, kernels, rng) -> set[str]:
+    """The functions of gpunet.parallel and threadpoolctl that a forward and backward
+    of every layer on ``device`` calls (a profile hook on this thread, which is where
+    any handing of work to CPU threads starts)."""
+    from gpunet import parallel
+    from gpunet.cuda import runtime
+    watched = os.path.abspath(parallel.__file__)
+    entered = set()
+
+    def profile(frame, event, arg):
+        name = frame.f_code.co_filename
+        if event == "call" and (name == watched or "threadpoolctl" in name):
+            entered.add(f"{os.path.basename(name)}:{frame.f_code.co_name}")
+
+    enabled = runtime.kernels_enabled()
+    runtime.set_kernels_enabled(kernels)
+    try:
+        for make, shape in LAYERS.values():
+            layer = make().to(device, dtype="float64")
+            x = _on(device, rng.standard_normal(shape))
+            sys.setprofile(profile)
+            try:
+                y = layer(x)
+                layer.backward(y * 0.5)
+            finally:
+                sys.setprofile(None)
+    finally:
+        runtime.set_kernels_enabled(enabled)
+    return entered
+
+
+@pytest.mark.parametrize("kernels", [True, False], ids=["kernels", "xp-path"])
+def test_the_device_path_never_touches_cpu_threads(kernels, rng):
+    """Every layer forward and backward on the device, through the kernels or the xp
+    path, without entering gpunet's CPU thread code or threadpoolctl; the same
+    layers on the CPU do enter it (so the hook sees what it should)."""
+    assert _cpu_thread_code_entered("cuda", kernels, rng) == set()
+    assert "parallel.py:single_threaded_blas" in _cpu_thread_code_entered("cpu", kernels, rng)
+
+
 def test_dropout_in_training_on_the_device():
     layer = nn.Dropout(0.25).to("cuda")
     x = _on("cuda", numpy.ones((200, 50)))

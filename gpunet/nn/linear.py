@@ -1,11 +1,17 @@
 """Fully connected layer: ``y = x @ W.T + b`` with ``W`` of shape ``(out, in)``."""
 from __future__ import annotations
 
-from .. import _checks
+import numpy
+
+from .. import _checks, parallel
 from ..backend import common_array_module
 from ..init import constant, initialize
-from ..parallel import matmul
 from .module import Module, Parameter
+
+
+def _matmul(a, b):
+    """``a @ b``, over gpunet's CPU threads for NumPy arrays (gpunet.parallel)."""
+    return parallel.matmul(a, b) if isinstance(a, numpy.ndarray) else a @ b
 
 
 class Linear(Module):
@@ -31,7 +37,7 @@ class Linear(Module):
         if x.ndim < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"{where}: input must be (..., {self.in_features}), "
                              f"got shape {tuple(x.shape)}")
-        y = matmul(x.reshape(-1, self.in_features), self.weight.data.T)
+        y = _matmul(x.reshape(-1, self.in_features), self.weight.data.T)
         y = y.reshape(*x.shape[:-1], self.out_features)
         if self.bias is not None:
             y += self.bias.data
@@ -45,12 +51,12 @@ class Linear(Module):
             raise ValueError(f"Linear.backward: dy must have shape {expected}, "
                              f"got {tuple(dy.shape)}")
         dy2 = dy.reshape(-1, self.out_features)
-        self.weight.grad += matmul(dy2.T, x.reshape(-1, self.in_features))
+        self.weight.grad += _matmul(dy2.T, x.reshape(-1, self.in_features))
         if self.bias is not None:
             self.bias.grad += dy2.sum(axis=0)
         if not input_grad:
             return None
-        return matmul(dy2, self.weight.data).reshape(x.shape)
+        return _matmul(dy2, self.weight.data).reshape(x.shape)
 
     def backward_params_only(self, dy) -> None:
         self.backward(dy, input_grad=False)

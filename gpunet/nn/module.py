@@ -6,12 +6,19 @@ attributes; ``state_dict`` keys follow PyTorch (``0.weight``, ``1.running_mean``
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import nullcontext
 
 import numpy
 
 from .. import _checks
 from ..backend import Device, device_of, get_array_module, resolve_device, to_device, to_numpy
 from ..parallel import single_threaded_blas
+
+
+def cpu_blas_limit(x):
+    """BLAS kept to one thread around NumPy work, as gpunet's CPU threads need (see
+    gpunet.parallel); device arrays never touch CPU threads or threadpoolctl."""
+    return single_threaded_blas() if isinstance(x, numpy.ndarray) else nullcontext()
 
 
 def _plain_array(value):
@@ -312,7 +319,7 @@ class Sequential(Module):
 
     def forward(self, x):
         # one BLAS limit for the whole pass instead of one per layer (see gpunet.parallel)
-        with single_threaded_blas():
+        with cpu_blas_limit(x):
             for module in self._pass_order():
                 x = module.forward(x)
         return x
@@ -323,7 +330,7 @@ class Sequential(Module):
         modules = self._pass_order()
         if not modules:
             return dy
-        with single_threaded_blas():
+        with cpu_blas_limit(dy):
             for module in reversed(modules[1:]):
                 dy = module.backward(dy)
             if input_grad:

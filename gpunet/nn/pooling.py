@@ -4,8 +4,7 @@ from __future__ import annotations
 from .. import _checks
 from ..backend import get_array_module
 from ..ops import avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward, max_pool2d_forward
-from ..parallel import single_threaded_blas
-from .module import Module
+from .module import Module, cpu_blas_limit
 
 
 class _Pool2d(Module):
@@ -72,10 +71,10 @@ class AdaptiveAvgPool2d(Module):
         rows = _adaptive_matrix(xp, x.shape[2], self.output_size[0], x.dtype)
         cols = _adaptive_matrix(xp, x.shape[3], self.output_size[1], x.dtype)
         self._ctx = rows, cols
-        with single_threaded_blas():  # many tiny GEMMs; see gpunet.parallel
+        with cpu_blas_limit(x):  # many tiny GEMMs; see gpunet.parallel
             return rows @ x @ cols.T
 
     def backward(self, dy):
         rows, cols = self._saved()
-        with single_threaded_blas():
+        with cpu_blas_limit(dy):
             return rows.T @ dy @ cols

@@ -35,12 +35,22 @@ def _expand(per_channel, sample_size):
     return xp.repeat(per_channel, sample_size // per_channel.shape[0])
 
 
+_DEVICE_ROWS = None  # _row_chunks of a device array: all rows, no CPU threads
+
+
+def _map_rows(task, chunks) -> list:
+    """``task`` over the row chunks, on gpunet's CPU threads for NumPy (see
+    :mod:`gpunet.parallel`); a device array's rows in one call, off CPU threads."""
+    if chunks is _DEVICE_ROWS:
+        return [task(slice(None))]
+    return parallel.map_chunks(task, chunks)
+
+
 def _row_chunks(x2):
-    """Row slices of ``x2`` for gpunet's threads on NumPy (see :mod:`gpunet.parallel`);
-    the statistics combine per-chunk channel sums, so any split gives the same
-    values up to rounding."""
+    """Row slices of ``x2`` for gpunet's threads on NumPy; the statistics combine
+    per-chunk channel sums, so any split gives the same values up to rounding."""
     if common_array_module(x2=x2).__name__ != "numpy":
-        return [slice(None)]
+        return _DEVICE_ROWS
     return parallel.batch_slices(x2.shape[0], x2.size)
 
 
@@ -62,14 +72,14 @@ def _batch_stats(x2, channels):
         xp.subtract(x2[rows], pivot_row, out=centred[rows])
         return _channel_sum(centred[rows], channels)
 
-    offset = sum(parallel.map_chunks(centre, chunks)) / count
+    offset = sum(_map_rows(centre, chunks)) / count
     offset_row = _expand(offset, x2.shape[1])
 
     def square(rows):
         centred[rows] -= offset_row
         return _channel_dot(centred[rows], centred[rows], channels)
 
-    var = sum(parallel.map_chunks(square, chunks)) / count
+    var = sum(_map_rows(square, chunks)) / count
     return pivot + offset, var, centred
 
 
@@ -130,7 +140,7 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, *, training,
         xp.multiply(x_hat[rows], weight_row, out=y[rows])
         y[rows] += bias_row
 
-    parallel.map_chunks(normalise, _row_chunks(x2))
+    _map_rows(normalise, _row_chunks(x2))
     return y.reshape(x.shape), (x_hat.reshape(x.shape), inv_std, weight, training, kernels)
 
 
@@ -151,9 +161,8 @@ def batch_norm_backward(dy, ctx):
     channels, sample_size = dy.shape[1], dy.size // dy.shape[0]
     dy2, x_hat2 = dy.reshape(dy.shape[0], -1), x_hat.reshape(dy.shape[0], -1)
     chunks = _row_chunks(dy2)
-    sums = parallel.map_chunks(lambda rows: (_channel_sum(dy2[rows], channels),
-                                             _channel_dot(dy2[rows], x_hat2[rows], channels)),
-                               chunks)
+    sums = _map_rows(lambda rows: (_channel_sum(dy2[rows], channels),
+                                   _channel_dot(dy2[rows], x_hat2[rows], channels)), chunks)
     dbias, dweight = (sum(parts) for parts in zip(*sums))
     g_scale = weight * inv_std
     g_row = _expand(g_scale, sample_size)
@@ -169,5 +178,5 @@ def batch_norm_backward(dy, ctx):
             dx[rows] -= x_hat2[rows] * x_hat_scale
             dx[rows] -= shift
 
-    parallel.map_chunks(input_grad, chunks)
+    _map_rows(input_grad, chunks)
     return dx.reshape(dy.shape), dweight, dbias
