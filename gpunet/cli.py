@@ -5,6 +5,7 @@ Bad arguments or files print one line and exit with status 2; no traceback.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import sys
@@ -63,6 +64,39 @@ def _shape(text):
     return shape
 
 
+def _add_run_arguments(p) -> None:
+    """The flags that define a training run, shared by ``train`` and ``tune``."""
+    p.add_argument("--model", choices=sorted(MODELS), default="lenet5")
+    p.add_argument("--batch-norm", action="store_true",
+                   help="LeNet-5 with batch norm after each conv and hidden FC layer")
+    p.add_argument("--dataset", choices=sorted(DATASETS), default="fashion-mnist")
+    p.add_argument("--data-root", help="folder holding the dataset files")
+    p.add_argument("--epochs", type=_positive_int, default=5)
+    p.add_argument("--batch-size", type=_positive_int, default=128)
+    p.add_argument("--optimizer", choices=["sgd", "momentum", "rmsprop", "adam"],
+                   default="adam")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--momentum", type=float, default=0.9,
+                   help="momentum of sgd, beta of momentum and rmsprop")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--schedule", choices=sorted(SCHEDULES),
+                   help="learning-rate decay per epoch; needs --decay")
+    p.add_argument("--decay", type=float,
+                   help="the schedule's decay_rate (inverse-time, inverse-sqrt, > 0) or "
+                        "factor (exponential, step: between 0 and 1)")
+    p.add_argument("--step-size", type=_positive_int, default=10,
+                   help="epochs between the step schedule's decays (default 10)")
+    p.add_argument("--flip", type=float, default=0.0, metavar="P",
+                   help="augment: flip each training image left-right with probability P")
+    p.add_argument("--dev-size", type=int, default=5000,
+                   help="training examples held out for validation (0: none); must leave "
+                        "at least as many for training")
+    p.add_argument("--limit", type=_positive_int, help="use only this many training examples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: $GPUNET_DEVICE, "
+                   "else auto)")
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="gpunet", description="Train and inspect CNNs with gpunet.",
                     allow_abbrev=False)
@@ -72,35 +106,7 @@ def build_parser() -> Parser:
     train = sub.add_parser("train", help="train a model and report its test accuracy",
                            allow_abbrev=False)  # exact flags: --resume compares them
     parser.train_parser = train
-    train.add_argument("--model", choices=sorted(MODELS), default="lenet5")
-    train.add_argument("--batch-norm", action="store_true",
-                       help="LeNet-5 with batch norm after each conv and hidden FC layer")
-    train.add_argument("--dataset", choices=sorted(DATASETS), default="fashion-mnist")
-    train.add_argument("--data-root", help="folder holding the dataset files")
-    train.add_argument("--epochs", type=_positive_int, default=5)
-    train.add_argument("--batch-size", type=_positive_int, default=128)
-    train.add_argument("--optimizer", choices=["sgd", "momentum", "rmsprop", "adam"],
-                       default="adam")
-    train.add_argument("--lr", type=float, default=1e-3)
-    train.add_argument("--momentum", type=float, default=0.9,
-                       help="momentum of sgd, beta of momentum and rmsprop")
-    train.add_argument("--weight-decay", type=float, default=0.0)
-    train.add_argument("--schedule", choices=sorted(SCHEDULES),
-                       help="learning-rate decay per epoch; needs --decay")
-    train.add_argument("--decay", type=float,
-                       help="the schedule's decay_rate (inverse-time, inverse-sqrt, > 0) or "
-                            "factor (exponential, step: between 0 and 1)")
-    train.add_argument("--step-size", type=_positive_int, default=10,
-                       help="epochs between the step schedule's decays (default 10)")
-    train.add_argument("--flip", type=float, default=0.0, metavar="P",
-                       help="augment: flip each training image left-right with probability P")
-    train.add_argument("--dev-size", type=int, default=5000,
-                       help="training examples held out for validation (0: none); must leave "
-                            "at least as many for training")
-    train.add_argument("--limit", type=_positive_int, help="use only this many training examples")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: $GPUNET_DEVICE, "
-                       "else auto)")
+    _add_run_arguments(train)
     train.add_argument("--out", default="runs/latest", help="folder for metrics and checkpoints")
     train.add_argument("--resume", action="store_true",
                        help="continue from OUT/last.npz with its run's settings (fails if it is "
@@ -108,6 +114,41 @@ def build_parser() -> Parser:
     train.add_argument("--overwrite", action="store_true",
                        help="replace an earlier run in OUT (without it, train refuses to)")
     train.add_argument("--no-progress", action="store_true")
+
+
+    tune = sub.add_parser("tune", allow_abbrev=False,
+                          help="random search over training hyperparameters (Optuna): "
+                               "trials in parallel, pruning, --resume, coarse to fine")
+    parser.tune_parser = tune
+    _add_run_arguments(tune)
+    tune.add_argument("--param", action="append", default=[], metavar="NAME=KIND:LOW:HIGH",
+                      help="a hyperparameter to search, e.g. lr=log:1e-4:1, momentum=beta:0.9:"
+                           "0.999, batch_size=pow2:32:256, optimizer=choice:sgd,adam "
+                           "(KIND: log, beta, uniform, int, pow2, choice); repeatable")
+    tune.add_argument("--space", metavar="FILE",
+                      help='a JSON object of NAME: SPEC, e.g. {"lr": "log:1e-4:1"}')
+    tune.add_argument("--trials", type=_positive_int, default=12,
+                      help="trials in all (with --refine: in the new round)")
+    tune.add_argument("--workers", type=_positive_int, default=1,
+                      help="trial processes on this machine (each its own GPU where there "
+                           "are several; CPU threads shared out)")
+    tune.add_argument("--storage", help="an Optuna RDB URL that workers elsewhere can join "
+                                        "(default: sqlite:///OUT/study.db)")
+    tune.add_argument("--sampler", choices=["random", "tpe", "qmc"], default="random",
+                      help="random sampling, as the notes advise (default), or Optuna's TPE "
+                           "or quasi-Monte Carlo")
+    tune.add_argument("--pruner", choices=["median", "none"], default="median",
+                      help="stop trials whose validation accuracy falls below the median of "
+                           "earlier trials at the same epoch (default)")
+    tune.add_argument("--search-seed", type=int, default=0, help="the sampler's seed")
+    tune.add_argument("--out", default="runs/tune", help="folder for the study and its trials")
+    tune.add_argument("--resume", action="store_true",
+                      help="continue the tuning run in OUT with its settings")
+    tune.add_argument("--refine", metavar="OUT",
+                      help="narrow each range around the best trials of the run in OUT and run "
+                           "--trials more there")
+    tune.add_argument("--overwrite", action="store_true",
+                      help="replace an earlier tuning run in OUT")
 
     ev = sub.add_parser("evaluate", help="loss and accuracy of a checkpoint on a test set")
     ev.add_argument("checkpoint")
@@ -261,10 +302,10 @@ def _check_out(args) -> None:
         raise UsageError(f"--out: cannot write in {out} ({exc.strerror or exc})") from None
 
 
-def _given_flags(parser, argv) -> set[str]:
-    """The ``dest`` of every train flag typed on the command line."""
+def _given_flags(subparser, argv) -> set[str]:
+    """The ``dest`` of every flag of ``subparser`` typed on the command line."""
     given = set()
-    for action in parser.train_parser._actions:
+    for action in subparser._actions:
         for option in action.option_strings:
             if any(token == option or token.startswith(option + "=") for token in argv):
                 given.add(action.dest)
@@ -307,7 +348,12 @@ def _resume_settings(args, given: set[str]) -> dict:
     return saved
 
 
-def cmd_train(args) -> int:
+def run_training(args, callbacks=(), test: bool = True, saver_box: list | None = None,
+                 announce: bool = True):
+    """The work of ``gpunet train`` for parsed ``args``: ``(history, test scores or
+    None)``, the scores with the number of test ``images``. ``callbacks`` run after
+    the run's own (checkpoints, metrics); a KeyboardInterrupt is left to the caller,
+    with the run's saver in ``saver_box``."""
     _check_train_flags(args)
     _use_device(args.device)
     _check_out(args)
@@ -344,26 +390,39 @@ def cmd_train(args) -> int:
             schedule.load_state_dict(saved["schedule"])
     val = (x_dev, y_dev) if len(x_dev) else None
     saver = _SaveEachEpoch(args.out, meta)
-    callbacks = [saver]
+    if saver_box is not None:
+        saver_box.append(saver)
+    run_callbacks = [saver]
     if val is not None:
         best = ModelCheckpoint(os.path.join(args.out, "best.npz"), **meta)
         if history.rows:  # resumed: best.npz already holds the best so far
             best.best = max(history["val_accuracy"])
-        callbacks.append(best)
-    print(f"training {args.model} on {args.dataset} ({len(x):,} images, "
-          f"{len(x_dev):,} for validation) on {backend.get_device()} "
-          f"({backend.device_name(backend.get_device())})", flush=True)
+        run_callbacks.append(best)
+    if announce:
+        print(f"training {args.model} on {args.dataset} ({len(x):,} images, "
+              f"{len(x_dev):,} for validation) on {backend.get_device()} "
+              f"({backend.device_name(backend.get_device())})", flush=True)
+    fit(model, SoftmaxCrossEntropy(), optimizer, (x, y), args.epochs, args.batch_size,
+        val_data=val, schedule=schedule, callbacks=run_callbacks + list(callbacks),
+        progress=not args.no_progress, history=history, initial_epoch=initial_epoch,
+        augment=(lambda batch: horizontal_flip(batch, args.flip)) if args.flip else None)
+    if not test:
+        return history, None
+    return history, dict(evaluate(model, (x_test, y_test)), images=len(x_test))
+
+
+def cmd_train(args) -> int:
+    saver_box = []
     try:
-        fit(model, SoftmaxCrossEntropy(), optimizer, (x, y), args.epochs, args.batch_size,
-            val_data=val, schedule=schedule, callbacks=callbacks, progress=not args.no_progress,
-            history=history, initial_epoch=initial_epoch,
-            augment=(lambda batch: horizontal_flip(batch, args.flip)) if args.flip else None)
+        _, scores = run_training(args, saver_box=saver_box)
     except KeyboardInterrupt:
-        print(f"gpunet: interrupted; {_what_was_saved(args.out, saver.epoch)}", file=sys.stderr)
+        if not saver_box:
+            raise
+        print(f"gpunet: interrupted; {_what_was_saved(args.out, saver_box[0].epoch)}",
+              file=sys.stderr)
         return 130
-    scores = evaluate(model, (x_test, y_test))
     print(f"test accuracy: {scores['accuracy']:.4f} (loss {scores['loss']:.4f}, "
-          f"{len(x_test):,} images)")
+          f"{scores['images']:,} images)")
     return 0
 
 
@@ -470,8 +529,117 @@ def cmd_info(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "summary": cmd_summary,
-            "gradcheck": cmd_gradcheck, "bench": cmd_bench, "info": cmd_info}
+SEARCH_FLAGS = ("sampler", "pruner", "search_seed")  # kept in tune.json for --resume
+
+
+def run_defaults() -> dict:
+    """The flags that define a training run and their defaults, as ``gpunet train``
+    takes them (``dest`` names: ``batch_size``, ``lr`` ...)."""
+    parser = Parser(add_help=False)
+    _add_run_arguments(parser)
+    return {a.dest: a.default for a in parser._actions}
+
+
+def train_command(flags: dict) -> str:
+    """``gpunet train`` with the flags in ``flags`` that differ from train's defaults."""
+    parser = Parser(add_help=False)
+    _add_run_arguments(parser)
+    words = ["gpunet", "train"]
+    for action in parser._actions:
+        value = flags.get(action.dest, action.default)
+        if value == action.default or value is None:
+            continue
+        option = action.option_strings[0]
+        if isinstance(value, bool):
+            words.append(option)
+        else:
+            words += [option, f"{value:.6g}" if isinstance(value, float) else str(value)]
+    return " ".join(words)
+
+
+def cmd_tune(args) -> int:
+    from . import tune
+    tune.require_optuna()
+    out = args.refine or args.out
+    study = tune.Study(out, args.storage)
+    run_flags = list(run_defaults())
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = max(1, (cores or 1) // args.workers)
+    try:
+        if args.resume or args.refine:
+            _continue_tuning(args, study, run_flags, threads)
+        else:
+            if study.exists() and not args.overwrite:
+                raise UsageError(f"--out {out} holds a tuning run: --resume continues it, "
+                                 f"--refine {out} narrows it, --overwrite replaces it")
+            space = [tune.parse_param(text) for text in args.param]
+            space += tune.read_space(args.space) if args.space else []
+            if not space:
+                raise UsageError("tune: give the search space with --param NAME=KIND:LOW:HIGH "
+                                 "(repeatable) or --space FILE")
+            tune.check_space(space)
+            if args.overwrite:
+                _remove_tuning_run(out)
+            tune.search(space, {name: getattr(args, name) for name in run_flags}, out,
+                        args.trials, args.workers, args.sampler, args.pruner, args.search_seed,
+                        args.storage, threads)
+    except KeyboardInterrupt:
+        print(f"gpunet: tuning interrupted; gpunet tune --resume --out {out} runs the "
+              "remaining trials", file=sys.stderr)
+        return 130
+    table = study.table()
+    with open(os.path.join(out, "trials.txt"), "w") as f:
+        f.write(table + "\n")
+    print(table)
+    plot = study.plot(os.path.join(out, "tune.png"))
+    if plot:
+        print(f"plot: {plot}")
+    best = study.best_command()
+    print(f"best: {best}" if best else "no trial completed")
+    return 0
+
+
+def _continue_tuning(args, study, run_flags, threads) -> None:
+    """``--resume`` and ``--refine``: the settings from tune.json, the search flags
+    typed again replacing theirs."""
+    from . import tune
+    option = "--resume" if args.resume else "--refine"
+    if not study.exists():
+        raise UsageError(f"{option}: {study.out} holds no tuning run (no tune.json)")
+    typed = sorted(args.given & set(run_flags)) + (["param"] if args.param else []) + \
+        (["space"] if args.space else [])
+    if typed:
+        raise UsageError(f"{option} takes the run's settings from {study.settings_path}; "
+                         "drop " + ", ".join("--" + n.replace("_", "-") for n in typed))
+    settings = study.settings()
+    for name in SEARCH_FLAGS:
+        if name in args.given:
+            settings["search"][name] = getattr(args, name)
+    if args.refine:
+        completed = len(study.best(10**9))
+        space = tune.refine(study.space(), study.best(max(3, math.ceil(completed / 4))))
+        settings["rounds"].append({"space": {p.name: p.spec() for p in space},
+                                   "trials": args.trials})
+        settings["trials"] = study.finished() + args.trials
+        print("refined: " + ", ".join(f"{p.name}={p.spec()}" for p in space), flush=True)
+    study.write_settings(settings)
+    search = settings["search"]
+    study.run(settings["trials"], args.workers, search["sampler"], search["pruner"],
+              search["search_seed"], threads, tune.devices_for(settings["train"].get("device")))
+
+
+def _remove_tuning_run(out) -> None:
+    import shutil
+    for name in ("tune.json", "study.db", "trials.txt", "tune.png"):
+        path = os.path.join(out, name)
+        if os.path.exists(path):
+            os.remove(path)
+    shutil.rmtree(os.path.join(out, "trials"), ignore_errors=True)
+
+
+COMMANDS = {"train": cmd_train, "tune": cmd_tune, "evaluate": cmd_evaluate,
+            "summary": cmd_summary, "gradcheck": cmd_gradcheck, "bench": cmd_bench,
+            "info": cmd_info}
 
 
 def _one_line_warning(message, category, filename, lineno, line=None):
@@ -484,10 +652,11 @@ def main(argv=None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
-        args.given = _given_flags(parser, argv) if args.command == "train" else set()
+        subparser = {"train": parser.train_parser, "tune": parser.tune_parser}.get(args.command)
+        args.given = _given_flags(subparser, argv) if subparser else set()
         return COMMANDS[args.command](args)
     except (UsageError, DatasetError, CheckpointError, backend.DeviceError, ValueError,
-            TypeError, OSError) as exc:
+            TypeError, OSError, ImportError) as exc:
         print(f"gpunet: error: {exc}", file=sys.stderr)
         return 2
     except (NonFiniteError, MemoryError) as exc:

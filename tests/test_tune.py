@@ -1,0 +1,234 @@
+"""gpunet.tune and `gpunet tune`: the notes' random search on the right scales, on Optuna."""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy
+import pytest
+
+from gpunet import cli, tune
+
+optuna = pytest.importorskip("optuna", reason="gpunet tune needs Optuna (gpunet[tune])")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = ["--dataset", "synthetic", "--limit", "400", "--dev-size", "100", "--batch-size", "32",
+         "--device", "cpu"]
+
+
+def samples(param, count=2000, seed=0):
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    return numpy.array([param.sample(study.ask()) for _ in range(count)])
+
+
+def ks_uniform(values, low, high) -> float:
+    """Kolmogorov-Smirnov distance between ``values`` and the uniform law on [low, high]."""
+    u = numpy.sort((numpy.asarray(values) - low) / (high - low))
+    n = len(u)
+    return float(max((numpy.arange(1, n + 1) / n - u).max(), (u - numpy.arange(n) / n).max()))
+
+
+# 1% critical value of the KS distance for 2000 samples: 1.63 / sqrt(2000)
+KS_1_PERCENT = 1.63 / math.sqrt(2000)
+
+
+def test_log_uniform_is_uniform_in_log10():
+    lr = samples(tune.log_uniform("lr", 1e-4, 1))
+    assert lr.min() >= 1e-4 and lr.max() <= 1
+    assert ks_uniform(numpy.log10(lr), -4, 0) < KS_1_PERCENT
+    assert ks_uniform(lr, 1e-4, 1) > 5 * KS_1_PERCENT  # and far from uniform in lr itself
+
+
+def test_one_minus_log_uniform_is_uniform_in_log10_of_one_minus_beta():
+    beta = samples(tune.one_minus_log_uniform("beta", 0.9, 0.999))
+    assert beta.min() >= 0.9 and beta.max() <= 0.999
+    assert ks_uniform(numpy.log10(1 - beta), -3, -1) < KS_1_PERCENT
+    # as many draws in 0.99-0.999 as in 0.9-0.99, where a uniform beta puts 9% there
+    assert 0.46 < (beta > 0.99).mean() < 0.54
+
+
+def test_whole_numbers_powers_of_two_and_choices():
+    batch = samples(tune.int_uniform("batch_size", 16, 256, power_of_two=True), 400)
+    assert set(batch) == {16, 32, 64, 128, 256}
+    units = samples(tune.int_uniform("units", 3, 7), 400)
+    assert set(units) == {3, 4, 5, 6, 7}
+    picked = samples(tune.choice("optimizer", ["sgd", "adam"]), 200)
+    assert set(picked) == {"sgd", "adam"}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("lr=log:0:1", "a log range needs low > 0, got 0.0"),
+    ("lr=log:1:0.5", "low must be below high, got low=1.0, high=0.5"),
+    ("momentum=beta:0.9:1", "beta needs 0 < low < high < 1"),
+    ("batch_size=pow2:16:100", "pow2 needs powers of two"),
+    ("batch_size=int:1.5:4", "int needs whole bounds"),
+    ("lr=cubic:1:2", "the kind must be one of log, beta, uniform, int, pow2, choice"),
+    ("lr", "expected NAME=KIND:LOW:HIGH"),
+    ("lr=log:1", "log takes LOW:HIGH"),
+    ("lr=log:a:b", "LOW and HIGH must be numbers"),
+])
+def test_a_bad_space_is_one_line_naming_the_parameter(text, message):
+    with pytest.raises(ValueError, match=message):
+        tune.parse_param(text)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--param", "dropout=uniform:0:1"], "--param dropout: not a hyperparameter tune can set"),
+    (["--param", "lr=int:1:4"], "--param lr=int:1:4: lr takes log, beta, uniform, choice"),
+    (["--param", "lr=log:1e-3:1", "--param", "lr=log:1e-2:1"], "--param lr: given twice"),
+    (["--dev-size", "0", "--param", "lr=log:1e-3:1"], "--dev-size must be above 0"),
+    ([], "give the search space"),
+])
+def test_the_cli_refuses_a_bad_space_before_any_trial(tmp_path, capsys, flags, message):
+    assert cli.main(["tune", *SMALL, "--out", str(tmp_path / "t"), *flags]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "t" / "trials").exists()
+
+
+def test_refine_narrows_each_range_around_the_best_on_its_scale():
+    space = [tune.log_uniform("lr", 1e-4, 1), tune.one_minus_log_uniform("momentum", 0.9, 0.999),
+             tune.int_uniform("batch_size", 16, 256, power_of_two=True),
+             tune.choice("optimizer", ["sgd", "momentum", "adam"])]
+    best = [{"lr": 1e-3, "momentum": 0.99, "batch_size": 32, "optimizer": "adam"},
+            {"lr": 3e-3, "momentum": 0.995, "batch_size": 64, "optimizer": "momentum"}]
+    lr, momentum, batch, optimizer = tune.refine(space, best)
+    # lr: log10 in [-3, -2.52] widened by 0.4 decades, inside [1e-4, 1]
+    assert lr.kind == "log" and lr.low == pytest.approx(10**-3.4) \
+        and lr.high == pytest.approx(10**(math.log10(3e-3) + 0.4))
+    # momentum: log10(1 - beta) in [-2.3, -2] widened by 0.2
+    assert momentum.kind == "beta" and momentum.low == pytest.approx(1 - 10**-1.8) \
+        and momentum.high == pytest.approx(1 - 10**(math.log10(0.005) - 0.2))
+    assert (batch.kind, batch.low, batch.high) == ("pow2", 32, 64)  # 2**round(4.6), 2**round(6.4)
+    assert optimizer.options == ("momentum", "adam")
+    for old, new in zip(space[:2], (lr, momentum)):
+        assert old.low <= new.low < new.high <= old.high
+    with pytest.raises(ValueError, match="no finished trial"):
+        tune.refine(space, [])
+
+
+def test_pruning_reports_each_epoch():
+    class Trial:
+        reported = []
+
+        def report(self, value, step):
+            self.reported.append((step, value))
+
+        def should_prune(self):
+            return len(self.reported) == 2
+
+    class Run:
+        def __init__(self, epoch, accuracy):
+            self.epoch, self.history = epoch, {"val_accuracy": [accuracy]}
+
+    callback = tune._ReportEpochs(Trial(), optuna)
+    assert callback.on_epoch_end(Run(1, 0.5)) is False
+    with pytest.raises(optuna.TrialPruned, match="0.2500 at epoch 2"):
+        callback.on_epoch_end(Run(2, 0.25))
+    assert Trial.reported == [(1, 0.5), (2, 0.25)]
+
+
+def run_tune(*flags, timeout=300):
+    return subprocess.run([sys.executable, "-m", "gpunet", "tune", *flags], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_two_workers_share_one_sqlite_study(tmp_path):
+    """6 trials on 2 processes: each trial once, each with its run folder, then the
+    table, the plot and the best configuration as a train command."""
+    out = tmp_path / "t"
+    done = run_tune(*SMALL, "--epochs", "1", "--param", "lr=log:1e-4:1e-1",
+                    "--param", "batch_size=pow2:16:64", "--trials", "6", "--workers", "2",
+                    "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    study = tune.Study(str(out))
+    numbers = sorted(t.number for t in study.trials())
+    assert numbers == list(range(6))
+    for n in numbers:
+        assert (out / "trials" / f"{n:03d}" / "metrics.csv").exists()
+    assert (out / "tune.png").stat().st_size > 0
+    assert (out / "trials.txt").read_text().count("complete") + \
+        (out / "trials.txt").read_text().count("pruned") == 6
+    best = [line for line in done.stdout.splitlines() if line.startswith("best: ")][0]
+    words = best.removeprefix("best: ").split()
+    assert words[:2] == ["gpunet", "train"]
+    args = cli.build_parser().parse_args(words[1:])  # a command train takes
+    top = study.rows()[0]
+    assert args.lr == pytest.approx(top["hyperparameters"]["lr"], rel=1e-5)
+    assert args.batch_size == top["hyperparameters"]["batch_size"]
+
+
+def test_ctrl_c_then_resume_finishes_the_remaining_trials(tmp_path):
+    out = tmp_path / "t"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gpunet", "tune", *SMALL, "--epochs", "3", "--pruner", "none",
+         "--param", "lr=log:1e-4:1e-2", "--trials", "5", "--out", str(out)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "trials" / "001").is_dir() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert f"gpunet tune --resume --out {out} runs the remaining trials" in err
+    done = run_tune("--resume", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    rows = tune.Study(str(out)).rows()
+    states = [r["state"] for r in rows]
+    assert states.count("complete") == 5 and states.count("interrupted") == 1
+    # the settings came from tune.json: the resumed trials also ran 3 epochs
+    assert all(r["best_epoch"] <= 3 for r in rows if r["state"] == "complete")
+    again = run_tune("--resume", "--out", str(out), "--lr", "0.1")
+    assert again.returncode == 2 and "drop --lr" in again.stderr
+
+
+def test_failed_and_pruned_trials_show_in_the_table(tmp_path):
+    """A trial that diverges is recorded as failed with its message and the study goes
+    on; a pruned one shows the epoch and accuracy it stopped at."""
+    out = tmp_path / "t"
+    done = run_tune(*SMALL, "--epochs", "1", "--optimizer", "sgd", "--momentum", "0",
+                    "--param", "lr=log:1e2:1e3", "--trials", "2", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("failed") == 2 and "NonFiniteError" in done.stdout
+    assert "no trial completed" in done.stdout
+    study = tune.Study(str(out))
+    pruned = optuna.trial.create_trial(
+        state=optuna.trial.TrialState.PRUNED, params={}, distributions={},
+        intermediate_values={1: 0.42}, user_attrs={"hyperparameters": {"lr": 300.0}})
+    study.load().add_trial(pruned)
+    table = study.table()
+    assert "pruned" in table and "0.4200" in table
+    assert [r["state"] for r in study.rows()] == ["pruned", "failed", "failed"]
+
+
+def test_refine_runs_a_narrower_round_in_the_same_study(tmp_path):
+    out = tmp_path / "t"
+    first = run_tune(*SMALL, "--epochs", "1", "--pruner", "none", "--param", "lr=log:1e-5:1",
+                     "--trials", "4", "--out", str(out))
+    assert first.returncode == 0, first.stderr
+    second = run_tune("--refine", str(out), "--trials", "2")
+    assert second.returncode == 0, second.stderr
+    settings = json.loads((out / "tune.json").read_text())
+    old, new = (tune.parse_param(f"lr={r['space']['lr']}") for r in settings["rounds"])
+    assert old.low <= new.low < new.high <= old.high
+    assert (new.high / new.low) < (old.high / old.low)
+    assert len(tune.Study(str(out)).trials()) == 6
+    assert "refined: lr=log:" in second.stdout
+
+
+def test_an_existing_run_is_not_overwritten_without_asking(tmp_path, capsys):
+    out = tmp_path / "t"
+    out.mkdir()
+    (out / "tune.json").write_text("{}")
+    assert cli.main(["tune", *SMALL, "--param", "lr=log:1e-3:1", "--out", str(out)]) == 2
+    assert "holds a tuning run: --resume continues it" in capsys.readouterr().err
+    assert (out / "tune.json").read_text() == "{}"
+
+
+def test_without_optuna_tune_says_how_to_install_it(monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(sys.modules, "optuna", None)
+    assert cli.main(["tune", *SMALL, "--param", "lr=log:1e-3:1",
+                     "--out", str(tmp_path / "t")]) == 2
+    assert "pip install 'gpunet[tune]'" in capsys.readouterr().err
