@@ -126,7 +126,7 @@ def build_parser() -> Parser:
                            "0.999, batch_size=pow2:32:256, optimizer=choice:sgd,adam "
                            "(KIND: log, beta, uniform, int, pow2, choice); repeatable")
     tune.add_argument("--space", metavar="FILE",
-                      help='a JSON object of NAME: SPEC, e.g. {"lr": "log:1e-4:1"}')
+                      help='a JSON or YAML mapping of NAME: SPEC, e.g. {"lr": "log:1e-4:1"}')
     tune.add_argument("--trials", type=_positive_int, default=12,
                       help="trials in all (with --refine: in the new round)")
     tune.add_argument("--workers", type=_positive_int, default=1,

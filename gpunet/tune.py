@@ -189,11 +189,17 @@ def parse_param(text: str) -> Param:
 
 
 def read_space(path: str) -> list[Param]:
-    """A JSON file ``{"lr": "log:1e-4:1", "optimizer": "choice:sgd,adam"}``."""
+    """A JSON or YAML (``.yaml``, ``.yml``) mapping of NAME: SPEC, e.g.
+    ``{"lr": "log:1e-4:1", "optimizer": "choice:sgd,adam"}``."""
     with open(path) as f:
-        entries = json.load(f)
-    if not isinstance(entries, dict):
-        raise ValueError(f"--space {path}: expected a JSON object of NAME: SPEC")
+        if path.endswith((".yaml", ".yml")):
+            import yaml  # Optuna brings PyYAML
+            entries = yaml.safe_load(f)
+        else:
+            entries = json.load(f)
+    if not isinstance(entries, dict) or not entries:
+        raise ValueError(f"--space {path}: expected a mapping of NAME: SPEC, "
+                         f"e.g. {{\"lr\": \"log:1e-4:1\"}}")
     return [parse_param(f"{name}={spec}") for name, spec in entries.items()]
 
 

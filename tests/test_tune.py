@@ -88,6 +88,17 @@ def test_the_cli_refuses_a_bad_space_before_any_trial(tmp_path, capsys, flags, m
     assert not (tmp_path / "t" / "trials").exists()
 
 
+def test_a_space_file_in_json_or_yaml(tmp_path):
+    (tmp_path / "space.json").write_text('{"lr": "log:1e-4:1", "optimizer": "choice:sgd,adam"}')
+    (tmp_path / "space.yaml").write_text("lr: log:1e-4:1\noptimizer: choice:sgd,adam\n")
+    for name in ("space.json", "space.yaml"):
+        assert tune.read_space(str(tmp_path / name)) == [
+            tune.log_uniform("lr", 1e-4, 1), tune.choice("optimizer", ["sgd", "adam"])]
+    (tmp_path / "bad.json").write_text('["lr"]')
+    with pytest.raises(ValueError, match="expected a mapping of NAME: SPEC"):
+        tune.read_space(str(tmp_path / "bad.json"))
+
+
 def test_refine_narrows_each_range_around_the_best_on_its_scale():
     space = [tune.log_uniform("lr", 1e-4, 1), tune.one_minus_log_uniform("momentum", 0.9, 0.999),
              tune.int_uniform("batch_size", 16, 256, power_of_two=True),
