@@ -563,8 +563,7 @@ def cmd_tune(args) -> int:
     out = args.refine or args.out
     study = tune.Study(out, args.storage)
     run_flags = list(run_defaults())
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    threads = max(1, (cores or 1) // args.workers)
+    threads = tune.threads_per_worker(args.workers)
     try:
         if args.resume or args.refine:
             _continue_tuning(args, study, run_flags, threads)

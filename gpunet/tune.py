@@ -556,6 +556,12 @@ class Study:
         return path
 
 
+def threads_per_worker(workers: int) -> int:
+    """This process's cores shared out between ``workers`` trial processes."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) // workers)
+
+
 def devices_for(spec: str | None) -> list[str]:
     """One CUDA device a worker where the run asks for CUDA (or ``auto``) and several
     exist; otherwise [] (every worker on the run's device)."""
@@ -598,9 +604,7 @@ def search(space: list[Param], train: dict | None = None, out: str = "runs/tune"
                                       "trials": trials}],
                           "trials": trials})
     if threads is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
-            else os.cpu_count()
-        threads = max(1, (cores or 1) // workers)
+        threads = threads_per_worker(workers)
     study.run(trials, workers, sampler, pruner, seed, threads, devices_for(train["device"]))
     return study
 
