@@ -21,7 +21,8 @@
 // reads its operands from shared memory as 4-wide vectors). Two tiles, one kernel
 // each: 128 x 128 (8 x 8 a thread), and, as `<pass>_wide`, 64 x 256 (4 x 16; 64 x 128
 // in double) for GEMMs of at most 64 rows, as LeNet's 6 and 16 channels, which would
-// leave most of a 128-row tile idle.
+// leave most of a 128-row tile idle; and, as `<pass>_tf32`, the 128 x 128 tile on
+// TF32 tensor cores, launched only when TF32 is allowed (float only; see below).
 // The reduction advances TILE_K at a time through two shared-memory buffers: the
 // global loads of step k+1 are issued into registers before the FMAs of step k and
 // stored to the other buffer after them, one barrier per step. C leaves through
