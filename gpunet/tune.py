@@ -277,8 +277,10 @@ def _objective(space: list[Param], train: dict, out: str, optuna):
     from .cli import run_training
 
     def objective(trial):
+        from . import parallel
         values = {param.name: param.sample(trial) for param in space}
         trial.set_user_attr("hyperparameters", values)
+        trial.set_user_attr("cpu_threads", parallel.num_threads())
         args = argparse.Namespace(**{**train, **values})
         args.out = os.path.join(out, "trials", f"{trial.number:03d}")
         args.resume, args.overwrite, args.no_progress, args.given = False, True, True, set()
@@ -320,12 +322,14 @@ def _pruner(optuna, name: str):
 
 
 def _worker(storage: str, specs: dict, train: dict, out: str, trials: int, sampler: str,
-            pruner: str, seed: int | None, environment: dict, child: bool = True) -> None:
-    """One worker: ``trials`` trials of the study, one after another; in a child
-    process, a Ctrl-C ends it quietly (the parent reports it)."""
-    os.environ.update(environment)
+            pruner: str, seed: int | None, threads: int, child: bool = True) -> None:
+    """One worker: ``trials`` trials of the study, one after another. In a child
+    process it takes ``threads`` CPU threads (this process keeps its own setting),
+    and a Ctrl-C ends it quietly (the parent reports it)."""
     if child:
+        from . import parallel
         from .cli import _one_line_warning
+        parallel.set_num_threads(threads)
         warnings.formatwarning = _one_line_warning  # as the parent prints them
     optuna = require_optuna()
     space = [parse_param(f"{name}={spec}") for name, spec in specs.items()]
@@ -430,11 +434,10 @@ class Study:
         started = len(self.trials())
         seeds = [None if seed is None else seed + 100_003 * i + started for i in range(workers)]
         if workers == 1:
-            environment = {"GPUNET_NUM_THREADS": str(threads)}
             train = dict(settings["train"], device=devices[0] if devices else
                          settings["train"]["device"])
             _worker(self.storage, specs, train, self.out, shares[0], sampler, pruner, seeds[0],
-                    environment, child=False)
+                    threads, child=False)
             return
         context = multiprocessing.get_context("spawn")
         processes = []
@@ -444,7 +447,7 @@ class Study:
                 train["device"] = devices[i % len(devices)]
             processes.append(context.Process(
                 target=_worker, args=(self.storage, specs, train, self.out, share, sampler,
-                                      pruner, seeds[i], {"GPUNET_NUM_THREADS": str(threads)})))
+                                      pruner, seeds[i], threads)))
         for process in processes:
             process.start()
         try:

@@ -157,6 +157,10 @@ def test_two_workers_share_one_sqlite_study(tmp_path):
     study = tune.Study(str(out))
     numbers = sorted(t.number for t in study.trials())
     assert numbers == list(range(6))
+    # each worker on its share of this machine's cores (gpunet's CPU threads)
+    from gpunet import parallel
+    shared = tune.threads_per_worker(2) if parallel.num_threads() > 1 else 1
+    assert {t.user_attrs["cpu_threads"] for t in study.trials()} == {shared}
     for n in numbers:
         assert (out / "trials" / f"{n:03d}" / "metrics.csv").exists()
     assert (out / "tune.png").stat().st_size > 0
