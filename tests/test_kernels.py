@@ -38,6 +38,44 @@ def emulated(monkeypatch):
     monkeypatch.setattr(runtime, "_POISON", True)
 
 
+def _cupy_or_skip():
+    reason = backend.cuda_unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"no usable GPU: {reason}")
+    return backend.Device("cuda").xp
+
+
+class KernelDevice:
+    """Where a kernel test runs: ``emulator`` (NumPy arrays, launches compiled as C++
+    and run in tests/cuda_emulator) or ``cuda`` (CuPy arrays: a GPU, or the CuPy test
+    double). The reference is the xp path on the same arrays."""
+
+    def __init__(self, kind, xp):
+        self.kind, self.xp = kind, xp
+
+    def put(self, array):
+        return array if self.kind == "emulator" else self.xp.asarray(array)
+
+    @staticmethod
+    def get(array):
+        return backend.to_numpy(array)
+
+    def skip_layer_sized(self, case, layer_cases):
+        if self.kind == "emulator" and case in layer_cases:
+            pytest.skip("a layer-sized case: on a GPU only")
+
+
+@pytest.fixture(params=[pytest.param("emulator", marks=needs_compiler),
+                        pytest.param("cuda", marks=pytest.mark.gpu)])
+def device(request, monkeypatch):
+    """Each kernel test once on the CPU emulation and once on CUDA (written once)."""
+    monkeypatch.setattr(runtime, "_POISON", True)
+    if request.param == "emulator":
+        monkeypatch.setattr(runtime, "launch", cuda_emulator.emulated_launch)
+        return KernelDevice("emulator", numpy)
+    return KernelDevice("cuda", _cupy_or_skip())
+
+
 def twice(fn):
     """Run ``fn`` twice; the results must be bitwise equal (determinism)."""
     first, second = fn(), fn()
@@ -60,6 +98,14 @@ CONV_CASES = [  # N, C, H, W, K, R, S, stride, padding
 ]
 
 
+# Layer-sized cases run on a real GPU; the CuPy double's emulator keeps to small ones.
+LAYER_CONV_CASES = [] if CUPY_DOUBLE else [(8, 3, 32, 32, 64, 5, 5, (1, 1), 2),
+                                           (4, 64, 27, 27, 192, 5, 5, (1, 1), 2),
+                                           (2, 256, 14, 14, 512, 3, 3, (1, 1), 1)]
+LAYER_POOL_CASES = [] if CUPY_DOUBLE else [(64, 64, 55, 55, (3, 3), (2, 2), (0, 0))]
+LAYER_BN_SHAPES = [(4, 8, 5, 5)] if CUPY_DOUBLE else [(32, 64, 14, 14)]
+
+
 def random_conv_cases(count, seed):
     """Seeded random shapes: batch 1-3, windows over the border, strides 1-3, one in
     four with more than 64 filters (the other GEMM tile)."""
@@ -76,22 +122,21 @@ def random_conv_cases(count, seed):
     return cases
 
 
-@needs_compiler
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("case", CONV_CASES, ids=str)
-def test_conv2d_kernels_match_the_xp_path(emulated, case, dtype, rng):
+@pytest.mark.parametrize("case", CONV_CASES + LAYER_CONV_CASES, ids=str)
+def test_conv2d_kernels_match_the_xp_path(device, case, dtype, rng):
+    device.skip_layer_sized(case, LAYER_CONV_CASES)
     n, c, h, w, k, r, s, stride, padding = case
-    x = rng.standard_normal((n, c, h, w)).astype(dtype)
-    weight = rng.standard_normal((k, c, r, s)).astype(dtype)
-    bias = rng.standard_normal(k).astype(dtype)
+    x, weight, bias = (device.put(rng.standard_normal(shape).astype(dtype))
+                       for shape in ((n, c, h, w), (k, c, r, s), (k,)))
     y_ref, ctx_ref = ops.conv2d_forward(x, weight, bias, stride, padding, use_kernels=False)
-    dy = rng.standard_normal(y_ref.shape).astype(dtype)
-    refs = (y_ref, *ops.conv2d_backward(dy, ctx_ref))
+    dy = device.put(rng.standard_normal(y_ref.shape).astype(dtype))
+    refs = [device.get(a) for a in (y_ref, *ops.conv2d_backward(dy, ctx_ref))]
 
     def run():
         y, ctx = ops.conv2d_forward(x, weight, bias, stride, padding, use_kernels=True)
         assert isinstance(ctx, conv_kernels.ConvContext)
-        return (y, *ops.conv2d_backward(dy, ctx))
+        return tuple(device.get(a) for a in (y, *ops.conv2d_backward(dy, ctx)))
 
     for got, ref, name in zip(twice(run), refs, ("y", "dx", "dweight", "dbias")):
         assert_kernel_close(got, ref, dtype, f"{name} ({dtype})")
@@ -152,12 +197,16 @@ def check_tf32_convolution(case, rng, to_device=lambda a: a):
         assert 1e-5 < numpy.median(relative) < 5e-4, f"{name}: median {numpy.median(relative):.2e}"
 
 
-@needs_compiler
-@pytest.mark.parametrize("case", TF32_CASES, ids=str)
-def test_conv2d_tf32_kernels(emulated, monkeypatch, case, rng):
+@pytest.mark.parametrize("case", TF32_CASES + LAYER_CONV_CASES, ids=str)
+def test_conv2d_tf32_kernels(device, monkeypatch, case, rng):
+    """On a GPU, the tensor cores' fragment layouts hold only if a real mma.sync agrees;
+    the emulator holds the kernel to the same layouts, as the PTX ISA states them."""
+    device.skip_layer_sized(case, LAYER_CONV_CASES)
     monkeypatch.setattr(runtime, "_tf32", True)
     cuda_emulator.launches.clear()
-    check_tf32_convolution(case, rng)
+    check_tf32_convolution(case, rng, device.put)
+    if device.kind != "emulator":
+        return
     launched = {name for name, _, _ in cuda_emulator.launches}
     assert {"conv2d_fwd_tf32", "conv2d_bwd_data_tf32", "conv2d_bwd_weight_tf32"} <= launched
     # float64 has no TF32: the same call in float64 runs the exact kernels
@@ -277,44 +326,45 @@ def test_pool_window_rows_as_pairs_only_where_they_are():
     assert pool_kernels._pairs(unaligned, (2, 2), (2, 2), ((0, 0), (0, 0))) == 0
 
 
-@needs_compiler
 @pytest.mark.parametrize("kind", ["max", "avg"])
-@pytest.mark.parametrize("case", POOL_CASES, ids=str)
-def test_pool_kernels_match_the_xp_path(emulated, kind, case, rng):
+@pytest.mark.parametrize("case", POOL_CASES + LAYER_POOL_CASES, ids=str)
+def test_pool_kernels_match_the_xp_path(device, kind, case, rng):
+    device.skip_layer_sized(case, LAYER_POOL_CASES)
     n, c, h, w, kernel, stride, pad = case
     x = rng.standard_normal((n, c, h, w))
     x[0, 0, :2, :2] = 1.5  # a tie: the first maximum must win on both paths
+    x = device.put(x)
     fwd = {"max": ops.max_pool2d_forward, "avg": ops.avg_pool2d_forward}[kind]
     bwd = {"max": ops.max_pool2d_backward, "avg": ops.avg_pool2d_backward}[kind]
     y_ref, ctx_ref = fwd(x, kernel, stride, pad, use_kernels=False)
-    dy = rng.standard_normal(y_ref.shape)
+    dy = device.put(rng.standard_normal(y_ref.shape))
 
     def run():
         y, ctx = fwd(x, kernel, stride, pad, use_kernels=True)
         assert isinstance(ctx, pool_kernels.PoolContext)
-        return y, bwd(dy, ctx)
+        return device.get(y), device.get(bwd(dy, ctx))
 
     y, dx = twice(run)
-    assert_close(y, y_ref, 1e-12, 1e-12, "y")
-    assert_close(dx, bwd(dy, ctx_ref), 1e-12, 1e-12, "dx")
+    assert_close(y, device.get(y_ref), 1e-12, 1e-12, "y")
+    assert_close(dx, device.get(bwd(dy, ctx_ref)), 1e-12, 1e-12, "dx")
 
 
-@needs_compiler
 @pytest.mark.parametrize("training", [True, False])
-@pytest.mark.parametrize("shape", [(4, 3), (2, 3, 5), (3, 2, 4, 5), (1, 2, 3, 3)])
-def test_batch_norm_kernels_match_the_xp_path(emulated, shape, training, rng):
+@pytest.mark.parametrize("shape", [(4, 3), (2, 3, 5), (3, 2, 4, 5), (1, 2, 3, 3)]
+                         + LAYER_BN_SHAPES, ids=str)
+def test_batch_norm_kernels_match_the_xp_path(device, shape, training, rng):
+    device.skip_layer_sized(shape, LAYER_BN_SHAPES)
     if training and numpy.prod(shape) // shape[1] < 2:
         pytest.skip("one value per channel")
-    x = rng.standard_normal(shape) * 3 + 2
     c = shape[1]
-    gamma, beta = rng.standard_normal(c), rng.standard_normal(c)
-    dy = rng.standard_normal(shape)
+    x, dy = device.put(rng.standard_normal(shape) * 3 + 2), device.put(rng.standard_normal(shape))
+    gamma, beta = device.put(rng.standard_normal(c)), device.put(rng.standard_normal(c))
 
     def run(use_kernels):
-        mean, var = numpy.linspace(-1, 1, c), numpy.linspace(0.5, 2, c)
+        mean, var = device.put(numpy.linspace(-1, 1, c)), device.put(numpy.linspace(0.5, 2, c))
         y, ctx = ops.batch_norm_forward(x, gamma, beta, mean, var, training=training,
                                         use_kernels=use_kernels)
-        return (y, mean, var, *ops.batch_norm_backward(dy, ctx))
+        return tuple(device.get(a) for a in (y, mean, var, *ops.batch_norm_backward(dy, ctx)))
 
     got = twice(lambda: run(True))
     for a, b, name in zip(got, run(False), ("y", "running_mean", "running_var", "dx",
@@ -429,94 +479,7 @@ def test_kernels_alternating_float32_float64_in_one_process(emulated, family, rn
             assert_kernel_close(got, ref, dtype, f"{family} ({dtype} after other dtypes)")
 
 
-# -- on a real GPU ----------------------------------------------------------------------
-def _cupy_or_skip():
-    reason = backend.cuda_unavailable_reason()
-    if reason is not None:
-        pytest.skip(f"no usable GPU: {reason}")
-    return backend.Device("cuda").xp
-
-
-# Layer-sized cases run on a real GPU; the CuPy double's emulator keeps to small ones.
-LAYER_CONV_CASES = [] if CUPY_DOUBLE else [(8, 3, 32, 32, 64, 5, 5, (1, 1), 2),
-                                           (4, 64, 27, 27, 192, 5, 5, (1, 1), 2),
-                                           (2, 256, 14, 14, 512, 3, 3, (1, 1), 1)]
-LAYER_POOL_CASES = [] if CUPY_DOUBLE else [(64, 64, 55, 55, (3, 3), (2, 2), (0, 0))]
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("case", CONV_CASES + LAYER_CONV_CASES, ids=str)
-def test_conv2d_kernels_on_gpu(case, dtype, rng, monkeypatch):
-    cp = _cupy_or_skip()
-    monkeypatch.setattr(runtime, "_POISON", True)
-    n, c, h, w, k, r, s, stride, padding = case
-    x, weight, bias = (cp.asarray(rng.standard_normal(sh).astype(dtype))
-                       for sh in ((n, c, h, w), (k, c, r, s), (k,)))
-    y_ref, ctx_ref = ops.conv2d_forward(x, weight, bias, stride, padding, use_kernels=False)
-    dy = cp.asarray(rng.standard_normal(y_ref.shape).astype(dtype))
-    refs = (y_ref, *ops.conv2d_backward(dy, ctx_ref))
-
-    def run():
-        y, ctx = ops.conv2d_forward(x, weight, bias, stride, padding, use_kernels=True)
-        return tuple(backend.to_numpy(a) for a in (y, *ops.conv2d_backward(dy, ctx)))
-
-    for got, ref, name in zip(twice(run), refs, ("y", "dx", "dweight", "dbias")):
-        assert_kernel_close(got, backend.to_numpy(ref), dtype, f"{name} ({dtype})")
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("case", TF32_CASES + LAYER_CONV_CASES, ids=str)
-def test_conv2d_tf32_kernels_on_gpu(case, rng, monkeypatch):
-    """The tensor cores' fragment layouts hold only if a real mma.sync agrees."""
-    cp = _cupy_or_skip()
-    monkeypatch.setattr(runtime, "_tf32", True)
-    check_tf32_convolution(case, rng, cp.asarray)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("kind", ["max", "avg"])
-@pytest.mark.parametrize("case", POOL_CASES + LAYER_POOL_CASES, ids=str)
-def test_pool_kernels_on_gpu(kind, case, rng, monkeypatch):
-    cp = _cupy_or_skip()
-    monkeypatch.setattr(runtime, "_POISON", True)
-    n, c, h, w, kernel, stride, pad = case
-    x = cp.asarray(rng.standard_normal((n, c, h, w)))
-    fwd = {"max": ops.max_pool2d_forward, "avg": ops.avg_pool2d_forward}[kind]
-    bwd = {"max": ops.max_pool2d_backward, "avg": ops.avg_pool2d_backward}[kind]
-    y_ref, ctx_ref = fwd(x, kernel, stride, pad, use_kernels=False)
-    dy = cp.asarray(rng.standard_normal(y_ref.shape))
-
-    def run():
-        y, ctx = fwd(x, kernel, stride, pad, use_kernels=True)
-        return backend.to_numpy(y), backend.to_numpy(bwd(dy, ctx))
-
-    y, dx = twice(run)
-    assert_close(y, y_ref, 1e-12, 1e-12, "y")
-    assert_close(dx, bwd(dy, ctx_ref), 1e-12, 1e-12, "dx")
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("shape", [(4, 3), (2, 3, 5), (1, 2, 3, 3)]
-                         + ([(4, 8, 5, 5)] if CUPY_DOUBLE else [(32, 64, 14, 14)]))
-def test_batch_norm_kernels_on_gpu(shape, rng):
-    cp = _cupy_or_skip()
-    x = cp.asarray(rng.standard_normal(shape) * 3 + 2)
-    c = shape[1]
-    gamma, beta = cp.asarray(rng.standard_normal(c)), cp.asarray(rng.standard_normal(c))
-    dy = cp.asarray(rng.standard_normal(shape))
-
-    def run(use_kernels):
-        mean, var = cp.zeros(c), cp.ones(c)
-        y, ctx = ops.batch_norm_forward(x, gamma, beta, mean, var, training=True,
-                                        use_kernels=use_kernels)
-        return tuple(backend.to_numpy(a) for a in (y, mean, var,
-                                                   *ops.batch_norm_backward(dy, ctx)))
-
-    for a, b in zip(twice(lambda: run(True)), run(False)):
-        assert_close(a, b, 1e-11, 1e-12)
-
-
+# -- on a GPU only ------------------------------------------------------------------------
 @pytest.mark.gpu
 @pytest.mark.parametrize("kernels", [True, False], ids=["kernels", "xp-path"])
 def test_lenet5_training_on_gpu_follows_the_cpu_run(kernels, monkeypatch):
