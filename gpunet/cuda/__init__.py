@@ -16,12 +16,11 @@ from .runtime import (
                       kernels_enabled,
                       launch,
                       new_output,
-                      poison_outputs,
                       set_allow_tf32,
                       set_kernels_enabled,
                       uses_kernels,
 )
 
 __all__ = ["BLOCK", "NULL", "allow_tf32", "ceil_div", "geometry", "kernel_dir",
-           "kernels_enabled", "launch", "new_output", "poison_outputs", "set_allow_tf32",
+           "kernels_enabled", "launch", "new_output", "set_allow_tf32",
            "set_kernels_enabled", "uses_kernels"]

@@ -11,6 +11,8 @@ from ..backend import get_array_module
 BLOCK = 256
 NULL = numpy.uint64(0)  # a null pointer argument (e.g. no bias)
 _enabled = os.environ.get("GPUNET_KERNELS", "1") != "0"
+# GPUNET_POISON=1 (the tests): outputs NaN-filled before each launch, so that an
+# element a kernel forgets to write shows up
 _POISON = os.environ.get("GPUNET_POISON", "0") == "1"
 _tf32 = os.environ.get("GPUNET_ALLOW_TF32", "0") == "1"
 
@@ -43,12 +45,6 @@ def set_allow_tf32(enabled: bool) -> None:
 
 def uses_kernels(xp) -> bool:
     return _enabled and xp is not numpy
-
-
-def poison_outputs() -> bool:
-    """Tests set ``GPUNET_POISON=1`` so that launchers fill outputs with NaN first:
-    an element a kernel forgets to write then shows up."""
-    return _POISON
 
 
 def ceil_div(a: int, b: int) -> int:
