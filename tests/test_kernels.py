@@ -249,7 +249,7 @@ def test_sizes_beyond_32_bit_indices(emulated, monkeypatch, rng):
     with pytest.raises(ValueError, match=r"batch_norm: x has 150 elements"):
         ops.batch_norm_forward(x, numpy.ones(3), numpy.zeros(3), numpy.zeros(3), numpy.ones(3),
                                training=True, use_kernels=True)
-    from gpunet.ops import conv as conv_ops
+    from gpunet.ops import conv2d as conv_ops
     monkeypatch.setattr(conv_ops, "uses_kernels", lambda xp: True)
     assert not conv_ops._kernels(numpy, None, conv_kernels.fits(x.shape, (2, 3, 3, 3), (3, 3)))
     assert conv_ops._kernels(numpy, None, conv_kernels.fits((1, 3, 5, 5), (2, 3, 3, 3), (3, 3)))

@@ -215,7 +215,7 @@ def test_a_forked_child_gets_fresh_workers():
 
 @needs_blas_control
 def test_an_op_too_small_to_split_still_runs_its_backward_with_one_blas_thread(monkeypatch):
-    from gpunet.ops import conv
+    from gpunet.ops import conv2d as conv
     seen = []
     col2im = conv.col2im
 

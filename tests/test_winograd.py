@@ -118,7 +118,7 @@ def test_float32_error_stays_near_1e_5(rng):
 
 
 def test_automatic_choice():
-    choose = ops.conv.choose_algorithm
+    choose = ops.conv2d.choose_algorithm
     assert choose((64, 128, 7, 7), (192, 128, 3, 3), (1, 1), numpy) == "winograd"
     assert choose((64, 64, 15, 15), (128, 64, 5, 5), (1, 1), numpy) == "winograd"
     # few channels, small maps: one GEMM over the batch

@@ -1,11 +1,11 @@
 """Layers with explicit ``forward``/``backward``; PyTorch names and state-dict keys."""
 from .activation import Flatten, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
-from .conv import Conv2d
+from .conv2d import Conv2d
 from .dropout import Dropout
 from .linear import Linear
 from .module import Module, Parameter, Sequential
 from .normalization import BatchNorm1d, BatchNorm2d, LocalResponseNorm
-from .pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
+from .pool2d import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 
 __all__ = [
     "AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Conv2d", "Dropout",

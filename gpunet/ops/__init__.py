@@ -5,7 +5,7 @@ Nothing here knows about layers.
 """
 from .activation import log_softmax, sigmoid, softmax
 from .batchnorm import batch_norm_backward, batch_norm_forward
-from .conv import (
+from .conv2d import (
                    col2im,
                    conv2d_backward,
                    conv2d_forward,
@@ -16,7 +16,7 @@ from .conv import (
                    output_size,
 )
 from .lrn import lrn_backward, lrn_forward
-from .pool import avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward, max_pool2d_forward
+from .pool2d import avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward, max_pool2d_forward
 
 __all__ = [
     "avg_pool2d_backward", "avg_pool2d_forward", "batch_norm_backward", "batch_norm_forward",

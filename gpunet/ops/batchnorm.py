@@ -12,7 +12,7 @@ import math
 from .. import _checks, parallel
 from ..backend import common_array_module
 from ..cuda import batchnorm as cuda_batchnorm
-from .conv import _kernels
+from .conv2d import _kernels
 
 
 def _channel_sum(a2, channels):

@@ -123,7 +123,7 @@ class WinogradContext(NamedTuple):
 
 def forward(x, weight, bias, pads, out_hw, m):
     """``(y, ctx)`` of the stride-1 correlation of ``x`` with ``weight``; ``pads``
-    as in :func:`gpunet.ops.conv.normalize_padding`."""
+    as in :func:`gpunet.ops.conv2d.normalize_padding`."""
     xp = common_array_module(x=x, weight=weight)
     n, c, h, w = x.shape
     k, _, r, _ = weight.shape

@@ -254,7 +254,7 @@ def test_copy_windows_as_runs_equals_the_strided_copy(n, c, r, s, h, w, sh, sw, 
     1 along the width makes runs of a window row; larger strides, runs of 1)."""
     from numpy.lib.stride_tricks import as_strided
 
-    from gpunet.ops.conv import _copy_windows
+    from gpunet.ops.conv2d import _copy_windows
     base = numpy.random.default_rng(seed).standard_normal((n, c, h, w)).astype(dtype)
     oh, ow = (h - r) // sh + 1, (w - s) // sw + 1
     shape = (n, c, r, s, oh, ow)

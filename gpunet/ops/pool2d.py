@@ -10,7 +10,7 @@ from __future__ import annotations
 from .. import _checks, parallel
 from ..backend import common_array_module
 from ..cuda import pool2d as cuda_pool2d
-from .conv import _check_window, _kernels, output_size, pad_input, window_offsets
+from .conv2d import _check_window, _kernels, output_size, pad_input, window_offsets
 
 
 def _geometry(where, x, kernel_size, stride, padding):
