@@ -8,7 +8,6 @@ with a CPU emulation, so everything up to the kernel call is shared code.
 """
 from .runtime import (
                       BLOCK,
-                      NULL,
                       allow_tf32,
                       ceil_div,
                       geometry,
@@ -21,6 +20,6 @@ from .runtime import (
                       uses_kernels,
 )
 
-__all__ = ["BLOCK", "NULL", "allow_tf32", "ceil_div", "geometry", "kernel_dir",
+__all__ = ["BLOCK", "allow_tf32", "ceil_div", "geometry", "kernel_dir",
            "kernels_enabled", "launch", "new_output", "set_allow_tf32",
            "set_kernels_enabled", "uses_kernels"]

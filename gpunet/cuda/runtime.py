@@ -9,7 +9,6 @@ import numpy
 from ..backend import get_array_module
 
 BLOCK = 256
-NULL = numpy.uint64(0)  # a null pointer argument (e.g. no bias)
 _enabled = os.environ.get("GPUNET_KERNELS", "1") != "0"
 # GPUNET_POISON=1 (the tests): outputs NaN-filled before each launch, so that an
 # element a kernel forgets to write shows up
@@ -167,18 +166,8 @@ def new_output(xp, shape, dtype):
     return out
 
 
-@cache
-def _table_cached(cupy_or_numpy, values: tuple, dtype: str, device_id: int):
-    return cupy_or_numpy.asarray(numpy.array(values, dtype=dtype))
-
-
 def _device_id(xp) -> int:
     return xp.cuda.Device().id if xp is not numpy else -1
-
-
-def geometry(xp, values) -> object:
-    """The int32 geometry array a kernel reads its sizes from, one per shape and device."""
-    return _table_cached(xp, tuple(int(v) for v in values), "int32", _device_id(xp))
 
 
 _tables: dict = {}
@@ -192,3 +181,9 @@ def table(xp, key: tuple, build, dtype) -> object:
     if full_key not in _tables:
         _tables[full_key] = xp.asarray(numpy.ascontiguousarray(build(), dtype=dtype))
     return _tables[full_key]
+
+
+def geometry(xp, values) -> object:
+    """The int32 geometry array a kernel reads its sizes from, one per shape and device."""
+    values = tuple(int(v) for v in values)
+    return table(xp, ("geometry", values), lambda: values, numpy.int32)
