@@ -156,7 +156,7 @@ def family_outputs(family: str, dtype: str, use_kernels: bool, rng_seed: int = 0
         n, c, h, w, k, r, s, stride, pad = shape
         x, weight, bias = device(n, c, h, w), device(k, c, r, s), device(k)
         y, ctx = ops.conv2d_forward(x, weight, bias, stride, pad, use_kernels=use_kernels)
-        return (y, *ops.conv2d_backward(cupy.cos(3 * y + 1), ctx))
+        return (y, *ctx.backward(cupy.cos(3 * y + 1)))
     if family == "batch_norm":
         x = device(*shape)
         c = shape[1]
@@ -166,12 +166,12 @@ def family_outputs(family: str, dtype: str, use_kernels: bool, rng_seed: int = 0
             mean, var = cupy.zeros(c, dtype), cupy.ones(c, dtype)
             y, ctx = ops.batch_norm_forward(x, gamma, beta, mean, var, training=training,
                                             use_kernels=use_kernels)
-            outputs += [y, mean, var, *ops.batch_norm_backward(cupy.cos(3 * y + 1), ctx)]
+            outputs += [y, mean, var, *ctx.backward(cupy.cos(3 * y + 1))]
         return tuple(outputs)
     n, c, h, w, kernel, stride, pad = shape
     x = device(n, c, h, w)
     y, ctx = getattr(ops, f"{family}_forward")(x, kernel, stride, pad, use_kernels=use_kernels)
-    return y, getattr(ops, f"{family}_backward")(cupy.cos(3 * y + 1), ctx)
+    return y, ctx.backward(cupy.cos(3 * y + 1))[0]
 
 
 def check_family(family: str, dtype: str) -> dict:
@@ -493,8 +493,8 @@ def _conv_rows(ctx, name, shape, torch, repeat):
     return [_row(ctx, "conv2d_fwd", name, flops, "gflops", time_gpu(lambda: forward(True), repeat),
                  time_gpu(lambda: forward(False), repeat), cudnn_f),
             _row(ctx, "conv2d_bwd", name, 2 * flops, "gflops",
-                 time_gpu(lambda: ops.conv2d_backward(dy, ctx_kernels), repeat),
-                 time_gpu(lambda: ops.conv2d_backward(dy, ctx_xp), repeat), cudnn_b)]
+                 time_gpu(lambda: ctx_kernels.backward(dy), repeat),
+                 time_gpu(lambda: ctx_xp.backward(dy), repeat), cudnn_b)]
 
 
 def _pool_rows(ctx, name, shape, torch, repeat):
@@ -522,8 +522,8 @@ def _pool_rows(ctx, name, shape, torch, repeat):
                  time_gpu(lambda: ops.max_pool2d_forward(x, kernel, stride, use_kernels=False),
                           repeat), cudnn_f),
             _row(ctx, "max_pool2d_bwd", name, moved_b, "gbps",
-                 time_gpu(lambda: ops.max_pool2d_backward(dy, ctx_k), repeat),
-                 time_gpu(lambda: ops.max_pool2d_backward(dy, ctx_xp), repeat), cudnn_b)]
+                 time_gpu(lambda: ctx_k.backward(dy)[0], repeat),
+                 time_gpu(lambda: ctx_xp.backward(dy)[0], repeat), cudnn_b)]
 
 
 def _batch_norm_rows(ctx, name, shape, torch, repeat):
@@ -554,8 +554,8 @@ def _batch_norm_rows(ctx, name, shape, torch, repeat):
                  time_gpu(lambda: forward(True), repeat), time_gpu(lambda: forward(False),
                                                                    repeat), cudnn_f),
             _row(ctx, "batch_norm_bwd", name, moved_b, "gbps",
-                 time_gpu(lambda: ops.batch_norm_backward(dy, ctx_k), repeat),
-                 time_gpu(lambda: ops.batch_norm_backward(dy, ctx_xp), repeat), cudnn_b)]
+                 time_gpu(lambda: ctx_k.backward(dy), repeat),
+                 time_gpu(lambda: ctx_xp.backward(dy), repeat), cudnn_b)]
 
 
 def _tile_k_rows(ctx, repeat):

@@ -84,3 +84,10 @@ def same_dtype(where: str, **named) -> None:
             raise TypeError(
                 f"{where}: {n} is {d.name} but {items[0][0]} is {items[0][1].name}; "
                 "cast one of them (Module.to(dtype=...) or .astype)")
+
+
+def shape(where: str, name: str, x, expected) -> None:
+    """``x`` must have exactly the shape ``expected`` (a backward's ``dy``, say)."""
+    if tuple(x.shape) != tuple(expected):
+        raise ValueError(f"{where}: {name} must have shape {tuple(expected)}, "
+                         f"got {tuple(x.shape)}")

@@ -21,7 +21,8 @@ from collections.abc import Callable
 
 import numpy
 
-from . import __version__, backend, losses, models, nn, optim, parallel
+from . import __version__, backend, cpu, losses, models, nn, optim
+from .train import train_step
 
 # -- cases --------------------------------------------------------------------------------
 
@@ -141,21 +142,50 @@ def _torch_layer(case: Case, torch):
     return make(*case.args, **dict(case.kwargs))
 
 
+def torch_twin(model, torch):
+    """PyTorch's twin of a gpunet model: the same layers in the same order under the
+    same names, holding the same parameters and buffers (float32, on the CPU)."""
+    nn_, own, layer = torch.nn, nn, model
+    if isinstance(layer, own.Sequential):
+        twin = nn_.Sequential()
+        for name, child in layer.named_children():
+            twin.add_module(name, torch_twin(child, torch))
+        return twin
+    if isinstance(layer, own.Conv2d):
+        twin = nn_.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size,
+                          layer.stride, layer.padding, bias=layer.bias is not None)
+    elif isinstance(layer, own.Linear):
+        twin = nn_.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
+    elif isinstance(layer, (own.MaxPool2d, own.AvgPool2d)):
+        make = nn_.MaxPool2d if isinstance(layer, own.MaxPool2d) else nn_.AvgPool2d
+        twin = make(layer.kernel_size, layer.stride, layer.padding)
+    elif isinstance(layer, (own.BatchNorm1d, own.BatchNorm2d)):
+        make = nn_.BatchNorm1d if isinstance(layer, own.BatchNorm1d) else nn_.BatchNorm2d
+        twin = make(layer.num_features, layer.eps, layer.momentum)
+    elif isinstance(layer, own.LocalResponseNorm):
+        twin = nn_.LocalResponseNorm(layer.size, layer.alpha, layer.beta, layer.k)
+    elif isinstance(layer, own.AdaptiveAvgPool2d):
+        twin = nn_.AdaptiveAvgPool2d(layer.output_size)
+    elif isinstance(layer, own.Dropout):
+        twin = nn_.Dropout(layer.p)
+    elif isinstance(layer, own.LeakyReLU):
+        twin = nn_.LeakyReLU(layer.slope)
+    else:
+        simple = {own.ReLU: nn_.ReLU, own.Tanh: nn_.Tanh, own.Sigmoid: nn_.Sigmoid,
+                  own.Flatten: nn_.Flatten}
+        if type(layer) not in simple:
+            raise TypeError(f"torch_twin: no PyTorch twin for {type(layer).__name__}")
+        twin = simple[type(layer)]()
+    state = {k: torch.from_numpy(numpy.asarray(v, numpy.float32) if v.dtype.kind == "f" else v)
+             for k, v in layer.state_dict().items()}
+    twin.load_state_dict(state, strict=True)
+    return twin
+
+
 def torch_model(net: str, torch):
-    """PyTorch's twin of ``models.<net>()``, layer for layer."""
-    nn_ = torch.nn
-    if net == "lenet5":
-        return nn_.Sequential(
-            nn_.Conv2d(1, 6, 5), nn_.ReLU(), nn_.MaxPool2d(2), nn_.Conv2d(6, 16, 5), nn_.ReLU(),
-            nn_.MaxPool2d(2), nn_.Flatten(), nn_.Linear(400, 120), nn_.ReLU(),
-            nn_.Linear(120, 84), nn_.ReLU(), nn_.Linear(84, 10))
-    return nn_.Sequential(
-        nn_.Conv2d(3, 64, 5, padding=2), nn_.ReLU(), nn_.MaxPool2d(3, 2),
-        nn_.Conv2d(64, 128, 5, padding=2), nn_.ReLU(), nn_.MaxPool2d(3, 2),
-        nn_.Conv2d(128, 192, 3, padding=1), nn_.ReLU(), nn_.Conv2d(192, 192, 3, padding=1),
-        nn_.ReLU(), nn_.Conv2d(192, 128, 3, padding=1), nn_.ReLU(), nn_.MaxPool2d(3, 2),
-        nn_.Flatten(), nn_.Linear(1152, 384), nn_.ReLU(), nn_.Linear(384, 192), nn_.ReLU(),
-        nn_.Linear(192, 10))
+    """PyTorch's twin of a fresh ``models.<net>()`` (see :func:`torch_twin`)."""
+    make, _, _ = STEP_WORKLOADS[net]
+    return torch_twin(make().to("cpu", dtype="float32"), torch)
 
 
 def _batch(shape, seed=0):
@@ -177,11 +207,8 @@ def gpunet_runner(case: Case, device: str = "cpu") -> Callable[[], None]:
         opt = optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
         y = xp.asarray(y)
 
-        def step():
-            opt.zero_grad()
-            loss.forward(model.forward(x), y)
-            model.backward(loss.backward(), input_grad=False)  # as PyTorch: x needs no grad
-            opt.step()
+        def step():  # as PyTorch's: no check for NaN (fit's step has one)
+            train_step(model, loss, opt, x, y, check_finite=False)
             sync()
         return step
     layer = _gpunet_layer(case)
@@ -346,7 +373,7 @@ def environment(device: str) -> dict:
     return {"gpunet": __version__, "commit": commit, "python": platform.python_version(),
             "numpy": numpy.__version__, "torch": torch.__version__ if torch else None,
             "torch_threads": torch.get_num_threads() if torch else None,
-            "gpunet_threads": parallel.num_threads(),
+            "gpunet_threads": cpu.num_threads(),
             "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
             "device": device, "device_name": backend.device_name(device),
             "date": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -421,10 +448,7 @@ def memory_child(library: str, workload: str, images: int = 60000) -> dict:
         opt = optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
 
         def step(x, y):
-            opt.zero_grad()
-            loss.forward(model.forward(x), y)
-            model.backward(loss.backward(), input_grad=False)
-            opt.step()
+            train_step(model, loss, opt, x, y, check_finite=False)
     before = _rss_mb()
     reset = _reset_peak_rss()
     start = time.perf_counter()

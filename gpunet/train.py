@@ -23,11 +23,12 @@ from .backend import (
 )
 from .data.batching import minibatches
 from .losses import SoftmaxCrossEntropy
-from .nn import Module, Sequential
+from .nn import Module
+from .nn.module import backward_params
 from .nn.normalization import _BatchNorm
 
-__all__ = ["fit", "evaluate", "History", "Callback", "EarlyStopping", "ModelCheckpoint",
-           "NonFiniteError", "Run"]
+__all__ = ["fit", "evaluate", "train_step", "History", "Callback", "EarlyStopping",
+           "ModelCheckpoint", "NonFiniteError", "Run"]
 
 COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "time")
 
@@ -257,53 +258,60 @@ def _ask_callbacks(callbacks, hook: str, run: Run) -> bool:
     return any(answers)
 
 
-def _leaves(module, prefix=""):
-    """The layers a (nested) ``Sequential`` applies, in order, with dotted names."""
-    if isinstance(module, Sequential):
-        for name, child in module.named_children():
-            yield from _leaves(child, f"{prefix}.{name}" if prefix else name)
-    else:
-        yield prefix or type(module).__name__, module
-
-
 def _finite(xp, a) -> bool:
     return bool(xp.isfinite(a).all())
 
 
 def _first_non_finite_layer(model, x) -> str:
-    """Replay the forward pass layer by layer to find where NaN or Inf appear."""
+    """Replay the forward pass, each leaf layer's output checked as it comes, to find
+    where NaN or Inf appear first (whatever the model's structure)."""
     xp = get_array_module(x)
     if not _finite(xp, x):
         return "the input batch"
-    for name, layer in _leaves(model):
-        x = layer.forward(x)
-        if not _finite(xp, x):
-            return f"layer {name} ({type(layer).__name__})"
-    return "the model's output"
+    found = []
+    leaves = [(name, m) for name, m in model.named_modules() if next(m.children(), None) is None]
+
+    def checked(name, layer):
+        def forward(inputs):
+            out = type(layer).forward(layer, inputs)
+            if not found and not _finite(xp, out):
+                found.append(f"layer {name or type(layer).__name__} ({type(layer).__name__})")
+            return out
+        return forward
+
+    for name, layer in leaves:
+        object.__setattr__(layer, "forward", checked(name, layer))
+    try:
+        model.forward(x)
+    finally:
+        for _, layer in leaves:
+            object.__delattr__(layer, "forward")
+    return found[0] if found else "the model's output"
 
 
-def _train_step(model, loss, optimizer, xb, yb, where: str):
-    """Forward, cost, backward, update; returns ``(loss, correct predictions)``.
-    Raises :class:`NonFiniteError` naming the step and the first layer (or
+def train_step(model, loss, optimizer, xb, yb, where: str = "train_step",
+               check_finite: bool = True):
+    """One step: forward, cost, backward (without the input gradient, which nothing
+    uses), update; returns ``(loss, correct predictions)``. ``fit``, ``gpunet bench``
+    and the memory runs all take this step. With ``check_finite`` it raises
+    :class:`NonFiniteError` naming the step (``where``) and the first layer (or
     parameter gradient) where NaN or Inf appeared, before anything is updated."""
     optimizer.zero_grad()
     out = model.forward(xb)
     xp = get_array_module(out)
-    if not _finite(xp, out):
+    if check_finite and not _finite(xp, out):
         raise NonFiniteError(f"{where}: the outputs became NaN or Inf, first at "
                              f"{_first_non_finite_layer(model, xb)}; lower the learning rate "
                              "or check the data")
     value = loss.forward(out, yb)
-    if not math.isfinite(value):
+    if check_finite and not math.isfinite(value):
         raise NonFiniteError(f"{where}: the loss became {value}")
-    if isinstance(model, Sequential):
-        model.backward(loss.backward(), input_grad=False)  # nothing uses d(loss)/d(input)
-    else:
-        model.backward(loss.backward())
-    named = list(model.named_parameters())
-    if named and not bool(xp.stack([xp.isfinite(p.grad).all() for _, p in named]).all()):
-        name = next(n for n, p in named if not _finite(xp, p.grad))
-        raise NonFiniteError(f"{where}: the gradient of {name} became NaN or Inf")
+    backward_params(model, loss.backward())
+    if check_finite:
+        named = list(model.named_parameters())
+        if named and not bool(xp.stack([xp.isfinite(p.grad).all() for _, p in named]).all()):
+            name = next(n for n, p in named if not _finite(xp, p.grad))
+            raise NonFiniteError(f"{where}: the gradient of {name} became NaN or Inf")
     optimizer.step()
     return value, _accuracy_count(out, yb)
 
@@ -367,7 +375,7 @@ def fit(model: Module, loss, optimizer, train_data, epochs: int, batch_size: int
                 xb = augment(xb)
             where = f"epoch {epoch}, step {totals['batch'] + 1}"
             try:
-                value, correct = _train_step(model, loss, optimizer, xb, yb, where)
+                value, correct = train_step(model, loss, optimizer, xb, yb, where)
             except Exception as exc:
                 if not is_out_of_memory(exc):
                     raise

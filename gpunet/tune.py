@@ -277,10 +277,10 @@ def _objective(space: list[Param], train: dict, out: str, optuna):
     from .cli import run_training
 
     def objective(trial):
-        from . import parallel
+        from . import cpu
         values = {param.name: param.sample(trial) for param in space}
         trial.set_user_attr("hyperparameters", values)
-        trial.set_user_attr("cpu_threads", parallel.num_threads())
+        trial.set_user_attr("cpu_threads", cpu.num_threads())
         args = argparse.Namespace(**{**train, **values})
         args.out = os.path.join(out, "trials", f"{trial.number:03d}")
         args.resume, args.overwrite, args.no_progress, args.given = False, True, True, set()
@@ -327,9 +327,9 @@ def _worker(storage: str, specs: dict, train: dict, out: str, trials: int, sampl
     process it takes ``threads`` CPU threads (this process keeps its own setting),
     and a Ctrl-C ends it quietly (the parent reports it)."""
     if child:
-        from . import parallel
+        from . import cpu
         from .cli import _one_line_warning
-        parallel.set_num_threads(threads)
+        cpu.set_num_threads(threads)
         warnings.formatwarning = _one_line_warning  # as the parent prints them
     optuna = require_optuna()
     space = [parse_param(f"{name}={spec}") for name, spec in specs.items()]

@@ -21,7 +21,7 @@ if CUPY_DOUBLE:
     os.environ["PYTHONPATH"] = os.pathsep.join(
         [_double_dir, ROOT, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
 
-from gpunet import backend  # noqa: E402 - after the double is in place
+from gpunet import backend, ops  # noqa: E402 - after the double is in place
 
 settings.register_profile(
     "gpunet", max_examples=30, deadline=None, derandomize=True,
@@ -29,9 +29,16 @@ settings.register_profile(
 settings.load_profile("gpunet")
 
 
-@pytest.fixture(params=["numpy", pytest.param("cupy", marks=pytest.mark.gpu)])
+@pytest.fixture(params=["numpy", "numpy-textbook", pytest.param("cupy", marks=pytest.mark.gpu)])
 def xp(request):
-    """The array module under test; new layers are created on its device."""
+    """The array module under test; new layers are created on its device. NumPy
+    arrays run gpunet's CPU accelerators (``numpy``) or, with them turned off, the
+    textbook xp path of ``gpunet.ops`` (``numpy-textbook``); CuPy arrays run the
+    CUDA kernels."""
+    if request.param == "numpy-textbook":
+        enabled = ops.cpu_accelerators_enabled()
+        ops.set_cpu_accelerators_enabled(False)
+        request.addfinalizer(lambda: ops.set_cpu_accelerators_enabled(enabled))
     if request.param == "cupy":
         reason = backend.cuda_unavailable_reason()
         if reason is not None:

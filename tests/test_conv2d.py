@@ -1,4 +1,6 @@
-"""Conv2d / im2col against the naive loop reference, forward and backward."""
+"""Conv2d against the naive loop reference, forward and backward: the textbook xp
+path of gpunet.ops.conv2d, the CPU accelerators of gpunet.cpu.conv2d (each
+algorithm) and, through the ``xp`` fixture, the CUDA kernels."""
 import numpy
 import pytest
 from hypothesis import given
@@ -29,6 +31,8 @@ def _pads(padding):
 
 
 def _run(xp, case, rng, dtype="float64", algorithm=None):
+    if algorithm is not None and (xp is not numpy or not ops.cpu_accelerators_enabled()):
+        pytest.skip("an algorithm of the CPU accelerators: NumPy arrays only")
     n, c, h, w, k, r, s, stride, padding = case
     x = rng.standard_normal((n, c, h, w)).astype(dtype)
     weight = rng.standard_normal((k, c, r, s)).astype(dtype)
@@ -36,7 +40,7 @@ def _run(xp, case, rng, dtype="float64", algorithm=None):
     y, ctx = ops.conv2d_forward(xp.asarray(x), xp.asarray(weight), xp.asarray(bias),
                                 stride, padding, algorithm=algorithm)
     dy = rng.standard_normal(y.shape).astype(dtype)
-    dx, dw, db = ops.conv2d_backward(xp.asarray(dy), ctx)
+    dx, dw, db = ctx.backward(xp.asarray(dy))
     stride2 = stride if isinstance(stride, tuple) else (stride, stride)
     pads = _pads(padding)
     return (x, weight, bias, dy, stride2, pads), (y, dx, dw, db)
@@ -199,7 +203,7 @@ def test_both_im2col_layouts_agree_in_float32_at_lenet_shapes(rng):
         outputs = {}
         for algorithm in ("im2col", "im2col_chwn"):
             y, ctx = ops.conv2d_forward(x, weight, bias, algorithm=algorithm)
-            outputs[algorithm] = (y, *ops.conv2d_backward(numpy.cos(y), ctx))
+            outputs[algorithm] = (y, *ctx.backward(numpy.cos(y)))
         for got, ref in zip(outputs["im2col_chwn"], outputs["im2col"]):
             assert got.dtype == numpy.float32
             # both round in float32, summing in different orders
@@ -239,7 +243,7 @@ def test_forward_keeps_the_input_for_backward_not_its_columns(algorithm, rng):
         tracemalloc.stop()
     columns = 4 * 25 * 28 * 28 * 4
     assert held < y.nbytes + columns // 4, (held, y.nbytes, columns)
-    dx, dweight, _ = ops.conv2d_backward(numpy.ones_like(y), ctx)
+    dx, dweight, _ = ctx.backward(numpy.ones_like(y))
     expected = conv2d_backward_ref(x.astype("float64"), weight.astype("float64"),
                                    numpy.ones(y.shape), (1, 1), ((0, 0), (0, 0)))
     assert_close(dweight, expected[1], 1e-4, 1e-4, "dW")
@@ -254,7 +258,7 @@ def test_copy_windows_as_runs_equals_the_strided_copy(n, c, r, s, h, w, sh, sw, 
     1 along the width makes runs of a window row; larger strides, runs of 1)."""
     from numpy.lib.stride_tricks import as_strided
 
-    from gpunet.ops.conv2d import _copy_windows
+    from gpunet.cpu.conv2d import _copy_windows
     base = numpy.random.default_rng(seed).standard_normal((n, c, h, w)).astype(dtype)
     oh, ow = (h - r) // sh + 1, (w - s) // sw + 1
     shape = (n, c, r, s, oh, ow)
@@ -262,7 +266,7 @@ def test_copy_windows_as_runs_equals_the_strided_copy(n, c, r, s, h, w, sh, sw, 
     strides = (sn, sc, sy, sx, sy * sh, sx * sw)
     for target in (numpy.full(shape, numpy.nan, dtype),  # contiguous
                    numpy.full((*shape[:-1], ow + 2), numpy.nan, dtype)[..., 1:-1]):  # not
-        _copy_windows(numpy, target, base, shape, strides)
+        _copy_windows(target, base, shape, strides)
         numpy.testing.assert_array_equal(target, as_strided(base, shape, strides))
 
 
@@ -272,7 +276,7 @@ def test_an_empty_batch_gives_empty_outputs_and_zero_gradients(algorithm):
     y, ctx = ops.conv2d_forward(numpy.zeros((0, 3, 8, 8)), weight, numpy.ones(2), 1, 1,
                                 algorithm=algorithm)
     assert y.shape == (0, 2, 8, 8)
-    dx, dweight, dbias = ops.conv2d_backward(y, ctx)
+    dx, dweight, dbias = ctx.backward(y)
     assert dx.shape == (0, 3, 8, 8)
     assert not dweight.any() and dweight.shape == weight.shape
     assert not dbias.any() and dbias.shape == (2,)

@@ -13,6 +13,7 @@ import pytest
 import gpunet
 from gpunet import backend, losses, nn, optim
 from gpunet.data import transforms
+from gpunet.train import train_step
 
 from .helpers import CUPY_DOUBLE, assert_close
 from .test_cli import run_cli
@@ -198,18 +199,19 @@ def test_every_layer_forward_and_backward_on_the_device(name, rng):
         assert_close(g_d, g, 1e-10, 1e-12, f"{name} parameter {i} gradient")
 
 
-def _cpu_thread_code_entered(device, kernels, rng) -> set[str]:
-    """The functions of gpunet.parallel and threadpoolctl that a forward and backward
-    of every layer on ``device`` calls (a profile hook on this thread, which is where
-    any handing of work to CPU threads starts)."""
-    from gpunet import parallel
+def _cpu_code_entered(device, kernels, rng) -> set[str]:
+    """The functions of gpunet/cpu/ (the CPU accelerators and their threads) and of
+    threadpoolctl that a forward and backward of every layer on ``device``, and a
+    training step of a model, call: a profile hook on this thread, which is where any
+    handing of work to CPU threads starts."""
+    import gpunet.cpu
     from gpunet.cuda import runtime
-    watched = os.path.abspath(parallel.__file__)
+    watched = os.path.dirname(os.path.abspath(gpunet.cpu.__file__)) + os.sep
     entered = set()
 
     def profile(frame, event, arg):
         name = frame.f_code.co_filename
-        if event == "call" and (name == watched or "threadpoolctl" in name):
+        if event == "call" and (name.startswith(watched) or "threadpoolctl" in name):
             entered.add(f"{os.path.basename(name)}:{frame.f_code.co_name}")
 
     enabled = runtime.kernels_enabled()
@@ -224,18 +226,28 @@ def _cpu_thread_code_entered(device, kernels, rng) -> set[str]:
                 layer.backward(y * 0.5)
             finally:
                 sys.setprofile(None)
+        model = LAYERS["sequential"][0]().to(device, dtype="float64")
+        optimizer = optim.Adam(model.parameters(), lr=1e-3)
+        x, labels = _on(device, rng.standard_normal((4, 1, 6, 6))), _on(device, numpy.arange(4) % 3)
+        sys.setprofile(profile)
+        try:
+            train_step(model, losses.SoftmaxCrossEntropy(), optimizer, x, labels)
+        finally:
+            sys.setprofile(None)
     finally:
         runtime.set_kernels_enabled(enabled)
     return entered
 
 
 @pytest.mark.parametrize("kernels", [True, False], ids=["kernels", "xp-path"])
-def test_the_device_path_never_touches_cpu_threads(kernels, rng):
-    """Every layer forward and backward on the device, through the kernels or the xp
-    path, without entering gpunet's CPU thread code or threadpoolctl; the same
-    layers on the CPU do enter it (so the hook sees what it should)."""
-    assert _cpu_thread_code_entered("cuda", kernels, rng) == set()
-    assert "parallel.py:single_threaded_blas" in _cpu_thread_code_entered("cpu", kernels, rng)
+def test_the_device_path_never_enters_gpunet_cpu(kernels, rng):
+    """Every layer forward and backward on the device, and a training step, through
+    the kernels or the xp path, without entering gpunet/cpu/ or threadpoolctl; the
+    same on the CPU does enter it (so the hook sees what it should)."""
+    assert _cpu_code_entered("cuda", kernels, rng) == set()
+    on_the_cpu = _cpu_code_entered("cpu", kernels, rng)
+    assert {"parallel.py:single_threaded_blas", "conv2d.py:forward",
+            "pool2d.py:forward"} <= on_the_cpu, on_the_cpu
 
 
 def test_dropout_in_training_on_the_device():

@@ -131,12 +131,12 @@ def test_conv2d_kernels_match_the_xp_path(device, case, dtype, rng):
                        for shape in ((n, c, h, w), (k, c, r, s), (k,)))
     y_ref, ctx_ref = ops.conv2d_forward(x, weight, bias, stride, padding, use_kernels=False)
     dy = device.put(rng.standard_normal(y_ref.shape).astype(dtype))
-    refs = [device.get(a) for a in (y_ref, *ops.conv2d_backward(dy, ctx_ref))]
+    refs = [device.get(a) for a in (y_ref, *ctx_ref.backward(dy))]
 
     def run():
         y, ctx = ops.conv2d_forward(x, weight, bias, stride, padding, use_kernels=True)
         assert isinstance(ctx, conv_kernels.ConvContext)
-        return tuple(device.get(a) for a in (y, *ops.conv2d_backward(dy, ctx)))
+        return tuple(device.get(a) for a in (y, *ctx.backward(dy)))
 
     for got, ref, name in zip(twice(run), refs, ("y", "dx", "dweight", "dbias")):
         assert_kernel_close(got, ref, dtype, f"{name} ({dtype})")
@@ -150,8 +150,8 @@ def test_conv2d_kernels_on_random_shapes(emulated, case, rng):
     y_ref, ctx_ref = ops.conv2d_forward(x, weight, bias, stride, padding, use_kernels=False)
     dy = rng.standard_normal(y_ref.shape)
     y, ctx = ops.conv2d_forward(x, weight, bias, stride, padding, use_kernels=True)
-    for got, ref, name in zip((y, *ops.conv2d_backward(dy, ctx)),
-                              (y_ref, *ops.conv2d_backward(dy, ctx_ref)),
+    for got, ref, name in zip((y, *ctx.backward(dy)),
+                              (y_ref, *ctx_ref.backward(dy)),
                               ("y", "dx", "dweight", "dbias")):
         assert_kernel_close(got, ref, "float64", name)
 
@@ -183,14 +183,14 @@ def check_tf32_convolution(case, rng, to_device=lambda a: a):
     b64 = rng.standard_normal(k)
     y64, ctx64 = ops.conv2d_forward(x64, w64, b64, stride, padding, use_kernels=False)
     dy64 = rng.standard_normal(y64.shape)
-    refs = (y64, *ops.conv2d_backward(dy64, ctx64)[:2])
+    refs = (y64, *ctx64.backward(dy64)[:2])
     # the scale of each output: the same sums over |a| |b|
     ya, ctxa = ops.conv2d_forward(numpy.abs(x64), numpy.abs(w64), None, stride, padding,
                                   use_kernels=False)
-    scales = (ya, *ops.conv2d_backward(numpy.abs(dy64), ctxa)[:2])
+    scales = (ya, *ctxa.backward(numpy.abs(dy64))[:2])
     f32 = lambda a: to_device(a.astype("float32"))  # noqa: E731
     y, ctx = ops.conv2d_forward(f32(x64), f32(w64), f32(b64), stride, padding, use_kernels=True)
-    got = (y, *ops.conv2d_backward(f32(dy64), ctx)[:2])
+    got = (y, *ctx.backward(f32(dy64))[:2])
     for name, g, ref, scale in zip(("y", "dx", "dweight"), got, refs, scales):
         relative = numpy.abs(backend.to_numpy(g) - ref) / numpy.maximum(scale, 1e-30)
         assert relative.max() <= 2.0**-10, f"{name}: {relative.max():.2e} over 2^-10"
@@ -249,10 +249,11 @@ def test_sizes_beyond_32_bit_indices(emulated, monkeypatch, rng):
     with pytest.raises(ValueError, match=r"batch_norm: x has 150 elements"):
         ops.batch_norm_forward(x, numpy.ones(3), numpy.zeros(3), numpy.zeros(3), numpy.ones(3),
                                training=True, use_kernels=True)
-    from gpunet.ops import conv2d as conv_ops
-    monkeypatch.setattr(conv_ops, "uses_kernels", lambda xp: True)
-    assert not conv_ops._kernels(numpy, None, conv_kernels.fits(x.shape, (2, 3, 3, 3), (3, 3)))
-    assert conv_ops._kernels(numpy, None, conv_kernels.fits((1, 3, 5, 5), (2, 3, 3, 3), (3, 3)))
+    from gpunet.ops import common
+    monkeypatch.setattr(common, "uses_kernels", lambda xp: True)
+    assert common.route(numpy, None, conv_kernels.fits(x.shape, (2, 3, 3, 3), (3, 3))) == "cpu"
+    assert common.route(numpy, None, conv_kernels.fits((1, 3, 5, 5), (2, 3, 3, 3),
+                                                       (3, 3))) == "cuda"
 
 
 @needs_compiler
@@ -263,7 +264,7 @@ def test_conv2d_bias_gradient_over_several_runs(emulated, rng):
     y, ctx = ops.conv2d_forward(x, weight, bias, 1, 1, use_kernels=True)
     dy = rng.standard_normal(y.shape)
     cuda_emulator.launches.clear()
-    dbias = ops.conv2d_backward(dy, ctx)[2]
+    dbias = ctx.backward(dy)[2]
     grids = [grid for name, grid, _ in cuda_emulator.launches if name == "conv2d_bwd_bias"]
     assert grids == [(3, 3, 1)]  # 2700 values a filter: runs of 900
     assert_close(dbias, dy.sum(axis=(0, 2, 3)), 1e-12, 1e-12, "dbias")
@@ -291,14 +292,14 @@ def test_conv2d_without_bias_and_split_k(emulated, rng):
     weight = rng.standard_normal((2, 1, 3, 3))
     cuda_emulator.launches.clear()
     y, ctx = ops.conv2d_forward(x, weight, None, 1, 0, use_kernels=True)
-    dx, dweight, dbias = ops.conv2d_backward(numpy.ones_like(y), ctx)
+    dx, dweight, dbias = ctx.backward(numpy.ones_like(y))
     assert dbias is None
     splits = [g[2] for kname, g, _ in cuda_emulator.launches
               if kname in ("conv2d_bwd_weight", "conv2d_bwd_weight_wide")]
     assert splits and splits[0] > 1
     ref_y, ref_ctx = ops.conv2d_forward(x, weight, None, 1, 0, use_kernels=False)
     assert_close(y, ref_y, 1e-12, 1e-12)
-    assert_close(dweight, ops.conv2d_backward(numpy.ones_like(y), ref_ctx)[1], 1e-12, 1e-12)
+    assert_close(dweight, ref_ctx.backward(numpy.ones_like(y))[1], 1e-12, 1e-12)
 
 
 POOL_CASES = [  # N, C, H, W, kernel, stride, padding
@@ -335,18 +336,17 @@ def test_pool_kernels_match_the_xp_path(device, kind, case, rng):
     x[0, 0, :2, :2] = 1.5  # a tie: the first maximum must win on both paths
     x = device.put(x)
     fwd = {"max": ops.max_pool2d_forward, "avg": ops.avg_pool2d_forward}[kind]
-    bwd = {"max": ops.max_pool2d_backward, "avg": ops.avg_pool2d_backward}[kind]
     y_ref, ctx_ref = fwd(x, kernel, stride, pad, use_kernels=False)
     dy = device.put(rng.standard_normal(y_ref.shape))
 
     def run():
         y, ctx = fwd(x, kernel, stride, pad, use_kernels=True)
         assert isinstance(ctx, pool_kernels.PoolContext)
-        return device.get(y), device.get(bwd(dy, ctx))
+        return device.get(y), device.get(ctx.backward(dy)[0])
 
     y, dx = twice(run)
     assert_close(y, device.get(y_ref), 1e-12, 1e-12, "y")
-    assert_close(dx, device.get(bwd(dy, ctx_ref)), 1e-12, 1e-12, "dx")
+    assert_close(dx, device.get(ctx_ref.backward(dy)[0]), 1e-12, 1e-12, "dx")
 
 
 @pytest.mark.parametrize("training", [True, False])
@@ -364,7 +364,7 @@ def test_batch_norm_kernels_match_the_xp_path(device, shape, training, rng):
         mean, var = device.put(numpy.linspace(-1, 1, c)), device.put(numpy.linspace(0.5, 2, c))
         y, ctx = ops.batch_norm_forward(x, gamma, beta, mean, var, training=training,
                                         use_kernels=use_kernels)
-        return tuple(device.get(a) for a in (y, mean, var, *ops.batch_norm_backward(dy, ctx)))
+        return tuple(device.get(a) for a in (y, mean, var, *ctx.backward(dy)))
 
     got = twice(lambda: run(True))
     for a, b, name in zip(got, run(False), ("y", "running_mean", "running_var", "dx",
@@ -392,7 +392,7 @@ def test_batch_norm_statistics_over_many_runs(emulated, monkeypatch, shape, min_
     for use_kernels in (True, False):
         y, ctx = ops.batch_norm_forward(x, numpy.full(c, 1.5), numpy.zeros(c), numpy.zeros(c),
                                         numpy.ones(c), training=True, use_kernels=use_kernels)
-        grads = ops.batch_norm_backward(dy, ctx)
+        grads = ctx.backward(dy)
         if use_kernels:
             got = (y, *grads)
     for a, b, name in zip(got, (y, *grads), ("y", "dx", "dgamma", "dbeta")):
@@ -421,7 +421,7 @@ def test_batch_norm_elementwise_kernels_move_vectors_where_aligned(emulated, dty
             gamma, beta = numpy.full(c, 1.5, dtype), numpy.full(c, 0.25, dtype)
             y, ctx = ops.batch_norm_forward(x, gamma, beta, numpy.zeros(c), numpy.ones(c),
                                             training=True, use_kernels=use_kernels)
-            outputs.append((y, *ops.batch_norm_backward(dy, ctx)))
+            outputs.append((y, *ctx.backward(dy)))
         grids = {name: grid[0] for name, grid, _ in cuda_emulator.launches}
         for kernel, vector in zip(("bn_fwd_apply", "bn_bwd_dx"), vectors):
             count = -(-x.size // width) if vector else x.size
@@ -454,15 +454,15 @@ def _family_outputs(family, x, weight, use_kernels):
     dy_of = lambda y: numpy.cos(3 * y + 1)  # noqa: E731 - any dy that is not degenerate
     if family == "conv2d":
         y, ctx = ops.conv2d_forward(x, weight, None, 1, 1, use_kernels=use_kernels)
-        return (y, *ops.conv2d_backward(dy_of(y), ctx)[:2])
+        return (y, *ctx.backward(dy_of(y))[:2])
     if family == "batch_norm":
         c = x.shape[1]
         mean, var = numpy.zeros(c, x.dtype), numpy.ones(c, x.dtype)
         y, ctx = ops.batch_norm_forward(x, weight[:c, 0, 0, 0], weight[:c, 0, 0, 1], mean, var,
                                         training=True, use_kernels=use_kernels)
-        return (y, *ops.batch_norm_backward(dy_of(y), ctx))
+        return (y, *ctx.backward(dy_of(y)))
     y, ctx = getattr(ops, f"{family}_forward")(x, (3, 3), (2, 2), (1, 1), use_kernels=use_kernels)
-    return y, getattr(ops, f"{family}_backward")(dy_of(y), ctx)
+    return y, ctx.backward(dy_of(y))[0]
 
 
 @needs_compiler

@@ -8,15 +8,9 @@ import threading
 import numpy
 import pytest
 
-from gpunet import nn, parallel
-from gpunet.ops import (
-    avg_pool2d_backward,
-    avg_pool2d_forward,
-    conv2d_backward,
-    conv2d_forward,
-    max_pool2d_backward,
-    max_pool2d_forward,
-)
+from gpunet import nn
+from gpunet.cpu import parallel
+from gpunet.ops import avg_pool2d_forward, conv2d_forward, max_pool2d_forward
 
 needs_blas_control = pytest.mark.skipif(
     not parallel._state.blas_controllers(),
@@ -142,34 +136,33 @@ def test_chunked_convolution_matches_one_chunk(split_everything, rng, algorithm,
     y, ctx = conv2d_forward(x, w, b, stride, padding, algorithm=algorithm)
     assert isinstance(ctx, parallel.Chunked) and len(ctx.contexts) == 3
     dy = rng.standard_normal(y.shape)
-    grads = conv2d_backward(dy, ctx)
+    grads = ctx.backward(dy)
     parallel.set_num_threads(1)
     y1, ctx1 = conv2d_forward(x, w, b, stride, padding, algorithm=algorithm)
     assert len(ctx1.contexts) == 1
     numpy.testing.assert_allclose(y, y1, rtol=1e-12, atol=1e-12)
-    for got, want in zip(grads, conv2d_backward(dy, ctx1)):
+    for got, want in zip(grads, ctx1.backward(dy)):
         numpy.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
-    dx, dw, db = conv2d_backward(dy, ctx, input_grad=False)
+    dx, dw, db = ctx.backward(dy, input_grad=False)
     assert dx is None
     numpy.testing.assert_allclose(dw, grads[1], rtol=1e-12)
     with pytest.raises(ValueError, match=r"conv2d backward: dy must have shape \(5, 4"):
-        conv2d_backward(dy[:4], ctx)
+        ctx.backward(dy[:4])
 
 
-@pytest.mark.parametrize("forward,backward", [(max_pool2d_forward, max_pool2d_backward),
-                                              (avg_pool2d_forward, avg_pool2d_backward)])
-def test_chunked_pooling_matches_one_chunk(split_everything, rng, forward, backward):
+@pytest.mark.parametrize("forward", [max_pool2d_forward, avg_pool2d_forward])
+def test_chunked_pooling_matches_one_chunk(split_everything, rng, forward):
     x = rng.standard_normal((5, 2, 7, 7))
     y, ctx = forward(x, 3, 2, 1)
     assert isinstance(ctx, parallel.Chunked)
     dy = rng.standard_normal(y.shape)
-    dx = backward(dy, ctx)
+    dx, = ctx.backward(dy)
     parallel.set_num_threads(1)
     y1, ctx1 = forward(x, 3, 2, 1)
     numpy.testing.assert_array_equal(y, y1)
-    numpy.testing.assert_allclose(dx, backward(dy, ctx1), rtol=1e-12)
+    numpy.testing.assert_allclose(dx, ctx1.backward(dy)[0], rtol=1e-12)
     with pytest.raises(ValueError, match="dy must have shape"):
-        backward(dy[:, :1], ctx)
+        ctx.backward(dy[:, :1])
 
 
 def test_linear_splits_its_products_and_agrees(split_everything, rng):
@@ -196,7 +189,8 @@ def test_a_training_step_leaves_blas_threads_as_they_were():
 
 def test_a_forked_child_gets_fresh_workers():
     code = ("import os, numpy, gpunet\n"
-            "from gpunet import parallel, nn\n"
+            "from gpunet import nn\n"
+            "from gpunet.cpu import parallel\n"
             "parallel.MIN_WORK_PER_CHUNK = 1\n"
             "x = numpy.ones((8, 1, 8, 8), numpy.float32)\n"
             "pool = nn.MaxPool2d(2)\n"
@@ -215,7 +209,7 @@ def test_a_forked_child_gets_fresh_workers():
 
 @needs_blas_control
 def test_an_op_too_small_to_split_still_runs_its_backward_with_one_blas_thread(monkeypatch):
-    from gpunet.ops import conv2d as conv
+    from gpunet.cpu import conv2d as conv
     seen = []
     col2im = conv.col2im
 
@@ -227,7 +221,7 @@ def test_an_op_too_small_to_split_still_runs_its_backward_with_one_blas_thread(m
     x = numpy.ones((1, 1, 5, 5))
     y, ctx = conv2d_forward(x, numpy.ones((1, 1, 3, 3)), algorithm="im2col")
     assert len(ctx.contexts) == 1
-    conv2d_backward(numpy.ones_like(y), ctx)
+    ctx.backward(numpy.ones_like(y))
     assert seen == [[1] * len(blas_threads())]
 
 
@@ -262,7 +256,7 @@ def test_a_split_inside_a_split_runs_on_its_own_thread(split_everything):
 
 @pytest.mark.parametrize("training", [True, False])
 def test_batch_norm_over_row_chunks_matches_one_chunk(split_everything, rng, training):
-    from gpunet.ops import batch_norm_backward, batch_norm_forward
+    from gpunet.ops import batch_norm_forward
     x = rng.standard_normal((5, 3, 4, 4)) * 3 + 100  # far from 0: the pivot matters
     gamma, beta = rng.standard_normal(3), rng.standard_normal(3)
     dy = rng.standard_normal(x.shape)
@@ -272,6 +266,6 @@ def test_batch_norm_over_row_chunks_matches_one_chunk(split_everything, rng, tra
         assert len(parallel.batch_slices(5, x.size)) == threads
         mean, var = numpy.full(3, 0.5), numpy.full(3, 2.0)
         y, ctx = batch_norm_forward(x, gamma, beta, mean, var, training=training)
-        results.append((y, mean, var, *batch_norm_backward(dy, ctx)))
+        results.append((y, mean, var, *ctx.backward(dy)))
     for got, want in zip(*results):
         numpy.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)

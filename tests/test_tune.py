@@ -158,8 +158,8 @@ def test_two_workers_share_one_sqlite_study(tmp_path):
     numbers = sorted(t.number for t in study.trials())
     assert numbers == list(range(6))
     # each worker on its share of this machine's cores (gpunet's CPU threads)
-    from gpunet import parallel
-    shared = tune.threads_per_worker(2) if parallel.num_threads() > 1 else 1
+    from gpunet import cpu
+    shared = tune.threads_per_worker(2) if cpu.num_threads() > 1 else 1
     assert {t.user_attrs["cpu_threads"] for t in study.trials()} == {shared}
     for n in numbers:
         assert (out / "trials" / f"{n:03d}" / "metrics.csv").exists()

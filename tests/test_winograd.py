@@ -5,10 +5,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpunet import nn, ops, parallel
+from gpunet import nn, ops
+from gpunet.cpu import parallel, winograd
 from gpunet.gradcheck import gradcheck
 from gpunet.losses import MSELoss
-from gpunet.ops import winograd
 
 from .helpers import assert_close, conv2d_backward_ref, conv2d_ref
 
@@ -59,7 +59,7 @@ def _compare(case, m, rng, input_grad=True):
     pads = ops.normalize_padding(padding, (r, r), (1, 1))
     assert_close(y, conv2d_ref(x, weight, bias, (1, 1), pads), 1e-10, 1e-10, "y")
     dy = rng.standard_normal(y.shape)
-    dx, dw, db = ops.conv2d_backward(dy, ctx, input_grad=input_grad)
+    dx, dw, db = ctx.backward(dy, input_grad)
     ref_dx, ref_dw, ref_db = conv2d_backward_ref(x, weight, dy, (1, 1), pads)
     assert_close(dw, ref_dw, 1e-10, 1e-10, "dweight")
     assert_close(db, ref_db, 1e-10, 1e-10, "dbias")
@@ -94,7 +94,7 @@ def test_every_tile_size_matches_im2col(m, r, rng):
     y_ref, ctx_ref = ops.conv2d_forward(x, weight, bias, 1, 1, algorithm="im2col")
     assert_close(y, y_ref, 1e-10, 1e-10)
     dy = rng.standard_normal(y.shape)
-    for got, ref in zip(winograd.backward(dy, ctx), ops.conv2d_backward(dy, ctx_ref)):
+    for got, ref in zip(winograd.backward(dy, ctx), ctx_ref.backward(dy)):
         assert_close(got, ref, 1e-10, 1e-10)
 
 
@@ -107,10 +107,10 @@ def test_float32_error_stays_near_1e_5(rng):
         weight = rng.standard_normal((k, c, r, r)) / numpy.sqrt(c * r * r)
         y64, ctx64 = ops.conv2d_forward(x, weight, None, 1, pad, algorithm="im2col")
         dy = rng.standard_normal(y64.shape)
-        ref = (y64, *ops.conv2d_backward(dy, ctx64)[:2])
+        ref = (y64, *ctx64.backward(dy)[:2])
         y32, ctx32 = ops.conv2d_forward(x.astype(numpy.float32), weight.astype(numpy.float32),
                                         None, 1, pad, algorithm="winograd")
-        got = (y32, *ops.conv2d_backward(dy.astype(numpy.float32), ctx32)[:2])
+        got = (y32, *ctx32.backward(dy.astype(numpy.float32))[:2])
         for name, a, b in zip(("y", "dx", "dweight"), got, ref):
             assert a.dtype == numpy.float32
             error = float(numpy.abs(a - b).max() / numpy.abs(b).max())
@@ -118,16 +118,16 @@ def test_float32_error_stays_near_1e_5(rng):
 
 
 def test_automatic_choice():
-    choose = ops.conv2d.choose_algorithm
-    assert choose((64, 128, 7, 7), (192, 128, 3, 3), (1, 1), numpy) == "winograd"
-    assert choose((64, 64, 15, 15), (128, 64, 5, 5), (1, 1), numpy) == "winograd"
+    from gpunet.cpu.conv2d import choose_algorithm as choose
+    assert choose((64, 128, 7, 7), (192, 128, 3, 3), (1, 1)) == "winograd"
+    assert choose((64, 64, 15, 15), (128, 64, 5, 5), (1, 1)) == "winograd"
     # few channels, small maps: one GEMM over the batch
-    assert choose((128, 6, 14, 14), (16, 6, 5, 5), (1, 1), numpy) == "im2col_chwn"
+    assert choose((128, 6, 14, 14), (16, 6, 5, 5), (1, 1)) == "im2col_chwn"
     big = (64, 64, 40, 40)
-    assert choose(big, (128, 64, 3, 3), (2, 2), numpy) == "im2col"  # stride 2
-    assert choose(big, (128, 64, 3, 5), (1, 1), numpy) == "im2col"  # not square
-    assert choose(big, (128, 64, 7, 7), (1, 1), numpy) == "im2col"  # 7x7
-    assert choose((64, 64, 15, 15), (128, 64, 7, 7), (1, 1), numpy) == "im2col_chwn"
+    assert choose(big, (128, 64, 3, 3), (2, 2)) == "im2col"  # stride 2
+    assert choose(big, (128, 64, 3, 5), (1, 1)) == "im2col"  # not square
+    assert choose(big, (128, 64, 7, 7), (1, 1)) == "im2col"  # 7x7
+    assert choose((64, 64, 15, 15), (128, 64, 7, 7), (1, 1)) == "im2col_chwn"
 
 
 def test_bad_algorithm_requests_are_refused(rng):
@@ -138,7 +138,7 @@ def test_bad_algorithm_requests_are_refused(rng):
         ops.conv2d_forward(x, weight, algorithm="fft")
     y, ctx = ops.conv2d_forward(x, weight, algorithm="winograd")
     with pytest.raises(ValueError, match=r"dy must have shape \(1, 3, 6, 6\), got \(1, 3, 6, 5\)"):
-        ops.conv2d_backward(numpy.zeros((1, 3, 6, 5)), ctx)
+        ctx.backward(numpy.zeros((1, 3, 6, 5)))
 
 
 def test_gradcheck_through_a_winograd_layer(rng):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy
 
 from ..backend import get_array_module
+from ..ops.common import Context
 from . import runtime
 from .runtime import (
     BLOCK,
@@ -112,8 +113,33 @@ def apply(x, mean, inv_std, weight, bias):
     return y, x_hat
 
 
-def backward(dy, x_hat, weight, inv_std, training: bool):
-    """``(dx, dweight, dbias)``."""
+def forward(x, weight, bias, running, eps):
+    """``(y, ctx, (mean, var))`` as :func:`gpunet.cpu.batchnorm.forward`: the batch's
+    statistics when ``running`` is ``None``, else ``running = (mean, var)``."""
+    xp = get_array_module(x)
+    if running is None:
+        mean, var = stats(x)
+    else:
+        mean, var = (a.astype(x.dtype) for a in running)
+    inv_std = 1.0 / xp.sqrt(var + eps)
+    y, x_hat = apply(x, mean, inv_std, weight, bias)
+    return (y, BatchNormContext(x_hat, inv_std, weight, running is None),
+            (mean, var) if running is None else None)
+
+
+class BatchNormContext(Context):
+    __slots__ = ("x_hat", "inv_std", "weight", "training")
+
+    def __init__(self, x_hat, inv_std, weight, training):
+        super().__init__("batch_norm", x_hat.shape)
+        self.x_hat, self.inv_std, self.weight, self.training = x_hat, inv_std, weight, training
+
+    def _backward(self, dy, input_grad):
+        return backward(dy, self.x_hat, self.weight, self.inv_std, self.training, input_grad)
+
+
+def backward(dy, x_hat, weight, inv_std, training: bool, input_grad: bool = True):
+    """``(dx, dweight, dbias)``, ``dx`` ``None`` with ``input_grad=False``."""
     xp = get_array_module(dy)
     dy = xp.ascontiguousarray(dy)
     n, c, hw = _sizes(dy)
@@ -128,6 +154,8 @@ def backward(dy, x_hat, weight, inv_std, training: bool):
     runtime.launch("batchnorm", "bn_bwd_reduce_combine", dy.dtype, _elementwise_grid(c),
                    (BLOCK, 1, 1), (sum_dy, sum_dy_xhat, dbias, dweight, numpy.int32(c),
                                    numpy.int32(parts)))
+    if not input_grad:
+        return None, dweight, dbias
     dx = new_output(xp, dy.shape, dy.dtype)
     vectors = _vectors(hw, dy, x_hat, dx)
     runtime.launch("batchnorm", "bn_bwd_dx", dy.dtype,

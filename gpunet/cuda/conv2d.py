@@ -2,11 +2,10 @@
 (split-K, reduced in a fixed order) and the bias gradient."""
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy
 
 from ..backend import get_array_module
+from ..ops.common import Context
 from . import runtime
 from .runtime import (
     BLOCK,
@@ -37,12 +36,17 @@ def tile(rows: int, dtype) -> tuple[str, int, int]:
     return "_wide", 64, 256 if numpy.dtype(dtype).itemsize == 4 else 128
 
 
-class ConvContext(NamedTuple):
-    x: object
-    weight: object
-    has_bias: bool
-    geometry: object
-    sizes: tuple  # (N, C, H, W, K, R, S, OH, OW)
+class ConvContext(Context):
+    __slots__ = ("x", "weight", "has_bias", "geometry", "sizes")
+
+    def __init__(self, x, weight, has_bias, geometry, sizes):
+        n, _, _, _, k, _, _, oh, ow = sizes
+        super().__init__("conv2d", (n, k, oh, ow))
+        self.x, self.weight, self.has_bias, self.geometry = x, weight, has_bias, geometry
+        self.sizes = sizes  # (N, C, H, W, K, R, S, OH, OW)
+
+    def _backward(self, dy, input_grad):
+        return backward(dy, self, input_grad)
 
 
 def _geometry(xp, sizes, stride, pads):

@@ -2,11 +2,10 @@
 average pooling, forward and gather-style backward."""
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy
 
 from ..backend import get_array_module
+from ..ops.common import Context
 from . import runtime
 from .runtime import (
     BLOCK,
@@ -20,12 +19,16 @@ from .runtime import (
 )
 
 
-class PoolContext(NamedTuple):
-    x_shape: tuple
-    out_shape: tuple
-    geometry: object
-    argmax: object  # int32 offsets r*S + s (max pooling), None for average pooling
-    kernel: tuple
+class PoolContext(Context):
+    __slots__ = ("x_shape", "geometry", "argmax", "kernel")
+
+    def __init__(self, kind, x_shape, out_shape, geometry, argmax, kernel):
+        super().__init__(f"{kind}_pool2d", out_shape)
+        self.x_shape, self.geometry, self.kernel = x_shape, geometry, kernel
+        self.argmax = argmax  # int32 offsets r*S + s (max pooling), None for average pooling
+
+    def _backward(self, dy, input_grad):
+        return (backward(dy, self),)
 
 
 def _geometry(xp, x_shape, kernel, stride, pads, out_hw):
@@ -75,7 +78,7 @@ def forward(kind: str, x, kernel, stride, pads, out_hw):
         runtime.launch("pool2d", "avg_pool2d_fwd", x.dtype, grid, block,
                        (x, y, geom, _inv_area(kernel, x.dtype),
                         numpy.int32(_pairs(x, kernel, stride, pads))))
-    return y, PoolContext(tuple(x.shape), out_shape, geom, argmax, tuple(kernel))
+    return y, PoolContext(kind, tuple(x.shape), out_shape, geom, argmax, tuple(kernel))
 
 
 def backward(dy, ctx: PoolContext):

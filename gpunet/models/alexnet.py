@@ -19,16 +19,21 @@ def alexnet(num_classes: int = 1000, lrn: bool = False) -> Sequential:
     """224x224x3 input; 61,100,840 parameters with 1000 classes; keys match
     torchvision's ``features.N`` / ``classifier.N``. ``lrn=True`` adds the paper's
     local response normalisation (size 5, alpha 1e-4, beta 0.75, k 2) after the
-    first two ReLUs, shifting the feature indices."""
-    def norm():  # a new layer each time: a module instance holds one forward's context
-        return [LocalResponseNorm(5, 1e-4, 0.75, 2.0)] if lrn else []
+    first two ReLUs, shifting the feature indices. Max pooling runs before the ReLU
+    it follows in torchvision (same function, since ``max(relu(a), relu(b)) =
+    relu(max(a, b))``, and the ReLU then works on the pooled quarter); the
+    parameters keep their keys."""
+    def activate_and_pool():  # new layers each time: an instance holds one forward's context
+        if lrn:
+            return [ReLU(), LocalResponseNorm(5, 1e-4, 0.75, 2.0), MaxPool2d(3, 2)]
+        return [MaxPool2d(3, 2), ReLU()]
 
     features = Sequential(
-        Conv2d(3, 64, 11, stride=4, padding=2), ReLU(), *norm(), MaxPool2d(3, 2),
-        Conv2d(64, 192, 5, padding=2), ReLU(), *norm(), MaxPool2d(3, 2),
+        Conv2d(3, 64, 11, stride=4, padding=2), *activate_and_pool(),
+        Conv2d(64, 192, 5, padding=2), *activate_and_pool(),
         Conv2d(192, 384, 3, padding=1), ReLU(),
         Conv2d(384, 256, 3, padding=1), ReLU(),
-        Conv2d(256, 256, 3, padding=1), ReLU(), MaxPool2d(3, 2))
+        Conv2d(256, 256, 3, padding=1), MaxPool2d(3, 2), ReLU())
     classifier = Sequential(
         Dropout(0.5), Linear(256 * 6 * 6, 4096), ReLU(),
         Dropout(0.5), Linear(4096, 4096), ReLU(), Linear(4096, num_classes))
@@ -38,15 +43,16 @@ def alexnet(num_classes: int = 1000, lrn: bool = False) -> Sequential:
 
 def alexnet_cifar(num_classes: int = 10, dropout: float = 0.0) -> Sequential:
     """32x32x3 input: conv64@5, pool 3/2, conv128@5, pool 3/2, conv192@3, conv192@3,
-    conv128@3, pool 3/2, FC384, FC192, FC10 (ReLU throughout)."""
+    conv128@3, pool 3/2, FC384, FC192, FC10 (ReLU throughout, after the pooling
+    where a pooling follows the convolution: see :func:`alexnet`)."""
     def drop():  # a new layer each time: a module instance holds one forward's context
         return [Dropout(dropout)] if dropout else []
 
     return Sequential(
-        Conv2d(3, 64, 5, padding=2), ReLU(), MaxPool2d(3, 2),
-        Conv2d(64, 128, 5, padding=2), ReLU(), MaxPool2d(3, 2),
+        Conv2d(3, 64, 5, padding=2), MaxPool2d(3, 2), ReLU(),
+        Conv2d(64, 128, 5, padding=2), MaxPool2d(3, 2), ReLU(),
         Conv2d(128, 192, 3, padding=1), ReLU(),
         Conv2d(192, 192, 3, padding=1), ReLU(),
-        Conv2d(192, 128, 3, padding=1), ReLU(), MaxPool2d(3, 2),
+        Conv2d(192, 128, 3, padding=1), MaxPool2d(3, 2), ReLU(),
         Flatten(), *drop(), Linear(128 * 3 * 3, 384), ReLU(), *drop(), Linear(384, 192), ReLU(),
         Linear(192, num_classes))

@@ -18,16 +18,16 @@ class InputConv(Conv2d):
     """LeNet-5's first convolution: 28x28 input (MNIST, Fashion-MNIST) gets
     ``padding=2``, i.e. is seen as the 32x32 input LeNet-5 was designed for."""
 
-    def forward(self, x):
-        self.padding = 2 if x.ndim == 4 and tuple(x.shape[-2:]) == (28, 28) else 0
-        return super().forward(x)
+    def padding_for(self, x):
+        return 2 if tuple(x.shape[-2:]) == (28, 28) else self.padding
 
 
 def _lenet_layers(in_channels, first, num_classes, batch_norm) -> list[Module]:
     def conv_block(c_in, c_out, conv=Conv2d):
         block = [conv(c_in, c_out, 5)]
         block += [BatchNorm2d(c_out)] if batch_norm else []
-        return block + [ReLU(), MaxPool2d(2)]
+        # pool -> ReLU: relu(max) = max(relu), on a quarter of the values
+        return block + [MaxPool2d(2), ReLU()]
 
     def dense(n_in, n_out):
         return [Linear(n_in, n_out)] + ([BatchNorm1d(n_out)] if batch_norm else []) + [ReLU()]

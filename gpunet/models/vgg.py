@@ -21,8 +21,8 @@ VGG_CIFAR = [64, "M", 128, "M", 256, 256, "M", 512, 512, "M"]
 def _features(config, batch_norm: bool, in_channels: int = 3) -> Sequential:
     layers = []
     for item in config:
-        if item == "M":
-            layers.append(MaxPool2d(2))
+        if item == "M":  # before the last ReLU: the same function on a quarter of the values
+            layers.insert(len(layers) - 1, MaxPool2d(2))
             continue
         layers.append(Conv2d(in_channels, item, 3, padding=1))
         layers += [BatchNorm2d(item)] if batch_norm else []

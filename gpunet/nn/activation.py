@@ -12,15 +12,11 @@ class _Elementwise(Module):
         _checks.float_array(type(self).__name__, "input", x)
 
     def _check_dy(self, dy, like):
-        if dy.shape != like.shape:
-            raise ValueError(f"{type(self).__name__}.backward: dy must have shape "
-                             f"{tuple(like.shape)}, got {tuple(dy.shape)}")
+        _checks.shape(f"{type(self).__name__}.backward", "dy", dy, like.shape)
 
 
 class ReLU(_Elementwise):
     """``y = max(x, 0)``; ``dx = dy * [x > 0]``."""
-
-    commutes_with_max_pool = True
 
     def forward(self, x):
         self._check(x)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from .. import _checks
 from ..init import constant, initialize
-from ..ops import conv2d_backward, conv2d_forward, normalize_padding
+from ..ops import conv2d_forward, normalize_padding
 from .module import Module, Parameter
 
 
@@ -39,15 +39,18 @@ class Conv2d(Module):
             raise ValueError(f"{where}: input must have {self.in_channels} channels, got "
                              f"{x.shape[1]} (input shape {tuple(x.shape)})")
         bias = None if self.bias is None else self.bias.data
-        y, self._ctx = conv2d_forward(x, self.weight.data, bias, self.stride, self.padding)
+        y, self._ctx = conv2d_forward(x, self.weight.data, bias, self.stride,
+                                      self.padding_for(x))
         return y
 
+    def padding_for(self, x):
+        """The padding of this call: ``padding``, whatever ``x`` (a subclass may adapt
+        it to the input's size)."""
+        return self.padding
+
     def backward(self, dy, input_grad: bool = True):
-        dx, dweight, dbias = conv2d_backward(dy, self._saved(), input_grad=input_grad)
+        dx, dweight, dbias = self._saved().backward(dy, input_grad)
         self.weight.grad += dweight
         if self.bias is not None:
             self.bias.grad += dbias
         return dx
-
-    def backward_params_only(self, dy) -> None:
-        self.backward(dy, input_grad=False)

@@ -5,20 +5,15 @@ attributes; ``state_dict`` keys follow PyTorch (``0.weight``, ``1.running_mean``
 """
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Iterator
-from contextlib import nullcontext
 
 import numpy
 
 from .. import _checks
 from ..backend import Device, device_of, get_array_module, resolve_device, to_device, to_numpy
-from ..parallel import single_threaded_blas
-
-
-def cpu_blas_limit(x):
-    """BLAS kept to one thread around NumPy work, as gpunet's CPU threads need (see
-    gpunet.parallel); device arrays never touch CPU threads or threadpoolctl."""
-    return single_threaded_blas() if isinstance(x, numpy.ndarray) else nullcontext()
+from ..ops import cpu_scope
 
 
 def _plain_array(value):
@@ -60,7 +55,10 @@ class Module:
     Subclasses call ``super().__init__()`` first, then assign ``Parameter``s,
     submodules and (through :meth:`register_buffer`) buffers as attributes, and
     implement ``forward(x)`` and ``backward(dy)``. ``backward`` returns the
-    gradient with respect to the input and adds (``+=``) into each ``.grad``.
+    gradient with respect to the input and adds (``+=``) into each ``.grad``. A
+    layer that can skip computing the input gradient takes ``backward(dy,
+    input_grad=True)`` and returns ``None`` when it is ``False``, as the built-in
+    layers do (:func:`backward_params`).
     """
 
     def __init__(self):
@@ -98,20 +96,10 @@ class Module:
     def backward(self, dy):
         raise NotImplementedError(f"{type(self).__name__} must implement backward(dy)")
 
-    def backward_params_only(self, dy) -> None:
-        """Accumulate parameter gradients without returning the input gradient (the
-        first layer's, which nothing uses). Layers that can skip computing it
-        override this; by default it is ``backward`` with the result dropped."""
-        self.backward(dy)
-
     def __call__(self, x):
         return self.forward(x)
 
     _ctx = None  # what forward saved for backward, in the built-in layers
-    # Declared by ReLU, whose max over a window is the ReLU of the window's max, and
-    # by max pooling: Sequential runs such a pair pooling first (see _pass_order).
-    commutes_with_max_pool = False
-    pools_by_max = False
 
     def _saved(self):
         """What forward saved, handed to backward once: letting go of it here frees
@@ -255,10 +243,23 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
+@functools.cache
+def _takes_input_grad(cls) -> bool:
+    return "input_grad" in inspect.signature(cls.backward).parameters
+
+
+def backward_params(module: Module, dy) -> None:
+    """``module.backward(dy)`` for the parameter gradients only: without the input
+    gradient where the module can skip it (a model's first layer, whose input is
+    the data, needs none)."""
+    if _takes_input_grad(type(module)):
+        module.backward(dy, input_grad=False)
+    else:
+        module.backward(dy)
+
+
 class Sequential(Module):
-    """Modules applied in order; ``backward`` runs them in reverse. One exception
-    that changes no result: a ``ReLU`` directly before max pooling runs after it,
-    on the smaller pooled tensor (:meth:`_pass_order`).
+    """Modules applied in order; ``backward`` runs them in reverse.
 
     Children are named ``"0"``, ``"1"``, ... as in ``torch.nn.Sequential``, or
     by the keys of a single dict argument (``Sequential({"features": ...})``).
@@ -299,44 +300,22 @@ class Sequential(Module):
             return Sequential(*modules[index])
         return modules[index]
 
-    def _pass_order(self) -> list[Module]:
-        """The children in the order a pass runs them: in order, except that a ReLU
-        (a class with ``commutes_with_max_pool``) directly followed by max pooling
-        runs after it, on the pooled tensor (a quarter of the elements for 2x2
-        windows). The result and every gradient are the same: ``max(relu(a),
-        relu(b)) = relu(max(a, b))``; either way a window's gradient goes to its
-        first maximum, or is 0 where ReLU is flat."""
-        modules = list(self)
-        i = 0
-        while i + 1 < len(modules):
-            # looked up on the class itself: a subclass may change forward, so it opts in
-            if (vars(type(modules[i])).get("commutes_with_max_pool", False)
-                    and modules[i + 1].pools_by_max):
-                modules[i], modules[i + 1] = modules[i + 1], modules[i]
-                i += 1
-            i += 1
-        return modules
-
     def forward(self, x):
-        # one BLAS limit for the whole pass instead of one per layer (see gpunet.parallel)
-        with cpu_blas_limit(x):
-            for module in self._pass_order():
+        with cpu_scope(x):  # one BLAS limit for the whole pass instead of one per op
+            for module in self:
                 x = module.forward(x)
         return x
 
     def backward(self, dy, input_grad: bool = True):
         """Backward through the children in reverse; with ``input_grad=False`` the
         first layer skips the gradient with respect to the input (returns ``None``)."""
-        modules = self._pass_order()
+        modules = list(self)
         if not modules:
             return dy
-        with cpu_blas_limit(dy):
+        with cpu_scope(dy):
             for module in reversed(modules[1:]):
                 dy = module.backward(dy)
             if input_grad:
                 return modules[0].backward(dy)
-            modules[0].backward_params_only(dy)
+            backward_params(modules[0], dy)
         return None
-
-    def backward_params_only(self, dy) -> None:
-        self.backward(dy, input_grad=False)

@@ -6,7 +6,7 @@ import numpy
 from .. import _checks
 from ..backend import get_device
 from ..init import constant
-from ..ops import batch_norm_backward, batch_norm_forward, lrn_backward, lrn_forward
+from ..ops import batch_norm_forward, lrn_forward
 from .module import Module, Parameter
 
 
@@ -47,8 +47,8 @@ class _BatchNorm(Module):
             training=self.training, momentum=momentum, eps=self.eps)
         return y
 
-    def backward(self, dy):
-        dx, dweight, dbias = batch_norm_backward(dy, self._saved())
+    def backward(self, dy, input_grad: bool = True):
+        dx, dweight, dbias = self._saved().backward(dy, input_grad)
         self.weight.grad += dweight
         self.bias.grad += dbias
         return dx
@@ -86,4 +86,5 @@ class LocalResponseNorm(Module):
         return y
 
     def backward(self, dy):
-        return lrn_backward(dy, self._saved())
+        dx, = self._saved().backward(dy)
+        return dx

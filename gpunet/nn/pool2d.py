@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 from .. import _checks
-from ..backend import get_array_module
-from ..ops import avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward, max_pool2d_forward
-from .module import Module, cpu_blas_limit
+from ..ops import adaptive_avg_pool2d_forward, avg_pool2d_forward, max_pool2d_forward
+from .module import Module
 
 
 class _Pool2d(Module):
-    _forward = _backward = None
+    _forward = None
 
     def __init__(self, kernel_size, stride=None, padding=0):
         super().__init__()
@@ -24,30 +23,20 @@ class _Pool2d(Module):
         return y
 
     def backward(self, dy):
-        return type(self)._backward(dy, self._saved())
+        dx, = self._saved().backward(dy)
+        return dx
 
 
 class MaxPool2d(_Pool2d):
     """Maximum of each window; backward routes to the first maximum of each window."""
 
-    pools_by_max = True
-
-    _forward, _backward = staticmethod(max_pool2d_forward), staticmethod(max_pool2d_backward)
+    _forward = staticmethod(max_pool2d_forward)
 
 
 class AvgPool2d(_Pool2d):
     """Mean of each window, padding counted as zeros (PyTorch's default)."""
 
-    _forward, _backward = staticmethod(avg_pool2d_forward), staticmethod(avg_pool2d_backward)
-
-
-def _adaptive_matrix(xp, size_in: int, size_out: int, dtype):
-    """Row ``i`` averages inputs ``floor(i n/m) .. ceil((i+1) n/m) - 1`` (PyTorch's windows)."""
-    m = xp.zeros((size_out, size_in), dtype=dtype)
-    for i in range(size_out):
-        start, stop = (i * size_in) // size_out, -(-((i + 1) * size_in) // size_out)
-        m[i, start:stop] = 1.0 / (stop - start)
-    return m
+    _forward = staticmethod(avg_pool2d_forward)
 
 
 class AdaptiveAvgPool2d(Module):
@@ -65,16 +54,9 @@ class AdaptiveAvgPool2d(Module):
         return f"output_size={self.output_size}"
 
     def forward(self, x):
-        _checks.float_array("AdaptiveAvgPool2d", "input", x)
-        _checks.rank("AdaptiveAvgPool2d", "input", x, 4, "(N, C, H, W)")
-        xp = get_array_module(x)
-        rows = _adaptive_matrix(xp, x.shape[2], self.output_size[0], x.dtype)
-        cols = _adaptive_matrix(xp, x.shape[3], self.output_size[1], x.dtype)
-        self._ctx = rows, cols
-        with cpu_blas_limit(x):  # many tiny GEMMs; see gpunet.parallel
-            return rows @ x @ cols.T
+        y, self._ctx = adaptive_avg_pool2d_forward(x, self.output_size)
+        return y
 
     def backward(self, dy):
-        rows, cols = self._saved()
-        with cpu_blas_limit(dy):
-            return rows.T @ dy @ cols
+        dx, = self._saved().backward(dy)
+        return dx

@@ -6,9 +6,9 @@ cores, and OpenBLAS synchronises its threads on every one of the many small
 GEMMs a convolution makes. PyTorch threads every op: a second thread makes its
 LeNet-5 step 1.75x faster and its AlexNet-CIFAR step 1.95x on a 2-core machine.
 So on NumPy, gpunet's convolution, pooling, batch-norm and linear layers hand
-batch chunks to one thread per core (:func:`forward_in_chunks`,
-:func:`backward_in_chunks`, :func:`matmul`, :func:`map_chunks`); NumPy releases
-the GIL inside each call.
+batch chunks to one thread per core (:func:`forward_in_chunks` and the
+backward of its :class:`Chunked`, :func:`matmul`, :func:`map_chunks`); NumPy
+releases the GIL inside each call.
 
 Their GEMMs must then run single-threaded. Two threads calling a multi-threaded
 OpenBLAS at once ran at half the speed of one, and after a multi-threaded call
@@ -26,12 +26,12 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import NamedTuple
 
 import numpy
 
-from . import _checks
-from .backend import get_array_module
+from .. import _checks
+from ..backend import get_array_module
+from ..ops.common import Context
 
 try:
     from threadpoolctl import ThreadpoolController
@@ -39,7 +39,7 @@ except ImportError:  # an optional dependency: without it gpunet stays on one th
     ThreadpoolController = None
 
 __all__ = ["num_threads", "set_num_threads", "single_threaded_blas", "map_chunks",
-           "batch_slices", "Chunked", "forward_in_chunks", "backward_in_chunks", "matmul"]
+           "batch_slices", "Chunked", "forward_in_chunks", "matmul"]
 
 # A chunk is worth a thread from about this much work: handing it over costs
 # 40-80 us here (two thread wake-ups), and one element of a copy or pooling pass
@@ -199,17 +199,35 @@ def batch_slices(batch: int, work: int, min_rows: int = 1) -> list[slice]:
     return [slice(0, first)] + [slice(start, start + size) for start in range(first, batch, size)]
 
 
-class Chunked(NamedTuple):
-    """The contexts of an op that ran on batch chunks, the chunks' slices, and the
-    shapes of its output (which ``dy`` must have) and of its input."""
+class Chunked(Context):
+    """The contexts of an op that ran on batch chunks, and the chunks' slices: its
+    backward runs each chunk's on the same threads, joins ``dx`` along the batch
+    and sums the parameter gradients."""
 
-    slices: list
-    contexts: list
-    out_shape: tuple
-    in_shape: tuple
+    __slots__ = ("slices", "contexts", "in_shape")
+
+    def __init__(self, op, slices, contexts, out_shape, in_shape):
+        super().__init__(op, out_shape)
+        self.slices, self.contexts, self.in_shape = slices, contexts, tuple(in_shape)
+
+    def _backward(self, dy, input_grad):
+        if len(self.slices) == 1:
+            return map_chunks(lambda _: self.contexts[0]._backward(dy, input_grad),
+                              self.slices)[0]
+        dx = numpy.empty(self.in_shape, dy.dtype) if input_grad else None
+
+        def chunk(i):
+            rows = self.slices[i]
+            dx_part, *grads = self.contexts[i]._backward(dy[rows], input_grad)
+            if input_grad:
+                dx[rows] = dx_part  # by the thread that made it, while it is in cache
+            return grads
+
+        parts = map_chunks(chunk, list(range(len(self.slices))))
+        return (dx, *(None if g[0] is None else sum(g[1:], g[0]) for g in zip(*parts)))
 
 
-def forward_in_chunks(forward, x, work: int, out_shape, min_rows: int = 1):
+def forward_in_chunks(op: str, forward, x, work: int, out_shape, min_rows: int = 1):
     """``forward(x) -> (y, ctx)`` run on batch chunks of the NumPy array ``x``
     (``work`` in all and ``min_rows`` at least per chunk, as :func:`batch_slices`
     counts them), ``y`` being ``out_shape`` for the whole batch. Returns ``y`` and
@@ -218,7 +236,7 @@ def forward_in_chunks(forward, x, work: int, out_shape, min_rows: int = 1):
     slices = batch_slices(x.shape[0], work, min_rows)
     if len(slices) == 1:
         [(y, ctx)] = map_chunks(lambda _: forward(x), slices)
-        return y, Chunked(slices, [ctx], tuple(y.shape), tuple(x.shape))
+        return y, Chunked(op, slices, [ctx], y.shape, x.shape)
     y = numpy.empty(out_shape, x.dtype)
 
     def chunk(rows):
@@ -226,34 +244,7 @@ def forward_in_chunks(forward, x, work: int, out_shape, min_rows: int = 1):
         y[rows] = y_part  # by the thread that made it, while it is in cache
         return ctx
 
-    return y, Chunked(slices, map_chunks(chunk, slices), tuple(out_shape), tuple(x.shape))
-
-
-def backward_in_chunks(where: str, backward, dy, ctx: Chunked):
-    """``backward(dy, ctx)`` per chunk of a :func:`forward_in_chunks` op. It
-    returns ``dx`` or ``(dx, *parameter_grads)``; ``dx`` (``None`` allowed) is
-    joined along the batch axis, parameter gradients are summed over chunks."""
-    if tuple(dy.shape) != ctx.out_shape:
-        raise ValueError(f"{where} backward: dy must have shape {ctx.out_shape}, "
-                         f"got {tuple(dy.shape)}")
-    if len(ctx.slices) == 1:
-        return map_chunks(lambda _: backward(dy, ctx.contexts[0]), ctx.slices)[0]
-    dx = numpy.empty(ctx.in_shape, dy.dtype)
-
-    def chunk(i):
-        rows = ctx.slices[i]
-        result = backward(dy[rows], ctx.contexts[i])
-        dx_part, *grads = result if isinstance(result, tuple) else (result,)
-        if dx_part is not None:
-            dx[rows] = dx_part  # by the thread that made it, while it is in cache
-        return isinstance(result, tuple), dx_part is not None, grads
-
-    results = map_chunks(chunk, list(range(len(ctx.slices))))
-    returns_tuple, has_dx, _ = results[0]
-    if not returns_tuple:
-        return dx
-    grads = [None if g[0] is None else sum(g[1:], g[0]) for g in zip(*(r[2] for r in results))]
-    return (dx if has_dx else None, *grads)
+    return y, Chunked(op, slices, map_chunks(chunk, slices), out_shape, x.shape)
 
 
 def matmul(a, b, out=None):

@@ -21,12 +21,12 @@ multiplications but more float32 rounding, so ``alpha`` stays at most 7.
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
 
 import numpy
 
-from .. import parallel
 from ..backend import common_array_module
+from ..ops.common import Context
+from . import parallel
 
 POINTS = (0.0, 1.0, -1.0, 2.0, -2.0, 0.5)
 
@@ -109,21 +109,25 @@ def _column_chunks(columns: int, bytes_per_column: int):
         yield slice(start, min(start + size, columns))
 
 
-class WinogradContext(NamedTuple):
+class WinogradContext(Context):
     """What backward needs: the transformed input and filters, and the geometry."""
-    v: object  # (alpha^2, C, tiles*N)
-    u: object  # (alpha^2, K, C)
-    x_shape: tuple
-    w_shape: tuple
-    pads: tuple
-    out_hw: tuple
-    m: int
-    has_bias: bool
+
+    __slots__ = ("v", "u", "x_shape", "w_shape", "pads", "m", "has_bias")
+
+    def __init__(self, v, u, x_shape, w_shape, pads, out_hw, m, has_bias):
+        super().__init__("conv2d", (x_shape[0], w_shape[0], *out_hw))
+        self.v = v  # (alpha^2, C, tiles*N)
+        self.u = u  # (alpha^2, K, C)
+        self.x_shape, self.w_shape, self.pads, self.m = x_shape, w_shape, pads, m
+        self.has_bias = has_bias
+
+    def _backward(self, dy, input_grad):
+        return backward(dy, self, input_grad)
 
 
 def forward(x, weight, bias, pads, out_hw, m):
     """``(y, ctx)`` of the stride-1 correlation of ``x`` with ``weight``; ``pads``
-    as in :func:`gpunet.ops.conv2d.normalize_padding`."""
+    as in :func:`gpunet.ops.common.normalize_padding`."""
     xp = common_array_module(x=x, weight=weight)
     n, c, h, w = x.shape
     k, _, r, _ = weight.shape
@@ -172,7 +176,8 @@ def forward(x, weight, bias, pads, out_hw, m):
 
 def backward(dy, ctx, input_grad=True):
     """``(dx, dweight, dbias)``: the adjoint of each forward step."""
-    v, u, x_shape, w_shape, pads, out_hw, m, has_bias = ctx
+    v, u, x_shape, w_shape, pads, m = ctx.v, ctx.u, ctx.x_shape, ctx.w_shape, ctx.pads, ctx.m
+    out_hw, has_bias = ctx.out_shape[2:], ctx.has_bias
     xp = common_array_module(dy=dy, v=v)
     n, c, h, w = x_shape
     k, _, r, _ = w_shape

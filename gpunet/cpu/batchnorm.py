@@ -1,0 +1,128 @@
+"""The CPU accelerator of batch normalisation: the textbook passes of
+:mod:`gpunet.ops.batchnorm` over row chunks on gpunet's threads (:mod:`.parallel`),
+each pass over ``(N, C*L)`` rows with per-channel values repeated to a sample's
+length, so that NumPy's inner loops run a whole sample long. The statistics
+combine per-chunk channel sums, so any split gives the same values up to rounding.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy
+
+from ..ops.common import Context
+from . import parallel
+
+
+def _channel_sum(a2, channels):
+    """Per-channel sum of ``a2``, an ``(N, C*L)`` view of ``(N, C, ...)``: column sums
+    first (adding contiguous rows, which NumPy does fast), then one sum per channel."""
+    return a2.sum(axis=0).reshape(channels, -1).sum(axis=1)
+
+
+def _channel_dot(a2, b2, channels):
+    """Per-channel sum of ``a2 * b2`` (both ``(N, C*L)``), without the product array."""
+    return numpy.einsum("nl,nl->l", a2, b2).reshape(channels, -1).sum(axis=1)
+
+
+def _expand(per_channel, sample_size):
+    """``(C,)`` repeated to one sample's ``C*L`` values. Broadcast against ``(N, C*L)``
+    it leaves NumPy inner loops a whole sample long; broadcasting ``(C, 1, 1)``
+    against ``(N, C, H, W)`` loops over ``H*W`` values at a time, 2x slower."""
+    return numpy.repeat(per_channel, sample_size // per_channel.shape[0])
+
+
+def _row_chunks(x2):
+    return parallel.batch_slices(x2.shape[0], x2.size)
+
+
+def _batch_stats(x2, channels):
+    """``(mean, biased var, x - mean)`` per channel of ``x2`` (``(N, C*L)``), in two
+    passes, the mean taken of offsets from one sample per channel (see
+    :mod:`gpunet.ops.batchnorm`)."""
+    count = x2.size // channels
+    pivot = x2[0].reshape(channels, -1)[:, 0]
+    pivot_row = _expand(pivot, x2.shape[1])
+    centred = numpy.empty_like(x2)
+    chunks = _row_chunks(x2)
+
+    def centre(rows):
+        numpy.subtract(x2[rows], pivot_row, out=centred[rows])
+        return _channel_sum(centred[rows], channels)
+
+    offset = sum(parallel.map_chunks(centre, chunks)) / count
+    offset_row = _expand(offset, x2.shape[1])
+
+    def square(rows):
+        centred[rows] -= offset_row
+        return _channel_dot(centred[rows], centred[rows], channels)
+
+    var = sum(parallel.map_chunks(square, chunks)) / count
+    return pivot + offset, var, centred
+
+
+def forward(x, weight, bias, running, eps):
+    """``(y, ctx, (mean, var))`` for the NumPy array ``x``: normalised by the batch's
+    statistics (returned, the variance biased) when ``running`` is ``None``, else by
+    ``running = (mean, var)`` (and ``None`` returned for the statistics)."""
+    channels = weight.shape[0]
+    x2 = x.reshape(x.shape[0], math.prod(x.shape[1:]))  # (N, C*L): see _expand
+    if running is None:
+        mean, var, x_hat = _batch_stats(x2, channels)
+        stats = mean, var
+    else:
+        mean, var = (a.astype(x.dtype) for a in running)
+        x_hat, stats = numpy.empty_like(x2), None
+    inv_std = 1.0 / numpy.sqrt(var + eps)
+    inv_std_row = _expand(inv_std, x2.shape[1])
+    weight_row, bias_row = _expand(weight, x2.shape[1]), _expand(bias, x2.shape[1])
+    # training centred x already; evaluation centres it here (x_hat is normalised in place)
+    mean_row = _expand(mean, x2.shape[1]) if stats is None else None
+    y = numpy.empty_like(x2)
+
+    def normalise(rows):
+        if mean_row is not None:
+            numpy.subtract(x2[rows], mean_row, out=x_hat[rows])
+        x_hat[rows] *= inv_std_row
+        numpy.multiply(x_hat[rows], weight_row, out=y[rows])
+        y[rows] += bias_row
+
+    parallel.map_chunks(normalise, _row_chunks(x2))
+    return (y.reshape(x.shape),
+            BatchNormContext(x_hat.reshape(x.shape), inv_std, weight, running is None), stats)
+
+
+class BatchNormContext(Context):
+    __slots__ = ("x_hat", "inv_std", "weight", "training")
+
+    def __init__(self, x_hat, inv_std, weight, training):
+        super().__init__("batch_norm", x_hat.shape)
+        self.x_hat, self.inv_std, self.weight, self.training = x_hat, inv_std, weight, training
+
+    def _backward(self, dy, input_grad):
+        """The formula of :mod:`gpunet.ops.batchnorm`'s backward, in row chunks."""
+        channels, sample_size = dy.shape[1], dy.size // dy.shape[0]
+        dy2, x_hat2 = dy.reshape(dy.shape[0], -1), self.x_hat.reshape(dy.shape[0], -1)
+        chunks = _row_chunks(dy2)
+        sums = parallel.map_chunks(lambda rows: (_channel_sum(dy2[rows], channels),
+                                                 _channel_dot(dy2[rows], x_hat2[rows], channels)),
+                                   chunks)
+        dbias, dweight = (sum(parts) for parts in zip(*sums))
+        if not input_grad:
+            return None, dweight, dbias
+        g_scale = self.weight * self.inv_std
+        g_row = _expand(g_scale, sample_size)
+        if self.training:  # the batch statistics' own gradients
+            m = dy.size // channels
+            x_hat_scale = _expand(g_scale * dweight / m, sample_size)
+            shift = _expand(g_scale * dbias / m, sample_size)
+        dx = numpy.empty_like(dy2)
+
+        def input_gradient(rows):
+            numpy.multiply(dy2[rows], g_row, out=dx[rows])
+            if self.training:
+                dx[rows] -= x_hat2[rows] * x_hat_scale
+                dx[rows] -= shift
+
+        parallel.map_chunks(input_gradient, chunks)
+        return dx.reshape(dy.shape), dweight, dbias

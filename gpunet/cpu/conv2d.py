@@ -1,0 +1,262 @@
+"""The CPU accelerators of 2-D convolution: im2col + GEMM image by image (its
+copies moving whole window rows at once), the backward over the whole batch in
+CHWN layout for small outputs, and Winograd (:mod:`.winograd`) where
+:func:`choose_algorithm` says so; each over batch chunks on gpunet's threads
+(:mod:`.parallel`). The textbook path they are tested against is
+:mod:`gpunet.ops.conv2d`; shapes and arguments are checked there.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy
+
+from ..ops.common import Context, output_size, pad_input, window_offsets
+from . import parallel, winograd
+
+ALGORITHMS = ("im2col", "im2col_chwn", "winograd")
+
+
+def forward(x, weight, bias, stride, pads, out_hw, algorithm=None):
+    """``(y, ctx)`` of the checked arguments of :func:`gpunet.ops.conv2d_forward` on
+    NumPy arrays, by ``algorithm`` (``None``: :func:`choose_algorithm`'s)."""
+    if algorithm is None:
+        algorithm = choose_algorithm(x.shape, weight.shape, stride, pads)
+
+    def forward_chunk(x_part):
+        if algorithm == "winograd":
+            m = winograd.tile_size(max(out_hw), weight.shape[2])
+            return winograd.forward(x_part, weight, bias, pads, out_hw, m)
+        return _im2col_forward(x_part, weight, bias, stride, pads, out_hw,
+                               algorithm == "im2col_chwn")
+
+    multiply_adds = x.shape[0] * weight.size * out_hw[0] * out_hw[1]
+    # Each chunk repeats the work on the filters (Winograd's filter transforms,
+    # a dW of its own): a chunk must hold a quarter of the filters' size in
+    # input. VGG-16's conv5_2 at batch 4 (2.4M weights, 100K inputs an image)
+    # ran 63 -> 95 ms in two chunks; AlexNet-CIFAR's conv4 (332K, 9.4K) gains.
+    min_rows = -(-weight.size // (4 * max(1, math.prod(x.shape[1:]))))
+    return parallel.forward_in_chunks("conv2d", forward_chunk, x,
+                                      multiply_adds // parallel.GEMM_MACS_PER_WORK,
+                                      (x.shape[0], weight.shape[0], *out_hw), min_rows)
+
+
+# Winograd pays for its transforms once the channel GEMMs are large: measured on
+# a 2-core AVX-512 CPU, AlexNet's conv2..conv5 gain 1.3-2x, LeNet's conv2 (6->16)
+# loses. Below this C*K, one of the im2col layouts.
+WINOGRAD_MIN_CHANNEL_PRODUCT = 32 * 32
+WINOGRAD_KERNELS = (3, 5)
+# Up to this many output pixels per image, the backward's image-by-image GEMMs
+# are thin, and one GEMM over the whole batch in CHWN layout wins despite its
+# transposes. Forward + backward on one core, 32-64 images: LeNet-5's conv2
+# (100 pixels) 2.81 -> 2.28 ms, a 32->32 5x5 conv on 16x16 35.2 -> 30.3; level
+# at 784 pixels (28x28, 16->32: 41.3 -> 40.5); losing at LeNet-5's conv1
+# (1 channel, 0.67 -> 2.12) and AlexNet-CIFAR's (1024 pixels, 10.9 -> 18.0).
+# The forward stays image by image: its batched GEMM gives NCHW with the bias
+# added, where CHWN needs a transpose (one core, 64 images: LeNet-5's conv2
+# 724 -> 612 us, 32->32 5x5 on 16x16 12.5 -> 10.0 ms, 16->32 3x3 on 6x6 222 ->
+# 156 us; only 3->8 channels on 8x8 lost, 75 -> 126 us).
+CHWN_MAX_PIXELS = 256
+
+
+def choose_algorithm(x_shape, weight_shape, stride, pads=((0, 0), (0, 0))) -> str:
+    """``"winograd"`` for stride-1 square 3x3/5x5 kernels with many channels,
+    ``"im2col_chwn"`` for small outputs (at most ``CHWN_MAX_PIXELS`` pixels: the
+    backward in CHWN layout), ``"im2col"`` otherwise."""
+    k, c, r, s = weight_shape
+    if (stride == (1, 1) and r == s and r in WINOGRAD_KERNELS
+            and c * k >= WINOGRAD_MIN_CHANNEL_PRODUCT):
+        return "winograd"
+    out_hw = [output_size(n, f, st, p) for n, f, st, p in zip(x_shape[2:], (r, s), stride, pads)]
+    if out_hw[0] * out_hw[1] <= CHWN_MAX_PIXELS:
+        return "im2col_chwn"
+    return "im2col"
+
+
+class Im2colContext(Context):
+    """What the im2col backward needs; ``chwn``: the backward's GEMMs run over the
+    whole batch on :func:`im2col_chwn`'s columns, else image by image on
+    :func:`im2col`'s.
+
+    The input is kept, not its columns: the backward copies them again. They are
+    R*S times the input's size (LeNet-5: 10.4 and 7.7 MB at batch 128), and kept
+    from forward to backward they pushed a training step's data out of the CPU's
+    cache; dropped at once, their buffer is reused while still in cache. LeNet-5's
+    step: convolutions forward 2.2 -> 1.75 ms, backward 2.6 -> 2.9 ms, the step
+    as fast (paired runs: 0.99-1.01x), and 18 MB less held between the passes.
+    """
+
+    __slots__ = ("x", "weight", "stride", "pads", "has_bias", "chwn")
+
+    def __init__(self, x, weight, stride, pads, out_hw, has_bias, chwn):
+        super().__init__("conv2d", (x.shape[0], weight.shape[0], *out_hw))
+        self.x, self.weight, self.stride, self.pads = x, weight, stride, pads
+        self.has_bias, self.chwn = has_bias, chwn
+
+    def _backward(self, dy, input_grad):
+        return _im2col_backward(dy, self, input_grad)
+
+
+def _im2col_forward(x, weight, bias, stride, pads, out_hw, chwn):
+    """``(y, ctx)``: the forward of both im2col layouts."""
+    kernel = weight.shape[2:]
+    n, k = x.shape[0], weight.shape[0]
+    # Image by image (a batched GEMM) rather than one GEMM over the whole batch:
+    # y comes out in NCHW order with no transpose, and OpenBLAS runs these
+    # shapes faster (AlexNet-CIFAR conv1: forward 11.7 -> 7.6 ms).
+    cols, out_hw = im2col(x, kernel, stride, pads, ones_row=bias is not None)
+    filters = weight.reshape(k, -1)
+    if bias is not None:
+        filters = numpy.concatenate([filters, bias[:, None]], axis=1)
+    y = (filters @ cols).reshape(n, k, *out_hw)
+    return y, Im2colContext(x, weight, stride, pads, out_hw, bias is not None, chwn)
+
+
+THIN_GEMM_PIXELS = 32
+
+
+def _im2col_backward(dy, ctx, input_grad):
+    """``(dx, dweight, dbias)``; ``dbias`` is ``None`` when the forward had no bias."""
+    x, weight, stride, pads, has_bias, chwn = (ctx.x, ctx.weight, ctx.stride, ctx.pads,
+                                               ctx.has_bias, ctx.chwn)
+    n, k = dy.shape[:2]
+    out_hw = dy.shape[2:]
+    cols = (im2col_chwn(x, weight.shape[2:], stride, pads) if chwn
+            else im2col(x, weight.shape[2:], stride, pads, ones_row=has_bias)[0])
+    # dy as (K, OH*OW*N): the CHWN layout's GEMMs, and col2im's, take it
+    dy_chwn = numpy.ascontiguousarray(dy.transpose(1, 2, 3, 0)).reshape(k, -1) \
+        if chwn or input_grad else None
+    if chwn:
+        # cols @ dy^T, then transposed: BLAS ran dy @ cols^T 1.7x slower
+        dweight = numpy.ascontiguousarray((cols @ dy_chwn.T).T).reshape(weight.shape)
+        dbias = dy_chwn.sum(axis=1) if has_bias else None
+    else:
+        # dy (K, OH*OW) @ cols^T image by image, summed over the batch; the ones row
+        # of cols gives the bias gradient as the last column. Tiny images make these
+        # GEMMs too thin (64 x (256 x 16 @ 16 x 1729): 24 ms), so below
+        # THIN_GEMM_PIXELS one GEMM over the whole batch instead (7 ms); from 49
+        # pixels up the image-by-image GEMMs win (1.2-9x).
+        dy3 = dy.reshape(n, k, out_hw[0] * out_hw[1])
+        if dy3.shape[2] >= THIN_GEMM_PIXELS:
+            grads = (dy3 @ cols.transpose(0, 2, 1)).sum(axis=0)
+        else:
+            grads = numpy.tensordot(dy3, cols, axes=([0, 2], [0, 2]))
+        window = weight[0].size
+        dweight = numpy.ascontiguousarray(grads[:, :window]).reshape(weight.shape)
+        dbias = grads[:, window].copy() if has_bias else None
+    if not input_grad:
+        return None, dweight, dbias
+    return col2im(weight, dy_chwn, x.shape, stride, pads, out_hw), dweight, dbias
+
+
+def im2col(x, kernel, stride, pads, ones_row: bool = False):
+    """Columns ``(N, C*R*S, OH*OW)``: column ``j`` of image ``n`` holds the window of
+    output pixel ``j``, so one batched GEMM ``W (K, C*R*S) @ cols`` gives ``y`` as
+    ``(N, K, OH*OW)``, already in NCHW order. ``ones_row`` appends a row of ones:
+    a bias column beside ``W`` then adds the bias in the same GEMM.
+
+    Built from a strided view of every window, copied once into this layout.
+    """
+    out_hw = tuple(output_size(n, f, s, p)
+                   for n, f, s, p in zip(x.shape[2:], kernel, stride, pads))
+    x_padded = numpy.ascontiguousarray(pad_input(x, pads))
+    n, c = x.shape[:2]
+    sn, sc, sh, sw = x_padded.strides
+    shape = (n, c, kernel[0], kernel[1], out_hw[0], out_hw[1])
+    window = c * kernel[0] * kernel[1]
+    cols = numpy.empty((n, window + ones_row, out_hw[0] * out_hw[1]), dtype=x.dtype)
+    _copy_windows(cols[:, :window].reshape(shape), x_padded, shape,
+                  (sn, sc, sh, sw, sh * stride[0], sw * stride[1]))
+    if ones_row:
+        cols[:, window] = 1
+    return cols, out_hw
+
+
+def im2col_chwn(x, kernel, stride, pads):
+    """Columns ``(C*R*S, OH*OW*N)`` with the batch innermost (CHWN): the backward's
+    GEMMs against ``dy`` as ``(K, OH*OW*N)`` cover the whole batch, where
+    :func:`im2col`'s are one image wide. The input goes to ``(C, H, W, N)`` first,
+    so the copy into columns moves runs of ``N`` (or ``OW*N``) values."""
+    n, c, h, w = x.shape
+    (pt, pb), (pl, pr) = pads
+    oh, ow = (output_size(size, f, st, p) for size, f, st, p in zip(x.shape[2:], kernel, stride,
+                                                                       pads))
+    x_chwn = (numpy.zeros if pt or pb or pl or pr else numpy.empty)(
+        (c, h + pt + pb, w + pl + pr, n), dtype=x.dtype)
+    x_chwn[:, pt:pt + h, pl:pl + w] = x.transpose(1, 2, 3, 0)
+    sc, sh, sw, sn = x_chwn.strides
+    shape = (c, kernel[0], kernel[1], oh, ow, n)
+    cols = numpy.empty((c * kernel[0] * kernel[1], oh * ow * n), dtype=x.dtype)
+    _copy_windows(cols.reshape(shape), x_chwn, shape,
+                  (sc, sh, sw, sh * stride[0], sw * stride[1], sn))
+    return cols
+
+
+def _copy_windows(target, base, shape, strides):
+    """``target[...] =`` the contiguous array ``base`` seen with ``shape`` and byte
+    ``strides`` (every window, overlapping). On NumPy the trailing axes that form
+    one contiguous run in both go as single elements of a void dtype: NumPy's
+    float copy pays per run, and with stride 1 a run is a window's row, a few
+    dozen values (LeNet-5's conv1, 64 images: 311 -> 133 us; AlexNet-CIFAR's
+    conv1, 32 images: 624 -> 310 us; LeNet-5's conv2 in CHWN, runs of OW*N:
+    155 -> 145 us)."""
+    item = base.itemsize
+    axes, run = len(shape), 1
+    while (axes > 0 and strides[axes - 1] == run * item
+           and target.strides[axes - 1] == run * item):
+        run *= shape[axes - 1]
+        axes -= 1
+    if run == 1 or axes == 0:
+        target[...] = numpy.lib.stride_tricks.as_strided(base, shape=shape, strides=strides)
+        return
+    row = numpy.dtype((numpy.void, run * item))
+    runs = numpy.ndarray(shape[:axes], row, buffer=base, strides=strides[:axes])
+    target.reshape(*shape[:axes], run).view(row)[..., 0] = runs
+
+
+def col2im(weight, dy_chwn, x_shape, stride, pads, out_hw):
+    """``dx``: the adjoint of :func:`im2col` applied to the columns' gradient
+    ``W^T dy``, every entry added back onto its input pixel. ``weight`` is
+    ``(K, C, R, S)``, ``dy_chwn`` is ``(K, OH*OW*N)``, ``dx`` is ``x_shape``.
+
+    The product (rows ``(r, s, c)``, columns ``(oh, ow, n)``) is formed one
+    kernel row ``r`` at a time, ``S*C`` rows, and added back while it is still in
+    cache, where whole it went to memory and back (LeNet-5's conv2: 3.8 MB per
+    half batch; interleaved LeNet-5 steps take 0.97-0.98x the time, its conv2
+    layer 0.955-0.96x, its conv1 0.935-0.98x). But each of those ``R`` GEMMs reads all of
+    ``dy``, ``K`` rows, to save writing and reading ``S*C`` rows: with ``K >=
+    2*S*C`` the product is formed whole (AlexNet-CIFAR's conv1, 3 -> 64
+    channels: 1.15x the time by kernel rows). Each of the ``R*S`` strided adds
+    should move long runs of contiguous values, which matters in NumPy: with
+    stride 1 an output row lands on ``OW*N`` contiguous values of a ``(C, H, W,
+    N)`` buffer (LeNet-5's conv2: 0.60 -> 0.41 ms per half batch); with a larger
+    stride the runs there shrink to ``N``, and an ``(H, W, C, N)`` buffer keeps
+    runs of ``C*N``.
+    """
+    n, c, h, w = x_shape
+    k, _, kernel_h, kernel_w = weight.shape
+    (pt, pb), (pl, pr) = pads
+    oh, ow = out_hw
+    padded_hw = (h + pt + pb, w + pl + pr)
+    kernel_rows = 1 if k < 2 * kernel_w * c else kernel_h  # per GEMM
+    # W^T's rows (r, s, c), kernel_rows kernel rows to a GEMM
+    weight_rows = numpy.ascontiguousarray(weight.transpose(2, 3, 1, 0)).reshape(
+        kernel_h // kernel_rows, kernel_rows * kernel_w * c, k)
+    block = numpy.empty((kernel_rows * kernel_w * c, dy_chwn.shape[1]), dtype=dy_chwn.dtype)
+    blocks = block.reshape(kernel_rows * kernel_w, c, oh, ow, n)
+    runs_along_width = stride[1] == 1
+    dx_padded = numpy.zeros((c, *padded_hw, n) if runs_along_width else (*padded_hw, c, n),
+                         dtype=dy_chwn.dtype)
+    for offset, rows, columns in window_offsets(weight.shape[2:], stride, out_hw):
+        gemm, within = divmod(offset, len(blocks))
+        if within == 0:
+            numpy.matmul(weight_rows[gemm], dy_chwn, out=block)
+        if runs_along_width:
+            dx_padded[:, rows, columns] += blocks[within]
+        else:
+            dx_padded[rows, columns] += blocks[within].transpose(1, 2, 0, 3)
+    if runs_along_width:
+        return numpy.ascontiguousarray(dx_padded[:, pt:pt + h, pl:pl + w].transpose(3, 0, 1, 2))
+    return numpy.ascontiguousarray(dx_padded[pt:pt + h, pl:pl + w].transpose(3, 2, 0, 1))
+
+

@@ -1,0 +1,148 @@
+"""What every op shares: where a call goes (:func:`route`), the context its forward
+returns (:class:`Context`), and the window geometry of convolution and pooling.
+
+Each op in ``gpunet.ops`` has up to three implementations: the textbook xp path in
+its own file (NumPy or CuPy, and the reference the other two are tested against),
+the CPU accelerators in ``gpunet/cpu/<op>.py`` and the CUDA launchers in
+``gpunet/cuda/<op>.py``. All three return ``(y, ctx)`` from their forward, with
+``ctx`` a :class:`Context`.
+"""
+from __future__ import annotations
+
+import os
+from contextlib import nullcontext
+
+import numpy
+
+from .. import _checks
+from ..backend import common_array_module
+from ..cuda import uses_kernels
+
+_cpu_accelerators = os.environ.get("GPUNET_CPU_ACCEL", "1") != "0"
+
+
+def cpu_accelerators_enabled() -> bool:
+    """Whether NumPy arrays go to ``gpunet.cpu`` (``GPUNET_CPU_ACCEL=0``: the xp path)."""
+    return _cpu_accelerators
+
+
+def set_cpu_accelerators_enabled(enabled: bool) -> None:
+    global _cpu_accelerators
+    _cpu_accelerators = bool(enabled)
+
+
+def route(xp, use_kernels=None, fits: bool = True) -> str:
+    """Which implementation runs an op on arrays of module ``xp``: ``"cuda"`` for CuPy
+    arrays the kernels' 32-bit indices cover (``fits``; ``use_kernels`` True or False
+    forces the choice, ``GPUNET_KERNELS=0`` turns the kernels off), ``"cpu"`` for
+    NumPy arrays (``GPUNET_CPU_ACCEL=0`` turns that off), else ``"xp"``."""
+    if use_kernels if use_kernels is not None else (uses_kernels(xp) and fits):
+        return "cuda"
+    if xp is numpy and _cpu_accelerators:
+        return "cpu"
+    return "xp"
+
+
+def cpu_scope(x):
+    """A context manager for work on ``x`` that spans several ops (a model's pass, or
+    many tiny GEMMs): on NumPy arrays with the CPU accelerators on, BLAS kept to one
+    thread throughout (see :mod:`gpunet.cpu.parallel`: entering and leaving that
+    limit costs 17 us, once here instead of once per op); otherwise nothing, and no
+    CPU threads are touched."""
+    if isinstance(x, numpy.ndarray) and _cpu_accelerators:
+        # imported here: gpunet.cpu imports this module for Context
+        from ..cpu.parallel import single_threaded_blas
+        return single_threaded_blas()
+    return nullcontext()
+
+
+class Context:
+    """What an op's forward kept for its backward.
+
+    Every forward returns ``(y, ctx)``; ``ctx.backward(dy, input_grad=True)`` returns
+    ``(dx, *parameter_grads)``, ``dx`` being ``None`` with ``input_grad=False`` (the
+    first layer's input gradient, which nothing uses). Each implementation writes
+    ``_backward``; ``dy``'s shape is checked here, once for all of them.
+    """
+
+    __slots__ = ("op", "out_shape")
+
+    def __init__(self, op: str, out_shape):
+        self.op = op
+        self.out_shape = tuple(out_shape)
+
+    def backward(self, dy, input_grad: bool = True) -> tuple:
+        _checks.shape(f"{self.op} backward", "dy", dy, self.out_shape)
+        return self._backward(dy, input_grad)
+
+    def _backward(self, dy, input_grad: bool) -> tuple:
+        raise NotImplementedError
+
+
+def normalize_padding(padding, kernel_size, stride) -> tuple[tuple[int, int], tuple[int, int]]:
+    """``((top, bottom), (left, right))`` from an int, a pair, ``"valid"`` or ``"same"``.
+
+    ``"same"`` pads ``f - 1`` in total, the extra pixel of an even kernel going
+    to the bottom/right as in PyTorch; it requires stride 1.
+    """
+    if isinstance(padding, str):
+        mode = padding.lower()
+        if mode == "valid":
+            return (0, 0), (0, 0)
+        if mode == "same":
+            if stride != (1, 1):
+                raise ValueError(
+                    f"padding='same' requires stride 1, got stride={stride}")
+            totals = [f - 1 for f in kernel_size]
+            return tuple((t // 2, t - t // 2) for t in totals)
+        raise ValueError(f"padding: expected an int, a pair, 'valid' or 'same', got {padding!r}")
+    ph, pw = _checks.pair("padding", padding, _checks.non_negative_int)
+    return (ph, ph), (pw, pw)
+
+
+def output_size(size: int, kernel: int, stride: int, pad: tuple[int, int]) -> int:
+    """``floor((n + 2p - f) / s) + 1`` (the notes' formula, padding split in two)."""
+    return (size + pad[0] + pad[1] - kernel) // stride + 1
+
+
+def output_hw(x_shape, kernel, stride, pads) -> tuple[int, int]:
+    """The output's ``(OH, OW)`` for an ``(N, C, H, W)`` input."""
+    return tuple(output_size(n, f, s, p) for n, f, s, p in zip(x_shape[2:], kernel, stride, pads))
+
+
+def check_window(where, x_shape, kernel, pads):
+    """The (padded) input must hold at least one window."""
+    for axis, (n, f, p) in enumerate(zip(x_shape[2:], kernel, pads)):
+        if n + p[0] + p[1] < f:
+            dim = "height" if axis == 0 else "width"
+            raise ValueError(
+                f"{where}: kernel {dim} {f} is larger than the padded input {dim} "
+                f"{n + p[0] + p[1]} (input {n}, padding {p[0]}+{p[1]}); input shape "
+                f"{tuple(x_shape)}")
+
+
+def pad_input(x, pads, value=0.0):
+    """``x`` padded on its last two axes (no copy when there is nothing to pad)."""
+    (pt, pb), (pl, pr) = pads
+    if pt == pb == pl == pr == 0:
+        return x
+    xp = common_array_module(x=x)
+    return xp.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=value)
+
+
+def crop(x_padded, x_shape, pads):
+    """The inverse of :func:`pad_input`: the ``x_shape`` interior of ``x_padded``."""
+    (pt, _), (pl, _) = pads
+    return x_padded[:, :, pt:pt + x_shape[2], pl:pl + x_shape[3]]
+
+
+def window_offsets(kernel, stride, out_hw):
+    """``(k, rows, cols)`` for each kernel offset ``(r, s)``, ``k = r * S + s``:
+    ``x_padded[..., rows, cols]`` is the ``(OH, OW)`` grid of inputs that offset
+    touches. Convolution and pooling loop over these (a few dozen at most) instead
+    of over pixels."""
+    for r in range(kernel[0]):
+        rows = slice(r, r + stride[0] * (out_hw[0] - 1) + 1, stride[0])
+        for s in range(kernel[1]):
+            yield r * kernel[1] + s, rows, slice(s, s + stride[1] * (out_hw[1] - 1) + 1,
+                                                stride[1])
