@@ -427,25 +427,20 @@ def stage_training(ctx: StageContext) -> None:
 
 
 # -- timings ----------------------------------------------------------------------------------
-CONV_SHAPES = {  # name: (N, C, H, W, K, R, S, stride, padding)
-    "lenet5.conv1": (128, 1, 32, 32, 6, 5, 5, 1, 0),
-    "lenet5.conv2": (128, 6, 14, 14, 16, 5, 5, 1, 0),
-    "alexnet_cifar.conv2": (64, 64, 15, 15, 128, 5, 5, 1, 2),
-    "alexnet224.conv1": (32, 3, 224, 224, 64, 11, 11, 4, 2),
-    "alexnet224.conv2": (32, 64, 27, 27, 192, 5, 5, 1, 2),
-    "vgg16.conv3_1": (16, 128, 56, 56, 256, 3, 3, 1, 1),
-    "vgg16.conv5_1": (16, 512, 14, 14, 512, 3, 3, 1, 1),
-}
-POOL_SHAPES = {  # name: (N, C, H, W, kernel, stride)
-    "lenet5.pool1": (128, 6, 28, 28, 2, 2),
-    "alexnet224.pool1": (32, 64, 55, 55, 3, 2),
-    "vgg16.pool2": (16, 128, 112, 112, 2, 2),
-}
-BN_SHAPES = {"lenet5.bn1": (128, 6, 28, 28), "alexnet_cifar.bn2": (64, 128, 15, 15),
-             "vgg16.bn3": (16, 256, 56, 56)}
-DRY_CONV = {"tiny.conv": (2, 3, 8, 8, 4, 3, 3, 1, 1)}
-DRY_POOL = {"tiny.pool": (2, 3, 8, 8, 2, 2)}
-DRY_BN = {"tiny.bn": (2, 3, 4, 4)}
+def _cases(ctx, ids=None) -> list:
+    """The layer cases to time: gpunet.benchmarks' table at its GPU batches (those
+    of ``ids`` only, if given), or for the dry run, tiny ones (the double runs the
+    kernels in an emulator)."""
+    from gpunet.benchmarks import LAYER_CASES, Case
+    if ctx.dry:
+        cases = [Case("tiny", "conv", "conv", (2, 3, 8, 8), (3, 4, 3),
+                      (("stride", 1), ("padding", 1))),
+                 Case("tiny", "pool", "maxpool", (2, 3, 8, 8), (2, 2)),
+                 Case("tiny", "bn", "batchnorm", (2, 3, 4, 4), (3,))]
+        return [c for c in cases if ids is None or c.op == "conv"]
+    return [c.on_gpu() for c in LAYER_CASES if ids is None or c.id in ids]
+
+
 TILE_K_CHOICES = (8, 16)  # 32 would overflow 48 KiB of static shared memory
 
 
@@ -464,12 +459,13 @@ def _row(ctx, op, shape_name, work, unit, ours, xp_path, cudnn):
     return row
 
 
-def _conv_rows(ctx, name, shape, torch, repeat):
+def _conv_rows(ctx, case, torch, repeat):
     import cupy
 
     from gpunet import ops
     rng = numpy.random.default_rng(0)
-    n, c, h, w, k, r, s, st, p = shape
+    (n, c, h, w), (_, k, _), (r, s) = case.shape, case.args, case.kernel
+    st, p = case.stride, case.padding
     x = cupy.asarray(rng.standard_normal((n, c, h, w), dtype=numpy.float32))
     wt = cupy.asarray(rng.standard_normal((k, c, r, s), dtype=numpy.float32))
     b = cupy.zeros(k, numpy.float32)
@@ -479,7 +475,6 @@ def _conv_rows(ctx, name, shape, torch, repeat):
 
     (y, ctx_kernels), (_, ctx_xp) = forward(True), forward(False)
     dy = cupy.ones_like(y)
-    flops = 2.0 * y.size * c * r * s
     cudnn_f = cudnn_b = None
     if torch is not None:
         tx = torch.randn(n, c, h, w, device="cuda", requires_grad=True)
@@ -490,25 +485,24 @@ def _conv_rows(ctx, name, shape, torch, repeat):
         cudnn_f = time_torch(conv, repeat)
         cudnn_b = time_torch(lambda: torch.autograd.grad(conv(), (tx, tw, tb), tdy),
                              repeat) - cudnn_f
-    return [_row(ctx, "conv2d_fwd", name, flops, "gflops", time_gpu(lambda: forward(True), repeat),
-                 time_gpu(lambda: forward(False), repeat), cudnn_f),
-            _row(ctx, "conv2d_bwd", name, 2 * flops, "gflops",
+    return [_row(ctx, "conv2d_fwd", case.id, case.forward_work(), "gflops",
+                 time_gpu(lambda: forward(True), repeat), time_gpu(lambda: forward(False), repeat),
+                 cudnn_f),
+            _row(ctx, "conv2d_bwd", case.id, case.backward_work(), "gflops",
                  time_gpu(lambda: ctx_kernels.backward(dy), repeat),
                  time_gpu(lambda: ctx_xp.backward(dy), repeat), cudnn_b)]
 
 
-def _pool_rows(ctx, name, shape, torch, repeat):
+def _pool_rows(ctx, case, torch, repeat):
     import cupy
 
     from gpunet import ops
-    n, c, h, w, kernel, stride = shape
+    (n, c, h, w), kernel, stride = case.shape, case.kernel, case.stride
     x = cupy.asarray(numpy.random.default_rng(0).standard_normal((n, c, h, w),
                                                                  dtype=numpy.float32))
     (y, ctx_k), (_, ctx_xp) = (ops.max_pool2d_forward(x, kernel, stride, use_kernels=k)
                                for k in (True, False))
     dy = cupy.ones_like(y)
-    moved_f = 4.0 * (x.size + 2 * y.size)  # read x; write y and the argmax
-    moved_b = 4.0 * (x.size + 2 * y.size)  # read dy and the argmax; write dx
     cudnn_f = cudnn_b = None
     if torch is not None:
         tx = torch.randn(n, c, h, w, device="cuda", requires_grad=True)
@@ -516,20 +510,21 @@ def _pool_rows(ctx, name, shape, torch, repeat):
         tdy = torch.ones_like(pool())
         cudnn_f = time_torch(pool, repeat)
         cudnn_b = time_torch(lambda: torch.autograd.grad(pool(), tx, tdy), repeat) - cudnn_f
-    return [_row(ctx, "max_pool2d_fwd", name, moved_f, "gbps",
+    return [_row(ctx, "max_pool2d_fwd", case.id, case.forward_work(), "gbps",
                  time_gpu(lambda: ops.max_pool2d_forward(x, kernel, stride, use_kernels=True),
                           repeat),
                  time_gpu(lambda: ops.max_pool2d_forward(x, kernel, stride, use_kernels=False),
                           repeat), cudnn_f),
-            _row(ctx, "max_pool2d_bwd", name, moved_b, "gbps",
+            _row(ctx, "max_pool2d_bwd", case.id, case.backward_work(), "gbps",
                  time_gpu(lambda: ctx_k.backward(dy)[0], repeat),
                  time_gpu(lambda: ctx_xp.backward(dy)[0], repeat), cudnn_b)]
 
 
-def _batch_norm_rows(ctx, name, shape, torch, repeat):
+def _batch_norm_rows(ctx, case, torch, repeat):
     import cupy
 
     from gpunet import ops
+    shape = case.shape
     x = cupy.asarray(numpy.random.default_rng(0).standard_normal(shape, dtype=numpy.float32))
     c = shape[1]
     gamma, beta = cupy.ones(c, numpy.float32), cupy.zeros(c, numpy.float32)
@@ -541,8 +536,6 @@ def _batch_norm_rows(ctx, name, shape, torch, repeat):
 
     (y, ctx_k), (_, ctx_xp) = forward(True), forward(False)
     dy = cupy.ones_like(y)
-    moved_f = 4.0 * 5 * x.size  # x read three times; y and x_hat written
-    moved_b = 4.0 * 5 * x.size  # dy and x_hat read twice; dx written
     cudnn_f = cudnn_b = None
     if torch is not None:
         tx = torch.randn(*shape, device="cuda", requires_grad=True)
@@ -550,10 +543,10 @@ def _batch_norm_rows(ctx, name, shape, torch, repeat):
         tdy = torch.ones_like(layer(tx))
         cudnn_f = time_torch(lambda: layer(tx), repeat)
         cudnn_b = time_torch(lambda: torch.autograd.grad(layer(tx), tx, tdy), repeat) - cudnn_f
-    return [_row(ctx, "batch_norm_fwd", name, moved_f, "gbps",
+    return [_row(ctx, "batch_norm_fwd", case.id, case.forward_work(), "gbps",
                  time_gpu(lambda: forward(True), repeat), time_gpu(lambda: forward(False),
                                                                    repeat), cudnn_f),
-            _row(ctx, "batch_norm_bwd", name, moved_b, "gbps",
+            _row(ctx, "batch_norm_bwd", case.id, case.backward_work(), "gbps",
                  time_gpu(lambda: ctx_k.backward(dy), repeat),
                  time_gpu(lambda: ctx_xp.backward(dy), repeat), cudnn_b)]
 
@@ -562,16 +555,15 @@ def _tile_k_rows(ctx, repeat):
     """conv2d with each TILE_K (a compile-time macro): which one a GPU prefers."""
     from gpunet.cuda import runtime
     original = runtime.compile_options
-    shapes = DRY_CONV if ctx.dry else {k: CONV_SHAPES[k] for k in ("lenet5.conv2",
-                                                                     "vgg16.conv3_1")}
+    cases = _cases(ctx, ("lenet5/conv2", "vgg16/conv3_2"))
     rows = []
     try:
         for tile_k in TILE_K_CHOICES:
             runtime.compile_options = lambda dtype, t=tile_k: (*original(dtype), f"-DTILE_K={t}")
             runtime._module.cache_clear()
-            for name, shape in shapes.items():
-                for row in _conv_rows(ctx, name, shape, None, repeat):
-                    rows.append({"tile_k": tile_k, "op": row["op"], "shape": name,
+            for case in cases:
+                for row in _conv_rows(ctx, case, None, repeat):
+                    rows.append({"tile_k": tile_k, "op": row["op"], "shape": case.id,
                                  "gpunet_ms": row["gpunet_ms"],
                                  "gpunet_gflops": row["gpunet_gflops"]})
     finally:
@@ -584,15 +576,14 @@ def _tf32_rows(ctx, torch, repeat):
     """The convolution with TF32 allowed (ours and cuDNN's tensor cores): opt-in
     speed, beside the float32 rows above."""
     from gpunet.cuda import runtime
-    shapes = DRY_CONV if ctx.dry else {k: CONV_SHAPES[k] for k in ("alexnet224.conv2",
-                                                                     "vgg16.conv3_1")}
+    cases = _cases(ctx, ("alexnet224/conv2", "vgg16/conv3_2"))
     rows = []
     runtime.set_allow_tf32(True)
     if torch is not None:
         torch.backends.cudnn.allow_tf32 = True
     try:
-        for name, shape in shapes.items():
-            for row in _conv_rows(ctx, name, shape, torch, repeat):
+        for case in cases:
+            for row in _conv_rows(ctx, case, torch, repeat):
                 rows.append(dict(row, op=row["op"] + "_tf32"))
     finally:
         runtime.set_allow_tf32(False)
@@ -607,14 +598,11 @@ def stage_timings(ctx: StageContext) -> None:
     --device cuda``."""
     torch = None if ctx.dry else cuda_torch()
     repeat = 2 if ctx.dry else 20
-    tables = ((DRY_CONV, _conv_rows), (DRY_POOL, _pool_rows), (DRY_BN, _batch_norm_rows)) \
-        if ctx.dry else ((CONV_SHAPES, _conv_rows), (POOL_SHAPES, _pool_rows),
-                         (BN_SHAPES, _batch_norm_rows))
     rows = []
-    for shapes, timer in tables:
-        for name, shape in shapes.items():
-            rows += timer(ctx, name, shape, torch, repeat)
-            ctx.emit(kernels=rows)
+    for case in _cases(ctx):
+        timer = {"conv": _conv_rows, "maxpool": _pool_rows, "batchnorm": _batch_norm_rows}
+        rows += timer[case.op](ctx, case, torch, repeat)
+        ctx.emit(kernels=rows)
     ctx.emit(tile_k=_tile_k_rows(ctx, repeat))
     ctx.emit(tf32=_tf32_rows(ctx, torch, repeat))
     folder = os.path.join(ctx.out, "bench")

@@ -8,7 +8,7 @@ import time
 import numpy
 import pytest
 
-from gpunet import benchmarks, cli, models
+from gpunet import benchmarks, cli, models, nn
 
 
 def test_work_counts_by_hand():
@@ -17,8 +17,12 @@ def test_work_counts_by_hand():
     assert conv2.work() == (3 * 2 * 128 * 16 * 6 * 25 * 10 * 10, "flop")
     strided = next(c for c in benchmarks.CASES if c.id == "alexnet224/conv1")
     assert strided.work()[0] == 3 * 2 * 16 * 64 * 3 * 121 * 55 * 55  # (224+4-11)//4+1 = 55
+    assert strided.on_gpu().work()[0] == 2 * strided.work()[0]  # batch 32 on the GPU
     pool = next(c for c in benchmarks.CASES if c.id == "alexnet_cifar/pool1")
-    assert pool.work() == (4 * 2 * (64 * 64 * 32 * 32 + 64 * 64 * 15 * 15), "byte")
+    # each way: x once, y and the argmax (or dy and the argmax) once each
+    assert pool.work() == (2 * 4 * (64 * 64 * 32 * 32 + 2 * 64 * 64 * 15 * 15), "byte")
+    bn = next(c for c in benchmarks.CASES if c.id == "lenet5/bn1")
+    assert bn.work() == (2 * 4 * 5 * 128 * 6 * 28 * 28, "byte")
 
 
 def test_step_flops_count_every_conv_and_linear_layer():
@@ -41,12 +45,24 @@ def test_every_case_runs_on_both_libraries():
         benchmarks.torch_runner(case, torch)()
 
 
-def test_torch_twins_have_the_same_parameter_counts():
+def test_the_torch_twin_of_a_model_computes_what_it_computes(rng):
+    """Built from the gpunet model itself: the same keys and values, and the same
+    outputs (the CIFAR AlexNet's pool -> ReLU order, LeNet-5's batch norm)."""
     torch = pytest.importorskip("torch")
-    for net, (make, _, _) in benchmarks.STEP_WORKLOADS.items():
-        ours = sum(p.data.size for p in make().parameters())
-        theirs = sum(p.numel() for p in benchmarks.torch_model(net, torch).parameters())
-        assert ours == theirs, net
+    for make, shape in [(lambda: models.lenet5(batch_norm=True), (3, 1, 32, 32)),
+                        (models.alexnet_cifar, (2, 3, 32, 32)),
+                        (lambda: models.alexnet(num_classes=7, lrn=True), (1, 3, 224, 224))]:
+        ours = make().eval()
+        twin = benchmarks.torch_twin(ours, torch).eval()
+        assert list(twin.state_dict()) == list(ours.state_dict())
+        x = rng.standard_normal(shape).astype("float32")
+        with torch.no_grad():
+            theirs = twin(torch.from_numpy(x)).numpy()
+        numpy.testing.assert_allclose(ours(x), theirs, rtol=1e-4, atol=1e-4)
+    with pytest.raises(TypeError, match="no PyTorch twin for Custom"):
+        class Custom(nn.Module):
+            pass
+        benchmarks.torch_twin(nn.Sequential(Custom()), torch)
 
 
 def test_side_by_side_timer_reports_each_runner(monkeypatch):

@@ -10,7 +10,6 @@ import math
 
 import numpy
 
-from ..ops.common import Context
 from . import parallel
 
 
@@ -62,9 +61,8 @@ def _batch_stats(x2, channels):
 
 
 def forward(x, weight, bias, running, eps):
-    """``(y, ctx, (mean, var))`` for the NumPy array ``x``: normalised by the batch's
-    statistics (returned, the variance biased) when ``running`` is ``None``, else by
-    ``running = (mean, var)`` (and ``None`` returned for the statistics)."""
+    """``(y, x_hat, inv_std, (mean, var))`` for the NumPy array ``x``, as
+    :func:`gpunet.ops.batchnorm._forward`."""
     channels = weight.shape[0]
     x2 = x.reshape(x.shape[0], math.prod(x.shape[1:]))  # (N, C*L): see _expand
     if running is None:
@@ -88,41 +86,34 @@ def forward(x, weight, bias, running, eps):
         y[rows] += bias_row
 
     parallel.map_chunks(normalise, _row_chunks(x2))
-    return (y.reshape(x.shape),
-            BatchNormContext(x_hat.reshape(x.shape), inv_std, weight, running is None), stats)
+    return y.reshape(x.shape), x_hat.reshape(x.shape), inv_std, stats
 
 
-class BatchNormContext(Context):
-    __slots__ = ("x_hat", "inv_std", "weight", "training")
+def backward(dy, x_hat, weight, inv_std, training, input_grad):
+    """``(dx, dweight, dbias)`` by the formula of :mod:`gpunet.ops.batchnorm`, in row
+    chunks."""
+    channels, sample_size = dy.shape[1], dy.size // dy.shape[0]
+    dy2, x_hat2 = dy.reshape(dy.shape[0], -1), x_hat.reshape(dy.shape[0], -1)
+    chunks = _row_chunks(dy2)
+    sums = parallel.map_chunks(lambda rows: (_channel_sum(dy2[rows], channels),
+                                             _channel_dot(dy2[rows], x_hat2[rows], channels)),
+                               chunks)
+    dbias, dweight = (sum(parts) for parts in zip(*sums))
+    if not input_grad:
+        return None, dweight, dbias
+    g_scale = weight * inv_std
+    g_row = _expand(g_scale, sample_size)
+    if training:  # the batch statistics' own gradients
+        m = dy.size // channels
+        x_hat_scale = _expand(g_scale * dweight / m, sample_size)
+        shift = _expand(g_scale * dbias / m, sample_size)
+    dx = numpy.empty_like(dy2)
 
-    def __init__(self, x_hat, inv_std, weight, training):
-        super().__init__("batch_norm", x_hat.shape)
-        self.x_hat, self.inv_std, self.weight, self.training = x_hat, inv_std, weight, training
+    def input_gradient(rows):
+        numpy.multiply(dy2[rows], g_row, out=dx[rows])
+        if training:
+            dx[rows] -= x_hat2[rows] * x_hat_scale
+            dx[rows] -= shift
 
-    def _backward(self, dy, input_grad):
-        """The formula of :mod:`gpunet.ops.batchnorm`'s backward, in row chunks."""
-        channels, sample_size = dy.shape[1], dy.size // dy.shape[0]
-        dy2, x_hat2 = dy.reshape(dy.shape[0], -1), self.x_hat.reshape(dy.shape[0], -1)
-        chunks = _row_chunks(dy2)
-        sums = parallel.map_chunks(lambda rows: (_channel_sum(dy2[rows], channels),
-                                                 _channel_dot(dy2[rows], x_hat2[rows], channels)),
-                                   chunks)
-        dbias, dweight = (sum(parts) for parts in zip(*sums))
-        if not input_grad:
-            return None, dweight, dbias
-        g_scale = self.weight * self.inv_std
-        g_row = _expand(g_scale, sample_size)
-        if self.training:  # the batch statistics' own gradients
-            m = dy.size // channels
-            x_hat_scale = _expand(g_scale * dweight / m, sample_size)
-            shift = _expand(g_scale * dbias / m, sample_size)
-        dx = numpy.empty_like(dy2)
-
-        def input_gradient(rows):
-            numpy.multiply(dy2[rows], g_row, out=dx[rows])
-            if self.training:
-                dx[rows] -= x_hat2[rows] * x_hat_scale
-                dx[rows] -= shift
-
-        parallel.map_chunks(input_gradient, chunks)
-        return dx.reshape(dy.shape), dweight, dbias
+    parallel.map_chunks(input_gradient, chunks)
+    return dx.reshape(dy.shape), dweight, dbias

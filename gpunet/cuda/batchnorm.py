@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy
 
 from ..backend import get_array_module
-from ..ops.common import Context
 from . import runtime
 from .runtime import (
     BLOCK,
@@ -114,8 +113,7 @@ def apply(x, mean, inv_std, weight, bias):
 
 
 def forward(x, weight, bias, running, eps):
-    """``(y, ctx, (mean, var))`` as :func:`gpunet.cpu.batchnorm.forward`: the batch's
-    statistics when ``running`` is ``None``, else ``running = (mean, var)``."""
+    """``(y, x_hat, inv_std, (mean, var))`` as :func:`gpunet.ops.batchnorm._forward`."""
     xp = get_array_module(x)
     if running is None:
         mean, var = stats(x)
@@ -123,19 +121,7 @@ def forward(x, weight, bias, running, eps):
         mean, var = (a.astype(x.dtype) for a in running)
     inv_std = 1.0 / xp.sqrt(var + eps)
     y, x_hat = apply(x, mean, inv_std, weight, bias)
-    return (y, BatchNormContext(x_hat, inv_std, weight, running is None),
-            (mean, var) if running is None else None)
-
-
-class BatchNormContext(Context):
-    __slots__ = ("x_hat", "inv_std", "weight", "training")
-
-    def __init__(self, x_hat, inv_std, weight, training):
-        super().__init__("batch_norm", x_hat.shape)
-        self.x_hat, self.inv_std, self.weight, self.training = x_hat, inv_std, weight, training
-
-    def _backward(self, dy, input_grad):
-        return backward(dy, self.x_hat, self.weight, self.inv_std, self.training, input_grad)
+    return y, x_hat, inv_std, (mean, var) if running is None else None
 
 
 def backward(dy, x_hat, weight, inv_std, training: bool, input_grad: bool = True):

@@ -19,9 +19,9 @@ from .common import Context, route
 
 
 def _forward(x, weight, bias, running, eps):
-    """``(y, ctx, (mean, var))``: normalised by the batch's statistics (returned,
-    the variance biased) when ``running`` is ``None``, else by ``running = (mean,
-    var)``, returning ``None`` for the statistics."""
+    """``(y, x_hat, inv_std, (mean, var))``: normalised by the batch's statistics
+    (returned, the variance biased) when ``running`` is ``None``, else by ``running =
+    (mean, var)``, returning ``None`` for the statistics."""
     xp = common_array_module(x=x)
     axes = (0, *range(2, x.ndim))
     per_channel = (1, -1) + (1,) * (x.ndim - 2)  # (C,) against (N, C, ...)
@@ -37,34 +37,44 @@ def _forward(x, weight, bias, running, eps):
     x_hat = centred * inv_std
     y = weight.reshape(per_channel) * x_hat + bias.reshape(per_channel)
     stats = (mean.reshape(-1), var.reshape(-1)) if running is None else None
-    return y, BatchNormContext(x_hat, inv_std.reshape(-1), weight, running is None), stats
+    return y, x_hat, inv_std.reshape(-1), stats
+
+
+def _backward(dy, x_hat, weight, inv_std, training, input_grad):
+    """``(dx, dweight, dbias)``. In training the batch statistics depend on ``x``,
+    which gives ``dx = inv_std / m * (m g - sum(g) - x_hat sum(g x_hat))`` with ``g =
+    gamma dy``; in evaluation they are constants and ``dx = gamma dy inv_std``."""
+    axes = (0, *range(2, dy.ndim))
+    per_channel = (1, -1) + (1,) * (dy.ndim - 2)
+    dbias = dy.sum(axis=axes)
+    dweight = (dy * x_hat).sum(axis=axes)
+    if not input_grad:
+        return None, dweight, dbias
+    g_scale = (weight * inv_std).reshape(per_channel)
+    dx = g_scale * dy
+    if training:  # the batch statistics' own gradients
+        m = dy.size // dy.shape[1]
+        dx -= g_scale * (x_hat * dweight.reshape(per_channel) + dbias.reshape(per_channel)) / m
+    return dx, dweight, dbias
+
+
+# forward and backward of each implementation (see route)
+IMPLEMENTATIONS = {"xp": (_forward, _backward),
+                   "cpu": (cpu_batchnorm.forward, cpu_batchnorm.backward),
+                   "cuda": (cuda_batchnorm.forward, cuda_batchnorm.backward)}
 
 
 class BatchNormContext(Context):
-    __slots__ = ("x_hat", "inv_std", "weight", "training")
+    __slots__ = ("x_hat", "inv_std", "weight", "training", "implementation")
 
-    def __init__(self, x_hat, inv_std, weight, training):
+    def __init__(self, x_hat, inv_std, weight, training, implementation):
         super().__init__("batch_norm", x_hat.shape)
         self.x_hat, self.inv_std, self.weight, self.training = x_hat, inv_std, weight, training
+        self.implementation = implementation
 
     def _backward(self, dy, input_grad):
-        """``(dx, dweight, dbias)``. In training the batch statistics depend on ``x``,
-        which gives ``dx = inv_std / m * (m g - sum(g) - x_hat sum(g x_hat))`` with
-        ``g = gamma dy``; in evaluation they are constants and ``dx = gamma dy
-        inv_std``."""
-        axes = (0, *range(2, dy.ndim))
-        per_channel = (1, -1) + (1,) * (dy.ndim - 2)
-        dbias = dy.sum(axis=axes)
-        dweight = (dy * self.x_hat).sum(axis=axes)
-        if not input_grad:
-            return None, dweight, dbias
-        g_scale = (self.weight * self.inv_std).reshape(per_channel)
-        dx = g_scale * dy
-        if self.training:  # the batch statistics' own gradients
-            m = dy.size // dy.shape[1]
-            dx -= g_scale * (self.x_hat * dweight.reshape(per_channel)
-                             + dbias.reshape(per_channel)) / m
-        return dx, dweight, dbias
+        backward = IMPLEMENTATIONS[self.implementation][1]
+        return backward(dy, self.x_hat, self.weight, self.inv_std, self.training, input_grad)
 
 
 def batch_norm_forward(x, weight, bias, running_mean, running_var, *, training,
@@ -92,14 +102,14 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, *, training,
         raise ValueError(
             f"{where}: training needs more than one value per channel, got input "
             f"shape {tuple(x.shape)} (use a batch larger than 1 or call .eval())")
-    forward = {"cuda": cuda_batchnorm.forward, "cpu": cpu_batchnorm.forward,
-               "xp": _forward}[route(xp, use_kernels, cuda_batchnorm.fits(x.shape))]
-    y, ctx, stats = forward(x, weight, bias, None if training else (running_mean, running_var),
-                            eps)
+    implementation = route(xp, use_kernels, cuda_batchnorm.fits(x.shape))
+    forward = IMPLEMENTATIONS[implementation][0]
+    y, x_hat, inv_std, stats = forward(x, weight, bias,
+                                       None if training else (running_mean, running_var), eps)
     if training:
         mean, var = stats
         running_mean *= 1.0 - momentum
         running_mean += momentum * mean.astype(running_mean.dtype)
         running_var *= 1.0 - momentum
         running_var += (momentum * count / (count - 1)) * var.astype(running_var.dtype)
-    return y, ctx
+    return y, BatchNormContext(x_hat, inv_std, weight, training, implementation)
