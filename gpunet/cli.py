@@ -14,6 +14,7 @@ import warnings
 import numpy
 
 from . import __version__, backend
+from . import distributed as gpunet_distributed
 from .data import DatasetError, load_cifar10, load_fashion_mnist, load_mnist, synthetic_images
 from .data.batching import train_dev_test_split
 from .data.transforms import Standardize, horizontal_flip, to_float
@@ -114,6 +115,9 @@ def build_parser() -> Parser:
     train.add_argument("--overwrite", action="store_true",
                        help="replace an earlier run in OUT (without it, train refuses to)")
     train.add_argument("--no-progress", action="store_true")
+    train.add_argument("--distributed", action="store_true",
+                       help="data-parallel over the processes of `mpiexec -n P gpunet train "
+                            "...` (--batch-size per process; needs gpunet[mpi])")
 
 
     tune = sub.add_parser("tune", allow_abbrev=False,
@@ -230,6 +234,8 @@ class _SaveEachEpoch:
         self.epoch = None  # the last epoch saved by this run
 
     def on_epoch_end(self, run: Run):
+        if not run.writer:  # a distributed run's other ranks
+            return False
         run.save(os.path.join(self.out, "last.npz"), **self.meta)
         self.epoch = run.epoch
         run.history.to_csv(os.path.join(self.out, "metrics.csv"))
@@ -356,6 +362,9 @@ def run_training(args, callbacks=(), test: bool = True, saver_box: list | None =
     with the run's saver in ``saver_box``."""
     _check_train_flags(args)
     _use_device(args.device)
+    distributed = getattr(args, "distributed", False)
+    world = gpunet_distributed.init() if distributed else None
+    announce = announce and (world is None or world.is_root)
     _check_out(args)
     saved = _resume_settings(args, args.given) if args.resume else None
     backend.manual_seed(args.seed)
@@ -405,10 +414,11 @@ def run_training(args, callbacks=(), test: bool = True, saver_box: list | None =
     fit(model, SoftmaxCrossEntropy(), optimizer, (x, y), args.epochs, args.batch_size,
         val_data=val, schedule=schedule, callbacks=run_callbacks + list(callbacks),
         progress=not args.no_progress, history=history, initial_epoch=initial_epoch,
-        augment=(lambda batch: horizontal_flip(batch, args.flip)) if args.flip else None)
+        augment=(lambda batch: horizontal_flip(batch, args.flip)) if args.flip else None,
+        distributed=distributed)
     if not test:
         return history, None
-    return history, dict(evaluate(model, (x_test, y_test)), images=len(x_test))
+    return history, dict(evaluate(model, (x_test, y_test), world=world), images=len(x_test))
 
 
 def cmd_train(args) -> int:
@@ -421,8 +431,9 @@ def cmd_train(args) -> int:
         print(f"gpunet: interrupted; {_what_was_saved(args.out, saver_box[0].epoch)}",
               file=sys.stderr)
         return 130
-    print(f"test accuracy: {scores['accuracy']:.4f} (loss {scores['loss']:.4f}, "
-          f"{scores['images']:,} images)")
+    if not getattr(args, "distributed", False) or gpunet_distributed.world().is_root:
+        print(f"test accuracy: {scores['accuracy']:.4f} (loss {scores['loss']:.4f}, "
+              f"{scores['images']:,} images)")
     return 0
 
 
@@ -645,6 +656,15 @@ def _one_line_warning(message, category, filename, lineno, line=None):
     return f"gpunet: warning: {message}\n"
 
 
+def _fail(message: str, code: int) -> int:
+    """Print the one-line error; in a distributed run, end every process with it (the
+    others would wait for this one for ever)."""
+    if gpunet_distributed.is_initialized() and gpunet_distributed.world().size > 1:
+        gpunet_distributed.abort(message, code)
+    print(f"gpunet: {message}", file=sys.stderr)
+    return code
+
+
 def main(argv=None) -> int:
     warnings.formatwarning = _one_line_warning
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -655,12 +675,10 @@ def main(argv=None) -> int:
         args.given = _given_flags(subparser, argv) if subparser else set()
         return COMMANDS[args.command](args)
     except (UsageError, DatasetError, CheckpointError, backend.DeviceError, ValueError,
-            TypeError, OSError, ImportError) as exc:
-        print(f"gpunet: error: {exc}", file=sys.stderr)
-        return 2
+            TypeError, OSError, ImportError, gpunet_distributed.DistributedError) as exc:
+        return _fail(f"error: {exc}", 2)
     except (NonFiniteError, MemoryError) as exc:
-        print(f"gpunet: training stopped: {exc}", file=sys.stderr)
-        return 1
+        return _fail(f"training stopped: {exc}", 1)
     except KeyboardInterrupt:
         print("gpunet: interrupted", file=sys.stderr)
         return 130

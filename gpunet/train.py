@@ -19,9 +19,11 @@ from .backend import (
     get_rng_state,
     is_out_of_memory,
     release_cached_memory,
+    set_rng_state,
     to_device,
 )
 from .data.batching import minibatches
+from .distributed import batch_shard
 from .losses import SoftmaxCrossEntropy
 from .nn import Module
 from .nn.module import backward_params
@@ -166,7 +168,8 @@ class ModelCheckpoint(Callback):
         if self.save_best_only and not value > self.best:
             return False
         self.best = max(self.best, value)
-        run.save(self.path, **self.meta)
+        if run.writer:
+            run.save(self.path, **self.meta)
         return False
 
 
@@ -181,6 +184,7 @@ class Run:
     epoch: int = 0   # epochs completed
     step: int = 0    # training steps completed, over all epochs
     has_val_data: bool = False
+    writer: bool = True  # whether this process writes files (rank 0 of a distributed run)
 
     def save(self, path, **meta) -> str:
         from .io import save
@@ -251,11 +255,11 @@ def _progress_bar(total, desc, enabled):
                 dynamic_ncols=True, disable=None)
 
 
-def _ask_callbacks(callbacks, hook: str, run: Run) -> bool:
+def _ask_callbacks(callbacks, hook: str, run: Run, world=None) -> bool:
     """Call ``hook`` on every callback that has it (all of them, even after one asks
-    to stop); ``True`` when any asks to stop."""
+    to stop); ``True`` when any asks to stop (on any rank of a distributed run)."""
     answers = [bool(getattr(cb, hook)(run)) for cb in callbacks if hasattr(cb, hook)]
-    return any(answers)
+    return any(answers) if world is None else world.any(any(answers))
 
 
 def _finite(xp, a) -> bool:
@@ -290,10 +294,12 @@ def _first_non_finite_layer(model, x) -> str:
 
 
 def train_step(model, loss, optimizer, xb, yb, where: str = "train_step",
-               check_finite: bool = True):
+               check_finite: bool = True, world=None):
     """One step: forward, cost, backward (without the input gradient, which nothing
-    uses), update; returns ``(loss, correct predictions)``. ``fit``, ``gpunet bench``
-    and the memory runs all take this step. With ``check_finite`` it raises
+    uses), the gradients averaged over ``world``'s ranks if given
+    (:mod:`gpunet.distributed`), update; returns ``(loss, correct predictions)`` of
+    this process's batch. ``fit``, ``gpunet bench`` and the memory runs all take this
+    step. With ``check_finite`` it raises
     :class:`NonFiniteError` naming the step (``where``) and the first layer (or
     parameter gradient) where NaN or Inf appeared, before anything is updated."""
     optimizer.zero_grad()
@@ -307,6 +313,8 @@ def train_step(model, loss, optimizer, xb, yb, where: str = "train_step",
     if check_finite and not math.isfinite(value):
         raise NonFiniteError(f"{where}: the loss became {value}")
     backward_params(model, loss.backward())
+    if world is not None:
+        world.all_reduce_gradients(model)
     if check_finite:
         named = list(model.named_parameters())
         if named and not bool(xp.stack([xp.isfinite(p.grad).all() for _, p in named]).all()):
@@ -319,7 +327,8 @@ def train_step(model, loss, optimizer, xb, yb, where: str = "train_step",
 def fit(model: Module, loss, optimizer, train_data, epochs: int, batch_size: int,
         val_data=None, schedule=None, callbacks=(), progress: bool = True, augment=None,
         history: History | None = None, initial_epoch: int = 0,
-        shuffle: bool = True, drop_last: bool | None = None) -> History:
+        shuffle: bool = True, drop_last: bool | None = None,
+        distributed: bool = False) -> History:
     """Train ``model`` for epochs ``initial_epoch + 1 .. epochs``.
 
     Each epoch visits ``train_data = (x, y)`` in a shuffled order fixed by the
@@ -335,6 +344,13 @@ def fit(model: Module, loss, optimizer, train_data, epochs: int, batch_size: int
     Checked before the first step: the data, ``batch_size``, a forward pass of two
     validation examples (so a wrong ``val_data`` shape fails now, not after an
     epoch) and every callback's ``on_fit_start``.
+
+    ``distributed=True`` trains data-parallel on the processes ``mpiexec`` started
+    (:mod:`gpunet.distributed`): ``batch_size`` rows per process, gradients averaged
+    every step, metrics summed over the processes. Every process must pass the same
+    model and data (checked) and the same seed; rank 0's parameters start everyone.
+    Only rank 0 shows progress, and ``Run.writer`` is true there only: callbacks that
+    write files check it. Batch norm uses each process's batch statistics.
     """
     _check_data("train_data", train_data, model)
     _checks.positive_int("batch_size", batch_size)
@@ -344,16 +360,20 @@ def fit(model: Module, loss, optimizer, train_data, epochs: int, batch_size: int
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"epochs: expected a non-negative int, got {epochs!r}")
     device = device_of(model.parameters()[0].data)
+    world = _start_distributed(model, train_data, val_data) if distributed else None
+    processes = 1 if world is None else world.size
+    progress = progress and (world is None or world.is_root)
     history = History() if history is None else history
     run = Run(model, optimizer, schedule, history, initial_epoch, len(history.steps),
-              has_val_data=val_data is not None)
+              has_val_data=val_data is not None, writer=world is None or world.is_root)
     for callback in callbacks:
         if hasattr(callback, "on_fit_start"):
             callback.on_fit_start(run)
     x, y = train_data
+    global_batch = batch_size * processes  # each process trains on its batch_size rows
     if drop_last is None:
-        drop_last = len(x) % batch_size == 1 and _has_batch_norm(model)
-    n_batches = len(x) // batch_size if drop_last else -(-len(x) // batch_size)
+        drop_last = (len(x) % global_batch) // processes == 1 and _has_batch_norm(model)
+    n_batches = len(x) // global_batch if drop_last else -(-len(x) // global_batch)
     seed = get_rng_state()["seed"]
 
     for epoch in range(initial_epoch + 1, epochs + 1):
@@ -366,7 +386,7 @@ def fit(model: Module, loss, optimizer, train_data, epochs: int, batch_size: int
         start = time.perf_counter() - totals["time"]
         bar = _progress_bar(n_batches, f"epoch {epoch}/{epochs}", progress)
         batches = itertools.islice(
-            minibatches(x, y, batch_size, shuffle=shuffle, seed=[seed, epoch], device=device,
+            minibatches(x, y, global_batch, shuffle=shuffle, seed=[seed, epoch], device=device,
                         drop_last=drop_last),
             totals["batch"], None)
         stopped = False
@@ -374,16 +394,27 @@ def fit(model: Module, loss, optimizer, train_data, epochs: int, batch_size: int
             if augment is not None:
                 xb = augment(xb)
             where = f"epoch {epoch}, step {totals['batch'] + 1}"
+            shard = (0, len(xb)) if world is None else world.shard(len(xb))
+            if shard[0] == shard[1]:  # a last global batch with fewer rows than processes
+                totals["batch"] += 1
+                continue
             try:
-                value, correct = train_step(model, loss, optimizer, xb, yb, where)
+                with batch_shard(*shard, len(xb)):
+                    xb, yb = xb[shard[0]:shard[1]], yb[shard[0]:shard[1]]
+                    value, correct = train_step(model, loss, optimizer, xb, yb, where,
+                                                world=world)
             except Exception as exc:
                 if not is_out_of_memory(exc):
                     raise
                 release_cached_memory()
                 raise MemoryError(f"{where}: the GPU ran out of memory ({exc}) with a batch "
                                   f"of {len(xb)}; try a smaller batch_size") from None
-            totals.update(batch=totals["batch"] + 1, loss_sum=totals["loss_sum"] + value * len(xb),
-                          correct=totals["correct"] + correct, seen=totals["seen"] + len(xb),
+            seen = len(xb)
+            if world is not None:  # the metrics of the global batch
+                loss_sum, correct, seen = world.sum([value * seen, correct, seen])
+                value, correct, seen = loss_sum / seen, int(correct), int(seen)
+            totals.update(batch=totals["batch"] + 1, loss_sum=totals["loss_sum"] + value * seen,
+                          correct=totals["correct"] + correct, seen=totals["seen"] + seen,
                           time=time.perf_counter() - start)
             history.steps.append(value)
             history.partial = dict(totals)
@@ -393,7 +424,7 @@ def fit(model: Module, loss, optimizer, train_data, epochs: int, batch_size: int
                 bar.set_postfix(loss=f"{totals['loss_sum'] / totals['seen']:.4f}",
                                 acc=f"{totals['correct'] / totals['seen']:.4f}",
                                 img_s=f"{totals['seen'] / totals['time']:,.0f}")
-            if _ask_callbacks(callbacks, "on_step_end", run):
+            if _ask_callbacks(callbacks, "on_step_end", run, world):
                 stopped = True
                 break
         if bar is not None:
@@ -405,8 +436,10 @@ def fit(model: Module, loss, optimizer, train_data, epochs: int, batch_size: int
         row = {"epoch": epoch, "loss": totals["loss_sum"] / seen,
                "accuracy": totals["correct"] / seen, "val_loss": math.nan,
                "val_accuracy": math.nan, "lr": totals["lr"], "time": totals["time"]}
+        if world is not None:  # rank 0's running statistics for everyone (as DDP)
+            world.broadcast_buffers(model)
         if val_data is not None:
-            scores = evaluate(model, val_data, loss=loss)
+            scores = evaluate(model, val_data, loss=loss, world=world)
             row["val_loss"], row["val_accuracy"] = scores["loss"], scores["accuracy"]
         history.rows.append(row)
         run.epoch = epoch
@@ -414,9 +447,24 @@ def fit(model: Module, loss, optimizer, train_data, epochs: int, batch_size: int
             schedule.step()
         if progress:
             print(_epoch_line(row, epochs, seen), file=sys.stderr, flush=True)
-        if _ask_callbacks(callbacks, "on_epoch_end", run):
+        if _ask_callbacks(callbacks, "on_epoch_end", run, world):
             break
     return history
+
+
+def _start_distributed(model, train_data, val_data):
+    """The job's World, after checking that every rank has the same model and data,
+    giving everyone rank 0's parameters and random state."""
+    from . import distributed
+    world = distributed.init()
+    world.check_same("training data", distributed.data_description("train_data", train_data))
+    if val_data is not None:
+        world.check_same("validation data", distributed.data_description("val_data", val_data))
+    world.broadcast_parameters(model)
+    state = world.broadcast_object(get_rng_state())
+    if not world.is_root and state != get_rng_state():
+        set_rng_state(state)  # the same shuffles and dropout masks on every rank
+    return world
 
 
 def _epoch_line(row, epochs, seen) -> str:
@@ -427,12 +475,17 @@ def _epoch_line(row, epochs, seen) -> str:
     return line + f"  lr {row['lr']:.3g}  {row['time']:.1f}s ({seen / row['time']:,.0f} img/s)"
 
 
-def evaluate(model: Module, data, batch_size: int = 256, loss=None) -> dict:
+def evaluate(model: Module, data, batch_size: int = 256, loss=None, world=None) -> dict:
     """``{"loss", "accuracy"}`` of ``model`` on ``data = (x, y)`` in eval mode (the
-    model's mode is restored afterwards). ``loss`` defaults to softmax cross-entropy."""
+    model's mode is restored afterwards). ``loss`` defaults to softmax cross-entropy.
+    With a distributed ``world`` each rank evaluates its slice and the sums are
+    combined."""
     _check_data("data", data, model)
     loss = SoftmaxCrossEntropy() if loss is None else loss
     device = device_of(model.parameters()[0].data)
+    if world is not None:
+        start, stop = (len(data[0]) * r // world.size for r in (world.rank, world.rank + 1))
+        data = (data[0][start:stop], data[1][start:stop])
     was_training = model.training
     model.eval()
     total, correct = 0.0, 0
@@ -444,5 +497,7 @@ def evaluate(model: Module, data, batch_size: int = 256, loss=None) -> dict:
     finally:
         model.train(was_training)
     n = len(data[0])
+    if world is not None:
+        total, correct, n = world.sum([total, correct, n])
     return {"loss": total / n, "accuracy": correct / n}
 

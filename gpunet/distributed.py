@@ -1,0 +1,298 @@
+"""Data-parallel training over processes started by ``mpiexec``, on existing engines:
+MPI (``mpi4py``) starts the processes and moves NumPy buffers; NCCL (CuPy's
+``cupy.cuda.nccl``) all-reduces CuPy buffers, its unique id broadcast over MPI, with
+MPI on host copies where NCCL is missing. gpunet opens no socket of its own.
+
+Every rank holds the whole model and the whole dataset. Each step every rank draws
+the same global batch (``batch_size`` rows per rank, the same shuffle, the same
+augmentation) and trains on its slice of rows (:meth:`World.shard`); dropout draws
+its mask for the global batch and keeps the slice too, so a run on ``p`` processes
+takes the steps one process takes with ``p`` times the batch. The gradients are
+then averaged over the ranks (:meth:`World.all_reduce_gradients`) and every rank
+takes the same optimizer step. Batch norm normalises each rank's slice by its own
+statistics (as PyTorch's DDP), and its running statistics are rank 0's from each
+epoch's end on.
+
+A rank that raises ends the whole job (``MPI_Abort``) after printing its one-line
+error: the others would otherwise wait for it in the next collective for ever.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import zlib
+
+import numpy
+
+from .backend import get_array_module, to_numpy
+
+__all__ = ["World", "init", "world", "is_initialized", "current_shard"]
+
+# Gradients and parameters move in buckets of this many bytes per rank: the reduction
+# gathers every rank's bucket (p buckets of memory), then sums them in rank order.
+BUCKET_BYTES = 16 * 2**20
+
+_world: World | None = None
+_shard: tuple[int, int, int] | None = None  # (start, stop, global rows) of this step
+
+
+class DistributedError(RuntimeError):
+    """The ranks of a job disagree (models, data), or MPI is missing."""
+
+
+def _mpi():
+    try:
+        from mpi4py import MPI
+    except ImportError as exc:
+        raise DistributedError(
+            "distributed training needs mpi4py and an MPI library: pip install "
+            "'gpunet[mpi]' (mpi4py and the mpich wheel, which brings mpiexec)") from exc
+    return MPI
+
+
+class World:
+    """The processes of a job: ``rank``, ``size``, ``local_rank`` (rank among the
+    processes on this machine) and ``local_size``."""
+
+    def __init__(self, comm):
+        mpi = _mpi()
+        self.comm = comm
+        self.rank, self.size = comm.Get_rank(), comm.Get_size()
+        local = comm.Split_type(mpi.COMM_TYPE_SHARED, key=self.rank)
+        self.local_rank, self.local_size = local.Get_rank(), local.Get_size()
+        local.Free()
+        self._nccl = None  # NcclCommunicator, made at the first reduction of CuPy arrays
+
+    def __repr__(self) -> str:
+        return f"World(rank={self.rank}, size={self.size}, local_rank={self.local_rank})"
+
+    @property
+    def is_root(self) -> bool:
+        return self.rank == 0
+
+    # -- small values --------------------------------------------------------------------
+    def sum(self, values) -> list[float]:
+        """The sum over ranks of a few numbers (metrics), in rank order."""
+        gathered = self.comm.allgather([float(v) for v in values])
+        return [float(sum(column)) for column in zip(*gathered)]
+
+    def any(self, flag: bool) -> bool:
+        """Whether any rank says so (a stop asked by one rank's callback stops all)."""
+        return any(self.comm.allgather(bool(flag)))
+
+    def broadcast_object(self, value, root: int = 0):
+        return self.comm.bcast(value, root=root)
+
+    def check_same(self, what: str, description) -> None:
+        """Raise :class:`DistributedError` on every rank unless every rank's
+        ``description`` (a list of lines) equals rank 0's: the first line that differs
+        and the ranks it differs on are named."""
+        everyone = self.comm.allgather(list(description))
+        ours = everyone[0]
+        for rank, theirs in enumerate(everyone):
+            if theirs == ours:
+                continue
+            for i in range(max(len(ours), len(theirs))):
+                a = ours[i] if i < len(ours) else "nothing"
+                b = theirs[i] if i < len(theirs) else "nothing"
+                if a != b:
+                    raise DistributedError(f"the ranks' {what} differ: rank 0 has {a}, "
+                                           f"rank {rank} has {b}")
+
+    # -- arrays ----------------------------------------------------------------------------
+    def all_reduce_gradients(self, model) -> None:
+        """Replace each parameter's ``grad`` by its mean over the ranks, in place. The
+        parameters go in the model's order; on MPI each bucket of them is gathered from
+        every rank and summed in rank order, so every rank gets the same bits and a
+        rerun the same result, whatever algorithm the MPI library picks."""
+        self._all_reduce_mean([p.grad for p in model.parameters()])
+
+    def broadcast_parameters(self, model, root: int = 0) -> None:
+        """Every rank takes rank ``root``'s parameters and buffers (after checking that
+        all ranks built the same model: names, shapes and dtypes)."""
+        self.check_same("models", [f"{name} {tuple(a.shape)} {a.dtype}"
+                                   for name, a in _named_arrays(model)])
+        self._broadcast([a for _, a in _named_arrays(model)], root)
+
+    def broadcast_buffers(self, model, root: int = 0) -> None:
+        """Rank ``root``'s buffers (batch norm's running statistics) on every rank."""
+        self._broadcast([b for _, b in model.named_buffers()], root)
+
+    def _all_reduce_mean(self, arrays) -> None:
+        arrays = [a for a in arrays if a.size]
+        if not arrays or self.size == 1:
+            return
+        xp = get_array_module(arrays[0])
+        if xp is not numpy and self._nccl_communicator() is not None:
+            self._nccl_all_reduce_mean(arrays)
+            return
+        for bucket in _buckets(arrays):
+            flat = numpy.concatenate([to_numpy(a).ravel() for a in bucket])
+            gathered = numpy.empty((self.size, flat.size), flat.dtype)
+            self.comm.Allgather(flat, gathered)
+            mean = gathered.sum(axis=0) / self.size  # rank order, the same on every rank
+            offset = 0
+            for a in bucket:
+                a[...] = xp.asarray(mean[offset:offset + a.size].reshape(a.shape))
+                offset += a.size
+
+    def _broadcast(self, arrays, root) -> None:
+        arrays = [a for a in arrays if a.size]
+        if not arrays or self.size == 1:
+            return
+        xp = get_array_module(arrays[0])
+        for bucket in _buckets(arrays):
+            flat = numpy.concatenate([to_numpy(a).ravel().view(numpy.uint8) for a in bucket])
+            self.comm.Bcast(flat, root=root)
+            offset = 0
+            for a in bucket:
+                part = flat[offset:offset + a.nbytes].view(a.dtype).reshape(a.shape)
+                a[...] = xp.asarray(part)
+                offset += a.nbytes
+
+    # -- NCCL ----------------------------------------------------------------------------
+    def _nccl_communicator(self):
+        """CuPy's NCCL communicator over these ranks (its id from rank 0 over MPI), or
+        ``None`` where CuPy has no NCCL: then host copies go over MPI."""
+        if self._nccl is None:
+            try:
+                from cupy.cuda import nccl
+            except ImportError:
+                nccl = None
+            available = nccl is not None and getattr(nccl, "available", True)
+            if not all(self.comm.allgather(bool(available))):
+                self._nccl = False
+            else:
+                uid = self.comm.bcast(nccl.get_unique_id() if self.is_root else None)
+                self._nccl = nccl.NcclCommunicator(self.size, uid, self.rank)
+        return self._nccl or None
+
+    def _nccl_all_reduce_mean(self, arrays) -> None:
+        import cupy
+        from cupy.cuda import nccl
+        kinds = {numpy.dtype("float32"): nccl.NCCL_FLOAT32,
+                 numpy.dtype("float64"): nccl.NCCL_FLOAT64}
+        stream = cupy.cuda.get_current_stream()
+        for bucket in _buckets(arrays):
+            flat = cupy.concatenate([a.ravel() for a in bucket])
+            self._nccl.allReduce(flat.data.ptr, flat.data.ptr, flat.size, kinds[flat.dtype],
+                                 nccl.NCCL_SUM, stream.ptr)
+            flat /= self.size
+            offset = 0
+            for a in bucket:
+                a[...] = flat[offset:offset + a.size].reshape(a.shape)
+                offset += a.size
+
+    # -- the batch ---------------------------------------------------------------------------
+    def shard(self, rows: int) -> tuple[int, int]:
+        """This rank's ``(start, stop)`` of a global batch of ``rows``: equal slices in
+        rank order; the ``rows % size`` rows left over are dropped (every rank then
+        takes as many rows, so the mean of the ranks' means is the batch's mean)."""
+        per_rank = rows // self.size
+        return self.rank * per_rank, (self.rank + 1) * per_rank
+
+
+def _named_arrays(model):
+    yield from ((name, p.data) for name, p in model.named_parameters())
+    yield from model.named_buffers()
+
+
+def _buckets(arrays):
+    """Consecutive runs of ``arrays`` of one dtype and at most ``BUCKET_BYTES``
+    (one larger array alone)."""
+    bucket, size = [], 0
+    for a in arrays:
+        if bucket and (a.dtype != bucket[0].dtype or size + a.nbytes > BUCKET_BYTES):
+            yield bucket
+            bucket, size = [], 0
+        bucket.append(a)
+        size += a.nbytes
+    if bucket:
+        yield bucket
+
+
+def init() -> World:
+    """The job's :class:`World` (MPI is initialised at the first call). On a CUDA
+    device each rank takes GPU ``local_rank``; on the CPU each rank takes its share
+    of the cores for gpunet's threads unless ``GPUNET_NUM_THREADS`` says otherwise.
+    From here on, an exception nobody catches ends the whole job."""
+    global _world
+    if _world is None:
+        _world = World(_mpi().COMM_WORLD)
+        _install_abort_on_error(_world)
+        if _world.local_size > 1 and "GPUNET_NUM_THREADS" not in os.environ:
+            from . import cpu
+            cpu.set_num_threads(max(1, len(os.sched_getaffinity(0)) // _world.local_size
+                                    if hasattr(os, "sched_getaffinity") else 1))
+        from . import backend
+        device = backend.get_device()
+        if device.kind == "cuda" and _world.local_size > 1:
+            backend.set_device(f"cuda:{_world.local_rank}")
+    return _world
+
+
+def world() -> World:
+    """The :class:`World` of :func:`init` (raises if it was not called)."""
+    if _world is None:
+        raise DistributedError("gpunet.distributed.init() has not been called")
+    return _world
+
+
+def is_initialized() -> bool:
+    return _world is not None
+
+
+def abort(message: str, code: int = 1) -> None:
+    """Print ``message`` as this rank's one line and end every rank of the job."""
+    w = _world
+    prefix = f"rank {w.rank}/{w.size}: " if w is not None and w.size > 1 else ""
+    print(f"gpunet: {prefix}{message}", file=sys.stderr, flush=True)
+    if w is not None and w.size > 1:
+        w.comm.Abort(code)
+    raise SystemExit(code)
+
+
+def _install_abort_on_error(w: World) -> None:
+    previous = sys.excepthook
+
+    def hook(kind, value, traceback):
+        if w.size == 1 or kind in (KeyboardInterrupt, SystemExit):
+            previous(kind, value, traceback)
+            return
+        abort(f"{kind.__name__}: {value}", 1)
+
+    sys.excepthook = hook
+
+
+# -- the step's slice of the global batch (read by Dropout) ---------------------------------
+def current_shard() -> tuple[int, int, int] | None:
+    """``(start, stop, global_rows)`` of the global batch this rank trains on now, or
+    ``None`` outside a distributed step."""
+    return _shard
+
+
+class batch_shard:
+    """``with batch_shard(start, stop, rows):`` marks a distributed step's slice."""
+
+    def __init__(self, start: int, stop: int, rows: int):
+        self.value = (start, stop, rows)
+
+    def __enter__(self):
+        global _shard
+        self.previous, _shard = _shard, self.value
+
+    def __exit__(self, *exc_info):
+        global _shard
+        _shard = self.previous
+
+
+def data_description(name: str, data) -> list[str]:
+    """Lines that differ when two ranks load different data: shapes, dtypes and a
+    checksum of a few rows from each end."""
+    lines = []
+    for part, array in zip(("x", "y"), data):
+        ends = numpy.ascontiguousarray(to_numpy(array[:4])).tobytes() + \
+            numpy.ascontiguousarray(to_numpy(array[-4:])).tobytes()
+        lines.append(f"{name} {part}: shape {tuple(array.shape)}, {array.dtype}, "
+                     f"crc {zlib.crc32(ends):08x}")
+    return lines
