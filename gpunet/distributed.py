@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 import zlib
 
 import numpy
@@ -212,10 +213,11 @@ def _buckets(arrays):
 
 
 def init() -> World:
-    """The job's :class:`World` (MPI is initialised at the first call). On a CUDA
-    device each rank takes GPU ``local_rank``; on the CPU each rank takes its share
-    of the cores for gpunet's threads unless ``GPUNET_NUM_THREADS`` says otherwise.
-    From here on, an exception nobody catches ends the whole job."""
+    """The job's :class:`World` (MPI is initialised at the first call). Call it before
+    building the model: on a CUDA device each rank takes GPU ``local_rank``; on the
+    CPU each rank takes its share of the cores for gpunet's threads unless
+    ``GPUNET_NUM_THREADS`` says otherwise. From here on, an exception nobody catches
+    ends the whole job."""
     global _world
     if _world is None:
         _world = World(_mpi().COMM_WORLD)
@@ -225,10 +227,20 @@ def init() -> World:
             cpu.set_num_threads(max(1, len(os.sched_getaffinity(0)) // _world.local_size
                                     if hasattr(os, "sched_getaffinity") else 1))
         from . import backend
-        device = backend.get_device()
-        if device.kind == "cuda" and _world.local_size > 1:
-            backend.set_device(f"cuda:{_world.local_rank}")
+        if backend.get_device().kind == "cuda" and _world.local_size > 1:
+            backend.set_device(f"cuda:{_local_gpu(_world)}")
     return _world
+
+
+def _local_gpu(w: World) -> int:
+    """GPU ``local_rank``; with fewer GPUs than processes on this machine, they share
+    them round-robin (slower, and said once)."""
+    import cupy
+    count = cupy.cuda.runtime.getDeviceCount()
+    if count < w.local_size and w.local_rank == 0:
+        warnings.warn(f"{w.local_size} processes share {count} GPU(s) on this machine",
+                      stacklevel=3)
+    return w.local_rank % count
 
 
 def world() -> World:
@@ -287,12 +299,8 @@ class batch_shard:
 
 
 def data_description(name: str, data) -> list[str]:
-    """Lines that differ when two ranks load different data: shapes, dtypes and a
-    checksum of a few rows from each end."""
-    lines = []
-    for part, array in zip(("x", "y"), data):
-        ends = numpy.ascontiguousarray(to_numpy(array[:4])).tobytes() + \
-            numpy.ascontiguousarray(to_numpy(array[-4:])).tobytes()
-        lines.append(f"{name} {part}: shape {tuple(array.shape)}, {array.dtype}, "
-                     f"crc {zlib.crc32(ends):08x}")
-    return lines
+    """Lines that differ when two ranks hold different data: shapes, dtypes and a
+    CRC-32 of every byte (0.2 s for Fashion-MNIST's 188 MB, once per run)."""
+    return [f"{name} {part}: shape {tuple(array.shape)}, {array.dtype}, "
+            f"crc {zlib.crc32(numpy.ascontiguousarray(to_numpy(array))):08x}"
+            for part, array in zip(("x", "y"), data)]
