@@ -7,7 +7,8 @@ EXTRAS ?= test
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install test test-cuda-double lint clean demo fashion-mnist kernels-check gpu-check gpu-check-dry
+.PHONY: install test test-cuda-double lint clean demo fashion-mnist kernels-check gpu-check gpu-check-dry \
+	scaling
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +50,12 @@ gpu-check:
 # the script itself must never be what fails on a GPU.
 gpu-check-dry: install
 	$(BIN)/python bench/gpu_check.py --dry-run --out /tmp/gpunet-gpu-check-dry
+
+# Data-parallel scaling on this machine (gpunet.distributed over mpiexec): training-step
+# images/s and all-reduce times on 1 and 2 processes, saved in bench/results.
+scaling: install
+	$(BIN)/python bench/scaling.py --processes 1 2 --net lenet5 --steps 40
+	$(BIN)/python bench/scaling.py --processes 1 2 --net alexnet_cifar --steps 10
 
 # Debian's package where apt works (as root); otherwise gpunet downloads and
 # verifies the files itself on first use.

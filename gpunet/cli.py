@@ -408,9 +408,13 @@ def run_training(args, callbacks=(), test: bool = True, saver_box: list | None =
             best.best = max(history["val_accuracy"])
         run_callbacks.append(best)
     if announce:
+        where = f"{backend.get_device()} ({backend.device_name(backend.get_device())})"
+        if world is not None:
+            where = (f"{world.size} processes, batch {args.batch_size} each, rank 0 on {where}"
+                     + ("; batch norm uses each process's batch statistics"
+                        if args.batch_norm else ""))
         print(f"training {args.model} on {args.dataset} ({len(x):,} images, "
-              f"{len(x_dev):,} for validation) on {backend.get_device()} "
-              f"({backend.device_name(backend.get_device())})", flush=True)
+              f"{len(x_dev):,} for validation) on {where}", flush=True)
     fit(model, SoftmaxCrossEntropy(), optimizer, (x, y), args.epochs, args.batch_size,
         val_data=val, schedule=schedule, callbacks=run_callbacks + list(callbacks),
         progress=not args.no_progress, history=history, initial_epoch=initial_epoch,

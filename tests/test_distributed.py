@@ -1,6 +1,7 @@
 """Data-parallel training through ``mpiexec`` (gpunet.distributed): two processes
 take the steps one process takes with twice the batch, a failing or killed rank
 ends the job, a resumed run continues bit for bit, ranks that disagree are refused."""
+import json
 import os
 import shutil
 import signal
@@ -279,3 +280,18 @@ def test_one_process_is_a_world_of_one(rng):
     for key in results[0][1]:
         assert numpy.array_equal(results[0][1][key], results[1][1][key])
     assert distributed.world().size == 1
+
+
+@needs_mpiexec
+def test_the_scaling_benchmark_runs_on_one_and_two_processes(tmp_path):
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "scaling.py"),
+                           "--processes", "1", "2", "--steps", "2", "--warmup", "1",
+                           "--batch", "16", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    (saved,) = tmp_path.glob("scaling-lenet5-*.json")
+    rows = json.loads(saved.read_text())["rows"]
+    assert [r["processes"] for r in rows] == [1, 2]
+    assert rows[1]["gradient_bytes"] == 4 * 61706  # LeNet-5's parameters in float32
+    assert all(r["images_per_s"] > 0 for r in rows) and rows[1]["all_reduce_ms_per_step"] > 0
+    assert [p["bytes"] for p in rows[1]["all_reduce_curve"]][:2] == [1024, 4096]
