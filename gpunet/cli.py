@@ -432,8 +432,9 @@ def cmd_train(args) -> int:
     except KeyboardInterrupt:
         if not saver_box:
             raise
-        print(f"gpunet: interrupted; {_what_was_saved(args.out, saver_box[0].epoch)}",
-              file=sys.stderr)
+        if not getattr(args, "distributed", False) or gpunet_distributed.world().is_root:
+            print(f"gpunet: interrupted; {_what_was_saved(args.out, saver_box[0].epoch)}",
+                  file=sys.stderr)  # (rank 0 alone saves, and says what)
         return 130
     if not getattr(args, "distributed", False) or gpunet_distributed.world().is_root:
         print(f"test accuracy: {scores['accuracy']:.4f} (loss {scores['loss']:.4f}, "
