@@ -67,12 +67,12 @@ def worker(args) -> dict:
     curve = []
     for size in REDUCE_SIZES:
         arrays = [numpy.ones(size, numpy.float32)]
-        world._all_reduce_mean(arrays)  # warm
+        world.all_reduce(arrays, mean=True)  # warm
         world.comm.Barrier()
         repeats = max(3, min(200, 2**22 // size))
         start = time.perf_counter()
         for _ in range(repeats):
-            world._all_reduce_mean(arrays)
+            world.all_reduce(arrays, mean=True)
         world.comm.Barrier()
         curve.append({"bytes": 4 * size,
                       "ms": (time.perf_counter() - start) / repeats * 1e3})

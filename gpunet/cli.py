@@ -118,6 +118,9 @@ def build_parser() -> Parser:
     train.add_argument("--distributed", action="store_true",
                        help="data-parallel over the processes of `mpiexec -n P gpunet train "
                             "...` (--batch-size per process; needs gpunet[mpi])")
+    train.add_argument("--sync-batch-norm", action="store_true",
+                       help="with --distributed: batch norm over all processes' rows "
+                            "together (default: each process's own)")
 
 
     tune = sub.add_parser("tune", allow_abbrev=False,
@@ -272,6 +275,8 @@ def _check_train_flags(args) -> None:
         problems.append(f"--dev-size: expected 0 or more, got {args.dev_size}")
     if args.seed < 0:
         problems.append(f"--seed: expected 0 or more, got {args.seed}")
+    if getattr(args, "sync_batch_norm", False) and not (args.distributed and args.batch_norm):
+        problems.append("--sync-batch-norm: needs --distributed and --batch-norm")
     if args.schedule and args.decay is None:
         problems.append(f"--schedule {args.schedule} needs --decay (e.g. "
                         f"{'0.9' if args.schedule in ('exponential', 'step') else '0.5'})")
@@ -382,6 +387,8 @@ def run_training(args, callbacks=(), test: bool = True, saver_box: list | None =
     x, x_dev, x_test = (_prepare(a, stats) for a in (x, x_dev, x_test))
 
     model = _build_model(args.model, x.shape[1], args.batch_norm)
+    if getattr(args, "sync_batch_norm", False):
+        gpunet_distributed.sync_batch_norm(model)
     optimizer = _optimizer(args, model.parameters())
     schedule = SCHEDULES[args.schedule](optimizer, args) if args.schedule else None
     meta = {"architecture": args.model, "batch_norm": args.batch_norm, "dataset": args.dataset,
@@ -410,8 +417,9 @@ def run_training(args, callbacks=(), test: bool = True, saver_box: list | None =
     if announce:
         where = f"{backend.get_device()} ({backend.device_name(backend.get_device())})"
         if world is not None:
+            statistics = "all processes' rows" if args.sync_batch_norm else "each process's rows"
             where = (f"{world.size} processes, batch {args.batch_size} each, rank 0 on {where}"
-                     + ("; batch norm uses each process's batch statistics"
+                     + (f"; batch norm uses the statistics of {statistics}"
                         if args.batch_norm else ""))
         print(f"training {args.model} on {args.dataset} ({len(x):,} images, "
               f"{len(x_dev):,} for validation) on {where}", flush=True)

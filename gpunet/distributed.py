@@ -11,7 +11,8 @@ takes the steps one process takes with ``p`` times the batch. The gradients are
 then averaged over the ranks (:meth:`World.all_reduce_gradients`) and every rank
 takes the same optimizer step. Batch norm normalises each rank's slice by its own
 statistics (as PyTorch's DDP), and its running statistics are rank 0's from each
-epoch's end on.
+epoch's end on; :func:`sync_batch_norm` makes it use the statistics of all ranks'
+rows together instead.
 
 A rank that raises ends the whole job (``MPI_Abort``) after printing its one-line
 error: the others would otherwise wait for it in the next collective for ever.
@@ -27,7 +28,7 @@ import numpy
 
 from .backend import get_array_module, to_numpy
 
-__all__ = ["World", "init", "world", "is_initialized", "current_shard"]
+__all__ = ["World", "init", "world", "is_initialized", "current_shard", "sync_batch_norm"]
 
 # Gradients and parameters move in buckets of this many bytes per rank: the reduction
 # gathers every rank's bucket (p buckets of memory), then sums them in rank order.
@@ -106,7 +107,7 @@ class World:
         parameters go in the model's order; on MPI each bucket of them is gathered from
         every rank and summed in rank order, so every rank gets the same bits and a
         rerun the same result, whatever algorithm the MPI library picks."""
-        self._all_reduce_mean([p.grad for p in model.parameters()])
+        self.all_reduce([p.grad for p in model.parameters()], mean=True)
 
     def broadcast_parameters(self, model, root: int = 0) -> None:
         """Every rank takes rank ``root``'s parameters and buffers (after checking that
@@ -119,22 +120,27 @@ class World:
         """Rank ``root``'s buffers (batch norm's running statistics) on every rank."""
         self._broadcast([b for _, b in model.named_buffers()], root)
 
-    def _all_reduce_mean(self, arrays) -> None:
+    def all_reduce(self, arrays, mean: bool = False) -> None:
+        """Each array replaced, in place, by its sum (or mean) over the ranks: NCCL for
+        CuPy arrays where CuPy has it, else gathered over MPI in buckets and summed in
+        rank order."""
         arrays = [a for a in arrays if a.size]
         if not arrays or self.size == 1:
             return
         xp = get_array_module(arrays[0])
         if xp is not numpy and self._nccl_communicator() is not None:
-            self._nccl_all_reduce_mean(arrays)
+            self._nccl_all_reduce(arrays, mean)
             return
         for bucket in _buckets(arrays):
             flat = numpy.concatenate([to_numpy(a).ravel() for a in bucket])
             gathered = numpy.empty((self.size, flat.size), flat.dtype)
             self.comm.Allgather(flat, gathered)
-            mean = gathered.sum(axis=0) / self.size  # rank order, the same on every rank
+            total = gathered.sum(axis=0)  # rank order, the same on every rank
+            if mean:
+                total /= self.size
             offset = 0
             for a in bucket:
-                a[...] = xp.asarray(mean[offset:offset + a.size].reshape(a.shape))
+                a[...] = xp.asarray(total[offset:offset + a.size].reshape(a.shape))
                 offset += a.size
 
     def _broadcast(self, arrays, root) -> None:
@@ -168,7 +174,7 @@ class World:
                 self._nccl = nccl.NcclCommunicator(self.size, uid, self.rank)
         return self._nccl or None
 
-    def _nccl_all_reduce_mean(self, arrays) -> None:
+    def _nccl_all_reduce(self, arrays, mean) -> None:
         import cupy
         from cupy.cuda import nccl
         kinds = {numpy.dtype("float32"): nccl.NCCL_FLOAT32,
@@ -178,7 +184,8 @@ class World:
             flat = cupy.concatenate([a.ravel() for a in bucket])
             self._nccl.allReduce(flat.data.ptr, flat.data.ptr, flat.size, kinds[flat.dtype],
                                  nccl.NCCL_SUM, stream.ptr)
-            flat /= self.size
+            if mean:
+                flat /= self.size
             offset = 0
             for a in bucket:
                 a[...] = flat[offset:offset + a.size].reshape(a.shape)
@@ -241,6 +248,17 @@ def _local_gpu(w: World) -> int:
         warnings.warn(f"{w.local_size} processes share {count} GPU(s) on this machine",
                       stacklevel=3)
     return w.local_rank % count
+
+
+def sync_batch_norm(model):
+    """Make every batch-norm layer of ``model`` normalise by the statistics of all
+    ranks' rows together (PyTorch's SyncBatchNorm): two small all-reduces in its
+    forward and one in its backward, on the textbook path. Returns ``model``."""
+    from .nn.normalization import _BatchNorm
+    for module in model.modules():
+        if isinstance(module, _BatchNorm):
+            module.sync_stats = True
+    return model
 
 
 def world() -> World:

@@ -38,6 +38,10 @@ TRAIN = textwrap.dedent("""
     if kind == "lenet5_dropout":
         layers = list(models.lenet5())
         model = nn.Sequential(*layers[:7], nn.Dropout(0.3), *layers[7:])
+    elif kind.startswith("lenet5_batch_norm"):
+        model = models.lenet5(batch_norm=True)
+        if kind.endswith("synced") and processes != "1":
+            gpunet.distributed.sync_batch_norm(model)
     else:
         model = nn.Sequential(nn.Conv2d(1, 4, 3, stride=2), nn.ReLU(), nn.Flatten(),
                               nn.Linear(4 * 13 * 13, 10))
@@ -76,7 +80,7 @@ def _train_both_ways(tmp_path, dtype, kind, device="cpu"):
 
 @needs_mpiexec
 @pytest.mark.parametrize("dtype,tolerance", [("float64", 1e-12), ("float32", 1e-5)])
-@pytest.mark.parametrize("kind", ["conv", "lenet5_dropout"])
+@pytest.mark.parametrize("kind", ["conv", "lenet5_dropout", "lenet5_batch_norm_synced"])
 def test_two_processes_take_the_steps_of_one_with_twice_the_batch(tmp_path, dtype, tolerance,
                                                                    kind):
     one, two = _train_both_ways(tmp_path, dtype, kind)
@@ -85,6 +89,14 @@ def test_two_processes_take_the_steps_of_one_with_twice_the_batch(tmp_path, dtyp
         scale = max(1.0, float(numpy.abs(one[key]).max()))
         error = float(numpy.abs(one[key] - two[key]).max())
         assert error <= tolerance * scale, (key, error)
+
+
+@needs_mpiexec
+def test_batch_norm_keeps_each_processs_statistics_unless_synchronised(tmp_path):
+    """By default (as PyTorch's DDP) each process normalises its 32 rows by their own
+    statistics: not the steps of one process at 64 (the synchronised test above is)."""
+    one, two = _train_both_ways(tmp_path, "float64", "lenet5_batch_norm")
+    assert float(numpy.abs(one["0.weight"] - two["0.weight"]).max()) > 1e-6
 
 
 @needs_mpiexec
@@ -295,3 +307,9 @@ def test_the_scaling_benchmark_runs_on_one_and_two_processes(tmp_path):
     assert rows[1]["gradient_bytes"] == 4 * 61706  # LeNet-5's parameters in float32
     assert all(r["images_per_s"] > 0 for r in rows) and rows[1]["all_reduce_ms_per_step"] > 0
     assert [p["bytes"] for p in rows[1]["all_reduce_curve"]][:2] == [1024, 4096]
+
+
+def test_sync_batch_norm_needs_distributed_batch_norm(capsys):
+    from gpunet import cli
+    assert cli.main(["train", *QUICK, "--sync-batch-norm", "--out", "/nonexistent/x"]) == 2
+    assert "--sync-batch-norm: needs --distributed and --batch-norm" in capsys.readouterr().err

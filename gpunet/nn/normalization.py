@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy
 
-from .. import _checks
+from .. import _checks, distributed
 from ..backend import get_device
 from ..init import constant
 from ..ops import batch_norm_forward, lrn_forward
@@ -27,9 +27,12 @@ class _BatchNorm(Module):
         self.register_buffer("running_var", constant(num_features, 1.0))
         self.register_buffer("num_batches_tracked",
                              get_device().xp.zeros((), dtype=numpy.int64))
+        # statistics over every process of a distributed run (gpunet.distributed.sync_batch_norm)
+        self.sync_stats = False
 
     def extra_repr(self) -> str:
-        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+                + (", sync_stats=True" if self.sync_stats else ""))
 
     def forward(self, x):
         where = f"{type(self).__name__}({self.num_features})"
@@ -42,9 +45,10 @@ class _BatchNorm(Module):
             self.num_batches_tracked += 1
             if momentum is None:  # PyTorch: a cumulative average of all batches
                 momentum = 1.0 / float(self.num_batches_tracked)
+        world = distributed.world() if self.sync_stats and distributed.is_initialized() else None
         y, self._ctx = batch_norm_forward(
             x, self.weight.data, self.bias.data, self.running_mean, self.running_var,
-            training=self.training, momentum=momentum, eps=self.eps)
+            training=self.training, momentum=momentum, eps=self.eps, world=world)
         return y
 
     def backward(self, dy, input_grad: bool = True):

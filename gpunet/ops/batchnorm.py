@@ -11,6 +11,8 @@ passes in row chunks on gpunet's threads), CuPy arrays gpunet's CUDA kernels
 """
 from __future__ import annotations
 
+import functools
+
 from .. import _checks
 from ..backend import common_array_module
 from ..cpu import batchnorm as cpu_batchnorm
@@ -58,6 +60,46 @@ def _backward(dy, x_hat, weight, inv_std, training, input_grad):
     return dx, dweight, dbias
 
 
+def _synced_forward(x, weight, bias, world, eps):
+    """The training forward with statistics over every rank of a distributed ``world``
+    (synchronised batch norm): the per-channel sums of ``x``, then of the squared
+    deviations, added up over the ranks. Returns ``(y, x_hat, inv_std, (mean, var),
+    count)``, ``count`` the values per channel on all ranks."""
+    xp = common_array_module(x=x)
+    axes = (0, *range(2, x.ndim))
+    per_channel = (1, -1) + (1,) * (x.ndim - 2)
+    count = world.sum([x.size // x.shape[1]])[0]
+    total = x.sum(axis=axes)
+    world.all_reduce([total])
+    mean = (total / count).reshape(per_channel)
+    centred = x - mean
+    squares = (centred * centred).sum(axis=axes)
+    world.all_reduce([squares])
+    var = squares / count
+    inv_std = 1.0 / xp.sqrt(var + eps)
+    x_hat = centred * inv_std.reshape(per_channel)
+    y = weight.reshape(per_channel) * x_hat + bias.reshape(per_channel)
+    return y, x_hat, inv_std, (mean.reshape(-1), var), count
+
+
+def _synced_backward(dy, x_hat, weight, inv_std, training, input_grad, world):
+    """The training formula with ``m``, ``sum(g)`` and ``sum(g x_hat)`` over every
+    rank; ``dweight`` and ``dbias`` stay this rank's (averaging the gradients over the
+    ranks makes them the batch's)."""
+    axes = (0, *range(2, dy.ndim))
+    per_channel = (1, -1) + (1,) * (dy.ndim - 2)
+    dbias, dweight = dy.sum(axis=axes), (dy * x_hat).sum(axis=axes)
+    if not input_grad:
+        return None, dweight, dbias
+    sums = [dbias.copy(), dweight.copy()]
+    world.all_reduce(sums)
+    m = world.sum([dy.size // dy.shape[1]])[0]
+    g_scale = (weight * inv_std).reshape(per_channel)
+    dx = g_scale * dy - g_scale * (x_hat * sums[1].reshape(per_channel)
+                                   + sums[0].reshape(per_channel)) / m
+    return dx, dweight, dbias
+
+
 # forward and backward of each implementation (see route)
 IMPLEMENTATIONS = {"xp": (_forward, _backward),
                    "cpu": (cpu_batchnorm.forward, cpu_batchnorm.backward),
@@ -65,20 +107,20 @@ IMPLEMENTATIONS = {"xp": (_forward, _backward),
 
 
 class BatchNormContext(Context):
-    __slots__ = ("x_hat", "inv_std", "weight", "training", "implementation")
+    __slots__ = ("x_hat", "inv_std", "weight", "training", "backward_of")
 
-    def __init__(self, x_hat, inv_std, weight, training, implementation):
+    def __init__(self, x_hat, inv_std, weight, training, backward_of):
         super().__init__("batch_norm", x_hat.shape)
         self.x_hat, self.inv_std, self.weight, self.training = x_hat, inv_std, weight, training
-        self.implementation = implementation
+        self.backward_of = backward_of  # the implementation's backward
 
     def _backward(self, dy, input_grad):
-        backward = IMPLEMENTATIONS[self.implementation][1]
-        return backward(dy, self.x_hat, self.weight, self.inv_std, self.training, input_grad)
+        return self.backward_of(dy, self.x_hat, self.weight, self.inv_std, self.training,
+                                input_grad)
 
 
 def batch_norm_forward(x, weight, bias, running_mean, running_var, *, training,
-                       momentum=0.1, eps=1e-5, use_kernels=None):
+                       momentum=0.1, eps=1e-5, use_kernels=None, world=None):
     """Normalise ``x``; returns ``(y, ctx)``, ``ctx.backward(dy)`` giving ``(dx,
     dweight, dbias)``.
 
@@ -86,7 +128,9 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, *, training,
     running ones in place: ``running = (1 - momentum) running + momentum batch``,
     with the unbiased variance ``var * m / (m - 1)`` as in PyTorch. Evaluation
     uses the running statistics. CuPy arrays go to the CUDA kernels unless
-    ``use_kernels=False`` or ``GPUNET_KERNELS=0``.
+    ``use_kernels=False`` or ``GPUNET_KERNELS=0``. In training, a distributed
+    ``world`` (:mod:`gpunet.distributed`) makes the statistics those of every
+    rank's batch together (on the textbook path).
     """
     where = "batch_norm"
     xp = common_array_module(x=x, weight=weight, running_mean=running_mean)
@@ -102,14 +146,19 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, *, training,
         raise ValueError(
             f"{where}: training needs more than one value per channel, got input "
             f"shape {tuple(x.shape)} (use a batch larger than 1 or call .eval())")
-    implementation = route(xp, use_kernels, cuda_batchnorm.fits(x.shape))
-    forward = IMPLEMENTATIONS[implementation][0]
-    y, x_hat, inv_std, stats = forward(x, weight, bias,
-                                       None if training else (running_mean, running_var), eps)
+    if training and world is not None:
+        y, x_hat, inv_std, stats, count = _synced_forward(x, weight, bias, world, eps)
+        backward = functools.partial(_synced_backward, world=world)
+    else:
+        implementation = route(xp, use_kernels, cuda_batchnorm.fits(x.shape))
+        forward, backward = IMPLEMENTATIONS[implementation]
+        y, x_hat, inv_std, stats = forward(x, weight, bias,
+                                           None if training else (running_mean, running_var),
+                                           eps)
     if training:
         mean, var = stats
         running_mean *= 1.0 - momentum
         running_mean += momentum * mean.astype(running_mean.dtype)
         running_var *= 1.0 - momentum
         running_var += (momentum * count / (count - 1)) * var.astype(running_var.dtype)
-    return y, BatchNormContext(x_hat, inv_std, weight, training, implementation)
+    return y, BatchNormContext(x_hat, inv_std, weight, training, backward)
