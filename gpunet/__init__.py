@@ -3,7 +3,7 @@
 The backend names are re-exported here: ``gpunet.set_device("auto")``,
 ``gpunet.manual_seed(0)``, ``gpunet.to_numpy(x)``.
 """
-from . import data, init, losses, models, nn, ops, optim
+from . import data, distributed, init, losses, models, nn, ops, optim
 from .backend import (
                       Device,
                       DeviceError,
@@ -25,7 +25,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError", "Device", "DeviceError", "DeviceFallbackWarning", "GradcheckReport",
-    "History", "NonFiniteError", "data", "evaluate", "ewma", "fit", "get_array_module",
+    "History", "NonFiniteError", "data", "distributed", "evaluate", "ewma", "fit",
+    "get_array_module",
     "get_device", "gradcheck", "init", "load", "losses", "manual_seed", "models", "nn", "ops",
     "optim", "save", "set_device", "summary", "to_device", "to_numpy",
 ]
