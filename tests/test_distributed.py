@@ -313,3 +313,12 @@ def test_sync_batch_norm_needs_distributed_batch_norm(capsys):
     from gpunet import cli
     assert cli.main(["train", *QUICK, "--sync-batch-norm", "--out", "/nonexistent/x"]) == 2
     assert "--sync-batch-norm: needs --distributed and --batch-norm" in capsys.readouterr().err
+
+
+def test_without_mpi4py_the_cli_says_what_to_install(monkeypatch, capsys, tmp_path):
+    from gpunet import cli
+    monkeypatch.setitem(sys.modules, "mpi4py", None)  # import mpi4py now fails
+    monkeypatch.setattr(distributed, "_world", None)
+    assert cli.main(["train", *QUICK, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "distributed training needs mpi4py" in err and "gpunet[mpi]" in err
