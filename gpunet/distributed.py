@@ -87,8 +87,8 @@ class World:
 
     def check_same(self, what: str, description) -> None:
         """Raise :class:`DistributedError` on every rank unless every rank's
-        ``description`` (a list of lines) equals rank 0's: the first line that differs
-        and the ranks it differs on are named."""
+        ``description`` (a list of lines) equals rank 0's, naming the first rank that
+        differs and its first line that does."""
         everyone = self.comm.allgather(list(description))
         ours = everyone[0]
         for rank, theirs in enumerate(everyone):
