@@ -33,8 +33,4 @@ class Linear(Module):
         return y
 
     def backward(self, dy, input_grad: bool = True):
-        dx, dweight, dbias = self._saved().backward(dy, input_grad)
-        self.weight.grad += dweight
-        if self.bias is not None:
-            self.bias.grad += dbias
-        return dx
+        return self._add_grads(self._saved().backward(dy, input_grad), self.weight, self.bias)

@@ -101,6 +101,15 @@ class Module:
 
     _ctx = None  # what forward saved for backward, in the built-in layers
 
+    def _add_grads(self, backward_result, *params):
+        """``dx`` from an op context's ``(dx, *parameter_grads)``, each gradient added
+        into its parameter's ``.grad`` (a ``None`` parameter, say no bias, skipped)."""
+        dx, *grads = backward_result
+        for param, grad in zip(params, grads):
+            if param is not None:
+                param.grad += grad
+        return dx
+
     def _saved(self):
         """What forward saved, handed to backward once: letting go of it here frees
         each layer's activations as backward passes it, not at the next forward."""

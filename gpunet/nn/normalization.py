@@ -52,10 +52,7 @@ class _BatchNorm(Module):
         return y
 
     def backward(self, dy, input_grad: bool = True):
-        dx, dweight, dbias = self._saved().backward(dy, input_grad)
-        self.weight.grad += dweight
-        self.bias.grad += dbias
-        return dx
+        return self._add_grads(self._saved().backward(dy, input_grad), self.weight, self.bias)
 
 
 class BatchNorm1d(_BatchNorm):
