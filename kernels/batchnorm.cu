@@ -13,9 +13,13 @@
 //                     small spread around a large mean (float values near 1e4); never
 //                     E[x^2] - E[x]^2.
 // bn_fwd_stats_combine  : one thread per channel merges its runs in order (Chan, Golub and
-//                     LeVeque's pairwise update) into mean[c] and the biased var[c].
-// bn_fwd_apply      : x_hat = (x - mean) inv_std, y = gamma x_hat + beta; one thread per
-//                     element, or per 128-bit vector of them where the layout allows.
+//                     LeVeque's pairwise update) into mean[c] and the biased var[c], and
+//                     keeps the mean's two parts, pivot[c] and offset[c].
+// bn_fwd_apply      : x_hat = ((x - pivot) - offset) inv_std, y = gamma x_hat + beta (in
+//                     evaluation pivot = running mean, offset = 0); one thread per
+//                     element, or per 128-bit vector of them where the layout allows. Not
+//                     x - mean: a float mean near 1e4 is rounded by 5e-4, which a spread
+//                     of 1e-2 would feel.
 // bn_bwd_reduce    : per run, sum dy and sum dy x_hat; bn_bwd_reduce_combine sums the runs in
 //                     order into dbeta[c], dgamma[c].
 // bn_bwd_dx         : training: dx = gamma inv_std (dy - dbeta/M - x_hat dgamma/M);
@@ -77,6 +81,8 @@ extern "C" __global__ void bn_fwd_stats_combine(const real_t* __restrict__ x,
                                             const real_t* __restrict__ offset_mean,
                                             const real_t* __restrict__ squares,
                                             real_t* __restrict__ mean, real_t* __restrict__ var,
+                                            real_t* __restrict__ pivot,
+                                            real_t* __restrict__ mean_offset,
                                             const ChannelGeometry* __restrict__ geometry,
                                             const real_t* __restrict__ weights, int parts,
                                             acc_t inv_m) {
@@ -91,6 +97,8 @@ extern "C" __global__ void bn_fwd_stats_combine(const real_t* __restrict__ x,
     }
     mean[c] = (real_t)((acc_t)x[c * g.HW] + offset);
     var[c] = (real_t)(m2 * inv_m);
+    pivot[c] = x[c * g.HW];
+    mean_offset[c] = (real_t)offset;
 }
 
 // Elementwise kernels read and write `VECTOR` neighbours at once (128-bit) when the
@@ -100,7 +108,8 @@ extern "C" __global__ void bn_fwd_stats_combine(const real_t* __restrict__ x,
 #define VECTOR (16 / (int)sizeof(real_t))
 
 extern "C" __global__ void bn_fwd_apply(const real_t* __restrict__ x,
-                                        const real_t* __restrict__ mean,
+                                        const real_t* __restrict__ pivot,
+                                        const real_t* __restrict__ mean_offset,
                                         const real_t* __restrict__ inv_std,
                                         const real_t* __restrict__ gamma,
                                         const real_t* __restrict__ beta,
@@ -113,12 +122,13 @@ extern "C" __global__ void bn_fwd_apply(const real_t* __restrict__ x,
         const int i = t * VECTOR;
         if (i >= total) return;
         const int c = channel_of(i, g);
-        const real_t m = mean[c], s = inv_std[c], a = gamma[c], b = beta[c];
+        const real_t p = pivot[c], o = mean_offset[c];
+        const real_t s = inv_std[c], a = gamma[c], b = beta[c];
         const Packet<VECTOR> in = *reinterpret_cast<const Packet<VECTOR>*>(x + i);
         Packet<VECTOR> h, out;
 #pragma unroll
         for (int k = 0; k < VECTOR; ++k) {
-            h.v[k] = (in.v[k] - m) * s;
+            h.v[k] = ((in.v[k] - p) - o) * s;
             out.v[k] = a * h.v[k] + b;
         }
         *reinterpret_cast<Packet<VECTOR>*>(x_hat + i) = h;
@@ -127,7 +137,7 @@ extern "C" __global__ void bn_fwd_apply(const real_t* __restrict__ x,
     }
     if (t >= total) return;
     const int c = channel_of(t, g);
-    const real_t h = (x[t] - mean[c]) * inv_std[c];
+    const real_t h = ((x[t] - pivot[c]) - mean_offset[c]) * inv_std[c];
     x_hat[t] = h;
     y[t] = gamma[c] * h + beta[c];
 }

@@ -78,17 +78,43 @@ def _train_both_ways(tmp_path, dtype, kind, device="cpu"):
     return numpy.load(tmp_path / "one.npz"), numpy.load(tmp_path / "two.npz")
 
 
+def _max_errors(reference, result):
+    """``{key: max |result - reference|}`` relative to the array's scale (at least 1)."""
+    return {key: float(numpy.abs(result[key] - reference[key]).max())
+            / max(1.0, float(numpy.abs(reference[key]).max())) for key in reference.files}
+
+
+def _rounding_spread(tmp_path, dtype, kind, reference):
+    """How far one process's steps move when only their rounding changes: the same
+    run on the textbook path (``GPUNET_CPU_ACCEL=0``: other summation orders, the
+    same dropout masks), compared key by key with ``reference``."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    script = _python(tmp_path, TRAIN)
+    run = subprocess.run([*script, dtype, kind, "cpu", str(tmp_path / "textbook.npz"), "1"],
+                         capture_output=True, text=True, timeout=240, cwd=ROOT,
+                         env=dict(os.environ, GPUNET_CPU_ACCEL="0"))
+    assert run.returncode == 0, run.stderr
+    return _max_errors(reference, numpy.load(tmp_path / "textbook.npz"))
+
+
 @needs_mpiexec
-@pytest.mark.parametrize("dtype,tolerance", [("float64", 1e-12), ("float32", 1e-5)])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("kind", ["conv", "lenet5_dropout", "lenet5_batch_norm_synced"])
-def test_two_processes_take_the_steps_of_one_with_twice_the_batch(tmp_path, dtype, tolerance,
-                                                                   kind):
+def test_two_processes_take_the_steps_of_one_with_twice_the_batch(tmp_path, dtype, kind):
+    """Two processes must differ from one by no more than rounding does: 4 times
+    what one process's steps move when only their summation order changes (the
+    textbook path against the accelerators), or 32 units in the last place where
+    both are closer. That bound follows the ten steps' own amplification of
+    rounding on any CPU, BLAS and thread count; a fixed float32 bound (1e-5) held
+    on one machine and failed on another. float64 keeps an absolute 1e-12 as well."""
     one, two = _train_both_ways(tmp_path, dtype, kind)
     assert sorted(one.files) == sorted(two.files)
-    for key in one.files:
-        scale = max(1.0, float(numpy.abs(one[key]).max()))
-        error = float(numpy.abs(one[key] - two[key]).max())
-        assert error <= tolerance * scale, (key, error)
+    spread = _rounding_spread(tmp_path / "textbook", dtype, kind, one)
+    floor = 32 * float(numpy.finfo(dtype).eps)
+    for key, error in _max_errors(one, two).items():
+        bound = 4 * max(spread[key], floor)
+        assert error <= (min(bound, 1e-12) if dtype == "float64" else bound), \
+            (key, error, "rounding spread:", spread[key])
 
 
 @needs_mpiexec

@@ -383,7 +383,8 @@ def test_batch_norm_statistics_over_many_runs(emulated, monkeypatch, shape, min_
     parts, chunk = bn_kernels.runs(m, shape[1])
     assert parts == min(-(-512 // shape[1]), -(-m // min_run)) and (parts - 1) * chunk < m
     x = rng.standard_normal(shape) * 3 + 2
-    mean, var = bn_kernels.stats(x)
+    mean, var, pivot, offset = bn_kernels.stats(x)
+    assert_close(pivot + offset, mean, 1e-15, 0, "pivot + offset")
     axes = (0, *range(2, x.ndim))
     assert_close(mean, x.mean(axis=axes), 1e-12, 1e-12, "mean")
     assert_close(var, x.var(axis=axes), 1e-12, 1e-12, "var")
@@ -443,10 +444,17 @@ def test_batch_norm_kernel_large_mean_small_spread(emulated, rng):
     within each run and across the four runs merged."""
     x = (1e4 + 1e-2 * rng.standard_normal((64, 2, 8, 8))).astype("float32")
     assert bn_kernels.runs(64 * 8 * 8, 2)[0] == 4
-    mean, var = bn_kernels.stats(x)
+    mean, var, pivot, offset = bn_kernels.stats(x)
     # the mean is stored in float32: within one ulp of 1e4 (~1e-3)
     assert_close(mean, x.astype("float64").mean(axis=(0, 2, 3)), 0, 1e-3)
     assert_close(var, x.astype("float64").var(axis=(0, 2, 3)), 1e-3, 0)
+    # x is centred by pivot and offset, which keep what the rounded mean loses
+    y, x_hat = bn_kernels.apply(x, pivot, offset, 1 / numpy.sqrt(var), numpy.ones(2, x.dtype),
+                                numpy.zeros(2, x.dtype))
+    exact = x.astype("float64")
+    exact = (exact - exact.mean(axis=(0, 2, 3), keepdims=True)) / exact.std(axis=(0, 2, 3),
+                                                                           keepdims=True)
+    assert_close(x_hat, exact, 1e-3, 1e-3, "x_hat")
 
 
 def _family_outputs(family, x, weight, use_kernels):

@@ -1,4 +1,9 @@
 """Batch norm (train vs eval, running statistics) and LRN against naive references."""
+import copy
+import functools
+import operator
+import threading
+
 import numpy
 import pytest
 from hypothesis import given
@@ -66,17 +71,79 @@ def test_train_output_is_normalised_per_channel(rng):
     assert_close(y.std(axis=(0, 2, 3)), numpy.ones(4), 1e-3, 1e-3, "std")
 
 
-def test_float32_batch_norm_large_mean_small_std(rng):
-    """Two-pass variance: mean 1e4 and std 1e-2 do not cancel to NaN or 0. With the
-    default eps (1e-5, a tenth of var = 1e-4) the output std is sqrt(1e-4 / 1.1e-4),
-    as in float64 and PyTorch; with a negligible eps it is 1."""
+def test_float32_batch_norm_large_mean_small_std(xp, rng):
+    """Two-pass variance: mean 1e4 and std 1e-2 do not cancel to NaN or 0, and x is
+    centred as ``(x - pivot) - offset``, never by a float32 mean near 1e4 (rounded
+    by 5e-4, a twentieth of the std). With the default eps (1e-5, a tenth of var =
+    1e-4) the output std is sqrt(1e-4 / 1.1e-4), as in float64 and PyTorch; with a
+    negligible eps it is 1."""
     x = (1e4 + 1e-2 * rng.standard_normal((64, 2, 4, 4))).astype("float32")
-    y = nn.BatchNorm2d(2)(x)
+    y = to_numpy(nn.BatchNorm2d(2)(xp.asarray(x)))
     assert numpy.isfinite(y).all()
     ref = batch_norm_ref(x.astype("float64"), numpy.ones(2), numpy.zeros(2), 1e-5)
     assert_close(y, ref, 1e-3, 1e-3, "float32 vs float64")
-    y = nn.BatchNorm2d(2, eps=1e-12)(x)
+    y = to_numpy(nn.BatchNorm2d(2, eps=1e-12)(xp.asarray(x)))
     assert_close(y.std(axis=(0, 2, 3)), numpy.ones(2), 1e-2, 1e-2, "std")
+
+
+class _ThreadRanks:
+    """A distributed world of ``size`` ranks as threads of this process (what
+    batch norm asks of ``gpunet.distributed.World``: ``size``, ``sum``, ``all_reduce``
+    in place), each rank's sums added in rank order."""
+
+    def __init__(self, size):
+        self.size, self._barrier, self._slots = size, threading.Barrier(size), [None] * size
+
+    def rank(self, rank):
+        world = copy.copy(self)
+        world.rank = rank
+        return world
+
+    def _gather(self, values):
+        self._slots[self.rank] = values
+        self._barrier.wait()
+        everyone = list(self._slots)
+        self._barrier.wait()
+        return everyone
+
+    def sum(self, values):
+        return [float(sum(column)) for column in zip(*self._gather(list(values)))]
+
+    def all_reduce(self, arrays):
+        everyone = self._gather([a.copy() for a in arrays])
+        for i, a in enumerate(arrays):
+            a[...] = functools.reduce(operator.add, (theirs[i] for theirs in everyone))
+
+
+def test_synchronised_batch_norm_keeps_the_pivot_shift(rng):
+    """Two ranks' halves of a float32 batch of mean 1e4 and std 1e-2, normalised by
+    their shared statistics, give one process's output and input gradient: the
+    synchronised sums are of offsets from a shared pivot too (a plain float32 sum of
+    values near 1e4 loses the mean to a tenth of the std)."""
+    x = (1e4 + 1e-2 * rng.standard_normal((64, 2, 4, 4))).astype("float32")
+    dy = rng.standard_normal(x.shape).astype("float32")
+    gamma, beta = numpy.ones(2, "float32"), numpy.zeros(2, "float32")
+    ref = batch_norm_ref(x.astype("float64"), numpy.ones(2), numpy.zeros(2), 1e-5)
+    one, one_ctx = ops.batch_norm_forward(x, gamma, beta, numpy.zeros(2), numpy.ones(2),
+                                          training=True)
+    one_dx = one_ctx.backward(dy)[0]
+    world, results = _ThreadRanks(2), [None, None]
+
+    def rank(r):
+        rows = slice(32 * r, 32 * (r + 1))
+        y, ctx = ops.batch_norm_forward(x[rows], gamma, beta, numpy.zeros(2), numpy.ones(2),
+                                        training=True, world=world.rank(r))
+        results[r] = y, ctx.backward(dy[rows])[0]
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    y, dx = (numpy.concatenate(parts) for parts in zip(*results))
+    assert_close(y, ref, 1e-3, 1e-3, "synchronised y vs float64")
+    assert_close(y, one, 1e-3, 1e-3, "synchronised y vs one process")
+    assert_close(dx, one_dx, 1e-2, 1e-3 * float(numpy.abs(one_dx).max()), "dx vs one process")
 
 
 def test_batch_of_one_in_training_is_an_error():

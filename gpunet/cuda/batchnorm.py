@@ -74,7 +74,9 @@ def _reduction_grid(m, c):
 
 
 def stats(x):
-    """``(mean, var)`` per channel (biased variance), each ``(C,)``."""
+    """``(mean, var, pivot, offset)`` per channel, each ``(C,)``: the biased variance,
+    and the mean as ``pivot + offset`` (one sample's value and the mean's offset from
+    it), the two parts :func:`apply` centres by."""
     xp = get_array_module(x)
     x = xp.ascontiguousarray(x)
     check_indexable("batch_norm", x=x.size)
@@ -89,21 +91,22 @@ def stats(x):
     runtime.launch("batchnorm", "bn_fwd_stats", x.dtype, grid, (BLOCK, 1, 1),
                    (x, offsets, squares, geom, weights, numpy.int32(chunk)),
                    shared_mem=BLOCK * x.dtype.itemsize)
-    mean, var = new_output(xp, (c,), x.dtype), new_output(xp, (c,), x.dtype)
+    mean, var, pivot, offset = (new_output(xp, (c,), x.dtype) for _ in range(4))
     runtime.launch("batchnorm", "bn_fwd_stats_combine", x.dtype, _elementwise_grid(c),
-                   (BLOCK, 1, 1), (x, offsets, squares, mean, var, geom, weights,
-                                   numpy.int32(parts), x.dtype.type(1.0 / m)))
-    return mean, var
+                   (BLOCK, 1, 1), (x, offsets, squares, mean, var, pivot, offset, geom,
+                                   weights, numpy.int32(parts), x.dtype.type(1.0 / m)))
+    return mean, var, pivot, offset
 
 
-def apply(x, mean, inv_std, weight, bias):
-    """``(y, x_hat)``: ``x_hat = (x - mean) inv_std``, ``y = weight x_hat + bias``."""
+def apply(x, pivot, offset, inv_std, weight, bias):
+    """``(y, x_hat)``: ``x_hat = ((x - pivot) - offset) inv_std``, ``y = weight x_hat +
+    bias``."""
     xp = get_array_module(x)
     x = xp.ascontiguousarray(x)
     check_indexable("batch_norm", x=x.size)
     n, c, hw = _sizes(x)
     y, x_hat = new_output(xp, x.shape, x.dtype), new_output(xp, x.shape, x.dtype)
-    args = [xp.ascontiguousarray(a) for a in (mean, inv_std, weight, bias)]
+    args = [xp.ascontiguousarray(a) for a in (pivot, offset, inv_std, weight, bias)]
     vectors = _vectors(hw, x, y, x_hat)
     runtime.launch("batchnorm", "bn_fwd_apply", x.dtype,
                    _vector_grid(x.size, vectors, x.dtype.itemsize), (BLOCK, 1, 1),
@@ -116,11 +119,12 @@ def forward(x, weight, bias, running, eps):
     """``(y, x_hat, inv_std, (mean, var))`` as :func:`gpunet.ops.batchnorm._forward`."""
     xp = get_array_module(x)
     if running is None:
-        mean, var = stats(x)
+        mean, var, pivot, offset = stats(x)
     else:
         mean, var = (a.astype(x.dtype) for a in running)
+        pivot, offset = mean, xp.zeros_like(mean)
     inv_std = 1.0 / xp.sqrt(var + eps)
-    y, x_hat = apply(x, mean, inv_std, weight, bias)
+    y, x_hat = apply(x, pivot, offset, inv_std, weight, bias)
     return y, x_hat, inv_std, (mean, var) if running is None else None
 
 

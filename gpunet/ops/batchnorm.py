@@ -20,18 +20,54 @@ from ..cuda import batchnorm as cuda_batchnorm
 from .common import Context, route
 
 
-def _forward(x, weight, bias, running, eps):
+class _Ranks:
+    """Where the per-channel sums of the statistics come from: this process alone
+    (``world`` ``None``: the sums are the batch's), or every rank of a distributed
+    ``world`` (synchronised batch norm: each sum all-reduced). One formula serves
+    both, so both keep the pivot shift."""
+
+    def __init__(self, world=None):
+        self.world = world
+
+    @property
+    def size(self) -> int:
+        return 1 if self.world is None else self.world.size
+
+    def sum(self, arrays):
+        if self.world is None:
+            return arrays
+        arrays = [a.copy() for a in arrays]  # the callers' local sums stay local
+        self.world.all_reduce(arrays)
+        return arrays
+
+    def count(self, values: int) -> int:
+        return values if self.world is None else int(self.world.sum([values])[0])
+
+
+ONE_PROCESS = _Ranks()
+
+
+def _forward(x, weight, bias, running, eps, ranks=ONE_PROCESS):
     """``(y, x_hat, inv_std, (mean, var))``: normalised by the batch's statistics
     (returned, the variance biased) when ``running`` is ``None``, else by ``running =
-    (mean, var)``, returning ``None`` for the statistics."""
+    (mean, var)``, returning ``None`` for the statistics. The batch is that of every
+    rank of ``ranks``: ``offset = sum(x - pivot) / m``, ``mean = pivot + offset``,
+    ``var = sum((x - pivot - offset)^2) / m``, each sum over all of them, the pivot one
+    sample's value per channel (averaged over the ranks, so that they share it)."""
     xp = common_array_module(x=x)
     axes = (0, *range(2, x.ndim))
     per_channel = (1, -1) + (1,) * (x.ndim - 2)  # (C,) against (N, C, ...)
     if running is None:
-        pivot = x[(slice(0, 1), slice(None)) + (0,) * (x.ndim - 2)].reshape(per_channel)
-        mean = pivot + (x - pivot).mean(axis=axes, keepdims=True)
-        centred = x - mean
-        var = (centred * centred).mean(axis=axes, keepdims=True)
+        m = ranks.count(x.size // x.shape[1])
+        pivot, = ranks.sum([x[(slice(0, 1), slice(None)) + (0,) * (x.ndim - 2)].reshape(-1)])
+        pivot = (pivot / ranks.size).reshape(per_channel)
+        shifted = x - pivot
+        offset, = ranks.sum([shifted.sum(axis=axes)])
+        offset = offset.reshape(per_channel) / m
+        mean = pivot + offset
+        centred = shifted - offset  # not x - mean: mean, rounded near 1e4, is off by 5e-4
+        var, = ranks.sum([(centred * centred).sum(axis=axes)])
+        var = var.reshape(per_channel) / m
     else:
         mean, var = (a.astype(x.dtype).reshape(per_channel) for a in running)
         centred = x - mean
@@ -42,10 +78,12 @@ def _forward(x, weight, bias, running, eps):
     return y, x_hat, inv_std.reshape(-1), stats
 
 
-def _backward(dy, x_hat, weight, inv_std, training, input_grad):
+def _backward(dy, x_hat, weight, inv_std, training, input_grad, ranks=ONE_PROCESS):
     """``(dx, dweight, dbias)``. In training the batch statistics depend on ``x``,
     which gives ``dx = inv_std / m * (m g - sum(g) - x_hat sum(g x_hat))`` with ``g =
-    gamma dy``; in evaluation they are constants and ``dx = gamma dy inv_std``."""
+    gamma dy``, ``m`` and the sums over every rank of ``ranks``; in evaluation they are
+    constants and ``dx = gamma dy inv_std``. ``dweight`` and ``dbias`` stay this
+    rank's: averaging the gradients over the ranks makes them the batch's."""
     axes = (0, *range(2, dy.ndim))
     per_channel = (1, -1) + (1,) * (dy.ndim - 2)
     dbias = dy.sum(axis=axes)
@@ -55,48 +93,10 @@ def _backward(dy, x_hat, weight, inv_std, training, input_grad):
     g_scale = (weight * inv_std).reshape(per_channel)
     dx = g_scale * dy
     if training:  # the batch statistics' own gradients
-        m = dy.size // dy.shape[1]
-        dx -= g_scale * (x_hat * dweight.reshape(per_channel) + dbias.reshape(per_channel)) / m
-    return dx, dweight, dbias
-
-
-def _synced_forward(x, weight, bias, world, eps):
-    """The training forward with statistics over every rank of a distributed ``world``
-    (synchronised batch norm): the per-channel sums of ``x``, then of the squared
-    deviations, added up over the ranks. Returns ``(y, x_hat, inv_std, (mean, var),
-    count)``, ``count`` the values per channel on all ranks."""
-    xp = common_array_module(x=x)
-    axes = (0, *range(2, x.ndim))
-    per_channel = (1, -1) + (1,) * (x.ndim - 2)
-    count = world.sum([x.size // x.shape[1]])[0]
-    total = x.sum(axis=axes)
-    world.all_reduce([total])
-    mean = (total / count).reshape(per_channel)
-    centred = x - mean
-    squares = (centred * centred).sum(axis=axes)
-    world.all_reduce([squares])
-    var = squares / count
-    inv_std = 1.0 / xp.sqrt(var + eps)
-    x_hat = centred * inv_std.reshape(per_channel)
-    y = weight.reshape(per_channel) * x_hat + bias.reshape(per_channel)
-    return y, x_hat, inv_std, (mean.reshape(-1), var), count
-
-
-def _synced_backward(dy, x_hat, weight, inv_std, training, input_grad, world):
-    """The training formula with ``m``, ``sum(g)`` and ``sum(g x_hat)`` over every
-    rank; ``dweight`` and ``dbias`` stay this rank's (averaging the gradients over the
-    ranks makes them the batch's)."""
-    axes = (0, *range(2, dy.ndim))
-    per_channel = (1, -1) + (1,) * (dy.ndim - 2)
-    dbias, dweight = dy.sum(axis=axes), (dy * x_hat).sum(axis=axes)
-    if not input_grad:
-        return None, dweight, dbias
-    sums = [dbias.copy(), dweight.copy()]
-    world.all_reduce(sums)
-    m = world.sum([dy.size // dy.shape[1]])[0]
-    g_scale = (weight * inv_std).reshape(per_channel)
-    dx = g_scale * dy - g_scale * (x_hat * sums[1].reshape(per_channel)
-                                   + sums[0].reshape(per_channel)) / m
+        m = ranks.count(dy.size // dy.shape[1])
+        batch_dweight, batch_dbias = ranks.sum([dweight, dbias])
+        dx -= g_scale * (x_hat * batch_dweight.reshape(per_channel)
+                         + batch_dbias.reshape(per_channel)) / m
     return dx, dweight, dbias
 
 
@@ -147,14 +147,13 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, *, training,
             f"{where}: training needs more than one value per channel, got input "
             f"shape {tuple(x.shape)} (use a batch larger than 1 or call .eval())")
     if training and world is not None:
-        y, x_hat, inv_std, stats, count = _synced_forward(x, weight, bias, world, eps)
-        backward = functools.partial(_synced_backward, world=world)
+        ranks = _Ranks(world)
+        count = ranks.count(count)
+        forward, backward = (functools.partial(f, ranks=ranks) for f in IMPLEMENTATIONS["xp"])
     else:
-        implementation = route(xp, use_kernels, cuda_batchnorm.fits(x.shape))
-        forward, backward = IMPLEMENTATIONS[implementation]
-        y, x_hat, inv_std, stats = forward(x, weight, bias,
-                                           None if training else (running_mean, running_var),
-                                           eps)
+        forward, backward = IMPLEMENTATIONS[route(xp, use_kernels, cuda_batchnorm.fits(x.shape))]
+    y, x_hat, inv_std, stats = forward(x, weight, bias,
+                                       None if training else (running_mean, running_var), eps)
     if training:
         mean, var = stats
         running_mean *= 1.0 - momentum
