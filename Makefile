@@ -7,7 +7,7 @@ EXTRAS ?= test
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install test test-cuda-double lint clean demo fashion-mnist kernels-check gpu-check gpu-check-dry \
+.PHONY: install test test-cuda-double test-threads lint clean demo fashion-mnist kernels-check gpu-check gpu-check-dry \
 	scaling
 
 $(BIN)/python:
@@ -25,7 +25,16 @@ lint: install
 # double's own) with the CuPy test double in CuPy's place (tests/cupy_double).
 test: install lint
 	$(BIN)/python -m pytest
-	$(MAKE) --no-print-directory test-cuda-double gpu-check-dry
+	$(MAKE) --no-print-directory test-cuda-double test-threads gpu-check-dry
+
+# float32 bounds must hold on any CPU, not only at one thread count: the float32
+# distributed, kernel and batch-norm tests again with NumPy's BLAS and gpunet's own
+# threads limited to one, then given every core.
+test-threads:
+	@for n in 1 $$(nproc); do echo "float32 tests on $$n thread(s)"; \
+	    OMP_NUM_THREADS=$$n OPENBLAS_NUM_THREADS=$$n MKL_NUM_THREADS=$$n GPUNET_NUM_THREADS=$$n \
+	    $(BIN)/python -m pytest -q -p no:cacheprovider -k float32 tests/test_distributed.py \
+	    tests/test_kernels.py tests/test_normalization.py || exit 1; done
 
 test-cuda-double:
 	GPUNET_CUPY_DOUBLE=1 $(BIN)/python -m pytest -m "gpu or cupy_double"
