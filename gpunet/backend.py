@@ -32,7 +32,7 @@ __all__ = [
     "get_array_module", "common_array_module", "to_device", "to_numpy",
     "manual_seed", "generator", "get_rng_state", "set_rng_state", "cuda_unavailable_reason",
     "resolve_device", "device_of", "is_out_of_memory", "release_cached_memory",
-    "keep_freed_cpu_memory", "device_name",
+    "keep_freed_cpu_memory", "device_name", "NO_GPU",
 ]
 
 
@@ -91,6 +91,18 @@ def _parse(spec: str | Device) -> Device | None:
         f"device: expected 'cpu', 'cuda', 'cuda:N' or 'auto', got {spec!r}")
 
 
+NO_GPU = "no NVIDIA GPU or driver was found on this machine"
+
+
+def _gpu_device_files() -> list[str]:
+    """The files a GPU driver puts in /dev: /dev/nvidia* on Linux, /dev/dxg under WSL."""
+    try:
+        return [name for name in os.listdir("/dev") if name.startswith("nvidia")
+                or name == "dxg"]
+    except OSError:
+        return []
+
+
 def cuda_unavailable_reason(index: int = 0) -> str | None:
     """Why ``cuda:index`` cannot be used, or ``None`` when it can."""
     if _cupy is None:
@@ -100,6 +112,10 @@ def cuda_unavailable_reason(index: int = 0) -> str | None:
     try:
         count = _cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:  # noqa: BLE001 - CUDARuntimeError, missing libcuda, ...
+        if not _gpu_device_files():
+            # CuPy's own words ("driver version is insufficient") would send the user
+            # of a CPU-only machine after a driver upgrade
+            return NO_GPU
         return f"the CUDA driver is not usable ({exc})"
     if count == 0:
         return "no CUDA device was found"

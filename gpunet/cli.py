@@ -17,6 +17,7 @@ from . import __version__, backend
 from . import distributed as gpunet_distributed
 from .data import DatasetError, load_cifar10, load_fashion_mnist, load_mnist, synthetic_images
 from .data.batching import train_dev_test_split
+from .data.datasets import cache_dir
 from .data.transforms import Standardize, horizontal_flip, to_float
 from .io import CheckpointError, load, read_checkpoint
 from .losses import SoftmaxCrossEntropy
@@ -249,15 +250,42 @@ class _SaveEachEpoch:
         return False
 
 
-def _use_device(spec) -> None:
-    """``--device``, else ``$GPUNET_DEVICE``, else ``auto``; a bad value names its source."""
+def _use_device(spec, quiet: bool = False) -> None:
+    """``--device``, else ``$GPUNET_DEVICE``, else ``auto``; a bad value names its source.
+    Where nobody asked for a device (``auto``) and the machine has no GPU at all, the
+    CPU is no surprise: that is said once (a note in gpunet's cache), not on every
+    command; any other reason for the fallback is said every time."""
     source = "--device"
     if spec is None:
         spec, source = os.environ.get("GPUNET_DEVICE") or "auto", "GPUNET_DEVICE"
     try:
-        backend.set_device(spec)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", backend.DeviceFallbackWarning)
+            backend.set_device(spec)
     except ValueError as exc:
         raise UsageError(f"{source}: {str(exc).removeprefix('device: ')}") from None
+    except backend.DeviceError as exc:
+        given = f"GPUNET_DEVICE={spec}" if source == "GPUNET_DEVICE" else f"--device {spec}"
+        raise backend.DeviceError(f"{given}: {exc}") from None
+    for warning in caught:
+        no_gpu = source == "GPUNET_DEVICE" and backend.NO_GPU in str(warning.message)
+        if not quiet and not (no_gpu and _said_before("no-gpu")):
+            warnings.warn(warning.message, stacklevel=2)
+
+
+def _said_before(note: str) -> bool:
+    """Whether ``note`` was said on this machine before; records it if not (and says
+    ``False`` where the cache cannot be written, so that it is said again)."""
+    path = os.path.join(cache_dir(), "notes", note)
+    if os.path.exists(path):
+        return True
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as file:
+            file.write("said\n")
+    except OSError:
+        pass
+    return False
 
 
 def _check_train_flags(args) -> None:
@@ -550,6 +578,11 @@ def cmd_info(args) -> int:
                                                               "kernel_cache")
     print(f"kernels: {'on' if kernels_enabled() else 'off (GPUNET_KERNELS=0)'}, sources "
           f"{kernel_dir()}, compiled by CuPy into {cache}")
+    # what train, evaluate and tune would run on, refused as they refuse it
+    _use_device(None, quiet=True)
+    spec = os.environ.get("GPUNET_DEVICE")
+    print(f"device: {backend.get_device().name} "
+          f"({f'GPUNET_DEVICE={spec}' if spec else 'auto: GPUNET_DEVICE is not set'})")
     return 0
 
 

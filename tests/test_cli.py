@@ -3,6 +3,7 @@ import csv
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 
@@ -47,6 +48,56 @@ def test_summary_gradcheck_info(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "numpy" in out and "auto device:" in out
+
+
+@pytest.mark.parametrize("spec,fragment", [
+    ("bogus", "GPUNET_DEVICE: expected 'cpu', 'cuda', 'cuda:N' or 'auto', got 'bogus'"),
+    ("cuda:7", "GPUNET_DEVICE=cuda:7: cannot use cuda:7")])
+def test_info_refuses_the_device_train_refuses(spec, fragment, tmp_path):
+    """``gpunet info`` reads GPUNET_DEVICE as train does: the same one-line error and
+    exit 2 (it said nothing and exited 0), and names the device it would use."""
+    code, out, err = run_cli("info", env={"GPUNET_DEVICE": spec})
+    train = run_cli("train", *QUICK[:-4], "--out", str(tmp_path / "run"),
+                    env={"GPUNET_DEVICE": spec})
+    assert (code, train[0]) == (2, 2), (err, train[2])
+    assert fragment in err and err.strip().splitlines()[-1] == train[2].strip().splitlines()[-1]
+    code, out, err = run_cli("info", env={"GPUNET_DEVICE": "cpu"})
+    assert code == 0 and "device: cpu (GPUNET_DEVICE=cpu)" in out
+
+
+def test_no_gpu_says_so_and_only_once_when_no_device_was_asked(monkeypatch, tmp_path):
+    """CuPy on a machine without /dev/nvidia*: the reason is that no GPU was found (not
+    CuPy's 'driver version is insufficient'); with no --device the fallback is said on
+    the first command, not on every one; asked for, or for another reason, always."""
+    from gpunet import backend
+    from gpunet.cli import _use_device
+
+    class Runtime:
+        @staticmethod
+        def getDeviceCount():
+            raise RuntimeError("cudaErrorInsufficientDriver: CUDA driver version is "
+                               "insufficient for CUDA runtime version")
+
+    monkeypatch.setattr(backend, "_cupy", type("Cupy", (), {"cuda": type("C", (), {
+        "runtime": Runtime})}))
+    monkeypatch.setattr(backend, "_current", None)
+    monkeypatch.setattr(backend, "_gpu_device_files", lambda: [])
+    assert backend.cuda_unavailable_reason() == backend.NO_GPU
+    monkeypatch.setenv("GPUNET_CACHE", str(tmp_path))
+    monkeypatch.delenv("GPUNET_DEVICE", raising=False)
+
+    def fallback_warnings(spec):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            _use_device(spec)
+        return [str(w.message) for w in caught]
+
+    assert fallback_warnings(None) == [f"using the CPU because {backend.NO_GPU}"]
+    assert fallback_warnings(None) == []
+    assert len(fallback_warnings("auto")) == 1  # --device auto: asked for
+    monkeypatch.setattr(backend, "_gpu_device_files", lambda: ["nvidia0"])
+    assert "insufficient" in backend.cuda_unavailable_reason()
+    assert len(fallback_warnings(None)) == 1  # a GPU the driver cannot use: every time
 
 
 def test_python_dash_m_and_the_entry_point_agree():
