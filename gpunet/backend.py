@@ -5,6 +5,7 @@ Everything else takes its array module ``xp`` from the arrays it is given
 """
 from __future__ import annotations
 
+import base64
 import ctypes
 import ctypes.util
 import os
@@ -246,11 +247,13 @@ _generators: dict = {}
 
 def manual_seed(seed: int) -> None:
     """Seed every random stream gpunet uses (initialisation, dropout, shuffling)."""
-    global _seed
+    global _seed, _restored_device_state
     if not isinstance(seed, (int, numpy.integer)) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"manual_seed: expected a non-negative int, got {seed!r}")
     _seed = int(seed)
     _generators.clear()
+    _device_bits.clear()
+    _restored_device_state = None
 
 
 def generator(xp: ModuleType = numpy):
@@ -260,23 +263,62 @@ def generator(xp: ModuleType = numpy):
     if _seed is None:
         _seed = int(numpy.random.SeedSequence().entropy % 2**63)
     if xp not in _generators:
-        _generators[xp] = xp.random.default_rng(_seed)
+        if xp is numpy:
+            _generators[xp] = numpy.random.default_rng(_seed)
+        else:  # the bit generator is kept: its state, in device memory, goes in checkpoints
+            bits = xp.random.XORWOW(_seed, size=DEVICE_STREAM_STATES)
+            _generators[xp] = xp.random.Generator(bits)
+            _device_bits[xp] = bits
+            if _restored_device_state is not None:
+                _set_device_stream_state(xp, _restored_device_state)
     return _generators[xp]
 
 
+# curand states of the device generator: the draws run on this many threads, and a
+# checkpoint holds their bytes (48 each; CuPy's default would be 1.5 MB)
+DEVICE_STREAM_STATES = 16384
+_device_bits: dict = {}
+# a checkpoint's device stream, applied when the device generator is made (the GPU is
+# touched only when a draw needs it, and a CPU run keeps the state for its checkpoints)
+_restored_device_state: str | None = None
+
+
+def _device_stream_state(xp) -> str:
+    """The device generator's state (CuPy keeps it in ``XORWOW._state``), base64."""
+    return base64.b64encode(to_numpy(_device_bits[xp]._state).tobytes()).decode()
+
+
+def _set_device_stream_state(xp, text: str) -> None:
+    raw = numpy.frombuffer(base64.b64decode(text), numpy.int8)
+    state = _device_bits[xp]._state
+    if raw.size != state.size:
+        raise ValueError(f"device generator state: expected {state.size} bytes, got {raw.size}")
+    state[...] = xp.asarray(raw)
+
+
 def get_rng_state() -> dict:
-    """The seed and the CPU generator's position, JSON-serialisable (for checkpoints)."""
-    generator(numpy)
-    return {"seed": _seed, "numpy": generator(numpy).bit_generator.state}
+    """The seed and the generators' positions, the CPU's and the GPU's (once it has
+    drawn: dropout masks), JSON-serialisable (for checkpoints)."""
+    state = {"seed": _seed, "numpy": generator(numpy).bit_generator.state}
+    if _cupy is not None and _cupy in _device_bits:
+        state["cuda"] = _device_stream_state(_cupy)
+    elif _restored_device_state is not None:
+        state["cuda"] = _restored_device_state
+    return state
 
 
 def set_rng_state(state: dict) -> None:
-    """Restore :func:`get_rng_state`'s result; GPU generators restart from the seed."""
-    global _seed
+    """Restore :func:`get_rng_state`'s result: every stream continues where it was
+    (a GPU stream saved before its first draw restarts from the seed)."""
+    global _seed, _restored_device_state
+    if not isinstance(state.get("cuda", ""), str):
+        raise ValueError(f"device generator state: expected base64 text, got "
+                         f"{type(state['cuda']).__name__}")
     _seed = int(state["seed"])
     _generators.clear()
-    gen = generator(numpy)
-    gen.bit_generator.state = state["numpy"]
+    _device_bits.clear()
+    generator(numpy).bit_generator.state = state["numpy"]
+    _restored_device_state = state.get("cuda")
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

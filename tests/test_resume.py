@@ -15,8 +15,8 @@ import sys, numpy, gpunet
 from gpunet import nn, optim, losses
 from gpunet.train import Callback, History
 
-out, stop, resume = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-gpunet.set_device("cpu")
+out, stop, resume, device = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+gpunet.set_device(device)
 gpunet.manual_seed(5 if resume == "-" else 999)  # a resumed run must not depend on this
 rng = numpy.random.default_rng(0)
 x = rng.standard_normal((60, 1, 6, 6)).astype("float32")
@@ -43,17 +43,23 @@ gpunet.fit(model, losses.SoftmaxCrossEntropy(), opt, (x, y), 3, 10, schedule=sch
 """
 
 
-def run_steps(out, stop, resume="-"):
-    subprocess.run([sys.executable, "-c", RUNNER, str(out), str(stop), str(resume)],
-                   check=True, timeout=300, env={**os.environ, "GPUNET_DEVICE": "cpu"})
+def run_steps(out, stop, resume="-", device="cpu"):
+    subprocess.run([sys.executable, "-c", RUNNER, str(out), str(stop), str(resume), device],
+                   check=True, timeout=300, env={**os.environ, "GPUNET_DEVICE": device})
     return gpunet.io.read_checkpoint(out)
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("split", [7, 6], ids=["mid-epoch", "epoch-boundary"])
-def test_12_steps_equal_split_then_resumed_in_a_new_process(tmp_path, split):
-    full_header, full = run_steps(tmp_path / "full.npz", 12)
-    run_steps(tmp_path / "first.npz", split)
-    header, resumed = run_steps(tmp_path / "resumed.npz", 12, tmp_path / "first.npz")
+def test_12_steps_equal_split_then_resumed_in_a_new_process(tmp_path, split, device):
+    """On either device, the dropout masks after a resume continue the stream (the
+    GPU's generator state is in the checkpoint, not restarted from the seed)."""
+    if device == "cuda" and gpunet.backend.cuda_unavailable_reason() is not None:
+        pytest.skip(f"no usable GPU: {gpunet.backend.cuda_unavailable_reason()}")
+    full_header, full = run_steps(tmp_path / "full.npz", 12, device=device)
+    run_steps(tmp_path / "first.npz", split, device=device)
+    header, resumed = run_steps(tmp_path / "resumed.npz", 12, tmp_path / "first.npz", device)
+    assert ("cuda" in header["rng"]) == (device == "cuda")
     assert full.keys() == resumed.keys()
     for key in full:  # parameters and optimizer buffers, bit for bit
         assert numpy.array_equal(full[key], resumed[key]), key
