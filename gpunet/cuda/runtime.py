@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from functools import cache
 
 import numpy
@@ -124,9 +125,36 @@ def kernel_dir() -> str:
                             f"{os.path.dirname(here)}/kernels holds common.cuh")
 
 
+_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]*"([^"]+)"[ \t]*$', re.M)
+
+
 def source(name: str) -> str:
-    with open(os.path.join(kernel_dir(), f"{name}.cu")) as f:
-        return f.read()
+    """``kernels/<name>.cu`` with the project's own headers inlined (recursively,
+    each once, as ``#pragma once`` would): CuPy's on-disk cache keys on the source
+    string and the options, not on the files it includes, so an edited common.cuh
+    would otherwise keep running the old cubin. ``#line`` directives keep errors
+    naming the file and line they come from."""
+    return _inlined(kernel_dir(), f"{name}.cu", set())
+
+
+def _inlined(folder: str, file: str, seen: set) -> str:
+    seen.add(file)
+    with open(os.path.join(folder, file)) as f:
+        text = f.read()
+    parts, last = [], 0
+    for match in _INCLUDE.finditer(text):
+        header = match.group(1)
+        if not os.path.isfile(os.path.join(folder, header)):
+            continue  # not one of ours: left to the compiler's include path
+        line = text.count("\n", 0, match.end()) + 2  # the line after the #include
+        parts.append(text[last:match.start()])
+        if header not in seen:
+            parts.append(f'#line 1 "{header}"\n{_inlined(folder, header, seen)}\n'
+                         f'#line {line} "{file}"')
+        else:
+            parts.append(f'#line {line} "{file}"')  # already inlined above
+        last = match.end()
+    return "".join(parts) + text[last:]
 
 
 _C_TYPES = {"float32": ("float", "float"), "float64": ("double", "double")}
