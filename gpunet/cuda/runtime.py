@@ -43,6 +43,18 @@ def set_allow_tf32(enabled: bool) -> None:
     _tf32 = bool(enabled)
 
 
+TF32_MIN_CAPABILITY = 80  # cvt.tf32 and mma .tf32: Ampere on
+
+
+def tf32_supported(xp) -> bool:
+    """Whether the current device of ``xp`` has TF32 tensor cores (sm_80 on; below,
+    kernels/conv2d.cu compiles its ``_tf32`` kernels as the float ones). NumPy: the
+    tests' emulation, which has them."""
+    if xp is numpy:
+        return True
+    return int(xp.cuda.Device().compute_capability) >= TF32_MIN_CAPABILITY
+
+
 def uses_kernels(xp) -> bool:
     return _enabled and xp is not numpy
 
@@ -126,6 +138,7 @@ def kernel_dir() -> str:
 
 
 _INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]*"([^"]+)"[ \t]*$', re.M)
+_PRAGMA_ONCE = re.compile(r"^[ \t]*#[ \t]*pragma[ \t]+once[ \t]*$", re.M)
 
 
 def source(name: str) -> str:
@@ -154,7 +167,9 @@ def _inlined(folder: str, file: str, seen: set) -> str:
         else:
             parts.append(f'#line {line} "{file}"')  # already inlined above
         last = match.end()
-    return "".join(parts) + text[last:]
+    text = "".join(parts) + text[last:]
+    # inlined once already; in one translation unit the pragma would be "in main file"
+    return _PRAGMA_ONCE.sub("", text) if file.endswith(".cuh") else text
 
 
 _C_TYPES = {"float32": ("float", "float"), "float64": ("double", "double")}
