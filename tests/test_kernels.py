@@ -241,6 +241,7 @@ def test_sizes_beyond_32_bit_indices(emulated, monkeypatch, rng):
     """Asked for explicitly, the kernels refuse arrays of 2**31 elements or more
     with the array named; ``ops`` sends such CuPy arrays down the xp path."""
     monkeypatch.setattr(runtime, "INDEX_LIMIT", 100)
+    monkeypatch.setattr(runtime, "INDEX_HEADROOM", 10)  # x of 150 over, (1, 3, 5, 5) under
     x = rng.standard_normal((2, 3, 5, 5))  # 150 elements
     with pytest.raises(ValueError, match=r"conv2d: x has 150 elements; the CUDA kernels take"):
         ops.conv2d_forward(x, rng.standard_normal((2, 3, 3, 3)), None, 1, 0, use_kernels=True)
@@ -254,6 +255,33 @@ def test_sizes_beyond_32_bit_indices(emulated, monkeypatch, rng):
     assert common.route(numpy, None, conv_kernels.fits(x.shape, (2, 3, 3, 3), (3, 3))) == "cpu"
     assert common.route(numpy, None, conv_kernels.fits((1, 3, 5, 5), (2, 3, 3, 3),
                                                        (3, 3))) == "cuda"
+
+
+def _last_index(count, step):
+    """The largest index a block-strided loop over ``count`` values computes: the
+    ``j += blockDim.x`` that ends it (bn_fwd_stats, bn_bwd_reduce, conv2d_bwd_bias)."""
+    return count - 1 + step
+
+
+def test_kernel_indices_stay_below_2_31_with_a_tile_of_headroom():
+    """Kernels compute indices past an array's end before their ``< size`` guard (a
+    strided loop's last step, a reduction step, a grid rounded up to a tile); in int32,
+    one past 2**31 - 1 wraps negative and passes the guard. fits() and the launchers
+    leave that much headroom below 2**31."""
+    top = 2**31 - 200  # under 2**31, but a strided loop over it steps past 2**31 - 1
+    assert _last_index(top, runtime.BLOCK) > 2**31 - 1
+    assert not conv_kernels.fits((1, 1, 1, top), (1, 1, 1, 1), (1, top))
+    assert not conv_kernels.fits((1, 1, 1, 8), (top // 8, 8, 1, 1), (1, 8))  # CRS columns
+    assert not pool_kernels.fits((1, 1, 1, top), (1, top))
+    assert not bn_kernels.fits((1, 1, top))
+    with pytest.raises(ValueError, match=r"x has 2147483448 elements; the CUDA kernels take "
+                                         r"at most 2147482624"):
+        runtime.check_indexable("conv2d", x=top)
+    # the largest accepted: every index computed still an int32
+    most = runtime.index_limit()
+    assert conv_kernels.fits((1, 1, 1, most), (1, 1, 1, 1), (1, most))
+    assert pool_kernels.fits((1, 1, 1, most), (1, most)) and bn_kernels.fits((1, 1, most))
+    assert _last_index(most, runtime.BLOCK * 4) <= 2**31 - 1  # 256 threads of 4 floats
 
 
 @needs_compiler

@@ -64,19 +64,31 @@ def ceil_div(a: int, b: int) -> int:
 
 
 INDEX_LIMIT = 2**31  # the kernels index with int32: every array a launch touches is smaller
+# ... by this much: kernels compute indices past an array's end before a `< size`
+# guard drops them (a block-strided loop, `j += blockDim.x`, steps up to 255 past the
+# end of batch norm's and the bias gradient's runs; the GEMMs' reduction index a
+# step past; a 1-D grid rounds up to a tile, 256 columns or 256 threads of 4-float
+# vectors). An int index past 2**31 - 1 would wrap negative and pass that guard.
+INDEX_HEADROOM = 1024
+
+
+def index_limit() -> int:
+    """The most elements an array the kernels index may hold."""
+    return INDEX_LIMIT - INDEX_HEADROOM
 
 
 def indexable(*sizes: int) -> bool:
-    """Whether arrays of these element counts fit the kernels' 32-bit indices
-    (``ops`` sends larger ones down the xp path instead)."""
-    return all(int(size) < INDEX_LIMIT for size in sizes)
+    """Whether arrays of these element counts fit the kernels' 32-bit indices, with a
+    tile of headroom (``ops`` sends larger ones down the xp path instead)."""
+    return all(int(size) <= index_limit() for size in sizes)
 
 
 def check_indexable(where: str, **sizes: int) -> None:
     for name, size in sizes.items():
-        if int(size) >= INDEX_LIMIT:
+        if int(size) > index_limit():
             raise ValueError(f"{where}: {name} has {int(size)} elements; the CUDA kernels take "
-                             f"fewer than 2**31 (use_kernels=False takes the xp path)")
+                             f"at most {index_limit()} (2**31 less a tile, for 32-bit indices; "
+                             f"use_kernels=False takes the xp path)")
 
 
 def runs(m: int, rows: int, target_blocks: int, min_run: int) -> tuple[int, int]:
