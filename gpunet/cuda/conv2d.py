@@ -94,7 +94,13 @@ def forward(x, weight, bias, stride, pads, out_hw):
     oh, ow = out_hw
     sizes = (n, c, h, w, k, r, s, oh, ow)
     _check_sizes("conv2d", *sizes)
-    geom = _geometry(xp, sizes, stride, pads)
+    geom = _geometry(xp, sizes, stride, pads) if n * k else None
+    if n * k == 0 or c == 0:
+        # nothing to launch (a zero grid, or a GEMM with no reduction: the bias alone)
+        y = xp.zeros((n, k, oh, ow), x.dtype)
+        if bias is not None:
+            y += bias.reshape(k, 1, 1)
+        return y, ConvContext(x, weight, bias is not None, geom, sizes)
     taps = table(xp, ("conv2d forward taps", c, h, w, r, s),
                  lambda: forward_taps(c, h, w, r, s), numpy.int32)
     y = new_output(xp, (n, k, oh, ow), x.dtype)
@@ -116,25 +122,12 @@ def split_k(total: int, tiles: int, slice_size: int = 1) -> tuple[int, int]:
     return ceil_div(total, chunk), chunk
 
 
-def backward(dy, ctx: ConvContext, input_grad: bool = True):
-    """``(dx, dweight, dbias)``; ``dbias`` is ``None`` without a bias, ``dx`` with
-    ``input_grad=False``."""
+def _weight_grad(dy, ctx: ConvContext, tensor_cores: bool):
+    """dweight by split-K: partial sums per slice of the (n, oh, ow) reduction, then
+    summed in slice order."""
     xp = get_array_module(dy)
-    dy = xp.ascontiguousarray(dy)
     n, c, h, w, k, r, s, oh, ow = ctx.sizes
     dtype = dy.dtype
-    tensor_cores = runtime.tf32_supported(xp)
-
-    dx = None
-    if input_grad:
-        dx = new_output(xp, (n, c, h, w), dtype)
-        taps = table(xp, ("conv2d data taps", k, c, oh, ow, r, s),
-                     lambda: data_taps(k, c, oh, ow, r, s), numpy.int32)
-        suffix, rows, cols = tile(c, dtype, tensor_cores)
-        grid = (ceil_div(n * h * w, cols), ceil_div(c, rows), 1)
-        runtime.launch("conv2d", "conv2d_bwd_data" + suffix, dtype, grid, GEMM_BLOCK,
-                       (dy, ctx.weight, dx, ctx.geometry, taps))
-
     crs, total = c * r * s, n * oh * ow
     suffix, rows, cols = tile(k, dtype, tensor_cores)
     splits, chunk = split_k(total, ceil_div(crs, cols) * ceil_div(k, rows), k * crs)
@@ -145,6 +138,35 @@ def backward(dy, ctx: ConvContext, input_grad: bool = True):
     dweight = new_output(xp, ctx.weight.shape, dtype)
     runtime.launch("conv2d", "conv2d_bwd_weight_reduce", dtype, (ceil_div(k * crs, BLOCK), 1, 1),
                    (BLOCK, 1, 1), (partial, dweight, numpy.int32(k * crs), numpy.int32(splits)))
+    return dweight
+
+
+def backward(dy, ctx: ConvContext, input_grad: bool = True):
+    """``(dx, dweight, dbias)``; ``dbias`` is ``None`` without a bias, ``dx`` with
+    ``input_grad=False``."""
+    xp = get_array_module(dy)
+    dy = xp.ascontiguousarray(dy)
+    n, c, h, w, k, r, s, oh, ow = ctx.sizes
+    dtype = dy.dtype
+    if n * k == 0:  # empty work: no launch (split_k and runs would divide by 0)
+        return (xp.zeros((n, c, h, w), dtype) if input_grad else None,
+                xp.zeros(ctx.weight.shape, dtype), xp.zeros(k, dtype) if ctx.has_bias else None)
+    tensor_cores = runtime.tf32_supported(xp)
+
+    dx = None
+    if input_grad and c == 0:
+        dx = xp.zeros((n, c, h, w), dtype)
+    elif input_grad:
+        dx = new_output(xp, (n, c, h, w), dtype)
+        taps = table(xp, ("conv2d data taps", k, c, oh, ow, r, s),
+                     lambda: data_taps(k, c, oh, ow, r, s), numpy.int32)
+        suffix, rows, cols = tile(c, dtype, tensor_cores)
+        grid = (ceil_div(n * h * w, cols), ceil_div(c, rows), 1)
+        runtime.launch("conv2d", "conv2d_bwd_data" + suffix, dtype, grid, GEMM_BLOCK,
+                       (dy, ctx.weight, dx, ctx.geometry, taps))
+
+    total = n * oh * ow
+    dweight = xp.zeros(ctx.weight.shape, dtype) if c == 0 else _weight_grad(dy, ctx, tensor_cores)
 
     dbias = None
     if ctx.has_bias:

@@ -12,6 +12,7 @@ passes in row chunks on gpunet's threads), CuPy arrays gpunet's CUDA kernels
 from __future__ import annotations
 
 import functools
+import math
 
 from .. import _checks
 from ..backend import common_array_module
@@ -55,7 +56,7 @@ def _backward(dy, x_hat, weight, inv_std, training, input_grad):
     g_scale = (weight * inv_std).reshape(per_channel)
     dx = g_scale * dy
     if training:  # the batch statistics' own gradients
-        m = dy.size // dy.shape[1]
+        m = dy.shape[0] * math.prod(dy.shape[2:])  # not size // C: C may be 0
         dx -= g_scale * (x_hat * dweight.reshape(per_channel) + dbias.reshape(per_channel)) / m
     return dx, dweight, dbias
 
@@ -141,7 +142,7 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, *, training,
         raise ValueError(
             f"{where}: x must be (N, {channels}, ...) with {channels} channels, "
             f"got shape {tuple(x.shape)}")
-    count = x.size // channels
+    count = x.shape[0] * math.prod(x.shape[2:])  # values per channel (C may be 0)
     if training and count < 2:
         raise ValueError(
             f"{where}: training needs more than one value per channel, got input "
