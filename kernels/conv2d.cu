@@ -161,7 +161,15 @@ __device__ __forceinline__ void implicit_gemm(Operands ops, int M, int cols, int
 //   A (16 x 8, row): a[r] = A[g + 8 (r % 2)][q + 4 (r / 2)]
 //   B (8 x 8, col):  b[r] = B[q + 4 r][g]
 //   C (16 x 8):      c[r] = C[g + 8 (r / 2)][2 q + r % 2]
-#ifndef MMA_TF32_EMULATED  // tests/cuda_emulator/emulate.h supplies its own on the CPU
+// cvt.tf32 and mma .tf32 exist from sm_80 on: below that (ptxas would reject the whole
+// file) CONV_TF32 is 0 and the `_tf32` kernels run the float FMA loop instead; the
+// launcher never picks them there (runtime.tf32_supported).
+#if defined(MMA_TF32_EMULATED) || (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800)
+#define CONV_TF32 1
+#else
+#define CONV_TF32 0
+#endif
+#if CONV_TF32 && !defined(MMA_TF32_EMULATED)  // tests/cuda_emulator/emulate.h supplies its own
 __device__ __forceinline__ unsigned to_tf32(float x) {
     unsigned bits;
     asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(bits) : "f"(x));
@@ -178,6 +186,7 @@ __device__ __forceinline__ void mma_tf32(float (&c)[4], const unsigned (&a)[4],
 }
 #endif
 
+#if CONV_TF32
 #define TF32_PAD 8  // shared rows of 136: the 32 lanes of a fragment load hit 32 banks
 
 template <bool kBias, class Operands>
@@ -245,16 +254,20 @@ __device__ __forceinline__ void implicit_gemm_tf32(Operands ops, int M, int cols
         __syncthreads();
     }
 }
+#endif  // CONV_TF32
 
 // The main loop of a kernel: tensor cores for the float build's `_tf32` kernels; the
-// double build has no TF32, and its `_tf32` kernels are the plain double ones.
+// double build has no TF32, and its `_tf32` kernels are the plain double ones (as
+// are the float ones below sm_80).
 template <class Tile, bool kTF32, bool kBias, class Operands>
 __device__ __forceinline__ void run_gemm(Operands ops, int M, int cols, int steps, real_t* out,
                                          int row_stride, const real_t* bias) {
+#if CONV_TF32
     if constexpr (kTF32 && sizeof(real_t) == 4)
         implicit_gemm_tf32<kBias>(ops, M, cols, steps, (float*)out, row_stride,
                                   (const float*)bias);
     else
+#endif
         implicit_gemm<Tile, kBias>(ops, M, cols, steps, out, row_stride, bias);
 }
 

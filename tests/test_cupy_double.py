@@ -114,6 +114,10 @@ def test_raw_module_compiles_with_nvrtc_and_checks_launches(cp):
     x, y = cp.arange(10, dtype=cp.float32), cp.zeros(10, dtype=cp.float32)
     scale((1,), (16,), (x, y, numpy.int32(10), numpy.float32(2)))
     assert y.get().tolist() == [2.0 * i for i in range(10)]
+    # a zero grid: CuPy launches max(1, grid[i]) blocks, so one block runs (and its
+    # guard keeps it from writing), where the CUDA API would refuse the launch
+    scale((0,), (16,), (x, y, numpy.int32(0), numpy.float32(3)))
+    assert y.get().tolist() == [2.0 * i for i in range(10)]
     wrong_calls = {
         "takes 4 arguments": (x, y, numpy.int32(10)),
         "4 bytes .PTX., but a int64 scalar": (x, y, 10, numpy.float32(2)),  # a Python int

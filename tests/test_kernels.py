@@ -102,6 +102,11 @@ CONV_CASES = [  # N, C, H, W, K, R, S, stride, padding
 LAYER_CONV_CASES = [] if CUPY_DOUBLE else [(8, 3, 32, 32, 64, 5, 5, (1, 1), 2),
                                            (4, 64, 27, 27, 192, 5, 5, (1, 1), 2),
                                            (2, 256, 14, 14, 512, 3, 3, (1, 1), 1)]
+# The same layers' channels and filters (their reduction lengths) at batch 1, cropped,
+# so that CI runs every layer-shaped case through the double before a GPU does.
+CROPPED_LAYER_CONV_CASES = [(1, 3, 10, 10, 64, 5, 5, (1, 1), 2),
+                            (1, 64, 6, 6, 192, 5, 5, (1, 1), 2),
+                            (1, 256, 4, 4, 512, 3, 3, (1, 1), 1)]
 LAYER_POOL_CASES = [] if CUPY_DOUBLE else [(64, 64, 55, 55, (3, 3), (2, 2), (0, 0))]
 LAYER_BN_SHAPES = [(4, 8, 5, 5)] if CUPY_DOUBLE else [(32, 64, 14, 14)]
 
@@ -189,15 +194,31 @@ def check_tf32_convolution(case, rng, to_device=lambda a: a):
                                   use_kernels=False)
     scales = (ya, *ctxa.backward(numpy.abs(dy64))[:2])
     f32 = lambda a: to_device(a.astype("float32"))  # noqa: E731
-    y, ctx = ops.conv2d_forward(f32(x64), f32(w64), f32(b64), stride, padding, use_kernels=True)
-    got = (y, *ctx.backward(f32(dy64))[:2])
-    for name, g, ref, scale in zip(("y", "dx", "dweight"), got, refs, scales):
+
+    def run(tf32):
+        runtime.set_allow_tf32(tf32)
+        y, ctx = ops.conv2d_forward(f32(x64), f32(w64), f32(b64), stride, padding,
+                                    use_kernels=True)
+        return (y, *ctx.backward(f32(dy64))[:2])
+
+    try:
+        got, exact = run(True), run(False)
+    finally:
+        runtime.set_allow_tf32(True)
+    for name, g, f, ref, scale in zip(("y", "dx", "dweight"), got, exact, refs, scales):
         relative = numpy.abs(backend.to_numpy(g) - ref) / numpy.maximum(scale, 1e-30)
         assert relative.max() <= 2.0**-10, f"{name}: {relative.max():.2e} over 2^-10"
-        assert 1e-5 < numpy.median(relative) < 5e-4, f"{name}: median {numpy.median(relative):.2e}"
+        assert numpy.median(relative) < 5e-4, f"{name}: median {numpy.median(relative):.2e}"
+        # Proof that the tensor cores ran: the float kernels' own error on the same
+        # inputs is far smaller. Not a floor on TF32's error, which falls with the
+        # reduction length relative to sum |a| |b| (a real GPU: 7e-6 at C R S = 2304).
+        fp32 = numpy.abs(backend.to_numpy(f) - ref) / numpy.maximum(scale, 1e-30)
+        assert numpy.median(relative) > 8 * numpy.median(fp32), \
+            f"{name}: TF32 median {numpy.median(relative):.2e}, float {numpy.median(fp32):.2e}"
 
 
-@pytest.mark.parametrize("case", TF32_CASES + LAYER_CONV_CASES, ids=str)
+@pytest.mark.parametrize("case", TF32_CASES + LAYER_CONV_CASES + CROPPED_LAYER_CONV_CASES,
+                         ids=str)
 def test_conv2d_tf32_kernels(device, monkeypatch, case, rng):
     """On a GPU, the tensor cores' fragment layouts hold only if a real mma.sync agrees;
     the emulator holds the kernel to the same layouts, as the PTX ISA states them."""
@@ -241,6 +262,7 @@ def test_sizes_beyond_32_bit_indices(emulated, monkeypatch, rng):
     """Asked for explicitly, the kernels refuse arrays of 2**31 elements or more
     with the array named; ``ops`` sends such CuPy arrays down the xp path."""
     monkeypatch.setattr(runtime, "INDEX_LIMIT", 100)
+    monkeypatch.setattr(runtime, "INDEX_HEADROOM", 10)  # x of 150 over, (1, 3, 5, 5) under
     x = rng.standard_normal((2, 3, 5, 5))  # 150 elements
     with pytest.raises(ValueError, match=r"conv2d: x has 150 elements; the CUDA kernels take"):
         ops.conv2d_forward(x, rng.standard_normal((2, 3, 3, 3)), None, 1, 0, use_kernels=True)
@@ -254,6 +276,33 @@ def test_sizes_beyond_32_bit_indices(emulated, monkeypatch, rng):
     assert common.route(numpy, None, conv_kernels.fits(x.shape, (2, 3, 3, 3), (3, 3))) == "cpu"
     assert common.route(numpy, None, conv_kernels.fits((1, 3, 5, 5), (2, 3, 3, 3),
                                                        (3, 3))) == "cuda"
+
+
+def _last_index(count, step):
+    """The largest index a block-strided loop over ``count`` values computes: the
+    ``j += blockDim.x`` that ends it (bn_fwd_stats, bn_bwd_reduce, conv2d_bwd_bias)."""
+    return count - 1 + step
+
+
+def test_kernel_indices_stay_below_2_31_with_a_tile_of_headroom():
+    """Kernels compute indices past an array's end before their ``< size`` guard (a
+    strided loop's last step, a reduction step, a grid rounded up to a tile); in int32,
+    one past 2**31 - 1 wraps negative and passes the guard. fits() and the launchers
+    leave that much headroom below 2**31."""
+    top = 2**31 - 200  # under 2**31, but a strided loop over it steps past 2**31 - 1
+    assert _last_index(top, runtime.BLOCK) > 2**31 - 1
+    assert not conv_kernels.fits((1, 1, 1, top), (1, 1, 1, 1), (1, top))
+    assert not conv_kernels.fits((1, 1, 1, 8), (top // 8, 8, 1, 1), (1, 8))  # CRS columns
+    assert not pool_kernels.fits((1, 1, 1, top), (1, top))
+    assert not bn_kernels.fits((1, 1, top))
+    with pytest.raises(ValueError, match=r"x has 2147483448 elements; the CUDA kernels take "
+                                         r"at most 2147482624"):
+        runtime.check_indexable("conv2d", x=top)
+    # the largest accepted: every index computed still an int32
+    most = runtime.index_limit()
+    assert conv_kernels.fits((1, 1, 1, most), (1, 1, 1, 1), (1, most))
+    assert pool_kernels.fits((1, 1, 1, most), (1, most)) and bn_kernels.fits((1, 1, most))
+    assert _last_index(most, runtime.BLOCK * 4) <= 2**31 - 1  # 256 threads of 4 floats
 
 
 @needs_compiler

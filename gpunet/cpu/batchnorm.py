@@ -16,19 +16,20 @@ from . import parallel
 def _channel_sum(a2, channels):
     """Per-channel sum of ``a2``, an ``(N, C*L)`` view of ``(N, C, ...)``: column sums
     first (adding contiguous rows, which NumPy does fast), then one sum per channel."""
-    return a2.sum(axis=0).reshape(channels, -1).sum(axis=1)
+    return a2.sum(axis=0).reshape(channels, a2.shape[1] // max(1, channels)).sum(axis=1)
 
 
 def _channel_dot(a2, b2, channels):
     """Per-channel sum of ``a2 * b2`` (both ``(N, C*L)``), without the product array."""
-    return numpy.einsum("nl,nl->l", a2, b2).reshape(channels, -1).sum(axis=1)
+    return numpy.einsum("nl,nl->l", a2, b2).reshape(channels, a2.shape[1] // max(1, channels)) \
+        .sum(axis=1)
 
 
 def _expand(per_channel, sample_size):
     """``(C,)`` repeated to one sample's ``C*L`` values. Broadcast against ``(N, C*L)``
     it leaves NumPy inner loops a whole sample long; broadcasting ``(C, 1, 1)``
     against ``(N, C, H, W)`` loops over ``H*W`` values at a time, 2x slower."""
-    return numpy.repeat(per_channel, sample_size // per_channel.shape[0])
+    return numpy.repeat(per_channel, sample_size // max(1, per_channel.shape[0]))
 
 
 def _row_chunks(x2):
@@ -65,7 +66,10 @@ def forward(x, weight, bias, running, eps):
     :func:`gpunet.ops.batchnorm._forward`."""
     channels = weight.shape[0]
     x2 = x.reshape(x.shape[0], math.prod(x.shape[1:]))  # (N, C*L): see _expand
-    if running is None:
+    if running is None and channels == 0:  # training on no channels: no statistics
+        mean, var = (numpy.empty(0, x.dtype) for _ in range(2))
+        x_hat, stats = numpy.empty_like(x2), (mean, var)
+    elif running is None:
         mean, var, x_hat = _batch_stats(x2, channels)
         stats = mean, var
     else:
@@ -92,8 +96,8 @@ def forward(x, weight, bias, running, eps):
 def backward(dy, x_hat, weight, inv_std, training, input_grad):
     """``(dx, dweight, dbias)`` by the formula of :mod:`gpunet.ops.batchnorm`, in row
     chunks."""
-    channels, sample_size = dy.shape[1], dy.size // dy.shape[0]
-    dy2, x_hat2 = dy.reshape(dy.shape[0], -1), x_hat.reshape(dy.shape[0], -1)
+    channels, sample_size = dy.shape[1], math.prod(dy.shape[1:])  # not size // N: N may be 0
+    dy2, x_hat2 = (a.reshape(dy.shape[0], sample_size) for a in (dy, x_hat))
     chunks = _row_chunks(dy2)
     sums = parallel.map_chunks(lambda rows: (_channel_sum(dy2[rows], channels),
                                              _channel_dot(dy2[rows], x_hat2[rows], channels)),
@@ -104,7 +108,7 @@ def backward(dy, x_hat, weight, inv_std, training, input_grad):
     g_scale = weight * inv_std
     g_row = _expand(g_scale, sample_size)
     if training:  # the batch statistics' own gradients
-        m = dy.size // channels
+        m = dy.shape[0] * math.prod(dy.shape[2:])
         x_hat_scale = _expand(g_scale * dweight / m, sample_size)
         shift = _expand(g_scale * dbias / m, sample_size)
     dx = numpy.empty_like(dy2)

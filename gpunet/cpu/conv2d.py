@@ -22,6 +22,8 @@ def forward(x, weight, bias, stride, pads, out_hw, algorithm=None):
     NumPy arrays, by ``algorithm`` (``None``: :func:`choose_algorithm`'s)."""
     if algorithm is None:
         algorithm = choose_algorithm(x.shape, weight.shape, stride, pads)
+    if x.size == 0 or weight.size == 0:
+        algorithm = "im2col"  # nothing to compute: Winograd's tiles would not even reshape
 
     def forward_chunk(x_part):
         if algorithm == "winograd":
@@ -35,7 +37,7 @@ def forward(x, weight, bias, stride, pads, out_hw, algorithm=None):
     # a dW of its own): a chunk must hold a quarter of the filters' size in
     # input. VGG-16's conv5_2 at batch 4 (2.4M weights, 100K inputs an image)
     # ran 63 -> 95 ms in two chunks; AlexNet-CIFAR's conv4 (332K, 9.4K) gains.
-    min_rows = -(-weight.size // (4 * max(1, math.prod(x.shape[1:]))))
+    min_rows = max(1, -(-weight.size // (4 * max(1, math.prod(x.shape[1:])))))  # 0 filters
     return parallel.forward_in_chunks("conv2d", forward_chunk, x,
                                       multiply_adds // parallel.GEMM_MACS_PER_WORK,
                                       (x.shape[0], weight.shape[0], *out_hw), min_rows)
@@ -105,7 +107,7 @@ def _im2col_forward(x, weight, bias, stride, pads, out_hw, chwn):
     # y comes out in NCHW order with no transpose, and OpenBLAS runs these
     # shapes faster (AlexNet-CIFAR conv1: forward 11.7 -> 7.6 ms).
     cols, out_hw = im2col(x, kernel, stride, pads, ones_row=bias is not None)
-    filters = weight.reshape(k, -1)
+    filters = weight.reshape(k, math.prod(weight.shape[1:]))  # no -1: K may be 0
     if bias is not None:
         filters = numpy.concatenate([filters, bias[:, None]], axis=1)
     y = (filters @ cols).reshape(n, k, *out_hw)
@@ -124,7 +126,7 @@ def _im2col_backward(dy, ctx, input_grad):
     cols = (im2col_chwn(x, weight.shape[2:], stride, pads) if chwn
             else im2col(x, weight.shape[2:], stride, pads, ones_row=has_bias)[0])
     # dy as (K, OH*OW*N): the CHWN layout's GEMMs, and col2im's, take it
-    dy_chwn = numpy.ascontiguousarray(dy.transpose(1, 2, 3, 0)).reshape(k, -1) \
+    dy_chwn = numpy.ascontiguousarray(dy.transpose(1, 2, 3, 0)).reshape(k, math.prod(out_hw) * n) \
         if chwn or input_grad else None
     if chwn:
         # cols @ dy^T, then transposed: BLAS ran dy @ cols^T 1.7x slower
@@ -141,7 +143,7 @@ def _im2col_backward(dy, ctx, input_grad):
             grads = (dy3 @ cols.transpose(0, 2, 1)).sum(axis=0)
         else:
             grads = numpy.tensordot(dy3, cols, axes=([0, 2], [0, 2]))
-        window = weight[0].size
+        window = math.prod(weight.shape[1:])  # not weight[0]: K may be 0
         dweight = numpy.ascontiguousarray(grads[:, :window]).reshape(weight.shape)
         dbias = grads[:, window].copy() if has_bias else None
     if not input_grad:

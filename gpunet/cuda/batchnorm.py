@@ -83,6 +83,8 @@ def stats(x):
     n, c, hw = _sizes(x)
     runtime.check_grid_rows("batch_norm", "channels", c)
     m = n * hw
+    if x.size == 0:  # no channels (ops refuses training on fewer than 2 values a channel)
+        return tuple(xp.zeros(c, x.dtype) for _ in range(4))
     geom = _geometry(xp, c, hw, m)
     parts, chunk, grid = _reduction_grid(m, c)
     weights = table(xp, ("batch_norm merge weights", m, parts, chunk),
@@ -106,6 +108,8 @@ def apply(x, pivot, offset, inv_std, weight, bias):
     check_indexable("batch_norm", x=x.size)
     n, c, hw = _sizes(x)
     y, x_hat = new_output(xp, x.shape, x.dtype), new_output(xp, x.shape, x.dtype)
+    if x.size == 0:  # nothing to launch (a zero grid)
+        return y, x_hat
     args = [xp.ascontiguousarray(a) for a in (pivot, offset, inv_std, weight, bias)]
     vectors = _vectors(hw, x, y, x_hat)
     runtime.launch("batchnorm", "bn_fwd_apply", x.dtype,
@@ -134,6 +138,9 @@ def backward(dy, x_hat, weight, inv_std, training: bool, input_grad: bool = True
     dy = xp.ascontiguousarray(dy)
     n, c, hw = _sizes(dy)
     m = n * hw
+    if dy.size == 0:  # no values: zero parameter gradients, an empty dx, no launch
+        zeros = xp.zeros(c, dy.dtype), xp.zeros(c, dy.dtype)
+        return (new_output(xp, dy.shape, dy.dtype) if input_grad else None, *zeros)
     geom = _geometry(xp, c, hw, m)
     parts, chunk, grid = _reduction_grid(m, c)
     sum_dy, sum_dy_xhat = (new_output(xp, (c, parts), dy.dtype) for _ in range(2))

@@ -24,12 +24,12 @@ TARGET_BLOCKS = 256    # split-K aims at about this many blocks, whatever the GP
                        # split, hence the summation order, depends on the shapes only
 
 
-def tile(rows: int, dtype) -> tuple[str, int, int]:
+def tile(rows: int, dtype, tensor_cores: bool = True) -> tuple[str, int, int]:
     """``(kernel suffix, rows, columns)`` of the GEMM tile for a GEMM of ``rows`` rows
     (kernels/conv2d.cu): 128 x 128, or the wide 64 x 256 (64 x 128 in float64) when
-    at most 64 rows would use it; float32 with TF32 allowed: the tensor-core kernels
-    (128 x 128)."""
-    if runtime.allow_tf32() and numpy.dtype(dtype) == numpy.float32:
+    at most 64 rows would use it; float32 with TF32 allowed on a device with TF32
+    ``tensor_cores`` (runtime.tf32_supported): the tensor-core kernels (128 x 128)."""
+    if tensor_cores and runtime.allow_tf32() and numpy.dtype(dtype) == numpy.float32:
         return "_tf32", 128, 128
     if rows > 64:
         return "", 128, 128
@@ -94,11 +94,17 @@ def forward(x, weight, bias, stride, pads, out_hw):
     oh, ow = out_hw
     sizes = (n, c, h, w, k, r, s, oh, ow)
     _check_sizes("conv2d", *sizes)
-    geom = _geometry(xp, sizes, stride, pads)
+    geom = _geometry(xp, sizes, stride, pads) if n * k else None
+    if n * k == 0 or c == 0:
+        # nothing to launch (a zero grid, or a GEMM with no reduction: the bias alone)
+        y = xp.zeros((n, k, oh, ow), x.dtype)
+        if bias is not None:
+            y += bias.reshape(k, 1, 1)
+        return y, ConvContext(x, weight, bias is not None, geom, sizes)
     taps = table(xp, ("conv2d forward taps", c, h, w, r, s),
                  lambda: forward_taps(c, h, w, r, s), numpy.int32)
     y = new_output(xp, (n, k, oh, ow), x.dtype)
-    suffix, rows, cols = tile(k, x.dtype)
+    suffix, rows, cols = tile(k, x.dtype, runtime.tf32_supported(xp))
     grid = (ceil_div(n * oh * ow, cols), ceil_div(k, rows), 1)
     bias_arg = _zeros(xp, k, x.dtype) if bias is None else xp.ascontiguousarray(bias)
     runtime.launch("conv2d", "conv2d_fwd" + suffix, x.dtype, grid, GEMM_BLOCK,
@@ -116,26 +122,14 @@ def split_k(total: int, tiles: int, slice_size: int = 1) -> tuple[int, int]:
     return ceil_div(total, chunk), chunk
 
 
-def backward(dy, ctx: ConvContext, input_grad: bool = True):
-    """``(dx, dweight, dbias)``; ``dbias`` is ``None`` without a bias, ``dx`` with
-    ``input_grad=False``."""
+def _weight_grad(dy, ctx: ConvContext, tensor_cores: bool):
+    """dweight by split-K: partial sums per slice of the (n, oh, ow) reduction, then
+    summed in slice order."""
     xp = get_array_module(dy)
-    dy = xp.ascontiguousarray(dy)
     n, c, h, w, k, r, s, oh, ow = ctx.sizes
     dtype = dy.dtype
-
-    dx = None
-    if input_grad:
-        dx = new_output(xp, (n, c, h, w), dtype)
-        taps = table(xp, ("conv2d data taps", k, c, oh, ow, r, s),
-                     lambda: data_taps(k, c, oh, ow, r, s), numpy.int32)
-        suffix, rows, cols = tile(c, dtype)
-        grid = (ceil_div(n * h * w, cols), ceil_div(c, rows), 1)
-        runtime.launch("conv2d", "conv2d_bwd_data" + suffix, dtype, grid, GEMM_BLOCK,
-                       (dy, ctx.weight, dx, ctx.geometry, taps))
-
     crs, total = c * r * s, n * oh * ow
-    suffix, rows, cols = tile(k, dtype)
+    suffix, rows, cols = tile(k, dtype, tensor_cores)
     splits, chunk = split_k(total, ceil_div(crs, cols) * ceil_div(k, rows), k * crs)
     partial = new_output(xp, (splits, k, crs), dtype)
     grid = (ceil_div(crs, cols), ceil_div(k, rows), splits)
@@ -144,6 +138,35 @@ def backward(dy, ctx: ConvContext, input_grad: bool = True):
     dweight = new_output(xp, ctx.weight.shape, dtype)
     runtime.launch("conv2d", "conv2d_bwd_weight_reduce", dtype, (ceil_div(k * crs, BLOCK), 1, 1),
                    (BLOCK, 1, 1), (partial, dweight, numpy.int32(k * crs), numpy.int32(splits)))
+    return dweight
+
+
+def backward(dy, ctx: ConvContext, input_grad: bool = True):
+    """``(dx, dweight, dbias)``; ``dbias`` is ``None`` without a bias, ``dx`` with
+    ``input_grad=False``."""
+    xp = get_array_module(dy)
+    dy = xp.ascontiguousarray(dy)
+    n, c, h, w, k, r, s, oh, ow = ctx.sizes
+    dtype = dy.dtype
+    if n * k == 0:  # empty work: no launch (split_k and runs would divide by 0)
+        return (xp.zeros((n, c, h, w), dtype) if input_grad else None,
+                xp.zeros(ctx.weight.shape, dtype), xp.zeros(k, dtype) if ctx.has_bias else None)
+    tensor_cores = runtime.tf32_supported(xp)
+
+    dx = None
+    if input_grad and c == 0:
+        dx = xp.zeros((n, c, h, w), dtype)
+    elif input_grad:
+        dx = new_output(xp, (n, c, h, w), dtype)
+        taps = table(xp, ("conv2d data taps", k, c, oh, ow, r, s),
+                     lambda: data_taps(k, c, oh, ow, r, s), numpy.int32)
+        suffix, rows, cols = tile(c, dtype, tensor_cores)
+        grid = (ceil_div(n * h * w, cols), ceil_div(c, rows), 1)
+        runtime.launch("conv2d", "conv2d_bwd_data" + suffix, dtype, grid, GEMM_BLOCK,
+                       (dy, ctx.weight, dx, ctx.geometry, taps))
+
+    total = n * oh * ow
+    dweight = xp.zeros(ctx.weight.shape, dtype) if c == 0 else _weight_grad(dy, ctx, tensor_cores)
 
     dbias = None
     if ctx.has_bias:

@@ -68,6 +68,9 @@ def forward(kind: str, x, kernel, stride, pads, out_hw):
     check_indexable(f"{kind}_pool2d", x=x.size, y=numpy.prod(out_shape, dtype=numpy.int64))
     geom = _geometry(xp, x.shape, kernel, stride, pads, out_hw)
     y = new_output(xp, out_shape, x.dtype)
+    if y.size == 0:  # no batch or no channels: nothing to launch (a zero grid)
+        argmax = xp.zeros(out_shape, numpy.int32) if kind == "max" else None
+        return y, PoolContext(kind, tuple(x.shape), out_shape, geom, argmax, tuple(kernel))
     grid, block = _grid(y.size)
     if kind == "max":
         argmax = new_output(xp, out_shape, numpy.int32)
@@ -85,6 +88,8 @@ def backward(dy, ctx: PoolContext):
     xp = get_array_module(dy)
     dy = xp.ascontiguousarray(dy)
     dx = new_output(xp, ctx.x_shape, dy.dtype)
+    if dx.size == 0:
+        return dx
     grid, block = _grid(dx.size)
     if ctx.argmax is not None:
         runtime.launch("pool2d", "max_pool2d_bwd", dy.dtype, grid, block,

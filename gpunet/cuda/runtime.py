@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from functools import cache
 
 import numpy
@@ -42,6 +43,18 @@ def set_allow_tf32(enabled: bool) -> None:
     _tf32 = bool(enabled)
 
 
+TF32_MIN_CAPABILITY = 80  # cvt.tf32 and mma .tf32: Ampere on
+
+
+def tf32_supported(xp) -> bool:
+    """Whether the current device of ``xp`` has TF32 tensor cores (sm_80 on; below,
+    kernels/conv2d.cu compiles its ``_tf32`` kernels as the float ones). NumPy: the
+    tests' emulation, which has them."""
+    if xp is numpy:
+        return True
+    return int(xp.cuda.Device().compute_capability) >= TF32_MIN_CAPABILITY
+
+
 def uses_kernels(xp) -> bool:
     return _enabled and xp is not numpy
 
@@ -51,19 +64,31 @@ def ceil_div(a: int, b: int) -> int:
 
 
 INDEX_LIMIT = 2**31  # the kernels index with int32: every array a launch touches is smaller
+# ... by this much: kernels compute indices past an array's end before a `< size`
+# guard drops them (a block-strided loop, `j += blockDim.x`, steps up to 255 past the
+# end of batch norm's and the bias gradient's runs; the GEMMs' reduction index a
+# step past; a 1-D grid rounds up to a tile, 256 columns or 256 threads of 4-float
+# vectors). An int index past 2**31 - 1 would wrap negative and pass that guard.
+INDEX_HEADROOM = 1024
+
+
+def index_limit() -> int:
+    """The most elements an array the kernels index may hold."""
+    return INDEX_LIMIT - INDEX_HEADROOM
 
 
 def indexable(*sizes: int) -> bool:
-    """Whether arrays of these element counts fit the kernels' 32-bit indices
-    (``ops`` sends larger ones down the xp path instead)."""
-    return all(int(size) < INDEX_LIMIT for size in sizes)
+    """Whether arrays of these element counts fit the kernels' 32-bit indices, with a
+    tile of headroom (``ops`` sends larger ones down the xp path instead)."""
+    return all(int(size) <= index_limit() for size in sizes)
 
 
 def check_indexable(where: str, **sizes: int) -> None:
     for name, size in sizes.items():
-        if int(size) >= INDEX_LIMIT:
+        if int(size) > index_limit():
             raise ValueError(f"{where}: {name} has {int(size)} elements; the CUDA kernels take "
-                             f"fewer than 2**31 (use_kernels=False takes the xp path)")
+                             f"at most {index_limit()} (2**31 less a tile, for 32-bit indices; "
+                             f"use_kernels=False takes the xp path)")
 
 
 def runs(m: int, rows: int, target_blocks: int, min_run: int) -> tuple[int, int]:
@@ -124,9 +149,39 @@ def kernel_dir() -> str:
                             f"{os.path.dirname(here)}/kernels holds common.cuh")
 
 
+_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]*"([^"]+)"[ \t]*$', re.M)
+_PRAGMA_ONCE = re.compile(r"^[ \t]*#[ \t]*pragma[ \t]+once[ \t]*$", re.M)
+
+
 def source(name: str) -> str:
-    with open(os.path.join(kernel_dir(), f"{name}.cu")) as f:
-        return f.read()
+    """``kernels/<name>.cu`` with the project's own headers inlined (recursively,
+    each once, as ``#pragma once`` would): CuPy's on-disk cache keys on the source
+    string and the options, not on the files it includes, so an edited common.cuh
+    would otherwise keep running the old cubin. ``#line`` directives keep errors
+    naming the file and line they come from."""
+    return _inlined(kernel_dir(), f"{name}.cu", set())
+
+
+def _inlined(folder: str, file: str, seen: set) -> str:
+    seen.add(file)
+    with open(os.path.join(folder, file)) as f:
+        text = f.read()
+    parts, last = [], 0
+    for match in _INCLUDE.finditer(text):
+        header = match.group(1)
+        if not os.path.isfile(os.path.join(folder, header)):
+            continue  # not one of ours: left to the compiler's include path
+        line = text.count("\n", 0, match.end()) + 2  # the line after the #include
+        parts.append(text[last:match.start()])
+        if header not in seen:
+            parts.append(f'#line 1 "{header}"\n{_inlined(folder, header, seen)}\n'
+                         f'#line {line} "{file}"')
+        else:
+            parts.append(f'#line {line} "{file}"')  # already inlined above
+        last = match.end()
+    text = "".join(parts) + text[last:]
+    # inlined once already; in one translation unit the pragma would be "in main file"
+    return _PRAGMA_ONCE.sub("", text) if file.endswith(".cuh") else text
 
 
 _C_TYPES = {"float32": ("float", "float"), "float64": ("double", "double")}

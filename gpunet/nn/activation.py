@@ -1,6 +1,8 @@
 """Activations and ``Flatten``: no parameters, elementwise (or per-row) maps."""
 from __future__ import annotations
 
+import math
+
 from .. import _checks
 from ..backend import get_array_module
 from ..ops import sigmoid, softmax
@@ -119,7 +121,9 @@ class Flatten(Module):
             raise ValueError(f"Flatten: input needs more than {self.start_dim} axes, "
                              f"got shape {tuple(x.shape)}")
         self._ctx = x.shape
-        return x.reshape(*x.shape[:self.start_dim], -1)
+        # the size, not -1: an empty batch has no size to infer it from (PyTorch gives
+        # (0, 400) for (0, 16, 5, 5))
+        return x.reshape(*x.shape[:self.start_dim], math.prod(x.shape[self.start_dim:]))
 
     def backward(self, dy):
         return dy.reshape(self._saved())

@@ -12,6 +12,7 @@ passes in row chunks on gpunet's threads), CuPy arrays gpunet's CUDA kernels
 from __future__ import annotations
 
 import functools
+import math
 
 from .. import _checks
 from ..backend import common_array_module
@@ -58,7 +59,7 @@ def _forward(x, weight, bias, running, eps, ranks=ONE_PROCESS):
     axes = (0, *range(2, x.ndim))
     per_channel = (1, -1) + (1,) * (x.ndim - 2)  # (C,) against (N, C, ...)
     if running is None:
-        m = ranks.count(x.size // x.shape[1])
+        m = ranks.count(x.shape[0] * math.prod(x.shape[2:]))  # not size // C: C may be 0
         pivot, = ranks.sum([x[(slice(0, 1), slice(None)) + (0,) * (x.ndim - 2)].reshape(-1)])
         pivot = (pivot / ranks.size).reshape(per_channel)
         shifted = x - pivot
@@ -93,7 +94,7 @@ def _backward(dy, x_hat, weight, inv_std, training, input_grad, ranks=ONE_PROCES
     g_scale = (weight * inv_std).reshape(per_channel)
     dx = g_scale * dy
     if training:  # the batch statistics' own gradients
-        m = ranks.count(dy.size // dy.shape[1])
+        m = ranks.count(dy.shape[0] * math.prod(dy.shape[2:]))
         batch_dweight, batch_dbias = ranks.sum([dweight, dbias])
         dx -= g_scale * (x_hat * batch_dweight.reshape(per_channel)
                          + batch_dbias.reshape(per_channel)) / m
@@ -141,7 +142,7 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, *, training,
         raise ValueError(
             f"{where}: x must be (N, {channels}, ...) with {channels} channels, "
             f"got shape {tuple(x.shape)}")
-    count = x.size // channels
+    count = x.shape[0] * math.prod(x.shape[2:])  # values per channel (C may be 0)
     if training and count < 2:
         raise ValueError(
             f"{where}: training needs more than one value per channel, got input "

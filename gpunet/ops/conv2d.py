@@ -69,13 +69,15 @@ class Im2colContext(Context):
     def _backward(self, dy, input_grad):
         """``dW = sum_n dy[n] cols[n]^T``, ``db = sum dy``, ``dx = col2im(W^T dy)``."""
         xp = common_array_module(dy=dy, weight=self.weight)
-        cols = self.cols.reshape(self.cols.shape[0], -1, dy.shape[2] * dy.shape[3])
-        dy3 = dy.reshape(dy.shape[0], dy.shape[1], -1)  # (N, K, OH*OW)
+        # explicit sizes, no -1: an empty batch or filter bank has no size to infer
+        crs = self.weight.shape[1] * self.weight.shape[2] * self.weight.shape[3]
+        cols = self.cols.reshape(self.cols.shape[0], crs, dy.shape[2] * dy.shape[3])
+        dy3 = dy.reshape(dy.shape[0], dy.shape[1], dy.shape[2] * dy.shape[3])  # (N, K, OH*OW)
         dweight = (dy3 @ cols.transpose(0, 2, 1)).sum(axis=0).reshape(self.weight.shape)
         dbias = dy3.sum(axis=(0, 2)) if self.has_bias else None
         if not input_grad:
             return None, dweight, dbias
-        dcols = self.weight.reshape(self.weight.shape[0], -1).T @ dy3  # (N, C*R*S, OH*OW)
+        dcols = self.weight.reshape(self.weight.shape[0], crs).T @ dy3  # (N, C*R*S, OH*OW)
         dx = col2im(dcols.reshape(self.cols.shape), self.x_shape, self.stride, self.pads)
         return xp.ascontiguousarray(dx), dweight, dbias
 
@@ -120,7 +122,9 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, use_kernels=None,
     # the output first: a batch too large for the device fails before the copies
     y = xp.empty((x.shape[0], weight.shape[0], out_hw[0] * out_hw[1]), dtype=x.dtype)
     cols = im2col(x, kernel, stride, pads)
-    xp.matmul(weight.reshape(weight.shape[0], -1), cols.reshape(x.shape[0], -1, y.shape[2]), out=y)
+    crs = weight.shape[1] * kernel[0] * kernel[1]  # no -1: an empty batch has no size to infer
+    xp.matmul(weight.reshape(weight.shape[0], crs), cols.reshape(x.shape[0], crs, y.shape[2]),
+              out=y)
     if bias is not None:
         y += bias[:, None]
     return (y.reshape(x.shape[0], weight.shape[0], *out_hw),

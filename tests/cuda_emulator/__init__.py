@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy
 
-from gpunet.cuda.runtime import compile_options, kernel_dir
+from gpunet.cuda.runtime import compile_options, source
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -124,9 +124,9 @@ def build(source: str, options: tuple[str, ...]) -> Library:
 
 
 def library(name: str, dtype) -> Library:
-    """``kernels/<name>.cu`` built as gpunet's loader builds it for ``dtype``."""
-    with open(os.path.join(kernel_dir(), f"{name}.cu")) as f:
-        return build(f.read(), compile_options(numpy.dtype(dtype).name))
+    """``kernels/<name>.cu`` built as gpunet's loader builds it for ``dtype`` (its
+    headers inlined, as ``runtime.source`` hands it to ``RawModule``)."""
+    return build(source(name), compile_options(numpy.dtype(dtype).name))
 
 
 class LaunchError(RuntimeError):

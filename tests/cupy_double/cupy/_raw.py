@@ -133,6 +133,7 @@ class RawKernel:
         from tests import cuda_emulator
         grid, block = _dim3(grid, "grid"), _dim3(block, "block")
         self._check_launch(grid, block, int(shared_mem))
+        grid = tuple(max(1, g) for g in grid)  # as CuPy's Function.__call__
         if not isinstance(args, tuple):
             raise TypeError(f"{self.name}: args must be a tuple, got {type(args).__name__}")
         converted = [_argument(a, f"{self.name} argument {i}") for i, a in enumerate(args)]
@@ -145,7 +146,9 @@ class RawKernel:
         name = self.name
         for what, dims, limits in (("grid", grid, MAX_GRID), ("block", block, MAX_BLOCK)):
             for axis, size, limit in zip("xyz", dims, limits):
-                if not 1 <= size <= limit:
+                # CuPy's Function launches max(1, grid[i]) blocks: a zero grid runs one
+                lowest = 0 if what == "grid" else 1
+                if not lowest <= size <= limit:
                     raise runtime.CUDARuntimeError(
                         f"{name}: {what} {dims}: {what}Dim.{axis} = {size} is outside 1..{limit} "
                         "(cudaErrorInvalidConfiguration)")
