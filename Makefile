@@ -42,8 +42,10 @@ test-cuda-double:
 # Every kernel must compile for Ampere and Hopper, in both precisions, without a
 # single warning (register spills included), and its machine code must hold no
 # out-of-line call (64-bit or floating-point division) and, for the convolution
-# GEMMs, at least 40% FFMA: bench/sass_check.py prints the SASS table. No GPU needed;
-# cuobjdump and nvdisasm come with the test extra.
+# GEMMs, at least 40% FFMA: bench/sass_check.py prints the SASS table. The same files
+# built as CuPy builds them (NVRTC) must have no stack, no spill, and the blocks per SM
+# their __launch_bounds__ declare. No GPU needed; cuobjdump, nvdisasm and NVRTC come
+# with the test extra.
 NVCC ?= nvcc
 kernels-check: install
 	NVCC=$(NVCC) $(BIN)/python bench/sass_check.py

@@ -1,11 +1,25 @@
-"""Compile every kernel file with nvcc and read the machine code: no GPU needed.
+"""Compile every kernel file as CuPy does and with nvcc, and read the machine code:
+no GPU needed.
 
-For each ``kernels/*.cu``, for sm_80 and sm_90, in float and double: ``nvcc
---cubin`` with ``-Xptxas -v`` (registers, spills) must print no warning; the cubin is
-disassembled with ``cuobjdump --dump-sass`` and each kernel's instructions are
-counted. Fails (exit 1) on
+For each ``kernels/*.cu``, for sm_80 and sm_90, in float and double, two builds:
+
+- NVRTC, what runs: the source and options gpunet's ``RawModule`` gets, through
+  CuPy's own compile path (``cupy._core.core.compile_with_cache``, which adds CuPy's
+  include paths, ``-ftz=true``, ``-arch=sm_XX`` and
+  ``--device-as-default-execution-space``), the architecture given instead of asked
+  of a device; ``cuobjdump --dump-resource-usage`` gives each kernel's registers,
+  static shared memory and stack, the SASS its local-memory (spill) traffic, the PTX
+  its ``__launch_bounds__``;
+- nvcc 13.0 ``--cubin`` with ``-Xptxas -v``, which must print no warning.
+
+Each cubin is disassembled with ``cuobjdump --dump-sass`` and each kernel's
+instructions are counted. Fails (exit 1) on
 
 - any nvcc or ptxas warning, register spills included;
+- in the NVRTC build, any stack frame or local-memory load or store (a spill), and a
+  kernel whose resident blocks per SM, from its registers, shared memory (static and
+  the launcher's dynamic) and block size, fall under the minimum its
+  ``__launch_bounds__`` declares (1 where it declares none);
 - any out-of-line call in a kernel: a ``CALL`` to a routine that ends in ``RET``, as
   a 64-bit integer division or a floating-point division's slow path, dozens of
   instructions each, where an inner loop cannot afford one;
@@ -14,7 +28,9 @@ counted. Fails (exit 1) on
   index arithmetic; for the opt-in ``_tf32`` kernels, one without tensor-core MMAs
   (HMMA), which their FMA columns count instead.
 
-Prints the sm_90 table (``--json FILE`` also writes every build's), with the share
+Prints the NVRTC build's resources and blocks per SM for both architectures
+(``--markdown``: as bench/GPU.md's table) and the nvcc sm_90 instruction table
+(``--json FILE`` also writes every build's), with the share
 of FMA in each kernel's busiest loop: in a GEMM's main loop that share bounds the
 fraction of the FMA peak an SM can issue (bench/GPU.md's napkin estimate). The SASS
 shows what will run, not how fast: the speed comes only from a GPU.
@@ -27,6 +43,7 @@ import json
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
 import sysconfig
@@ -34,6 +51,11 @@ import tempfile
 from dataclasses import asdict, dataclass
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # this checkout's gpunet: its launchers' block sizes and options
+
+from gpunet.cuda import conv2d as cuda_conv2d  # noqa: E402
+from gpunet.cuda import runtime  # noqa: E402
+
 ARCHS = ("sm_80", "sm_90")
 TYPES = {"float": "float", "double": "double"}  # real_t -> acc_t
 GEMM_KERNELS = re.compile(r"^conv2d_(fwd|bwd_data|bwd_weight)(_\w+)?$")  # and _tf32
@@ -44,6 +66,26 @@ HEX = re.compile(r"0x([0-9a-f]+)")
 PTXAS_ENTRY = re.compile(r"(?:Compiling entry function|Function properties for) '?(\w+)'?")
 PTXAS_REGS = re.compile(r"Used (\d+) registers")
 PTXAS_SPILLS = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
+RESOURCE_FUNCTION = re.compile(r"^\s*Function\s+(\w+):")
+RESOURCE_FIELD = re.compile(r"([A-Z]+(?:\[\d+\])?):(\d+)")
+PTX_ENTRY = re.compile(r"\.entry\s+(\w+)\s*\(")
+PTX_MAXNTID = re.compile(r"\.maxntid\s+(\d+)\s*,\s*(\d+)\s*,\s*(\d+)")
+PTX_MINBLOCKS = re.compile(r"\.minnctapersm\s+(\d+)")
+
+# What one SM holds (CUDA C++ Programming Guide, "Technical Specifications per Compute
+# Capability"; 8.0: A100, 9.0: H100/H200). Shared memory is the largest carveout,
+# which the driver picks when a kernel needs it.
+SM_LIMITS = {
+    "sm_80": {"registers": 65536, "shared": 164 * 1024, "threads": 2048, "blocks": 32},
+    "sm_90": {"registers": 65536, "shared": 228 * 1024, "threads": 2048, "blocks": 32},
+}
+REGISTER_UNIT = 256      # registers are allocated to a warp 256 at a time
+SUB_PARTITIONS = 4       # from one of four register files: a warp's never straddle two
+SHARED_UNIT = 128        # shared memory is allocated to a block 128 bytes at a time
+SHARED_RESERVED = 1024   # plus 1 KB the runtime reserves per block (sm_80 and later)
+# Kernels launched with dynamic shared memory: BLOCK elements of the launch's dtype
+# (gpunet/cuda/conv2d.py, batchnorm.py: shared_mem=BLOCK * itemsize).
+DYNAMIC_SHARED_KERNELS = {"conv2d_bwd_bias", "bn_fwd_stats", "bn_bwd_reduce"}
 
 
 @dataclass
@@ -61,6 +103,18 @@ class KernelCode:
     spill_bytes: int = 0
     loop_instructions: int = 0   # the loop with the most FMA (a GEMM's main loop)
     loop_fma: int = 0
+    build: str = "nvcc"          # or "nvrtc": CuPy's build, what runs
+    # The NVRTC build's resources, from cuobjdump, the SASS, the PTX and the launcher:
+    stack: int = 0               # bytes a thread
+    shared_static: int = 0       # bytes a block
+    shared_dynamic: int = 0      # bytes a block, as the launcher asks
+    spill_stores: int = 0        # bytes stored to local memory (STL), statically
+    spill_loads: int = 0         # bytes loaded from it (LDL)
+    threads: int = 0             # a block, as the launcher launches it
+    max_threads: int = 0         # __launch_bounds__'s first argument (0: none)
+    min_blocks: int = 0          # its second (0: none)
+    blocks_per_sm: int = 0
+    limited_by: str = ""         # what bounds blocks_per_sm
 
     @property
     def fma_share(self) -> float:
@@ -148,6 +202,61 @@ def parse_ptxas(text: str) -> dict[str, tuple[int, int]]:
     return result
 
 
+def parse_resource_usage(text: str) -> dict[str, dict[str, int]]:
+    """``{kernel: {"REG": .., "STACK": .., "SHARED": .., "LOCAL": .., ...}}`` from
+    ``cuobjdump --dump-resource-usage``."""
+    result, current = {}, None
+    for line in text.splitlines():
+        match = RESOURCE_FUNCTION.match(line)
+        if match:
+            current = result.setdefault(match.group(1), {})
+        elif current is not None:
+            current.update((key, int(value)) for key, value in RESOURCE_FIELD.findall(line))
+    return result
+
+
+def parse_launch_bounds(ptx: str) -> dict[str, tuple[int, int]]:
+    """``{kernel: (max threads, min blocks)}`` from the PTX (0 where undeclared)."""
+    result = {}
+    parts = PTX_ENTRY.split(ptx)  # [before, name, rest, name, rest, ...]
+    for name, rest in zip(parts[1::2], parts[2::2]):
+        # the directives come between the parameter list and the body's first '{'
+        header = rest.split("{", 1)[0]
+        threads, blocks = PTX_MAXNTID.search(header), PTX_MINBLOCKS.search(header)
+        result[name] = ((int(threads.group(1)) * int(threads.group(2)) * int(threads.group(3)))
+                        if threads else 0, int(blocks.group(1)) if blocks else 0)
+    return result
+
+
+def round_up(value: int, unit: int) -> int:
+    return -(-value // unit) * unit
+
+
+def blocks_per_sm(registers: int, shared: int, threads: int, arch: str) -> tuple[int, str]:
+    """``(blocks, limit)``: how many blocks of ``threads`` threads, ``registers`` a
+    thread and ``shared`` bytes of shared memory one SM of ``arch`` holds at once, and
+    which resource runs out first (the occupancy calculator's rules)."""
+    limits = SM_LIMITS[arch]
+    warps = -(-threads // 32)
+    per_warp = round_up(max(registers, 1) * 32, REGISTER_UNIT)
+    warps_by_registers = limits["registers"] // SUB_PARTITIONS // per_warp * SUB_PARTITIONS
+    bounds = {"registers": warps_by_registers // warps,
+              "shared memory": limits["shared"] // (round_up(shared, SHARED_UNIT)
+                                                    + SHARED_RESERVED),
+              "threads": limits["threads"] // threads,
+              "blocks": limits["blocks"]}
+    limit = min(bounds, key=bounds.get)
+    return bounds[limit], limit
+
+
+def launch_shape(kernel: str, real: str) -> tuple[int, int]:
+    """``(threads a block, dynamic shared bytes)`` as gpunet/cuda launches ``kernel``."""
+    threads = cuda_conv2d.GEMM_BLOCK[0] if GEMM_KERNELS.match(kernel) \
+        and not GEMM_EXCLUDED.search(kernel) else runtime.BLOCK
+    itemsize = 4 if real == "float" else 8
+    return threads, runtime.BLOCK * itemsize if kernel in DYNAMIC_SHARED_KERNELS else 0
+
+
 def fma_opcode(kernel: str, real: str) -> str:
     """What does a kernel's multiply-adds: FFMA or DFMA, or tensor cores' HMMA for the
     float build's ``_tf32`` kernels."""
@@ -172,6 +281,10 @@ def summarise(file: str, name: str, arch: str, real: str, instructions: list[Ins
             returns += 1
         elif base == "LDG":
             code.widest_global_load = max(code.widest_global_load, load_width(opcode))
+        elif base == "STL":
+            code.spill_stores += load_width(opcode) // 8
+        elif base == "LDL":
+            code.spill_loads += load_width(opcode) // 8
     if not returns:
         # A CALL with no RET anywhere is not a routine: sm_80 code leaves some loops
         # that end in a barrier through a CALL.REL.NOINC that never returns.
@@ -203,14 +316,115 @@ def compile_file(nvcc: str, cuobjdump: str, path: str, arch: str, real: str,
     return kernels, warnings
 
 
+def cupy_compile(source: str, options: tuple, arch: str) -> tuple[bytes, str, tuple]:
+    """``(cubin, PTX, NVRTC options)``: what ``cupy.RawModule(code=source,
+    options=options)`` builds on a device of ``arch``, through CuPy's own
+    ``compile_with_cache``, with only what needs a driver replaced: the per-device
+    lookup of the ``-arch`` option (CuPy's own function, unmemoised) and the loading
+    of the cubin (captured instead); CUPY_CACHE_IN_MEMORY keeps CuPy's disk cache out."""
+    import types
+    from unittest import mock
+
+    import cupy  # the real one: the test double has no compiler
+    if getattr(cupy, "IS_TEST_DOUBLE", False):
+        raise RuntimeError("the NVRTC build needs the real CuPy, not tests/cupy_double")
+    from cupy._core import core
+    from cupy.cuda import compiler, function, nvrtc
+
+    built = {}
+
+    class Program(compiler._NVRTCProgram):
+        def compile(self, options=(), log_stream=None):
+            result = super().compile(options, log_stream)
+            built["options"], built["ptx"] = options, nvrtc.getPTX(self.ptr)
+            return result
+
+    class Module(function.Module):
+        def load(self, cubin):
+            built["cubin"] = cubin
+
+        def _set_mapping(self, mapping):
+            pass
+
+    unmemoised = getattr(compiler._get_arch_for_options_for_nvrtc, "__wrapped__",
+                         compiler._get_arch_for_options_for_nvrtc)
+    with mock.patch.dict(os.environ, {"CUPY_CACHE_IN_MEMORY": "1"}), \
+            mock.patch.object(compiler, "_get_arch_for_options_for_nvrtc", unmemoised), \
+            mock.patch.object(compiler, "_NVRTCProgram", Program), \
+            mock.patch.object(compiler, "function", types.SimpleNamespace(Module=Module)):
+        # as cupy/_core/raw.pyx's _get_raw_module calls it, the architecture given
+        core.compile_with_cache(source, tuple(options), arch=arch.removeprefix("sm_"),
+                                prepend_cupy_headers=False, backend="nvrtc",
+                                translate_cucomplex=False, enable_cooperative_groups=False,
+                                name_expressions=None, log_stream=None, jitify=False)
+    cubin, ptx = built["cubin"], built["ptx"]
+    # CuPy's getCUBIN drops the last byte as if it ended a string: the high byte of
+    # the last program header's alignment, a zero, which cuobjdump wants back
+    phoff, = struct.unpack_from("<Q", cubin, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", cubin, 0x36)
+    cubin += b"\0" * max(0, phoff + phentsize * phnum - len(cubin))
+    return cubin, ptx.decode() if isinstance(ptx, bytes) else ptx, built["options"]
+
+
+def nvrtc_version() -> str:
+    from cupy.cuda import nvrtc
+    return ".".join(map(str, nvrtc.getVersion()))
+
+
+def cupy_source(path: str, real: str) -> tuple[str, tuple]:
+    """The source and options gpunet's launchers hand RawModule for ``path``."""
+    dtype = "float32" if real == "float" else "float64"
+    options = runtime.compile_options(dtype)
+    folder = os.path.dirname(os.path.abspath(path))
+    if folder == os.path.abspath(runtime.kernel_dir()):
+        return runtime.source(os.path.basename(path)[:-3]), options
+    with open(path) as f:  # another folder (the tests'): its own headers
+        return f.read(), tuple(o for o in options if not o.startswith("-I")) + (f"-I{folder}",)
+
+
+def nvrtc_file(cuobjdump: str, path: str, arch: str, real: str,
+               workdir: str) -> list[KernelCode]:
+    """The kernels of one NVRTC build, as CuPy builds them, with their resources."""
+    source, options = cupy_source(path, real)
+    cubin_bytes, ptx, _ = cupy_compile(source, options, arch)
+    cubin = os.path.join(workdir, "nvrtc.cubin")
+    with open(cubin, "wb") as f:
+        f.write(cubin_bytes)
+    usage = parse_resource_usage(subprocess.run(
+        [cuobjdump, "--dump-resource-usage", cubin], capture_output=True, text=True,
+        check=True).stdout)
+    sass = subprocess.run([cuobjdump, "--dump-sass", cubin], capture_output=True, text=True,
+                          check=True).stdout
+    bounds = parse_launch_bounds(ptx)
+    kernels = []
+    for name, instructions in sorted(parse_sass(sass).items()):
+        res = usage.get(name, {})
+        code = summarise(os.path.basename(path), name, arch, real, instructions,
+                         (res.get("REG", 0), 0))
+        code.build, code.stack, code.shared_static = "nvrtc", res.get("STACK", 0), \
+            res.get("SHARED", 0)
+        code.spill_bytes = code.spill_stores + code.spill_loads
+        code.threads, code.shared_dynamic = launch_shape(name, real)
+        code.max_threads, code.min_blocks = bounds.get(name, (0, 0))
+        code.blocks_per_sm, code.limited_by = blocks_per_sm(
+            code.registers, code.shared_static + code.shared_dynamic, code.threads, arch)
+        kernels.append(code)
+    return kernels
+
+
 def failures(codes: list[KernelCode], min_ffma: float) -> list[str]:
     problems = []
     for code in codes:
-        where = f"{code.kernel} ({code.file}, {code.arch}, {code.real})"
+        where = f"{code.kernel} ({code.file}, {code.arch}, {code.real}" \
+            + (", NVRTC)" if code.build == "nvrtc" else ")")
+        if code.build == "nvrtc":
+            problems += occupancy_failures(code, where)
         if code.calls:
             problems.append(f"{where}: {code.calls} out-of-line CALL instruction(s)")
         if code.spill_bytes:
-            problems.append(f"{where}: {code.spill_bytes} bytes of register spills")
+            problems.append(f"{where}: {code.spill_bytes} bytes of register spills"
+                            + (f" ({code.spill_stores} stored, {code.spill_loads} loaded)"
+                               if code.build == "nvrtc" else ""))
         if code.real != "float" or not GEMM_KERNELS.match(code.kernel) \
                 or GEMM_EXCLUDED.search(code.kernel):
             continue
@@ -223,11 +437,47 @@ def failures(codes: list[KernelCode], min_ffma: float) -> list[str]:
     return problems
 
 
+def occupancy_failures(code: KernelCode, where: str) -> list[str]:
+    problems = []
+    if code.stack:
+        problems.append(f"{where}: a {code.stack}-byte stack frame")
+    if code.max_threads and code.threads > code.max_threads:
+        problems.append(f"{where}: launched with {code.threads} threads, over its "
+                        f"__launch_bounds__ of {code.max_threads}")
+    wanted = max(code.min_blocks, 1)
+    if code.blocks_per_sm < wanted:
+        problems.append(f"{where}: {code.blocks_per_sm} block(s) of {code.threads} threads an "
+                        f"SM ({code.registers} registers, {code.shared_static} + "
+                        f"{code.shared_dynamic} bytes shared; {code.limited_by} run out), "
+                        f"under the {wanted} its launch bounds declare")
+    return problems
+
+
+def resource_table(codes: list[KernelCode], markdown: bool = False) -> str:
+    """The NVRTC build's resources and blocks per SM, both architectures."""
+    head = ["kernel", "type", "arch", "regs", "shared (static + dynamic)", "stack",
+            "spill st/ld", "threads", "declared min blocks", "blocks/SM", "limited by"]
+    rows = []
+    for code in sorted((c for c in codes if c.build == "nvrtc"),
+                       key=lambda c: (c.file, c.kernel, c.real, c.arch)):
+        rows.append([code.kernel, code.real, code.arch, str(code.registers),
+                     f"{code.shared_static} + {code.shared_dynamic}", str(code.stack),
+                     f"{code.spill_stores}/{code.spill_loads}", str(code.threads),
+                     str(code.min_blocks or "-"), str(code.blocks_per_sm), code.limited_by])
+    if markdown:
+        return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+                         + ["| " + " | ".join(row) + " |" for row in rows])
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    return "\n".join("  ".join(cell.ljust(w) if i < 3 else cell.rjust(w)
+                               for i, (cell, w) in enumerate(zip(row, widths)))
+                     for row in [head, *rows])
+
+
 def table(codes: list[KernelCode], arch: str) -> str:
     rows = [f"{'kernel':28} {'type':6} {'instr':>6} {'FMA':>5} {'FMA %':>6} {'loop':>5} "
             f"{'loop FMA %':>10} {'calls':>5} {'LDG bits':>8} {'regs':>5} {'spill':>5}"]
     for code in codes:
-        if code.arch == arch:
+        if code.arch == arch and code.build == "nvcc":
             rows.append(f"{code.kernel:28} {code.real:6} {code.instructions:6d} {code.fma:5d} "
                         f"{code.fma_share:6.0%} {code.loop_instructions:5d} "
                         f"{code.loop_fma_share:10.0%} {code.calls:5d} "
@@ -240,6 +490,8 @@ def main(argv=None) -> int:
     parser.add_argument("--kernels", default=os.path.join(ROOT, "kernels"))
     parser.add_argument("--min-ffma", type=float, default=0.40)
     parser.add_argument("--json", help="also write every build's table to this file")
+    parser.add_argument("--markdown", action="store_true",
+                        help="print the NVRTC resource table as markdown (bench/GPU.md)")
     args = parser.parse_args(argv)
     nvcc, cuobjdump = os.environ.get("NVCC") or tool("nvcc"), tool("cuobjdump")
     nvdisasm = tool("nvdisasm")  # what cuobjdump --dump-sass runs
@@ -255,12 +507,16 @@ def main(argv=None) -> int:
         for path in sorted(glob.glob(os.path.join(args.kernels, "*.cu"))):
             for arch in ARCHS:
                 for real in TYPES:
+                    codes += nvrtc_file(cuobjdump, path, arch, real, workdir)
                     kernels, warnings = compile_file(nvcc, cuobjdump, path, arch, real, workdir)
                     if warnings:
                         problems.append(f"{os.path.basename(path)} ({arch}, {real}) "
                                         f"warns:\n{warnings}")
                     codes += kernels
     problems += failures(codes, args.min_ffma)
+    print(f"NVRTC {nvrtc_version()} (CuPy's RawModule build, what runs):")
+    print(resource_table(codes, args.markdown))
+    print("\nnvcc, sm_90:")
     print(table(codes, "sm_90"))
     if args.json:
         with open(args.json, "w") as f:
@@ -269,8 +525,8 @@ def main(argv=None) -> int:
                        for code in codes], f, indent=1)
     for problem in problems:
         print("FAIL", problem)
-    print(f"{len(codes)} kernel builds checked ({', '.join(ARCHS)}; float, double): "
-          + ("ok" if not problems else f"{len(problems)} problem(s)"))
+    print(f"{len(codes)} kernel builds checked (NVRTC and nvcc; {', '.join(ARCHS)}; float, "
+          f"double): " + ("ok" if not problems else f"{len(problems)} problem(s)"))
     return 1 if problems else 0
 
 

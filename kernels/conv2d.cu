@@ -44,6 +44,13 @@
 #define TILE_K 8
 #endif
 #define GEMM_THREADS 256
+// Blocks an SM must hold (the second argument of the GEMMs' __launch_bounds__):
+// two of 8 warps in float, so that one block's FMAs hide the other's barrier and
+// loads; ptxas then keeps a thread to 65536 / (2 * 256) = 128 registers. The double
+// build's 8 x 8 accumulators take 128 registers by themselves: one block. So do the
+// 128 x 128 backward passes in float, which spill at 128 (bench/sass_check.py fails
+// on any spill and on fewer blocks an SM than declared).
+#define GEMM_MIN_BLOCKS (sizeof(acc_t) == 4 ? 2 : 1)
 
 // Passed as a pointer to int32 in device memory (the launcher caches one per shape).
 // Each *_magic, *_shift pair divides by the size named (runtime.fast_divisor).
@@ -383,21 +390,21 @@ __device__ __forceinline__ void conv2d_fwd_tile(const real_t* x, const real_t* w
                       (CRS + TILE_K - 1) / TILE_K, y, g.OH * g.OW, bias);
 }
 
-extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS)
 conv2d_fwd(const real_t* __restrict__ x, const real_t* __restrict__ w,
                    const real_t* __restrict__ bias, real_t* __restrict__ y,
                    const ConvGeometry* __restrict__ geometry, const int* __restrict__ taps) {
     conv2d_fwd_tile<TileSquare, false>(x, w, bias, y, geometry, taps);
 }
 
-extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS)
 conv2d_fwd_wide(const real_t* __restrict__ x, const real_t* __restrict__ w,
                   const real_t* __restrict__ bias, real_t* __restrict__ y,
                   const ConvGeometry* __restrict__ geometry, const int* __restrict__ taps) {
     conv2d_fwd_tile<TileWide, false>(x, w, bias, y, geometry, taps);
 }
 
-extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS)
 conv2d_fwd_tf32(const real_t* __restrict__ x, const real_t* __restrict__ w,
                 const real_t* __restrict__ bias, real_t* __restrict__ y,
                 const ConvGeometry* __restrict__ geometry, const int* __restrict__ taps) {
@@ -475,21 +482,21 @@ __device__ __forceinline__ void conv2d_bwd_data_tile(const real_t* dy, const rea
                       (KRS + TILE_K - 1) / TILE_K, dx, g.H * g.W, (const real_t*)nullptr);
 }
 
-extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 1)
 conv2d_bwd_data(const real_t* __restrict__ dy, const real_t* __restrict__ w,
                         real_t* __restrict__ dx, const ConvGeometry* __restrict__ geometry,
                         const int* __restrict__ taps) {
     conv2d_bwd_data_tile<TileSquare, false>(dy, w, dx, geometry, taps);
 }
 
-extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS)
 conv2d_bwd_data_wide(const real_t* __restrict__ dy, const real_t* __restrict__ w,
                        real_t* __restrict__ dx, const ConvGeometry* __restrict__ geometry,
                        const int* __restrict__ taps) {
     conv2d_bwd_data_tile<TileWide, false>(dy, w, dx, geometry, taps);
 }
 
-extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS)
 conv2d_bwd_data_tf32(const real_t* __restrict__ dy, const real_t* __restrict__ w,
                      real_t* __restrict__ dx, const ConvGeometry* __restrict__ geometry,
                      const int* __restrict__ taps) {
@@ -589,21 +596,21 @@ __device__ __forceinline__ void conv2d_bwd_weight_tile(const real_t* dy, const r
                       CRS, (const real_t*)nullptr);
 }
 
-extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 1)
 conv2d_bwd_weight(const real_t* __restrict__ dy, const real_t* __restrict__ x,
                           real_t* __restrict__ partial, const ConvGeometry* __restrict__ geometry,
                           int chunk) {
     conv2d_bwd_weight_tile<TileSquare, false>(dy, x, partial, geometry, chunk);
 }
 
-extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS)
 conv2d_bwd_weight_wide(const real_t* __restrict__ dy, const real_t* __restrict__ x,
                          real_t* __restrict__ partial, const ConvGeometry* __restrict__ geometry,
                          int chunk) {
     conv2d_bwd_weight_tile<TileWide, false>(dy, x, partial, geometry, chunk);
 }
 
-extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS)
 conv2d_bwd_weight_tf32(const real_t* __restrict__ dy, const real_t* __restrict__ x,
                        real_t* __restrict__ partial, const ConvGeometry* __restrict__ geometry,
                        int chunk) {

@@ -1,4 +1,5 @@
 """bench/sass_check.py: the SASS reading behind `make kernels-check`."""
+import glob
 import os
 import sys
 
@@ -115,3 +116,116 @@ def test_a_64_bit_division_fails_the_check(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "FAIL split_index (divide.cu, sm_90, float)" in out and "out-of-line CALL" in out
 
+
+
+RESOURCES = """
+Resource usage:
+ Common:
+  GLOBAL:0
+ Function conv2d_fwd:
+  REG:147 STACK:0 SHARED:17408 LOCAL:0 CONSTANT[0]:576 TEXTURE:0 SURFACE:0 SAMPLER:0
+ Function bn_fwd_apply:
+  REG:26 STACK:16 SHARED:0 LOCAL:0 CONSTANT[0]:556 TEXTURE:0 SURFACE:0 SAMPLER:0
+"""
+
+PTX = """
+.visible .entry conv2d_fwd(
+	.param .u64 .ptr .align 1 conv2d_fwd_param_0
+)
+.maxntid 256, 1, 1
+.minnctapersm 2
+{
+	ret;
+}
+.visible .entry bn_fwd_apply(
+	.param .u64 .ptr .align 1 bn_fwd_apply_param_0
+)
+{
+	ret;
+}
+"""
+
+
+def test_resource_usage_and_launch_bounds_are_read():
+    usage = sass_check.parse_resource_usage(RESOURCES)
+    assert usage["conv2d_fwd"]["REG"] == 147 and usage["conv2d_fwd"]["SHARED"] == 17408
+    assert usage["bn_fwd_apply"]["STACK"] == 16
+    assert sass_check.parse_launch_bounds(PTX) == {"conv2d_fwd": (256, 2),
+                                                   "bn_fwd_apply": (0, 0)}
+
+
+def test_blocks_per_sm_follow_the_occupancy_rules():
+    # 147 registers: 4864 a warp, 3 warps in each of the four 16384-register files:
+    # 12 warps, one block of 8; at 128, 16 warps: two
+    assert sass_check.blocks_per_sm(147, 17408, 256, "sm_90") == (1, "registers")
+    assert sass_check.blocks_per_sm(128, 17408, 256, "sm_90") == (2, "registers")
+    assert sass_check.blocks_per_sm(24, 1024, 256, "sm_80") == (8, "threads")
+    # 48 KB + the 1 KB reserved a block: 3 blocks in sm_80's 164 KB, 4 in sm_90's 228
+    assert sass_check.blocks_per_sm(32, 48 * 1024, 256, "sm_80") == (3, "shared memory")
+    assert sass_check.blocks_per_sm(32, 48 * 1024, 256, "sm_90") == (4, "shared memory")
+
+
+def test_stack_spills_and_too_few_blocks_fail_the_nvrtc_build():
+    code = sass_check.KernelCode("k.cu", "conv2d_fwd", "sm_90", "float", instructions=10,
+                                 fma=5, registers=147, build="nvrtc", stack=8,
+                                 shared_static=17408, spill_stores=4, spill_loads=8,
+                                 spill_bytes=12, threads=256, max_threads=256, min_blocks=2,
+                                 blocks_per_sm=1, limited_by="registers")
+    assert sass_check.failures([code], 0.40) == [
+        "conv2d_fwd (k.cu, sm_90, float, NVRTC): a 8-byte stack frame",
+        "conv2d_fwd (k.cu, sm_90, float, NVRTC): 1 block(s) of 256 threads an SM (147 "
+        "registers, 17408 + 0 bytes shared; registers run out), under the 2 its launch "
+        "bounds declare",
+        "conv2d_fwd (k.cu, sm_90, float, NVRTC): 12 bytes of register spills (4 stored, "
+        "8 loaded)"]
+
+
+def _nvrtc_or_skip():
+    _tools_or_skip()
+    try:
+        import cupy
+        from cupy._core import core  # noqa: F401
+        from cupy.cuda import compiler  # noqa: F401
+    except ImportError as exc:
+        pytest.skip(f"CuPy's NVRTC compiler is needed for the build that runs: {exc}")
+    if getattr(cupy, "IS_TEST_DOUBLE", False):
+        pytest.skip("the NVRTC build needs the real CuPy, not the test double")
+
+
+@pytest.fixture(scope="module")
+def nvrtc_builds(tmp_path_factory):
+    """Every kernel as CuPy's RawModule builds it (NVRTC), sm_80 and sm_90, float and
+    double."""
+    _nvrtc_or_skip()
+    cuobjdump = sass_check.tool("cuobjdump")
+    os.environ.setdefault("NVDISASM_PATH", os.path.dirname(sass_check.tool("nvdisasm")))
+    workdir = str(tmp_path_factory.mktemp("nvrtc"))
+    codes = []
+    for path in sorted(glob.glob(os.path.join(sass_check.ROOT, "kernels", "*.cu"))):
+        for arch in sass_check.ARCHS:
+            for real in sass_check.TYPES:
+                codes += sass_check.nvrtc_file(cuobjdump, path, arch, real, workdir)
+    return codes
+
+
+# The float convolution GEMMs that must run two blocks (16 warps) an SM, as
+# bench/GPU.md's design says; the 128 x 128 backward passes and the double build
+# need more than 128 registers a thread and declare one.
+TWO_BLOCKS = {f"conv2d_{kernel}" for kernel in
+              ("fwd", "fwd_wide", "fwd_tf32", "bwd_data_wide", "bwd_data_tf32",
+               "bwd_weight_wide", "bwd_weight_tf32")}
+
+
+def test_what_cupy_builds_has_no_spill_no_stack_and_its_declared_occupancy(nvrtc_builds):
+    problems = sass_check.failures(nvrtc_builds, min_ffma=0.40)
+    assert not problems, "\n".join(problems)
+    assert {code.kernel for code in nvrtc_builds} >= TWO_BLOCKS | {"bn_fwd_stats",
+                                                                  "max_pool2d_fwd"}
+
+
+def test_the_float_conv_gemms_run_two_blocks_an_sm_as_designed(nvrtc_builds):
+    short = [f"{code.kernel} ({code.arch}): {code.registers} registers, "
+             f"{code.blocks_per_sm} block(s) an SM, {code.min_blocks} declared"
+             for code in nvrtc_builds if code.real == "float" and code.kernel in TWO_BLOCKS
+             and (code.blocks_per_sm < 2 or code.min_blocks != 2)]
+    assert not short, "\n".join(short)
