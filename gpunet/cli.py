@@ -468,9 +468,9 @@ def cmd_train(args) -> int:
     except KeyboardInterrupt:
         if not saver_box:
             raise
-        if not getattr(args, "distributed", False) or gpunet_distributed.world().is_root:
-            print(f"gpunet: interrupted; {_what_was_saved(args.out, saver_box[0].epoch)}",
-                  file=sys.stderr)  # (rank 0 alone saves, and says what)
+        message = f"gpunet: interrupted; {_what_was_saved(args.out, saver_box[0].epoch)}"
+        gpunet_distributed.end_interrupted(message)  # several processes: never returns
+        print(message, file=sys.stderr)
         return 130
     if not getattr(args, "distributed", False) or gpunet_distributed.world().is_root:
         print(f"test accuracy: {scores['accuracy']:.4f} (loss {scores['loss']:.4f}, "
@@ -726,6 +726,7 @@ def main(argv=None) -> int:
     except (NonFiniteError, MemoryError) as exc:
         return _fail(f"training stopped: {exc}", 1)
     except KeyboardInterrupt:
+        gpunet_distributed.end_interrupted("gpunet: interrupted")
         print("gpunet: interrupted", file=sys.stderr)
         return 130
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import warnings
 import zlib
 
@@ -280,6 +281,26 @@ def abort(message: str, code: int = 1) -> None:
     if w is not None and w.size > 1:
         w.comm.Abort(code)
     raise SystemExit(code)
+
+
+def end_interrupted(message: str) -> None:
+    """After an interrupt (Ctrl-C) in a job of several processes, end every rank: a
+    rank that returned instead would leave the others waiting in a collective for
+    ever. Rank 0 says ``message`` (what was saved) and ends the job at once; another
+    rank first gives rank 0, interrupted by the same Ctrl-C, a moment to say it, and
+    ends the job itself if it was interrupted alone. One process: nothing to do."""
+    w = _world
+    if w is None or w.size == 1:
+        return
+    if w.is_root:
+        print(message, file=sys.stderr, flush=True)
+    else:
+        time.sleep(INTERRUPT_GRACE_S)
+        print(f"gpunet: rank {w.rank}/{w.size}: interrupted", file=sys.stderr, flush=True)
+    w.comm.Abort(130)
+
+
+INTERRUPT_GRACE_S = 3.0
 
 
 def _install_abort_on_error(w: World) -> None:

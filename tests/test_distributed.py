@@ -241,6 +241,38 @@ def test_a_killed_rank_ends_the_job_and_leaves_a_whole_checkpoint(tmp_path):
     assert header["meta"]["epoch"] >= 1
 
 
+@needs_mpiexec
+@pytest.mark.parametrize("interrupted", [0, 1], ids=["rank-0", "rank-1"])
+def test_an_interrupted_rank_ends_every_rank(tmp_path, interrupted):
+    """SIGINT to one rank alone (Ctrl-C reaches them at different moments): rank 0
+    used to return 130 and finalise while rank 1 waited in an Allgather for ever. Now
+    the job ends within seconds, rank 0 saying what was saved, and the checkpoint on
+    disk is whole."""
+    out = tmp_path / "run"
+    job = subprocess.Popen([MPIEXEC, "-n", "2", sys.executable, "-m", "gpunet", "train",
+                            *QUICK, "--limit", "4000", "--epochs", "200", "--out", str(out)],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                           env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    try:
+        ranks = {}
+        deadline = time.monotonic() + 60
+        while len(ranks) < 2 or not (out / "last.npz").exists():
+            assert time.monotonic() < deadline, "the job did not start"
+            ranks = _ranks_of(job.pid)
+            time.sleep(0.2)
+        os.kill(ranks[interrupted], signal.SIGINT)
+        sent = time.monotonic()
+        stdout, stderr = job.communicate(timeout=60)
+    finally:
+        job.kill()
+    assert time.monotonic() - sent < 20, "the other rank kept the job alive"
+    assert job.returncode != 0
+    said = "gpunet: interrupted;" if interrupted == 0 else "gpunet: rank 1/2: interrupted"
+    assert said in stderr, stderr
+    header, _ = gpunet.io.read_checkpoint(str(out / "last.npz"))
+    assert header["meta"]["epoch"] >= 1
+
+
 def _ranks_of(root_pid) -> dict[int, int]:
     """``{rank: pid}`` of the processes below ``root_pid`` that MPI gave a rank."""
     ranks = {}
