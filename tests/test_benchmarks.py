@@ -64,10 +64,11 @@ def test_the_torch_twin_of_a_model_computes_what_it_computes(rng):
         with torch.no_grad():
             theirs = twin(torch.from_numpy(x)).numpy()
         numpy.testing.assert_allclose(ours(x), theirs, rtol=1e-4, atol=1e-4)
+    class Custom(nn.Module):
+        pass
+    model = nn.Sequential(Custom())
     with pytest.raises(TypeError, match="no PyTorch twin for Custom"):
-        class Custom(nn.Module):
-            pass
-        benchmarks.torch_twin(nn.Sequential(Custom()), torch)
+        benchmarks.torch_twin(model, torch)
 
 
 def test_side_by_side_timer_reports_each_runner(monkeypatch):

@@ -89,7 +89,7 @@ def test_crafted_checkpoints_are_refused(tmp_path, name, members, match):
     assert not os.path.exists("/tmp/gpunet-gadget-ran")
 
 
-def test_duplicate_members_and_overlong_members(tmp_path, good_bytes):
+def test_duplicate_members_and_overlong_members(tmp_path):
     data = npy({"descr": "<f4", "fortran_order": False, "shape": (4,)}, b"\x00" * 16)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as z, pytest.warns(UserWarning):
