@@ -264,6 +264,7 @@ def test_sizes_beyond_32_bit_indices(emulated, monkeypatch, rng):
                                training=True, use_kernels=True)
     from gpunet.ops import common
     monkeypatch.setattr(common, "uses_kernels", lambda xp: True)
+    ops.set_cpu_accelerators_enabled(True)  # the route NumPy arrays take by default
     assert common.route(numpy, None, conv_kernels.fits(x.shape, (2, 3, 3, 3), (3, 3))) == "cpu"
     assert common.route(numpy, None, conv_kernels.fits((1, 3, 5, 5), (2, 3, 3, 3),
                                                        (3, 3))) == "cuda"
