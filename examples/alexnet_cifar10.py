@@ -16,6 +16,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--data-root", help="the folder holding CIFAR-10's batches "
+                        "(default: gpunet's usual places, see gpunet.data.load_cifar10)")
     parser.add_argument("--device", help="cpu, cuda, cuda:N or auto "
                         "(default: $GPUNET_DEVICE, else auto)")
     args = parser.parse_args()
@@ -24,7 +26,7 @@ def main():
 
     gpunet.manual_seed(0)
     try:
-        (x, y), (x_test, y_test) = load_cifar10()
+        (x, y), (x_test, y_test) = load_cifar10(args.data_root)
         source = "CIFAR-10"
     except DatasetError as exc:
         print(f"CIFAR-10 not found ({str(exc)[:80]}...): using synthetic 32x32x3 data instead")

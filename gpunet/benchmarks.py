@@ -165,12 +165,6 @@ def _gpunet_layer(case: Case):
     return make(*case.args, **dict(case.kwargs))
 
 
-def _torch_layer(case: Case, torch):
-    make = {"conv": torch.nn.Conv2d, "maxpool": torch.nn.MaxPool2d,
-            "batchnorm": torch.nn.BatchNorm2d}[case.op]
-    return make(*case.args, **dict(case.kwargs))
-
-
 def torch_twin(model, torch):
     """PyTorch's twin of a gpunet model: the same layers in the same order under the
     same names, holding the same parameters and buffers (float32, on the CPU)."""
@@ -222,8 +216,10 @@ def _batch(shape, seed=0):
     return rng.standard_normal(shape, numpy.float32), rng.integers(0, 10, shape[0])
 
 
-def gpunet_runner(case: Case, device: str = "cpu") -> Callable[[], None]:
-    """A function doing the case once on ``device``, synchronised before it returns."""
+def gpunet_runner(case: Case, device: str = "cpu") -> Callable[[], object]:
+    """A function doing the case once on ``device``, synchronised before it returns.
+    A layer case returns ``(y, dx)``; its parameters come from ``manual_seed(0)``,
+    as :func:`torch_runner`'s, so the two libraries compute the same thing."""
     dev = backend.set_device(device)
     xp = dev.xp
     sync = dev.synchronize
@@ -240,17 +236,20 @@ def gpunet_runner(case: Case, device: str = "cpu") -> Callable[[], None]:
             train_step(model, loss, opt, x, y, check_finite=False)
             sync()
         return step
+    backend.manual_seed(0)
     layer = _gpunet_layer(case)
     dy = xp.ones_like(layer(x))
 
     def forward_backward():
-        layer(x)
-        layer.backward(dy)
+        y = layer(x)
+        dx = layer.backward(dy)
         sync()
+        return y, dx
     return forward_backward
 
 
-def torch_runner(case: Case, torch, device: str = "cpu") -> Callable[[], None]:
+def torch_runner(case: Case, torch, device: str = "cpu") -> Callable[[], object]:
+    """:func:`gpunet_runner` in PyTorch: the twin of gpunet's layer (same parameters)."""
     tdev = torch.device("cuda" if device.startswith("cuda") else "cpu")
     sync = torch.cuda.synchronize if tdev.type == "cuda" else (lambda: None)
     x, y = (torch.from_numpy(a).to(tdev) for a in _batch(case.shape))
@@ -266,14 +265,17 @@ def torch_runner(case: Case, torch, device: str = "cpu") -> Callable[[], None]:
             opt.step()
             sync()
         return step
-    layer = _torch_layer(case, torch).to(tdev)
+    backend.manual_seed(0)
+    layer = torch_twin(_gpunet_layer(case), torch).to(tdev)
     x.requires_grad_(True)
     dy = torch.ones_like(layer(x))
 
     def forward_backward():
         x.grad = None
-        layer(x).backward(dy)
+        y = layer(x)
+        y.backward(dy)
         sync()
+        return y, x.grad
     return forward_backward
 
 

@@ -236,6 +236,7 @@ class _SaveEachEpoch:
     def __init__(self, out, meta):
         self.out, self.meta = out, meta
         self.epoch = None  # the last epoch saved by this run
+        self.plots = True  # False once plotting failed for want of matplotlib (said once)
 
     def on_epoch_end(self, run: Run):
         if not run.writer:  # a distributed run's other ranks
@@ -243,10 +244,13 @@ class _SaveEachEpoch:
         run.save(os.path.join(self.out, "last.npz"), **self.meta)
         self.epoch = run.epoch
         run.history.to_csv(os.path.join(self.out, "metrics.csv"))
-        try:
-            run.history.plot(os.path.join(self.out, "curves.png"))
-        except ImportError:
-            pass
+        if self.plots:
+            try:
+                run.history.plot(os.path.join(self.out, "curves.png"))
+            except ImportError:
+                self.plots = False
+                print("gpunet: no curves.png: plotting needs matplotlib (pip install matplotlib)",
+                      file=sys.stderr)
         return False
 
 

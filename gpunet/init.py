@@ -4,16 +4,23 @@
 notes define it); ``glorot``: var = 2 / (fan_in + fan_out); ``zeros`` for the
 symmetry demonstration. Draws come from the CPU generator seeded by
 ``gpunet.manual_seed``, so a seed gives the same weights on every device.
+
+Inside ``with shapes_only():`` nothing is drawn or allocated: models built there
+hold read-only zero views of their parameters' shapes, to count or inspect
+(VGG-16's 138 M parameters in milliseconds), never to train.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import numpy
 
 from .backend import generator, get_device, to_device
 
-__all__ = ["he", "xavier", "glorot", "zeros", "initialize", "fans", "constant"]
+__all__ = ["he", "xavier", "glorot", "zeros", "initialize", "fans", "constant", "shapes_only"]
+
+_shapes_only = False
 
 
 def he(shape, fan_in, fan_out, rng):
@@ -52,6 +59,8 @@ def initialize(init, shape, dtype="float32"):
         init = INITIALIZERS[init]
     elif not callable(init):
         raise TypeError(f"init: expected a name or a callable, got {type(init).__name__}")
+    if _shapes_only:
+        return _zero_view(shape, dtype)
     fan_in, fan_out = fans(shape)
     array = numpy.asarray(init(tuple(shape), fan_in, fan_out, generator(numpy)))
     if array.shape != tuple(shape):
@@ -62,4 +71,26 @@ def initialize(init, shape, dtype="float32"):
 
 def constant(shape, value: float = 0.0, dtype="float32"):
     """An array of ``value`` on the current device (biases, batch-norm state)."""
+    if _shapes_only:
+        return _zero_view(shape, dtype)
     return get_device().xp.full(shape, value, dtype=dtype)
+
+
+@contextlib.contextmanager
+def shapes_only() -> Iterator[None]:
+    """Within the block, :func:`initialize` and :func:`constant` return read-only
+    zero views of the requested shape (stride 0: no memory, no random draws).
+    A model built there has the real model's parameter names and shapes, so
+    ``sum(p.data.size for p in model.parameters())`` counts it; its values are
+    zeros and an optimizer step on it raises."""
+    global _shapes_only
+    previous, _shapes_only = _shapes_only, True
+    try:
+        yield
+    finally:
+        _shapes_only = previous
+
+
+def _zero_view(shape, dtype):
+    xp = get_device().xp
+    return xp.broadcast_to(xp.zeros((), dtype=dtype), shape)

@@ -1,5 +1,6 @@
 """Naive float64 references (obviously right, loops over outputs) and an
 assertion that reports the max error and the first bad index."""
+import importlib.util
 import os
 
 import numpy
@@ -9,6 +10,8 @@ from gpunet.backend import to_numpy
 # The suite runs with the CuPy test double in CuPy's place (tests/conftest.py):
 # its kernels run in the CPU emulator, so tests keep to small shapes there.
 CUPY_DOUBLE = os.environ.get("GPUNET_CUPY_DOUBLE", "0") == "1"
+# matplotlib is optional (the train and tune extras): plots are checked where it is
+HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 
 
 def assert_close(actual, expected, rtol=1e-5, atol=1e-6, what="value"):

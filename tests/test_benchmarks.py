@@ -10,6 +10,8 @@ import pytest
 
 from gpunet import benchmarks, cli, models, nn
 
+from .helpers import assert_close
+
 
 def test_work_counts_by_hand():
     conv2 = next(c for c in benchmarks.CASES if c.id == "lenet5/conv2")
@@ -33,16 +35,19 @@ def test_step_flops_count_every_conv_and_linear_layer():
     assert benchmarks.step_flops("lenet5", 1) == 3 * forward - first  # no dx for the input
 
 
-def test_every_case_runs_on_both_libraries():
+def test_both_libraries_compute_the_same_on_every_op():
+    """The side-by-side timer times the same work: each op's two runners give the
+    same output and input gradient (same input, same parameters)."""
     torch = pytest.importorskip("torch")
-    case = benchmarks.Case("tiny", "conv", "conv", (2, 3, 8, 8), (3, 4, 3),
-                           (("stride", 1), ("padding", 1)))
-    benchmarks.gpunet_runner(case)()
-    benchmarks.torch_runner(case, torch)()
-    for op, args in (("maxpool", (3, 2)), ("batchnorm", (3,))):
-        case = benchmarks.Case("tiny", op, op, (2, 3, 8, 8), args)
-        benchmarks.gpunet_runner(case)()
-        benchmarks.torch_runner(case, torch)()
+    cases = [benchmarks.Case("tiny", "conv", "conv", (2, 3, 8, 8), (3, 4, 3),
+                             (("stride", 1), ("padding", 1)))]
+    cases += [benchmarks.Case("tiny", op, op, (2, 3, 8, 8), args)
+              for op, args in (("maxpool", (3, 2)), ("batchnorm", (3,)))]
+    for case in cases:
+        ours = benchmarks.gpunet_runner(case)()
+        theirs = benchmarks.torch_runner(case, torch)()
+        for what, a, b in zip(("y", "dx"), ours, theirs):
+            assert_close(a, b.detach().numpy(), 1e-4, 1e-5, f"{case.op} {what}")
 
 
 def test_the_torch_twin_of_a_model_computes_what_it_computes(rng):
@@ -59,10 +64,11 @@ def test_the_torch_twin_of_a_model_computes_what_it_computes(rng):
         with torch.no_grad():
             theirs = twin(torch.from_numpy(x)).numpy()
         numpy.testing.assert_allclose(ours(x), theirs, rtol=1e-4, atol=1e-4)
+    class Custom(nn.Module):
+        pass
+    model = nn.Sequential(Custom())
     with pytest.raises(TypeError, match="no PyTorch twin for Custom"):
-        class Custom(nn.Module):
-            pass
-        benchmarks.torch_twin(nn.Sequential(Custom()), torch)
+        benchmarks.torch_twin(model, torch)
 
 
 def test_side_by_side_timer_reports_each_runner(monkeypatch):

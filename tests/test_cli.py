@@ -9,6 +9,8 @@ import pytest
 
 from gpunet.cli import main
 
+from .helpers import HAS_MATPLOTLIB
+
 QUICK = ["--dataset", "synthetic", "--limit", "300", "--dev-size", "60", "--batch-size", "32",
          "--no-progress", "--device", "cpu", "--seed", "1"]
 
@@ -26,7 +28,8 @@ def test_train_writes_metrics_curves_checkpoints_and_resumes(tmp_path, capsys):
     assert main(["train", "--epochs", "1", "--out", str(out), *QUICK]) == 0
     printed = capsys.readouterr().out
     assert "test accuracy:" in printed
-    assert sorted(os.listdir(out)) == ["best.npz", "curves.png", "last.npz", "metrics.csv"]
+    assert sorted(os.listdir(out)) == ["best.npz", *["curves.png"] * HAS_MATPLOTLIB,
+                                       "last.npz", "metrics.csv"]
     assert main(["train", "--epochs", "3", "--resume", "--out", str(out), *QUICK]) == 0
     with open(out / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
@@ -36,6 +39,37 @@ def test_train_writes_metrics_curves_checkpoints_and_resumes(tmp_path, capsys):
     assert main(["evaluate", str(out / "last.npz"), "--device", "cpu"]) == 0
     line = capsys.readouterr().out
     assert line.startswith("loss ") and "accuracy" in line and "synthetic test images" in line
+
+
+# On PYTHONPATH as sitecustomize: a process where matplotlib is not installed
+BLOCK_MATPLOTLIB = """
+import sys
+
+
+class NoMatplotlib:
+    def find_spec(self, name, path=None, target=None):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)")
+        return None
+
+
+sys.meta_path.insert(0, NoMatplotlib())
+"""
+
+
+def test_train_without_matplotlib_writes_no_curves_and_says_so_once(tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(BLOCK_MATPLOTLIB)
+    out = tmp_path / "run"
+    path = os.pathsep.join([str(site), *filter(None, [os.environ.get("PYTHONPATH")])])
+    code, stdout, err = run_cli("train", "--epochs", "2", "--out", str(out), *QUICK,
+                                env={"PYTHONPATH": path})
+    assert code == 0, err
+    assert "test accuracy:" in stdout
+    assert sorted(os.listdir(out)) == ["best.npz", "last.npz", "metrics.csv"]
+    notes = [line for line in err.splitlines() if "matplotlib" in line]
+    assert notes == ["gpunet: no curves.png: plotting needs matplotlib (pip install matplotlib)"]
 
 
 def test_summary_gradcheck_info(capsys):

@@ -10,6 +10,7 @@ import pytest
 from gpunet.cli import main
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist")
                     and not os.environ.get("GPUNET_DATA"),
                     reason="Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")

@@ -89,7 +89,7 @@ def test_crafted_checkpoints_are_refused(tmp_path, name, members, match):
     assert not os.path.exists("/tmp/gpunet-gadget-ran")
 
 
-def test_duplicate_members_and_overlong_members(tmp_path, good_bytes):
+def test_duplicate_members_and_overlong_members(tmp_path):
     data = npy({"descr": "<f4", "fortran_order": False, "shape": (4,)}, b"\x00" * 16)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as z, pytest.warns(UserWarning):
@@ -180,40 +180,104 @@ def test_no_pickle_in_the_package():
             assert not imports.search(text), f"{path} imports a pickle-like module"
 
 
-SAVER = """
-import sys, numpy, gpunet
+# One process imports gpunet once and forks a saver per kill (milliseconds, where a
+# fresh interpreter costs most of a second). Each saver writes version 1 whole, then
+# saves versions 2, 3, ... : at a named moment of the second save it says "at" and
+# waits there for the SIGKILL; with "anytime" it saves on until the kill comes.
+FORK_SAVER = """
+import os, sys, time, numpy, gpunet
 from gpunet import nn
 gpunet.set_device("cpu")
 model = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 64))
 path = sys.argv[1]
-version = 0
-while True:
-    version += 1
-    for p in model.parameters():
-        p.data[...] = version
-    gpunet.save(path, model, version=version)
-    print(version, flush=True)
+
+
+def wait_for_the_kill():
+    print("at", flush=True)
+    while True:
+        time.sleep(60)
+
+
+def saver(moment):
+    state = {"version": 0, "arrays": 0}
+    write_array, replace = numpy.lib.format.write_array, os.replace
+
+    def write_array_hook(*args, **kwargs):  # half of the temporary file written
+        state["arrays"] += 1
+        if moment == "mid-write" and state["version"] == 2 and state["arrays"] == 3:
+            wait_for_the_kill()
+        return write_array(*args, **kwargs)
+
+    def replace_hook(src, dst):
+        if moment == "before-rename" and state["version"] == 2:
+            wait_for_the_kill()
+        replace(src, dst)
+        if moment == "after-rename" and state["version"] == 2:  # folder not yet fsynced
+            wait_for_the_kill()
+
+    numpy.lib.format.write_array, os.replace = write_array_hook, replace_hook
+    while True:
+        state["version"] += 1
+        state["arrays"] = 0
+        for p in model.parameters():
+            p.data[...] = state["version"]
+        gpunet.save(path, model, version=state["version"])
+        print(state["version"], flush=True)
+
+
+for line in sys.stdin:
+    pid = os.fork()
+    if pid == 0:
+        try:
+            saver(line.strip())
+        finally:
+            os._exit(1)
+    print("pid", pid, flush=True)
+    os.waitpid(pid, 0)
+    print("reaped", flush=True)
 """
+
+# the version each moment must leave: the old file until the rename, the new one after
+MOMENTS = {"mid-write": 1, "before-rename": 1, "after-rename": 2}
 
 
 def test_sigkill_during_saves_never_leaves_a_mix(tmp_path):
+    """SIGKILL at the three moments that matter (temporary file half written, whole
+    but not renamed, renamed but the folder not fsynced), then at seeded random
+    times: the checkpoint is always one whole version, never a mix."""
     path = tmp_path / "ck.npz"
     rng = numpy.random.default_rng(0)
-    seen = set()
-    for _ in range(30):
-        child = subprocess.Popen([sys.executable, "-c", SAVER, str(path)],
-                                 stdout=subprocess.PIPE, text=True)
-        child.stdout.readline()  # at least one complete save exists
-        time.sleep(float(rng.uniform(0, 0.05)))
-        child.send_signal(signal.SIGKILL)
-        child.wait()
-        header, arrays = gpunet.io.read_checkpoint(path)
-        version = header["meta"]["version"]
-        seen.add(version)
-        for name, array in arrays.items():
-            assert (array == version).all(), f"{name} mixes versions (meta says {version})"
+    server = subprocess.Popen([sys.executable, "-c", FORK_SAVER, str(path)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    seen, pid = set(), None
+    try:
+        for moment in [*MOMENTS, *["anytime"] * 8]:
+            server.stdin.write(moment + "\n")
+            server.stdin.flush()
+            pid = int(server.stdout.readline().split()[1])
+            assert server.stdout.readline().strip() == "1"  # one complete save exists
+            if moment == "anytime":
+                time.sleep(float(rng.uniform(0, 0.05)))
+            else:
+                assert server.stdout.readline().strip() == "at", moment
+            os.kill(pid, signal.SIGKILL)
+            while (line := server.stdout.readline().strip()) != "reaped":
+                assert line.isdigit(), line  # versions saved before the kill
+            pid = None
+            header, arrays = gpunet.io.read_checkpoint(path)
+            version = header["meta"]["version"]
+            seen.add(version)
+            if moment in MOMENTS:
+                assert version == MOMENTS[moment], moment
+            for name, array in arrays.items():
+                assert (array == version).all(), f"{name} mixes versions (meta says {version})"
+    finally:
+        if pid is not None:  # a failed check: the saver is still running (not yet reaped)
+            os.kill(pid, signal.SIGKILL)
+        server.stdin.close()
+        server.wait(timeout=30)
     leftovers = [p.name for p in tmp_path.iterdir() if p.name != "ck.npz"]
-    assert all(name.startswith(".tmp-") for name in leftovers)
+    assert leftovers and all(name.startswith(".tmp-") for name in leftovers)
     assert len(seen) > 1
 
 

@@ -1,4 +1,8 @@
-"""The CUDA kernels against the xp path, on the same inputs.
+"""The CUDA kernels against the textbook xp path of gpunet.ops, on the same inputs.
+
+The oracle is ``use_kernels=False`` with the CPU accelerators switched off (as
+``GPUNET_CPU_ACCEL=0``; the ``device`` and ``emulated`` fixtures do it): on NumPy
+arrays it would otherwise run gpunet/cpu, another optimised path, not the textbook one.
 
 Without a GPU, each kernel runs on the CPU through tests/cuda_emulator (the .cu
 source compiled as C++, a block's threads as fibers meeting at __syncthreads), driven by
@@ -32,7 +36,16 @@ needs_compiler = pytest.mark.skipif(cuda_emulator.compiler() is None,
 
 
 @pytest.fixture
-def emulated(monkeypatch):
+def textbook_oracle():
+    """``use_kernels=False`` runs the textbook xp path, not the CPU accelerators."""
+    enabled = ops.cpu_accelerators_enabled()
+    ops.set_cpu_accelerators_enabled(False)
+    yield
+    ops.set_cpu_accelerators_enabled(enabled)
+
+
+@pytest.fixture
+def emulated(monkeypatch, textbook_oracle):
     """Route kernel launches to the CPU emulation, with poisoned outputs."""
     monkeypatch.setattr(runtime, "launch", cuda_emulator.emulated_launch)
     monkeypatch.setattr(runtime, "_POISON", True)
@@ -48,7 +61,7 @@ def _cupy_or_skip():
 class KernelDevice:
     """Where a kernel test runs: ``emulator`` (NumPy arrays, launches compiled as C++
     and run in tests/cuda_emulator) or ``cuda`` (CuPy arrays: a GPU, or the CuPy test
-    double). The reference is the xp path on the same arrays."""
+    double). The reference is the textbook xp path on the same arrays."""
 
     def __init__(self, kind, xp):
         self.kind, self.xp = kind, xp
@@ -67,7 +80,7 @@ class KernelDevice:
 
 @pytest.fixture(params=[pytest.param("emulator", marks=needs_compiler),
                         pytest.param("cuda", marks=pytest.mark.gpu)])
-def device(request, monkeypatch):
+def device(request, monkeypatch, textbook_oracle):
     """Each kernel test once on the CPU emulation and once on CUDA (written once)."""
     monkeypatch.setattr(runtime, "_POISON", True)
     if request.param == "emulator":
@@ -273,6 +286,7 @@ def test_sizes_beyond_32_bit_indices(emulated, monkeypatch, rng):
                                training=True, use_kernels=True)
     from gpunet.ops import common
     monkeypatch.setattr(common, "uses_kernels", lambda xp: True)
+    ops.set_cpu_accelerators_enabled(True)  # the route NumPy arrays take by default
     assert common.route(numpy, None, conv_kernels.fits(x.shape, (2, 3, 3, 3), (3, 3))) == "cpu"
     assert common.route(numpy, None, conv_kernels.fits((1, 3, 5, 5), (2, 3, 3, 3),
                                                        (3, 3))) == "cuda"

@@ -10,23 +10,46 @@ def n_params(model):
     return sum(int(p.data.size) for p in model.parameters())
 
 
+def shapes_of(make):
+    """``make()`` built under ``init.shapes_only()``: names and shapes, no weights."""
+    with gpunet.init.shapes_only():
+        return make()
+
+
+def test_shapes_only_builds_the_same_parameters_without_memory():
+    for make in (lambda: models.lenet5(batch_norm=True), models.alexnet_cifar):
+        real, light = make(), shapes_of(make)
+        assert [(k, p.shape) for k, p in light.named_parameters()] == \
+            [(k, p.shape) for k, p in real.named_parameters()]
+        assert [(k, b.shape) for k, b in light.named_buffers()] == \
+            [(k, b.shape) for k, b in real.named_buffers()]
+        assert n_params(light) == n_params(real)
+        assert list(light.state_dict()) == list(real.state_dict())
+        assert all(set(p.data.strides) == {0} for p in light.parameters())  # no memory
+        assert not any(p.data.flags.writeable for p in light.parameters())
+    assert n_params(models.lenet5()) == 61_706  # materialised: the init path itself still runs
+
+
 def test_published_parameter_counts():
-    assert n_params(models.alexnet()) == 61_100_840
-    assert n_params(models.alexnet(lrn=True)) == 61_100_840
-    assert n_params(models.lenet5()) == 61_706
+    assert n_params(shapes_of(models.alexnet)) == 61_100_840
+    assert n_params(shapes_of(lambda: models.alexnet(lrn=True))) == 61_100_840
+    assert n_params(shapes_of(models.lenet5)) == 61_706
 
 
 def test_vgg16_parameter_count_and_keys():
-    model = models.vgg16()
+    model = shapes_of(models.vgg16)
     assert n_params(model) == 138_357_544
-    keys = list(model.state_dict())
+    keys = [k for k, _ in model.named_parameters()]  # state_dict's keys: VGG-16 has no buffers
+    assert not list(model.named_buffers())
     assert keys[:2] == ["features.0.weight", "features.0.bias"]
     assert keys[-2:] == ["classifier.6.weight", "classifier.6.bias"]
     assert "features.28.weight" in keys  # torchvision's index of the last conv
 
 
 def test_alexnet_keys_are_torchvisions():
-    keys = list(models.alexnet().state_dict())
+    model = shapes_of(models.alexnet)
+    assert not list(model.named_buffers())  # so the parameters' names are state_dict's keys
+    keys = [k for k, _ in model.named_parameters()]
     assert keys == ["features.0.weight", "features.0.bias", "features.3.weight",
                     "features.3.bias", "features.6.weight", "features.6.bias",
                     "features.8.weight", "features.8.bias", "features.10.weight",
@@ -80,7 +103,7 @@ def test_cifar_models_run_forward_and_backward(make, shape, rng):
 
 
 def test_alexnet_with_lrn_has_local_response_norm():
-    kinds = [type(m).__name__ for m in models.alexnet(lrn=True).modules()]
+    kinds = [type(m).__name__ for m in shapes_of(lambda: models.alexnet(lrn=True)).modules()]
     assert kinds.count("LocalResponseNorm") == 2
 
 

@@ -12,6 +12,8 @@ from gpunet.data import synthetic_images
 from gpunet.data.transforms import to_float
 from gpunet.train import EarlyStopping, ModelCheckpoint
 
+from .helpers import HAS_MATPLOTLIB
+
 
 @pytest.fixture(scope="module")
 def small_data():
@@ -43,8 +45,12 @@ def test_fit_learns_and_records_history(small_data, tmp_path):
     history.to_csv(tmp_path / "m.csv")
     lines = (tmp_path / "m.csv").read_text().splitlines()
     assert lines[0] == "epoch,loss,accuracy,val_loss,val_accuracy,lr,time" and len(lines) == 5
-    history.plot(tmp_path / "curves.png")
-    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    if HAS_MATPLOTLIB:
+        history.plot(tmp_path / "curves.png")
+        assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    else:
+        with pytest.raises(ImportError, match="pip install matplotlib"):
+            history.plot(tmp_path / "curves.png")
 
 
 def test_evaluate_restores_the_mode(small_data):

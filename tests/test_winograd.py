@@ -50,7 +50,7 @@ CASES = [
 ]
 
 
-def _compare(case, m, rng, input_grad=True):
+def _compare(case, rng, input_grad=True):
     n, c, h, w, k, r, padding = case
     x, weight = rng.standard_normal((n, c, h, w)), rng.standard_normal((k, c, r, r))
     bias = rng.standard_normal(k)
@@ -71,8 +71,8 @@ def _compare(case, m, rng, input_grad=True):
 
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_winograd_matches_naive_reference(case, rng):
-    _compare(case, None, rng)
-    _compare(case, None, rng, input_grad=False)
+    _compare(case, rng)
+    _compare(case, rng, input_grad=False)
 
 
 @settings(max_examples=40, deadline=None)
@@ -82,7 +82,7 @@ def test_winograd_matches_naive_reference(case, rng):
 def test_winograd_random_shapes(n, c, k, h, w, r, pad, seed):
     if min(h, w) + 2 * pad < r:
         return
-    _compare((n, c, h, w, k, r, pad), None, numpy.random.default_rng(seed))
+    _compare((n, c, h, w, k, r, pad), numpy.random.default_rng(seed))
 
 
 @pytest.mark.parametrize("m, r", [(2, 3), (3, 3), (4, 3), (5, 3), (2, 5), (3, 5)], ids=str)
@@ -164,8 +164,8 @@ def test_chunked_products_match_the_reference(rng, monkeypatch):
     # the case below: F(5x5, 3x3) (49 products), 2x2 tiles x 2 images, 4 filters
     assert winograd.tile_size(9, 3) == 5
     assert len(list(winograd._column_chunks(8, 49 * 4 * 4))) == 2
-    _compare((2, 3, 9, 8, 4, 3, 1), None, rng)
-    _compare((2, 3, 9, 8, 4, 3, 1), None, rng, input_grad=False)
+    _compare((2, 3, 9, 8, 4, 3, 1), rng)
+    _compare((2, 3, 9, 8, 4, 3, 1), rng, input_grad=False)
 
 
 def test_threads_share_the_chunk_budget(monkeypatch):

@@ -36,7 +36,9 @@ class Parameter:
     def __init__(self, data, name: str | None = None, decay: bool | None = None):
         _checks.float_array("Parameter", "data", data)
         self.data = data
-        self.grad = get_array_module(data).zeros_like(data)
+        # zeros, not zeros_like: fresh pages, untouched until written (a parameter built
+        # under init.shapes_only() costs no memory)
+        self.grad = get_array_module(data).zeros(data.shape, data.dtype)
         self.name = name
         self.decay = data.ndim > 1 if decay is None else bool(decay)
 
