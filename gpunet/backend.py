@@ -6,6 +6,7 @@ Everything else takes its array module ``xp`` from the arrays it is given
 from __future__ import annotations
 
 import base64
+import contextlib
 import ctypes
 import ctypes.util
 import os
@@ -33,7 +34,7 @@ __all__ = [
     "get_array_module", "common_array_module", "to_device", "to_numpy",
     "manual_seed", "generator", "get_rng_state", "set_rng_state", "cuda_unavailable_reason",
     "resolve_device", "device_of", "is_out_of_memory", "release_cached_memory",
-    "keep_freed_cpu_memory", "device_name", "NO_GPU",
+    "keep_freed_cpu_memory", "device_name", "NO_GPU", "device_scope",
 ]
 
 
@@ -84,8 +85,9 @@ def _parse(spec: str | Device) -> Device | None:
         return None
     if text == "cpu":
         return CPU
-    if text == "cuda":
-        return Device("cuda", 0)
+    if text == "cuda":  # the current GPU, as torch.device("cuda"): a rank's own
+        return _current if _current is not None and _current.kind == "cuda" \
+            else Device("cuda", 0)
     if text.startswith("cuda:") and text[5:].isdigit():
         return Device("cuda", int(text[5:]))
     raise ValueError(
@@ -175,7 +177,18 @@ def set_device(spec: str | Device) -> Device:
     """
     global _current
     _current = resolve_device(spec)
+    if _current.kind == "cuda":
+        # CuPy's current device is where new arrays, kernels and caches land: biases,
+        # gradients and kernel outputs made with xp.* go to this GPU too, not GPU 0
+        _cupy.cuda.Device(_current.index).use()
     return _current
+
+
+def device_scope(x):
+    """``with device_scope(x):`` makes the GPU that holds ``x`` CuPy's current device
+    (a model trained on ``cuda:1`` when another device was set since); nothing for
+    NumPy arrays."""
+    return x.device if _is_cupy_array(x) else contextlib.nullcontext()
 
 
 def get_device() -> Device:
@@ -262,16 +275,22 @@ def generator(xp: ModuleType = numpy):
     global _seed
     if _seed is None:
         _seed = int(numpy.random.SeedSequence().entropy % 2**63)
-    if xp not in _generators:
+    key = _generator_key(xp)
+    if key not in _generators:
         if xp is numpy:
-            _generators[xp] = numpy.random.default_rng(_seed)
+            _generators[key] = numpy.random.default_rng(_seed)
         else:  # the bit generator is kept: its state, in device memory, goes in checkpoints
             bits = xp.random.XORWOW(_seed, size=DEVICE_STREAM_STATES)
-            _generators[xp] = xp.random.Generator(bits)
-            _device_bits[xp] = bits
+            _generators[key] = xp.random.Generator(bits)
+            _device_bits[key] = bits
             if _restored_device_state is not None:
-                _set_device_stream_state(xp, _restored_device_state)
-    return _generators[xp]
+                _set_device_stream_state(key, _restored_device_state)
+    return _generators[key]
+
+
+def _generator_key(xp):
+    """NumPy, or CuPy's current device: a device generator's state lives on its GPU."""
+    return xp if xp is numpy else (xp, xp.cuda.get_device_id())
 
 
 # curand states of the device generator: the draws run on this many threads, and a
@@ -283,25 +302,26 @@ _device_bits: dict = {}
 _restored_device_state: str | None = None
 
 
-def _device_stream_state(xp) -> str:
+def _device_stream_state(key) -> str:
     """The device generator's state (CuPy keeps it in ``XORWOW._state``), base64."""
-    return base64.b64encode(to_numpy(_device_bits[xp]._state).tobytes()).decode()
+    return base64.b64encode(to_numpy(_device_bits[key]._state).tobytes()).decode()
 
 
-def _set_device_stream_state(xp, text: str) -> None:
+def _set_device_stream_state(key, text: str) -> None:
     raw = numpy.frombuffer(base64.b64decode(text), numpy.int8)
-    state = _device_bits[xp]._state
+    state = _device_bits[key]._state
     if raw.size != state.size:
         raise ValueError(f"device generator state: expected {state.size} bytes, got {raw.size}")
-    state[...] = xp.asarray(raw)
+    state[...] = key[0].asarray(raw)
 
 
 def get_rng_state() -> dict:
     """The seed and the generators' positions, the CPU's and the GPU's (once it has
     drawn: dropout masks), JSON-serialisable (for checkpoints)."""
     state = {"seed": _seed, "numpy": generator(numpy).bit_generator.state}
-    if _cupy is not None and _cupy in _device_bits:
-        state["cuda"] = _device_stream_state(_cupy)
+    device_key = _generator_key(_cupy) if _cupy is not None and _device_bits else None
+    if device_key in _device_bits:
+        state["cuda"] = _device_stream_state(device_key)
     elif _restored_device_state is not None:
         state["cuda"] = _restored_device_state
     return state

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from . import _checks
 from .backend import (
     device_of,
+    device_scope,
     get_array_module,
     get_rng_state,
     is_out_of_memory,
@@ -302,6 +303,11 @@ def train_step(model, loss, optimizer, xb, yb, where: str = "train_step",
     step. With ``check_finite`` it raises
     :class:`NonFiniteError` naming the step (``where``) and the first layer (or
     parameter gradient) where NaN or Inf appeared, before anything is updated."""
+    with device_scope(xb):  # on the model's GPU, whichever device is current
+        return _train_step(model, loss, optimizer, xb, yb, where, check_finite, world)
+
+
+def _train_step(model, loss, optimizer, xb, yb, where, check_finite, world):
     optimizer.zero_grad()
     out = model.forward(xb)
     xp = get_array_module(out)
@@ -491,9 +497,10 @@ def evaluate(model: Module, data, batch_size: int = 256, loss=None, world=None) 
     total, correct = 0.0, 0
     try:
         for xb, yb in minibatches(*data, batch_size, shuffle=False, device=device):
-            out = model.forward(xb)
-            total += loss.forward(out, yb) * len(xb)
-            correct += _accuracy_count(out, yb)
+            with device_scope(xb):
+                out = model.forward(xb)
+                total += loss.forward(out, yb) * len(xb)
+                correct += _accuracy_count(out, yb)
     finally:
         model.train(was_training)
     n = len(data[0])

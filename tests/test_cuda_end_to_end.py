@@ -301,3 +301,61 @@ def test_every_optimizer_step_on_the_device(name, rng):
         assert backend.device_of(weight.data).kind == device
         finals.append(backend.to_numpy(weight.data))
     assert_close(finals[1], finals[0], 1e-12, 1e-14, f"{name} after 4 steps")
+
+
+@pytest.fixture
+def two_gpus(monkeypatch):
+    """Two devices: the double's second one, or a machine's second GPU."""
+    import cupy
+    if CUPY_DOUBLE:
+        monkeypatch.setattr(cupy.cuda.runtime, "DEVICE_COUNT", 2)
+    elif cupy.cuda.runtime.getDeviceCount() < 2:
+        pytest.skip("one GPU only")
+    yield cupy
+    cupy.cuda.Device(0).use()
+
+
+def test_training_on_the_second_gpu(two_gpus, rng):
+    """``set_device("cuda:1")`` makes GPU 1 current: weights, biases, batch-norm
+    buffers, gradients, optimizer state, kernel outputs and dropout masks all live
+    there (biases and gradients used to land on GPU 0, and the first forward failed),
+    and the steps are those of the CPU."""
+    x = rng.standard_normal((32, 1, 28, 28))
+    y = rng.integers(0, 10, 32)
+    trained = {}
+    for device in ("cpu", "cuda:1"):
+        gpunet.set_device(device)
+        gpunet.manual_seed(3)
+        model = gpunet.models.lenet5(batch_norm=True).to(dtype="float64")
+        opt = optim.Adam(model.parameters(), 1e-3)
+        gpunet.fit(model, losses.SoftmaxCrossEntropy(), opt, (x, y), 2, 16, progress=False)
+        if device != "cpu":
+            arrays = [*(p.data for p in model.parameters()), *(p.grad for p in model.parameters()),
+                      *(b for _, b in model.named_buffers()), *(s for slots in opt.state
+                                                             for s in slots.values())]
+            assert {a.device.id for a in arrays} == {1}
+        trained[device] = model.state_dict()
+    for key, value in trained["cpu"].items():
+        # (atol: the conv bias before batch norm has a true gradient of 0, and noise)
+        assert_close(trained["cuda:1"][key], value, 1e-10, 1e-9, key)
+    gpunet.set_device("cuda:1")
+    dropout = nn.Dropout(0.5)
+    assert dropout(two_gpus.ones((4, 8))).device.id == 1
+
+
+def test_a_kernel_refuses_arrays_of_another_gpu(two_gpus, monkeypatch, rng):
+    """A launch whose arrays are not on the current device says which devices, rather
+    than faulting on a foreign pointer. Without peer access CuPy itself refuses the
+    arrays earlier; with it (the double made to allow it) only gpunet's check stands
+    between the kernel and GPU 0's pointers."""
+    if CUPY_DOUBLE:
+        monkeypatch.setattr(two_gpus._core, "on_current_device", lambda array, where: None)
+    from gpunet.cuda import runtime
+    with two_gpus.cuda.Device(0):
+        sums = [two_gpus.ones((3, 2)) for _ in range(2)]
+        totals = [two_gpus.zeros(3) for _ in range(2)]
+    gpunet.set_device("cuda:1")
+    with pytest.raises(ValueError, match=r"bn_bwd_reduce_combine: an argument is on cuda:0 "
+                                         r"but the current device is cuda:1"):
+        runtime.launch("batchnorm", "bn_bwd_reduce_combine", "float64", (1, 1, 1), (256, 1, 1),
+                       (*sums, *totals, numpy.int32(3), numpy.int32(2)))

@@ -51,6 +51,11 @@ TRAIN = textwrap.dedent("""
     history = gpunet.fit(model, losses.SoftmaxCrossEntropy(), opt, (x, y), 1,
                          64 // int(processes), progress=False, distributed=distributed)
     assert len(history.steps) == 10
+    if distributed and device == "cuda":  # everything on this rank's GPU
+        gpu = gpunet.get_device().index
+        found = {int(a.device.id) for p in model.parameters() for a in (p.data, p.grad)}
+        assert found == {gpu}, (found, gpu)
+        print(f"rank {gpunet.distributed.world().rank} trained on cuda:{gpu}")
     if not distributed or gpunet.distributed.world().is_root:
         numpy.savez(out, steps=numpy.array(history.steps), **model.state_dict())
 """)
@@ -127,16 +132,23 @@ def test_batch_norm_keeps_each_processs_statistics_unless_synchronised(tmp_path)
 
 @needs_mpiexec
 @pytest.mark.gpu
-def test_two_processes_on_cupy_arrays_match_one_on_the_cpu(tmp_path):
+@pytest.mark.parametrize("gpus", [1, 2])
+def test_two_processes_on_cupy_arrays_match_one_on_the_cpu(tmp_path, gpus):
     """CuPy gradients go through NCCL where CuPy has it, else host copies over MPI (the
-    CuPy test double's case): either way the steps of one process."""
+    CuPy test double's case): either way the steps of one process. With two GPUs rank
+    1 trains on GPU 1 (everything it makes lands there: its first forward used to
+    fail with biases on GPU 0); with one, the ranks share it."""
     if not CUPY_DOUBLE and gpunet.backend.cuda_unavailable_reason() is not None:
         pytest.skip("no usable GPU")
+    if not CUPY_DOUBLE and gpunet.backend.Device("cuda").xp.cuda.runtime.getDeviceCount() < gpus:
+        pytest.skip(f"fewer than {gpus} GPUs")
     script = _python(tmp_path, TRAIN)
     one = subprocess.run([*script, "float64", "conv", "cpu", str(tmp_path / "one.npz"), "1"],
                          capture_output=True, text=True, timeout=240, cwd=ROOT)
     assert one.returncode == 0, one.stderr
-    two = _mpiexec(2, *script, "float64", "conv", "cuda", str(tmp_path / "two.npz"), "2")
+    two = _mpiexec(2, *script, "float64", "conv", "cuda", str(tmp_path / "two.npz"), "2",
+                   env={"GPUNET_CUPY_DOUBLE_DEVICES": str(gpus)})
+    assert f"rank 1 trained on cuda:{gpus - 1}" in two.stdout, two.stdout + two.stderr
     assert two.returncode == 0, two.stderr + two.stdout
     one, two = numpy.load(tmp_path / "one.npz"), numpy.load(tmp_path / "two.npz")
     for key in one.files:

@@ -201,10 +201,17 @@ def _module(cupy, name: str, dtype: str, device_id: int):
 def launch(name: str, kernel: str, dtype, grid, block, args, shared_mem: int = 0) -> None:
     """Run ``kernel`` of ``kernels/<name>.cu`` (compiled for ``dtype``) on the device
     of the array arguments."""
-    arrays = [a for a in args if hasattr(a, "data") and hasattr(a, "shape")]
+    arrays = [a for a in args if hasattr(a, "data") and hasattr(a, "shape")
+              and not isinstance(a, numpy.generic)]
     cupy = get_array_module(*arrays)
-    function = _module(cupy, name, numpy.dtype(dtype).name, cupy.cuda.Device().id) \
-        .get_function(kernel)
+    device = cupy.cuda.Device().id
+    # a kernel given another GPU's pointer faults (or, with peer access, crawls)
+    elsewhere = [a.device.id for a in arrays if a.device.id != device]
+    if elsewhere:
+        raise ValueError(
+            f"{kernel}: an argument is on cuda:{elsewhere[0]} but the current device is "
+            f"cuda:{device}; call gpunet.set_device('cuda:{elsewhere[0]}') or move the arrays")
+    function = _module(cupy, name, numpy.dtype(dtype).name, device).get_function(kernel)
     function(tuple(grid), tuple(block), tuple(args), shared_mem=shared_mem)
 
 

@@ -6,7 +6,8 @@ installed real CuPy offers (read from it in another process) and rejects keyword
 arguments the real functions do not take; arrays refuse implicit conversion to
 NumPy and mixing with NumPy arrays; ``RawModule`` compiles with NVRTC through
 CuPy's compiler code, then runs launches in ``tests/cuda_emulator``. It reports
-one device, named as the double: it is never a GPU. See README.md beside it.
+``GPUNET_CUPY_DOUBLE_DEVICES`` devices (1 unless set), named as the double: never a
+GPU. See README.md beside it.
 """
 from __future__ import annotations
 
@@ -63,7 +64,8 @@ def _populate():
 
 # -- functions whose host/device semantics differ from NumPy's ------------------------
 def _from_host(obj, dtype, order, copy, ndmin=0):
-    if isinstance(obj, ndarray):
+    if isinstance(obj, ndarray):  # from any device (a peer copy) to the current one
+        copy = copy or obj._device != _core.current_device()
         obj = obj._a
     elif isinstance(obj, (list, tuple)):
         obj = _unwrap(obj, "cupy.array")
@@ -80,7 +82,7 @@ def array(obj, dtype=None, copy=True, order="K", subok=False, ndmin=0, *, blocki
 def asarray(a, dtype=None, order=None, copy=None, *, blocking=False):
     """``a`` on the device: no copy for a device array of the right dtype."""
     if isinstance(a, ndarray) and (dtype is None or _numpy.dtype(dtype) == a.dtype) \
-            and copy is not True:
+            and copy is not True and a._device == _core.current_device():
         return a
     return _from_host(a, dtype, order, bool(copy) or not isinstance(a, ndarray))
 

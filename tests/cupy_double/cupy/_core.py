@@ -7,6 +7,7 @@ array cannot hold, only the attributes the real ``cupy.ndarray`` has.
 from __future__ import annotations
 
 import operator
+import threading
 import weakref
 
 import numpy
@@ -35,6 +36,26 @@ class _Memory:
         cls.used -= nbytes
 
 
+_current = threading.local()  # CUDA's current device is per host thread
+
+
+def current_device() -> int:
+    return getattr(_current, "device", 0)
+
+
+def set_current_device(device: int) -> None:
+    _current.device = device
+
+
+def on_current_device(array, where: str) -> None:
+    """CuPy's refusal of an array that lives on another device than the current one
+    (between devices without peer access, the double's case)."""
+    if array._device != current_device():
+        raise ValueError(f"{where}: the device where the array resides ({array._device}) is "
+                         f"different from the current device ({current_device()}). Peer "
+                         "access is unavailable between these devices. (CuPy test double)")
+
+
 def check_dtype(dtype) -> numpy.dtype:
     """CuPy holds booleans, integers, floats and complex numbers only."""
     dt = numpy.dtype(dtype)
@@ -53,6 +74,7 @@ def unwrap(value, where: str):
     """The NumPy arrays inside ``value`` (recursing into lists and tuples);
     ``TypeError`` for a NumPy array, which real CuPy refuses."""
     if isinstance(value, ndarray):
+        on_current_device(value, where)
         return value._a
     if isinstance(value, numpy.ndarray):
         raise _numpy_operand(where)
@@ -129,23 +151,24 @@ def _index(key):
 class _DataPointer:
     """``ndarray.data``: what gpunet reads of CuPy's MemoryPointer."""
 
-    def __init__(self, array: numpy.ndarray):
+    def __init__(self, array: numpy.ndarray, device_id: int):
         self.ptr = array.ctypes.data
         self.mem = self
         self.size = array.nbytes
-        self.device_id = 0
+        self.device_id = device_id
 
 
 class ndarray:  # noqa: N801 - CuPy's name
     """A device array of the double, holding a NumPy array (``_a``)."""
 
-    __slots__ = ("_a", "__weakref__")
+    __slots__ = ("_a", "_device", "__weakref__")
     __array_priority__ = 100  # NumPy defers its operators to ours, which refuse
 
     def __init__(self, shape, dtype=float, memptr=None, strides=None, order="C"):
         if memptr is not None or strides is not None:
             raise NotImplementedError("the CuPy test double does not take memptr or strides")
         self._a = numpy.empty(shape, check_dtype(dtype), order=order)
+        self._device = current_device()
         _Memory.take(self._a, self)
 
     @classmethod
@@ -153,6 +176,7 @@ class ndarray:  # noqa: N801 - CuPy's name
         check_dtype(array.dtype)
         obj = object.__new__(cls)
         obj._a = array
+        obj._device = current_device()  # made by an operation there, or copied there
         if array.base is None:
             _Memory.take(array, obj)
         return obj
@@ -188,13 +212,13 @@ class ndarray:  # noqa: N801 - CuPy's name
     strides = property(lambda self: self._a.strides)
     flags = property(lambda self: self._a.flags)
     T = property(lambda self: wrap(self._a.T))
-    data = property(lambda self: _DataPointer(self._a))
+    data = property(lambda self: _DataPointer(self._a, self._device))
     base = property(lambda self: None if self._a.base is None else wrap(self._a.base))
 
     @property
     def device(self):
         from .cuda import Device
-        return Device(0)
+        return Device(self._device)
 
     @shape.setter
     def shape(self, value):
@@ -213,6 +237,7 @@ class ndarray:  # noqa: N801 - CuPy's name
 
         def method(*args, **kwargs):
             _manifest.check_call("cupy.ndarray", name, args, kwargs)
+            on_current_device(self, f"cupy.ndarray.{name}")
             return call_numpy(f"cupy.ndarray.{name}", value, args, kwargs)
         return method
 
@@ -238,19 +263,23 @@ class ndarray:  # noqa: N801 - CuPy's name
         return self._a.tolist()
 
     def astype(self, dtype, order="K", casting=None, subok=None, copy=True):
+        on_current_device(self, "cupy.ndarray.astype")
         check_dtype(dtype)
         return wrap(self._a.astype(dtype, order=order, copy=copy))
 
     def view(self, dtype=None, array_class=None):
+        on_current_device(self, "cupy.ndarray.view")
         if dtype is None:
             return wrap(self._a.view())
         check_dtype(dtype)
         return wrap(self._a.view(dtype))
 
     def copy(self, order="C"):
+        on_current_device(self, "cupy.ndarray.copy")
         return wrap(self._a.copy(order=order))
 
     def fill(self, value):
+        on_current_device(self, "cupy.ndarray.fill")
         self._a.fill(unwrap(value, "cupy.ndarray.fill"))
 
     # -- Python protocols ----------------------------------------------------------
@@ -263,10 +292,13 @@ class ndarray:  # noqa: N801 - CuPy's name
         return (wrap(row) for row in self._a)
 
     def __getitem__(self, key):
+        on_current_device(self, "cupy.ndarray.__getitem__")
         return wrap(self._a[_index(key)])
 
     def __setitem__(self, key, value):
+        on_current_device(self, "cupy.ndarray.__setitem__")
         if isinstance(value, ndarray):
+            on_current_device(value, "cupy.ndarray.__setitem__")
             value = value._a
         self._a[_index(key)] = value
 
@@ -325,6 +357,7 @@ def _binary(name, fn, reflected=False):
             raise _numpy_operand(f"cupy.ndarray.{name}")
         if not isinstance(other, (ndarray, int, float, complex, bool, numpy.generic)):
             return NotImplemented
+        on_current_device(self, f"cupy.ndarray.{name}")
         other = unwrap(other, name)
         return compute(fn, *((other, self._a) if reflected else (self._a, other)))
     method.__name__ = name
@@ -335,6 +368,7 @@ def _inplace(name, fn):
     def method(self, other):
         if isinstance(other, numpy.ndarray):
             raise _numpy_operand(f"cupy.ndarray.{name}")
+        on_current_device(self, f"cupy.ndarray.{name}")
         fn(self._a, unwrap(other, name))
         return self
     method.__name__ = name

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy
 
-from . import _manifest
+from . import _core, _manifest
 from ._core import ndarray
 from .cuda import runtime
 
@@ -107,6 +107,11 @@ def _argument(arg, where):
     """What CuPy passes for ``arg``: a device pointer or a NumPy scalar."""
     from tests.cuda_emulator import Pointer
     if isinstance(arg, ndarray):
+        if arg._device != _core.current_device():
+            # a pointer into another GPU's memory, without peer access: the kernel faults
+            raise runtime.CUDARuntimeError(
+                f"{where} lives on device {arg._device}, the kernel runs on device "
+                f"{_core.current_device()} (cudaErrorIllegalAddress)")
         a = arg._a
         return Pointer(a.ctypes.data, a.dtype.name, a.size, a.flags.c_contiguous)
     if isinstance(arg, numpy.generic):

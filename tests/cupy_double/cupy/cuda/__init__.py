@@ -1,22 +1,25 @@
-"""``cupy.cuda`` of the double: one device, which says it is the double.
+"""``cupy.cuda`` of the double: its devices, which say they are the double.
 
 Streams and events keep CuPy's interface; work runs at once on the CPU, so
 synchronising is a no-op and an event records the host clock.
 """
 import time as _time
 
+from .. import _core
 from . import memory, pinned_memory, runtime  # noqa: F401
 from .memory import MemoryPool  # noqa: F401
 
 
 class Device:
-    """``cupy.cuda.Device``: only device 0 exists."""
+    """``cupy.cuda.Device``: one of ``runtime.getDeviceCount()``; ``use()`` and ``with``
+    make it the current device of this thread, where arrays are made and kernels run."""
 
     def __init__(self, device=None):
-        index = 0 if device is None else int(device)
-        if index >= runtime.getDeviceCount():
+        index = _core.current_device() if device is None else int(device)
+        if not 0 <= index < runtime.getDeviceCount():
             raise runtime.CUDARuntimeError(101)  # cudaErrorInvalidDevice
         self.id = index
+        self._previous = []
 
     compute_capability = property(lambda self: runtime.COMPUTE_CAPABILITY)
     mem_info = property(lambda self: (memory.default_pool.free_device_bytes(),
@@ -26,12 +29,15 @@ class Device:
         pass
 
     def use(self):
-        pass
+        _core.set_current_device(self.id)
 
     def __enter__(self):
+        self._previous.append(_core.current_device())
+        _core.set_current_device(self.id)
         return self
 
     def __exit__(self, *exc):
+        _core.set_current_device(self._previous.pop())
         return False
 
     def __int__(self):
@@ -48,7 +54,7 @@ class Device:
 
 
 def get_device_id():
-    return 0
+    return _core.current_device()
 
 
 class Stream:

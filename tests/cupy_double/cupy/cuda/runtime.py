@@ -1,4 +1,7 @@
 """``cupy.cuda.runtime`` of the double: the device it reports is the double."""
+import os as _os
+
+from .. import _core
 from .._core import DEVICE_MEMORY as TOTAL_MEMORY
 
 DEVICE_NAME = b"CuPy test double (NumPy on the CPU, not a GPU)"
@@ -13,17 +16,22 @@ class CUDARuntimeError(RuntimeError):
         super().__init__(f"CUDA runtime error {status} (CuPy test double)")
 
 
+# how many devices the double reports (tests of several GPUs set 2)
+DEVICE_COUNT = int(_os.environ.get("GPUNET_CUPY_DOUBLE_DEVICES", "1"))
+
+
 def getDeviceCount():  # noqa: N802 - CuPy's names
-    return 1
+    return DEVICE_COUNT
 
 
 def getDevice():  # noqa: N802
-    return 0
+    return _core.current_device()
 
 
 def setDevice(device):  # noqa: N802
-    if device != 0:
+    if not 0 <= device < DEVICE_COUNT:
         raise CUDARuntimeError(101)
+    _core.set_current_device(device)
 
 
 def runtimeGetVersion():  # noqa: N802
@@ -39,7 +47,7 @@ def deviceSynchronize():  # noqa: N802
 
 
 def getDeviceProperties(device):  # noqa: N802
-    if device != 0:
+    if not 0 <= device < DEVICE_COUNT:
         raise CUDARuntimeError(101)
     return {"name": DEVICE_NAME, "major": int(COMPUTE_CAPABILITY[0]),
             "minor": int(COMPUTE_CAPABILITY[1]), "totalGlobalMem": TOTAL_MEMORY,

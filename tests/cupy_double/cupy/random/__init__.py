@@ -5,7 +5,7 @@ rely on a seed repeating a stream, never on the values themselves.
 """
 import numpy as _numpy
 
-from .. import _manifest
+from .. import _core, _manifest
 from .._core import call_numpy as _call_numpy
 from .._core import populate as _populate
 
@@ -23,6 +23,7 @@ class XORWOW:
         from .._core import ndarray
         size = 8 * 256 * 16 if size < 0 else size  # CuPy's default (16: the attribute's id)
         self._size = size
+        self._current_device_id = _core.current_device()
         self._state = ndarray._from_numpy(_numpy.zeros(size * _STATE_BYTES, _numpy.int8))
         self._store(_numpy.random.PCG64(seed))
 
@@ -66,6 +67,8 @@ class Generator:
 
         def call(*args, **kwargs):
             _manifest.check_call("cupy.random.Generator", name, args, kwargs)
+            if _core.current_device() != self._bits._current_device_id:
+                raise RuntimeError("This Generator state is allocated in a different device")
             bits = self._bits._load()
             method = getattr(_numpy.random.Generator(bits), name)
             result = _call_numpy(f"cupy.random.Generator.{name}", method, args, kwargs)
