@@ -110,3 +110,11 @@ def get_elapsed_time(start_event, end_event):
 
 def is_available():
     return True
+
+
+allocator = None  # what set_allocator was last given (``None``: CuPy's cudaMalloc per array)
+
+
+def set_allocator(allocator=None):
+    """Which allocator CuPy would use; arrays here are NumPy's memory either way."""
+    globals()["allocator"] = allocator
