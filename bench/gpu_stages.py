@@ -51,8 +51,8 @@ class StageContext:
 def run_bounded(cmd, timeout: float, **kwargs) -> subprocess.CompletedProcess:
     """``subprocess.run(cmd, timeout=timeout, text=True, **kwargs)`` in a process
     group of its own, killed whole at the timeout: a grandchild (the program
-    compute-sanitizer runs, pytest's subprocesses) would otherwise live on, and
-    hold the pipes open, which keeps ``run`` waiting for it."""
+    compute-sanitizer runs, pytest's subprocesses) would otherwise live on past the
+    budget, on the GPU while the next stage runs."""
     proc = subprocess.Popen(cmd, start_new_session=True, text=True, **kwargs)
     try:
         out, err = proc.communicate(timeout=max(timeout, 0.1))
@@ -80,13 +80,12 @@ CUDA_HOMES = ("/usr/local/cuda",)
 def cuda_tool(name: str) -> str | None:
     """``name`` (nvcc, compute-sanitizer) on PATH, else in ``$CUDA_HOME/bin`` or
     ``/usr/local/cuda/bin``, else ``None``."""
-    found = shutil.which(name)
     homes = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), *CUDA_HOMES]
-    for home in filter(None, homes):
+    for folders in [None, *(os.path.join(home, "bin") for home in homes if home)]:
+        found = shutil.which(name, path=folders)
         if found is not None:
-            break
-        found = shutil.which(name, path=os.path.join(home, "bin"))
-    return found
+            return found
+    return None
 
 
 # -- timing ---------------------------------------------------------------------------------
