@@ -112,9 +112,10 @@ def is_available():
     return True
 
 
-allocator = None  # what set_allocator was last given (``None``: CuPy's cudaMalloc per array)
+_allocator = None  # what set_allocator was last given (``None``: cudaMalloc per array)
 
 
 def set_allocator(allocator=None):
     """Which allocator CuPy would use; arrays here are NumPy's memory either way."""
-    globals()["allocator"] = allocator
+    global _allocator
+    _allocator = allocator
