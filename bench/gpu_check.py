@@ -2,23 +2,30 @@
 fitted to a short GPU slot (five minutes in all on one H200), installing nothing.
 
     PYTHONPATH=. python3 bench/gpu_check.py [--out DIR] [--stage NAME ...] [--data-root DIR]
+                                            [--commit HASH]
     python3 bench/gpu_check.py --dry-run --out DIR     # through the CuPy test double
 
 Stages (budget in seconds), each in its own process so that a crash or a hang
 costs that stage only; the next one still runs:
   facts      15  GPU, compute capability, versions; device copy GB/s, float32 GEMM TFLOP/s
-  smoke      30  every kernel compiled, launched once small, compared with the xp path
-  tests      90  the gpu-marked tests, then the rest of the suite (GPUNET_DEVICE=cuda),
-                 60 s per test, junit XML in --out
-  sanitizer  60  compute-sanitizer memcheck, racecheck, synccheck over bench/sanitize_kernels.py
+                 (measured with CuPy before PyTorch is imported)
+  smoke      30  every kernel compiled (each one loaded, and timed), launched once small,
+                 compared with the xp path: one process per kernel file, CUDA_LAUNCH_BLOCKING=1
+  tests      90  the gpu-marked tests (GPUNET_DEVICE=cuda), 60 s per test, junit XML in
+                 --out; skipped when pytest or hypothesis is missing
+  sanitizer  60  compute-sanitizer memcheck, racecheck, synccheck over bench/sanitize_kernels.py,
+                 one process per tool and kernel file, CUDA_LAUNCH_BLOCKING=1, no memory pool
   training   45  LeNet-5 on Fashion-MNIST, 2 epochs: accuracy, images/s, beside PyTorch+cuDNN;
-                 the first 20 losses on CPU and GPU
+                 the first 20 losses on CPU and GPU; skipped unless --data-root or
+                 $GPUNET_DATA/fashion-mnist holds the files (it never downloads)
   timings    60  each kernel vs the xp path and cuDNN, forward and backward; conv2d at
                  TILE_K 8/16; gpunet bench --device cuda --op step
 
 The JSON report is rewritten after every stage, in --out and (on a GPU) in
 bench/results/gpu-<date>-<gpu>.json; a rerun of some stages (--stage) updates
-that day's report. The last lines printed are a table of the stages.
+the newest report of that GPU in --out (the folder that comes back from a GPU
+machine), else that day's in bench/results. The last lines printed are a table
+of the stages. Nothing here needs git, nvcc or network.
 """
 from __future__ import annotations
 
@@ -33,6 +40,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+import gpu_stages  # beside this script, hence first on sys.path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench")
@@ -67,6 +76,8 @@ def parse_args(argv=None):
                         help="run only these stages (repeatable)")
     parser.add_argument("--data-root", help="folder holding the Fashion-MNIST IDX files "
                         "(default: $GPUNET_DATA/fashion-mnist, then the usual places)")
+    parser.add_argument("--commit", help="the commit under test, for the report (default: "
+                        "git's answer, else read from .git, else 'unknown')")
     parser.add_argument("--stage-budget", action="append", default=[], metavar="NAME=SECONDS",
                         type=_stage_budget,
                         help="another budget for a stage (repeatable)")
@@ -90,8 +101,6 @@ def stage_env(dry: bool) -> dict:
 
 def run_stage_here(args) -> None:
     """The child: one stage, its results written to ``--result`` as it goes."""
-    sys.path.insert(0, BENCH)
-    import gpu_stages
     facts = {}
     if args.facts and os.path.exists(args.facts):
         with open(args.facts) as f:
@@ -118,8 +127,9 @@ def preflight(dry: bool) -> tuple[str | None, str, list[str]]:
     import cupy
     gpu = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
     for tool in ("nvcc", "compute-sanitizer"):
-        if shutil.which(tool) is None:
+        if gpu_stages.cuda_tool(tool) is None:
             missing.append(tool)
+    missing += [f"{name} (no tests stage)" for name in tests_missing()]
     if importlib.util.find_spec("torch") is None:
         missing.append("PyTorch (no cuDNN columns)")
     else:
@@ -127,6 +137,43 @@ def preflight(dry: bool) -> tuple[str | None, str, list[str]]:
         if not dry and not torch.cuda.is_available():
             missing.append("PyTorch with CUDA (no cuDNN columns)")
     return None, gpu, missing
+
+
+def tests_missing() -> list[str]:
+    """What pytest needs to collect the suite (tests/conftest.py imports hypothesis)."""
+    return [name for name in ("pytest", "hypothesis") if importlib.util.find_spec(name) is None]
+
+
+def fashion_mnist_root(data_root: str | None) -> str | None:
+    """The folder holding the four Fashion-MNIST files: ``--data-root``, else
+    ``$GPUNET_DATA/fashion-mnist`` (or ``$GPUNET_DATA``), else ``None``. Only these:
+    elsewhere the loader would try a download, which a GPU machine without network
+    turns into a wait."""
+    from gpunet.data.datasets import FASHION_MNIST
+    data = os.environ.get("GPUNET_DATA")
+    folders = [data_root] if data_root else \
+        [os.path.join(data, "fashion-mnist"), data] if data else []
+    for folder in folders:
+        if all(os.path.isfile(os.path.join(folder, r.filename)) or
+               os.path.isfile(os.path.join(folder, r.filename + ".gz"))
+               for r in FASHION_MNIST.resources):
+            return os.path.abspath(folder)
+    return None
+
+
+def skip_reasons(args) -> dict[str, str]:
+    """The stages that cannot run here, each with one line saying why."""
+    reasons = {}
+    if tests_missing():
+        reasons["tests"] = (f"{' and '.join(tests_missing())} not installed (python3 -m pip "
+                            "install pytest hypothesis)")
+    if args.data_root_found is None:
+        reasons["training"] = ("no Fashion-MNIST files in "
+                               + (args.data_root or "$GPUNET_DATA/fashion-mnist")
+                               + " (set GPUNET_DATA or --data-root)")
+    if args.dry_run:
+        reasons["sanitizer"] = "the sanitizer needs a real GPU"
+    return reasons
 
 
 def report_paths(out: str, gpu: str, dry: bool) -> list[str]:
@@ -147,12 +194,73 @@ def write(report: dict, paths: list[str]) -> None:
         os.replace(tmp, path)
 
 
-def git_commit() -> str:
-    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                          text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                           capture_output=True, text=True).stdout.strip()
-    return (done.stdout.strip() or "unknown") + ("+uncommitted" if dirty else "")
+def previous_report(out: str, gpu: str, paths: list[str]) -> dict:
+    """The report a rerun of some stages updates: the newest of this GPU in ``out``
+    (what came back from the GPU machine, whatever its date), else that day's in
+    bench/results."""
+    slug = os.path.basename(paths[0])[len("gpu-0000-00-00-"):]
+    found = sorted(name for name in os.listdir(out)
+                   if name.startswith("gpu-") and name.endswith(slug)
+                   and re.fullmatch(r"gpu-\d{4}-\d\d-\d\d-", name[:len("gpu-0000-00-00-")]))
+    for path in [os.path.join(out, name) for name in found[-1:]] + paths[1:]:
+        if os.path.exists(path):
+            with open(path) as f:
+                return json.load(f)
+    return {}
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read().strip()
+
+
+def commit_from_git_files(root: str = ROOT) -> str | None:
+    """HEAD's commit read from the ``.git`` files, for a machine without git: a
+    worktree's ``.git`` file names its folder, whose ``commondir`` holds the refs;
+    a ref is a loose file or a line of ``packed-refs``."""
+    gitdir = os.path.join(root, ".git")
+    try:
+        if os.path.isfile(gitdir):
+            text = _read(gitdir)
+            if not text.startswith("gitdir:"):
+                return None
+            gitdir = os.path.join(root, text[len("gitdir:"):].strip())
+        common = gitdir
+        if os.path.isfile(os.path.join(gitdir, "commondir")):
+            common = os.path.join(gitdir, _read(os.path.join(gitdir, "commondir")))
+        head = _read(os.path.join(gitdir, "HEAD"))
+        if not head.startswith("ref:"):
+            return head[:12] or None
+        ref = head[len("ref:"):].strip()
+        for folder in (gitdir, common):
+            if os.path.isfile(os.path.join(folder, ref)):
+                return _read(os.path.join(folder, ref))[:12]
+        packed = os.path.join(common, "packed-refs")
+        if os.path.isfile(packed):
+            for line in _read(packed).splitlines():
+                sha, _, name = line.partition(" ")
+                if name == ref:
+                    return sha[:12]
+    except OSError:
+        return None
+    return None
+
+
+def git_commit(given: str | None = None, root: str = ROOT) -> str:
+    """The commit under test: ``--commit``, else git's answer (with ``+uncommitted``
+    for a changed tree), else the ``.git`` files (changes then unchecked), else
+    ``unknown``."""
+    if given:
+        return given
+    git = shutil.which("git")
+    if git is not None:
+        done = subprocess.run([git, "rev-parse", "--short", "HEAD"], cwd=root,
+                              capture_output=True, text=True)
+        if done.returncode == 0 and done.stdout.strip():
+            dirty = subprocess.run([git, "status", "--porcelain", "--untracked-files=no"],
+                                   cwd=root, capture_output=True, text=True).stdout.strip()
+            return done.stdout.strip() + ("+uncommitted" if dirty else "")
+    return commit_from_git_files(root) or "unknown"
 
 
 def run_stage(name: str, args, budget: float, facts_path: str) -> dict:
@@ -162,12 +270,12 @@ def run_stage(name: str, args, budget: float, facts_path: str) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--run-stage", name, "--result", result,
            "--out", args.out, "--budget", str(budget), "--facts", facts_path]
     cmd += ["--dry-run"] if args.dry_run else []
-    cmd += ["--data-root", args.data_root] if args.data_root else []
+    cmd += ["--data-root", args.data_root_found] if args.data_root_found else []
     print(f"== {name} (budget {budget:.0f} s)", flush=True)
     start = time.monotonic()
     try:
-        done = subprocess.run(cmd, cwd=ROOT, env=stage_env(args.dry_run), timeout=budget,
-                              stdout=sys.stdout, stderr=subprocess.PIPE, text=True)
+        done = gpu_stages.run_bounded(cmd, budget, cwd=ROOT, env=stage_env(args.dry_run),
+                                      stdout=sys.stdout, stderr=subprocess.PIPE)
         status = "ok" if done.returncode == 0 else "failed"
         stderr = done.stderr
     except subprocess.TimeoutExpired as exc:
@@ -195,16 +303,16 @@ def main(argv=None) -> int:
     fatal, gpu, missing = preflight(args.dry_run)
     print("gpu-check: " + (f"cannot run: {fatal}" if fatal else
                            f"{gpu}; missing: {', '.join(missing) or 'nothing'}"), flush=True)
+    commit = git_commit(args.commit)
     if fatal:
-        write({"commit": git_commit(), "date": str(datetime.date.today()), "error": fatal},
+        write({"commit": commit, "date": str(datetime.date.today()), "error": fatal},
               [os.path.join(args.out, "gpu-check-not-run.json")])
         return 2
+    args.data_root_found = fashion_mnist_root(args.data_root)
+    skipped = skip_reasons(args)
     paths = report_paths(args.out, gpu, args.dry_run)
-    report = {}
-    if args.stage and os.path.exists(paths[-1]):  # a rerun of some stages updates the report
-        with open(paths[-1]) as f:
-            report = json.load(f)
-    report.update({"commit": git_commit(), "date": str(datetime.date.today()), "gpu": gpu,
+    report = previous_report(args.out, gpu, paths) if args.stage else {}
+    report.update({"commit": commit, "date": str(datetime.date.today()), "gpu": gpu,
                    "dry_run_through_the_cupy_test_double": args.dry_run, "missing": missing})
     report.setdefault("stages", {})
     names = [n for n in BUDGETS if not args.stage or n in args.stage]
@@ -214,9 +322,11 @@ def main(argv=None) -> int:
     with open(facts_path, "w") as f:
         json.dump(report["stages"].get("facts", {}).get("results", {}), f)
     for name in names:
-        if name == "sanitizer" and args.dry_run:
+        if name in skipped:
+            print(f"== {name}: skipped: {skipped[name]}", flush=True)
             report["stages"][name] = {"status": "skipped", "seconds": 0, "budget_s": 0,
-                                      "results": {"why": "the sanitizer needs a real GPU"}}
+                                      "results": {"why": skipped[name]}}
+            write(report, paths)
             continue
         report["stages"][name] = run_stage(name, args, budgets[name], facts_path)
         if name == "facts":

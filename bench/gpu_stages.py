@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -44,6 +45,47 @@ class StageContext:
 
     def left_s(self) -> float:
         return self.budget_s - (time.monotonic() - self.started)
+
+
+# -- processes and tools -------------------------------------------------------------------
+def run_bounded(cmd, timeout: float, **kwargs) -> subprocess.CompletedProcess:
+    """``subprocess.run(cmd, timeout=timeout, text=True, **kwargs)`` in a process
+    group of its own, killed whole at the timeout: a grandchild (the program
+    compute-sanitizer runs, pytest's subprocesses) would otherwise live on past the
+    budget, on the GPU while the next stage runs."""
+    proc = subprocess.Popen(cmd, start_new_session=True, text=True, **kwargs)
+    try:
+        out, err = proc.communicate(timeout=max(timeout, 0.1))
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        out, err = proc.communicate()
+        raise subprocess.TimeoutExpired(cmd, timeout, out, err) from None
+    except BaseException:  # Ctrl-C: the group no longer gets the terminal's signal
+        _kill_group(proc)
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def _kill_group(proc) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+# Where the CUDA toolkit installs itself; its bin/ is often not on a bare machine's PATH
+CUDA_HOMES = ("/usr/local/cuda",)
+
+
+def cuda_tool(name: str) -> str | None:
+    """``name`` (nvcc, compute-sanitizer) on PATH, else in ``$CUDA_HOME/bin`` or
+    ``/usr/local/cuda/bin``, else ``None``."""
+    homes = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), *CUDA_HOMES]
+    for folders in [None, *(os.path.join(home, "bin") for home in homes if home)]:
+        found = shutil.which(name, path=folders)
+        if found is not None:
+            return found
+    return None
 
 
 # -- timing ---------------------------------------------------------------------------------
@@ -94,22 +136,18 @@ def cuda_torch():
 # -- facts ----------------------------------------------------------------------------------
 def stage_facts(ctx: StageContext) -> None:
     """The GPU, the versions, and two measured ceilings: device-to-device copy GB/s
-    and float32 GEMM TFLOP/s (TF32 off: CuPy's default)."""
+    and float32 GEMM TFLOP/s (TF32 off: CuPy's default). The ceilings are measured
+    and recorded before PyTorch is imported: a cold import of it can take the whole
+    budget, and the timings' ``fraction_of_ceiling`` needs them."""
     import cupy
 
     props = cupy.cuda.runtime.getDeviceProperties(0)
-    torch = cuda_torch()
-    nvcc = shutil.which("nvcc")
-    nvcc_version = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout \
-        .strip().splitlines()[-1] if nvcc else None
     ctx.emit(gpu=props["name"].decode(), compute_capability=f"{props['major']}.{props['minor']}",
              memory_gib=round(props["totalGlobalMem"] / 2**30, 1),
              multiprocessors=props["multiProcessorCount"],
              cuda_runtime=cupy.cuda.runtime.runtimeGetVersion(),
              cuda_driver=cupy.cuda.runtime.driverGetVersion(), cupy=cupy.__version__,
-             numpy=numpy.__version__, torch=None if torch is None else torch.__version__,
-             cudnn=None if torch is None else torch.backends.cudnn.version(), nvcc=nvcc_version,
-             python=sys.version.split()[0])
+             numpy=numpy.__version__, python=sys.version.split()[0])
     repeat = 2 if ctx.dry else 10
     n = (2**18 if ctx.dry else 2**28) // 4  # float32 values: 1 MiB / 1 GiB
     a, b = cupy.ones(n, numpy.float32), cupy.empty(n, numpy.float32)
@@ -119,6 +157,15 @@ def stage_facts(ctx: StageContext) -> None:
     m = cupy.ones((size, size), numpy.float32)
     ms = time_gpu(lambda: m @ m, repeat)
     ctx.emit(sgemm_tflops=float(f"{2 * size**3 / (ms * 1e-3) / 1e12:.4g}"))
+    nvcc = cuda_tool("nvcc")
+    if nvcc is not None:
+        done = subprocess.run([nvcc, "--version"], capture_output=True, text=True)
+        ctx.emit(nvcc=(done.stdout.strip().splitlines() or [None])[-1])
+    else:
+        ctx.emit(nvcc=None)
+    torch = cuda_torch()
+    ctx.emit(torch=None if torch is None else torch.__version__,
+             cudnn=None if torch is None else torch.backends.cudnn.version())
 
 
 # -- smoke: every kernel once against the xp path --------------------------------------------
@@ -132,13 +179,23 @@ SMOKE_CASES = {  # small and awkward: odd sizes, stride 2, padding, a tail block
 }
 
 
+# Each kernel file with the smoke cases that launch its kernels: the smoke stage and
+# the sanitizer run one file per process, so that a fault is reported in the
+# process of the kernel that made it, not by whatever CUDA call comes next
+KERNEL_FILES = {"conv2d": ("conv2d", "conv2d_wide", "conv2d_tf32"),
+                "pool2d": ("max_pool2d", "avg_pool2d"),
+                "batchnorm": ("batch_norm",)}
+
+
+def file_kernels(name: str) -> list[str]:
+    """The kernels of ``kernels/<name>.cu``, in the order they are defined."""
+    with open(os.path.join(ROOT, "kernels", f"{name}.cu")) as f:
+        return re.findall(r'extern\s+"C"\s+__global__\s+void\s+'
+                          r'(?:__launch_bounds__\s*\([^)]*\)\s*)?(\w+)', f.read())
+
+
 def kernel_names() -> set[str]:
-    names = set()
-    for name in ("conv2d", "pool2d", "batchnorm"):
-        with open(os.path.join(ROOT, "kernels", f"{name}.cu")) as f:
-            names |= set(re.findall(r'extern\s+"C"\s+__global__\s+void\s+'
-                                    r'(?:__launch_bounds__\s*\([^)]*\)\s*)?(\w+)', f.read()))
-    return names
+    return {kernel for name in KERNEL_FILES for kernel in file_kernels(name)}
 
 
 def family_outputs(family: str, dtype: str, use_kernels: bool, rng_seed: int = 0):
@@ -213,32 +270,67 @@ def check_family(family: str, dtype: str) -> dict:
     return row
 
 
-def stage_smoke(ctx: StageContext) -> None:
+def compile_file(name: str, dtype: str) -> dict:
+    """Compile ``kernels/<name>.cu`` for ``dtype`` and load each of its kernels,
+    timed. CuPy's RawModule compiles lazily, at the first ``get_function``: making
+    one proves nothing, and its compile time would land in the first launch."""
     import cupy
 
     from gpunet.cuda import runtime
-    compiled = []
-    for name in ("conv2d", "pool2d", "batchnorm"):
+    row = {"file": f"{name}.cu", "dtype": dtype}
+    start = time.perf_counter()
+    try:
+        module = runtime._module(cupy, name, dtype, cupy.cuda.Device().id)
+        for kernel in file_kernels(name):
+            module.get_function(kernel)
+        row.update(ok=True, kernels=len(file_kernels(name)),
+                   seconds=round(time.perf_counter() - start, 2))
+    except Exception as exc:  # noqa: BLE001 - recorded: NVRTC's log is the message
+        row.update(ok=False, error=f"{type(exc).__name__}: {exc}"[:3000])
+    return row
+
+
+def smoke_file(name: str) -> None:
+    """One kernel file in this process (the smoke stage's child): compiled in both
+    precisions, then its cases checked; one JSON line per row on stdout, as it goes."""
+    for dtype in ("float32", "float64"):
+        print(json.dumps({"compiled": compile_file(name, dtype)}), flush=True)
+    for family in KERNEL_FILES[name]:
         for dtype in ("float32", "float64"):
-            start = time.perf_counter()
-            try:
-                runtime._module(cupy, name, dtype, cupy.cuda.Device().id)
-                compiled.append({"file": f"{name}.cu", "dtype": dtype, "ok": True,
-                                 "seconds": round(time.perf_counter() - start, 2)})
-            except Exception as exc:  # noqa: BLE001
-                compiled.append({"file": f"{name}.cu", "dtype": dtype, "ok": False,
-                                 "error": f"{type(exc).__name__}: {exc}"[:3000]})
-            ctx.emit(compiled=compiled)
-    checks = []
-    for family in SMOKE_CASES:
-        for dtype in ("float32", "float64"):
-            checks.append(check_family(family, dtype))
-            ctx.emit(checks=checks)
-            if not checks[-1]["ok"]:
-                print(f"smoke: {family} {dtype} {checks[-1]}", file=sys.stderr, flush=True)
+            print(json.dumps({"check": check_family(family, dtype)}, default=str), flush=True)
+
+
+def stage_smoke(ctx: StageContext) -> None:
+    # CUDA_LAUNCH_BLOCKING: a kernel's fault is raised by its own launch, which
+    # check_family records, not by a later call in another kernel's row
+    env = dict(os.environ, CUDA_LAUNCH_BLOCKING="1")
+    compiled, checks, processes = [], [], {}
+    for name in KERNEL_FILES:
+        cmd = [sys.executable, os.path.abspath(__file__), "smoke-file", name]
+        timeout = ctx.left_s() - 1
+        try:
+            done = run_bounded(cmd, timeout, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+            out, err, code = done.stdout, done.stderr, done.returncode
+        except subprocess.TimeoutExpired as exc:
+            out, err, code = exc.stdout or "", exc.stderr or "", None
+        rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        compiled += [row["compiled"] for row in rows if "compiled" in row]
+        checks += [row["check"] for row in rows if "check" in row]
+        processes[name] = {"exit_code": code}
+        if code != 0:
+            processes[name]["stderr_tail"] = err[-2000:] if code is not None else \
+                f"stopped after {timeout:.0f} s"
+            print(f"smoke: {name}.cu: exit {code}\n{err[-2000:]}", file=sys.stderr, flush=True)
+        for row in rows:
+            row = row.get("check") or row["compiled"]
+            if not row["ok"]:
+                print(f"smoke: {row}", file=sys.stderr, flush=True)
+        ctx.emit(compiled=compiled, checks=checks, processes=processes)
     launched = {k for row in checks for k in row["kernels"]}
     ctx.emit(kernels_not_launched=sorted(kernel_names() - launched))
-    if not all(c["ok"] for c in compiled + checks) or kernel_names() - launched:
+    if not all(c["ok"] for c in compiled + checks) or kernel_names() - launched or \
+            any(p["exit_code"] != 0 for p in processes.values()):
         sys.exit(1)
 
 
@@ -266,64 +358,62 @@ def junit_counts(path: str) -> dict:
 
 
 def stage_tests(ctx: StageContext) -> None:
-    """The gpu-marked tests, then (on a GPU) the rest of the suite, each test under
-    a timeout, junit XML kept in the output folder."""
-    # PIP_NO_INDEX: the packaging test's wheel build then fails at once, not after
-    # retries, on a machine without network (and skips, saying so)
+    """The gpu-marked tests, each under a timeout, junit XML kept in the output
+    folder. Only those: the rest of the suite runs on CPU anywhere (make test), and
+    would not fit the stage's budget."""
+    # PIP_NO_INDEX: a test that would build a wheel fails at once, not after retries,
+    # on a machine without network
     env = dict(os.environ, GPUNET_DEVICE="cuda", GPUNET_POISON="1", PIP_NO_INDEX="1",
                PYTHONPATH=os.pathsep.join([BENCH, os.environ.get("PYTHONPATH", "")]))
     # The dry run keeps to the kernel tests: make test already runs every gpu test
     # through the double.
-    runs = [("gpu", ["-m", "gpu", "tests/test_kernels.py"] if ctx.dry else ["-m", "gpu"])]
-    if not ctx.dry:
-        runs.append(("rest", ["-m", "not gpu"]))
-    for name, selection in runs:
-        junit = os.path.join(ctx.out, f"junit-{name}.xml")
-        timeout = ctx.left_s() - 5
-        if timeout < 10:
-            ctx.emit(**{name: {"status": "not run: no time left in the stage's budget"}})
-            continue
-        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p",
-               "per_test_timeout", "--per-test-timeout", "60", f"--junitxml={junit}",
-               *selection]
-        try:
-            done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
-                                  timeout=timeout)
-            summary = (done.stdout.strip().splitlines() or [""])[-1]
-            status = "ok" if done.returncode == 0 else f"exit {done.returncode}"
-        except subprocess.TimeoutExpired:
-            summary, status = "", f"stopped after {timeout:.0f} s"
-        ctx.emit(**{name: {"status": status, "summary": summary, **junit_counts(junit)}})
-    if any(ctx.results[n].get("status") != "ok" or ctx.results[n].get("skipped_for_lack_of_cuda")
-           for n, _ in runs):
+    selection = ["-m", "gpu", "tests/test_kernels.py"] if ctx.dry else ["-m", "gpu"]
+    junit = os.path.join(ctx.out, "junit-gpu.xml")
+    timeout = ctx.left_s() - 5
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p",
+           "per_test_timeout", "--per-test-timeout", "60", f"--junitxml={junit}", *selection]
+    try:
+        done = run_bounded(cmd, timeout, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE)
+        summary = (done.stdout.strip().splitlines() or [""])[-1]
+        status = "ok" if done.returncode == 0 else f"exit {done.returncode}"
+    except subprocess.TimeoutExpired:
+        summary, status = "", f"stopped after {timeout:.0f} s"
+    ctx.emit(gpu={"status": status, "summary": summary, **junit_counts(junit)})
+    if status != "ok" or ctx.results["gpu"]["skipped_for_lack_of_cuda"]:
         sys.exit(1)
 
 
 # -- sanitizer --------------------------------------------------------------------------------
 def stage_sanitizer(ctx: StageContext) -> None:
-    """memcheck, racecheck and synccheck over one small launch of each kernel."""
-    sanitizer = shutil.which("compute-sanitizer")
+    """memcheck, racecheck and synccheck over one small launch of each kernel: one
+    process per tool and kernel file, launches synchronous, so that a report names
+    the kernel that made it."""
+    sanitizer = cuda_tool("compute-sanitizer")
     if sanitizer is None:
-        ctx.emit(error="compute-sanitizer is not on PATH")
+        ctx.emit(error="compute-sanitizer is neither on PATH nor in "
+                       + " or ".join(f"{home}/bin" for home in CUDA_HOMES))
         sys.exit(1)
     script = os.path.join(BENCH, "sanitize_kernels.py")
-    tools = ("memcheck", "racecheck", "synccheck")
+    env = dict(os.environ, CUDA_LAUNCH_BLOCKING="1")
+    runs = [(tool, name) for tool in ("memcheck", "racecheck", "synccheck")
+            for name in KERNEL_FILES]
     bad = False
-    for i, tool in enumerate(tools):
-        timeout = ctx.left_s() / (len(tools) - i) - 1
+    for i, (tool, name) in enumerate(runs):
+        timeout = ctx.left_s() / (len(runs) - i) - 1
         try:
-            done = subprocess.run([sanitizer, "--tool", tool, "--error-exitcode", "1",
-                                   sys.executable, script], cwd=ROOT, capture_output=True,
-                                  text=True, timeout=timeout)
-            output = done.stdout + done.stderr
-            summary = re.findall(r"(?:ERROR|RACECHECK) SUMMARY: [^\n]*", output)
+            done = run_bounded([sanitizer, "--tool", tool, "--error-exitcode", "1",
+                                sys.executable, script, name], timeout, cwd=ROOT, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            summary = re.findall(r"(?:ERROR|RACECHECK) SUMMARY: [^\n]*", done.stdout)
             row = {"exit_code": done.returncode, "summary": summary[-1] if summary else None}
             if done.returncode:
-                row["output_tail"] = output[-3000:]
-        except subprocess.TimeoutExpired:
-            row = {"exit_code": None, "summary": f"stopped after {timeout:.0f} s"}
+                row["output_tail"] = done.stdout[-3000:]
+        except subprocess.TimeoutExpired as exc:
+            row = {"exit_code": None, "summary": f"stopped after {timeout:.0f} s",
+                   "output_tail": (exc.stdout or "")[-3000:]}
         bad |= row["exit_code"] != 0
-        ctx.emit(**{tool: row})
+        ctx.emit(**{tool: dict(ctx.results.get(tool, {}), **{name: row})})
     if bad:
         sys.exit(1)
 
@@ -373,6 +463,9 @@ def stage_training(ctx: StageContext) -> None:
     import gpunet
     from gpunet import losses, models, optim
     from gpunet.data import DatasetError, load_fashion_mnist, transforms
+    if ctx.data_root is None:  # without a folder the loader would try a download
+        ctx.emit(error="no --data-root: the training stage reads Fashion-MNIST from a folder")
+        sys.exit(1)
     try:
         (x, y), (xt, yt) = load_fashion_mnist(ctx.data_root)
     except DatasetError as exc:
@@ -614,8 +707,8 @@ def stage_timings(ctx: StageContext) -> None:
         env["GPUNET_KERNELS"] = "0"
     timeout = ctx.left_s() - 2
     try:
-        done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
-                              timeout=max(timeout, 1))
+        done = run_bounded(cmd, max(timeout, 1), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE)
         step = {"exit_code": done.returncode, "table": done.stdout[-4000:]}
         if done.returncode:
             step["stderr_tail"] = done.stderr[-2000:]
@@ -633,3 +726,9 @@ def stage_timings(ctx: StageContext) -> None:
 
 STAGES = {"facts": stage_facts, "smoke": stage_smoke, "tests": stage_tests,
           "sanitizer": stage_sanitizer, "training": stage_training, "timings": stage_timings}
+
+
+if __name__ == "__main__":  # python bench/gpu_stages.py smoke-file conv2d: the smoke child
+    if sys.argv[1:2] != ["smoke-file"] or len(sys.argv) != 3 or sys.argv[2] not in KERNEL_FILES:
+        sys.exit(f"usage: gpu_stages.py smoke-file {{{','.join(KERNEL_FILES)}}}")
+    smoke_file(sys.argv[2])

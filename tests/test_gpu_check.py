@@ -1,24 +1,73 @@
 """bench/gpu_check.py, the script a short GPU slot runs: it must never be what
 fails there. Its dry run goes through the CuPy test double (make gpu-check-dry
-runs every stage; here, what happens when a stage runs out of its budget)."""
+runs every stage; here, what happens when a stage runs out of its budget, and
+what a bare GPU machine lacks: git, nvcc and compute-sanitizer on PATH, pytest,
+hypothesis, the data, time for a cold PyTorch import)."""
+import datetime
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "bench", "gpu_check.py")
+BENCH = os.path.join(ROOT, "bench")
+SCRIPT = os.path.join(BENCH, "gpu_check.py")
+DOUBLE = os.path.join(ROOT, "tests", "cupy_double")
+DOUBLE_SLUG = "cupy-test-double-numpy-on-the-cpu-not-a-gpu"
 needs_cupy = pytest.mark.skipif(importlib.util.find_spec("cupy") is None,
                                 reason="the CuPy test double reads the real CuPy")
 
 
-def run_check(*args):
-    env = {k: v for k, v in os.environ.items() if k != "GPUNET_CUPY_DOUBLE"}
+def bare_env(tmp_path, *pythonpath, **extra):
+    """The environment of a bare GPU machine: PATH holds neither git nor nvcc nor
+    compute-sanitizer, and no CUDA folder is named."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("GPUNET_CUPY_DOUBLE", "GPUNET_DATA", "CUDA_HOME", "CUDA_PATH")}
+    env["PATH"] = bare_path(tmp_path / "bare-bin")
+    env["PYTHONPATH"] = os.pathsep.join(map(str, [*pythonpath, ROOT]))
+    env.update(extra)
+    return env
+
+
+def bare_path(folder) -> str:
+    """A folder of links to what PATH holds (g++ for the CUDA emulator, sh, ...),
+    less git and the CUDA tools."""
+    if not folder.exists():
+        folder.mkdir()
+        for entry in filter(None, os.environ.get("PATH", "").split(os.pathsep)):
+            if not os.path.isdir(entry) or os.path.abspath(entry).startswith("/usr/local/cuda"):
+                continue
+            for name in os.listdir(entry):
+                if name not in ("git", "nvcc", "compute-sanitizer") and \
+                        not (folder / name).exists():
+                    (folder / name).symlink_to(os.path.join(entry, name))
+    return str(folder)
+
+
+def run_check(*args, env=None):
+    if env is None:
+        env = {k: v for k, v in os.environ.items() if k != "GPUNET_CUPY_DOUBLE"}
     return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True,
                           cwd=ROOT, env=env, timeout=300)
+
+
+def import_bench(name):
+    """bench/<name>.py, imported as gpu_check imports gpu_stages (beside it)."""
+    sys.path.insert(0, BENCH)
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(BENCH)
+
+
+def dry_report(out):
+    (path,) = out.glob(f"gpu-{datetime.date.today()}-{DOUBLE_SLUG}.json")
+    return json.loads(path.read_text())
 
 
 @needs_cupy
@@ -60,31 +109,371 @@ def test_stage_budget_must_name_a_stage_and_a_time(tmp_path, bad):
     assert not list(tmp_path.iterdir())  # refused before anything ran
 
 
-@needs_cupy
-def test_the_sanitizer_stage_runs_each_tool_and_reads_its_summary(tmp_path):
-    """The one stage the dry run skips, with a stand-in compute-sanitizer that runs
-    the script as the real one would and prints the real one's summary line."""
-    fake = tmp_path / "bin" / "compute-sanitizer"
-    fake.parent.mkdir()
-    fake.write_text("#!/bin/sh\n"
-                    "tool=$2; shift 4\n"  # --tool T --error-exitcode 1
-                    "\"$@\" || exit 1\n"
-                    "if [ \"$tool\" = racecheck ]; then\n"
-                    "  echo '========= RACECHECK SUMMARY: 0 hazards displayed'; exit 0\n"
-                    "fi\n"
-                    "echo '========= ERROR SUMMARY: 0 errors'\n")
+# A stand-in compute-sanitizer: it runs the program in its own process as the real
+# one would (recording what the sanitized process was given), then prints the real
+# one's summary line
+FAKE_SANITIZER = """#!{python}
+import json, os, runpy, sys
+args = sys.argv[1:]
+tool = args[args.index("--tool") + 1]
+program = args[args.index("--error-exitcode") + 2:]
+import cupy
+allocators = []
+real = getattr(cupy.cuda, "set_allocator", None)
+def set_allocator(allocator=None):
+    allocators.append(repr(allocator))
+    real(allocator)
+cupy.cuda.set_allocator = set_allocator
+sys.argv = program[1:]
+try:
+    runpy.run_path(program[1], run_name="__main__")
+    code = 0
+except SystemExit as exc:
+    code = exc.code
+with open(os.environ["SANITIZER_LOG"], "a") as f:
+    f.write(json.dumps({{"tool": tool, "program": program, "allocators": allocators,
+                        "blocking": os.environ.get("CUDA_LAUNCH_BLOCKING")}}) + "\\n")
+print("========= RACECHECK SUMMARY: 0 hazards displayed" if tool == "racecheck" else
+      "========= ERROR SUMMARY: 0 errors")
+sys.exit(1 if code else 0)
+"""
+
+
+def run_sanitizer_stage(tmp_path, sanitizer_text, budget, **extra):
+    """The sanitizer stage alone through the double, compute-sanitizer only in
+    ``$CUDA_HOME/bin`` (as in /usr/local/cuda/bin on a GPU machine), not on PATH."""
+    fake = tmp_path / "cuda" / "bin" / "compute-sanitizer"
+    fake.parent.mkdir(parents=True)
+    fake.write_text(sanitizer_text)
     fake.chmod(0o755)
     result = tmp_path / "stage.json"
-    env = {k: v for k, v in os.environ.items() if k != "GPUNET_CUPY_DOUBLE"}
-    env["PATH"] = f"{fake.parent}{os.pathsep}{env['PATH']}"
-    env["PYTHONPATH"] = os.pathsep.join([os.path.join(ROOT, "tests", "cupy_double"), ROOT,
-                                         os.path.join(ROOT, "bench")])
-    env["GPUNET_CUPY_DOUBLE"] = "1"
+    env = bare_env(tmp_path, DOUBLE, ROOT, BENCH, GPUNET_CUPY_DOUBLE="1",
+                   CUDA_HOME=str(tmp_path / "cuda"), **extra)
+    start = time.monotonic()
     done = subprocess.run([sys.executable, SCRIPT, "--run-stage", "sanitizer", "--result",
-                           str(result), "--out", str(tmp_path), "--budget", "240", "--dry-run"],
-                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+                           str(result), "--out", str(tmp_path), "--budget", str(budget),
+                           "--dry-run"], capture_output=True, text=True, cwd=ROOT, env=env,
+                          timeout=budget + 60)
+    return done, json.loads(result.read_text()), time.monotonic() - start
+
+
+@needs_cupy
+def test_the_sanitizer_runs_each_tool_on_each_kernel_file_alone_without_the_pool(tmp_path):
+    """The one stage the dry run skips: compute-sanitizer found in the CUDA folder
+    when PATH lacks it; each tool run once per kernel file, with synchronous
+    launches and CuPy's memory pool off in the sanitized process."""
+    log = tmp_path / "sanitizer.log"
+    done, rows, _ = run_sanitizer_stage(tmp_path, FAKE_SANITIZER.format(python=sys.executable),
+                                        240, SANITIZER_LOG=str(log))
     assert done.returncode == 0, done.stderr[-3000:]
-    rows = json.loads(result.read_text())
+    files = {"conv2d", "pool2d", "batchnorm"}
     assert set(rows) == {"memcheck", "racecheck", "synccheck"}
-    assert rows["memcheck"] == {"exit_code": 0, "summary": "ERROR SUMMARY: 0 errors"}
-    assert rows["racecheck"]["summary"].startswith("RACECHECK SUMMARY: 0 hazards")
+    for tool in rows:
+        assert set(rows[tool]) == files
+    assert rows["memcheck"]["pool2d"] == {"exit_code": 0, "summary": "ERROR SUMMARY: 0 errors"}
+    assert rows["racecheck"]["conv2d"]["summary"].startswith("RACECHECK SUMMARY: 0 hazards")
+    runs = [json.loads(line) for line in log.read_text().splitlines()]
+    assert sorted((r["tool"], r["program"][-1]) for r in runs) == sorted(
+        (tool, name) for tool in rows for name in files)
+    for run in runs:
+        assert run["blocking"] == "1", run
+        assert run["allocators"] == ["None"], run  # cudaMalloc per array, no pool
+
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@needs_cupy
+def test_the_sanitizer_is_stopped_at_its_budget_with_what_it_started(tmp_path):
+    """A sanitized program that hangs, and has started one of its own: both are
+    killed at the budget (a survivor holding the pipe would keep the stage waiting)."""
+    pids = tmp_path / "pids"
+    hanging = (f"#!/bin/sh\n/bin/sleep 120 &\necho $! >> {pids}\n"
+               f"/bin/sleep 120\n")
+    done, rows, seconds = run_sanitizer_stage(tmp_path, hanging, 6)
+    assert seconds < 30, done.stderr[-3000:]
+    assert done.returncode == 1
+    assert rows["memcheck"]["conv2d"]["exit_code"] is None
+    assert rows["memcheck"]["conv2d"]["summary"].startswith("stopped after")
+    started = pids.read_text().split()
+    assert started
+    deadline = time.monotonic() + 5
+    while any(alive(pid) for pid in started) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in started if alive(pid)]
+
+
+# -- a bare GPU machine -----------------------------------------------------------------
+def head_commit():
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                          text=True).stdout.strip()
+
+
+@needs_cupy
+@pytest.mark.skipif(shutil.which("git") is None, reason="git tells the test what HEAD is")
+def test_without_git_the_commit_is_read_from_dot_git_or_given(tmp_path):
+    env = bare_env(tmp_path)
+    done = run_check("--dry-run", "--out", str(tmp_path / "a"), "--stage", "sanitizer",
+                     env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    commit = dry_report(tmp_path / "a")["commit"]
+    assert len(commit) >= 7 and head_commit().startswith(commit)
+    done = run_check("--dry-run", "--out", str(tmp_path / "b"), "--stage", "sanitizer",
+                     "--commit", "abc1234", env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert dry_report(tmp_path / "b")["commit"] == "abc1234"
+
+
+def test_the_commit_is_read_from_a_worktree_and_packed_refs(tmp_path, monkeypatch):
+    """The layouts a copied tree may hold: ``.git`` a file naming a worktree's
+    folder, the refs in the main folder (``commondir``), loose or packed; a
+    detached HEAD; no ``.git`` at all."""
+    gpu_check = import_bench("gpu_check")
+    monkeypatch.setattr(shutil, "which", lambda *a, **k: None)
+    main, tree = tmp_path / "main" / ".git", tmp_path / "tree"
+    worktree = main / "worktrees" / "tree"
+    worktree.mkdir(parents=True)
+    tree.mkdir()
+    (tree / ".git").write_text(f"gitdir: {worktree}\n")
+    (worktree / "commondir").write_text("../..\n")
+    (worktree / "HEAD").write_text("ref: refs/heads/topic\n")
+    (main / "packed-refs").write_text("# pack-refs with: peeled fully-peeled sorted\n"
+                                      f"{'a' * 40} refs/heads/main\n"
+                                      f"{'b' * 40} refs/heads/topic\n")
+    assert gpu_check.git_commit(root=str(tree)) == "b" * 12
+    (main / "refs" / "heads").mkdir(parents=True)
+    (main / "refs" / "heads" / "topic").write_text("c" * 40 + "\n")  # loose wins
+    assert gpu_check.git_commit(root=str(tree)) == "c" * 12
+    (worktree / "HEAD").write_text("d" * 40 + "\n")
+    assert gpu_check.git_commit(root=str(tree)) == "d" * 12
+    assert gpu_check.git_commit(root=str(tmp_path)) == "unknown"
+    assert gpu_check.git_commit("1234abc", root=str(tmp_path)) == "1234abc"
+
+
+HIDE_MODULES = """import sys
+for name in {names!r}:
+    sys.modules[name] = None  # find_spec says None, import raises: as if not installed
+"""
+
+
+@needs_cupy
+def test_without_pytest_or_hypothesis_the_tests_stage_is_skipped_saying_so(tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(HIDE_MODULES.format(names=["hypothesis"]))
+    done = run_check("--dry-run", "--out", str(tmp_path), "--stage", "tests",
+                     env=bare_env(tmp_path, site))
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    first, *rest = done.stdout.splitlines()
+    assert "hypothesis (no tests stage)" in first
+    assert [line for line in rest if line.startswith("== tests: skipped: hypothesis")]
+    stage = dry_report(tmp_path)["stages"]["tests"]
+    assert stage["status"] == "skipped" and "hypothesis" in stage["results"]["why"]
+    assert not list(tmp_path.glob("junit-*.xml"))
+
+
+class FakePopen:
+    """Records each command; answers as a pytest run that passed."""
+    commands = []
+
+    def __init__(self, cmd, *args, **kwargs):
+        self.commands.append(list(cmd))
+        self.args, self.pid, self.returncode = cmd, 2**22 + 1, None
+        self.stdout = self.stderr = self.stdin = None
+
+    def communicate(self, input=None, timeout=None):
+        self.returncode = 0
+        return "3 passed in 0.1s\n", ""
+
+    def poll(self):
+        return self.returncode
+
+    def wait(self, timeout=None):
+        return self.returncode
+
+    def kill(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_on_a_gpu_the_tests_stage_runs_only_the_gpu_marked_tests(tmp_path, monkeypatch):
+    """The rest of the suite runs on CPU anywhere, and cannot fit in 90 s."""
+    gpu_stages = import_bench("gpu_stages")
+    FakePopen.commands = []
+    monkeypatch.setattr(subprocess, "Popen", FakePopen)
+    ctx = gpu_stages.StageContext(dry=False, out=str(tmp_path),
+                                  result_path=str(tmp_path / "stage.json"), budget_s=90)
+    gpu_stages.stage_tests(ctx)
+    (cmd,) = [c for c in FakePopen.commands if "pytest" in c]
+    assert [cmd[i + 1] for i, arg in enumerate(cmd) if arg == "-m"] == ["pytest", "gpu"]
+    assert not [arg for arg in cmd if "not gpu" in arg]
+
+
+SLOW_TORCH = """import os, time
+open(os.environ["TORCH_IMPORT_MARK"], "w").close()
+time.sleep(120)  # a cold import from a slow disk
+"""
+
+
+@needs_cupy
+def test_the_facts_stage_records_the_ceilings_before_importing_pytorch(tmp_path):
+    (tmp_path / "site" / "torch").mkdir(parents=True)
+    (tmp_path / "site" / "torch" / "__init__.py").write_text(SLOW_TORCH)
+    mark, result = tmp_path / "torch-import-began", tmp_path / "stage.json"
+    env = bare_env(tmp_path, tmp_path / "site", DOUBLE, ROOT, BENCH, GPUNET_CUPY_DOUBLE="1",
+                   TORCH_IMPORT_MARK=str(mark))
+    proc = subprocess.Popen([sys.executable, SCRIPT, "--run-stage", "facts", "--result",
+                             str(result), "--out", str(tmp_path), "--budget", "15",
+                             "--dry-run"], cwd=ROOT, env=env, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not mark.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert mark.exists(), proc.stderr.read().decode()[-3000:] if proc.poll() else ""
+        facts = json.loads(result.read_text())  # what a kill at the budget would leave
+    finally:
+        proc.kill()
+        proc.wait()
+    assert facts["copy_gbps"] > 0 and facts["sgemm_tflops"] > 0
+    assert "CuPy test double" in facts["gpu"]
+
+
+# Through the double, CuPy's laziness: RawModule compiles at the first
+# get_function, and pool2d.cu does not compile. Each get_function is logged with
+# its process and CUDA_LAUNCH_BLOCKING.
+LAZY_RAWMODULE = """import json, os
+if os.environ.get("GPUNET_CUPY_DOUBLE") == "1":
+    import cupy
+    if getattr(cupy, "IS_TEST_DOUBLE", False):
+        from cupy import _raw
+        class LazyModule:
+            def __init__(self, code, options):
+                self.code, self.options, self.module = code, options, None
+            def get_function(self, name):
+                with open(os.environ["KERNEL_LOG"], "a") as f:
+                    f.write(json.dumps({"pid": os.getpid(), "kernel": name,
+                                        "blocking": os.environ.get("CUDA_LAUNCH_BLOCKING")})
+                            + "\\n")
+                if self.module is None:
+                    if "max_pool2d_fwd" in self.code:
+                        raise _raw.CompileException("pool2d.cu(1): error: lazily refused")
+                    self.module = _raw.RawModule(self.code, tuple(self.options))
+                return self.module.get_function(name)
+        cupy.RawModule = lambda code=None, *, options=(), **kw: LazyModule(code, options)
+"""
+
+
+@pytest.fixture(scope="module")
+def lazy_smoke(tmp_path_factory):
+    """One dry smoke stage under LAZY_RAWMODULE: (its report, the kernel log)."""
+    tmp = tmp_path_factory.mktemp("lazy-smoke")
+    (tmp / "site").mkdir()
+    (tmp / "site" / "sitecustomize.py").write_text(LAZY_RAWMODULE)
+    log = tmp / "kernels.log"
+    done = run_check("--dry-run", "--out", str(tmp), "--stage", "smoke",
+                     env=bare_env(tmp, tmp / "site", KERNEL_LOG=str(log)))
+    assert done.returncode == 1, done.stdout + done.stderr[-3000:]
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    return dry_report(tmp)["stages"]["smoke"], rows
+
+
+@needs_cupy
+def test_smoke_compiles_each_kernel_file_before_saying_it_compiled(lazy_smoke):
+    stage, _ = lazy_smoke
+    assert stage["status"] == "failed"
+    compiled = {(row["file"], row["dtype"]): row for row in stage["results"]["compiled"]}
+    assert len(compiled) == 6
+    for dtype in ("float32", "float64"):
+        assert not compiled["pool2d.cu", dtype]["ok"]
+        assert "lazily refused" in compiled["pool2d.cu", dtype]["error"]
+        for name in ("conv2d.cu", "batchnorm.cu"):
+            assert compiled[name, dtype]["ok"] and compiled[name, dtype]["seconds"] >= 0
+
+
+@needs_cupy
+def test_smoke_runs_each_kernel_file_in_its_own_process_with_blocking_launches(lazy_smoke):
+    """So that a fault is raised by the launch that made it, and a context it
+    poisons costs one file's checks only."""
+    stage, rows = lazy_smoke
+    gpu_stages = import_bench("gpu_stages")
+    file_of = {k: name for name in gpu_stages.KERNEL_FILES for k in gpu_stages.file_kernels(name)}
+    files_by_pid = {}
+    for row in rows:
+        assert row["blocking"] == "1", row
+        files_by_pid.setdefault(row["pid"], set()).add(file_of[row["kernel"]])
+    assert sorted(f for files in files_by_pid.values() for f in files) == \
+        ["batchnorm", "conv2d", "pool2d"]
+    assert stage["results"]["processes"]["conv2d"] == {"exit_code": 0}
+    checks = [c for c in stage["results"]["checks"] if c["family"] == "batch_norm"]
+    assert checks and all(c["ok"] for c in checks)  # pool2d's failure stayed in its process
+
+
+@needs_cupy
+def test_without_data_the_training_stage_is_skipped_without_a_download(tmp_path):
+    cache = tmp_path / "cache"
+    done = run_check("--dry-run", "--out", str(tmp_path), "--stage", "training",
+                     env=bare_env(tmp_path, GPUNET_CACHE=str(cache),
+                                  GPUNET_MIRROR="http://127.0.0.1:9/"))
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    (line,) = [x for x in done.stdout.splitlines() if x.startswith("== training")]
+    assert line.startswith("== training: skipped: no Fashion-MNIST files in ")
+    assert "GPUNET_DATA" in line
+    stage = dry_report(tmp_path)["stages"]["training"]
+    assert stage["status"] == "skipped"
+    assert not cache.exists()  # no download was begun
+
+
+def test_the_training_data_is_found_only_where_it_was_put(tmp_path, monkeypatch):
+    gpu_check = import_bench("gpu_check")
+    folder = tmp_path / "data" / "fashion-mnist"
+    folder.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                 "t10k-images-idx3-ubyte.gz"):
+        (folder / name).write_bytes(b"")
+    monkeypatch.setenv("GPUNET_DATA", str(tmp_path / "data"))
+    assert gpu_check.fashion_mnist_root(None) is None  # one file short
+    (folder / "t10k-labels-idx1-ubyte.gz").write_bytes(b"")
+    assert gpu_check.fashion_mnist_root(None) == str(folder)
+    assert gpu_check.fashion_mnist_root(str(tmp_path)) is None  # the named folder, only
+    assert gpu_check.fashion_mnist_root(str(folder)) == str(folder)
+
+
+@needs_cupy
+def test_a_rerun_of_some_stages_updates_the_report_that_came_back_in_out(tmp_path):
+    """The report in --out is the one a GPU machine returns, perhaps dated the
+    day before: a rerun of one stage keeps its other stages."""
+    earlier = {"commit": "abc1234", "date": "2026-01-01", "stages": {
+        "smoke": {"status": "ok", "seconds": 9.0, "budget_s": 30, "results": {"checks": []}}}}
+    (tmp_path / f"gpu-2026-01-01-{DOUBLE_SLUG}.json").write_text(json.dumps(earlier))
+    done = run_check("--dry-run", "--out", str(tmp_path), "--stage", "sanitizer",
+                     env=bare_env(tmp_path))
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    stages = dry_report(tmp_path)["stages"]
+    assert stages["smoke"] == earlier["stages"]["smoke"]
+    assert stages["sanitizer"]["status"] == "skipped"
+
+
+def test_on_a_gpu_a_rerun_reads_the_report_in_out_before_bench_results(tmp_path):
+    gpu_check = import_bench("gpu_check")
+    out, results = tmp_path / "out", tmp_path / "results"
+    out.mkdir()
+    results.mkdir()
+    name = f"gpu-{datetime.date.today()}-nvidia-h200.json"
+    paths = [str(out / name), str(results / name)]
+    assert gpu_check.previous_report(str(out), "NVIDIA H200", paths) == {}
+    (results / name).write_text(json.dumps({"from": "bench/results"}))
+    assert gpu_check.previous_report(str(out), "NVIDIA H200", paths) == \
+        {"from": "bench/results"}
+    (out / "gpu-2026-01-01-nvidia-h200.json").write_text(json.dumps({"from": "out"}))
+    (out / "gpu-2026-01-02-nvidia-h100-80gb-hbm3.json").write_text("{}")
+    assert gpu_check.previous_report(str(out), "NVIDIA H200", paths) == {"from": "out"}

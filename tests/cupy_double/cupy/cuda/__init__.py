@@ -116,3 +116,12 @@ def get_elapsed_time(start_event, end_event):
 
 def is_available():
     return True
+
+
+_allocator = None  # what set_allocator was last given (``None``: cudaMalloc per array)
+
+
+def set_allocator(allocator=None):
+    """Which allocator CuPy would use; arrays here are NumPy's memory either way."""
+    global _allocator
+    _allocator = allocator
