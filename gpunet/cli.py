@@ -9,6 +9,7 @@ import math
 import os
 import platform
 import sys
+import traceback
 import warnings
 
 import numpy
@@ -162,6 +163,9 @@ def build_parser() -> Parser:
     ev.add_argument("checkpoint")
     ev.add_argument("--dataset", choices=sorted(DATASETS))
     ev.add_argument("--data-root")
+    ev.add_argument("--batch-size", type=_positive_int,
+                    help="images per forward pass (default: the run's training batch size, "
+                         "else 256)")
     ev.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: $GPUNET_DEVICE, "
                     "else auto)")
 
@@ -236,6 +240,12 @@ class _SaveEachEpoch:
     def __init__(self, out, meta):
         self.out, self.meta = out, meta
         self.epoch = None  # the last epoch saved by this run
+
+    def on_validation_start(self, run: Run):
+        # the epoch's training, saved before validating it: validation running out of
+        # memory would otherwise lose it (--resume continues at the validation)
+        if run.writer:
+            run.save(os.path.join(self.out, "last.npz"), **self.meta)
 
     def on_epoch_end(self, run: Run):
         if not run.writer:  # a distributed run's other ranks
@@ -401,6 +411,7 @@ def run_training(args, callbacks=(), test: bool = True, saver_box: list | None =
     _check_out(args)
     saved = _resume_settings(args, args.given) if args.resume else None
     backend.manual_seed(args.seed)
+    args.phase = "loading the data"
     (x, y), (x_test, y_test) = _load_dataset(args.dataset, args.data_root)
     if args.limit:
         x, y = x[:args.limit], y[:args.limit]
@@ -414,6 +425,8 @@ def run_training(args, callbacks=(), test: bool = True, saver_box: list | None =
     stats = Standardize().fit(to_float(x))
     x, x_dev, x_test = (_prepare(a, stats) for a in (x, x_dev, x_test))
 
+    args.phase = "building the model"
+    args.memory_model = (args.model, x.shape[1], args.batch_norm, x.shape[1:])
     model = _build_model(args.model, x.shape[1], args.batch_norm)
     if getattr(args, "sync_batch_norm", False):
         gpunet_distributed.sync_batch_norm(model)
@@ -451,6 +464,7 @@ def run_training(args, callbacks=(), test: bool = True, saver_box: list | None =
                         if args.batch_norm else ""))
         print(f"training {args.model} on {args.dataset} ({len(x):,} images, "
               f"{len(x_dev):,} for validation) on {where}", flush=True)
+    args.phase = "training"
     fit(model, SoftmaxCrossEntropy(), optimizer, (x, y), args.epochs, args.batch_size,
         val_data=val, schedule=schedule, callbacks=run_callbacks + list(callbacks),
         progress=not args.no_progress, history=history, initial_epoch=initial_epoch,
@@ -458,7 +472,9 @@ def run_training(args, callbacks=(), test: bool = True, saver_box: list | None =
         distributed=distributed)
     if not test:
         return history, None
-    return history, dict(evaluate(model, (x_test, y_test), world=world), images=len(x_test))
+    args.phase = "testing"
+    return history, dict(evaluate(model, (x_test, y_test), batch_size=args.batch_size,
+                                  world=world), images=len(x_test))
 
 
 def cmd_train(args) -> int:
@@ -496,13 +512,20 @@ def cmd_evaluate(args) -> int:
     dataset = args.dataset or meta.get("dataset")
     if dataset not in DATASETS:
         raise UsageError("--dataset is needed: the checkpoint does not name one")
-    model = _build_model(meta["architecture"], meta.get("in_channels", 1),
-                         meta.get("batch_norm", False))
+    args.phase = "building the model"
+    in_channels = meta.get("in_channels", 1)
+    args.memory_model = (meta["architecture"], in_channels, meta.get("batch_norm", False),
+                         (in_channels, *INPUT_SHAPES[meta["architecture"]][1:]))
+    model = _build_model(meta["architecture"], in_channels, meta.get("batch_norm", False))
     load(args.checkpoint, model, restore_rng=False)
+    args.phase = "loading the data"
     _, (x_test, y_test) = _load_dataset(dataset, args.data_root)
+    args.memory_model = (*args.memory_model[:3], x_test.shape[1:])
     std = meta.get("standardize") or {"mean": [0.0], "std": [1.0]}
     stats = Standardize(numpy.asarray(std["mean"]), numpy.asarray(std["std"]))
-    scores = evaluate(model, (_prepare(x_test, stats), y_test))
+    args.batch_size = args.batch_size or meta.get("flags", {}).get("batch_size") or 256
+    args.phase = f"evaluating the {dataset} test set"
+    scores = evaluate(model, (_prepare(x_test, stats), y_test), batch_size=args.batch_size)
     print(f"loss {scores['loss']:.4f}  accuracy {scores['accuracy']:.4f}  "
           f"({len(x_test):,} {dataset} test images)")
     return 0
@@ -698,6 +721,63 @@ COMMANDS = {"train": cmd_train, "tune": cmd_tune, "evaluate": cmd_evaluate,
             "info": cmd_info}
 
 
+def _size(nbytes: float) -> str:
+    return f"{nbytes / 2**30:,.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:,.1f} MiB"
+
+
+# Arrays an optimizer keeps per parameter, beside the parameter and its gradient.
+OPTIMIZER_SLOTS = {"adam": 2, "rmsprop": 1, "momentum": 1, "sgd": 1}
+
+
+def _memory_needs(args) -> str:
+    """What the run's model needs, from its summary (built again on the CPU): its
+    parameters (with gradients and optimizer state when training) and the
+    activations of one forward pass at the batch size; "" where that is unknown."""
+    name, in_channels, batch_norm, input_shape = args.memory_model
+    previous = backend.get_device()
+    try:
+        backend.set_device("cpu")
+        table = summary(_build_model(name, in_channels, batch_norm), input_shape,
+                        print_table=False)
+    except (MemoryError, ValueError):
+        return ""
+    finally:
+        backend.set_device(previous)
+    params = 4 * table.total_params  # float32
+    line = f"{name} has {table.total_params:,} parameters ({_size(params)}"
+    if args.command == "train":
+        slots = OPTIMIZER_SLOTS[args.optimizer] if args.optimizer != "sgd" or args.momentum \
+            else 0
+        line += f", {_size(params * (2 + slots))} with gradients and {args.optimizer} state"
+    activations = 4 * sum(row.size for row in table.rows) * args.batch_size
+    return (line + f") and its activations take {_size(activations)} at batch "
+            f"{args.batch_size} (gpunet summary {name})")
+
+
+def _out_of_memory_message(args, exc: MemoryError) -> str:
+    """The command, its phase, GPU or host memory, what the model needs and what to
+    lower, in one line."""
+    from .train import OutOfMemoryError
+    gpu = exc.gpu if isinstance(exc, OutOfMemoryError) else backend.is_out_of_memory(exc)
+    traceback.clear_frames(exc.__traceback__)  # they hold the model and the batch
+    backend.release_cached_memory()
+    command = getattr(args, "command", None) or "gpunet"
+    phase = getattr(args, "phase", None) or "running"
+    where = f" ({exc.where})" if isinstance(exc, OutOfMemoryError) else ""
+    detail = exc.detail if isinstance(exc, OutOfMemoryError) else str(exc)
+    memory = f"GPU memory on {backend.get_device().name}" if gpu else "host memory"
+    needs = _memory_needs(args) if hasattr(args, "memory_model") else ""
+    advice = []
+    if hasattr(args, "batch_size") and phase not in ("building the model", "loading the data"):
+        advice.append(f"lower --batch-size (now {args.batch_size})")
+    if command == "train":
+        advice.append("choose a smaller --model")
+    if gpu:
+        advice.append("use --device cpu")
+    return (f"{command}: out of {memory} while {phase}{where}: {detail}"
+            + (f"; {needs}" if needs else "") + (f"; {', or '.join(advice)}" if advice else ""))
+
+
 def _one_line_warning(message, category, filename, lineno, line=None):
     return f"gpunet: warning: {message}\n"
 
@@ -714,6 +794,7 @@ def _fail(message: str, code: int) -> int:
 def main(argv=None) -> int:
     warnings.formatwarning = _one_line_warning
     argv = sys.argv[1:] if argv is None else list(argv)
+    args = None
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -723,8 +804,10 @@ def main(argv=None) -> int:
     except (UsageError, DatasetError, CheckpointError, backend.DeviceError, ValueError,
             TypeError, OSError, ImportError, gpunet_distributed.DistributedError) as exc:
         return _fail(f"error: {exc}", 2)
-    except (NonFiniteError, MemoryError) as exc:
+    except NonFiniteError as exc:
         return _fail(f"training stopped: {exc}", 1)
+    except MemoryError as exc:  # CuPy's OutOfMemoryError is one too
+        return _fail(_out_of_memory_message(args, exc), 1)
     except KeyboardInterrupt:
         print("gpunet: interrupted", file=sys.stderr)
         return 130
