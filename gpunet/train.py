@@ -365,8 +365,9 @@ def fit(model: Module, loss, optimizer, train_data, epochs: int, batch_size: int
     (after the callbacks' ``on_validation_start``), steps ``schedule``, then runs
     the callbacks' ``on_epoch_end``. Running out of GPU or host memory raises
     :class:`OutOfMemoryError` naming the step or the validation. A ``history``
-    saved mid-epoch (``history.partial``) resumes at the batch where it stopped. Stops with :class:`NonFiniteError` at
-    the first NaN or Inf output, loss or gradient. ``drop_last`` drops each epoch's
+    saved mid-epoch (``history.partial``) resumes at the batch where it stopped.
+    Stops with :class:`NonFiniteError` at the first NaN or Inf output, loss or
+    gradient. ``drop_last`` drops each epoch's
     last, smaller batch; by default (``None``) only a last batch of one example when
     the model has batch norm, whose training statistics need two.
 
