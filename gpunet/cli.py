@@ -14,7 +14,7 @@ import warnings
 
 import numpy
 
-from . import __version__, backend
+from . import __version__, _checks, backend
 from . import distributed as gpunet_distributed
 from .data import DatasetError, load_cifar10, load_fashion_mnist, load_mnist, synthetic_images
 from .data.batching import train_dev_test_split
@@ -182,7 +182,8 @@ def build_parser() -> Parser:
     # is then below 1e-7 of even small gradients, and the O(eps^2) error still negligible.
     gc.add_argument("--eps", type=float, default=1e-6)
     gc.add_argument("--seed", type=int, default=0)
-    gc.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    gc.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: $GPUNET_DEVICE, "
+                    "else auto)")
 
     bn = sub.add_parser("bench", help="time layers and training steps beside PyTorch; "
                         "save the table as JSON")
@@ -190,7 +191,8 @@ def build_parser() -> Parser:
                     help="only these nets' cases (repeatable; default: all)")
     bn.add_argument("--op", action="append", choices=["conv", "maxpool", "batchnorm", "step"],
                     help="only these ops (repeatable; default: all)")
-    bn.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    bn.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: $GPUNET_DEVICE, "
+                    "else auto)")
     bn.add_argument("--rounds", type=_positive_int, default=5,
                     help="turns each library takes; the median is reported")
     bn.add_argument("--no-torch", action="store_true", help="time gpunet only")
@@ -547,7 +549,8 @@ def cmd_gradcheck(args) -> int:
     x = rng.standard_normal((args.batch_size, *shape))
     classes = model.parameters()[-1].shape[0]
     y = rng.integers(0, classes, args.batch_size)
-    x, y = backend.to_device(x, args.device), backend.to_device(y, args.device)
+    device = backend.get_device()
+    x, y = backend.to_device(x, device), backend.to_device(y, device)
     report = gradcheck(model, SoftmaxCrossEntropy(), x, y, eps=args.eps,
                        max_per_param=args.max_per_param, seed=args.seed)
     print(report)
@@ -561,8 +564,8 @@ def bench_cases():
 
 def cmd_bench(args) -> int:
     from . import benchmarks
-    if args.device != "cpu":
-        args.device = backend.resolve_device(args.device).name  # a clear error if unusable
+    _use_device(args.device)  # the one rule: --device, else $GPUNET_DEVICE, else auto
+    args.device = backend.get_device().name
     cases = [c for c in benchmarks.CASES if (not args.net or c.net in args.net)
              and (not args.op or c.op in args.op)]
     if not cases:
@@ -798,6 +801,7 @@ def main(argv=None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
+        _checks.check_environment()
         subparser = {"train": parser.train_parser, "tune": parser.tune_parser}.get(args.command)
         args.given = _given_flags(subparser, argv) if subparser else set()
         return COMMANDS[args.command](args)

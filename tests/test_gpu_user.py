@@ -3,12 +3,15 @@ bias before it, bench on a GPU machine with PyTorch's CPU build, out-of-memory
 messages, device memory in ``bench --memory`` and one rule for the GPUNET_*
 variables. Tests marked ``gpu`` run through the CuPy test double without a GPU
 (``GPUNET_CUPY_DOUBLE=1``), where its pool's limit stands in for a small GPU."""
+import os
+import subprocess
+import sys
 
 import numpy
 import pytest
 
 import gpunet
-from gpunet import backend, cli, losses, models, optim, train
+from gpunet import _checks, backend, benchmarks, cli, losses, models, optim, train
 
 from .helpers import CUPY_DOUBLE
 
@@ -174,3 +177,82 @@ def test_cli_out_of_host_memory_in_a_step_says_host(tmp_path, capsys, monkeypatc
            "allocate 3.00 GiB" in line
     assert "lenet5 has 62,006 parameters" in line and "lower --batch-size (now 16)" in line
     assert "GPU" not in line and "--device cpu" not in line
+
+
+# -- 10. one rule for the device and for every boolean GPUNET_* variable ---------------------
+
+
+@pytest.mark.parametrize("name", sorted(_checks.BOOLEAN_VARIABLES))
+def test_every_boolean_variable_takes_every_spelling_or_names_itself(name, monkeypatch):
+    for words, value in ((("1", "true", "TRUE", "yes", "Yes", "on", " ON "), True),
+                         (("0", "false", "False", "no", "NO", "off", "Off"), False)):
+        for word in words:
+            monkeypatch.setenv(name, word)
+            assert _checks.env_flag(name) is value, (name, word)
+    monkeypatch.setenv(name, "")
+    assert _checks.env_flag(name) is _checks.BOOLEAN_VARIABLES[name]
+    monkeypatch.setenv(name, "maybe")
+    with pytest.raises(ValueError, match=f"^{name}: expected 1/0, true/false, yes/no or "
+                                         "on/off, got 'maybe'$"):
+        _checks.env_flag(name)
+
+
+def test_every_boolean_variable_in_gpunet_is_read_through_env_flag():
+    """No other reading of a GPUNET_* flag is left (``== "1"`` took ``true`` as off)."""
+    root = os.path.dirname(gpunet.__file__)
+    for folder, _, files in os.walk(root):
+        for file in (f for f in files if f.endswith(".py")):
+            text = open(os.path.join(folder, file)).read()
+            for name in _checks.BOOLEAN_VARIABLES:
+                assert f'environ.get("{name}"' not in text, (file, name)
+
+
+@pytest.mark.parametrize("name", sorted(_checks.BOOLEAN_VARIABLES))
+def test_cli_refuses_a_bad_boolean_variable_in_one_line(name, monkeypatch, capsys):
+    monkeypatch.setenv(name, "maybe")
+    assert cli.main(["summary", "lenet5"]) == 2
+    assert _one_line(capsys.readouterr().err) == (
+        f"gpunet: error: {name}: expected 1/0, true/false, yes/no or on/off, got 'maybe'")
+
+
+def test_true_and_off_are_taken_in_a_fresh_process():
+    env = dict(os.environ, GPUNET_ALLOW_TF32="true", GPUNET_KERNELS="Off",
+               GPUNET_CPU_ACCEL="no", GPUNET_DEVICE="cpu")
+    code = ("from gpunet import cuda, ops; print(cuda.allow_tf32(), cuda.kernels_enabled(), "
+            "ops.cpu_accelerators_enabled())")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "False", "False"]
+    env["GPUNET_KEEP_FREED_MEMORY"] = "maybe"  # read at import: a warning, not a traceback
+    done = subprocess.run([sys.executable, "-c", "import gpunet"], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert done.returncode == 0 and "GPUNET_KEEP_FREED_MEMORY: expected" in done.stderr
+
+
+@pytest.fixture
+def tiny_bench(monkeypatch):
+    monkeypatch.setattr(benchmarks, "SWITCH_PAUSE_S", 0.0)
+    monkeypatch.setattr(benchmarks, "SETTLE_S", 0.0)
+    tiny = benchmarks.Case("lenet5", "pool1", "maxpool", (2, 6, 28, 28), (2, 2))
+    monkeypatch.setattr(benchmarks, "CASES", [tiny])
+
+
+@pytest.mark.parametrize("command", [["gradcheck", "lenet5", "--max-per-param", "1"],
+                                     ["bench", "--rounds", "1", "--no-torch"]])
+def test_gradcheck_and_bench_follow_gpunet_device(command, tiny_bench, monkeypatch, capsys,
+                                                  tmp_path):
+    monkeypatch.setenv("GPUNET_DEVICE", "cuda:3")
+    assert cli.main([*command, *(["--out", str(tmp_path)] if command[0] == "bench" else [])]) \
+        == 2
+    assert "GPUNET_DEVICE=cuda:3: cannot use cuda:3" in _one_line(capsys.readouterr().err)
+
+
+@pytest.mark.gpu
+def test_bench_runs_on_the_device_gpunet_device_names(tiny_bench, monkeypatch, tmp_path,
+                                                       capsys):
+    _needs_cuda()
+    monkeypatch.setenv("GPUNET_DEVICE", "cuda")
+    assert cli.main(["bench", "--rounds", "1", "--no-torch", "--out", str(tmp_path)]) == 0
+    assert "cuda:0" in capsys.readouterr().out
+    assert len(list(tmp_path.glob("bench-cuda0-*.json"))) == 1
