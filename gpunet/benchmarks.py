@@ -329,8 +329,9 @@ def paired_ratio(theirs: list, ours: list) -> float:
 
 def run(cases=None, device: str = "cpu", rounds: int = 5, min_round_s: float = 0.2,
         with_torch: bool = True, progress: Callable[[str], None] | None = None) -> list[dict]:
-    """Time each case with gpunet (and PyTorch when installed); one row per case."""
-    torch = _import_torch() if with_torch else None
+    """Time each case with gpunet (and PyTorch when installed and able to use
+    ``device``: see :func:`torch_unusable`); one row per case."""
+    torch = _import_torch() if with_torch and torch_unusable(device) is None else None
     rows = []
     for case in CASES if cases is None else cases:
         if progress:
@@ -372,6 +373,18 @@ def _import_torch():
     except ImportError:
         return None
     return torch
+
+
+def torch_unusable(device: str) -> str | None:
+    """Why the installed PyTorch cannot run on ``device``, or ``None`` (also when
+    PyTorch is missing: its column is then empty). Its CPU build, what ``make test``
+    installs, cannot use a GPU ("Torch not compiled with CUDA enabled")."""
+    torch = _import_torch()
+    if torch is None or not device.startswith("cuda") or torch.cuda.is_available():
+        return None
+    build = "a CPU build" if torch.version.cuda is None else "no GPU it can use"
+    return (f"the PyTorch column is skipped: PyTorch {torch.__version__} is {build} "
+            f"(install a CUDA build of PyTorch to compare on {device})")
 
 
 def format_table(rows: list[dict]) -> str:

@@ -571,6 +571,10 @@ def cmd_bench(args) -> int:
     if not cases:
         raise UsageError(f"no benchmark case matches --net {args.net} --op {args.op}")
     report = {"environment": benchmarks.environment(args.device)}
+    unusable = None if args.no_torch else benchmarks.torch_unusable(args.device)
+    if unusable:
+        print(f"gpunet: {unusable}", file=sys.stderr)
+        args.no_torch = True
     report["rows"] = benchmarks.run(
         cases, args.device, rounds=args.rounds, with_torch=not args.no_torch,
         progress=lambda name: print(f"timing {name} ...", file=sys.stderr, flush=True))

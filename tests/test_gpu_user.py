@@ -3,6 +3,7 @@ bias before it, bench on a GPU machine with PyTorch's CPU build, out-of-memory
 messages, device memory in ``bench --memory`` and one rule for the GPUNET_*
 variables. Tests marked ``gpu`` run through the CuPy test double without a GPU
 (``GPUNET_CUPY_DOUBLE=1``), where its pool's limit stands in for a small GPU."""
+import json
 import os
 import subprocess
 import sys
@@ -256,3 +257,22 @@ def test_bench_runs_on_the_device_gpunet_device_names(tiny_bench, monkeypatch, t
     assert cli.main(["bench", "--rounds", "1", "--no-torch", "--out", str(tmp_path)]) == 0
     assert "cuda:0" in capsys.readouterr().out
     assert len(list(tmp_path.glob("bench-cuda0-*.json"))) == 1
+
+
+# -- 5. bench on a GPU machine with PyTorch's CPU build --------------------------------------
+
+
+@pytest.mark.gpu
+def test_bench_on_cuda_with_pytorchs_cpu_build_skips_its_column_in_one_line(
+        tiny_bench, tmp_path, capsys):
+    _needs_cuda()
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this PyTorch can use the GPU")
+    assert cli.main(["bench", "--device", "cuda", "--rounds", "1", "--out", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert _one_line(captured.err).startswith(
+        "gpunet: the PyTorch column is skipped: PyTorch ") and "a CPU build" in captured.err
+    (path,) = tmp_path.glob("bench-cuda0-*.json")
+    (row,) = json.loads(path.read_text())["rows"]
+    assert row["torch_ms"] is None and row["gpunet_ms"] > 0
