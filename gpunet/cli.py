@@ -197,7 +197,8 @@ def build_parser() -> Parser:
                     help="turns each library takes; the median is reported")
     bn.add_argument("--no-torch", action="store_true", help="time gpunet only")
     bn.add_argument("--memory", action="store_true",
-                    help="also compare peak memory: a LeNet-5 epoch, an AlexNet-CIFAR step")
+                    help="also compare peak memory: a LeNet-5 epoch, an AlexNet-CIFAR step "
+                         "(resident memory on the CPU, device memory on a GPU)")
     bn.add_argument("--images", type=_positive_int, default=60000,
                     help="images in the LeNet-5 epoch of --memory")
     bn.add_argument("--out", default=os.path.join("bench", "results"),
@@ -580,7 +581,8 @@ def cmd_bench(args) -> int:
         progress=lambda name: print(f"timing {name} ...", file=sys.stderr, flush=True))
     print(benchmarks.format_table(report["rows"]))
     if args.memory:
-        report["memory"] = benchmarks.memory(images=args.images, with_torch=not args.no_torch)
+        report["memory"] = benchmarks.memory(images=args.images, with_torch=not args.no_torch,
+                                             device=args.device)
         print()
         print(benchmarks.format_memory(report["memory"]))
     path = benchmarks.save(report, args.out, f"bench-{args.device.replace(':', '')}")

@@ -374,3 +374,41 @@ def test_batch_norm_lenet_without_biases_trains_the_same_on_the_device(rng):
         train.train_step(model, losses.SoftmaxCrossEntropy(), opt, xd, yd)
         results[device] = backend.to_numpy(model.eval()(xd))
     assert_close(results["cuda"], results["cpu"], 1e-9, 1e-10, "eval after a step")
+
+
+# -- 9. bench --memory on a GPU measures device memory ----------------------------------------
+
+
+@pytest.mark.gpu
+def test_bench_memory_on_cuda_measures_the_device_pool(tiny_bench, monkeypatch, tmp_path,
+                                                       capsys):
+    _needs_cuda()
+    if CUPY_DOUBLE:
+        monkeypatch.setenv("GPUNET_KERNELS", "0")  # the emulator: far too slow for a step
+    (row,) = benchmarks.memory(["alexnet_cifar_step"], with_torch=False, device="cuda:0")
+    assert row["device"] == "cuda:0" and row["measure"] == "cupy"
+    # at least what a step keeps on the device: conv1's output, 64 x 64 x 32 x 32 floats
+    assert 16 <= row["extra_mb"] < 4000
+    assert benchmarks.format_memory([row]).startswith(
+        "peak memory: GPU memory held by CuPy's pool on cuda:0")
+    assert cli.main(["bench", "--device", "cuda", "--rounds", "1", "--no-torch", "--memory",
+                     "--images", "64", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "peak memory: GPU memory held by CuPy's pool on cuda:0" in out
+    assert "resident" not in out
+
+
+@pytest.mark.cupy_double
+def test_the_doubles_pool_holds_freed_blocks_as_cupys_does():
+    if not CUPY_DOUBLE:
+        pytest.skip("the CuPy test double is not in use")
+    import cupy
+    pool = cupy.get_default_memory_pool()
+    pool.free_all_blocks()
+    start = pool.used_bytes()
+    a = cupy.zeros(1 << 20, dtype=cupy.float32)
+    del a
+    assert pool.used_bytes() == start and pool.total_bytes() == start + 4 * 2**20
+    assert pool.free_bytes() == 4 * 2**20
+    pool.free_all_blocks()
+    assert pool.total_bytes() == start and pool.free_bytes() == 0
