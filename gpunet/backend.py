@@ -18,6 +18,8 @@ from types import ModuleType
 
 import numpy
 
+from ._checks import env_flag
+
 try:  # CuPy is optional; a broken install counts as missing, with its reason.
     import cupy as _cupy
 
@@ -398,5 +400,16 @@ def keep_freed_cpu_memory() -> bool:
                 and libc.mallopt(_M_TRIM_THRESHOLD, CPU_KEEP_FREED_BYTES))
 
 
-if os.environ.get("GPUNET_KEEP_FREED_MEMORY", "1") != "0":
+def _keep_freed_memory_at_import() -> bool:
+    # a bad value must not make ``import gpunet`` fail: warned here, and refused by
+    # the CLI (check_environment) before it starts
+    try:
+        return env_flag("GPUNET_KEEP_FREED_MEMORY")
+    except ValueError as exc:
+        warnings.warn(f"{exc}; keeping freed memory as by default", RuntimeWarning,
+                      stacklevel=2)
+        return True
+
+
+if _keep_freed_memory_at_import():
     keep_freed_cpu_memory()

@@ -331,8 +331,9 @@ def paired_ratio(theirs: list, ours: list) -> float:
 
 def run(cases=None, device: str = "cpu", rounds: int = 5, min_round_s: float = 0.2,
         with_torch: bool = True, progress: Callable[[str], None] | None = None) -> list[dict]:
-    """Time each case with gpunet (and PyTorch when installed); one row per case."""
-    torch = _import_torch() if with_torch else None
+    """Time each case with gpunet (and PyTorch when installed and able to use
+    ``device``: see :func:`torch_unusable`); one row per case."""
+    torch = _import_torch() if with_torch and torch_unusable(device) is None else None
     rows = []
     for case in CASES if cases is None else cases:
         if progress:
@@ -374,6 +375,18 @@ def _import_torch():
     except ImportError:
         return None
     return torch
+
+
+def torch_unusable(device: str) -> str | None:
+    """Why the installed PyTorch cannot run on ``device``, or ``None`` (also when
+    PyTorch is missing: its column is then empty). Its CPU build, what ``make test``
+    installs, cannot use a GPU ("Torch not compiled with CUDA enabled")."""
+    torch = _import_torch()
+    if torch is None or not device.startswith("cuda") or torch.cuda.is_available():
+        return None
+    build = "a CPU build" if torch.version.cuda is None else "no GPU it can use"
+    return (f"the PyTorch column is skipped: PyTorch {torch.__version__} is {build} "
+            f"(install a CUDA build of PyTorch to compare on {device})")
 
 
 def format_table(rows: list[dict]) -> str:
@@ -453,54 +466,93 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def memory_child(library: str, workload: str, images: int = 60000) -> dict:
-    """Run ``workload`` in this process and return its peak resident memory above
-    what the process held just before (imports, model and data included there).
-    Meant for a fresh process, where nothing else has grown the heap."""
+# What memory_child measures: the process's resident memory on the CPU; on a GPU
+# the device memory of CuPy's pool (or PyTorch's caching allocator).
+MEASURES = {"cpu": "resident memory (RSS)", "cupy": "GPU memory held by CuPy's pool",
+            "torch-cuda": "GPU memory allocated by PyTorch"}
+
+
+def memory_child(library: str, workload: str, images: int = 60000,
+                 device: str = "cpu") -> dict:
+    """Run ``workload`` in this process on ``device`` and return its peak memory above
+    what was held just before (imports, model and data included there): resident
+    memory on the CPU; on a GPU, device memory. CuPy's pool keeps freed blocks for
+    reuse, so what it holds after the run (``total_bytes``) is its high-water mark.
+    Meant for a fresh process, where nothing else has grown the heap or the pool."""
     net = "lenet5" if workload == "lenet5_epoch" else "alexnet_cifar"
     make, batch, shape = STEP_WORKLOADS[net]
     n = images if workload == "lenet5_epoch" else 2 * batch  # two steps: the first allocates
     x_all, y_all = _batch((n, *shape))
+    gpu = device.startswith("cuda")
     if library == "torch":
         import torch
+        tdev = torch.device(device if gpu else "cpu")
         x_all, y_all = torch.from_numpy(x_all), torch.from_numpy(y_all)
         torch.manual_seed(0)
-        model = torch_model(net, torch)
+        model = torch_model(net, torch).to(tdev)
         opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
         loss = torch.nn.CrossEntropyLoss()
 
         def step(x, y):
             opt.zero_grad()
-            loss(model(x), y).backward()
+            loss(model(x.to(tdev)), y.to(tdev)).backward()
             opt.step()
+        measure = "torch-cuda" if gpu else "cpu"
+        if gpu:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats(tdev)
+
+            def used():
+                return torch.cuda.memory_allocated(tdev) / 2**20
+
+            def high():
+                return torch.cuda.max_memory_allocated(tdev) / 2**20
     else:
-        backend.set_device("cpu")
+        dev = backend.set_device(device)
         model, loss = make(), losses.SoftmaxCrossEntropy()
         opt = optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
 
-        def step(x, y):
-            train_step(model, loss, opt, x, y, check_finite=False)
-    before = _rss_mb()
-    reset = _reset_peak_rss()
+        def step(x, y):  # batches move to the device as in fit
+            train_step(model, loss, opt, dev.xp.asarray(x), dev.xp.asarray(y),
+                       check_finite=False)
+        measure = "cupy" if gpu else "cpu"
+        if gpu:
+            pool = dev.xp.get_default_memory_pool()
+            pool.free_all_blocks()
+
+            def used():
+                return pool.total_bytes() / 2**20
+            high = used
+    if not gpu:
+        used, high = _rss_mb, _peak_rss_mb
+    before = used()
+    reset = gpu or _reset_peak_rss()
     start = time.perf_counter()
     for i in range(0, n, batch):
         step(x_all[i:i + batch], y_all[i:i + batch])
+    if library == "gpunet":
+        backend.get_device().synchronize()
     seconds = time.perf_counter() - start
-    peak = _peak_rss_mb()
-    return {"library": library, "workload": workload, "before_mb": before, "peak_mb": peak,
-            "extra_mb": peak - before, "seconds": seconds, "peak_reset": reset}
+    peak = high()
+    return {"library": library, "workload": workload, "device": device, "measure": measure,
+            "before_mb": before, "peak_mb": peak, "extra_mb": peak - before,
+            "seconds": seconds, "peak_reset": reset}
 
 
-def memory(workloads=MEMORY_WORKLOADS, images: int = 60000, with_torch: bool = True) -> list:
-    """Each workload once per library, each run in a fresh Python process."""
-    libraries = ["gpunet"] + (["torch"] if with_torch and _import_torch() else [])
+def memory(workloads=MEMORY_WORKLOADS, images: int = 60000, with_torch: bool = True,
+           device: str = "cpu") -> list:
+    """Each workload once per library on ``device``, each run in a fresh Python
+    process (PyTorch only where it can use the device: :func:`torch_unusable`)."""
+    libraries = ["gpunet"] + (["torch"] if with_torch and _import_torch()
+                              and torch_unusable(device) is None else [])
     rows = []
     for workload in workloads:
         for library in libraries:
             code = ("import json, sys; from gpunet.benchmarks import memory_child; "
-                    f"print(json.dumps(memory_child({library!r}, {workload!r}, {images})))")
+                    "print(json.dumps(memory_child("
+                    f"{library!r}, {workload!r}, {images}, {device!r})))")
             done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                  check=False, env={**os.environ, "GPUNET_DEVICE": "cpu"})
+                                  check=False, env={**os.environ, "GPUNET_DEVICE": device})
             if done.returncode != 0:
                 raise RuntimeError(f"memory run {library} {workload} failed:\n{done.stderr}")
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
@@ -508,7 +560,11 @@ def memory(workloads=MEMORY_WORKLOADS, images: int = 60000, with_torch: bool = T
 
 
 def format_memory(rows: list[dict]) -> str:
-    lines = ["workload             library  peak above start (MiB)  time (s)  vs torch"]
+    """The table, under a line saying what was measured on which device."""
+    measures = sorted({(r.get("device", "cpu"), MEASURES[r.get("measure", "cpu")])
+                       for r in rows})
+    lines = ["peak memory: " + "; ".join(f"{what} on {device}" for device, what in measures),
+             "workload             library  peak above start (MiB)  time (s)  vs torch"]
     extra = {(r["workload"], r["library"]): r["extra_mb"] for r in rows}
     for r in rows:
         theirs = extra.get((r["workload"], "torch"))

@@ -9,11 +9,12 @@ import math
 import os
 import platform
 import sys
+import traceback
 import warnings
 
 import numpy
 
-from . import __version__, backend
+from . import __version__, _checks, backend
 from . import distributed as gpunet_distributed
 from .data import DatasetError, load_cifar10, load_fashion_mnist, load_mnist, synthetic_images
 from .data.batching import train_dev_test_split
@@ -162,6 +163,9 @@ def build_parser() -> Parser:
     ev.add_argument("checkpoint")
     ev.add_argument("--dataset", choices=sorted(DATASETS))
     ev.add_argument("--data-root")
+    ev.add_argument("--batch-size", type=_positive_int,
+                    help="images per forward pass (default: the run's training batch size, "
+                         "else 256)")
     ev.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: $GPUNET_DEVICE, "
                     "else auto)")
 
@@ -178,7 +182,8 @@ def build_parser() -> Parser:
     # is then below 1e-7 of even small gradients, and the O(eps^2) error still negligible.
     gc.add_argument("--eps", type=float, default=1e-6)
     gc.add_argument("--seed", type=int, default=0)
-    gc.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    gc.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: $GPUNET_DEVICE, "
+                    "else auto)")
 
     bn = sub.add_parser("bench", help="time layers and training steps beside PyTorch; "
                         "save the table as JSON")
@@ -186,12 +191,14 @@ def build_parser() -> Parser:
                     help="only these nets' cases (repeatable; default: all)")
     bn.add_argument("--op", action="append", choices=["conv", "maxpool", "batchnorm", "step"],
                     help="only these ops (repeatable; default: all)")
-    bn.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    bn.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: $GPUNET_DEVICE, "
+                    "else auto)")
     bn.add_argument("--rounds", type=_positive_int, default=5,
                     help="turns each library takes; the median is reported")
     bn.add_argument("--no-torch", action="store_true", help="time gpunet only")
     bn.add_argument("--memory", action="store_true",
-                    help="also compare peak memory: a LeNet-5 epoch, an AlexNet-CIFAR step")
+                    help="also compare peak memory: a LeNet-5 epoch, an AlexNet-CIFAR step "
+                         "(resident memory on the CPU, device memory on a GPU)")
     bn.add_argument("--images", type=_positive_int, default=60000,
                     help="images in the LeNet-5 epoch of --memory")
     bn.add_argument("--out", default=os.path.join("bench", "results"),
@@ -237,6 +244,12 @@ class _SaveEachEpoch:
         self.out, self.meta = out, meta
         self.epoch = None  # the last epoch saved by this run
         self.plots = True  # False once plotting failed for want of matplotlib (said once)
+
+    def on_validation_start(self, run: Run):
+        # the epoch's training, saved before validating it: validation running out of
+        # memory would otherwise lose it (--resume continues at the validation)
+        if run.writer:
+            run.save(os.path.join(self.out, "last.npz"), **self.meta)
 
     def on_epoch_end(self, run: Run):
         if not run.writer:  # a distributed run's other ranks
@@ -405,6 +418,7 @@ def run_training(args, callbacks=(), test: bool = True, saver_box: list | None =
     _check_out(args)
     saved = _resume_settings(args, args.given) if args.resume else None
     backend.manual_seed(args.seed)
+    args.phase = "loading the data"
     (x, y), (x_test, y_test) = _load_dataset(args.dataset, args.data_root)
     if args.limit:
         x, y = x[:args.limit], y[:args.limit]
@@ -418,6 +432,8 @@ def run_training(args, callbacks=(), test: bool = True, saver_box: list | None =
     stats = Standardize().fit(to_float(x))
     x, x_dev, x_test = (_prepare(a, stats) for a in (x, x_dev, x_test))
 
+    args.phase = "building the model"
+    args.memory_model = (args.model, x.shape[1], args.batch_norm, x.shape[1:])
     model = _build_model(args.model, x.shape[1], args.batch_norm)
     if getattr(args, "sync_batch_norm", False):
         gpunet_distributed.sync_batch_norm(model)
@@ -455,6 +471,7 @@ def run_training(args, callbacks=(), test: bool = True, saver_box: list | None =
                         if args.batch_norm else ""))
         print(f"training {args.model} on {args.dataset} ({len(x):,} images, "
               f"{len(x_dev):,} for validation) on {where}", flush=True)
+    args.phase = "training"
     fit(model, SoftmaxCrossEntropy(), optimizer, (x, y), args.epochs, args.batch_size,
         val_data=val, schedule=schedule, callbacks=run_callbacks + list(callbacks),
         progress=not args.no_progress, history=history, initial_epoch=initial_epoch,
@@ -462,7 +479,9 @@ def run_training(args, callbacks=(), test: bool = True, saver_box: list | None =
         distributed=distributed)
     if not test:
         return history, None
-    return history, dict(evaluate(model, (x_test, y_test), world=world), images=len(x_test))
+    args.phase = "testing"
+    return history, dict(evaluate(model, (x_test, y_test), batch_size=args.batch_size,
+                                  world=world), images=len(x_test))
 
 
 def cmd_train(args) -> int:
@@ -500,13 +519,20 @@ def cmd_evaluate(args) -> int:
     dataset = args.dataset or meta.get("dataset")
     if dataset not in DATASETS:
         raise UsageError("--dataset is needed: the checkpoint does not name one")
-    model = _build_model(meta["architecture"], meta.get("in_channels", 1),
-                         meta.get("batch_norm", False))
+    args.phase = "building the model"
+    in_channels = meta.get("in_channels", 1)
+    args.memory_model = (meta["architecture"], in_channels, meta.get("batch_norm", False),
+                         (in_channels, *INPUT_SHAPES[meta["architecture"]][1:]))
+    model = _build_model(meta["architecture"], in_channels, meta.get("batch_norm", False))
     load(args.checkpoint, model, restore_rng=False)
+    args.phase = "loading the data"
     _, (x_test, y_test) = _load_dataset(dataset, args.data_root)
+    args.memory_model = (*args.memory_model[:3], x_test.shape[1:])
     std = meta.get("standardize") or {"mean": [0.0], "std": [1.0]}
     stats = Standardize(numpy.asarray(std["mean"]), numpy.asarray(std["std"]))
-    scores = evaluate(model, (_prepare(x_test, stats), y_test))
+    args.batch_size = args.batch_size or meta.get("flags", {}).get("batch_size") or 256
+    args.phase = f"evaluating the {dataset} test set"
+    scores = evaluate(model, (_prepare(x_test, stats), y_test), batch_size=args.batch_size)
     print(f"loss {scores['loss']:.4f}  accuracy {scores['accuracy']:.4f}  "
           f"({len(x_test):,} {dataset} test images)")
     return 0
@@ -528,7 +554,8 @@ def cmd_gradcheck(args) -> int:
     x = rng.standard_normal((args.batch_size, *shape))
     classes = model.parameters()[-1].shape[0]
     y = rng.integers(0, classes, args.batch_size)
-    x, y = backend.to_device(x, args.device), backend.to_device(y, args.device)
+    device = backend.get_device()
+    x, y = backend.to_device(x, device), backend.to_device(y, device)
     report = gradcheck(model, SoftmaxCrossEntropy(), x, y, eps=args.eps,
                        max_per_param=args.max_per_param, seed=args.seed)
     print(report)
@@ -542,19 +569,24 @@ def bench_cases():
 
 def cmd_bench(args) -> int:
     from . import benchmarks
-    if args.device != "cpu":
-        args.device = backend.resolve_device(args.device).name  # a clear error if unusable
+    _use_device(args.device)  # the one rule: --device, else $GPUNET_DEVICE, else auto
+    args.device = backend.get_device().name
     cases = [c for c in benchmarks.CASES if (not args.net or c.net in args.net)
              and (not args.op or c.op in args.op)]
     if not cases:
         raise UsageError(f"no benchmark case matches --net {args.net} --op {args.op}")
     report = {"environment": benchmarks.environment(args.device)}
+    unusable = None if args.no_torch else benchmarks.torch_unusable(args.device)
+    if unusable:
+        print(f"gpunet: {unusable}", file=sys.stderr)
+        args.no_torch = True
     report["rows"] = benchmarks.run(
         cases, args.device, rounds=args.rounds, with_torch=not args.no_torch,
         progress=lambda name: print(f"timing {name} ...", file=sys.stderr, flush=True))
     print(benchmarks.format_table(report["rows"]))
     if args.memory:
-        report["memory"] = benchmarks.memory(images=args.images, with_torch=not args.no_torch)
+        report["memory"] = benchmarks.memory(images=args.images, with_torch=not args.no_torch,
+                                             device=args.device)
         print()
         print(benchmarks.format_memory(report["memory"]))
     path = benchmarks.save(report, args.out, f"bench-{args.device.replace(':', '')}")
@@ -702,6 +734,63 @@ COMMANDS = {"train": cmd_train, "tune": cmd_tune, "evaluate": cmd_evaluate,
             "info": cmd_info}
 
 
+def _size(nbytes: float) -> str:
+    return f"{nbytes / 2**30:,.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:,.1f} MiB"
+
+
+# Arrays an optimizer keeps per parameter, beside the parameter and its gradient.
+OPTIMIZER_SLOTS = {"adam": 2, "rmsprop": 1, "momentum": 1, "sgd": 1}
+
+
+def _memory_needs(args) -> str:
+    """What the run's model needs, from its summary (built again on the CPU): its
+    parameters (with gradients and optimizer state when training) and the
+    activations of one forward pass at the batch size; "" where that is unknown."""
+    name, in_channels, batch_norm, input_shape = args.memory_model
+    previous = backend.get_device()
+    try:
+        backend.set_device("cpu")
+        table = summary(_build_model(name, in_channels, batch_norm), input_shape,
+                        print_table=False)
+    except (MemoryError, ValueError):
+        return ""
+    finally:
+        backend.set_device(previous)
+    params = 4 * table.total_params  # float32
+    line = f"{name} has {table.total_params:,} parameters ({_size(params)}"
+    if args.command == "train":
+        slots = OPTIMIZER_SLOTS[args.optimizer] if args.optimizer != "sgd" or args.momentum \
+            else 0
+        line += f", {_size(params * (2 + slots))} with gradients and {args.optimizer} state"
+    activations = 4 * sum(row.size for row in table.rows) * args.batch_size
+    return (line + f") and its activations take {_size(activations)} at batch "
+            f"{args.batch_size} (gpunet summary {name})")
+
+
+def _out_of_memory_message(args, exc: MemoryError) -> str:
+    """The command, its phase, GPU or host memory, what the model needs and what to
+    lower, in one line."""
+    from .train import OutOfMemoryError
+    gpu = exc.gpu if isinstance(exc, OutOfMemoryError) else backend.is_out_of_memory(exc)
+    traceback.clear_frames(exc.__traceback__)  # they hold the model and the batch
+    backend.release_cached_memory()
+    command = getattr(args, "command", None) or "gpunet"
+    phase = getattr(args, "phase", None) or "running"
+    where = f" ({exc.where})" if isinstance(exc, OutOfMemoryError) else ""
+    detail = exc.detail if isinstance(exc, OutOfMemoryError) else str(exc)
+    memory = f"GPU memory on {backend.get_device().name}" if gpu else "host memory"
+    needs = _memory_needs(args) if hasattr(args, "memory_model") else ""
+    advice = []
+    if hasattr(args, "batch_size") and phase not in ("building the model", "loading the data"):
+        advice.append(f"lower --batch-size (now {args.batch_size})")
+    if command == "train":
+        advice.append("choose a smaller --model")
+    if gpu:
+        advice.append("use --device cpu")
+    return (f"{command}: out of {memory} while {phase}{where}: {detail}"
+            + (f"; {needs}" if needs else "") + (f"; {', or '.join(advice)}" if advice else ""))
+
+
 def _one_line_warning(message, category, filename, lineno, line=None):
     return f"gpunet: warning: {message}\n"
 
@@ -718,17 +807,21 @@ def _fail(message: str, code: int) -> int:
 def main(argv=None) -> int:
     warnings.formatwarning = _one_line_warning
     argv = sys.argv[1:] if argv is None else list(argv)
+    args = None
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
+        _checks.check_environment()
         subparser = {"train": parser.train_parser, "tune": parser.tune_parser}.get(args.command)
         args.given = _given_flags(subparser, argv) if subparser else set()
         return COMMANDS[args.command](args)
     except (UsageError, DatasetError, CheckpointError, backend.DeviceError, ValueError,
             TypeError, OSError, ImportError, gpunet_distributed.DistributedError) as exc:
         return _fail(f"error: {exc}", 2)
-    except (NonFiniteError, MemoryError) as exc:
+    except NonFiniteError as exc:
         return _fail(f"training stopped: {exc}", 1)
+    except MemoryError as exc:  # CuPy's OutOfMemoryError is one too
+        return _fail(_out_of_memory_message(args, exc), 1)
     except KeyboardInterrupt:
         gpunet_distributed.end_interrupted("gpunet: interrupted")
         print("gpunet: interrupted", file=sys.stderr)

@@ -23,7 +23,7 @@ import numpy
 from numpy.lib import format as npformat
 
 from .backend import get_rng_state, set_rng_state, to_numpy
-from .nn import Module
+from .nn import BatchNorm1d, BatchNorm2d, Conv2d, Linear, Module
 
 __all__ = ["save", "load", "CheckpointError", "read_checkpoint"]
 
@@ -187,6 +187,27 @@ def _read_header(meta) -> dict:
     return header
 
 
+def _fold_biases_before_batch_norm(model: Module, state: dict) -> list[str]:
+    """Take into ``state``'s running means the biases that checkpoints of older gpunet
+    versions hold for a conv or linear layer right before a batch norm (the layer has
+    none now); returns their keys. Exact: the norm subtracts the mean either way, in
+    training the batch's, in eval the running one, which then holds ``+ bias``."""
+    folded = []
+    for prefix, parent in model.named_modules():
+        children = list(parent.named_children())
+        for (name, layer), (norm_name, norm) in zip(children, children[1:]):
+            key = f"{prefix}.{name}.bias".lstrip(".")
+            mean_key = f"{prefix}.{norm_name}.running_mean".lstrip(".")
+            if (isinstance(layer, (Conv2d, Linear)) and layer.bias is None
+                    and isinstance(norm, (BatchNorm1d, BatchNorm2d)) and key in state
+                    and mean_key in state
+                    and numpy.shape(state[key]) == numpy.shape(state[mean_key])):
+                bias = numpy.asarray(state.pop(key))
+                state[mean_key] = numpy.asarray(state[mean_key]) - bias
+                folded.append(key)
+    return folded
+
+
 def load(path, model: Module, optimizer=None, restore_rng: bool = True) -> dict:
     """Load a checkpoint into ``model`` (and ``optimizer``); returns the saved meta.
 
@@ -195,6 +216,12 @@ def load(path, model: Module, optimizer=None, restore_rng: bool = True) -> dict:
     """
     header, arrays = read_checkpoint(path)
     state = {k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")}
+    folded = _fold_biases_before_batch_norm(model, state)
+    if folded and optimizer is not None:
+        raise CheckpointError(
+            f"{os.fspath(path)}: saved by an older gpunet with a bias before each batch norm "
+            f"({', '.join(folded)}), which models no longer have: its weights load (gpunet "
+            "evaluate works), its optimizer state does not fit; start a new run")
     try:
         model.load_state_dict(state)
     except ValueError as exc:

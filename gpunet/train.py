@@ -31,13 +31,33 @@ from .nn.module import backward_params
 from .nn.normalization import _BatchNorm
 
 __all__ = ["fit", "evaluate", "train_step", "History", "Callback", "EarlyStopping",
-           "ModelCheckpoint", "NonFiniteError", "Run"]
+           "ModelCheckpoint", "NonFiniteError", "OutOfMemoryError", "Run"]
 
 COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "time")
 
 
 class NonFiniteError(FloatingPointError):
     """Training produced NaN or Inf; the message says where."""
+
+
+class OutOfMemoryError(MemoryError):
+    """A training step or an evaluation ran out of memory: ``where`` it happened (e.g.
+    ``"epoch 2, step 5"``), whether it was the GPU's memory (``gpu``: CuPy's
+    OutOfMemoryError) or the host's (NumPy's MemoryError), the ``batch`` size and
+    the allocator's own words (``detail``)."""
+
+    def __init__(self, where: str, gpu: bool, batch: int, detail: str):
+        super().__init__(f"{where}: the {'GPU' if gpu else 'host'} ran out of memory with a "
+                         f"batch of {batch} ({detail}); try a smaller batch_size")
+        self.where, self.gpu, self.batch, self.detail = where, gpu, batch, detail
+
+
+def _out_of_memory(where: str, exc: MemoryError, batch: int) -> OutOfMemoryError:
+    """``exc`` said as :class:`OutOfMemoryError`; frees what CuPy's pool caches."""
+    gpu = is_out_of_memory(exc)
+    if gpu:
+        release_cached_memory()
+    return OutOfMemoryError(where, gpu, batch, str(exc))
 
 
 @dataclass
@@ -107,6 +127,13 @@ class Callback:
         return None
 
     def on_epoch_end(self, run: Run) -> bool | None:
+        return None
+
+    def on_validation_start(self, run: Run) -> None:
+        """Before validating an epoch whose steps are done (``history.partial`` holds
+        its totals, ``run.epoch`` is still the one before): a checkpoint saved now
+        resumes at the validation, so that running out of memory there loses no
+        training."""
         return None
 
 
@@ -340,10 +367,13 @@ def fit(model: Module, loss, optimizer, train_data, epochs: int, batch_size: int
     Each epoch visits ``train_data = (x, y)`` in a shuffled order fixed by the
     seed of ``gpunet.manual_seed`` and the epoch number (so a resumed run sees the
     same batches), moving batches to the model's device; ``augment(x_batch)`` may
-    transform them. Evaluates on ``val_data`` after each epoch, steps ``schedule``,
-    then runs the callbacks. A ``history`` saved mid-epoch (``history.partial``)
-    resumes at the batch where it stopped. Stops with :class:`NonFiniteError` at
-    the first NaN or Inf output, loss or gradient. ``drop_last`` drops each epoch's
+    transform them. Evaluates on ``val_data`` after each epoch at ``batch_size``
+    (after the callbacks' ``on_validation_start``), steps ``schedule``, then runs
+    the callbacks' ``on_epoch_end``. Running out of GPU or host memory raises
+    :class:`OutOfMemoryError` naming the step or the validation. A ``history``
+    saved mid-epoch (``history.partial``) resumes at the batch where it stopped.
+    Stops with :class:`NonFiniteError` at the first NaN or Inf output, loss or
+    gradient. ``drop_last`` drops each epoch's
     last, smaller batch; by default (``None``) only a last batch of one example when
     the model has batch norm, whose training statistics need two.
 
@@ -409,12 +439,8 @@ def fit(model: Module, loss, optimizer, train_data, epochs: int, batch_size: int
                     xb, yb = xb[shard[0]:shard[1]], yb[shard[0]:shard[1]]
                     value, correct = train_step(model, loss, optimizer, xb, yb, where,
                                                 world=world)
-            except Exception as exc:
-                if not is_out_of_memory(exc):
-                    raise
-                release_cached_memory()
-                raise MemoryError(f"{where}: the GPU ran out of memory ({exc}) with a batch "
-                                  f"of {len(xb)}; try a smaller batch_size") from None
+            except MemoryError as exc:  # CuPy's OutOfMemoryError is one too
+                raise _out_of_memory(where, exc, len(xb)) from None
             seen = len(xb)
             if world is not None:  # the metrics of the global batch
                 loss_sum, correct, seen = world.sum([value * seen, correct, seen])
@@ -437,7 +463,6 @@ def fit(model: Module, loss, optimizer, train_data, epochs: int, batch_size: int
             bar.close()
         if stopped:
             break
-        history.partial = None
         seen = totals["seen"]
         row = {"epoch": epoch, "loss": totals["loss_sum"] / seen,
                "accuracy": totals["correct"] / seen, "val_loss": math.nan,
@@ -445,8 +470,21 @@ def fit(model: Module, loss, optimizer, train_data, epochs: int, batch_size: int
         if world is not None:  # rank 0's running statistics for everyone (as DDP)
             world.broadcast_buffers(model)
         if val_data is not None:
-            scores = evaluate(model, val_data, loss=loss, world=world)
+            # history.partial still holds the finished epoch: what a checkpoint saved
+            # now resumes from, should the validation fail
+            for callback in callbacks:
+                if hasattr(callback, "on_validation_start"):
+                    callback.on_validation_start(run)
+            try:  # at the training batch size: what fitted in training fits here
+                scores = evaluate(model, val_data, batch_size=batch_size, loss=loss,
+                                  world=world)
+            except MemoryError as exc:
+                if not isinstance(exc, OutOfMemoryError):
+                    exc = _out_of_memory("evaluating", exc, batch_size)
+                raise OutOfMemoryError(f"epoch {epoch}, validation", exc.gpu, exc.batch,
+                                       exc.detail) from None
             row["val_loss"], row["val_accuracy"] = scores["loss"], scores["accuracy"]
+        history.partial = None
         history.rows.append(row)
         run.epoch = epoch
         if schedule is not None:
@@ -483,9 +521,10 @@ def _epoch_line(row, epochs, seen) -> str:
 
 def evaluate(model: Module, data, batch_size: int = 256, loss=None, world=None) -> dict:
     """``{"loss", "accuracy"}`` of ``model`` on ``data = (x, y)`` in eval mode (the
-    model's mode is restored afterwards). ``loss`` defaults to softmax cross-entropy.
-    With a distributed ``world`` each rank evaluates its slice and the sums are
-    combined."""
+    model's mode is restored afterwards), ``batch_size`` examples at a time (running
+    out of memory raises :class:`OutOfMemoryError` saying so). ``loss`` defaults to
+    softmax cross-entropy. With a distributed ``world`` each rank evaluates its slice
+    and the sums are combined."""
     _check_data("data", data, model)
     loss = SoftmaxCrossEntropy() if loss is None else loss
     device = device_of(model.parameters()[0].data)
@@ -501,6 +540,9 @@ def evaluate(model: Module, data, batch_size: int = 256, loss=None, world=None) 
                 out = model.forward(xb)
                 total += loss.forward(out, yb) * len(xb)
                 correct += _accuracy_count(out, yb)
+    except MemoryError as exc:  # CuPy's OutOfMemoryError is one too
+        raise _out_of_memory(f"evaluating {len(data[0]):,} examples", exc,
+                             min(batch_size, len(data[0]))) from None
     finally:
         model.train(was_training)
     n = len(data[0])

@@ -142,7 +142,8 @@ def test_cli_bench_prints_the_table_and_saves_json(tmp_path, capsys, monkeypatch
     monkeypatch.setattr(benchmarks, "SETTLE_S", 0.0)
     tiny = benchmarks.Case("lenet5", "pool1", "maxpool", (2, 6, 28, 28), (2, 2))
     monkeypatch.setattr(benchmarks, "CASES", [tiny])
-    code = cli.main(["bench", "--net", "lenet5", "--rounds", "1", "--out", str(tmp_path)])
+    code = cli.main(["bench", "--net", "lenet5", "--rounds", "1", "--device", "cpu", "--out",
+                     str(tmp_path)])
     assert code == 0
     out = capsys.readouterr().out
     assert "lenet5/pool1" in out and "GB/s" in out

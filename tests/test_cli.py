@@ -77,7 +77,7 @@ def test_summary_gradcheck_info(capsys):
     assert "total parameters: 61,706" in capsys.readouterr().out
     assert main(["summary", "alexnet_cifar", "--input-shape", "3,32,32"]) == 0
     assert "total parameters: 1,503,050" in capsys.readouterr().out
-    assert main(["gradcheck", "lenet5", "--max-per-param", "3"]) == 0
+    assert main(["gradcheck", "lenet5", "--max-per-param", "3", "--device", "cpu"]) == 0
     assert ": great" in capsys.readouterr().out
     assert main(["info"]) == 0
     out = capsys.readouterr().out

@@ -7,18 +7,25 @@ from functools import cache
 
 import numpy
 
+from .._checks import env_flag
 from ..backend import get_array_module
 
 BLOCK = 256
-_enabled = os.environ.get("GPUNET_KERNELS", "1") != "0"
+# GPUNET_KERNELS, GPUNET_POISON and GPUNET_ALLOW_TF32 are read at first use, not at
+# import: a bad value is then an error there (and first thing in the CLI), never a
+# traceback from ``import gpunet``. None: not read yet.
+_enabled: bool | None = None
 # GPUNET_POISON=1 (the tests): outputs NaN-filled before each launch, so that an
 # element a kernel forgets to write shows up
-_POISON = os.environ.get("GPUNET_POISON", "0") == "1"
-_tf32 = os.environ.get("GPUNET_ALLOW_TF32", "0") == "1"
+_POISON: bool | None = None
+_tf32: bool | None = None
 
 
 def kernels_enabled() -> bool:
     """Whether CuPy arrays go to the CUDA kernels (``GPUNET_KERNELS=0``: the xp path)."""
+    global _enabled
+    if _enabled is None:
+        _enabled = env_flag("GPUNET_KERNELS")
     return _enabled
 
 
@@ -30,6 +37,9 @@ def set_kernels_enabled(enabled: bool) -> None:
 def allow_tf32() -> bool:
     """Whether float32 convolutions on the GPU may run on TF32 tensor cores (off by
     default; ``GPUNET_ALLOW_TF32=1`` or :func:`set_allow_tf32`)."""
+    global _tf32
+    if _tf32 is None:
+        _tf32 = env_flag("GPUNET_ALLOW_TF32")
     return _tf32
 
 
@@ -56,7 +66,7 @@ def tf32_supported(xp) -> bool:
 
 
 def uses_kernels(xp) -> bool:
-    return _enabled and xp is not numpy
+    return kernels_enabled() and xp is not numpy
 
 
 def ceil_div(a: int, b: int) -> int:
@@ -222,7 +232,10 @@ def address(array) -> int:
 
 def new_output(xp, shape, dtype):
     """An uninitialised output (NaN-filled when poisoning for tests)."""
+    global _POISON
     out = xp.empty(shape, dtype=dtype)
+    if _POISON is None:
+        _POISON = env_flag("GPUNET_POISON")
     if _POISON:
         out.fill(numpy.nan if numpy.dtype(dtype).kind == "f" else -1)
     return out

@@ -8,6 +8,7 @@ import sys
 import tempfile
 import urllib.request
 
+from .._checks import env_flag
 from .errors import DatasetError
 
 
@@ -17,7 +18,7 @@ def _progress(total: int | None, desc: str):
         from tqdm import tqdm
     except ImportError:
         tqdm = None
-    if tqdm is None or not sys.stderr.isatty() and os.environ.get("GPUNET_PROGRESS") != "1":
+    if tqdm is None or not sys.stderr.isatty() and not env_flag("GPUNET_PROGRESS"):
         class Silent:
             def update(self, n):
                 pass

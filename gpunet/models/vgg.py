@@ -24,7 +24,8 @@ def _features(config, batch_norm: bool, in_channels: int = 3) -> Sequential:
         if item == "M":  # before the last ReLU: the same function on a quarter of the values
             layers.insert(len(layers) - 1, MaxPool2d(2))
             continue
-        layers.append(Conv2d(in_channels, item, 3, padding=1))
+        # no bias before a batch norm, which subtracts the mean (torchvision's too)
+        layers.append(Conv2d(in_channels, item, 3, padding=1, bias=not batch_norm))
         layers += [BatchNorm2d(item)] if batch_norm else []
         layers.append(ReLU())
         in_channels = item
@@ -41,7 +42,8 @@ def vgg16(num_classes: int = 1000) -> Sequential:
 
 def vgg_cifar(num_classes: int = 10, batch_norm: bool = True) -> Sequential:
     """A VGG-style net for 32x32x3: conv64, pool, conv128, pool, 2x conv256, pool,
-    2x conv512, pool (all 3x3), then FC256 and FC10."""
+    2x conv512, pool (all 3x3), then FC256 and FC10: 5,029,706 parameters with batch
+    norm (the convolutions before it have no bias), 5,027,978 without."""
     return Sequential({"features": _features(VGG_CIFAR, batch_norm), "flatten": Flatten(),
                        "classifier": Sequential(Linear(512 * 2 * 2, 256), ReLU(),
                                                 Dropout(0.5), Linear(256, num_classes))})

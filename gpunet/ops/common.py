@@ -9,7 +9,6 @@ the CPU accelerators in ``gpunet/cpu/<op>.py`` and the CUDA launchers in
 """
 from __future__ import annotations
 
-import os
 from contextlib import nullcontext
 
 import numpy
@@ -18,11 +17,14 @@ from .. import _checks
 from ..backend import common_array_module
 from ..cuda import uses_kernels
 
-_cpu_accelerators = os.environ.get("GPUNET_CPU_ACCEL", "1") != "0"
+_cpu_accelerators: bool | None = None  # GPUNET_CPU_ACCEL, read at first use (not import)
 
 
 def cpu_accelerators_enabled() -> bool:
     """Whether NumPy arrays go to ``gpunet.cpu`` (``GPUNET_CPU_ACCEL=0``: the xp path)."""
+    global _cpu_accelerators
+    if _cpu_accelerators is None:
+        _cpu_accelerators = _checks.env_flag("GPUNET_CPU_ACCEL")
     return _cpu_accelerators
 
 
@@ -38,7 +40,7 @@ def route(xp, use_kernels=None, fits: bool = True) -> str:
     NumPy arrays (``GPUNET_CPU_ACCEL=0`` turns that off), else ``"xp"``."""
     if use_kernels if use_kernels is not None else (uses_kernels(xp) and fits):
         return "cuda"
-    if xp is numpy and _cpu_accelerators:
+    if xp is numpy and cpu_accelerators_enabled():
         return "cpu"
     return "xp"
 
@@ -49,7 +51,7 @@ def cpu_scope(x):
     thread throughout (see :mod:`gpunet.cpu.parallel`: entering and leaving that
     limit costs 17 us, once here instead of once per op); otherwise nothing, and no
     CPU threads are touched."""
-    if isinstance(x, numpy.ndarray) and _cpu_accelerators:
+    if isinstance(x, numpy.ndarray) and cpu_accelerators_enabled():
         # imported here: gpunet.cpu imports this module for Context
         from ..cpu.parallel import single_threaded_blas
         return single_threaded_blas()

@@ -18,8 +18,12 @@ DEVICE_MEMORY = 16 * 2**30  # what the double's one device reports as its memory
 
 
 class _Memory:
-    """Bytes held by live arrays that own their buffer, against the pool's limit."""
+    """Bytes held by live arrays that own their buffer, against the pool's limit.
+    ``held`` is what CuPy's pool would hold: freed blocks stay cached for reuse, so
+    it is the most ever used since the pool last freed its blocks (a pool that
+    reuses every block perfectly; CuPy's rounding and fragmentation only add)."""
     used = 0
+    held = 0
     limit = DEVICE_MEMORY
 
     @classmethod
@@ -29,6 +33,7 @@ class _Memory:
         if cls.used + nbytes > cls.limit:
             raise OutOfMemoryError(nbytes, cls.used, cls.limit)
         cls.used += nbytes
+        cls.held = max(cls.held, cls.used)
         weakref.finalize(owner, cls._give, nbytes)
 
     @classmethod

@@ -1,4 +1,6 @@
-"""``cupy.cuda.memory`` of the double: the pool counts the bytes of live arrays."""
+"""``cupy.cuda.memory`` of the double: the pool counts the bytes of live arrays, and
+holds freed ones until ``free_all_blocks`` as CuPy's pool does (``total_bytes`` is
+then the most used since, ``free_bytes`` the cached rest)."""
 from .._core import _Memory
 
 
@@ -14,13 +16,13 @@ class MemoryPool:
         return _Memory.used
 
     def total_bytes(self):
-        return _Memory.used
+        return max(_Memory.held, _Memory.used)
 
     def free_bytes(self):
-        return 0
+        return self.total_bytes() - _Memory.used
 
     def free_all_blocks(self, stream=None):
-        pass
+        _Memory.held = _Memory.used
 
     def n_free_blocks(self):
         return 0
