@@ -227,8 +227,10 @@ def test_the_cli_through_mpiexec_resumes_bit_for_bit(tmp_path):
     assert steps[0] == steps[1] and len(steps[0]) == 2 * (320 // 32)
 
 
-@needs_mpiexec
-def test_a_killed_rank_ends_the_job_and_leaves_a_whole_checkpoint(tmp_path):
+def _signal_a_rank_of_a_running_job(tmp_path, rank, signum):
+    """Start a long distributed run, wait for its first checkpoint, send ``signum``
+    to ``rank`` alone; ``(seconds until the job ended, (returncode, stdout, stderr),
+    the run folder)``."""
     out = tmp_path / "run"
     job = subprocess.Popen([MPIEXEC, "-n", "2", sys.executable, "-m", "gpunet", "train",
                             *QUICK, "--limit", "4000", "--epochs", "200", "--out", str(out)],
@@ -241,13 +243,20 @@ def test_a_killed_rank_ends_the_job_and_leaves_a_whole_checkpoint(tmp_path):
             assert time.monotonic() < deadline, "the job did not start"
             ranks = _ranks_of(job.pid)
             time.sleep(0.2)
-        os.kill(ranks[1], signal.SIGKILL)
-        killed = time.monotonic()
+        os.kill(ranks[rank], signum)
+        sent = time.monotonic()
         stdout, stderr = job.communicate(timeout=60)
     finally:
         job.kill()
-    assert time.monotonic() - killed < 30
-    assert job.returncode != 0
+    return time.monotonic() - sent, (job.returncode, stdout, stderr), out
+
+
+@needs_mpiexec
+def test_a_killed_rank_ends_the_job_and_leaves_a_whole_checkpoint(tmp_path):
+    took, (code, stdout, stderr), out = _signal_a_rank_of_a_running_job(tmp_path, 1,
+                                                                        signal.SIGKILL)
+    assert took < 30
+    assert code != 0
     assert "Killed" in stdout + stderr or "signal 9" in stdout + stderr, stdout + stderr
     header, _ = gpunet.io.read_checkpoint(str(out / "last.npz"))  # a whole checkpoint
     assert header["meta"]["epoch"] >= 1
@@ -260,25 +269,10 @@ def test_an_interrupted_rank_ends_every_rank(tmp_path, interrupted):
     used to return 130 and finalise while rank 1 waited in an Allgather for ever. Now
     the job ends within seconds, rank 0 saying what was saved, and the checkpoint on
     disk is whole."""
-    out = tmp_path / "run"
-    job = subprocess.Popen([MPIEXEC, "-n", "2", sys.executable, "-m", "gpunet", "train",
-                            *QUICK, "--limit", "4000", "--epochs", "200", "--out", str(out)],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                           env=dict(os.environ, PYTHONWARNINGS="ignore"))
-    try:
-        ranks = {}
-        deadline = time.monotonic() + 60
-        while len(ranks) < 2 or not (out / "last.npz").exists():
-            assert time.monotonic() < deadline, "the job did not start"
-            ranks = _ranks_of(job.pid)
-            time.sleep(0.2)
-        os.kill(ranks[interrupted], signal.SIGINT)
-        sent = time.monotonic()
-        stdout, stderr = job.communicate(timeout=60)
-    finally:
-        job.kill()
-    assert time.monotonic() - sent < 20, "the other rank kept the job alive"
-    assert job.returncode != 0
+    took, (code, _, stderr), out = _signal_a_rank_of_a_running_job(tmp_path, interrupted,
+                                                                   signal.SIGINT)
+    assert took < 20, "the other rank kept the job alive"
+    assert code != 0
     said = "gpunet: interrupted;" if interrupted == 0 else "gpunet: rank 1/2: interrupted"
     assert said in stderr, stderr
     header, _ = gpunet.io.read_checkpoint(str(out / "last.npz"))
