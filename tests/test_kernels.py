@@ -236,6 +236,8 @@ def test_conv2d_tf32_kernels(device, monkeypatch, case, rng):
     """On a GPU, the tensor cores' fragment layouts hold only if a real mma.sync agrees;
     the emulator holds the kernel to the same layouts, as the PTX ISA states them."""
     device.skip_layer_sized(case, LAYER_CONV_CASES)
+    if not runtime.tf32_supported(device.xp):
+        pytest.skip("no TF32 tensor cores below sm_80: the _tf32 kernels are the float ones")
     monkeypatch.setattr(runtime, "_tf32", True)
     cuda_emulator.launches.clear()
     check_tf32_convolution(case, rng, device.put)
