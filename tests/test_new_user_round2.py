@@ -1,0 +1,57 @@
+"""Issue 25, "Tried as a new user would, round 2": what a new user ran into, each
+checked the way they met it (CLI items through a subprocess: exit status and the one
+error line)."""
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def gpunet_cli(*args, env=None, cwd=None, timeout=300):
+    """``python -m gpunet ARGS`` in a fresh process, on the CPU, with this checkout first."""
+    env = {**os.environ, "GPUNET_DEVICE": "cpu", "MPLBACKEND": "Agg",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+           **(env or {})}
+    return subprocess.run([sys.executable, "-m", "gpunet", *args], capture_output=True,
+                          text=True, env=env, cwd=cwd, timeout=timeout)
+
+
+def one_error_line(done) -> str:
+    """The one line a failing command printed on stderr, and no traceback."""
+    lines = [line for line in done.stderr.splitlines()
+             if line.strip() and "warning" not in line]
+    assert "Traceback" not in done.stderr and len(lines) == 1, done.stderr
+    return lines[0]
+
+
+# -- 11. a bad GPUNET_NUM_THREADS ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-1"])
+def test_bad_num_threads_leaves_help_working_and_commands_fail_in_one_line(value):
+    env = {"GPUNET_NUM_THREADS": value}
+    done = gpunet_cli("--help", env=env)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    done = gpunet_cli("summary", "lenet5", env=env)
+    assert done.returncode == 2
+    assert one_error_line(done) == (
+        f"gpunet: error: GPUNET_NUM_THREADS: expected an integer >= 1, got {value!r}")
+
+
+def test_integer_variables_are_read_when_used_not_at_import(monkeypatch):
+    from gpunet import _checks
+    from gpunet.cpu import parallel
+    monkeypatch.setenv("GPUNET_NUM_THREADS", " 3 ")
+    assert _checks.env_int("GPUNET_NUM_THREADS") == 3
+    monkeypatch.setenv("GPUNET_NUM_THREADS", "")
+    assert _checks.env_int("GPUNET_NUM_THREADS", 7) == 7
+    monkeypatch.setenv("GPUNET_NUM_THREADS", "2.5")
+    with pytest.raises(ValueError, match=r"^GPUNET_NUM_THREADS: expected an integer >= 1, "
+                                         r"got '2.5'$"):
+        _checks.check_environment()
+    with pytest.raises(ValueError, match="GPUNET_NUM_THREADS"):
+        parallel._default_threads()
