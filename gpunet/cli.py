@@ -567,6 +567,19 @@ def bench_cases():
     return CASES
 
 
+def _check_writable(option: str, folder: str) -> None:
+    """``folder`` exists or can be made, and takes a file: checked before a long run
+    whose results would otherwise be lost at the end."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        probe = os.path.join(folder, f".gpunet-write-test-{os.getpid()}")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as exc:
+        raise UsageError(f"{option}: cannot write in {folder} ({exc.strerror or exc})") from None
+
+
 def cmd_bench(args) -> int:
     from . import benchmarks
     _use_device(args.device)  # the one rule: --device, else $GPUNET_DEVICE, else auto
@@ -575,6 +588,7 @@ def cmd_bench(args) -> int:
              and (not args.op or c.op in args.op)]
     if not cases:
         raise UsageError(f"no benchmark case matches --net {args.net} --op {args.op}")
+    _check_writable("--out", args.out)  # before the timings, which the report would lose
     report = {"environment": benchmarks.environment(args.device)}
     unusable = None if args.no_torch else benchmarks.torch_unusable(args.device)
     if unusable:

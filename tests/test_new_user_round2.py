@@ -55,3 +55,20 @@ def test_integer_variables_are_read_when_used_not_at_import(monkeypatch):
         _checks.check_environment()
     with pytest.raises(ValueError, match="GPUNET_NUM_THREADS"):
         parallel._default_threads()
+
+
+# -- 16. bench --out where nothing can be written ---------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["under-a-file", "proc"])
+def test_bench_refuses_an_unwritable_out_before_timing_anything(where, tmp_path):
+    if where == "under-a-file":  # even root cannot make a folder inside a file
+        (tmp_path / "file").write_text("")
+        out = str(tmp_path / "file" / "results")
+    else:
+        out = "/proc/self/gpunet-bench"
+    done = gpunet_cli("bench", "--device", "cpu", "--net", "lenet5", "--op", "maxpool",
+                      "--rounds", "1", "--no-torch", "--out", out)
+    assert done.returncode == 2
+    assert "timing" not in done.stderr and done.stdout == ""
+    assert one_error_line(done).startswith(f"gpunet: error: --out: cannot write in {out} (")
