@@ -49,6 +49,16 @@ class Parser(argparse.ArgumentParser):
     def error(self, message):
         raise UsageError(message)
 
+    def add_argument(self, *args, **kwargs):
+        """Every option's help says its default (``--momentum 0.9`` applies to ``--optimizer
+        sgd`` too, which a PyTorch user does not expect); flags and options without one
+        say nothing."""
+        action = super().add_argument(*args, **kwargs)
+        if (action.option_strings and action.default not in (None, False, [], argparse.SUPPRESS)
+                and "%(default)" not in (action.help or "")):
+            action.help = (f"{action.help} " if action.help else "") + "(default: %(default)s)"
+        return action
+
 
 def _positive_int(text):
     value = int(text)
@@ -88,7 +98,7 @@ def _add_run_arguments(p) -> None:
                    help="the schedule's decay_rate (inverse-time, inverse-sqrt, > 0) or "
                         "factor (exponential, step: between 0 and 1)")
     p.add_argument("--step-size", type=_positive_int, default=10,
-                   help="epochs between the step schedule's decays (default 10)")
+                   help="epochs between the step schedule's decays")
     p.add_argument("--flip", type=float, default=0.0, metavar="P",
                    help="augment: flip each training image left-right with probability P")
     p.add_argument("--dev-size", type=int, default=5000,
@@ -824,6 +834,9 @@ def main(argv=None) -> int:
     args = None
     try:
         parser = build_parser()
+        if not argv:  # as git: the commands, and a failure status
+            print(parser.format_help(), end="")
+            return 1
         args = parser.parse_args(argv)
         _checks.check_environment()
         subparser = {"train": parser.train_parser, "tune": parser.tune_parser}.get(args.command)

@@ -72,3 +72,33 @@ def test_bench_refuses_an_unwritable_out_before_timing_anything(where, tmp_path)
     assert done.returncode == 2
     assert "timing" not in done.stderr and done.stdout == ""
     assert one_error_line(done).startswith(f"gpunet: error: --out: cannot write in {out} (")
+
+
+# -- 19. defaults in --help; gpunet alone lists the commands -----------------------------------
+
+
+def test_gpunet_alone_lists_the_commands_and_fails_as_git_does():
+    done = gpunet_cli()
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    for command in ("train", "tune", "evaluate", "summary", "gradcheck", "bench", "info"):
+        assert f"\n    {command} " in done.stdout, (command, done.stdout)
+
+
+def _commands():
+    from gpunet import cli
+    parser = cli.build_parser()
+    [sub] = [a for a in parser._actions if a.dest == "command"]
+    return sub.choices
+
+
+@pytest.mark.parametrize("command", sorted(_commands()))
+def test_every_subcommand_help_shows_every_default(command):
+    done = gpunet_cli(command, "--help")
+    assert done.returncode == 0, done.stderr
+    text = " ".join(done.stdout.split())  # argparse wraps lines anywhere
+    for action in _commands()[command]._actions:
+        if action.option_strings and action.default not in (None, False, [], "==SUPPRESS=="):
+            assert f"(default: {action.default})" in text, (action.dest, text)
+    if command == "train":
+        assert "--momentum MOMENTUM momentum of sgd, beta of momentum and rmsprop " \
+               "(default: 0.9)" in text
