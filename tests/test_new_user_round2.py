@@ -102,3 +102,38 @@ def test_every_subcommand_help_shows_every_default(command):
     if command == "train":
         assert "--momentum MOMENTUM momentum of sgd, beta of momentum and rmsprop " \
                "(default: 0.9)" in text
+
+
+# -- 28. the README's gpunet.tune and "exactly" -------------------------------------------------
+
+
+def test_gpunet_tune_is_an_attribute_without_importing_optuna_at_import():
+    code = ("import sys, gpunet; assert 'optuna' not in sys.modules and 'gpunet.tune' not in "
+            "sys.modules; import gpunet.tune as tune; assert gpunet.tune is tune; "
+            "print(gpunet.tune.search.__name__, gpunet.tune.log_uniform('lr', 1e-4, 1).name)")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["search", "lr"]
+    code = "import gpunet; print(gpunet.tune.search.__name__)"  # as the README had it
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "search", done.stderr
+
+
+def test_readme_tune_snippet_runs_and_distributed_claim_says_rounding(monkeypatch):
+    import re
+
+    import gpunet.tune
+    readme = (ROOT / "README.md").read_text()
+    [snippet] = re.findall(r"Python: `(import gpunet\.tune[^`]*)`", readme)
+    called = []
+    monkeypatch.setattr(gpunet.tune, "search", lambda *a, **k: called.append((a, k)))
+    exec(snippet, {})
+    [((space, train), _)] = called
+    assert space[0].name == "lr" and train == {"epochs": 1}
+    text = " ".join(readme.split())
+    assert "train exactly as one" not in text
+    assert "Two processes at batch 32 thus train as one at batch 64" in text
+    assert "not the same bits" in text and "float32" in text
