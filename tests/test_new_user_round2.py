@@ -137,3 +137,39 @@ def test_readme_tune_snippet_runs_and_distributed_claim_says_rounding(monkeypatc
     assert "train exactly as one" not in text
     assert "Two processes at batch 32 thus train as one at batch 64" in text
     assert "not the same bits" in text and "float32" in text
+
+
+# -- 13. the examples on a device that cannot be used ----------------------------------------
+
+EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
+
+
+def _no_gpu() -> bool:
+    from gpunet.backend import cuda_unavailable_reason
+    return cuda_unavailable_reason() is not None
+
+
+@pytest.mark.parametrize("device", ["cuda", "tpu"])
+@pytest.mark.parametrize("how", ["flag", "environment"])
+@pytest.mark.parametrize("example", [e.name for e in EXAMPLES])
+def test_every_example_refuses_an_unusable_device_in_one_line(example, how, device, tmp_path):
+    if device == "cuda" and not _no_gpu():
+        pytest.skip("a GPU is usable here")
+    if example == "hyperparameter_search.py":
+        pytest.skip("its device goes to gpunet.tune's trials (issue 25.13, the tune part)")
+    script = str(ROOT / "examples" / example)
+    takes_device = "--device" in (ROOT / "examples" / example).read_text()
+    if how == "flag" and not takes_device:
+        pytest.skip(f"{example} has no --device")
+    env = {**os.environ, "MPLBACKEND": "Agg", "GPUNET_DATA": str(tmp_path / "none"),
+           "PYTHONPATH": str(ROOT), "GPUNET_DEVICE": device if how == "environment" else "cpu"}
+    args = ["--quick"] + (["--device", device] if how == "flag" else [])
+    done = subprocess.run([sys.executable, script, *args], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=300)
+    assert "Traceback" not in done.stderr, done.stderr
+    if takes_device:  # the others run on the CPU whatever the environment says
+        assert done.returncode == 2
+        given = f"--device {device}" if how == "flag" else f"GPUNET_DEVICE={device}"
+        assert one_error_line(done).startswith(f"{example}: error: {given}: ")
+    else:
+        assert done.returncode == 0, done.stderr
