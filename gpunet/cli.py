@@ -23,7 +23,7 @@ from .data.transforms import Standardize, horizontal_flip, to_float
 from .io import CheckpointError, load, read_checkpoint
 from .losses import SoftmaxCrossEntropy
 from .models import MODELS, summary
-from .optim import SGD, Adam, Momentum, RMSProp, schedules
+from .optim import SGD, Adam, Momentum, RMSProp, decay_groups, schedules
 from .train import History, ModelCheckpoint, NonFiniteError, Run, evaluate, fit
 
 DATASETS = {"mnist": load_mnist, "fashion-mnist": load_fashion_mnist, "cifar10": load_cifar10,
@@ -237,6 +237,8 @@ def _build_model(name, in_channels, batch_norm):
 
 
 def _optimizer(args, params):
+    if args.weight_decay:  # on weights only: biases and batch-norm vectors in a group at 0
+        params = decay_groups(params, args.weight_decay)
     if args.optimizer == "sgd":
         return SGD(params, args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     if args.optimizer == "momentum":

@@ -89,7 +89,7 @@ def test_refuses_active_dropout_but_accepts_eval(rng):
 
 def test_includes_the_l2_term(rng):
     """Remember regularisation: the cost gets weight_decay/2 ||W||^2 and the analytic
-    gradient weight_decay * W, exactly what the optimizers add; biases are exempt."""
+    gradient weight_decay * W, exactly what the optimizers add, on every parameter."""
     model = nn.Sequential(nn.Linear(4, 3))
     x, y = rng.standard_normal((3, 4)), rng.standard_normal((3, 3))
     report = gpunet.gradcheck(model, losses.MSELoss(), x, y, weight_decay=0.3)
