@@ -51,7 +51,7 @@ def test_every_loss_passes_gradcheck(loss, targets, rng):
 
 
 def test_a_small_cnn_passes_gradcheck(rng):
-    model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(),
+    model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1, bias=False), nn.BatchNorm2d(3), nn.ReLU(),
                           nn.MaxPool2d(2), nn.LocalResponseNorm(3), nn.Conv2d(3, 2, 2),
                           nn.ReLU(), nn.Flatten(), nn.Linear(8, 4))
     report = gpunet.gradcheck(model, losses.SoftmaxCrossEntropy(),
