@@ -22,8 +22,13 @@ def main():
     parser.add_argument("--device", help="cpu, cuda, cuda:N or auto "
                         "(default: $GPUNET_DEVICE, else auto)")
     args = parser.parse_args()
-    if args.device:
-        gpunet.set_device(args.device)
+    try:  # now, in one line: not as a traceback from the first layer that needs it
+        gpunet.set_device(args.device) if args.device else gpunet.get_device()
+    except (gpunet.DeviceError, ValueError) as exc:
+        given = f"--device {args.device}" if args.device else \
+            f"GPUNET_DEVICE={os.environ.get('GPUNET_DEVICE')}"
+        parser.exit(2, f"{parser.prog}: error: {given}: "
+                       f"{str(exc).removeprefix('GPUNET_DEVICE: ')}\n")
 
     gpunet.manual_seed(0)
     (x, y), (x_test, y_test) = load_fashion_mnist()

@@ -23,6 +23,15 @@ from .train import History, NonFiniteError, evaluate, fit
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name):
+    # gpunet.tune on first use (as the README writes it), not at import: it is the one
+    # module that wants Optuna, and ``import gpunet`` must not import that
+    if name == "tune":
+        import importlib
+        return importlib.import_module(".tune", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = [
     "CheckpointError", "Device", "DeviceError", "DeviceFallbackWarning", "GradcheckReport",
     "History", "NonFiniteError", "data", "distributed", "evaluate", "ewma", "fit",

@@ -115,8 +115,34 @@ def env_flag(name: str) -> bool:
     raise ValueError(f"{name}: expected 1/0, true/false, yes/no or on/off, got {text!r}")
 
 
+# Every integer GPUNET_* variable and its least value; all are read by env_int. Read
+# when first needed, never at import: a bad value would otherwise break every command,
+# ``--help`` included, with a traceback.
+INTEGER_VARIABLES = {"GPUNET_NUM_THREADS": 1}
+
+
+def env_int(name: str, default=None):
+    """The integer environment variable ``name`` (one of :data:`INTEGER_VARIABLES`);
+    ``default`` when unset or empty; ``ValueError`` naming the variable for anything
+    else, or for a value below its least."""
+    text = os.environ.get(name, "")
+    if not text.strip():
+        return default
+    least = INTEGER_VARIABLES[name]
+    try:
+        value = int(text.strip())
+    except ValueError:
+        value = None
+    if value is None or value < least:
+        raise ValueError(f"{name}: expected an integer >= {least}, got {text!r}")
+    return value
+
+
 def check_environment() -> None:
-    """Every boolean GPUNET_* variable is readable (``ValueError`` for the first that
-    is not): the CLI checks them all before it starts, whichever the command uses."""
+    """Every boolean and integer GPUNET_* variable is readable (``ValueError`` for the
+    first that is not): the CLI checks them all before it starts, whichever the
+    command uses."""
     for name in BOOLEAN_VARIABLES:
         env_flag(name)
+    for name in INTEGER_VARIABLES:
+        env_int(name)

@@ -23,7 +23,7 @@ from .data.transforms import Standardize, horizontal_flip, to_float
 from .io import CheckpointError, load, read_checkpoint
 from .losses import SoftmaxCrossEntropy
 from .models import MODELS, summary
-from .optim import SGD, Adam, Momentum, RMSProp, schedules
+from .optim import SGD, Adam, Momentum, RMSProp, decay_groups, schedules
 from .train import History, ModelCheckpoint, NonFiniteError, Run, evaluate, fit
 
 DATASETS = {"mnist": load_mnist, "fashion-mnist": load_fashion_mnist, "cifar10": load_cifar10,
@@ -48,6 +48,16 @@ class UsageError(Exception):
 class Parser(argparse.ArgumentParser):
     def error(self, message):
         raise UsageError(message)
+
+    def add_argument(self, *args, **kwargs):
+        """Every option's help says its default (``--momentum 0.9`` applies to ``--optimizer
+        sgd`` too, which a PyTorch user does not expect); flags and options without one
+        say nothing."""
+        action = super().add_argument(*args, **kwargs)
+        if (action.option_strings and action.default not in (None, False, [], argparse.SUPPRESS)
+                and "%(default)" not in (action.help or "")):
+            action.help = (f"{action.help} " if action.help else "") + "(default: %(default)s)"
+        return action
 
 
 def _positive_int(text):
@@ -88,7 +98,7 @@ def _add_run_arguments(p) -> None:
                    help="the schedule's decay_rate (inverse-time, inverse-sqrt, > 0) or "
                         "factor (exponential, step: between 0 and 1)")
     p.add_argument("--step-size", type=_positive_int, default=10,
-                   help="epochs between the step schedule's decays (default 10)")
+                   help="epochs between the step schedule's decays")
     p.add_argument("--flip", type=float, default=0.0, metavar="P",
                    help="augment: flip each training image left-right with probability P")
     p.add_argument("--dev-size", type=int, default=5000,
@@ -227,6 +237,8 @@ def _build_model(name, in_channels, batch_norm):
 
 
 def _optimizer(args, params):
+    if args.weight_decay:  # on weights only: biases and batch-norm vectors in a group at 0
+        params = decay_groups(params, args.weight_decay)
     if args.optimizer == "sgd":
         return SGD(params, args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     if args.optimizer == "momentum":
@@ -567,6 +579,19 @@ def bench_cases():
     return CASES
 
 
+def _check_writable(option: str, folder: str) -> None:
+    """``folder`` exists or can be made, and takes a file: checked before a long run
+    whose results would otherwise be lost at the end."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        probe = os.path.join(folder, f".gpunet-write-test-{os.getpid()}")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as exc:
+        raise UsageError(f"{option}: cannot write in {folder} ({exc.strerror or exc})") from None
+
+
 def cmd_bench(args) -> int:
     from . import benchmarks
     _use_device(args.device)  # the one rule: --device, else $GPUNET_DEVICE, else auto
@@ -575,6 +600,7 @@ def cmd_bench(args) -> int:
              and (not args.op or c.op in args.op)]
     if not cases:
         raise UsageError(f"no benchmark case matches --net {args.net} --op {args.op}")
+    _check_writable("--out", args.out)  # before the timings, which the report would lose
     report = {"environment": benchmarks.environment(args.device)}
     unusable = None if args.no_torch else benchmarks.torch_unusable(args.device)
     if unusable:
@@ -810,6 +836,9 @@ def main(argv=None) -> int:
     args = None
     try:
         parser = build_parser()
+        if not argv:  # as git: the commands, and a failure status
+            print(parser.format_help(), end="")
+            return 1
         args = parser.parse_args(argv)
         _checks.check_environment()
         subparser = {"train": parser.train_parser, "tune": parser.tune_parser}.get(args.command)

@@ -18,7 +18,7 @@ import numpy
 
 from . import _checks
 from .backend import to_numpy
-from .nn import Dropout, Module
+from .nn import Dropout, LeakyReLU, MaxPool2d, Module, ReLU
 from .optim.optimizers import l2_gradient
 
 __all__ = ["gradcheck", "GradcheckReport", "ParamCheck"]
@@ -37,6 +37,11 @@ class ParamCheck:
     analytic: float
     numeric: float
     checked: int
+    # False when analytic and numeric gradients are both below what centred
+    # differences resolve: the check then says nothing (a backward returning zeros
+    # would pass), and the array is reported as unresolved, not as great
+    resolved: bool = True
+    bound: float = 0.0  # rel_error 0 means "below this": what rounding hides
 
 
 @dataclass
@@ -45,6 +50,11 @@ class GradcheckReport:
 
     checks: dict[str, ParamCheck] = field(default_factory=dict)
     threshold: float = GREAT
+
+    # Inputs of ReLU and max pooling within eps of their kink (0, or a window's
+    # runner-up), where a centred difference straddles the kink and is wrong
+    kinks: dict[str, int] = field(default_factory=dict)
+    eps: float = 0.0
 
     @property
     def max_rel_error(self) -> float:
@@ -55,21 +65,41 @@ class GradcheckReport:
         return max(self.checks.values(), key=lambda c: c.rel_error, default=None)
 
     @property
+    def unresolved(self) -> list[str]:
+        return [c.name for c in self.checks.values() if not c.resolved]
+
+    @property
     def passed(self) -> bool:
+        # unresolved arrays do not fail it (an exactly-zero true gradient is one), but
+        # the verdict says "unresolved" rather than "great" and names them
         return self.max_rel_error < self.threshold
 
     @property
     def verdict(self) -> str:
         err = self.max_rel_error
-        return "great" if err < GREAT else "bug" if err >= BUG else "suspicious"
+        verdict = "great" if err < GREAT else "bug" if err >= BUG else "suspicious"
+        if verdict == "great" and self.unresolved:
+            return "unresolved"
+        return verdict
 
     def __str__(self) -> str:
         lines = [f"{'array':<28} {'rel. error':>11}  {'worst index':<18} "
                  f"{'analytic':>12} {'numeric':>12} {'checked':>8}"]
         for c in self.checks.values():
-            lines.append(f"{c.name:<28} {c.rel_error:11.3e}  {str(c.worst_index):<18} "
+            error = ("unresolved" if not c.resolved
+                     else f"<{c.bound:.0e}" if c.rel_error == 0 else f"{c.rel_error:.3e}")
+            lines.append(f"{c.name:<28} {error:>11}  {str(c.worst_index):<18} "
                          f"{c.analytic:12.5e} {c.numeric:12.5e} {c.checked:8d}")
         lines.append(f"max relative error {self.max_rel_error:.3e}: {self.verdict}")
+        if self.unresolved:
+            lines.append(f"unresolved: {', '.join(self.unresolved)}: gradients below what "
+                         f"centred differences resolve at eps={self.eps:g}; not checked "
+                         "(scale the input or loss up, or check in float64 with a larger eps)")
+        if self.kinks and self.verdict in ("bug", "suspicious"):
+            where = ", ".join(f"{n} {k}" for k, n in self.kinks.items())
+            lines.append(f"kinks: inputs within eps={self.eps:g} of a ReLU or max-pool decision "
+                         f"({where}): differences across a kink are wrong, not the backward; "
+                         "try a smaller eps")
         return "\n".join(lines)
 
 
@@ -85,7 +115,8 @@ def gradcheck(model: Module, loss, x, y, eps: float = 1e-7, params=None,
               check_input: bool = True, threshold: float = GREAT,
               seed: int = 0) -> GradcheckReport:
     """Check ``model``'s backward against centred differences of
-    ``J = loss(model(x), y) + weight_decay/2 * sum ||W||^2`` (decaying weights only).
+    ``J = loss(model(x), y) + weight_decay/2 * sum ||W||^2`` (every parameter, as the
+    optimizers decay every parameter given them).
 
     Runs on a float64 copy (the model itself is untouched). ``params`` limits the
     check to these dotted parameter names; ``max_per_param`` samples that many
@@ -118,20 +149,23 @@ def gradcheck(model: Module, loss, x, y, eps: float = 1e-7, params=None,
     def objective() -> float:
         j = loss.forward(model.forward(x), y)
         for p in named.values():
-            if weight_decay and p.decay:
+            if weight_decay:
                 j += 0.5 * weight_decay * float((p.data * p.data).sum())
         return j
 
+    kinks, kinks_counted = _watch_kinks(model, eps)
     model.zero_grad()
     # What a centred difference can resolve: rounding of J over a 2 eps step.
     resolution = numpy.finfo(numpy.float64).eps * max(1.0, abs(objective())) / eps
+    kinks_counted.append(True)  # the perturbed passes that follow move inputs by design
     dx = model.backward(loss.backward())
     targets = [(n, named[n].data, l2_gradient(named[n], weight_decay)) for n in names]
     if check_input:
         targets.append(("input", x, dx))
 
     rng = numpy.random.default_rng(seed)
-    report = GradcheckReport(threshold=threshold)
+    report = GradcheckReport(threshold=threshold, eps=eps)
+    report.kinks = {k: n for k, n in kinks.items() if n}
     for name, array, analytic in targets:
         analytic = to_numpy(analytic).copy()
         report.checks[name] = _check_array(name, array, analytic, objective, eps,
@@ -160,11 +194,50 @@ def _check_array(name, array, analytic, objective, eps, max_per_param, rng,
     floor = 100 * resolution * numpy.sqrt(len(indices))
     noise = 10 * resolution * numpy.sqrt(len(indices))  # rounding in the differences
     norms = numpy.linalg.norm(numeric) + numpy.linalg.norm(picked)
-    if norms <= floor:
-        rel = 0.0  # both are zero as far as differences can tell
+    resolved = bool(norms > floor)
+    if not resolved:
+        rel = 0.0  # both are zero as far as differences can tell: unresolved, not great
     else:
         rel = float(max(0.0, numpy.linalg.norm(numeric - picked) - noise) / norms)
     worst = int(numpy.argmax(numpy.abs(numeric - picked))) if len(indices) else 0
     return ParamCheck(name, rel, tuple(int(i) for i in indices[worst]) if indices else (),
                       float(picked[worst]) if indices else 0.0,
-                      float(numeric[worst]) if indices else 0.0, len(indices))
+                      float(numeric[worst]) if indices else 0.0, len(indices), resolved,
+                      float(noise / norms) if resolved else 0.0)
+
+
+def _watch_kinks(model: Module, eps: float) -> tuple[dict[str, int], list]:
+    """Counts, updated until ``done`` is made true (after the unperturbed pass), of ReLU
+    inputs within ``eps`` of 0 and of max-pool windows whose two largest inputs are
+    within ``eps`` of each other. Wraps the (copied) model's layers' forward."""
+    counts = {"ReLU inputs": 0, "max-pool windows": 0}
+    done = []
+
+    def relu_kinks(x):
+        return int((numpy.abs(to_numpy(x)) < eps).sum())
+
+    def pool_kinks(layer, x):
+        x = to_numpy(x)
+        (kh, kw), (sh, sw), (ph, pw) = layer.kernel_size, layer.stride, layer.padding
+        x = numpy.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=-numpy.inf)
+        windows = numpy.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))
+        windows = windows[:, :, ::sh, ::sw].reshape(*windows.shape[:2], -1, kh * kw)
+        top = numpy.sort(windows, axis=-1)[..., -2:]
+        # (ties at 0 are ReLU outputs below their kink: the ReLU count has those)
+        return int(((top[..., 1] - top[..., 0] < eps) & (top[..., 1] != 0)).sum())
+
+    def wrap(layer, key, count):
+        forward = layer.forward
+
+        def watched(x):
+            if not done:
+                counts[key] += count(x)
+            return forward(x)
+        object.__setattr__(layer, "forward", watched)
+
+    for _, layer in model.named_modules():
+        if isinstance(layer, (ReLU, LeakyReLU)):
+            wrap(layer, "ReLU inputs", relu_kinks)
+        elif isinstance(layer, MaxPool2d):
+            wrap(layer, "max-pool windows", lambda x, layer=layer: pool_kinks(layer, x))
+    return counts, done

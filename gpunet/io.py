@@ -53,7 +53,8 @@ def save(path, model: Module, optimizer=None, **meta) -> str:
         state = optimizer.state_dict()
         header["optimizer"] = {"class": type(optimizer).__name__,
                                "hyperparameters": state["hyperparameters"],
-                               "steps": state["steps"], "count": len(state["state"])}
+                               "steps": state["steps"], "count": len(state["state"]),
+                               "param_groups": state.get("param_groups")}
         for i, slots in enumerate(state["state"]):
             for slot, value in slots.items():
                 arrays[f"optimizer/{i}/{slot}"] = to_numpy(value)
@@ -242,6 +243,7 @@ def load(path, model: Module, optimizer=None, restore_rng: bool = True) -> dict:
                 slots[int(index)][slot] = value
         try:
             optimizer.load_state_dict({"hyperparameters": saved["hyperparameters"],
+                                       "param_groups": saved.get("param_groups"),
                                        "steps": saved["steps"], "state": slots})
         except ValueError as exc:
             raise CheckpointError(f"{os.fspath(path)}: {exc}") from None

@@ -97,6 +97,7 @@ class History:
             import matplotlib
             matplotlib.use("Agg")
             import matplotlib.pyplot as plt
+            from matplotlib.ticker import MaxNLocator
         except ImportError:
             raise ImportError("History.plot needs matplotlib: pip install matplotlib") from None
         fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
@@ -106,6 +107,8 @@ class History:
             if not all(math.isnan(v) for v in self[f"val_{key}"]):
                 ax.plot(epochs, self[f"val_{key}"], "s--", label="validation")
             ax.set_xlabel("epoch")
+            # epochs are whole: no 0.5 or 2.25 ticks between them on a short run
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_title(title)
             ax.grid(alpha=0.3)
             ax.legend()

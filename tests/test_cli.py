@@ -141,7 +141,7 @@ def test_python_dash_m_and_the_entry_point_agree():
 
 MISUSES = [
     (["frobnicate"], "invalid choice"),
-    ([], "required: command"),
+    (["--no-such-flag"], "required: command"),  # (nothing at all: the command list, exit 1)
     (["train", "--epochs", "0"], "--epochs"),
     (["train", "--epochs", "two"], "--epochs"),
     (["train", "--model", "resnet"], "--model"),

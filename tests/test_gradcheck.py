@@ -51,7 +51,7 @@ def test_every_loss_passes_gradcheck(loss, targets, rng):
 
 
 def test_a_small_cnn_passes_gradcheck(rng):
-    model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(),
+    model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1, bias=False), nn.BatchNorm2d(3), nn.ReLU(),
                           nn.MaxPool2d(2), nn.LocalResponseNorm(3), nn.Conv2d(3, 2, 2),
                           nn.ReLU(), nn.Flatten(), nn.Linear(8, 4))
     report = gpunet.gradcheck(model, losses.SoftmaxCrossEntropy(),
@@ -89,7 +89,7 @@ def test_refuses_active_dropout_but_accepts_eval(rng):
 
 def test_includes_the_l2_term(rng):
     """Remember regularisation: the cost gets weight_decay/2 ||W||^2 and the analytic
-    gradient weight_decay * W, exactly what the optimizers add; biases are exempt."""
+    gradient weight_decay * W, exactly what the optimizers add, on every parameter."""
     model = nn.Sequential(nn.Linear(4, 3))
     x, y = rng.standard_normal((3, 4)), rng.standard_normal((3, 3))
     report = gpunet.gradcheck(model, losses.MSELoss(), x, y, weight_decay=0.3)

@@ -59,13 +59,9 @@ WORKER_START_WORK = 2**16
 
 
 def _default_threads() -> int:
-    text = os.environ.get("GPUNET_NUM_THREADS")
-    if text is not None:
-        try:
-            return _checks.positive_int("GPUNET_NUM_THREADS", int(text))
-        except ValueError:
-            raise ValueError(
-                f"GPUNET_NUM_THREADS: expected a positive integer, got {text!r}") from None
+    given = _checks.env_int("GPUNET_NUM_THREADS")
+    if given is not None:
+        return given
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
@@ -74,7 +70,7 @@ class _State:
 
     def __init__(self):
         self.lock = threading.Lock()
-        self.requested = _default_threads()
+        self._requested: int | None = None  # GPUNET_NUM_THREADS is read on first use
         self.workers: ThreadPoolExecutor | None = None
         self.blas = None  # threadpoolctl's controllers of the BLAS libraries, once looked up
         self.depth = 0  # nesting of single_threaded_blas()
@@ -86,6 +82,18 @@ class _State:
             self.blas = (ThreadpoolController().select(user_api="blas").lib_controllers
                          if ThreadpoolController is not None else [])
         return self.blas
+
+    @property
+    def requested(self) -> int:
+        # Not read at import: a bad GPUNET_NUM_THREADS then breaks only what uses
+        # threads, with the one-line error the CLI prints (check_environment).
+        if self._requested is None:
+            self._requested = _default_threads()
+        return self._requested
+
+    @requested.setter
+    def requested(self, n: int) -> None:
+        self._requested = n
 
 
 _state = _State()

@@ -2,9 +2,14 @@
 aligned with the parameters); the update rule is a pure function of arrays,
 applied in place.
 
-Every optimizer takes ``weight_decay`` (L2): the gradient of a parameter with
-``decay=True`` (weights, not biases or batch-norm vectors) gets
-``+ weight_decay * W``, the derivative of ``weight_decay/2 * ||W||^2``.
+As in PyTorch, ``params`` is a list of parameters (or a Module) or a list of
+parameter groups, dicts ``{"params": [...], "lr": ..., "weight_decay": ...}``
+whose keys override the constructor's values for their parameters;
+``optimizer.param_groups`` holds them. ``weight_decay`` (L2) adds
+``weight_decay * W`` to the gradient of every parameter of its group, biases and
+batch-norm vectors included, as ``torch.optim``: to exempt them, put them in a
+group with ``"weight_decay": 0`` (``Parameter.decay`` says which a model would
+exempt: :func:`decay_groups` builds the two groups from it).
 """
 from __future__ import annotations
 
@@ -14,14 +19,26 @@ from .. import _checks
 from ..backend import device_of, to_device, to_numpy
 from ..nn.module import Module, Parameter
 
-__all__ = ["Optimizer", "SGD", "Momentum", "RMSProp", "Adam", "l2_gradient"]
+__all__ = ["Optimizer", "SGD", "Momentum", "RMSProp", "Adam", "l2_gradient", "decay_groups"]
 
 
 def l2_gradient(param: Parameter, weight_decay: float):
-    """``dJ/dW`` including the L2 term, for the parameters that decay."""
-    if weight_decay and param.decay:
+    """``dJ/dW`` including the L2 term ``weight_decay/2 * ||W||^2``."""
+    if weight_decay:
         return param.grad + weight_decay * param.data
     return param.grad
+
+
+def decay_groups(params, weight_decay: float) -> list[dict]:
+    """Two parameter groups: the parameters with ``decay`` set (weights) at
+    ``weight_decay``, the others (biases, batch-norm vectors) at 0; a group with no
+    parameters is left out."""
+    if isinstance(params, Module):
+        params = params.parameters()
+    params = list(params)
+    groups = [{"params": [p for p in params if p.decay], "weight_decay": weight_decay},
+              {"params": [p for p in params if not p.decay], "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
 
 
 def sgd_update(w, g, buf, lr, momentum, dampening, nesterov):
@@ -67,26 +84,84 @@ def adam_update(w, g, m, v, t, lr, beta1, beta2, eps):
 
 
 class Optimizer:
-    """Base class. Subclasses name their hyperparameters in ``_hyper``, their
-    state arrays in ``_slots`` and implement ``_update(w, g, state)``."""
+    """Base class. Subclasses name their hyperparameters in ``_hyper`` (checked per
+    group by ``_check``), their state arrays in ``_slots`` and implement
+    ``_update(w, g, state, group)``. ``opt.lr`` (any hyperparameter) reads the first
+    group's value and sets every group's."""
 
     _hyper: tuple[str, ...] = ("lr", "weight_decay")
     _slots: tuple[str, ...] = ()
 
-    def __init__(self, params, lr: float, weight_decay: float = 0.0):
+    def __init__(self, params, defaults: dict):
+        name = type(self).__name__
         if isinstance(params, Module):
             params = params.parameters()
-        self.params = list(params)
+        params = list(params)
+        if not params:
+            raise ValueError(f"{name}: got an empty parameter list")
+        groups = params if all(isinstance(g, dict) for g in params) else [{"params": params}]
+        self.defaults = self._check(dict(defaults))
+        self.param_groups: list[dict] = []
+        self._overrides: list[set] = []  # the keys each group set itself
+        seen = set()
+        for i, given in enumerate(groups):
+            if not isinstance(given, dict) or "params" not in given:
+                raise TypeError(f"{name}: param_groups[{i}] must be a dict with 'params', "
+                                f"got {given!r:.60}")
+            unknown = sorted(set(given) - {"params"} - set(self._hyper))
+            if unknown:
+                raise ValueError(f"{name}: param_groups[{i}] has unknown keys {unknown}; "
+                                 f"expected 'params' and any of {list(self._hyper)}")
+            members = given["params"]
+            members = members.parameters() if isinstance(members, Module) else \
+                [members] if isinstance(members, Parameter) else list(members)
+            for j, p in enumerate(members):
+                where = f"params[{j}]" if len(groups) == 1 else f"param_groups[{i}]['params'][{j}]"
+                if not isinstance(p, Parameter):
+                    raise TypeError(f"{name}: {where} is a {type(p).__name__}, expected a "
+                                    "Parameter")
+                if id(p) in seen:
+                    raise ValueError(f"{name}: {where} ({p.name or p.shape}) is in more than "
+                                     "one parameter group")
+                seen.add(id(p))
+            overrides = {k: v for k, v in given.items() if k != "params"}
+            group = self._check({**self.defaults, **overrides}, i if len(groups) > 1 else None)
+            self.param_groups.append({"params": members, **group})
+            self._overrides.append(set(overrides))
+        self.params = [p for g in self.param_groups for p in g["params"]]
         if not self.params:
-            raise ValueError(f"{type(self).__name__}: got an empty parameter list")
-        for i, p in enumerate(self.params):
-            if not isinstance(p, Parameter):
-                raise TypeError(f"{type(self).__name__}: params[{i}] is a "
-                                f"{type(p).__name__}, expected a Parameter")
-        self.lr = _checks.non_negative("lr", lr)
-        self.weight_decay = _checks.non_negative("weight_decay", weight_decay)
+            raise ValueError(f"{name}: got an empty parameter list")
         self.state: list[dict] = [{} for _ in self.params]
         self.steps = 0
+
+    def _check(self, hyper: dict, group: int | None = None) -> dict:
+        """``hyper`` validated (every value of ``_hyper``); a bad value's message names
+        its group when there are several."""
+        try:
+            hyper["lr"] = _checks.non_negative("lr", hyper["lr"])
+            hyper["weight_decay"] = _checks.non_negative("weight_decay", hyper["weight_decay"])
+            self._check_more(hyper)
+        except ValueError as exc:
+            if group is None:
+                raise
+            raise ValueError(f"param_groups[{group}]: {exc}") from None
+        return hyper
+
+    def _check_more(self, hyper: dict) -> None:
+        """Subclasses validate their own hyperparameters in place."""
+
+    def __getattr__(self, name):
+        # only reached when normal lookup fails: hyperparameters live in the groups
+        if name in type(self)._hyper and "param_groups" in self.__dict__:
+            return self.param_groups[0][name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __setattr__(self, name, value):
+        if name in type(self)._hyper and "param_groups" in self.__dict__:
+            for group in self.param_groups:
+                group[name] = value
+        else:
+            object.__setattr__(self, name, value)
 
     def zero_grad(self) -> None:
         for p in self.params:
@@ -95,11 +170,14 @@ class Optimizer:
     def step(self) -> None:
         """One update of every parameter from its accumulated ``.grad``."""
         self.steps += 1
-        for p, state in zip(self.params, self.state):
-            self._follow(p, state)
-            self._update(p.data, l2_gradient(p, self.weight_decay), state)
+        states = iter(self.state)
+        for group in self.param_groups:
+            for p in group["params"]:
+                state = next(states)
+                self._follow(p, state)
+                self._update(p.data, l2_gradient(p, group["weight_decay"]), state, group)
 
-    def _update(self, w, g, state) -> None:
+    def _update(self, w, g, state, group) -> None:
         raise NotImplementedError
 
     @staticmethod
@@ -111,10 +189,19 @@ class Optimizer:
                 state[key] = to_device(value, device_of(p.data)).astype(p.data.dtype)
 
     def state_dict(self) -> dict:
-        """``{"hyperparameters": {...}, "steps": int, "state": [{slot: array}]}``
-        with NumPy arrays, one state entry per parameter in order."""
+        """``{"hyperparameters": {...}, "param_groups": [{..., "params": [i, ...]}],
+        "steps": int, "state": [{slot: array}]}`` with NumPy arrays, one state entry
+        per parameter in group order; ``hyperparameters`` are the first group's (what
+        a checkpoint without groups held), ``params`` index ``state``."""
+        groups, start = [], 0
+        for group in self.param_groups:
+            count = len(group["params"])
+            groups.append({**{k: group[k] for k in self._hyper},
+                           "params": list(range(start, start + count))})
+            start += count
         return {
-            "hyperparameters": {name: getattr(self, name) for name in self._hyper},
+            "hyperparameters": {name: self.param_groups[0][name] for name in self._hyper},
+            "param_groups": groups,
             "steps": self.steps,
             "state": [{k: to_numpy(v).copy() for k, v in s.items() if v is not None}
                       for s in self.state],
@@ -122,7 +209,9 @@ class Optimizer:
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Restore hyperparameters, step count and state; a mismatch in the number or
-        shapes of the state arrays raises ``ValueError`` and changes nothing."""
+        shapes of the state arrays or of the groups raises ``ValueError`` and changes
+        nothing. Without ``param_groups`` (an older state), ``hyperparameters`` go to
+        every group except where the group set its own value."""
         where = f"{type(self).__name__}.load_state_dict"
         states = state_dict["state"]
         if len(states) != len(self.params):
@@ -134,12 +223,25 @@ class Optimizer:
                     raise ValueError(f"{where}: state[{i}][{key!r}] has shape "
                                      f"{numpy.shape(value)}, expected one of {self._slots} "
                                      f"with shape {p.shape}")
-        hyper = state_dict.get("hyperparameters", {})
-        unknown = set(hyper) - set(self._hyper)
-        if unknown:
-            raise ValueError(f"{where}: unknown hyperparameters {sorted(unknown)}")
-        for name, value in hyper.items():
-            setattr(self, name, type(getattr(self, name))(value))
+        saved = state_dict.get("param_groups")
+        if saved is not None:
+            ours = self.state_dict()["param_groups"]
+            if [list(g["params"]) for g in saved] != [g["params"] for g in ours]:
+                raise ValueError(f"{where}: the saved groups hold "
+                                 f"{[len(g['params']) for g in saved]} parameters, this "
+                                 f"optimizer's {[len(g['params']) for g in ours]}")
+            hypers = [{k: v for k, v in g.items() if k != "params"} for g in saved]
+        else:
+            hyper = state_dict.get("hyperparameters", {})
+            hypers = [{k: v for k, v in hyper.items() if k not in own}
+                      for own in self._overrides]
+        for hyper in hypers:
+            unknown = set(hyper) - set(self._hyper)
+            if unknown:
+                raise ValueError(f"{where}: unknown hyperparameters {sorted(unknown)}")
+        for group, hyper in zip(self.param_groups, hypers):
+            for name, value in hyper.items():
+                group[name] = type(group[name])(value)
         self.steps = int(state_dict.get("steps", 0))
         self.state = [
             {k: to_device(v, device_of(p.data)).astype(p.data.dtype)
@@ -152,8 +254,9 @@ class Optimizer:
         return state[key]
 
     def __repr__(self) -> str:
-        hyper = ", ".join(f"{name}={getattr(self, name)}" for name in self._hyper)
-        return f"{type(self).__name__}({hyper})"
+        hyper = ", ".join(f"{name}={self.param_groups[0][name]}" for name in self._hyper)
+        groups = f", {len(self.param_groups)} groups" if len(self.param_groups) > 1 else ""
+        return f"{type(self).__name__}({hyper}{groups})"
 
 
 class SGD(Optimizer):
@@ -169,18 +272,20 @@ class SGD(Optimizer):
 
     def __init__(self, params, lr: float, momentum: float = 0.0, dampening: float = 0.0,
                  nesterov: bool = False, weight_decay: float = 0.0):
-        super().__init__(params, lr, weight_decay)
-        self.momentum = _checks.non_negative("momentum", momentum)
-        self.dampening = float(dampening)
-        self.nesterov = bool(nesterov)
-        if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
-            raise ValueError(f"nesterov=True needs momentum > 0 and dampening = 0, got "
-                             f"momentum={momentum}, dampening={dampening}")
+        super().__init__(params, {"lr": lr, "momentum": momentum, "dampening": dampening,
+                                  "nesterov": nesterov, "weight_decay": weight_decay})
 
-    def _update(self, w, g, state):
+    def _check_more(self, h):
+        h["momentum"] = _checks.non_negative("momentum", h["momentum"])
+        h["dampening"], h["nesterov"] = float(h["dampening"]), bool(h["nesterov"])
+        if h["nesterov"] and (h["momentum"] <= 0 or h["dampening"] != 0):
+            raise ValueError(f"nesterov=True needs momentum > 0 and dampening = 0, got "
+                             f"momentum={h['momentum']}, dampening={h['dampening']}")
+
+    def _update(self, w, g, state, h):
         state["momentum_buffer"] = sgd_update(
-            w, g, state.get("momentum_buffer"), self.lr, self.momentum, self.dampening,
-            self.nesterov)
+            w, g, state.get("momentum_buffer"), h["lr"], h["momentum"], h["dampening"],
+            h["nesterov"])
 
 
 class Momentum(Optimizer):
@@ -191,11 +296,13 @@ class Momentum(Optimizer):
     _slots = ("velocity",)
 
     def __init__(self, params, lr: float, beta: float = 0.9, weight_decay: float = 0.0):
-        super().__init__(params, lr, weight_decay)
-        self.beta = _checks.probability("beta", beta, upper_inclusive=False)
+        super().__init__(params, {"lr": lr, "beta": beta, "weight_decay": weight_decay})
 
-    def _update(self, w, g, state):
-        momentum_update(w, g, self._zeros_like(state, "velocity", w), self.lr, self.beta)
+    def _check_more(self, h):
+        h["beta"] = _checks.probability("beta", h["beta"], upper_inclusive=False)
+
+    def _update(self, w, g, state, h):
+        momentum_update(w, g, self._zeros_like(state, "velocity", w), h["lr"], h["beta"])
 
 
 class RMSProp(Optimizer):
@@ -207,13 +314,16 @@ class RMSProp(Optimizer):
 
     def __init__(self, params, lr: float, beta: float = 0.9, eps: float = 1e-8,
                  weight_decay: float = 0.0):
-        super().__init__(params, lr, weight_decay)
-        self.beta = _checks.probability("beta", beta, upper_inclusive=False)
-        self.eps = _checks.non_negative("eps", eps)
+        super().__init__(params, {"lr": lr, "beta": beta, "eps": eps,
+                                  "weight_decay": weight_decay})
 
-    def _update(self, w, g, state):
-        rmsprop_update(w, g, self._zeros_like(state, "square_avg", w), self.lr, self.beta,
-                       self.eps)
+    def _check_more(self, h):
+        h["beta"] = _checks.probability("beta", h["beta"], upper_inclusive=False)
+        h["eps"] = _checks.non_negative("eps", h["eps"])
+
+    def _update(self, w, g, state, h):
+        rmsprop_update(w, g, self._zeros_like(state, "square_avg", w), h["lr"], h["beta"],
+                       h["eps"])
 
 
 class Adam(Optimizer):
@@ -224,12 +334,15 @@ class Adam(Optimizer):
 
     def __init__(self, params, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999,
                  eps: float = 1e-8, weight_decay: float = 0.0):
-        super().__init__(params, lr, weight_decay)
-        self.beta1 = _checks.probability("beta1", beta1, upper_inclusive=False)
-        self.beta2 = _checks.probability("beta2", beta2, upper_inclusive=False)
-        self.eps = _checks.non_negative("eps", eps)
+        super().__init__(params, {"lr": lr, "beta1": beta1, "beta2": beta2, "eps": eps,
+                                  "weight_decay": weight_decay})
 
-    def _update(self, w, g, state):
+    def _check_more(self, h):
+        h["beta1"] = _checks.probability("beta1", h["beta1"], upper_inclusive=False)
+        h["beta2"] = _checks.probability("beta2", h["beta2"], upper_inclusive=False)
+        h["eps"] = _checks.non_negative("eps", h["eps"])
+
+    def _update(self, w, g, state, h):
         adam_update(w, g, self._zeros_like(state, "exp_avg", w),
-                    self._zeros_like(state, "exp_avg_sq", w), self.steps, self.lr,
-                    self.beta1, self.beta2, self.eps)
+                    self._zeros_like(state, "exp_avg_sq", w), self.steps, h["lr"],
+                    h["beta1"], h["beta2"], h["eps"])

@@ -14,34 +14,55 @@ __all__ = ["Schedule", "InverseTimeDecay", "ExponentialDecay", "InverseSqrtDecay
 
 
 class Schedule:
-    """Sets ``optimizer.lr = lr_at(epoch)``, starting from the optimizer's ``lr`` (``a0``)."""
+    """Sets each parameter group's ``lr`` to ``rate(a0, epoch)``, ``a0`` being the
+    group's ``lr`` when the schedule was made (as PyTorch's schedulers);
+    ``base_lr`` and :meth:`lr_at` are the first group's."""
 
     def __init__(self, optimizer):
         if not hasattr(optimizer, "lr"):
             raise TypeError(f"{type(self).__name__}: expected an optimizer, "
                             f"got {type(optimizer).__name__}")
         self.optimizer = optimizer
-        self.base_lr = optimizer.lr
+        self.base_lrs = [g["lr"] for g in self._groups()]
         self.epoch = 0
+
+    def _groups(self) -> list:
+        return getattr(self.optimizer, "param_groups", None) or [self.optimizer.__dict__]
+
+    @property
+    def base_lr(self) -> float:
+        return self.base_lrs[0]
 
     @property
     def lr(self) -> float:
         return self.optimizer.lr
 
-    def lr_at(self, epoch: int) -> float:
+    def rate(self, base_lr: float, epoch: int) -> float:
         raise NotImplementedError
+
+    def lr_at(self, epoch: int) -> float:
+        return self.rate(self.base_lr, epoch)
+
+    def _apply(self) -> None:
+        for group, base in zip(self._groups(), self.base_lrs):
+            group["lr"] = self.rate(base, self.epoch) if self.epoch else base
 
     def step(self) -> float:
         self.epoch += 1
-        self.optimizer.lr = self.lr_at(self.epoch)
+        self._apply()
         return self.optimizer.lr
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "base_lr": self.base_lr}
+        return {"epoch": self.epoch, "base_lr": self.base_lr, "base_lrs": list(self.base_lrs)}
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.base_lr = int(state["epoch"]), float(state["base_lr"])
-        self.optimizer.lr = self.lr_at(self.epoch) if self.epoch else self.base_lr
+        self.epoch = int(state["epoch"])
+        self.base_lrs = [float(v) for v in state.get("base_lrs", [state["base_lr"]])]
+        if len(self.base_lrs) != len(self._groups()):
+            raise ValueError(f"{type(self).__name__}.load_state_dict: the state has "
+                             f"{len(self.base_lrs)} base rates, the optimizer "
+                             f"{len(self._groups())} parameter groups")
+        self._apply()
 
 
 class InverseTimeDecay(Schedule):
@@ -51,8 +72,8 @@ class InverseTimeDecay(Schedule):
         super().__init__(optimizer)
         self.decay_rate = _checks.non_negative("decay_rate", decay_rate)
 
-    def lr_at(self, epoch):
-        return self.base_lr / (1.0 + self.decay_rate * epoch)
+    def rate(self, base_lr, epoch):
+        return base_lr / (1.0 + self.decay_rate * epoch)
 
 
 class ExponentialDecay(Schedule):
@@ -62,8 +83,8 @@ class ExponentialDecay(Schedule):
         super().__init__(optimizer)
         self.gamma = _checks.non_negative("gamma", gamma)
 
-    def lr_at(self, epoch):
-        return self.gamma ** epoch * self.base_lr
+    def rate(self, base_lr, epoch):
+        return self.gamma ** epoch * base_lr
 
 
 class InverseSqrtDecay(Schedule):
@@ -73,8 +94,8 @@ class InverseSqrtDecay(Schedule):
         super().__init__(optimizer)
         self.k = _checks.non_negative("k", k)
 
-    def lr_at(self, epoch):
-        return self.k / math.sqrt(epoch) * self.base_lr
+    def rate(self, base_lr, epoch):
+        return self.k / math.sqrt(epoch) * base_lr
 
 
 class StepDecay(Schedule):
@@ -85,5 +106,5 @@ class StepDecay(Schedule):
         self.step_size = _checks.positive_int("step_size", step_size)
         self.gamma = _checks.non_negative("gamma", gamma)
 
-    def lr_at(self, epoch):
-        return self.base_lr * self.gamma ** (epoch // self.step_size)
+    def rate(self, base_lr, epoch):
+        return base_lr * self.gamma ** (epoch // self.step_size)
