@@ -12,7 +12,6 @@ import pytest
 
 import gpunet
 from gpunet import losses, nn, optim
-from gpunet.distributed import launched_processes
 
 from .test_distributed import MPIEXEC, needs_mpiexec
 from .test_user_trial import _idx_images, _idx_labels, _one_error_line, _snapshot, cli
@@ -165,6 +164,7 @@ def test_several_mpi_processes_without_distributed_are_refused(tmp_path, variabl
 
 
 def test_launched_processes_reads_the_launchers_variables(monkeypatch):
+    from gpunet.distributed import launched_processes
     for name in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", "PMIX_SIZE",
                  "MPI_LOCALNRANKS"):
         monkeypatch.delenv(name, raising=False)
