@@ -87,10 +87,12 @@ def _find(folder: str, resource: Resource) -> str | None:
     return None
 
 
-def _locate(dataset: IdxDataset, root, resources) -> list[str]:
-    """Paths of ``resources`` (of ``dataset``) from the first folder holding all of them,
-    else downloaded into the cache. An explicit ``root`` must hold them: the user named
-    that folder, so another copy found elsewhere would be silently wrong data."""
+def _locate(dataset: IdxDataset, root, resources=None) -> list[str]:
+    """Paths of ``resources`` (of ``dataset``; ``None``: its four files) from the first
+    folder holding all of them, else downloaded into the cache. An explicit ``root``
+    must hold them: the user named that folder, so another copy found elsewhere would
+    be silently wrong data."""
+    resources = dataset.resources if resources is None else resources
     if root is not None:
         paths = [_find(os.fspath(root), r) for r in resources]
         if not all(paths):
@@ -150,9 +152,10 @@ def load_idx_dataset(dataset: IdxDataset, root=None, split=None):
     parts = _splits(split)
     pairs = {"train": (dataset.train_images, dataset.train_labels),
              "test": (dataset.test_images, dataset.test_labels)}
+    paths = _locate(dataset, root, [r for part in parts for r in pairs[part]])  # all first
     out = []
-    for part in parts:
-        pi, pl = _locate(dataset, root, pairs[part])
+    for i, part in enumerate(parts):
+        pi, pl = paths[2 * i:2 * i + 2]
         images, labels = _load(pi, pairs[part][0]), _load(pl, pairs[part][1])
         if images.ndim != 3 or images.dtype != numpy.uint8:
             raise DatasetError(f"{pi}: expected uint8 images (N, H, W), got "
