@@ -8,6 +8,7 @@ import argparse
 import math
 import os
 import platform
+import shlex
 import sys
 import traceback
 import warnings
@@ -27,7 +28,11 @@ from .optim import SGD, Adam, Momentum, RMSProp, decay_groups, schedules
 from .train import History, ModelCheckpoint, NonFiniteError, Run, evaluate, fit
 
 DATASETS = {"mnist": load_mnist, "fashion-mnist": load_fashion_mnist, "cifar10": load_cifar10,
-            "synthetic": lambda: synthetic_images()}
+            "synthetic": lambda split=None: synthetic_images(split=split)}
+# Each dataset's image shape (C, H, W), known from its name: a model that cannot take
+# it is refused before any file is read.
+IMAGE_SHAPES = {"mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28), "cifar10": (3, 32, 32),
+                "synthetic": (3, 32, 32)}
 INPUT_SHAPES = {"lenet5": (1, 32, 32), "lenet5_notes": (3, 32, 32), "alexnet": (3, 224, 224),
                 "vgg16": (3, 224, 224), "alexnet_cifar": (3, 32, 32), "vgg_cifar": (3, 32, 32)}
 SCHEDULES = {"inverse-time": lambda o, a: schedules.InverseTimeDecay(o, a.decay),
@@ -37,8 +42,14 @@ SCHEDULES = {"inverse-time": lambda o, a: schedules.InverseTimeDecay(o, a.decay)
 # Flags a resumed run takes from its checkpoint: given again with another value,
 # they would change the data split or the update rule mid-run.
 RUN_FLAGS = ("model", "batch_norm", "dataset", "optimizer", "lr", "momentum", "weight_decay",
-             "schedule", "decay", "step_size", "batch_size", "limit", "dev_size", "flip", "seed")
+             "schedule", "decay", "step_size", "batch_size", "limit", "dev_size", "flip", "seed",
+             "sync_batch_norm")
+# Flags a resumed run also takes from its checkpoint, unless typed again: typed, they
+# may differ (more epochs; the data moved), as neither changes the steps taken so far.
+RESUME_FLAGS = ("epochs", "data_root")
 RUN_FILES = ("last.npz", "best.npz", "metrics.csv", "curves.png")
+# save()'s temporary files (io.py), left behind only by a process killed mid-save
+RUN_TEMPORARY = (".tmp-", ".npz")
 
 
 class UsageError(Exception):
@@ -67,6 +78,32 @@ def _positive_int(text):
     return value
 
 
+def _finite_float(text):
+    """A float flag's type: nan and inf are refused here, so that no check after it
+    (``not x >= 0``, ``x > 0``) can be passed by them."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _dev_size(text):
+    """``--dev-size``: a count (``5000``, ``0`` for none) or a fraction of the training
+    examples (``0.1``, Keras' ``validation_split``)."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    value = _finite_float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a count (0 or more) or a fraction "
+                                          f"between 0 and 1, got {text!r}")
+    return value
+
+
 def _shape(text):
     try:
         shape = tuple(int(s) for s in text.split(","))
@@ -88,22 +125,22 @@ def _add_run_arguments(p) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=128)
     p.add_argument("--optimizer", choices=["sgd", "momentum", "rmsprop", "adam"],
                    default="adam")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--momentum", type=float, default=0.9,
+    p.add_argument("--lr", type=_finite_float, default=1e-3)
+    p.add_argument("--momentum", type=_finite_float, default=0.9,
                    help="momentum of sgd, beta of momentum and rmsprop")
-    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--weight-decay", type=_finite_float, default=0.0)
     p.add_argument("--schedule", choices=sorted(SCHEDULES),
                    help="learning-rate decay per epoch; needs --decay")
-    p.add_argument("--decay", type=float,
-                   help="the schedule's decay_rate (inverse-time, inverse-sqrt, > 0) or "
-                        "factor (exponential, step: between 0 and 1)")
+    p.add_argument("--decay", type=_finite_float,
+                   help="the schedule's decay_rate (inverse-time: > 0), k (inverse-sqrt: "
+                        "in (0, 1]) or factor (exponential, step: between 0 and 1)")
     p.add_argument("--step-size", type=_positive_int, default=10,
                    help="epochs between the step schedule's decays")
-    p.add_argument("--flip", type=float, default=0.0, metavar="P",
+    p.add_argument("--flip", type=_finite_float, default=0.0, metavar="P",
                    help="augment: flip each training image left-right with probability P")
-    p.add_argument("--dev-size", type=int, default=5000,
-                   help="training examples held out for validation (0: none); must leave "
-                        "at least as many for training")
+    p.add_argument("--dev-size", type=_dev_size, default=0.1,
+                   help="training examples held out for validation: a fraction (default "
+                        "0.1) or a count (0: none); at most half of them")
     p.add_argument("--limit", type=_positive_int, help="use only this many training examples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: $GPUNET_DEVICE, "
@@ -126,7 +163,8 @@ def build_parser() -> Parser:
                             "missing or corrupt)")
     train.add_argument("--overwrite", action="store_true",
                        help="replace an earlier run in OUT (without it, train refuses to)")
-    train.add_argument("--no-progress", action="store_true")
+    train.add_argument("--no-progress", action="store_true",
+                       help="no progress bar; one line per epoch still")
     train.add_argument("--distributed", action="store_true",
                        help="data-parallel over the processes of `mpiexec -n P gpunet train "
                             "...` (--batch-size per process; needs gpunet[mpi])")
@@ -170,7 +208,7 @@ def build_parser() -> Parser:
                       help="replace an earlier tuning run in OUT")
 
     ev = sub.add_parser("evaluate", help="loss and accuracy of a checkpoint on a test set")
-    ev.add_argument("checkpoint")
+    ev.add_argument("checkpoint", help="a checkpoint, or a run's --out folder (its best.npz)")
     ev.add_argument("--dataset", choices=sorted(DATASETS))
     ev.add_argument("--data-root")
     ev.add_argument("--batch-size", type=_positive_int,
@@ -190,7 +228,7 @@ def build_parser() -> Parser:
     gc.add_argument("--max-per-param", type=_positive_int, default=5)
     # 1e-6 rather than the library's 1e-7: float64 rounding of the cost, ~1e-16 |J| / eps,
     # is then below 1e-7 of even small gradients, and the O(eps^2) error still negligible.
-    gc.add_argument("--eps", type=float, default=1e-6)
+    gc.add_argument("--eps", type=_finite_float, default=1e-6)
     gc.add_argument("--seed", type=int, default=0)
     gc.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: $GPUNET_DEVICE, "
                     "else auto)")
@@ -219,9 +257,27 @@ def build_parser() -> Parser:
 
 
 # -- data ---------------------------------------------------------------------------------
-def _load_dataset(name, root):
+def _load_dataset(name, root, split=None):
+    """Both splits of ``name``, or (``split``) the one needed, its files alone read."""
     loader = DATASETS[name]
-    return loader(root) if root is not None and name != "synthetic" else loader()
+    return loader(root, split=split) if root is not None and name != "synthetic" else \
+        loader(split=split)
+
+
+def _check_model_input(who, model_name, model, dataset) -> None:
+    """The model can take the dataset's images, found before any data is read (the
+    shape is known from the dataset's name) by one zero image through it; the
+    error says what the model takes, and which models take these images."""
+    shape = IMAGE_SHAPES[dataset]
+    try:
+        summary(model, shape, print_table=False)
+    except (ValueError, TypeError) as exc:
+        takes = "x".join(map(str, INPUT_SHAPES[model_name]))
+        fits = [m for m in sorted(MODELS) if m == "lenet5" or INPUT_SHAPES[m] == shape]
+        raise UsageError(
+            f"{who} takes {takes} images (C x H x W; gpunet summary "
+            f"{model_name}), but {dataset} has {'x'.join(map(str, shape))} ones ({exc}); "
+            f"models for them: {', '.join(fits)}") from None
 
 
 def _prepare(x, stats: Standardize):
@@ -236,16 +292,20 @@ def _build_model(name, in_channels, batch_norm):
     return MODELS[name]()
 
 
+OPTIMIZERS = {
+    "sgd": lambda p, a: SGD(p, a.lr, momentum=a.momentum, weight_decay=a.weight_decay),
+    "momentum": lambda p, a: Momentum(p, a.lr, beta=a.momentum, weight_decay=a.weight_decay),
+    "rmsprop": lambda p, a: RMSProp(p, a.lr, beta=a.momentum, weight_decay=a.weight_decay),
+    "adam": lambda p, a: Adam(p, a.lr, weight_decay=a.weight_decay)}
+
+
 def _optimizer(args, params):
+    if args.optimizer not in OPTIMIZERS:  # tune's --param optimizer=choice:... comes here too
+        raise UsageError(f"--optimizer: expected one of {', '.join(OPTIMIZERS)}, got "
+                         f"{args.optimizer!r}")
     if args.weight_decay:  # on weights only: biases and batch-norm vectors in a group at 0
         params = decay_groups(params, args.weight_decay)
-    if args.optimizer == "sgd":
-        return SGD(params, args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
-    if args.optimizer == "momentum":
-        return Momentum(params, args.lr, beta=args.momentum, weight_decay=args.weight_decay)
-    if args.optimizer == "rmsprop":
-        return RMSProp(params, args.lr, beta=args.momentum, weight_decay=args.weight_decay)
-    return Adam(params, args.lr, weight_decay=args.weight_decay)
+    return OPTIMIZERS[args.optimizer](params, args)
 
 
 # -- commands -------------------------------------------------------------------------------
@@ -267,7 +327,7 @@ class _SaveEachEpoch:
         if not run.writer:  # a distributed run's other ranks
             return False
         run.save(os.path.join(self.out, "last.npz"), **self.meta)
-        self.epoch = run.epoch
+        self.epoch = run.epoch  # at once: what a failure further on leaves behind
         run.history.to_csv(os.path.join(self.out, "metrics.csv"))
         if self.plots:
             try:
@@ -317,6 +377,20 @@ def _said_before(note: str) -> bool:
     return False
 
 
+# What each schedule's --decay must be for the rate never to rise above --lr.
+DECAY_RULES = {
+    "inverse-time": (lambda d: d > 0, "the inverse-time schedule divides the rate by "
+                                      "1 + decay * epoch, so it must be > 0"),
+    "exponential": (lambda d: 0 < d < 1, "the exponential schedule multiplies the rate by it "
+                                         "every epoch, so it must be between 0 and 1"),
+    "step": (lambda d: 0 < d < 1, "the step schedule multiplies the rate by it every "
+                                  "--step-size epochs, so it must be between 0 and 1"),
+    "inverse-sqrt": (lambda d: 0 < d <= 1, "the inverse-sqrt schedule sets the rate to "
+                                           "decay / sqrt(epoch) * --lr, so it must be in (0, 1] "
+                                           "(above 1 it raises the rate)")}
+assert set(DECAY_RULES) == set(SCHEDULES)
+
+
 def _check_train_flags(args) -> None:
     """Every flag that can be checked before any data is read, named as typed."""
     problems = []
@@ -324,12 +398,16 @@ def _check_train_flags(args) -> None:
         problems.append(f"--lr: expected a number > 0, got {args.lr}")
     if not 0 <= args.momentum < 1:
         problems.append(f"--momentum: expected a number in [0, 1), got {args.momentum}")
+    if getattr(args, "resume", False) and getattr(args, "overwrite", False):
+        problems.append("--resume continues the run in --out and --overwrite replaces it: "
+                        "give one of them")
     if not args.weight_decay >= 0:
         problems.append(f"--weight-decay: expected a number >= 0, got {args.weight_decay}")
     if not 0 <= args.flip <= 1:
         problems.append(f"--flip: expected a probability in [0, 1], got {args.flip}")
-    if args.dev_size < 0:
-        problems.append(f"--dev-size: expected 0 or more, got {args.dev_size}")
+    if args.dev_size < 0 or isinstance(args.dev_size, float) and not args.dev_size <= 0.5:
+        problems.append(f"--dev-size: expected a count (0 or more) or a fraction in (0, 0.5] "
+                        f"(at least as many left for training), got {args.dev_size}")
     if args.seed < 0:
         problems.append(f"--seed: expected 0 or more, got {args.seed}")
     if getattr(args, "sync_batch_norm", False) and not (args.distributed and args.batch_norm):
@@ -337,13 +415,10 @@ def _check_train_flags(args) -> None:
     if args.schedule and args.decay is None:
         problems.append(f"--schedule {args.schedule} needs --decay (e.g. "
                         f"{'0.9' if args.schedule in ('exponential', 'step') else '0.5'})")
-    elif args.schedule in ("exponential", "step") and not 0 < args.decay < 1:
-        problems.append(f"--decay: the {args.schedule} schedule multiplies the rate by it, so "
-                        f"it must be between 0 and 1, got {args.decay}")
-    elif args.schedule and not args.decay > 0:
-        problems.append(f"--decay: expected a number > 0, got {args.decay}")
     elif args.decay is not None and not args.schedule:
         problems.append("--decay needs --schedule")
+    elif args.schedule and not DECAY_RULES[args.schedule][0](args.decay):
+        problems.append(f"--decay: {DECAY_RULES[args.schedule][1]}, got {args.decay}")
     if problems:
         raise UsageError("; ".join(problems))
 
@@ -370,6 +445,19 @@ def _check_out(args) -> None:
         raise UsageError(f"--out: cannot write in {out} ({exc.strerror or exc})") from None
 
 
+def _remove_earlier_run(out) -> list[str]:
+    """``--overwrite``: remove every file the earlier run in ``out`` wrote (its
+    checkpoints, metrics, curves, a save's leftover temporary file) and nothing else;
+    called once the new run has passed every check that precedes training."""
+    removed = []
+    for name in sorted(os.listdir(out)):
+        if name in RUN_FILES or (name.startswith(RUN_TEMPORARY[0])
+                                 and name.endswith(RUN_TEMPORARY[1])):
+            os.remove(os.path.join(out, name))
+            removed.append(name)
+    return removed
+
+
 def _given_flags(subparser, argv) -> set[str]:
     """The ``dest`` of every flag of ``subparser`` typed on the command line."""
     given = set()
@@ -387,9 +475,10 @@ def _flag(name: str, value) -> str:
     return f"{option} {value}"
 
 
-def _resume_settings(args, given: set[str]) -> dict:
+def _resume_settings(args, given: set[str], processes: int) -> dict:
     """The checkpoint's meta, after taking the run's flags from it: a flag typed
-    again with another value is refused, naming each."""
+    again with another value is refused, naming each, as is another number of
+    processes (it would change the global batch)."""
     last = os.path.join(args.out, "last.npz")
     header, _ = read_checkpoint(last)
     saved = header.get("meta", {})
@@ -413,7 +502,31 @@ def _resume_settings(args, given: set[str]) -> dict:
     for name in RUN_FLAGS:
         if name in flags:
             setattr(args, name, flags[name])
+    for name in RESUME_FLAGS:
+        if name in flags and name not in given:
+            setattr(args, name, flags[name])
+    saved_processes = saved.get("processes", 1)
+    if saved_processes != processes:
+        batch = args.batch_size
+        raise UsageError(
+            f"--resume: {last} was trained by {_processes(saved_processes)} with a global batch "
+            f"of {batch * saved_processes} (--batch-size {batch} each); this run has "
+            f"{_processes(processes)}, a global batch of {batch * processes}; continue it "
+            f"with: {_resume_command(args.out, saved_processes)}")
     return saved
+
+
+def _processes(n: int) -> str:
+    return f"{n} process{'es' if n != 1 else ''}"
+
+
+def _resume_command(out, processes: int) -> str:
+    """The command that continues the run in ``out`` as it was started: its flags come
+    from the checkpoint, the process count from ``mpiexec``."""
+    if processes > 1:
+        return (f"mpiexec -n {processes} gpunet train --resume --out {shlex.quote(out)} "
+                "--distributed")
+    return f"gpunet train --resume --out {shlex.quote(out)}"
 
 
 def run_training(args, callbacks=(), test: bool = True, saver_box: list | None = None,
@@ -426,40 +539,55 @@ def run_training(args, callbacks=(), test: bool = True, saver_box: list | None =
     _use_device(args.device)
     distributed = getattr(args, "distributed", False)
     world = gpunet_distributed.init() if distributed else None
+    processes = 1 if world is None else world.size
     announce = announce and (world is None or world.is_root)
     _check_out(args)
-    saved = _resume_settings(args, args.given) if args.resume else None
+    saved = _resume_settings(args, args.given, processes) if args.resume else None
+    last = os.path.join(args.out, "last.npz")
+    if saved is not None and saved["epoch"] >= args.epochs:
+        raise UsageError(f"--epochs {args.epochs}: {last} has done {saved['epoch']} "
+                         f"epoch(s) already; give more to continue it")
     backend.manual_seed(args.seed)
+
+    args.phase = "building the model"
+    image_shape = IMAGE_SHAPES[args.dataset]
+    in_channels = image_shape[0]
+    args.memory_model = (args.model, in_channels, args.batch_norm, image_shape)
+    model = _build_model(args.model, in_channels, args.batch_norm)
+    _check_model_input(f"--model {args.model}", args.model, model, args.dataset)
+    if getattr(args, "sync_batch_norm", False):
+        gpunet_distributed.sync_batch_norm(model)
+    optimizer = _optimizer(args, model.parameters())
+    schedule = SCHEDULES[args.schedule](optimizer, args) if args.schedule else None
+
     args.phase = "loading the data"
     (x, y), (x_test, y_test) = _load_dataset(args.dataset, args.data_root)
+    if tuple(x.shape[1:]) != image_shape:
+        raise UsageError(f"--dataset {args.dataset}: expected {image_shape} images, the files "
+                         f"hold {tuple(x.shape[1:])}")
     if args.limit:
         x, y = x[:args.limit], y[:args.limit]
-    if args.dev_size > len(x) // 2:
-        raise UsageError(f"--dev-size {args.dev_size} would leave {max(len(x) - args.dev_size, 0)}"
+    # a fraction as Keras' validation_split; the small epsilon keeps 0.1 * 30 at 3
+    dev_size = int(len(x) * args.dev_size + 1e-9) if isinstance(args.dev_size, float) \
+        else args.dev_size
+    if dev_size > len(x) // 2:
+        raise UsageError(f"--dev-size {args.dev_size} would leave {max(len(x) - dev_size, 0)}"
                          f" of the {len(x):,} training images for training; hold out at most "
                          f"half (--dev-size {len(x) // 2} or less, 0 for none)")
-    dev_fraction = args.dev_size / len(x)
+    dev_fraction = dev_size / len(x)
     (x, y), (x_dev, y_dev), _ = train_dev_test_split(x, y, (1 - dev_fraction, dev_fraction, 0),
                                                      seed=args.seed)
     stats = Standardize().fit(to_float(x))
     x, x_dev, x_test = (_prepare(a, stats) for a in (x, x_dev, x_test))
 
-    args.phase = "building the model"
-    args.memory_model = (args.model, x.shape[1], args.batch_norm, x.shape[1:])
-    model = _build_model(args.model, x.shape[1], args.batch_norm)
-    if getattr(args, "sync_batch_norm", False):
-        gpunet_distributed.sync_batch_norm(model)
-    optimizer = _optimizer(args, model.parameters())
-    schedule = SCHEDULES[args.schedule](optimizer, args) if args.schedule else None
     meta = {"architecture": args.model, "batch_norm": args.batch_norm, "dataset": args.dataset,
-            "in_channels": int(x.shape[1]), "standardize": stats.state_dict(), "seed": args.seed,
-            "flags": {name: getattr(args, name) for name in RUN_FLAGS}}
+            "in_channels": int(in_channels), "standardize": stats.state_dict(),
+            "seed": args.seed, "processes": processes,
+            "global_batch": args.batch_size * processes,
+            "flags": {name: getattr(args, name, False) if name == "sync_batch_norm"
+                      else getattr(args, name) for name in RUN_FLAGS + RESUME_FLAGS}}
     history, initial_epoch = History(), 0
-    last = os.path.join(args.out, "last.npz")
     if saved is not None:
-        if saved["epoch"] >= args.epochs:
-            raise UsageError(f"--epochs {args.epochs}: {last} has done {saved['epoch']} "
-                             f"epoch(s) already; give more to continue it")
         load(last, model, optimizer)
         history, initial_epoch = History.from_dict(saved["history"]), saved["epoch"]
         if schedule is not None and saved.get("schedule"):
@@ -483,10 +611,14 @@ def run_training(args, callbacks=(), test: bool = True, saver_box: list | None =
                         if args.batch_norm else ""))
         print(f"training {args.model} on {args.dataset} ({len(x):,} images, "
               f"{len(x_dev):,} for validation) on {where}", flush=True)
+    if args.overwrite and (world is None or world.is_root):
+        # only now: every check above has passed, so a refused run leaves the old one
+        _remove_earlier_run(args.out)
     args.phase = "training"
     fit(model, SoftmaxCrossEntropy(), optimizer, (x, y), args.epochs, args.batch_size,
         val_data=val, schedule=schedule, callbacks=run_callbacks + list(callbacks),
-        progress=not args.no_progress, history=history, initial_epoch=initial_epoch,
+        progress=(not args.no_progress or "epochs") if announce else not args.no_progress,
+        history=history, initial_epoch=initial_epoch,
         augment=(lambda batch: horizontal_flip(batch, args.flip)) if args.flip else None,
         distributed=distributed)
     if not test:
@@ -503,27 +635,48 @@ def cmd_train(args) -> int:
     except KeyboardInterrupt:
         if not saver_box:
             raise
-        message = f"gpunet: interrupted; {_what_was_saved(args.out, saver_box[0].epoch)}"
+        message = f"gpunet: interrupted; {_what_was_saved(args, saver_box[0].epoch)}"
         gpunet_distributed.end_interrupted(message)  # several processes: never returns
         print(message, file=sys.stderr)
         return 130
+    except OSError as exc:
+        if not saver_box:  # before training: nothing of this run was written
+            raise
+        # a full disk, mid-run: the one line says what the last good checkpoint is
+        raise OSError(f"{exc}; {_what_was_saved(args, saver_box[0].epoch)}") from None
     if not getattr(args, "distributed", False) or gpunet_distributed.world().is_root:
         print(f"test accuracy: {scores['accuracy']:.4f} (loss {scores['loss']:.4f}, "
               f"{scores['images']:,} images)")
     return 0
 
 
-def _what_was_saved(out, epoch) -> str:
+def _what_was_saved(args, epoch) -> str:
+    out = args.out
     if epoch is None:
-        return f"nothing of this run was saved (no epoch finished); {out} is as it was"
+        return ("nothing of this run was saved (no epoch finished)"
+                + ("" if args.overwrite else f"; {out} is as it was"))
     best = os.path.join(out, "best.npz")
+    processes = gpunet_distributed.world().size if getattr(args, "distributed", False) else 1
     return (f"saved {os.path.join(out, 'last.npz')} after epoch {epoch}"
             + (f" and {best}" if os.path.exists(best) else "")
-            + f"; continue with: gpunet train --resume --out {out}")
+            + f"; continue with: {_resume_command(out, processes)}")
+
+
+def _checkpoint_of(path) -> str:
+    """``evaluate``'s argument: a checkpoint, or a run's folder, whose best.npz (the
+    model the run kept) is taken, else its last.npz (a run without validation)."""
+    if not os.path.isdir(path):
+        return path
+    for name in ("best.npz", "last.npz"):
+        if os.path.isfile(os.path.join(path, name)):
+            return os.path.join(path, name)
+    raise UsageError(f"{path}: a folder without best.npz or last.npz; give a checkpoint or "
+                     "a run's --out folder")
 
 
 def cmd_evaluate(args) -> int:
     _use_device(args.device)
+    args.checkpoint = _checkpoint_of(args.checkpoint)
     header, _ = read_checkpoint(args.checkpoint)
     meta = header.get("meta", {})
     if meta.get("architecture") not in MODELS:
@@ -536,9 +689,11 @@ def cmd_evaluate(args) -> int:
     args.memory_model = (meta["architecture"], in_channels, meta.get("batch_norm", False),
                          (in_channels, *INPUT_SHAPES[meta["architecture"]][1:]))
     model = _build_model(meta["architecture"], in_channels, meta.get("batch_norm", False))
+    _check_model_input(f"{args.checkpoint} holds a {meta['architecture']}, which",
+                       meta["architecture"], model, dataset)
     load(args.checkpoint, model, restore_rng=False)
     args.phase = "loading the data"
-    _, (x_test, y_test) = _load_dataset(dataset, args.data_root)
+    x_test, y_test = _load_dataset(dataset, args.data_root, split="test")  # no training files
     args.memory_model = (*args.memory_model[:3], x_test.shape[1:])
     std = meta.get("standardize") or {"mean": [0.0], "std": [1.0]}
     stats = Standardize(numpy.asarray(std["mean"]), numpy.asarray(std["std"]))
@@ -817,6 +972,22 @@ def _out_of_memory_message(args, exc: MemoryError) -> str:
             + (f"; {needs}" if needs else "") + (f"; {', or '.join(advice)}" if advice else ""))
 
 
+def _check_launch(args) -> None:
+    """Several processes from ``mpiexec -n N`` are one job for ``train --distributed``
+    alone; any other command (or train without it) would run N independent copies
+    writing the same files."""
+    processes = gpunet_distributed.launched_processes()
+    if processes == 1 or (args.command == "train" and args.distributed):
+        return
+    if args.command == "train":
+        raise UsageError(f"started as one of {processes} MPI processes (mpiexec -n "
+                         f"{processes}) without --distributed: each would train its own copy "
+                         "into the same --out; add --distributed (or run without mpiexec)")
+    raise UsageError(f"{args.command}: started as one of {processes} MPI processes (mpiexec -n "
+                     f"{processes}); it runs in one process: start it without mpiexec"
+                     + (" (--workers runs trials in parallel)" if args.command == "tune" else ""))
+
+
 def _one_line_warning(message, category, filename, lineno, line=None):
     return f"gpunet: warning: {message}\n"
 
@@ -843,6 +1014,7 @@ def main(argv=None) -> int:
         _checks.check_environment()
         subparser = {"train": parser.train_parser, "tune": parser.tune_parser}.get(args.command)
         args.given = _given_flags(subparser, argv) if subparser else set()
+        _check_launch(args)
         return COMMANDS[args.command](args)
     except (UsageError, DatasetError, CheckpointError, backend.DeviceError, ValueError,
             TypeError, OSError, ImportError, gpunet_distributed.DistributedError) as exc:

@@ -29,7 +29,8 @@ import numpy
 
 from .backend import get_array_module, to_numpy
 
-__all__ = ["World", "init", "world", "is_initialized", "current_shard", "sync_batch_norm"]
+__all__ = ["World", "init", "world", "is_initialized", "current_shard", "sync_batch_norm",
+           "launched_processes"]
 
 # Gradients and parameters move in buckets of this many bytes per rank: the reduction
 # gathers every rank's bucket (p buckets of memory), then sums them in rank order.
@@ -41,6 +42,25 @@ _shard: tuple[int, int, int] | None = None  # (start, stop, global rows) of this
 
 class DistributedError(RuntimeError):
     """The ranks of a job disagree (models, data), or MPI is missing."""
+
+
+# What each MPI launcher tells its processes about the job's size: MPICH/Hydra and
+# Intel MPI (PMI), Open MPI, MVAPICH2, PMIx. Read without importing mpi4py, which would
+# initialise MPI in a process that is not meant to be distributed.
+_SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", "PMIX_SIZE",
+                   "MPI_LOCALNRANKS")
+
+
+def launched_processes() -> int:
+    """How many processes the MPI launcher (``mpiexec -n N``) started for this job, from
+    its environment; 1 outside ``mpiexec`` (or where no variable can be read)."""
+    sizes = []
+    for name in _SIZE_VARIABLES:
+        try:
+            sizes.append(int(os.environ.get(name, "1")))
+        except ValueError:
+            continue  # another program's variable of the same name: not a job size
+    return max(sizes, default=1)
 
 
 def _mpi():

@@ -68,17 +68,26 @@ def save(path, model: Module, optimizer=None, **meta) -> str:
     folder = os.path.dirname(os.path.abspath(path))
     # created as open() creates files (0666 less the umask), not mkstemp's private 0600
     tmp = os.path.join(folder, f".tmp-{secrets.token_hex(8)}.npz")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with os.fdopen(fd, "wb") as f:
-            numpy.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                numpy.savez(f, **arrays)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+    except OSError as exc:
+        # the temporary file is our business, not the user's: name the target, and
+        # whether an earlier checkpoint there survived (the rename never happened)
+        kept = (f"; the earlier {path} is unchanged" if os.path.exists(path)
+                else f"; nothing was written to {path}")
+        error = OSError(f"cannot save {path}: {exc.strerror or exc}{kept}")
+        error.errno = exc.errno
+        raise error from None
     dir_fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(dir_fd)

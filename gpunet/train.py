@@ -33,6 +33,8 @@ from .nn.normalization import _BatchNorm
 __all__ = ["fit", "evaluate", "train_step", "History", "Callback", "EarlyStopping",
            "ModelCheckpoint", "NonFiniteError", "OutOfMemoryError", "Run"]
 
+# fit's progress: a bar and a line per epoch, the lines alone (Keras' verbose=2), nothing
+PROGRESS = (True, "epochs", False)
 COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "time")
 
 
@@ -361,7 +363,7 @@ def _train_step(model, loss, optimizer, xb, yb, where, check_finite, world):
 
 
 def fit(model: Module, loss, optimizer, train_data, epochs: int, batch_size: int,
-        val_data=None, schedule=None, callbacks=(), progress: bool = True, augment=None,
+        val_data=None, schedule=None, callbacks=(), progress: bool | str = True, augment=None,
         history: History | None = None, initial_epoch: int = 0,
         shuffle: bool = True, drop_last: bool | None = None,
         distributed: bool = False) -> History:
@@ -376,7 +378,8 @@ def fit(model: Module, loss, optimizer, train_data, epochs: int, batch_size: int
     :class:`OutOfMemoryError` naming the step or the validation. A ``history``
     saved mid-epoch (``history.partial``) resumes at the batch where it stopped.
     Stops with :class:`NonFiniteError` at the first NaN or Inf output, loss or
-    gradient. ``drop_last`` drops each epoch's
+    gradient. ``progress``: ``True`` shows a bar and a line per epoch, ``"epochs"``
+    the lines alone, ``False`` nothing. ``drop_last`` drops each epoch's
     last, smaller batch; by default (``None``) only a last batch of one example when
     the model has batch norm, whose training statistics need two.
 
@@ -393,6 +396,9 @@ def fit(model: Module, loss, optimizer, train_data, epochs: int, batch_size: int
     """
     _check_data("train_data", train_data, model)
     _checks.positive_int("batch_size", batch_size)
+    if progress not in PROGRESS:
+        raise ValueError(f"progress: expected True (a bar and a line per epoch), 'epochs' "
+                         f"(the lines alone) or False, got {progress!r}")
     if val_data is not None:
         _check_data("val_data", val_data, model)
         _check_forward("val_data", model, val_data[0][:2])
@@ -401,7 +407,8 @@ def fit(model: Module, loss, optimizer, train_data, epochs: int, batch_size: int
     device = device_of(model.parameters()[0].data)
     world = _start_distributed(model, train_data, val_data) if distributed else None
     processes = 1 if world is None else world.size
-    progress = progress and (world is None or world.is_root)
+    lines = bool(progress) and (world is None or world.is_root)
+    progress = progress is True and (world is None or world.is_root)
     history = History() if history is None else history
     run = Run(model, optimizer, schedule, history, initial_epoch, len(history.steps),
               has_val_data=val_data is not None, writer=world is None or world.is_root)
@@ -410,9 +417,19 @@ def fit(model: Module, loss, optimizer, train_data, epochs: int, batch_size: int
             callback.on_fit_start(run)
     x, y = train_data
     global_batch = batch_size * processes  # each process trains on its batch_size rows
-    if drop_last is None:
-        drop_last = (len(x) % global_batch) // processes == 1 and _has_batch_norm(model)
+    batch_norm = _has_batch_norm(model)
+    if batch_norm and batch_size == 1:
+        raise ValueError("batch_size 1: batch norm needs at least 2 examples per batch (and "
+                         "process) in training, for its variance")
+    if drop_last is None:  # a last batch whose processes' slices are 1 row: batch norm fails
+        drop_last = batch_norm and (len(x) % global_batch) // processes == 1
     n_batches = len(x) // global_batch if drop_last else -(-len(x) // global_batch)
+    if len(x) // global_batch == 0 and (drop_last or len(x) < processes):
+        needs = ("at least 2 rows per process, which batch norm needs in training"
+                 if batch_norm else f"a row for each of the {processes} processes"
+                 if len(x) < processes else f"{global_batch} rows (drop_last=True)")
+        raise ValueError(f"train_data: {len(x)} example(s) make no training batch of {needs}; "
+                         f"give at least {2 * processes if batch_norm else global_batch}")
     seed = get_rng_state()["seed"]
 
     for epoch in range(initial_epoch + 1, epochs + 1):
@@ -492,7 +509,7 @@ def fit(model: Module, loss, optimizer, train_data, epochs: int, batch_size: int
         run.epoch = epoch
         if schedule is not None:
             schedule.step()
-        if progress:
+        if lines:
             print(_epoch_line(row, epochs, seen), file=sys.stderr, flush=True)
         if _ask_callbacks(callbacks, "on_epoch_end", run, world):
             break

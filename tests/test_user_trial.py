@@ -231,8 +231,8 @@ def test_cli_explicit_data_root_without_the_files(tmp_path):
 
 
 def test_cli_a_split_that_leaves_nothing_to_train_on(tmp_path):
-    code, _, err = cli("train", "--dataset", "synthetic", "--limit", "1000", "--out",
-                       str(tmp_path / "run"))  # --dev-size defaults to 5000
+    code, _, err = cli("train", "--dataset", "synthetic", "--limit", "1000", "--dev-size",
+                       "5000", "--out", str(tmp_path / "run"))
     line = _one_error_line(err)
     assert code == 2 and "--dev-size 5000 would leave 0 of the 1,000" in line
     assert "--dev-size 500 or less" in line

@@ -13,7 +13,7 @@ import pickle
 
 import numpy
 
-from .datasets import search_folders
+from .datasets import _splits, search_folders
 from .errors import DatasetError
 
 TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
@@ -72,8 +72,12 @@ def _read(folder, names, reader, suffix=""):
     return x, y
 
 
-def load_cifar10(root=None):
-    """``((x_train, y_train), (x_test, y_test))``: uint8 ``(N, 3, 32, 32)``, int64 labels."""
+def load_cifar10(root=None, split=None):
+    """``((x_train, y_train), (x_test, y_test))``: uint8 ``(N, 3, 32, 32)``, int64 labels;
+    with ``split="train"`` or ``"test"`` that pair alone (only its batches are read)."""
+    parts = _splits(split)
+    names = {"train": TRAIN, "test": TEST}
+    needed = [n for part in parts for n in names[part]]
     looked = []
     # an explicit root must hold the batches: no fallback to another copy
     for folder in [os.fspath(root)] if root is not None else search_folders("cifar10"):
@@ -83,7 +87,8 @@ def load_cifar10(root=None):
                                     ("", _read_binary_batch, ".bin")):
             path = os.path.join(folder, sub)
             looked.append(path)
-            if all(os.path.isfile(os.path.join(path, n + suffix)) for n in TRAIN + TEST):
-                return _read(path, TRAIN, reader, suffix), _read(path, TEST, reader, suffix)
+            if all(os.path.isfile(os.path.join(path, n + suffix)) for n in needed):
+                out = [_read(path, names[part], reader, suffix) for part in parts]
+                return out[0] if split is not None else tuple(out)
     raise DatasetError("cifar10: no CIFAR-10 batches (python or binary) found; looked in "
                        + ", ".join(dict.fromkeys(looked)))

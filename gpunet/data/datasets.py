@@ -87,26 +87,28 @@ def _find(folder: str, resource: Resource) -> str | None:
     return None
 
 
-def _locate(dataset: IdxDataset, root) -> list[str]:
-    """Paths of the four files from the first folder holding all of them, else
-    downloaded into the cache. An explicit ``root`` must hold them: the user named
-    that folder, so another copy found elsewhere would be silently wrong data."""
+def _locate(dataset: IdxDataset, root, resources=None) -> list[str]:
+    """Paths of ``resources`` (of ``dataset``; ``None``: its four files) from the first
+    folder holding all of them, else downloaded into the cache. An explicit ``root``
+    must hold them: the user named that folder, so another copy found elsewhere would
+    be silently wrong data."""
+    resources = dataset.resources if resources is None else resources
     if root is not None:
-        paths = [_find(os.fspath(root), r) for r in dataset.resources]
+        paths = [_find(os.fspath(root), r) for r in resources]
         if not all(paths):
-            missing = [r.filename for r, p in zip(dataset.resources, paths) if p is None]
+            missing = [r.filename for r, p in zip(resources, paths) if p is None]
             raise DatasetError(f"{dataset.name}: {os.fspath(root)} does not hold "
                                f"{', '.join(missing)} (.gz or not)")
         return paths
     for folder in search_folders(dataset.name, root):
-        paths = [_find(folder, r) for r in dataset.resources]
+        paths = [_find(folder, r) for r in resources]
         if all(paths):
             return paths
     target = os.path.join(cache_dir(), dataset.name)
     mirrors = [os.environ["GPUNET_MIRROR"]] if os.environ.get("GPUNET_MIRROR") else \
         list(dataset.mirrors)
     paths = []
-    for resource in dataset.resources:
+    for resource in resources:
         dest = os.path.join(target, resource.filename + ".gz")
         errors = []
         for mirror in mirrors:
@@ -131,12 +133,30 @@ def _load(path: str, resource: Resource) -> numpy.ndarray:
     return parse_idx(data, path)
 
 
-def load_idx_dataset(dataset: IdxDataset, root=None):
-    """``((x_train, y_train), (x_test, y_test))``: uint8 ``(N, 1, H, W)`` and int64."""
-    paths = _locate(dataset, root)
-    arrays = [_load(p, r) for p, r in zip(paths, dataset.resources)]
+SPLITS = ("train", "test")
+
+
+def _splits(split) -> tuple[str, ...]:
+    """``None``: both splits; ``"train"`` or ``"test"``: that one."""
+    if split is None:
+        return SPLITS
+    if split not in SPLITS:
+        raise ValueError(f"split: expected 'train', 'test' or None (both), got {split!r}")
+    return (split,)
+
+
+def load_idx_dataset(dataset: IdxDataset, root=None, split=None):
+    """``((x_train, y_train), (x_test, y_test))``: uint8 ``(N, 1, H, W)`` and int64;
+    with ``split="train"`` or ``"test"`` that pair alone, and only its files are read
+    (or downloaded)."""
+    parts = _splits(split)
+    pairs = {"train": (dataset.train_images, dataset.train_labels),
+             "test": (dataset.test_images, dataset.test_labels)}
+    paths = _locate(dataset, root, [r for part in parts for r in pairs[part]])  # all first
     out = []
-    for (images, labels), (pi, pl) in zip((arrays[:2], arrays[2:]), (paths[:2], paths[2:])):
+    for i, part in enumerate(parts):
+        pi, pl = paths[2 * i:2 * i + 2]
+        images, labels = _load(pi, pairs[part][0]), _load(pl, pairs[part][1])
         if images.ndim != 3 or images.dtype != numpy.uint8:
             raise DatasetError(f"{pi}: expected uint8 images (N, H, W), got "
                                f"{images.dtype} {images.shape}")
@@ -147,14 +167,16 @@ def load_idx_dataset(dataset: IdxDataset, root=None):
             raise DatasetError(f"{pl}: label {int(labels.max())} is out of range for "
                                f"{dataset.classes} classes")
         out.append((images[:, None].copy(), labels.astype(numpy.int64)))
-    return tuple(out)
+    return out[0] if split is not None else tuple(out)
 
 
-def load_fashion_mnist(root=None):
-    """Fashion-MNIST: 60,000 + 10,000 grey 28x28 images of 10 kinds of clothing."""
-    return load_idx_dataset(FASHION_MNIST, root)
+def load_fashion_mnist(root=None, split=None):
+    """Fashion-MNIST: 60,000 + 10,000 grey 28x28 images of 10 kinds of clothing
+    (``split="train"`` or ``"test"``: that part alone)."""
+    return load_idx_dataset(FASHION_MNIST, root, split)
 
 
-def load_mnist(root=None):
-    """MNIST: 60,000 + 10,000 grey 28x28 handwritten digits."""
-    return load_idx_dataset(MNIST, root)
+def load_mnist(root=None, split=None):
+    """MNIST: 60,000 + 10,000 grey 28x28 handwritten digits (``split="train"`` or
+    ``"test"``: that part alone)."""
+    return load_idx_dataset(MNIST, root, split)
