@@ -1,9 +1,11 @@
 """Model layouts, parameter counts and the summary table."""
+import math
+
 import numpy
 import pytest
 
 import gpunet
-from gpunet import models
+from gpunet import losses, models
 
 
 def n_params(model):
@@ -127,3 +129,31 @@ def test_adaptive_avg_pool_matches_torch(rng):
         ours = gpunet.nn.AdaptiveAvgPool2d(out)(x)
         ref = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(x), out).numpy()
         assert numpy.allclose(ours, ref, rtol=1e-12, atol=1e-12), out
+
+
+@pytest.mark.parametrize("name,kwargs,shape", [
+    ("lenet5", {}, (32, 1, 28, 28)), ("lenet5", {"batch_norm": True}, (32, 1, 28, 28)),
+    ("lenet5_notes", {}, (32, 3, 32, 32)), ("alexnet_cifar", {}, (32, 3, 32, 32)),
+    ("vgg_cifar", {}, (32, 3, 32, 32)), ("vgg_cifar", {"batch_norm": False}, (32, 3, 32, 32)),
+    ("alexnet", {"num_classes": 10, "lrn": True}, (4, 3, 224, 224))], ids=str)
+def test_shipped_models_start_near_chance(name, kwargs, shape):
+    """On standardised input, the first loss of every shipped model is near ln(10),
+    the loss of a uniform guess (plain He everywhere started at 2.9 to 9: each max
+    pool grew the signal three to five times, and the head was He-initialised)."""
+    data = numpy.random.default_rng(7)
+    for seed in range(2):
+        gpunet.manual_seed(seed)
+        model = models.MODELS[name](**kwargs)
+        x = data.standard_normal(shape).astype("float32")
+        value = losses.SoftmaxCrossEntropy()(model(x), data.integers(0, 10, shape[0]))
+        assert abs(value - math.log(10)) < 0.6, (seed, value)
+
+
+def test_the_second_moment_of_a_relu_after_max_pooling():
+    """What :mod:`gpunet.models.scaling` divides by, against a Monte Carlo estimate."""
+    from gpunet.models.scaling import relu_of_max_moment
+    z = numpy.random.default_rng(0).standard_normal((400_000, 9))
+    assert relu_of_max_moment(1) == pytest.approx(0.5, abs=1e-9)
+    for window in (4, 9):
+        sampled = numpy.mean(numpy.maximum(z[:, :window].max(axis=1), 0) ** 2)
+        assert relu_of_max_moment(window) == pytest.approx(sampled, rel=1e-2)

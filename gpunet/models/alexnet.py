@@ -13,6 +13,7 @@ from ..nn import (
     ReLU,
     Sequential,
 )
+from .scaling import init_for_what_feeds_each_layer
 
 
 def alexnet(num_classes: int = 1000, lrn: bool = False) -> Sequential:
@@ -37,8 +38,9 @@ def alexnet(num_classes: int = 1000, lrn: bool = False) -> Sequential:
     classifier = Sequential(
         Dropout(0.5), Linear(256 * 6 * 6, 4096), ReLU(),
         Dropout(0.5), Linear(4096, 4096), ReLU(), Linear(4096, num_classes))
-    return Sequential({"features": features, "avgpool": AdaptiveAvgPool2d(6),
-                       "flatten": Flatten(), "classifier": classifier})
+    return init_for_what_feeds_each_layer(Sequential({
+        "features": features, "avgpool": AdaptiveAvgPool2d(6), "flatten": Flatten(),
+        "classifier": classifier}))
 
 
 def alexnet_cifar(num_classes: int = 10, dropout: float = 0.0) -> Sequential:
@@ -48,11 +50,11 @@ def alexnet_cifar(num_classes: int = 10, dropout: float = 0.0) -> Sequential:
     def drop():  # a new layer each time: a module instance holds one forward's context
         return [Dropout(dropout)] if dropout else []
 
-    return Sequential(
+    return init_for_what_feeds_each_layer(Sequential(
         Conv2d(3, 64, 5, padding=2), MaxPool2d(3, 2), ReLU(),
         Conv2d(64, 128, 5, padding=2), MaxPool2d(3, 2), ReLU(),
         Conv2d(128, 192, 3, padding=1), ReLU(),
         Conv2d(192, 192, 3, padding=1), ReLU(),
         Conv2d(192, 128, 3, padding=1), MaxPool2d(3, 2), ReLU(),
         Flatten(), *drop(), Linear(128 * 3 * 3, 384), ReLU(), *drop(), Linear(384, 192), ReLU(),
-        Linear(192, num_classes))
+        Linear(192, num_classes)))

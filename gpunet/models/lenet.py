@@ -12,6 +12,7 @@ from ..nn import (
     ReLU,
     Sequential,
 )
+from .scaling import init_for_what_feeds_each_layer
 
 
 class InputConv(Conv2d):
@@ -46,7 +47,8 @@ def lenet5(in_channels: int = 1, num_classes: int = 10, batch_norm: bool = False
     batch norm after each conv and hidden FC, which then have no bias (as in
     torchvision: the norm's ``bias`` takes its place), 61,932 parameters. Keys match
     a ``torch.nn.Sequential``."""
-    return Sequential(*_lenet_layers(in_channels, 6, num_classes, batch_norm))
+    return init_for_what_feeds_each_layer(
+        Sequential(*_lenet_layers(in_channels, 6, num_classes, batch_norm)))
 
 
 def lenet5_notes(num_classes: int = 10) -> Sequential:
@@ -56,4 +58,4 @@ def lenet5_notes(num_classes: int = 10) -> Sequential:
     the notes print 208, 416, 48,001, 10,081 and 841, leaving out the input
     channels of each filter and miscounting the FC biases.
     """
-    return Sequential(*_lenet_layers(3, 8, num_classes, False))
+    return init_for_what_feeds_each_layer(Sequential(*_lenet_layers(3, 8, num_classes, False)))

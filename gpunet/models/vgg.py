@@ -12,6 +12,7 @@ from ..nn import (
     ReLU,
     Sequential,
 )
+from .scaling import init_for_what_feeds_each_layer
 
 VGG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
          512, 512, 512, "M"]
@@ -36,14 +37,16 @@ def vgg16(num_classes: int = 1000) -> Sequential:
     """224x224x3 input; 138,357,544 parameters with 1000 classes; torchvision's keys."""
     classifier = Sequential(Linear(512 * 7 * 7, 4096), ReLU(), Dropout(0.5),
                             Linear(4096, 4096), ReLU(), Dropout(0.5), Linear(4096, num_classes))
-    return Sequential({"features": _features(VGG16, False), "avgpool": AdaptiveAvgPool2d(7),
-                       "flatten": Flatten(), "classifier": classifier})
+    return init_for_what_feeds_each_layer(Sequential({
+        "features": _features(VGG16, False), "avgpool": AdaptiveAvgPool2d(7),
+        "flatten": Flatten(), "classifier": classifier}))
 
 
 def vgg_cifar(num_classes: int = 10, batch_norm: bool = True) -> Sequential:
     """A VGG-style net for 32x32x3: conv64, pool, conv128, pool, 2x conv256, pool,
     2x conv512, pool (all 3x3), then FC256 and FC10: 5,029,706 parameters with batch
     norm (the convolutions before it have no bias), 5,027,978 without."""
-    return Sequential({"features": _features(VGG_CIFAR, batch_norm), "flatten": Flatten(),
-                       "classifier": Sequential(Linear(512 * 2 * 2, 256), ReLU(),
-                                                Dropout(0.5), Linear(256, num_classes))})
+    return init_for_what_feeds_each_layer(Sequential({
+        "features": _features(VGG_CIFAR, batch_norm), "flatten": Flatten(),
+        "classifier": Sequential(Linear(512 * 2 * 2, 256), ReLU(), Dropout(0.5),
+                                 Linear(256, num_classes))}))
