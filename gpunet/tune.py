@@ -813,7 +813,6 @@ def search(space: list[Param], train: dict | None = None, out: str = "runs/tune"
     url = storage or study.default_storage
     name = f"gpunet-{uuid.uuid4().hex[:12]}"
     optuna.create_study(study_name=name, storage=_storage(optuna, url), direction="maximize")
-    study = Study(out, storage)
     study.write_settings({"train": train, "storage": storage, "study": name,
                           "search": {"sampler": sampler, "pruner": pruner, "search_seed": seed},
                           "rounds": [{"space": {p.name: p.spec() for p in space},
