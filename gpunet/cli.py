@@ -300,7 +300,7 @@ OPTIMIZERS = {
 
 
 def _optimizer(args, params):
-    if args.optimizer not in OPTIMIZERS:  # tune's --param optimizer=choice:... comes here too
+    if args.optimizer not in OPTIMIZERS:  # never a default: a name train does not know
         raise UsageError(f"--optimizer: expected one of {', '.join(OPTIMIZERS)}, got "
                          f"{args.optimizer!r}")
     if args.weight_decay:  # on weights only: biases and batch-norm vectors in a group at 0
@@ -419,6 +419,12 @@ def _check_train_flags(args) -> None:
         problems.append("--decay needs --schedule")
     elif args.schedule and not DECAY_RULES[args.schedule][0](args.decay):
         problems.append(f"--decay: {DECAY_RULES[args.schedule][1]}, got {args.decay}")
+    if args.limit and isinstance(args.dev_size, int) and args.dev_size > args.limit // 2:
+        # a count against --limit now; a fraction, or the data's own size, is checked later
+        problems.append(f"--dev-size {args.dev_size} would leave "
+                        f"{max(args.limit - args.dev_size, 0)} of the {args.limit:,} training "
+                        f"images of --limit {args.limit} for training; hold out at most half "
+                        f"(--dev-size {args.limit // 2} or less, 0 for none)")
     if problems:
         raise UsageError("; ".join(problems))
 
@@ -806,12 +812,18 @@ def cmd_info(args) -> int:
 SEARCH_FLAGS = ("sampler", "pruner", "search_seed")  # kept in tune.json for --resume
 
 
+def run_actions() -> dict:
+    """The argparse actions of the flags that define a training run, by ``dest``: the
+    types and choices ``gpunet train`` takes (tune checks its trials against them)."""
+    parser = Parser(add_help=False)
+    _add_run_arguments(parser)
+    return {a.dest: a for a in parser._actions}
+
+
 def run_defaults() -> dict:
     """The flags that define a training run and their defaults, as ``gpunet train``
     takes them (``dest`` names: ``batch_size``, ``lr`` ...)."""
-    parser = Parser(add_help=False)
-    _add_run_arguments(parser)
-    return {a.dest: a.default for a in parser._actions}
+    return {dest: action.default for dest, action in run_actions().items()}
 
 
 def train_command(flags: dict) -> str:
@@ -827,7 +839,9 @@ def train_command(flags: dict) -> str:
         if isinstance(value, bool):
             words.append(option)
         else:
-            words += [option, f"{value:.6g}" if isinstance(value, float) else str(value)]
+            # repr: the shortest text that reads back as the same float, so that the
+            # command trains exactly what the trial trained
+            words += [option, repr(value) if isinstance(value, float) else str(value)]
     return " ".join(words)
 
 
@@ -850,12 +864,9 @@ def cmd_tune(args) -> int:
             if not space:
                 raise UsageError("tune: give the search space with --param NAME=KIND:LOW:HIGH "
                                  "(repeatable) or --space FILE")
-            tune.check_space(space)
-            if args.overwrite:
-                _remove_tuning_run(out)
             tune.search(space, {name: getattr(args, name) for name in run_flags}, out,
                         args.trials, args.workers, args.sampler, args.pruner, args.search_seed,
-                        args.storage, threads)
+                        args.storage, threads, overwrite=args.overwrite)
     except KeyboardInterrupt:
         print(f"gpunet: tuning interrupted; gpunet tune --resume --out {out} runs the "
               "remaining trials", file=sys.stderr)
@@ -868,13 +879,21 @@ def cmd_tune(args) -> int:
     if plot:
         print(f"plot: {plot}")
     best = study.best_command()
-    print(f"best: {best}" if best else "no trial completed")
+    if best is None:  # a study that found nothing has failed, whatever its trials say
+        counts = {}
+        for row in study.rows():
+            counts[row["state"]] = counts.get(row["state"], 0) + 1
+        return _fail("error: no trial completed ("
+                     + ", ".join(f"{n} {state}" for state, n in counts.items())
+                     + f"); the table above says why, {os.path.join(out, 'trials')} holds "
+                     "their runs", 1)
+    print(f"best: {best}")
     return 0
 
 
 def _continue_tuning(args, study, run_flags, threads) -> None:
     """``--resume`` and ``--refine``: the settings from tune.json, the search flags
-    typed again replacing theirs."""
+    typed again replacing theirs; ``--trials`` with --resume is the run's new total."""
     from . import tune
     option = "--resume" if args.resume else "--refine"
     if not study.exists():
@@ -884,6 +903,7 @@ def _continue_tuning(args, study, run_flags, threads) -> None:
     if typed:
         raise UsageError(f"{option} takes the run's settings from {study.settings_path}; "
                          "drop " + ", ".join("--" + n.replace("_", "-") for n in typed))
+    study.check_storage(option)
     settings = study.settings()
     for name in SEARCH_FLAGS:
         if name in args.given:
@@ -895,19 +915,17 @@ def _continue_tuning(args, study, run_flags, threads) -> None:
                                    "trials": args.trials})
         settings["trials"] = study.finished() + args.trials
         print("refined: " + ", ".join(f"{p.name}={p.spec()}" for p in space), flush=True)
+    elif "trials" in args.given:  # as Optuna's n_trials on a resumed study: the total
+        finished = study.finished()
+        if args.trials <= finished:
+            raise UsageError(f"--trials {args.trials}: {study.out} has {finished} trial(s) "
+                             f"already; give more to add some")
+        settings["rounds"][-1]["trials"] += args.trials - settings["trials"]
+        settings["trials"] = args.trials
     study.write_settings(settings)
     search = settings["search"]
     study.run(settings["trials"], args.workers, search["sampler"], search["pruner"],
               search["search_seed"], threads, tune.devices_for(settings["train"].get("device")))
-
-
-def _remove_tuning_run(out) -> None:
-    import shutil
-    for name in ("tune.json", "study.db", "trials.txt", "tune.png"):
-        path = os.path.join(out, name)
-        if os.path.exists(path):
-            os.remove(path)
-    shutil.rmtree(os.path.join(out, "trials"), ignore_errors=True)
 
 
 COMMANDS = {"train": cmd_train, "tune": cmd_tune, "evaluate": cmd_evaluate,

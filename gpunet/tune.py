@@ -16,18 +16,23 @@ trial is a ``gpunet train`` run (:func:`gpunet.cli.run_training`) in
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import multiprocessing
 import os
 import signal
+import sys
 import time
+import uuid
 import warnings
 from dataclasses import dataclass
 
 __all__ = ["Param", "log_uniform", "one_minus_log_uniform", "uniform", "int_uniform", "choice",
-           "parse_param", "read_space", "check_space", "refine", "search", "Study"]
+           "parse_param", "read_space", "check_space", "check_trials", "refine", "search",
+           "Study"]
 
+# The study name of runs from before each run had its own (tune.json without "study").
 STUDY = "gpunet"
 # A running trial's worker writes a heartbeat this often; one silent for GRACE_S is
 # taken for dead (a killed worker, a machine gone) and failed by the next --resume.
@@ -101,7 +106,9 @@ class Param:
         if self.kind == "pow2":
             return 2 ** trial.suggest_int(f"log2({self.name})", int(math.log2(self.low)),
                                           int(math.log2(self.high)))
-        return trial.suggest_categorical(self.name, list(self.options))
+        if self.kind == "choice":
+            return trial.suggest_categorical(self.name, list(self.options))
+        raise ValueError(f"{self.name}: cannot sample kind {self.kind!r}")
 
     def scale(self, value: float) -> float:
         """Where ``value`` sits on the sampling scale (refining and plots use it)."""
@@ -257,17 +264,89 @@ def check_space(space: list[Param]) -> None:
                              + ", ".join(kinds))
 
 
+def _ends(param: Param) -> list:
+    """The values that bound what ``param`` samples: each option of a choice, else
+    low and high (every range is monotone in its scale, so the checks of train, all
+    bounds or sets, hold inside it when they hold at both ends)."""
+    if param.kind == "choice":
+        return list(param.options)
+    if param.kind in ("int", "pow2"):
+        return [int(param.low), int(param.high)]
+    return [param.low, param.high]
+
+
+def _check_value(action, value, where: str) -> None:
+    """``value`` as ``gpunet train`` takes the flag of ``action`` (its type, its choices)."""
+    flag = action.option_strings[0]
+    if value is None and action.default is None:
+        return  # an optional flag left out (--schedule, --limit ...)
+    if isinstance(action, argparse._StoreTrueAction):
+        if not isinstance(value, bool):
+            raise ValueError(f"{where}: gpunet train's {flag} is on or off (true or false), "
+                             f"got {value!r}")
+        return
+    if action.choices is not None:
+        if value not in action.choices:
+            raise ValueError(f"{where}: gpunet train's {flag} takes "
+                             f"{', '.join(map(str, action.choices))}; got {value!r}")
+        return
+    if action.type is None:  # --device, --data-root: opened or read as train does
+        return
+    try:
+        if isinstance(value, bool):
+            raise ValueError(value)
+        action.type(str(value))
+    except argparse.ArgumentTypeError as exc:
+        raise ValueError(f"{where}: gpunet train's {flag} {exc}") from None
+    except ValueError:
+        expected = "a number" if action.type is float else "a whole number"
+        raise ValueError(f"{where}: gpunet train's {flag} expected {expected}, "
+                         f"got {value!r}") from None
+
+
+def check_trials(space: list[Param], train: dict) -> None:
+    """What ``gpunet train`` would refuse in every trial, refused before the first: the
+    fixed flags of ``train`` and each value ``space`` can sample checked against train's
+    flags (their types and choices), then train's own checks
+    (:func:`gpunet.cli._check_train_flags`) at each combination of the ends of the
+    ranges, so that flags that depend on each other (--schedule, --decay) are checked
+    together. The device is opened as train opens it."""
+    from .cli import UsageError, _check_train_flags, _use_device, run_actions
+    actions = run_actions()
+    for name, value in train.items():
+        _check_value(actions[name], value, actions[name].option_strings[0])
+    for param in space:
+        for value in _ends(param):
+            _check_value(actions[param.name], value, f"--param {param.name}={param.spec()}")
+    names = [param.name for param in space]
+    for values in itertools.product(*(_ends(param) for param in space)):
+        try:
+            _check_train_flags(argparse.Namespace(**{**train, **dict(zip(names, values))}))
+        except UsageError as exc:
+            message = str(exc)
+            blamed = [f"--param {p.name}={p.spec()}" for p, v in zip(space, values)
+                      if actions[p.name].option_strings[0] in message]
+            raise ValueError(message + (f" (a value {' and '.join(blamed)} can sample)"
+                                        if blamed else "")) from None
+    try:
+        _use_device(train["device"], quiet=True)
+    except UsageError as exc:
+        raise ValueError(str(exc)) from None
+
+
 # -- running a study --------------------------------------------------------------------------
 class _ReportEpochs:
-    """A fit callback: each epoch's validation accuracy to Optuna, which may prune."""
+    """A fit callback: each epoch's validation accuracy to Optuna, which may prune,
+    except after the last of the trial's ``epochs``: that trial has finished, and
+    stopping it would save nothing but lose a complete result."""
 
-    def __init__(self, trial, optuna):
-        self.trial, self.optuna = trial, optuna
+    def __init__(self, trial, optuna, epochs: int):
+        self.trial, self.optuna, self.epochs = trial, optuna, epochs
 
     def on_epoch_end(self, run):
         accuracy = run.history["val_accuracy"][-1]
         self.trial.report(accuracy, run.epoch)
-        if self.trial.should_prune():
+        if run.epoch < self.epochs and self.trial.should_prune():
             raise self.optuna.TrialPruned(f"validation accuracy {accuracy:.4f} at epoch "
                                           f"{run.epoch}")
         return False
@@ -286,7 +365,8 @@ def _objective(space: list[Param], train: dict, out: str, optuna):
         args.resume, args.overwrite, args.no_progress, args.given = False, True, True, set()
         start = time.perf_counter()
         try:
-            history, _ = run_training(args, [_ReportEpochs(trial, optuna)], test=False,
+            history, _ = run_training(args, [_ReportEpochs(trial, optuna, args.epochs)],
+                                      test=False,
                                       announce=False)
         except KeyboardInterrupt:
             trial.set_user_attr("interrupted", True)
@@ -321,8 +401,26 @@ def _pruner(optuna, name: str):
     raise ValueError(f"--pruner: expected median or none, got {name!r}")
 
 
-def _worker(storage: str, specs: dict, train: dict, out: str, trials: int, sampler: str,
-            pruner: str, seed: int | None, threads: int, child: bool = True) -> None:
+def _announce(study, trial) -> None:
+    """An Optuna callback: one line as each trial ends, written at once (workers share
+    the terminal), so that a long study shows its progress."""
+    row = _row(trial)
+    if row["state"] == "complete":
+        what = (f"val acc {row['val_accuracy']:.4f} (epoch {_show(row['best_epoch'])})")
+    elif row["state"] == "pruned":
+        what = f"at epoch {_show(row['last_epoch'])}, val acc {_show(row['last_accuracy'], '.4f')}"
+    else:
+        what = row["error"] or ""
+    values = " ".join(f"{name}={_show(value)}" for name, value in row["hyperparameters"].items())
+    line = (f"trial {row['trial']} {row['state']}: {what}; {_show(row['seconds'], '.1f')} s"
+            + (f"; {values}" if values else ""))
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def _worker(storage: str, name: str, specs: dict, train: dict, out: str, trials: int,
+            sampler: str, pruner: str, seed: int | None, threads: int,
+            child: bool = True) -> None:
     """One worker: ``trials`` trials of the study, one after another. In a child
     process it takes ``threads`` CPU threads (this process keeps its own setting),
     and a Ctrl-C ends it quietly (the parent reports it)."""
@@ -333,12 +431,12 @@ def _worker(storage: str, specs: dict, train: dict, out: str, trials: int, sampl
         warnings.formatwarning = _one_line_warning  # as the parent prints them
     optuna = require_optuna()
     space = [parse_param(f"{name}={spec}") for name, spec in specs.items()]
-    study = optuna.load_study(study_name=STUDY, storage=_storage(optuna, storage),
+    study = optuna.load_study(study_name=name, storage=_storage(optuna, storage),
                               sampler=_sampler(optuna, sampler, seed),
                               pruner=_pruner(optuna, pruner))
     try:
         study.optimize(_objective(space, train, out, optuna), n_trials=trials,
-                       catch=(Exception,))
+                       catch=(Exception,), callbacks=[_announce])
     except KeyboardInterrupt:
         if not child:
             raise  # the trial is recorded as interrupted; --resume runs it again
@@ -346,18 +444,52 @@ def _worker(storage: str, specs: dict, train: dict, out: str, trials: int, sampl
 
 def _storage(optuna, url: str):
     """The study's RDB storage, with heartbeats so that a dead worker's trial can be
-    told from a running one."""
-    return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+    told from a running one. A URL SQLAlchemy cannot open is one line naming it."""
+    import sqlalchemy.exc
+    try:
+        return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S,
+                                          grace_period=GRACE_S)
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as exc:
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"--storage {url}: expected a database URL that Optuna can open "
+                         f"(e.g. sqlite:///path/study.db), got: {reason}") from None
 
 
 class Study:
     """A tuning run in ``out``: its settings in ``out/tune.json`` (the space of each
-    round, the training flags, how many trials), its trials in an Optuna study."""
+    round, the training flags, how many trials, the storage and the study's name),
+    its trials in an Optuna study of that name, in that storage."""
 
     def __init__(self, out: str, storage: str | None = None):
         self.out = out
         self.settings_path = os.path.join(out, "tune.json")
-        self.storage = storage or f"sqlite:///{os.path.abspath(os.path.join(out, 'study.db'))}"
+        self.given_storage = storage
+
+    @property
+    def default_storage(self) -> str:
+        return f"sqlite:///{os.path.abspath(os.path.join(self.out, 'study.db'))}"
+
+    @property
+    def storage(self) -> str:
+        """The storage given, else the one tune.json records, else ``OUT/study.db``."""
+        recorded = self.settings().get("storage") if self.exists() else None
+        return self.given_storage or recorded or self.default_storage
+
+    @property
+    def name(self) -> str:
+        """The study's name in its storage: each run its own, so that runs sharing a
+        storage (or one run and the run it overwrote) never mix their trials."""
+        return self.settings().get("study", STUDY)
+
+    def check_storage(self, option: str) -> None:
+        """A ``--storage`` typed again for an existing run must be the one it uses."""
+        settings = self.settings()
+        if self.given_storage is None or "storage" not in settings:
+            return  # a run from before tune.json recorded it: the storage typed is the one
+        recorded = settings["storage"] or self.default_storage
+        if self.given_storage != recorded:
+            raise ValueError(f"{option}: the run in {self.out} keeps its trials in {recorded}, "
+                             f"not --storage {self.given_storage}; drop --storage")
 
     # settings ------------------------------------------------------------------
     def exists(self) -> bool:
@@ -374,14 +506,35 @@ class Study:
             json.dump(settings, f, indent=1)
         os.replace(partial, self.settings_path)
 
+    def remove(self) -> None:
+        """The run's study, from its storage (another run's in a shared one stay), then
+        its files."""
+        import shutil
+        optuna = require_optuna()
+        try:
+            optuna.delete_study(study_name=self.name, storage=_storage(optuna, self.storage))
+        except KeyError:
+            pass  # removed already: what overwriting wants
+        for name in ("tune.json", "study.db", "trials.txt", "tune.png"):
+            path = os.path.join(self.out, name)
+            if os.path.exists(path):
+                os.remove(path)
+        shutil.rmtree(os.path.join(self.out, "trials"), ignore_errors=True)
+
     def space(self) -> list[Param]:
         rounds = self.settings()["rounds"]
         return [parse_param(f"{name}={spec}") for name, spec in rounds[-1]["space"].items()]
 
     # trials --------------------------------------------------------------------
-    def load(self):
+    def load(self, storage=None):
+        """The Optuna study (in ``storage``, an opened storage, else this run's)."""
         optuna = require_optuna()
-        return optuna.load_study(study_name=STUDY, storage=_storage(optuna, self.storage))
+        storage = storage or _storage(optuna, self.storage)
+        try:
+            return optuna.load_study(study_name=self.name, storage=storage)
+        except KeyError:
+            raise ValueError(f"{self.out}: {self.storage} holds no study {self.name!r} (its "
+                             f"trials); was it removed, or is it another storage?") from None
 
     def trials(self) -> list:
         return self.load().get_trials(deepcopy=False)
@@ -393,7 +546,7 @@ class Study:
         another worker's, and left alone."""
         optuna = require_optuna()
         storage = _storage(optuna, self.storage)
-        study = optuna.load_study(study_name=STUDY, storage=storage)
+        study = self.load(storage)
         running = {t._trial_id: t for t in study.get_trials(
             deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))}
         for trial_id, trial in running.items():
@@ -419,9 +572,6 @@ class Study:
             threads: int, devices: list[str]) -> None:
         """Run until ``trials`` trials of this study count, on ``workers`` processes
         (each ``threads`` CPU threads, or its own device of ``devices``)."""
-        optuna = require_optuna()
-        optuna.create_study(study_name=STUDY, storage=self.storage, direction="maximize",
-                            load_if_exists=True)
         self.close_interrupted()
         remaining = trials - self.finished()
         if remaining <= 0:
@@ -436,8 +586,8 @@ class Study:
         if workers == 1:
             train = dict(settings["train"], device=devices[0] if devices else
                          settings["train"]["device"])
-            _worker(self.storage, specs, train, self.out, shares[0], sampler, pruner, seeds[0],
-                    threads, child=False)
+            _worker(self.storage, self.name, specs, train, self.out, shares[0], sampler, pruner,
+                    seeds[0], threads, child=False)
             return
         context = multiprocessing.get_context("spawn")
         processes = []
@@ -446,8 +596,8 @@ class Study:
             if devices:
                 train["device"] = devices[i % len(devices)]
             processes.append(context.Process(
-                target=_worker, args=(self.storage, specs, train, self.out, share, sampler,
-                                      pruner, seeds[i], threads)))
+                target=_worker, args=(self.storage, self.name, specs, train, self.out, share,
+                                      sampler, pruner, seeds[i], threads)))
         for process in processes:
             process.start()
         try:
@@ -467,22 +617,7 @@ class Study:
     def rows(self) -> list[dict]:
         """One row a trial, best validation accuracy first; then pruned, failed."""
         optuna = require_optuna()
-        states = optuna.trial.TrialState
-        rows = []
-        for t in self.trials():
-            if t.state == states.RUNNING:
-                continue
-            state = {states.COMPLETE: "complete", states.PRUNED: "pruned",
-                     states.FAIL: "interrupted" if t.user_attrs.get("interrupted") else "failed",
-                     states.WAITING: "waiting"}.get(t.state, str(t.state))
-            reported = t.intermediate_values
-            rows.append({"trial": t.number, "state": state, "val_accuracy": t.value,
-                         "last_epoch": max(reported) if reported else None,
-                         "last_accuracy": reported[max(reported)] if reported else None,
-                         "best_epoch": t.user_attrs.get("best_epoch"),
-                         "seconds": t.user_attrs.get("seconds"),
-                         "hyperparameters": t.user_attrs.get("hyperparameters", {}),
-                         "error": t.user_attrs.get("error")})
+        rows = [_row(t) for t in self.trials() if t.state != optuna.trial.TrialState.RUNNING]
         order = {"complete": 0, "pruned": 1, "failed": 2, "interrupted": 3}
         rows.sort(key=lambda r: (order.get(r["state"], 4), -(r["val_accuracy"] or 0),
                                  -(r["last_accuracy"] or 0), r["trial"]))
@@ -547,6 +682,7 @@ class Study:
                 ax.set_xscale("log")
             if param.kind == "pow2":
                 ax.set_xscale("log", base=2)
+            _set_ticks(ax, param)
             ax.set_xlabel(f"1 - {param.name}" if param.kind == "beta" else param.name)
             ax.set_ylabel("validation accuracy")
             ax.grid(alpha=0.3)
@@ -557,6 +693,68 @@ class Study:
         plt.close(fig)
         os.replace(partial, path)
         return path
+
+
+def _log_ticks(low: float, high: float) -> list[float]:
+    """2 to 5 ticks in [low, high] at 1, 2, 5 (or 1, 3, or 1, or 1 ... 9) times a power of
+    ten; every few decades where there are many; else the range's two ends."""
+    first, last = math.floor(math.log10(low)), math.ceil(math.log10(high))
+
+    def inside(t):  # with a little slack: 1 - 0.9999 is 1.0000000000287557e-04
+        return low * (1 - 1e-9) <= t <= high * (1 + 1e-9)
+
+    for steps in ((1, 2, 5), (1, 3), (1,), range(1, 10)):
+        ticks = [m * 10.0 ** e for e in range(first, last + 1) for m in steps
+                 if inside(m * 10.0 ** e)]
+        if 2 <= len(ticks) <= 5:
+            return ticks
+    decades = [10.0 ** e for e in range(first, last + 1) if inside(10.0 ** e)]
+    if len(decades) > 5:
+        return decades[::math.ceil(len(decades) / 5)]
+    return [low, high]
+
+
+def _set_ticks(ax, param: Param) -> None:
+    """Few enough tick labels that they never overlap on the plot's 4 inches: 1-2-5
+    or decade ticks on log axes (no minor labels, which matplotlib adds inside a
+    decade), at most 6 powers of two, at most 5 round numbers on a linear axis,
+    choices slanted."""
+    from matplotlib import ticker
+    if param.kind == "choice":
+        ax.tick_params(axis="x", labelrotation=30)
+        for label in ax.get_xticklabels():
+            label.set_horizontalalignment("right")
+        return
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+    low, high = param.low, param.high
+    if param.kind == "beta":
+        low, high = 1.0 - high, 1.0 - low
+    if param.kind in ("log", "beta"):
+        ticks = _log_ticks(low, high)
+        ax.set_xticks(ticks, [f"{t:.3g}" for t in ticks])
+    elif param.kind == "pow2":
+        powers = range(int(math.log2(low)), int(math.log2(high)) + 1)
+        ticks = [2 ** k for k in powers][::math.ceil(len(powers) / 6)]
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+    else:
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(nbins=4, integer=param.kind == "int"))
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda x, _: f"{x:.3g}"))
+
+
+def _row(t) -> dict:
+    """A finished Optuna trial as the table shows it."""
+    states = require_optuna().trial.TrialState
+    state = {states.COMPLETE: "complete", states.PRUNED: "pruned",
+             states.FAIL: "interrupted" if t.user_attrs.get("interrupted") else "failed",
+             states.WAITING: "waiting"}.get(t.state, str(t.state))
+    reported = t.intermediate_values
+    return {"trial": t.number, "state": state, "val_accuracy": t.value,
+            "last_epoch": max(reported) if reported else None,
+            "last_accuracy": reported[max(reported)] if reported else None,
+            "best_epoch": t.user_attrs.get("best_epoch"),
+            "seconds": t.user_attrs.get("seconds"),
+            "hyperparameters": t.user_attrs.get("hyperparameters", {}),
+            "error": t.user_attrs.get("error")}
 
 
 def threads_per_worker(workers: int) -> int:
@@ -580,14 +778,18 @@ def devices_for(spec: str | None) -> list[str]:
 
 def search(space: list[Param], train: dict | None = None, out: str = "runs/tune",
            trials: int = 12, workers: int = 1, sampler: str = "random", pruner: str = "median",
-           seed: int | None = 0, storage: str | None = None, threads: int | None = None) -> Study:
+           seed: int | None = 0, storage: str | None = None, threads: int | None = None,
+           overwrite: bool = False) -> Study:
     """A new tuning run in ``out``: ``trials`` runs of ``gpunet train`` with the flags
     of ``train`` (train's names and defaults, e.g. ``{"model": "lenet5", "epochs":
     1}``) and each hyperparameter of ``space`` sampled per trial, on ``workers``
-    processes. Returns the :class:`Study` (``rows()``, ``table()``, ``plot()``,
-    ``best_command()``); ``gpunet tune --resume``/``--refine`` continue it."""
+    processes. Everything train would refuse is refused before the first trial
+    (:func:`check_trials`). A run already in ``out`` is refused, or with ``overwrite``
+    replaced: its files and its study (in whatever storage it used) removed. Returns
+    the :class:`Study` (``rows()``, ``table()``, ``plot()``, ``best_command()``);
+    ``gpunet tune --resume``/``--refine`` continue it."""
     from .cli import run_defaults
-    require_optuna()
+    optuna = require_optuna()
     defaults = run_defaults()
     unknown = sorted(set(train or {}) - set(defaults))
     if unknown:
@@ -598,10 +800,20 @@ def search(space: list[Param], train: dict | None = None, out: str = "runs/tune"
     if train["dev_size"] <= 0:
         raise ValueError("tune: trials are scored on validation data; --dev-size must be "
                          "above 0")
+    check_trials(space, train)
     study = Study(out, storage)
+    if study.exists() and not overwrite:
+        raise ValueError(f"--out {out} holds a tuning run: gpunet tune --resume --out {out} "
+                         f"continues it, --overwrite (overwrite=True) replaces it")
+    if storage:  # a URL that cannot be opened is refused before anything changes
+        _storage(optuna, storage)
     if study.exists():
-        raise ValueError(f"search: {out} holds a tuning run already")
-    study.write_settings({"train": train,
+        Study(out).remove()  # in the storage it recorded, not the one given now
+    os.makedirs(out, exist_ok=True)
+    url = storage or study.default_storage
+    name = f"gpunet-{uuid.uuid4().hex[:12]}"
+    optuna.create_study(study_name=name, storage=_storage(optuna, url), direction="maximize")
+    study.write_settings({"train": train, "storage": storage, "study": name,
                           "search": {"sampler": sampler, "pruner": pruner, "search_seed": seed},
                           "rounds": [{"space": {p.name: p.spec() for p in space},
                                       "trials": trials}],

@@ -87,3 +87,31 @@ def test_initialization(tmp_path):
     assert rows["zeros"][-3] == "1"            # one distinct hidden unit: symmetry kept
     assert float(rows["he"][3]) > 0.95          # He learns the rings
     assert float(rows["large"][1]) > 100 * float(rows["he"][1])  # huge initial loss
+
+
+def test_hyperparameter_search_a_second_time_or_without_optuna(tmp_path):
+    """One line and exit status 1, never a traceback: a second run says what to do
+    with the first one's search (left as it was), and no Optuna says how to get it
+    (issue 25.13)."""
+    earlier = tmp_path / "runs" / "hyperparameter-search"
+    earlier.mkdir(parents=True)
+    (earlier / "tune.json").write_text('{"earlier": true}')
+    env = dict(os.environ, GPUNET_DEVICE="cpu", MPLBACKEND="Agg")
+    again = subprocess.run([sys.executable, str(EXAMPLES / "hyperparameter_search.py"),
+                            "--quick"], capture_output=True, text=True, timeout=300,
+                           cwd=tmp_path, env=env)
+    assert again.returncode == 1 and again.stderr.strip() == (
+        "runs/hyperparameter-search holds the search of an earlier run: --overwrite replaces "
+        "it, gpunet tune --resume --out runs/hyperparameter-search continues it")
+    assert (earlier / "tune.json").read_text() == '{"earlier": true}'
+    no_optuna = tmp_path / "no-optuna"
+    no_optuna.mkdir()
+    (no_optuna / "optuna.py").write_text("raise ImportError('No module named optuna')\n")
+    env["PYTHONPATH"] = os.pathsep.join([str(no_optuna), env.get("PYTHONPATH", "")])
+    bare = subprocess.run([sys.executable, str(EXAMPLES / "hyperparameter_search.py"),
+                           "--quick", "--out", "elsewhere"], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path, env=env)
+    assert bare.returncode == 1 and bare.stderr.strip().splitlines()[-1] == (
+        "hyperparameter_search: gpunet tune needs Optuna: pip install 'gpunet[tune]' "
+        "(or pip install optuna)")
+    assert "Traceback" not in bare.stderr

@@ -134,7 +134,7 @@ def test_pruning_reports_each_epoch():
         def __init__(self, epoch, accuracy):
             self.epoch, self.history = epoch, {"val_accuracy": [accuracy]}
 
-    callback = tune._ReportEpochs(Trial(), optuna)
+    callback = tune._ReportEpochs(Trial(), optuna, epochs=3)
     assert callback.on_epoch_end(Run(1, 0.5)) is False
     with pytest.raises(optuna.TrialPruned, match="0.2500 at epoch 2"):
         callback.on_epoch_end(Run(2, 0.25))
@@ -205,9 +205,9 @@ def test_failed_and_pruned_trials_show_in_the_table(tmp_path):
     out = tmp_path / "t"
     done = run_tune(*SMALL, "--epochs", "1", "--optimizer", "sgd", "--momentum", "0",
                     "--param", "lr=log:1e2:1e3", "--trials", "2", "--out", str(out))
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.count("failed") == 2 and "NonFiniteError" in done.stdout
-    assert "no trial completed" in done.stdout
+    assert done.returncode == 1, done.stderr  # nothing completed: the study failed
+    assert done.stdout.count("failed") == 4 and "NonFiniteError" in done.stdout  # lines, table
+    assert "no trial completed" in done.stderr
     study = tune.Study(str(out))
     pruned = optuna.trial.create_trial(
         state=optuna.trial.TrialState.PRUNED, params={}, distributions={},
@@ -247,3 +247,249 @@ def test_without_optuna_tune_says_how_to_install_it(monkeypatch, capsys, tmp_pat
     assert cli.main(["tune", *SMALL, "--param", "lr=log:1e-3:1",
                      "--out", str(tmp_path / "t")]) == 2
     assert "pip install 'gpunet[tune]'" in capsys.readouterr().err
+
+
+# -- issue 25: tune as a new user tries it ------------------------------------------------------
+def one_error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gpunet: "), err
+    return lines[0]
+
+
+def snapshot(folder) -> dict:
+    return {str(p): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def earlier_run(out):
+    """The files of an earlier tuning run, for checking that a refusal leaves them be."""
+    (out / "trials" / "000").mkdir(parents=True)
+    (out / "trials" / "000" / "metrics.csv").write_text("epoch,loss\n1,0.5\n")
+    (out / "tune.json").write_text('{"earlier": true}')
+    return snapshot(out)
+
+
+def gpu_usable() -> bool:
+    from gpunet import backend
+    return backend.cuda_unavailable_reason() is None
+
+
+@pytest.mark.parametrize("flags, message", [
+    # choices checked against gpunet train's own (issue 25.5)
+    (["--param", "optimizer=choice:sgd,adamw"],
+     "--param optimizer=choice:sgd,adamw: gpunet train's --optimizer takes "
+     "sgd, momentum, rmsprop, adam; got 'adamw'"),
+    (["--param", "model=choice:lenet5,resnet50"], "gpunet train's --model takes"),
+    (["--param", "schedule=choice:step,cosine", "--decay", "0.5"], "got 'cosine'"),
+    (["--param", "batch_norm=choice:true,maybe"], "--batch-norm is on or off"),
+    (["--param", "lr=choice:0.1,fast"], "gpunet train's --lr expected a number, got 'fast'"),
+    (["--param", "epochs=choice:1,2.5"], "--epochs expected a whole number, got 2.5"),
+    (["--param", "batch_size=int:0:8"], "--batch-size expected a positive integer, got 0"),
+    # sampled ranges inside the flag's valid range, fixed flags through train's checks (25.14)
+    (["--param", "momentum=uniform:0.5:1.5"],
+     "--momentum: expected a number in [0, 1), got 1.5 (a value --param "
+     "momentum=uniform:0.5:1.5 can sample)"),
+    (["--param", "lr=log:1e-3:1", "--limit", "100", "--dev-size", "80"],
+     "--dev-size 80 would leave 20 of the 100 training images of --limit 100"),
+    (["--param", "lr=log:1e-3:1", "--schedule", "step"], "--schedule step needs --decay"),
+    (["--schedule", "step", "--param", "decay=uniform:0.5:2"],
+     "the step schedule multiplies the rate by it, so it must be between 0 and 1, got 2.0 "
+     "(a value --param decay=uniform:0.5:2 can sample)"),
+    (["--param", "lr=log:1e-3:1", "--device", "cuda"], "--device cuda: "),
+])
+def test_what_train_would_refuse_is_refused_before_any_trial(tmp_path, flags, message):
+    """One line, exit 2, and an earlier run in --out (--overwrite) as it was: the old
+    code trained adamw as Adam, and ran (and failed) every trial of the others."""
+    if "cuda" in flags and gpu_usable():
+        pytest.skip("a GPU answers here: --device cuda is no mistake")
+    out = tmp_path / "t"
+    before = earlier_run(out)
+    small = [f for f in SMALL if f not in ("--device", "cpu")] if "cuda" in flags else SMALL
+    if "--limit" in flags:
+        small = small[:2] + small[6:]  # without SMALL's own --limit and --dev-size
+    done = run_tune(*small, *flags, "--trials", "2", "--overwrite", "--out", str(out))
+    assert done.returncode == 2
+    assert message in one_error_line(done.stderr)
+    assert snapshot(out) == before
+
+
+def test_no_optimizer_name_falls_through_to_adam():
+    import argparse as ap
+    args = ap.Namespace(optimizer="adamw", lr=1e-3, momentum=0.9, weight_decay=0.0)
+    with pytest.raises(cli.UsageError, match="--optimizer: expected sgd, momentum, rmsprop or "
+                                             "adam, got 'adamw'"):
+        cli._optimizer(args, [])
+
+
+def test_a_study_where_no_trial_completed_exits_non_zero(tmp_path):
+    out = tmp_path / "t"
+    done = run_tune(*SMALL, "--epochs", "1", "--optimizer", "sgd", "--momentum", "0",
+                    "--param", "lr=log:1e2:1e3", "--trials", "2", "--out", str(out))
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    # the diverging trials' NumPy warnings come first
+    assert "gpunet: error: no trial completed (2 failed)" in done.stderr.splitlines()[-1]
+    assert "NonFiniteError" in done.stdout and "best:" not in done.stdout
+
+
+def test_resume_with_trials_runs_up_to_that_many_in_all(tmp_path):
+    """--trials with --resume is the study's new total, as Optuna users expect; one the
+    study has reached already is refused. The best command trains what the best
+    trial trained, to the last bit (issue 25.6, 25.9)."""
+    out = tmp_path / "t"
+    first = run_tune(*SMALL, "--epochs", "1", "--pruner", "none", "--param", "lr=log:1e-4:1e-1",
+                     "--trials", "2", "--out", str(out))
+    assert first.returncode == 0, first.stderr
+    more = run_tune("--resume", "--trials", "3", "--out", str(out))
+    assert more.returncode == 0, more.stderr
+    study = tune.Study(str(out))
+    assert sorted(t.number for t in study.trials()) == [0, 1, 2]
+    assert json.loads((out / "tune.json").read_text())["trials"] == 3
+    best = [line for line in more.stdout.splitlines() if line.startswith("best: ")][0]
+    args = cli.build_parser().parse_args(best.split()[2:])
+    assert args.lr == study.best(1)[0]["lr"]  # exactly
+    fewer = run_tune("--resume", "--trials", "2", "--out", str(out))
+    assert fewer.returncode == 2
+    assert "--trials 2: " in one_error_line(fewer.stderr) and "has 3 trial(s) already" \
+        in fewer.stderr
+
+
+def test_the_best_command_reads_back_as_the_same_floats():
+    flags = {"lr": 0.0012345678901234567, "momentum": 0.912345678912, "weight_decay": 3e-7}
+    args = cli.build_parser().parse_args(cli.train_command(flags).split()[1:])
+    assert (args.lr, args.momentum, args.weight_decay) == tuple(flags.values())
+
+
+def test_resume_finds_the_storage_in_tune_json(tmp_path):
+    """--resume without --storage continues the study where it is, not a new one that
+    would run trial 0 again into the old trial's folder (issue 25.7)."""
+    out, db = tmp_path / "t", tmp_path / "shared.db"
+    first = run_tune(*SMALL, "--epochs", "1", "--param", "lr=log:1e-4:1e-1", "--trials", "1",
+                     "--storage", f"sqlite:///{db}", "--out", str(out))
+    assert first.returncode == 0, first.stderr
+    trial0 = (out / "trials" / "000" / "metrics.csv").read_bytes()
+    assert json.loads((out / "tune.json").read_text())["storage"] == f"sqlite:///{db}"
+    more = run_tune("--resume", "--trials", "2", "--out", str(out))
+    assert more.returncode == 0, more.stderr
+    assert not (out / "study.db").exists()
+    assert sorted(t.number for t in tune.Study(str(out)).trials()) == [0, 1]
+    assert (out / "trials" / "000" / "metrics.csv").read_bytes() == trial0
+    other = run_tune("--resume", "--out", str(out), "--storage", f"sqlite:///{tmp_path}/x.db")
+    assert other.returncode == 2
+    assert f"keeps its trials in sqlite:///{db}" in one_error_line(other.stderr)
+
+
+def test_overwrite_and_a_second_run_in_a_shared_storage_start_new_studies(tmp_path):
+    """--overwrite with an outside --storage replaced the files but reloaded the old
+    study; a second run sharing the storage joined the first one's (issue 25.8)."""
+    out, db = tmp_path / "t", f"sqlite:///{tmp_path / 'shared.db'}"
+    common = [*SMALL, "--epochs", "1", "--pruner", "none", "--storage", db]
+    first = run_tune(*common, "--param", "lr=choice:0.003", "--trials", "1", "--out", str(out))
+    assert first.returncode == 0, first.stderr
+    again = run_tune(*common, "--param", "lr=choice:0.002", "--trials", "1", "--overwrite",
+                     "--out", str(out))
+    assert again.returncode == 0, again.stderr
+    study = tune.Study(str(out))
+    assert [r["hyperparameters"] for r in study.rows()] == [{"lr": 0.002}]
+    assert [s.study_name for s in optuna.get_all_study_summaries(db)] == [study.name]
+    beside = run_tune(*common, "--param", "lr=choice:0.001", "--trials", "1",
+                      "--out", str(tmp_path / "u"))
+    assert beside.returncode == 0, beside.stderr
+    assert [r["hyperparameters"] for r in tune.Study(str(tmp_path / "u")).rows()] == \
+        [{"lr": 0.001}]
+    assert len(study.trials()) == 1
+
+
+@pytest.mark.parametrize("url, reason", [
+    ("foo://bar", "Can't load plugin: sqlalchemy.dialects:foo"),
+    ("sqlite:////no-such-dir/x/study.db", "unable to open database file"),
+    ("not a url", "Could not parse SQLAlchemy URL"),
+])
+def test_a_storage_that_cannot_be_opened_is_one_line(tmp_path, url, reason):
+    out = tmp_path / "t"
+    before = earlier_run(out)
+    done = run_tune(*SMALL, "--param", "lr=log:1e-3:1", "--storage", url, "--overwrite",
+                    "--out", str(out))
+    assert done.returncode == 2
+    line = one_error_line(done.stderr)
+    assert line.startswith(f"gpunet: error: --storage {url}: expected a database URL") \
+        and reason in line
+    assert snapshot(out) == before
+
+
+def test_each_trial_is_a_line_as_it_ends(tmp_path):
+    """The old tune said nothing until every trial had ended (issue 25.26)."""
+    out = tmp_path / "t"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gpunet", "tune", *SMALL, "--epochs", "2", "--pruner", "none",
+         "--param", "lr=log:1e-4:1e-2", "--trials", "2", "--out", str(out)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = process.stdout.readline()
+        # trial 1 has two epochs to train before the table: tune is still at work
+        assert first.startswith("trial 0 complete: val acc ") and "lr=" in first
+        assert process.poll() is None and not (out / "trials.txt").exists()
+        rest, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 0, err
+    assert rest.startswith("trial 1 complete: ")
+
+
+def test_a_trial_is_never_pruned_after_its_last_epoch():
+    """Pruning a finished trial saves nothing, and dropped it from the complete ones
+    and from --refine (issue 25.26)."""
+    class Trial:
+        def report(self, value, step):
+            pass
+
+        def should_prune(self):
+            return True
+
+    class Run:
+        def __init__(self, epoch):
+            self.epoch, self.history = epoch, {"val_accuracy": [0.1]}
+
+    callback = tune._ReportEpochs(Trial(), optuna, epochs=2)
+    with pytest.raises(optuna.TrialPruned):
+        callback.on_epoch_end(Run(1))
+    assert callback.on_epoch_end(Run(2)) is False
+
+
+def test_the_plot_tick_labels_do_not_overlap(tmp_path, monkeypatch):
+    """Ranges inside one decade, small uniform numbers, long choices: matplotlib's own
+    ticks overlapped (issue 25.26)."""
+    pytest.importorskip("matplotlib")
+    import random
+
+    import matplotlib.pyplot as plt
+    space = [tune.log_uniform("lr", 1e-5, 1), tune.one_minus_log_uniform("momentum", 0.9, 0.9999),
+             tune.int_uniform("batch_size", 16, 1024, power_of_two=True),
+             tune.uniform("weight_decay", 0, 0.00123), tune.log_uniform("decay", 1.1e-3, 2.7e-3),
+             tune.choice("schedule", ["inverse-time", "exponential", "inverse-sqrt", "step"])]
+    study = tune.Study(str(tmp_path))
+    study.write_settings({"rounds": [{"space": {p.name: p.spec() for p in space}}],
+                          "study": "gpunet"})
+    trials = optuna.create_study(study_name="gpunet", storage=study.storage)
+    rng = random.Random(0)
+    for _ in range(12):
+        values = {p.name: rng.choice(p.options) if p.kind == "choice"
+                  else p.unscale(rng.uniform(*sorted((p.scale(p.low), p.scale(p.high)))))
+                  for p in space}
+        trials.add_trial(optuna.trial.create_trial(
+            state=optuna.trial.TrialState.COMPLETE, value=rng.random(),
+            user_attrs={"hyperparameters": values}))
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    assert study.plot(str(tmp_path / "tune.png"))
+    figure = figures[0]
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    for ax in figure.axes:
+        low, high = sorted(ax.get_xlim())
+        ticks = ax.xaxis.get_major_ticks() + ax.xaxis.get_minor_ticks()
+        labels = [t.label1 for t in ticks if low <= t.get_loc() <= high
+                  and t.label1.get_visible() and t.label1.get_text()]
+        boxes = sorted((label.get_window_extent(renderer) for label in labels),
+                       key=lambda b: b.x0)
+        assert len(boxes) >= 2, ax.get_xlabel()
+        assert not [(a, b) for a, b in zip(boxes, boxes[1:]) if a.overlaps(b)], ax.get_xlabel()
+    plt.close(figure)
