@@ -97,7 +97,7 @@ def shape(where: str, name: str, x, expected) -> None:
 # Every boolean GPUNET_* variable and its value when unset; all are read by env_flag.
 BOOLEAN_VARIABLES = {"GPUNET_KERNELS": True, "GPUNET_CPU_ACCEL": True, "GPUNET_ALLOW_TF32": False,
                      "GPUNET_POISON": False, "GPUNET_KEEP_FREED_MEMORY": True,
-                     "GPUNET_PROGRESS": False}
+                     "GPUNET_PROGRESS": False, "GPUNET_TRACEBACK": False}
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 

@@ -1015,7 +1015,10 @@ def _fail(message: str, code: int) -> int:
     others would wait for this one for ever)."""
     if gpunet_distributed.is_initialized() and gpunet_distributed.world().size > 1:
         gpunet_distributed.abort(message, code)
-    print(f"gpunet: {message}", file=sys.stderr)
+    # one write, newline included: under mpiexec (or PYTHONUNBUFFERED) two ranks' lines
+    # would otherwise interleave, "line 1line 2\n\n"
+    sys.stderr.write(f"gpunet: {message}\n")
+    sys.stderr.flush()
     return code
 
 
@@ -1045,5 +1048,10 @@ def main(argv=None) -> int:
         gpunet_distributed.end_interrupted("gpunet: interrupted")
         print("gpunet: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug of ours: still one line, the traceback on request
+        if _checks.env_flag("GPUNET_TRACEBACK"):
+            raise
+        return _fail(f"internal error: {type(exc).__name__}: {exc} (a bug in gpunet: please "
+                     "report it; GPUNET_TRACEBACK=1 shows where)", 1)
 
 

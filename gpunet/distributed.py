@@ -297,10 +297,16 @@ def abort(message: str, code: int = 1) -> None:
     """Print ``message`` as this rank's one line and end every rank of the job."""
     w = _world
     prefix = f"rank {w.rank}/{w.size}: " if w is not None and w.size > 1 else ""
-    print(f"gpunet: {prefix}{message}", file=sys.stderr, flush=True)
+    _say(f"gpunet: {prefix}{message}")
     if w is not None and w.size > 1:
         w.comm.Abort(code)
     raise SystemExit(code)
+
+
+def _say(line: str) -> None:
+    """``line`` on stderr in one write: the ranks' lines must not interleave."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 def end_interrupted(message: str) -> None:
@@ -313,10 +319,10 @@ def end_interrupted(message: str) -> None:
     if w is None or w.size == 1:
         return
     if w.is_root:
-        print(message, file=sys.stderr, flush=True)
+        _say(message)
     else:
         time.sleep(INTERRUPT_GRACE_S)
-        print(f"gpunet: rank {w.rank}/{w.size}: interrupted", file=sys.stderr, flush=True)
+        _say(f"gpunet: rank {w.rank}/{w.size}: interrupted")
     w.comm.Abort(130)
 
 

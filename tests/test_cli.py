@@ -197,3 +197,22 @@ def test_resume_keeps_the_best_score_and_refuses_another_seed(tmp_path, capsys, 
     other_seed = [a if a != "1" else "2" for a in QUICK]
     assert main(["train", "--epochs", "4", "--resume", "--out", str(out), *other_seed]) == 2
     assert "--seed 1" in capsys.readouterr().err
+
+
+def test_an_unexpected_error_is_one_line_unless_the_traceback_is_asked_for(monkeypatch, capsys):
+    """A bug of ours (an exception no handler names) still ends in one line, exit 1;
+    GPUNET_TRACEBACK=1 lets the traceback through."""
+    from gpunet import cli
+
+    def broken(args):
+        raise RuntimeError("something inside broke")
+
+    monkeypatch.setitem(cli.COMMANDS, "info", broken)
+    monkeypatch.delenv("GPUNET_TRACEBACK", raising=False)
+    assert main(["info"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        "gpunet: internal error: RuntimeError: something inside broke (a bug in gpunet")
+    monkeypatch.setenv("GPUNET_TRACEBACK", "1")
+    with pytest.raises(RuntimeError, match="something inside broke"):
+        main(["info"])
