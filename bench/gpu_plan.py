@@ -33,9 +33,9 @@ def case_plans(case, dtype: str = "float32", tf32: bool = False, sms: int = 132)
     stride = (case.stride, case.stride)
     pads = normalize_padding(case.padding, (r, s), stride)
     sizes = (n, c, h, w, k, r, s, oh, ow)
-    return [("forward", conv2d_plan.forward_plan(sizes, dtype, tf32, sms)),
+    return [("forward", conv2d_plan.forward_plan(sizes, stride, pads, dtype, tf32, sms)),
             ("data", conv2d_plan.data_plan(sizes, stride, pads, dtype, tf32, sms)),
-            ("weight", conv2d_plan.weight_plan(sizes, dtype, tf32, sms))]
+            ("weight", conv2d_plan.weight_plan(sizes, stride, pads, dtype, tf32, sms))]
 
 
 def rows(dtype="float32", tf32=False, sms=132):

@@ -503,6 +503,54 @@ conv2d_bwd_data_tf32(const real_t* __restrict__ dy, const real_t* __restrict__ w
     conv2d_bwd_data_tile<TileSquare, true>(dy, w, dx, geometry, taps);
 }
 
+// ---- backward data, direct: one thread per dx element, phase by phase --------------
+// For few channels (C <= DIRECT_MAX_C) a GEMM tile of C rows would be mostly padding,
+// and at stride s only one tap in s x s reaches a given dx. So dx is split into its
+// sh x sw phases, blockIdx.z = ph * sw + pw: the (h, w) with (h + pt) % sh == ph and
+// (w + pl) % sw == pw. Exactly the taps r = ph + j sh, s = pw + l sw reach them, at
+// oh = oh_top - j, ow = ow_top - l; each thread clips j, l to dy once, then runs a
+// dense loop over (k, j, l) with no division and no zero tap. A gather: each dx is
+// written once, in a fixed order, no atomics. Threads of a block share the phase
+// (the same taps: no divergence but at the border) and run along w (dy reads coalesce,
+// weight reads are the same address across the warp).
+#define DIRECT_THREADS 256
+extern "C" __global__ void __launch_bounds__(DIRECT_THREADS, 4)
+conv2d_bwd_data_direct(const real_t* __restrict__ dy, const real_t* __restrict__ w,
+                       real_t* __restrict__ dx, const ConvGeometry* __restrict__ geometry) {
+    const ConvGeometry g = *geometry;
+    const int ph = blockIdx.z / g.sw, pw = blockIdx.z - ph * g.sw;
+    // the first h >= 0 of the phase, the phase's rows, its taps along r (same along w)
+    const int h0 = ((ph - g.pt) % g.sh + g.sh) % g.sh, w0 = ((pw - g.pl) % g.sw + g.sw) % g.sw;
+    const int hq_count = h0 < g.H ? (g.H - h0 + g.sh - 1) / g.sh : 0;
+    const int wq_count = w0 < g.W ? (g.W - w0 + g.sw - 1) / g.sw : 0;
+    const int r_taps = ph < g.R ? (g.R - ph + g.sh - 1) / g.sh : 0;
+    const int s_taps = pw < g.S ? (g.S - pw + g.sw - 1) / g.sw : 0;
+    const int i = blockIdx.x * DIRECT_THREADS + threadIdx.x;
+    if (i >= g.N * g.C * hq_count * wq_count) return;
+    const int wq = i % wq_count, rest = i / wq_count;
+    const int hq = rest % hq_count, nc = rest / hq_count;
+    const int n = nc / g.C, c = nc - n * g.C;
+    const int h = h0 + hq * g.sh, x = w0 + wq * g.sw;
+    // dx[h, x] takes dy[oh_top - j, ow_top - l] * w[ph + j sh, pw + l sw], (h + pt - ph)
+    // divisible by sh by the choice of phase
+    const int oh_top = (h + g.pt - ph) / g.sh, ow_top = (x + g.pl - pw) / g.sw;
+    const int j_lo = max(0, oh_top - g.OH + 1), j_hi = min(r_taps, oh_top + 1);
+    const int l_lo = max(0, ow_top - g.OW + 1), l_hi = min(s_taps, ow_top + 1);
+    const int P = g.OH * g.OW, RS = g.R * g.S;
+    const real_t* dy_k = dy + n * g.K * P + (oh_top - j_lo) * g.OW + (ow_top - l_lo);
+    const real_t* w_k = w + c * RS + (ph + j_lo * g.sh) * g.S + pw + l_lo * g.sw;
+    acc_t acc = 0;
+    for (int k = 0; k < g.K; ++k, dy_k += P, w_k += g.C * RS) {
+        const real_t* dy_j = dy_k;
+        const real_t* w_j = w_k;
+        for (int j = j_lo; j < j_hi; ++j, dy_j -= g.OW, w_j += g.sh * g.S) {
+            for (int l = 0; l < l_hi - l_lo; ++l)
+                acc += (acc_t)w_j[l * g.sw] * (acc_t)dy_j[-l];
+        }
+    }
+    dx[((n * g.C + c) * g.H + h) * g.W + x] = (real_t)acc;
+}
+
 // ---- backward weight: rows k, columns (c,r,s), reduction (n,oh,ow) in one slice ----
 // The (n, p = oh OW + ow) of a reduction index is carried from step to step: the
 // index grows by TILE_K per step, so p wraps past P = OH OW at most a few times.

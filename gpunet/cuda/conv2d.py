@@ -97,7 +97,8 @@ def forward(x, weight, bias, stride, pads, out_hw):
     taps = table(xp, ("conv2d forward taps", c, h, w, r, s),
                  lambda: forward_taps(c, h, w, r, s), numpy.int32)
     y = new_output(xp, (n, k, oh, ow), x.dtype)
-    plan = conv2d_plan.forward_plan(sizes, x.dtype, _tf32(xp), runtime.sm_count(xp))
+    plan = conv2d_plan.forward_plan(sizes, stride, pads, x.dtype, _tf32(xp),
+                                    runtime.sm_count(xp))
     bias_arg = _zeros(xp, k, x.dtype) if bias is None else xp.ascontiguousarray(bias)
     runtime.launch("conv2d", plan.kernel, x.dtype, plan.grid, GEMM_BLOCK,
                    (x, weight, bias_arg, y, geom, taps))
@@ -115,8 +116,8 @@ def _weight_grad(dy, ctx: ConvContext, tensor_cores: bool):
     n, c, h, w, k, r, s, oh, ow = ctx.sizes
     dtype = dy.dtype
     crs = c * r * s
-    plan = conv2d_plan.weight_plan(ctx.sizes, dtype, tensor_cores and runtime.allow_tf32(),
-                                   runtime.sm_count(xp))
+    plan = conv2d_plan.weight_plan(ctx.sizes, ctx.stride, ctx.pads, dtype,
+                                   tensor_cores and runtime.allow_tf32(), runtime.sm_count(xp))
     splits = plan.split
     partial = new_output(xp, (splits, k, crs), dtype)
     runtime.launch("conv2d", plan.kernel, dtype, plan.grid, GEMM_BLOCK,
@@ -144,12 +145,16 @@ def backward(dy, ctx: ConvContext, input_grad: bool = True):
         dx = xp.zeros((n, c, h, w), dtype)
     elif input_grad:
         dx = new_output(xp, (n, c, h, w), dtype)
-        taps = table(xp, ("conv2d data taps", k, c, oh, ow, r, s),
-                     lambda: data_taps(k, c, oh, ow, r, s), numpy.int32)
         plan = conv2d_plan.data_plan(ctx.sizes, ctx.stride, ctx.pads, dtype,
                                      tensor_cores and runtime.allow_tf32(), runtime.sm_count(xp))
-        runtime.launch("conv2d", plan.kernel, dtype, plan.grid, GEMM_BLOCK,
-                       (dy, ctx.weight, dx, ctx.geometry, taps))
+        if plan.kernel == "conv2d_bwd_data_direct":
+            runtime.launch("conv2d", plan.kernel, dtype, plan.grid, (plan.tile[1], 1, 1),
+                           (dy, ctx.weight, dx, ctx.geometry))
+        else:
+            taps = table(xp, ("conv2d data taps", k, c, oh, ow, r, s),
+                         lambda: data_taps(k, c, oh, ow, r, s), numpy.int32)
+            runtime.launch("conv2d", plan.kernel, dtype, plan.grid, GEMM_BLOCK,
+                           (dy, ctx.weight, dx, ctx.geometry, taps))
 
     total = n * oh * ow
     dweight = xp.zeros(ctx.weight.shape, dtype) if c == 0 else _weight_grad(dy, ctx, tensor_cores)

@@ -3,10 +3,11 @@
 A :class:`Plan` is one launch of kernels/conv2d.cu: the kernel, its tile, its grid,
 the blocks an SM holds (the kernel's ``__launch_bounds__`` minimum), the waves that
 grid makes on ``sms`` SMs, and the multiply-adds it issues against the useful ones
-(``N K OH OW C R S``, the forward's count, for every pass: zero taps, padded tile
-rows and columns and a reduction rounded up to whole steps are issued, not
-useful). The launchers in gpunet/cuda/conv2d.py launch what these functions plan;
-``bench/gpu_plan.py`` prints them for the benchmark cases without a GPU.
+(the forward's ``N K OH OW C R S`` less the taps that land in the padding, for
+every pass: zero taps, padded tile rows and columns and a reduction rounded up to
+whole steps are issued, not useful). The launchers in gpunet/cuda/conv2d.py
+launch what these functions plan; ``bench/gpu_plan.py`` prints them for the
+benchmark cases without a GPU.
 """
 from __future__ import annotations
 
@@ -57,9 +58,18 @@ class Plan:
         return self.issued / max(1, self.useful)
 
 
-def useful_macs(sizes) -> int:
-    n, c, _, _, k, r, s, oh, ow = sizes
-    return n * k * oh * ow * c * r * s
+def _inside(size: int, out: int, taps: int, stride: int, pad: int) -> int:
+    """The (output, tap) pairs of one axis whose input o stride - pad + t is inside."""
+    return sum(max(0, min(out, (size - 1 + pad - t) // stride + 1)
+                   - max(0, ceil_div(pad - t, stride))) for t in range(taps))
+
+
+def useful_macs(sizes, stride=(1, 1), pads=((0, 0), (0, 0))) -> int:
+    """``N K C`` times the (output, tap) pairs of each axis that read inside x: the
+    multiply-adds of every pass that are not a zero of the padding."""
+    n, c, h, w, k, r, s, oh, ow = sizes
+    return n * k * c * _inside(h, oh, r, stride[0], pads[0][0]) * \
+        _inside(w, ow, s, stride[1], pads[1][0])
 
 
 def gemm_blocks_per_sm(kernel: str, dtype) -> int:
@@ -71,8 +81,7 @@ def gemm_blocks_per_sm(kernel: str, dtype) -> int:
 
 
 INDEX_LIMIT = 2**31
-TARGET_BLOCKS = 256    # split-K aims at about this many blocks, whatever the GPU: the
-                       # split, hence the summation order, depends on the shapes only
+TARGET_BLOCKS = 256  # the bias gradient's runs aim at about this many blocks
 
 
 def tile(rows: int, dtype, tf32: bool) -> tuple[str, int, int]:
@@ -93,41 +102,91 @@ def _gemm(kernel, dtype, rows, cols, steps_per_block, grid, sms, useful, split=1
                 blocks * rows * cols * steps_per_block * TILE_K, useful, split, chunk)
 
 
-def forward_plan(sizes, dtype, tf32: bool, sms: int) -> Plan:
+def forward_plan(sizes, stride, pads, dtype, tf32: bool, sms: int) -> Plan:
     n, c, h, w, k, r, s, oh, ow = sizes
     suffix, rows, cols = tile(k, dtype, tf32)
     grid = (ceil_div(n * oh * ow, cols), ceil_div(k, rows), 1)
     return _gemm("conv2d_fwd" + suffix, dtype, rows, cols, ceil_div(c * r * s, TILE_K), grid,
-                 sms, useful_macs(sizes))
+                 sms, useful_macs(sizes, stride, pads))
+
+
+DIRECT_MAX_C = 16     # backward data with at most this many channels: the direct kernel
+DIRECT_THREADS = 256  # its block (kernels/conv2d.cu)
+DIRECT_BLOCKS_PER_SM = 4  # its __launch_bounds__ minimum
+
+
+def _phases(size: int, pad: int, stride: int, taps: int):
+    """``[(positions, taps), ...]`` per phase p of one axis of backward data: the
+    dx positions i with (i + pad) % stride == p, and the filter taps p, p + stride, ...
+    that reach them (kernels/conv2d.cu, conv2d_bwd_data_direct)."""
+    out = []
+    for p in range(stride):
+        first = (p - pad) % stride
+        out.append((ceil_div(size - first, stride) if first < size else 0,
+                    ceil_div(taps - p, stride) if p < taps else 0))
+    return out
+
+
+def direct_data_plan(sizes, stride, pads, sms: int) -> Plan:
+    """conv2d_bwd_data_direct: a thread per dx element, grid.z the sh x sw phases;
+    a warp issues K x (the phase's taps) multiply-adds a lane (fewer at the border)."""
+    n, c, h, w, k, r, s, oh, ow = sizes
+    rows, cols = _phases(h, pads[0][0], stride[0], r), _phases(w, pads[1][0], stride[1], s)
+    issued = 0
+    for hq, r_taps in rows:
+        for wq, s_taps in cols:
+            issued += ceil_div(n * c * hq * wq, 32) * 32 * k * r_taps * s_taps
+    threads = n * c * max(q for q, _ in rows) * max(q for q, _ in cols)
+    grid = (ceil_div(threads, DIRECT_THREADS), 1, stride[0] * stride[1])
+    return Plan("conv2d_bwd_data_direct", (1, DIRECT_THREADS), grid, DIRECT_BLOCKS_PER_SM, sms,
+                issued, useful_macs(sizes, stride, pads))
 
 
 def data_plan(sizes, stride, pads, dtype, tf32: bool, sms: int) -> Plan:
     n, c, h, w, k, r, s, oh, ow = sizes
+    if c <= DIRECT_MAX_C:
+        return direct_data_plan(sizes, stride, pads, sms)
     suffix, rows, cols = tile(c, dtype, tf32)
     grid = (ceil_div(n * h * w, cols), ceil_div(c, rows), 1)
     return _gemm("conv2d_bwd_data" + suffix, dtype, rows, cols, ceil_div(k * r * s, TILE_K),
-                 grid, sms, useful_macs(sizes))
+                 grid, sms, useful_macs(sizes, stride, pads))
 
 
-def split_k(total: int, tiles: int, slice_size: int = 1) -> tuple[int, int]:
+MIN_SLICE = 256   # split-K: no slice of the reduction shorter than this many terms
+MAX_WAVES = 4     # split-K: no more slices than fill this many waves
+
+
+def split_k(total: int, tiles: int, slots: int, slice_size: int = 1) -> tuple[int, int]:
     """``(splits, chunk)`` for a reduction of ``total`` terms over ``tiles`` output
-    tiles: enough slices to fill the GPU, none shorter than 256 terms, and fewer
-    than 2**31 elements in all the ``slice_size``-element partial results."""
-    most = max(1, (INDEX_LIMIT - 1) // max(1, slice_size))
-    splits = max(1, min(ceil_div(TARGET_BLOCKS, tiles), ceil_div(total, 256), most))
-    chunk = ceil_div(ceil_div(total, splits), 32) * 32  # whole reduction steps
-    return ceil_div(total, chunk), chunk
+    tiles on a GPU holding ``slots`` blocks at once: the split whose blocks fill the
+    launched waves best (a grid one block past a wave runs a second wave for it),
+    counting a grid under one wave by its share of one; the fewest slices among
+    equals; slices of whole reduction steps, none under MIN_SLICE terms, fewer than
+    2**31 elements in the ``slice_size``-element partial results. From the shape and
+    the SM count: one GPU model always sums in the same order."""
+    most = max(1, min((INDEX_LIMIT - 1) // max(1, slice_size), ceil_div(total, MIN_SLICE),
+                      ceil_div(MAX_WAVES * slots, tiles)))
+    best = None
+    for wanted in range(1, most + 1):
+        chunk = ceil_div(ceil_div(total, wanted), 4 * TILE_K) * 4 * TILE_K
+        splits = ceil_div(total, chunk)
+        waves = tiles * splits / slots
+        score = waves / math.ceil(waves) if waves >= 1 else waves
+        if best is None or score > best[0] + 1e-9:
+            best = (score, splits, chunk)
+    return best[1], best[2]
 
 
-def weight_plan(sizes, dtype, tf32: bool, sms: int) -> Plan:
+def weight_plan(sizes, stride, pads, dtype, tf32: bool, sms: int) -> Plan:
     n, c, h, w, k, r, s, oh, ow = sizes
     crs, total = c * r * s, n * oh * ow
     suffix, rows, cols = tile(k, dtype, tf32)
     tiles = ceil_div(crs, cols) * ceil_div(k, rows)
-    splits, chunk = split_k(total, tiles, k * crs)
+    splits, chunk = split_k(total, tiles, sms * gemm_blocks_per_sm("conv2d_bwd_weight" + suffix,
+                                                                  dtype), k * crs)
     grid = (ceil_div(crs, cols), ceil_div(k, rows), splits)
     # every slice but the last runs chunk / TILE_K steps
     steps = (splits - 1) * (chunk // TILE_K) + ceil_div(total - (splits - 1) * chunk, TILE_K)
     plan = _gemm("conv2d_bwd_weight" + suffix, dtype, rows, cols, 0, grid, sms,
-                 useful_macs(sizes), splits, chunk)
+                 useful_macs(sizes, stride, pads), splits, chunk)
     return dataclasses.replace(plan, issued=grid[0] * grid[1] * rows * cols * steps * TILE_K)
