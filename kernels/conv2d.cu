@@ -665,6 +665,44 @@ conv2d_bwd_weight_tf32(const real_t* __restrict__ dy, const real_t* __restrict__
     conv2d_bwd_weight_tile<TileSquare, true>(dy, x, partial, geometry, chunk);
 }
 
+// ---- backward weight, direct: one thread per dw element, a slice of (n,oh,ow) each --
+// For few filters and short filters (K C R S small: LeNet's 6 x 25 and 16 x 150) a
+// GEMM tile of 64 x 256 would be mostly padding. Thread i of the x grid owns
+// dw[k][(c,r,s)] = i and sums dy[n,k,oh,ow] x[n,c,oh sh - pt + r, ow sw - pl + s]
+// over the blockIdx.y-th `chunk` of the (n,oh,ow) reduction, in order, into
+// partial[blockIdx.y][i]; conv2d_bwd_weight_reduce sums the slices in order. (n,oh,ow)
+// advance by one per term: no division in the loop. Lanes of a warp share k mostly
+// (dy reads are the same address), and read x along s.
+extern "C" __global__ void __launch_bounds__(DIRECT_THREADS, 4)
+conv2d_bwd_weight_direct(const real_t* __restrict__ dy, const real_t* __restrict__ x,
+                         real_t* __restrict__ partial, const ConvGeometry* __restrict__ geometry,
+                         int chunk) {
+    const ConvGeometry g = *geometry;
+    const int RS = g.R * g.S, CRS = g.C * RS, P = g.OH * g.OW, total = g.N * P;
+    const int i = blockIdx.x * DIRECT_THREADS + threadIdx.x;
+    if (i >= g.K * CRS) return;
+    const int k = i / CRS, crs = i - k * CRS, c = crs / RS, rs = crs - c * RS;
+    const int r = rs / g.S, s = rs - r * g.S;
+    const int t_begin = blockIdx.y * chunk;
+    const int t_end = total - t_begin < chunk ? total : t_begin + chunk;
+    int n = t_begin / P, p = t_begin - n * P, oh = p / g.OW, ow = p - oh * g.OW;
+    acc_t acc = 0;
+    for (int t = t_begin; t < t_end; ++t) {
+        const int h = oh * g.sh - g.pt + r, w = ow * g.sw - g.pl + s;
+        if ((unsigned)h < (unsigned)g.H && (unsigned)w < (unsigned)g.W)
+            acc += (acc_t)dy[(n * g.K + k) * P + oh * g.OW + ow] *
+                   (acc_t)x[((n * g.C + c) * g.H + h) * g.W + w];
+        if (++ow == g.OW) {
+            ow = 0;
+            if (++oh == g.OH) {
+                oh = 0;
+                ++n;
+            }
+        }
+    }
+    partial[blockIdx.y * g.K * CRS + i] = (real_t)acc;
+}
+
 // dw[i] = partial[0][i] + partial[1][i] + ... in that order, over `splits` slices.
 extern "C" __global__ void conv2d_bwd_weight_reduce(const real_t* __restrict__ partial,
                                                     real_t* __restrict__ dw, int count,

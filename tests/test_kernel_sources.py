@@ -133,9 +133,9 @@ def test_no_tf32_launches_without_tensor_cores(monkeypatch):
     monkeypatch.setattr(runtime, "launch", cuda_emulator.emulated_launch)
     monkeypatch.setattr(runtime, "_tf32", True)
     rng = numpy.random.default_rng(3)
-    # 20 channels: backward data takes a GEMM (at most 16, the direct kernel)
-    x = rng.standard_normal((2, 20, 6, 6)).astype("float32")
-    weight = rng.standard_normal((4, 20, 3, 3)).astype("float32")
+    # 17 channels, 128 filters: every pass takes a GEMM (not a _direct kernel)
+    x = rng.standard_normal((2, 17, 6, 6)).astype("float32")
+    weight = rng.standard_normal((128, 17, 3, 3)).astype("float32")
     for supported in (True, False):
         monkeypatch.setattr(runtime, "tf32_supported", lambda xp, s=supported: s)
         cuda_emulator.launches.clear()

@@ -209,22 +209,25 @@ def check_tf32_convolution(case, rng, to_device=lambda a: a):
     scales = (ya, *ctxa.backward(numpy.abs(dy64))[:2])
     f32 = lambda a: to_device(a.astype("float32"))  # noqa: E731
 
+    planned = {}
+
     def run(tf32):
         runtime.set_allow_tf32(tf32)
         y, ctx = ops.conv2d_forward(f32(x64), f32(w64), f32(b64), stride, padding,
                                     use_kernels=True)
+        planned.update(zip(("y", "dx", "dweight"), _plans(ctx, "float32", tf32, y)))
         return (y, *ctx.backward(f32(dy64))[:2])
 
     try:
-        got, exact = run(True), run(False)
+        exact, got = run(False), run(True)  # planned: the TF32 run's kernels
     finally:
         runtime.set_allow_tf32(True)
     for name, g, f, ref, scale in zip(("y", "dx", "dweight"), got, exact, refs, scales):
         relative = numpy.abs(backend.to_numpy(g) - ref) / numpy.maximum(scale, 1e-30)
         assert relative.max() <= 2.0**-10, f"{name}: {relative.max():.2e} over 2^-10"
         assert numpy.median(relative) < 5e-4, f"{name}: median {numpy.median(relative):.2e}"
-        if name == "dx" and c <= conv_plan.DIRECT_MAX_C:
-            continue  # few channels: the direct kernel, plain float FMAs
+        if name != "y" and planned[name].kernel.endswith("_direct"):
+            continue  # few channels or filters: a direct kernel, plain float FMAs
         # Proof that the tensor cores ran: the float kernels' own error on the same
         # inputs is far smaller. Not a floor on TF32's error, which falls with the
         # reduction length relative to sum |a| |b| (a real GPU: 7e-6 at C R S = 2304).
@@ -248,8 +251,11 @@ def test_conv2d_tf32_kernels(device, monkeypatch, case, rng):
         return
     launched = {name for name, _, _ in cuda_emulator.launches}
     n, c, h, w, k, r, s, stride, padding = case
-    data = "conv2d_bwd_data_direct" if c <= conv_plan.DIRECT_MAX_C else "conv2d_bwd_data_tf32"
-    assert {"conv2d_fwd_tf32", data, "conv2d_bwd_weight_tf32"} <= launched
+    y, ctx = ops.conv2d_forward(numpy.zeros((n, c, h, w), "float32"),
+                                numpy.zeros((k, c, r, s), "float32"), None, stride, padding,
+                                use_kernels=True)
+    planned = {plan.kernel for plan in _plans(ctx, "float32", True, y)}
+    assert planned <= launched and "conv2d_fwd_tf32" in planned
     # float64 has no TF32: the same call in float64 runs the exact kernels
     cuda_emulator.launches.clear()
     ops.conv2d_forward(rng.standard_normal((n, c, h, w)), rng.standard_normal((k, c, r, s)),
@@ -363,8 +369,9 @@ def test_conv2d_without_bias_and_split_k(emulated, rng):
     y, ctx = ops.conv2d_forward(x, weight, None, 1, 0, use_kernels=True)
     dx, dweight, dbias = ctx.backward(numpy.ones_like(y))
     assert dbias is None
-    splits = [g[2] for kname, g, _ in cuda_emulator.launches
-              if kname in ("conv2d_bwd_weight", "conv2d_bwd_weight_wide")]
+    # the slices: grid.z of the GEMMs, grid.y of the direct kernel (this one)
+    splits = [g[1] if kname.endswith("_direct") else g[2] for kname, g, _ in cuda_emulator.launches
+              if kname.startswith("conv2d_bwd_weight") and not kname.endswith("_reduce")]
     assert splits and splits[0] > 1
     ref_y, ref_ctx = ops.conv2d_forward(x, weight, None, 1, 0, use_kernels=False)
     assert_close(y, ref_y, 1e-12, 1e-12)
@@ -674,11 +681,15 @@ def test_conv2d_planned_paths_match_the_xp_path(device, case, dtype, rng):
         assert plan.issued >= plan.useful
 
 
-def _plans(ctx, dtype):
-    sms = runtime.sm_count(numpy)
-    return [conv_plan.forward_plan(ctx.sizes, ctx.stride, ctx.pads, dtype, False, sms),
-            conv_plan.data_plan(ctx.sizes, ctx.stride, ctx.pads, dtype, False, sms),
-            conv_plan.weight_plan(ctx.sizes, ctx.stride, ctx.pads, dtype, False, sms)]
+def _plans(ctx, dtype, tf32=False, like=None):
+    """The three passes' plans for a ConvContext, as the launchers make them on the
+    device of ``like``."""
+    xp = numpy if like is None else backend.get_array_module(like)
+    tf32 = tf32 and runtime.tf32_supported(xp)
+    sms = runtime.sm_count(xp)
+    return [conv_plan.forward_plan(ctx.sizes, ctx.stride, ctx.pads, dtype, tf32, sms),
+            conv_plan.data_plan(ctx.sizes, ctx.stride, ctx.pads, dtype, tf32, sms),
+            conv_plan.weight_plan(ctx.sizes, ctx.stride, ctx.pads, dtype, tf32, sms)]
 
 
 def test_direct_data_plan_counts_only_the_taps_that_reach():

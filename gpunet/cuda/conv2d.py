@@ -120,7 +120,8 @@ def _weight_grad(dy, ctx: ConvContext, tensor_cores: bool):
                                    tensor_cores and runtime.allow_tf32(), runtime.sm_count(xp))
     splits = plan.split
     partial = new_output(xp, (splits, k, crs), dtype)
-    runtime.launch("conv2d", plan.kernel, dtype, plan.grid, GEMM_BLOCK,
+    block = (plan.tile[1], 1, 1) if plan.kernel.endswith("_direct") else GEMM_BLOCK
+    runtime.launch("conv2d", plan.kernel, dtype, plan.grid, block,
                    (dy, ctx.x, partial, ctx.geometry, numpy.int32(plan.chunk)))
     dweight = new_output(xp, ctx.weight.shape, dtype)
     runtime.launch("conv2d", "conv2d_bwd_weight_reduce", dtype, (ceil_div(k * crs, BLOCK), 1, 1),

@@ -177,10 +177,26 @@ def split_k(total: int, tiles: int, slots: int, slice_size: int = 1) -> tuple[in
     return best[1], best[2]
 
 
+def direct_weight_plan(sizes, stride, pads, sms: int) -> Plan:
+    """conv2d_bwd_weight_direct: a thread per dw element, grid.y the split-K slices;
+    a warp issues one multiply-add a lane a reduction term (padding taps predicated)."""
+    n, c, h, w, k, r, s, oh, ow = sizes
+    outputs, total = k * c * r * s, n * oh * ow
+    tiles = ceil_div(outputs, DIRECT_THREADS)
+    splits, chunk = split_k(total, tiles, sms * DIRECT_BLOCKS_PER_SM, outputs)
+    return Plan("conv2d_bwd_weight_direct", (1, DIRECT_THREADS), (tiles, splits, 1),
+                DIRECT_BLOCKS_PER_SM, sms, ceil_div(outputs, 32) * 32 * total,
+                useful_macs(sizes, stride, pads), splits, chunk)
+
+
 def weight_plan(sizes, stride, pads, dtype, tf32: bool, sms: int) -> Plan:
+    """The GEMM, or the direct kernel where the GEMM's tiles would be under half
+    used (few filters times short filters)."""
     n, c, h, w, k, r, s, oh, ow = sizes
     crs, total = c * r * s, n * oh * ow
     suffix, rows, cols = tile(k, dtype, tf32)
+    if 2 * k * crs < ceil_div(k, rows) * rows * ceil_div(crs, cols) * cols:
+        return direct_weight_plan(sizes, stride, pads, sms)
     tiles = ceil_div(crs, cols) * ceil_div(k, rows)
     splits, chunk = split_k(total, tiles, sms * gemm_blocks_per_sm("conv2d_bwd_weight" + suffix,
                                                                   dtype), k * crs)
