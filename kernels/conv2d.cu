@@ -12,6 +12,10 @@
 //   conv2d_bwd_weight partial[z][k][(c,r,s)] over the z-th slice of the (n,oh,ow)
 //                     reduction (split-K: that reduction is long and M x N small);
 //                     conv2d_bwd_weight_reduce sums the slices in order z = 0, 1, ...
+//   conv2d_bwd_data_direct, conv2d_bwd_weight_direct: not GEMMs, one thread per
+//                     dx or dw element, for few channels or few short filters, where
+//                     a GEMM tile would be mostly padding (see each kernel below;
+//                     gpunet/cuda/conv2d_plan.py chooses)
 //   conv2d_bwd_bias   db[k] = sum dy[:, k]: per-block partial sums over runs of the
 //                     (n,oh,ow) values (fixed tree), summed in run order by
 //                     conv2d_bwd_weight_reduce.

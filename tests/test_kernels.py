@@ -701,3 +701,20 @@ def test_direct_data_plan_counts_only_the_taps_that_reach():
     rows = conv_plan._phases(23, 2, 4, 7)
     assert sum(q for q, _ in rows) == 23 and sum(t for _, t in rows) == 7
     assert plan.overwork < 2
+
+
+def test_benchmark_plans_issue_at_most_twice_the_useful_work_in_backward():
+    """bench/gpu_plan.py's table (no GPU): every conv case of LAYER_CASES has its
+    three passes, and backward data and weight issue at most 2x the useful
+    multiply-adds on 132 SMs (the forward's small-filter tiles are not done yet)."""
+    import os
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "bench"))
+    import gpu_plan
+    table = gpu_plan.rows()
+    from gpunet.benchmarks import LAYER_CASES
+    assert len(table) == 3 * sum(case.op == "conv" for case in LAYER_CASES)
+    for case, name, plan in table:
+        assert plan.issued >= plan.useful > 0, (case, name, plan)
+        if name != "forward":
+            assert plan.overwork <= 2, (case, name, plan)
