@@ -25,7 +25,8 @@ instructions are counted. Fails (exit 1) on
   instructions each, where an inner loop cannot afford one;
 - a convolution GEMM kernel of the float build whose FFMA share of its instructions
   is under ``--min-ffma`` (40%): a main loop that is not mostly FMA is bound by its
-  index arithmetic; for the opt-in ``_tf32`` kernels, one without tensor-core MMAs
+  index arithmetic (the ``_direct`` kernels, not GEMMs, excepted); for the opt-in
+  ``_tf32`` kernels, one without tensor-core MMAs
   (HMMA), which their FMA columns count instead.
 
 Prints the NVRTC build's resources and blocks per SM for both architectures
@@ -59,7 +60,11 @@ from gpunet.cuda import runtime  # noqa: E402
 ARCHS = ("sm_80", "sm_90")
 TYPES = {"float": "float", "double": "double"}  # real_t -> acc_t
 GEMM_KERNELS = re.compile(r"^conv2d_(fwd|bwd_data|bwd_weight)(_\w+)?$")  # and _tf32
-GEMM_EXCLUDED = re.compile(r"_reduce$")
+# not GEMMs: the split-K sums, and the direct kernels for few channels, which load
+# one weight and one dy value per multiply-add by construction (chosen by
+# gpunet.cuda.conv2d_plan only where a GEMM tile would issue several times the
+# useful work); the other checks still hold them
+GEMM_EXCLUDED = re.compile(r"(_reduce|_direct)$")
 FUNCTION = re.compile(r"^\s*Function\s*:\s*(\S+)")
 INSTRUCTION = re.compile(r"^\s*/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
 HEX = re.compile(r"0x([0-9a-f]+)")

@@ -12,6 +12,10 @@
 //   conv2d_bwd_weight partial[z][k][(c,r,s)] over the z-th slice of the (n,oh,ow)
 //                     reduction (split-K: that reduction is long and M x N small);
 //                     conv2d_bwd_weight_reduce sums the slices in order z = 0, 1, ...
+//   conv2d_bwd_data_direct, conv2d_bwd_weight_direct: not GEMMs, one thread per
+//                     dx or dw element, for few channels or few short filters, where
+//                     a GEMM tile would be mostly padding (see each kernel below;
+//                     gpunet/cuda/conv2d_plan.py chooses)
 //   conv2d_bwd_bias   db[k] = sum dy[:, k]: per-block partial sums over runs of the
 //                     (n,oh,ow) values (fixed tree), summed in run order by
 //                     conv2d_bwd_weight_reduce.
@@ -503,6 +507,54 @@ conv2d_bwd_data_tf32(const real_t* __restrict__ dy, const real_t* __restrict__ w
     conv2d_bwd_data_tile<TileSquare, true>(dy, w, dx, geometry, taps);
 }
 
+// ---- backward data, direct: one thread per dx element, phase by phase --------------
+// For few channels (C <= DIRECT_MAX_C) a GEMM tile of C rows would be mostly padding,
+// and at stride s only one tap in s x s reaches a given dx. So dx is split into its
+// sh x sw phases, blockIdx.z = ph * sw + pw: the (h, w) with (h + pt) % sh == ph and
+// (w + pl) % sw == pw. Exactly the taps r = ph + j sh, s = pw + l sw reach them, at
+// oh = oh_top - j, ow = ow_top - l; each thread clips j, l to dy once, then runs a
+// dense loop over (k, j, l) with no division and no zero tap. A gather: each dx is
+// written once, in a fixed order, no atomics. Threads of a block share the phase
+// (the same taps: no divergence but at the border) and run along w (dy reads coalesce,
+// weight reads are the same address across the warp).
+#define DIRECT_THREADS 256
+extern "C" __global__ void __launch_bounds__(DIRECT_THREADS, 4)
+conv2d_bwd_data_direct(const real_t* __restrict__ dy, const real_t* __restrict__ w,
+                       real_t* __restrict__ dx, const ConvGeometry* __restrict__ geometry) {
+    const ConvGeometry g = *geometry;
+    const int ph = blockIdx.z / g.sw, pw = blockIdx.z - ph * g.sw;
+    // the first h >= 0 of the phase, the phase's rows, its taps along r (same along w)
+    const int h0 = ((ph - g.pt) % g.sh + g.sh) % g.sh, w0 = ((pw - g.pl) % g.sw + g.sw) % g.sw;
+    const int hq_count = h0 < g.H ? (g.H - h0 + g.sh - 1) / g.sh : 0;
+    const int wq_count = w0 < g.W ? (g.W - w0 + g.sw - 1) / g.sw : 0;
+    const int r_taps = ph < g.R ? (g.R - ph + g.sh - 1) / g.sh : 0;
+    const int s_taps = pw < g.S ? (g.S - pw + g.sw - 1) / g.sw : 0;
+    const int i = blockIdx.x * DIRECT_THREADS + threadIdx.x;
+    if (i >= g.N * g.C * hq_count * wq_count) return;
+    const int wq = i % wq_count, rest = i / wq_count;
+    const int hq = rest % hq_count, nc = rest / hq_count;
+    const int n = nc / g.C, c = nc - n * g.C;
+    const int h = h0 + hq * g.sh, x = w0 + wq * g.sw;
+    // dx[h, x] takes dy[oh_top - j, ow_top - l] * w[ph + j sh, pw + l sw], (h + pt - ph)
+    // divisible by sh by the choice of phase
+    const int oh_top = (h + g.pt - ph) / g.sh, ow_top = (x + g.pl - pw) / g.sw;
+    const int j_lo = max(0, oh_top - g.OH + 1), j_hi = min(r_taps, oh_top + 1);
+    const int l_lo = max(0, ow_top - g.OW + 1), l_hi = min(s_taps, ow_top + 1);
+    const int P = g.OH * g.OW, RS = g.R * g.S;
+    const real_t* dy_k = dy + n * g.K * P + (oh_top - j_lo) * g.OW + (ow_top - l_lo);
+    const real_t* w_k = w + c * RS + (ph + j_lo * g.sh) * g.S + pw + l_lo * g.sw;
+    acc_t acc = 0;
+    for (int k = 0; k < g.K; ++k, dy_k += P, w_k += g.C * RS) {
+        const real_t* dy_j = dy_k;
+        const real_t* w_j = w_k;
+        for (int j = j_lo; j < j_hi; ++j, dy_j -= g.OW, w_j += g.sh * g.S) {
+            for (int l = 0; l < l_hi - l_lo; ++l)
+                acc += (acc_t)w_j[l * g.sw] * (acc_t)dy_j[-l];
+        }
+    }
+    dx[((n * g.C + c) * g.H + h) * g.W + x] = (real_t)acc;
+}
+
 // ---- backward weight: rows k, columns (c,r,s), reduction (n,oh,ow) in one slice ----
 // The (n, p = oh OW + ow) of a reduction index is carried from step to step: the
 // index grows by TILE_K per step, so p wraps past P = OH OW at most a few times.
@@ -615,6 +667,44 @@ conv2d_bwd_weight_tf32(const real_t* __restrict__ dy, const real_t* __restrict__
                        real_t* __restrict__ partial, const ConvGeometry* __restrict__ geometry,
                        int chunk) {
     conv2d_bwd_weight_tile<TileSquare, true>(dy, x, partial, geometry, chunk);
+}
+
+// ---- backward weight, direct: one thread per dw element, a slice of (n,oh,ow) each --
+// For few filters and short filters (K C R S small: LeNet's 6 x 25 and 16 x 150) a
+// GEMM tile of 64 x 256 would be mostly padding. Thread i of the x grid owns
+// dw[k][(c,r,s)] = i and sums dy[n,k,oh,ow] x[n,c,oh sh - pt + r, ow sw - pl + s]
+// over the blockIdx.y-th `chunk` of the (n,oh,ow) reduction, in order, into
+// partial[blockIdx.y][i]; conv2d_bwd_weight_reduce sums the slices in order. (n,oh,ow)
+// advance by one per term: no division in the loop. Lanes of a warp share k mostly
+// (dy reads are the same address), and read x along s.
+extern "C" __global__ void __launch_bounds__(DIRECT_THREADS, 4)
+conv2d_bwd_weight_direct(const real_t* __restrict__ dy, const real_t* __restrict__ x,
+                         real_t* __restrict__ partial, const ConvGeometry* __restrict__ geometry,
+                         int chunk) {
+    const ConvGeometry g = *geometry;
+    const int RS = g.R * g.S, CRS = g.C * RS, P = g.OH * g.OW, total = g.N * P;
+    const int i = blockIdx.x * DIRECT_THREADS + threadIdx.x;
+    if (i >= g.K * CRS) return;
+    const int k = i / CRS, crs = i - k * CRS, c = crs / RS, rs = crs - c * RS;
+    const int r = rs / g.S, s = rs - r * g.S;
+    const int t_begin = blockIdx.y * chunk;
+    const int t_end = total - t_begin < chunk ? total : t_begin + chunk;
+    int n = t_begin / P, p = t_begin - n * P, oh = p / g.OW, ow = p - oh * g.OW;
+    acc_t acc = 0;
+    for (int t = t_begin; t < t_end; ++t) {
+        const int h = oh * g.sh - g.pt + r, w = ow * g.sw - g.pl + s;
+        if ((unsigned)h < (unsigned)g.H && (unsigned)w < (unsigned)g.W)
+            acc += (acc_t)dy[(n * g.K + k) * P + oh * g.OW + ow] *
+                   (acc_t)x[((n * g.C + c) * g.H + h) * g.W + w];
+        if (++ow == g.OW) {
+            ow = 0;
+            if (++oh == g.OH) {
+                oh = 0;
+                ++n;
+            }
+        }
+    }
+    partial[blockIdx.y * g.K * CRS + i] = (real_t)acc;
 }
 
 // dw[i] = partial[0][i] + partial[1][i] + ... in that order, over `splits` slices.

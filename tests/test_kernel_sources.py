@@ -133,8 +133,9 @@ def test_no_tf32_launches_without_tensor_cores(monkeypatch):
     monkeypatch.setattr(runtime, "launch", cuda_emulator.emulated_launch)
     monkeypatch.setattr(runtime, "_tf32", True)
     rng = numpy.random.default_rng(3)
-    x = rng.standard_normal((2, 3, 6, 6)).astype("float32")
-    weight = rng.standard_normal((4, 3, 3, 3)).astype("float32")
+    # 17 channels, 128 filters: every pass takes a GEMM (not a _direct kernel)
+    x = rng.standard_normal((2, 17, 6, 6)).astype("float32")
+    weight = rng.standard_normal((128, 17, 3, 3)).astype("float32")
     for supported in (True, False):
         monkeypatch.setattr(runtime, "tf32_supported", lambda xp, s=supported: s)
         cuda_emulator.launches.clear()

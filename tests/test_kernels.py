@@ -16,6 +16,7 @@ import pytest
 from gpunet import backend, ops
 from gpunet.cuda import batchnorm as bn_kernels
 from gpunet.cuda import conv2d as conv_kernels
+from gpunet.cuda import conv2d_plan as conv_plan
 from gpunet.cuda import pool2d as pool_kernels
 from gpunet.cuda import runtime
 
@@ -208,20 +209,25 @@ def check_tf32_convolution(case, rng, to_device=lambda a: a):
     scales = (ya, *ctxa.backward(numpy.abs(dy64))[:2])
     f32 = lambda a: to_device(a.astype("float32"))  # noqa: E731
 
+    planned = {}
+
     def run(tf32):
         runtime.set_allow_tf32(tf32)
         y, ctx = ops.conv2d_forward(f32(x64), f32(w64), f32(b64), stride, padding,
                                     use_kernels=True)
+        planned.update(zip(("y", "dx", "dweight"), _plans(ctx, "float32", tf32, y)))
         return (y, *ctx.backward(f32(dy64))[:2])
 
     try:
-        got, exact = run(True), run(False)
+        exact, got = run(False), run(True)  # planned: the TF32 run's kernels
     finally:
         runtime.set_allow_tf32(True)
     for name, g, f, ref, scale in zip(("y", "dx", "dweight"), got, exact, refs, scales):
         relative = numpy.abs(backend.to_numpy(g) - ref) / numpy.maximum(scale, 1e-30)
         assert relative.max() <= 2.0**-10, f"{name}: {relative.max():.2e} over 2^-10"
         assert numpy.median(relative) < 5e-4, f"{name}: median {numpy.median(relative):.2e}"
+        if name != "y" and planned[name].kernel.endswith("_direct"):
+            continue  # few channels or filters: a direct kernel, plain float FMAs
         # Proof that the tensor cores ran: the float kernels' own error on the same
         # inputs is far smaller. Not a floor on TF32's error, which falls with the
         # reduction length relative to sum |a| |b| (a real GPU: 7e-6 at C R S = 2304).
@@ -244,10 +250,14 @@ def test_conv2d_tf32_kernels(device, monkeypatch, case, rng):
     if device.kind != "emulator":
         return
     launched = {name for name, _, _ in cuda_emulator.launches}
-    assert {"conv2d_fwd_tf32", "conv2d_bwd_data_tf32", "conv2d_bwd_weight_tf32"} <= launched
+    n, c, h, w, k, r, s, stride, padding = case
+    y, ctx = ops.conv2d_forward(numpy.zeros((n, c, h, w), "float32"),
+                                numpy.zeros((k, c, r, s), "float32"), None, stride, padding,
+                                use_kernels=True)
+    planned = {plan.kernel for plan in _plans(ctx, "float32", True, y)}
+    assert planned <= launched and "conv2d_fwd_tf32" in planned
     # float64 has no TF32: the same call in float64 runs the exact kernels
     cuda_emulator.launches.clear()
-    n, c, h, w, k, r, s, stride, padding = case
     ops.conv2d_forward(rng.standard_normal((n, c, h, w)), rng.standard_normal((k, c, r, s)),
                        None, stride, padding, use_kernels=True)
     assert not any(name.endswith("_tf32") for name, _, _ in cuda_emulator.launches)
@@ -359,8 +369,9 @@ def test_conv2d_without_bias_and_split_k(emulated, rng):
     y, ctx = ops.conv2d_forward(x, weight, None, 1, 0, use_kernels=True)
     dx, dweight, dbias = ctx.backward(numpy.ones_like(y))
     assert dbias is None
-    splits = [g[2] for kname, g, _ in cuda_emulator.launches
-              if kname in ("conv2d_bwd_weight", "conv2d_bwd_weight_wide")]
+    # the slices: grid.z of the GEMMs, grid.y of the direct kernel (this one)
+    splits = [g[1] if kname.endswith("_direct") else g[2] for kname, g, _ in cuda_emulator.launches
+              if kname.startswith("conv2d_bwd_weight") and not kname.endswith("_reduce")]
     assert splits and splits[0] > 1
     ref_y, ref_ctx = ops.conv2d_forward(x, weight, None, 1, 0, use_kernels=False)
     assert_close(y, ref_y, 1e-12, 1e-12)
@@ -626,3 +637,84 @@ def test_gpu_out_of_memory_is_a_clear_error_and_the_process_continues():
                    progress=False)
     finally:
         gpunet.set_device("cpu")
+
+
+# Awkward shapes for the paths chosen by shape (gpunet.cuda.conv2d_plan): few channels
+# at strides 2-4 (dx in phases, some with no tap: R < stride), padding over the border,
+# odd sizes, C = 1 and 3, K = 6; N K OH OW small against the SMs (split-K) and not.
+PLAN_CASES = [  # N, C, H, W, K, R, S, stride, padding
+    (2, 3, 23, 21, 6, 7, 7, (4, 4), 2),     # AlexNet's conv1 in small: 11 x 11 at 4 -> 7 x 7
+    (1, 1, 13, 11, 6, 2, 3, (3, 4), (1, 2)),  # R < stride: phases no tap reaches (dx = 0)
+    (3, 1, 9, 10, 6, 5, 5, (1, 1), 2),      # stride 1: one phase, borders clipped
+    (2, 16, 7, 9, 5, 3, 3, (2, 3), 1),      # the most channels the direct kernel takes
+    (1, 17, 6, 5, 3, 3, 3, (2, 2), 1),      # one more: the GEMM
+    (2, 3, 5, 5, 6, 5, 5, (2, 2), 4),       # padding wider than the input
+]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("case", PLAN_CASES, ids=str)
+def test_conv2d_planned_paths_match_the_xp_path(device, case, dtype, rng):
+    """Every pass on the path its plan picks agrees with the textbook xp path, twice
+    bitwise (deterministic), and (emulator) launches exactly the plan's kernels and
+    grids."""
+    n, c, h, w, k, r, s, stride, padding = case
+    x, weight, bias = (device.put(rng.standard_normal(sh).astype(dtype))
+                       for sh in ((n, c, h, w), (k, c, r, s), (k,)))
+    y_ref, ctx_ref = ops.conv2d_forward(x, weight, bias, stride, padding, use_kernels=False)
+    dy = device.put(rng.standard_normal(y_ref.shape).astype(dtype))
+    refs = [device.get(a) for a in (y_ref, *ctx_ref.backward(dy))]
+
+    def run():
+        y, ctx = ops.conv2d_forward(x, weight, bias, stride, padding, use_kernels=True)
+        return tuple(device.get(a) for a in (y, *ctx.backward(dy)))
+
+    cuda_emulator.launches.clear()
+    for got, ref, name in zip(twice(run), refs, ("y", "dx", "dweight", "dbias")):
+        assert_kernel_close(got, ref, dtype, f"{name} ({dtype})")
+    if device.kind != "emulator":
+        return
+    _, ctx = ops.conv2d_forward(x, weight, bias, stride, padding, use_kernels=True)
+    launched = [(name, grid) for name, grid, _ in cuda_emulator.launches]
+    for plan in _plans(ctx, dtype):
+        assert (plan.kernel, plan.grid) in launched, f"{plan} not launched: {launched}"
+        assert plan.issued >= plan.useful
+
+
+def _plans(ctx, dtype, tf32=False, like=None):
+    """The three passes' plans for a ConvContext, as the launchers make them on the
+    device of ``like``."""
+    xp = numpy if like is None else backend.get_array_module(like)
+    tf32 = tf32 and runtime.tf32_supported(xp)
+    sms = runtime.sm_count(xp)
+    return [conv_plan.forward_plan(ctx.sizes, ctx.stride, ctx.pads, dtype, tf32, sms),
+            conv_plan.data_plan(ctx.sizes, ctx.stride, ctx.pads, dtype, tf32, sms),
+            conv_plan.weight_plan(ctx.sizes, ctx.stride, ctx.pads, dtype, tf32, sms)]
+
+
+def test_direct_data_plan_counts_only_the_taps_that_reach():
+    """At stride 4 a 7 x 7 filter reaches each dx with 2 x 2 or 1 x 2 ... taps, never
+    the 49 a GEMM over all taps issues; the phases cover dx exactly once."""
+    sizes = (2, 3, 23, 21, 6, 7, 7, 6, 5)
+    plan = conv_plan.data_plan(sizes, (4, 4), ((2, 2), (2, 2)), "float32", False, 132)
+    assert plan.kernel == "conv2d_bwd_data_direct" and plan.grid[2] == 16
+    rows = conv_plan._phases(23, 2, 4, 7)
+    assert sum(q for q, _ in rows) == 23 and sum(t for _, t in rows) == 7
+    assert plan.overwork < 2
+
+
+def test_benchmark_plans_issue_at_most_twice_the_useful_work_in_backward():
+    """bench/gpu_plan.py's table (no GPU): every conv case of LAYER_CASES has its
+    three passes, and backward data and weight issue at most 2x the useful
+    multiply-adds on 132 SMs (the forward's small-filter tiles are not done yet)."""
+    import os
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "bench"))
+    import gpu_plan
+    table = gpu_plan.rows()
+    from gpunet.benchmarks import LAYER_CASES
+    assert len(table) == 3 * sum(case.op == "conv" for case in LAYER_CASES)
+    for case, name, plan in table:
+        assert plan.issued >= plan.useful > 0, (case, name, plan)
+        if name != "forward":
+            assert plan.overwork <= 2, (case, name, plan)

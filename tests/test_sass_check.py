@@ -95,6 +95,7 @@ def test_a_tf32_kernel_needs_tensor_core_mmas():
 def test_the_ffma_rule_covers_the_conv_gemms_only():
     for name, gemm in [("conv2d_fwd", True), ("conv2d_bwd_data_wide", True),
                        ("conv2d_bwd_weight", True), ("conv2d_bwd_weight_reduce", False),
+                       ("conv2d_bwd_data_direct", False),
                        ("conv2d_bwd_bias", False), ("bn_fwd_stats", False)]:
         code = sass_check.KernelCode("k.cu", name, "sm_90", "float", instructions=10, fma=1)
         assert bool(sass_check.failures([code], 0.40)) == gemm, name

@@ -6,10 +6,10 @@ import numpy
 
 from ..backend import get_array_module
 from ..ops.common import Context
-from . import runtime
+from . import conv2d_plan, runtime
+from .conv2d_plan import TARGET_BLOCKS
 from .runtime import (
     BLOCK,
-    INDEX_LIMIT,
     ceil_div,
     check_indexable,
     geometry,
@@ -20,30 +20,23 @@ from .runtime import (
 )
 
 GEMM_BLOCK = (256, 1, 1)
-TARGET_BLOCKS = 256    # split-K aims at about this many blocks, whatever the GPU: the
-                       # split, hence the summation order, depends on the shapes only
 
 
 def tile(rows: int, dtype, tensor_cores: bool = True) -> tuple[str, int, int]:
-    """``(kernel suffix, rows, columns)`` of the GEMM tile for a GEMM of ``rows`` rows
-    (kernels/conv2d.cu): 128 x 128, or the wide 64 x 256 (64 x 128 in float64) when
-    at most 64 rows would use it; float32 with TF32 allowed on a device with TF32
-    ``tensor_cores`` (runtime.tf32_supported): the tensor-core kernels (128 x 128)."""
-    if tensor_cores and runtime.allow_tf32() and numpy.dtype(dtype) == numpy.float32:
-        return "_tf32", 128, 128
-    if rows > 64:
-        return "", 128, 128
-    return "_wide", 64, 256 if numpy.dtype(dtype).itemsize == 4 else 128
+    """conv2d_plan.tile with TF32 where allowed (runtime.allow_tf32) and the device
+    has ``tensor_cores`` (runtime.tf32_supported)."""
+    return conv2d_plan.tile(rows, dtype, tensor_cores and runtime.allow_tf32())
 
 
 class ConvContext(Context):
-    __slots__ = ("x", "weight", "has_bias", "geometry", "sizes")
+    __slots__ = ("x", "weight", "has_bias", "geometry", "sizes", "stride", "pads")
 
-    def __init__(self, x, weight, has_bias, geometry, sizes):
+    def __init__(self, x, weight, has_bias, geometry, sizes, stride=(1, 1), pads=((0, 0), (0, 0))):
         n, _, _, _, k, _, _, oh, ow = sizes
         super().__init__("conv2d", (n, k, oh, ow))
         self.x, self.weight, self.has_bias, self.geometry = x, weight, has_bias, geometry
         self.sizes = sizes  # (N, C, H, W, K, R, S, OH, OW)
+        self.stride, self.pads = tuple(stride), pads
 
     def _backward(self, dy, input_grad):
         return backward(dy, self, input_grad)
@@ -100,26 +93,20 @@ def forward(x, weight, bias, stride, pads, out_hw):
         y = xp.zeros((n, k, oh, ow), x.dtype)
         if bias is not None:
             y += bias.reshape(k, 1, 1)
-        return y, ConvContext(x, weight, bias is not None, geom, sizes)
+        return y, ConvContext(x, weight, bias is not None, geom, sizes, stride, pads)
     taps = table(xp, ("conv2d forward taps", c, h, w, r, s),
                  lambda: forward_taps(c, h, w, r, s), numpy.int32)
     y = new_output(xp, (n, k, oh, ow), x.dtype)
-    suffix, rows, cols = tile(k, x.dtype, runtime.tf32_supported(xp))
-    grid = (ceil_div(n * oh * ow, cols), ceil_div(k, rows), 1)
+    plan = conv2d_plan.forward_plan(sizes, stride, pads, x.dtype, _tf32(xp),
+                                    runtime.sm_count(xp))
     bias_arg = _zeros(xp, k, x.dtype) if bias is None else xp.ascontiguousarray(bias)
-    runtime.launch("conv2d", "conv2d_fwd" + suffix, x.dtype, grid, GEMM_BLOCK,
+    runtime.launch("conv2d", plan.kernel, x.dtype, plan.grid, GEMM_BLOCK,
                    (x, weight, bias_arg, y, geom, taps))
-    return y, ConvContext(x, weight, bias is not None, geom, sizes)
+    return y, ConvContext(x, weight, bias is not None, geom, sizes, stride, pads)
 
 
-def split_k(total: int, tiles: int, slice_size: int = 1) -> tuple[int, int]:
-    """``(splits, chunk)`` for a reduction of ``total`` terms over ``tiles`` output
-    tiles: enough slices to fill the GPU, none shorter than 256 terms, and fewer
-    than 2**31 elements in all the ``slice_size``-element partial results."""
-    most = max(1, (INDEX_LIMIT - 1) // max(1, slice_size))
-    splits = max(1, min(ceil_div(TARGET_BLOCKS, tiles), ceil_div(total, 256), most))
-    chunk = ceil_div(ceil_div(total, splits), 32) * 32  # whole reduction steps
-    return ceil_div(total, chunk), chunk
+def _tf32(xp) -> bool:
+    return runtime.allow_tf32() and runtime.tf32_supported(xp)
 
 
 def _weight_grad(dy, ctx: ConvContext, tensor_cores: bool):
@@ -128,13 +115,14 @@ def _weight_grad(dy, ctx: ConvContext, tensor_cores: bool):
     xp = get_array_module(dy)
     n, c, h, w, k, r, s, oh, ow = ctx.sizes
     dtype = dy.dtype
-    crs, total = c * r * s, n * oh * ow
-    suffix, rows, cols = tile(k, dtype, tensor_cores)
-    splits, chunk = split_k(total, ceil_div(crs, cols) * ceil_div(k, rows), k * crs)
+    crs = c * r * s
+    plan = conv2d_plan.weight_plan(ctx.sizes, ctx.stride, ctx.pads, dtype,
+                                   tensor_cores and runtime.allow_tf32(), runtime.sm_count(xp))
+    splits = plan.split
     partial = new_output(xp, (splits, k, crs), dtype)
-    grid = (ceil_div(crs, cols), ceil_div(k, rows), splits)
-    runtime.launch("conv2d", "conv2d_bwd_weight" + suffix, dtype, grid, GEMM_BLOCK,
-                   (dy, ctx.x, partial, ctx.geometry, numpy.int32(chunk)))
+    block = (plan.tile[1], 1, 1) if plan.kernel.endswith("_direct") else GEMM_BLOCK
+    runtime.launch("conv2d", plan.kernel, dtype, plan.grid, block,
+                   (dy, ctx.x, partial, ctx.geometry, numpy.int32(plan.chunk)))
     dweight = new_output(xp, ctx.weight.shape, dtype)
     runtime.launch("conv2d", "conv2d_bwd_weight_reduce", dtype, (ceil_div(k * crs, BLOCK), 1, 1),
                    (BLOCK, 1, 1), (partial, dweight, numpy.int32(k * crs), numpy.int32(splits)))
@@ -158,12 +146,16 @@ def backward(dy, ctx: ConvContext, input_grad: bool = True):
         dx = xp.zeros((n, c, h, w), dtype)
     elif input_grad:
         dx = new_output(xp, (n, c, h, w), dtype)
-        taps = table(xp, ("conv2d data taps", k, c, oh, ow, r, s),
-                     lambda: data_taps(k, c, oh, ow, r, s), numpy.int32)
-        suffix, rows, cols = tile(c, dtype, tensor_cores)
-        grid = (ceil_div(n * h * w, cols), ceil_div(c, rows), 1)
-        runtime.launch("conv2d", "conv2d_bwd_data" + suffix, dtype, grid, GEMM_BLOCK,
-                       (dy, ctx.weight, dx, ctx.geometry, taps))
+        plan = conv2d_plan.data_plan(ctx.sizes, ctx.stride, ctx.pads, dtype,
+                                     tensor_cores and runtime.allow_tf32(), runtime.sm_count(xp))
+        if plan.kernel == "conv2d_bwd_data_direct":
+            runtime.launch("conv2d", plan.kernel, dtype, plan.grid, (plan.tile[1], 1, 1),
+                           (dy, ctx.weight, dx, ctx.geometry))
+        else:
+            taps = table(xp, ("conv2d data taps", k, c, oh, ow, r, s),
+                         lambda: data_taps(k, c, oh, ow, r, s), numpy.int32)
+            runtime.launch("conv2d", plan.kernel, dtype, plan.grid, GEMM_BLOCK,
+                           (dy, ctx.weight, dx, ctx.geometry, taps))
 
     total = n * oh * ow
     dweight = xp.zeros(ctx.weight.shape, dtype) if c == 0 else _weight_grad(dy, ctx, tensor_cores)

@@ -65,6 +65,22 @@ def tf32_supported(xp) -> bool:
     return int(xp.cuda.Device().compute_capability) >= TF32_MIN_CAPABILITY
 
 
+EMULATED_SMS = 132  # NumPy arrays (the tests' emulation) plan for an H100 SXM
+
+
+@cache
+def _sm_count(xp, device_id: int) -> int:
+    return int(xp.cuda.runtime.getDeviceProperties(device_id)["multiProcessorCount"])
+
+
+def sm_count(xp) -> int:
+    """The current device's streaming multiprocessors, which the launchers size
+    grids and split-K to (read once per device)."""
+    if xp is numpy:
+        return EMULATED_SMS
+    return _sm_count(xp, xp.cuda.Device().id)
+
+
 def uses_kernels(xp) -> bool:
     return kernels_enabled() and xp is not numpy
 

@@ -1,0 +1,208 @@
+"""What each conv2d launch issues, from the shape and the device's SM count alone.
+
+A :class:`Plan` is one launch of kernels/conv2d.cu: the kernel, its tile, its grid,
+the blocks an SM holds (the kernel's ``__launch_bounds__`` minimum), the waves that
+grid makes on ``sms`` SMs, and the multiply-adds it issues against the useful ones
+(the forward's ``N K OH OW C R S`` less the taps that land in the padding, for
+every pass: zero taps, padded tile rows and columns and a reduction rounded up to
+whole steps are issued, not useful). The launchers in gpunet/cuda/conv2d.py
+launch what these functions plan; ``bench/gpu_plan.py`` prints them for the
+benchmark cases without a GPU.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy
+
+TILE_K = 8  # kernels/conv2d.cu's reduction step (its default -DTILE_K)
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """One launch: ``kernel`` over ``grid`` blocks of a ``tile`` (rows x columns of
+    the GEMM's C a block computes), ``issued`` multiply-adds of which ``useful``
+    are needed; ``split`` slices of the reduction, ``chunk`` terms each."""
+    kernel: str
+    tile: tuple[int, int]
+    grid: tuple[int, int, int]
+    blocks_per_sm: int
+    sms: int
+    issued: int
+    useful: int
+    split: int = 1
+    chunk: int = 0
+
+    @property
+    def blocks(self) -> int:
+        return self.grid[0] * self.grid[1] * self.grid[2]
+
+    @property
+    def waves(self) -> float:
+        """Blocks over what the GPU holds at once."""
+        return self.blocks / (self.sms * self.blocks_per_sm)
+
+    @property
+    def wave_fill(self) -> float:
+        """The share of the launched waves' block slots in use (1: whole waves)."""
+        return self.waves / math.ceil(self.waves)
+
+    @property
+    def overwork(self) -> float:
+        """Issued over useful multiply-adds (1: nothing wasted)."""
+        return self.issued / max(1, self.useful)
+
+
+def _inside(size: int, out: int, taps: int, stride: int, pad: int) -> int:
+    """The (output, tap) pairs of one axis whose input o stride - pad + t is inside."""
+    return sum(max(0, min(out, (size - 1 + pad - t) // stride + 1)
+                   - max(0, ceil_div(pad - t, stride))) for t in range(taps))
+
+
+def useful_macs(sizes, stride=(1, 1), pads=((0, 0), (0, 0))) -> int:
+    """``N K C`` times the (output, tap) pairs of each axis that read inside x: the
+    multiply-adds of every pass that are not a zero of the padding."""
+    n, c, h, w, k, r, s, oh, ow = sizes
+    return n * k * c * _inside(h, oh, r, stride[0], pads[0][0]) * \
+        _inside(w, ow, s, stride[1], pads[1][0])
+
+
+def gemm_blocks_per_sm(kernel: str, dtype) -> int:
+    """The second argument of the kernel's ``__launch_bounds__`` (GEMM_MIN_BLOCKS:
+    two in float, one in double; one for the float 128 x 128 backward kernels)."""
+    if numpy.dtype(dtype).itemsize == 8 or kernel in ("conv2d_bwd_data", "conv2d_bwd_weight"):
+        return 1
+    return 2
+
+
+INDEX_LIMIT = 2**31
+TARGET_BLOCKS = 256  # the bias gradient's runs aim at about this many blocks
+
+
+def tile(rows: int, dtype, tf32: bool) -> tuple[str, int, int]:
+    """``(kernel suffix, rows, columns)`` of the GEMM tile for a GEMM of ``rows`` rows
+    (kernels/conv2d.cu): 128 x 128, or the wide 64 x 256 (64 x 128 in float64) when
+    at most 64 rows would use it; float32 with ``tf32`` (allowed and supported): the
+    tensor-core kernels (128 x 128)."""
+    if tf32 and numpy.dtype(dtype) == numpy.float32:
+        return "_tf32", 128, 128
+    if rows > 64:
+        return "", 128, 128
+    return "_wide", 64, 256 if numpy.dtype(dtype).itemsize == 4 else 128
+
+
+def _gemm(kernel, dtype, rows, cols, steps_per_block, grid, sms, useful, split=1, chunk=0):
+    blocks = grid[0] * grid[1] * grid[2]
+    return Plan(kernel, (rows, cols), grid, gemm_blocks_per_sm(kernel, dtype), sms,
+                blocks * rows * cols * steps_per_block * TILE_K, useful, split, chunk)
+
+
+def forward_plan(sizes, stride, pads, dtype, tf32: bool, sms: int) -> Plan:
+    n, c, h, w, k, r, s, oh, ow = sizes
+    suffix, rows, cols = tile(k, dtype, tf32)
+    grid = (ceil_div(n * oh * ow, cols), ceil_div(k, rows), 1)
+    return _gemm("conv2d_fwd" + suffix, dtype, rows, cols, ceil_div(c * r * s, TILE_K), grid,
+                 sms, useful_macs(sizes, stride, pads))
+
+
+DIRECT_MAX_C = 16     # backward data with at most this many channels: the direct kernel
+DIRECT_THREADS = 256  # its block (kernels/conv2d.cu)
+DIRECT_BLOCKS_PER_SM = 4  # its __launch_bounds__ minimum
+
+
+def _phases(size: int, pad: int, stride: int, taps: int):
+    """``[(positions, taps), ...]`` per phase p of one axis of backward data: the
+    dx positions i with (i + pad) % stride == p, and the filter taps p, p + stride, ...
+    that reach them (kernels/conv2d.cu, conv2d_bwd_data_direct)."""
+    out = []
+    for p in range(stride):
+        first = (p - pad) % stride
+        out.append((ceil_div(size - first, stride) if first < size else 0,
+                    ceil_div(taps - p, stride) if p < taps else 0))
+    return out
+
+
+def direct_data_plan(sizes, stride, pads, sms: int) -> Plan:
+    """conv2d_bwd_data_direct: a thread per dx element, grid.z the sh x sw phases;
+    a warp issues K x (the phase's taps) multiply-adds a lane (fewer at the border)."""
+    n, c, h, w, k, r, s, oh, ow = sizes
+    rows, cols = _phases(h, pads[0][0], stride[0], r), _phases(w, pads[1][0], stride[1], s)
+    issued = 0
+    for hq, r_taps in rows:
+        for wq, s_taps in cols:
+            issued += ceil_div(n * c * hq * wq, 32) * 32 * k * r_taps * s_taps
+    threads = n * c * max(q for q, _ in rows) * max(q for q, _ in cols)
+    grid = (ceil_div(threads, DIRECT_THREADS), 1, stride[0] * stride[1])
+    return Plan("conv2d_bwd_data_direct", (1, DIRECT_THREADS), grid, DIRECT_BLOCKS_PER_SM, sms,
+                issued, useful_macs(sizes, stride, pads))
+
+
+def data_plan(sizes, stride, pads, dtype, tf32: bool, sms: int) -> Plan:
+    n, c, h, w, k, r, s, oh, ow = sizes
+    if c <= DIRECT_MAX_C:
+        return direct_data_plan(sizes, stride, pads, sms)
+    suffix, rows, cols = tile(c, dtype, tf32)
+    grid = (ceil_div(n * h * w, cols), ceil_div(c, rows), 1)
+    return _gemm("conv2d_bwd_data" + suffix, dtype, rows, cols, ceil_div(k * r * s, TILE_K),
+                 grid, sms, useful_macs(sizes, stride, pads))
+
+
+MIN_SLICE = 256   # split-K: no slice of the reduction shorter than this many terms
+MAX_WAVES = 4     # split-K: no more slices than fill this many waves
+
+
+def split_k(total: int, tiles: int, slots: int, slice_size: int = 1) -> tuple[int, int]:
+    """``(splits, chunk)`` for a reduction of ``total`` terms over ``tiles`` output
+    tiles on a GPU holding ``slots`` blocks at once: the split whose blocks fill the
+    launched waves best (a grid one block past a wave runs a second wave for it),
+    counting a grid under one wave by its share of one; the fewest slices among
+    equals; slices of whole reduction steps, none under MIN_SLICE terms, fewer than
+    2**31 elements in the ``slice_size``-element partial results. From the shape and
+    the SM count: one GPU model always sums in the same order."""
+    most = max(1, min((INDEX_LIMIT - 1) // max(1, slice_size), ceil_div(total, MIN_SLICE),
+                      ceil_div(MAX_WAVES * slots, tiles)))
+    best = None
+    for wanted in range(1, most + 1):
+        chunk = ceil_div(ceil_div(total, wanted), 4 * TILE_K) * 4 * TILE_K
+        splits = ceil_div(total, chunk)
+        waves = tiles * splits / slots
+        score = waves / math.ceil(waves) if waves >= 1 else waves
+        if best is None or score > best[0] + 1e-9:
+            best = (score, splits, chunk)
+    return best[1], best[2]
+
+
+def direct_weight_plan(sizes, stride, pads, sms: int) -> Plan:
+    """conv2d_bwd_weight_direct: a thread per dw element, grid.y the split-K slices;
+    a warp issues one multiply-add a lane a reduction term (padding taps predicated)."""
+    n, c, h, w, k, r, s, oh, ow = sizes
+    outputs, total = k * c * r * s, n * oh * ow
+    tiles = ceil_div(outputs, DIRECT_THREADS)
+    splits, chunk = split_k(total, tiles, sms * DIRECT_BLOCKS_PER_SM, outputs)
+    return Plan("conv2d_bwd_weight_direct", (1, DIRECT_THREADS), (tiles, splits, 1),
+                DIRECT_BLOCKS_PER_SM, sms, ceil_div(outputs, 32) * 32 * total,
+                useful_macs(sizes, stride, pads), splits, chunk)
+
+
+def weight_plan(sizes, stride, pads, dtype, tf32: bool, sms: int) -> Plan:
+    """The GEMM, or the direct kernel where the GEMM's tiles would be under half
+    used (few filters times short filters)."""
+    n, c, h, w, k, r, s, oh, ow = sizes
+    crs, total = c * r * s, n * oh * ow
+    suffix, rows, cols = tile(k, dtype, tf32)
+    if 2 * k * crs < ceil_div(k, rows) * rows * ceil_div(crs, cols) * cols:
+        return direct_weight_plan(sizes, stride, pads, sms)
+    tiles = ceil_div(crs, cols) * ceil_div(k, rows)
+    splits, chunk = split_k(total, tiles, sms * gemm_blocks_per_sm("conv2d_bwd_weight" + suffix,
+                                                                  dtype), k * crs)
+    grid = (ceil_div(crs, cols), ceil_div(k, rows), splits)
+    # every slice but the last runs chunk / TILE_K steps
+    steps = (splits - 1) * (chunk // TILE_K) + ceil_div(total - (splits - 1) * chunk, TILE_K)
+    plan = _gemm("conv2d_bwd_weight" + suffix, dtype, rows, cols, 0, grid, sms,
+                 useful_macs(sizes, stride, pads), splits, chunk)
+    return dataclasses.replace(plan, issued=grid[0] * grid[1] * rows * cols * steps * TILE_K)
