@@ -34,7 +34,8 @@ DATASETS = {"mnist": load_mnist, "fashion-mnist": load_fashion_mnist, "cifar10":
 IMAGE_SHAPES = {"mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28), "cifar10": (3, 32, 32),
                 "synthetic": (3, 32, 32)}
 INPUT_SHAPES = {"lenet5": (1, 32, 32), "lenet5_notes": (3, 32, 32), "alexnet": (3, 224, 224),
-                "vgg16": (3, 224, 224), "alexnet_cifar": (3, 32, 32), "vgg_cifar": (3, 32, 32)}
+                "vgg16": (3, 224, 224), "alexnet_cifar": (3, 32, 32), "vgg_cifar": (3, 32, 32),
+                "resnet18_cifar": (3, 32, 32)}
 SCHEDULES = {"inverse-time": lambda o, a: schedules.InverseTimeDecay(o, a.decay),
              "exponential": lambda o, a: schedules.ExponentialDecay(o, a.decay),
              "inverse-sqrt": lambda o, a: schedules.InverseSqrtDecay(o, a.decay),
@@ -220,6 +221,10 @@ def build_parser() -> Parser:
     sm = sub.add_parser("summary", help="print a model's layers, shapes and parameters")
     sm.add_argument("model", choices=sorted(MODELS))
     sm.add_argument("--input-shape", type=_shape, help="C,H,W (default: the model's own)")
+    sm.add_argument("--batch-norm", action="store_true",
+                    help="LeNet-5 with batch norm, as train --batch-norm builds it")
+    sm.add_argument("--batch-size", type=_positive_int, default=1,
+                    help="images for the mult-add and memory totals")
 
     gc = sub.add_parser("gradcheck", help="check a model's backward by centred differences")
     gc.add_argument("model", choices=sorted(MODELS))
@@ -288,7 +293,7 @@ def _build_model(name, in_channels, batch_norm):
     if name == "lenet5":
         return MODELS[name](in_channels=in_channels, batch_norm=batch_norm)
     if batch_norm:
-        raise UsageError("--batch-norm applies to --model lenet5 only")
+        raise UsageError(f"--batch-norm applies to lenet5 only, not {name}")
     return MODELS[name]()
 
 
@@ -713,7 +718,9 @@ def cmd_evaluate(args) -> int:
 
 def cmd_summary(args) -> int:
     backend.set_device("cpu")
-    summary(MODELS[args.model](), args.input_shape or INPUT_SHAPES[args.model])
+    shape = args.input_shape or INPUT_SHAPES[args.model]
+    summary(_build_model(args.model, shape[0], args.batch_norm), shape,
+            batch_size=args.batch_size)
     return 0
 
 
