@@ -275,11 +275,11 @@ def gpu_usable() -> bool:
 
 @pytest.mark.parametrize("flags, message", [
     # choices checked against gpunet train's own (issue 25.5)
-    (["--param", "optimizer=choice:sgd,adamw"],
-     "--param optimizer=choice:sgd,adamw: gpunet train's --optimizer takes "
-     "sgd, momentum, rmsprop, adam; got 'adamw'"),
+    (["--param", "optimizer=choice:sgd,lamb"],
+     "--param optimizer=choice:sgd,lamb: gpunet train's --optimizer takes "
+     "sgd, momentum, rmsprop, adam, adamw; got 'lamb'"),
     (["--param", "model=choice:lenet5,resnet50"], "gpunet train's --model takes"),
-    (["--param", "schedule=choice:step,cosine", "--decay", "0.5"], "got 'cosine'"),
+    (["--param", "schedule=choice:step,linear", "--decay", "0.5"], "got 'linear'"),
     (["--param", "batch_norm=choice:true,maybe"], "--batch-norm is on or off"),
     (["--param", "lr=choice:0.1,fast"], "gpunet train's --lr expected a number, got 'fast'"),
     (["--param", "epochs=choice:1,2.5"], "--epochs expected a whole number, got 2.5"),
@@ -292,7 +292,8 @@ def gpu_usable() -> bool:
      "--dev-size 80 would leave 20 of the 100 training images of --limit 100"),
     (["--param", "lr=log:1e-3:1", "--schedule", "step"], "--schedule step needs --decay"),
     (["--schedule", "step", "--param", "decay=uniform:0.5:2"],
-     "the step schedule multiplies the rate by it, so it must be between 0 and 1, got 2.0 "
+     "the step schedule multiplies the rate by it every --step-size epochs, so it must be "
+     "between 0 and 1, got 2.0 "
      "(a value --param decay=uniform:0.5:2 can sample)"),
     (["--param", "lr=log:1e-3:1", "--device", "cuda"], "--device cuda: "),
 ])
@@ -314,9 +315,9 @@ def test_what_train_would_refuse_is_refused_before_any_trial(tmp_path, flags, me
 
 def test_no_optimizer_name_falls_through_to_adam():
     import argparse as ap
-    args = ap.Namespace(optimizer="adamw", lr=1e-3, momentum=0.9, weight_decay=0.0)
-    with pytest.raises(cli.UsageError, match="--optimizer: expected sgd, momentum, rmsprop or "
-                                             "adam, got 'adamw'"):
+    args = ap.Namespace(optimizer="lamb", lr=1e-3, momentum=0.9, weight_decay=0.0)
+    with pytest.raises(cli.UsageError, match="--optimizer: expected one of sgd, momentum, "
+                                             "rmsprop, adam, adamw, got 'lamb'"):
         cli._optimizer(args, [])
 
 

@@ -1,4 +1,5 @@
 """Layers with explicit ``forward``/``backward``; PyTorch names and state-dict keys."""
+from . import utils  # clip_grad_norm_, clip_grad_value_ (torch.nn.utils)
 from .activation import Flatten, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
 from .containers import ModuleDict, ModuleList
 from .conv2d import Conv2d
@@ -13,4 +14,5 @@ __all__ = [
     "AdaptiveAvgPool2d", "AvgPool2d", "BasicBlock", "BatchNorm1d", "BatchNorm2d", "Conv2d",
     "Dropout", "Flatten", "LeakyReLU", "Linear", "LocalResponseNorm", "MaxPool2d", "Module",
     "ModuleDict", "ModuleList", "Parameter", "ReLU", "Sequential", "Sigmoid", "Softmax", "Tanh",
+    "utils",
 ]
