@@ -24,7 +24,7 @@ from .data.transforms import Standardize, horizontal_flip, to_float
 from .io import CheckpointError, load, read_checkpoint
 from .losses import SoftmaxCrossEntropy
 from .models import MODELS, summary
-from .optim import SGD, Adam, Momentum, RMSProp, decay_groups, schedules
+from .optim import SGD, Adam, AdamW, Momentum, RMSProp, decay_groups, schedules
 from .train import History, ModelCheckpoint, NonFiniteError, Run, evaluate, fit
 
 DATASETS = {"mnist": load_mnist, "fashion-mnist": load_fashion_mnist, "cifar10": load_cifar10,
@@ -34,16 +34,21 @@ DATASETS = {"mnist": load_mnist, "fashion-mnist": load_fashion_mnist, "cifar10":
 IMAGE_SHAPES = {"mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28), "cifar10": (3, 32, 32),
                 "synthetic": (3, 32, 32)}
 INPUT_SHAPES = {"lenet5": (1, 32, 32), "lenet5_notes": (3, 32, 32), "alexnet": (3, 224, 224),
-                "vgg16": (3, 224, 224), "alexnet_cifar": (3, 32, 32), "vgg_cifar": (3, 32, 32)}
+                "vgg16": (3, 224, 224), "alexnet_cifar": (3, 32, 32), "vgg_cifar": (3, 32, 32),
+                "resnet18_cifar": (3, 32, 32)}
 SCHEDULES = {"inverse-time": lambda o, a: schedules.InverseTimeDecay(o, a.decay),
              "exponential": lambda o, a: schedules.ExponentialDecay(o, a.decay),
              "inverse-sqrt": lambda o, a: schedules.InverseSqrtDecay(o, a.decay),
-             "step": lambda o, a: schedules.StepDecay(o, a.step_size, a.decay)}
+             "step": lambda o, a: schedules.StepDecay(o, a.step_size, a.decay),
+             # per optimizer step, over the run's steps (a.total_steps, known once the
+             # data is loaded)
+             "cosine": lambda o, a: schedules.CosineDecay(o, a.total_steps, a.warmup,
+                                                          per_step=True)}
 # Flags a resumed run takes from its checkpoint: given again with another value,
 # they would change the data split or the update rule mid-run.
 RUN_FLAGS = ("model", "batch_norm", "dataset", "optimizer", "lr", "momentum", "weight_decay",
              "schedule", "decay", "step_size", "batch_size", "limit", "dev_size", "flip", "seed",
-             "sync_batch_norm")
+             "sync_batch_norm", "warmup", "clip_grad_norm")
 # Flags a resumed run also takes from its checkpoint, unless typed again: typed, they
 # may differ (more epochs; the data moved), as neither changes the steps taken so far.
 RESUME_FLAGS = ("epochs", "data_root")
@@ -123,19 +128,26 @@ def _add_run_arguments(p) -> None:
     p.add_argument("--data-root", help="folder holding the dataset files")
     p.add_argument("--epochs", type=_positive_int, default=5)
     p.add_argument("--batch-size", type=_positive_int, default=128)
-    p.add_argument("--optimizer", choices=["sgd", "momentum", "rmsprop", "adam"],
-                   default="adam")
+    p.add_argument("--optimizer", choices=["sgd", "momentum", "rmsprop", "adam", "adamw"],
+                   default="adam", help="adamw: Adam with --weight-decay decoupled (AdamW)")
     p.add_argument("--lr", type=_finite_float, default=1e-3)
     p.add_argument("--momentum", type=_finite_float, default=0.9,
                    help="momentum of sgd, beta of momentum and rmsprop")
-    p.add_argument("--weight-decay", type=_finite_float, default=0.0)
+    p.add_argument("--weight-decay", type=_finite_float, default=0.0,
+                   help="L2 on the weights (adamw: decoupled decay)")
     p.add_argument("--schedule", choices=sorted(SCHEDULES),
-                   help="learning-rate decay per epoch; needs --decay")
+                   help="learning-rate decay per epoch (needs --decay), or cosine: "
+                        "per step to 0 at the end of the run, after --warmup steps")
     p.add_argument("--decay", type=_finite_float,
                    help="the schedule's decay_rate (inverse-time: > 0), k (inverse-sqrt: "
                         "in (0, 1]) or factor (exponential, step: between 0 and 1)")
     p.add_argument("--step-size", type=_positive_int, default=10,
                    help="epochs between the step schedule's decays")
+    p.add_argument("--warmup", type=int, default=0, metavar="N",
+                   help="with --schedule cosine: raise the rate linearly to --lr over the "
+                        "first N steps")
+    p.add_argument("--clip-grad-norm", type=_finite_float, metavar="X",
+                   help="scale each step's gradients to a total 2-norm of at most X")
     p.add_argument("--flip", type=_finite_float, default=0.0, metavar="P",
                    help="augment: flip each training image left-right with probability P")
     p.add_argument("--dev-size", type=_dev_size, default=0.1,
@@ -220,6 +232,10 @@ def build_parser() -> Parser:
     sm = sub.add_parser("summary", help="print a model's layers, shapes and parameters")
     sm.add_argument("model", choices=sorted(MODELS))
     sm.add_argument("--input-shape", type=_shape, help="C,H,W (default: the model's own)")
+    sm.add_argument("--batch-norm", action="store_true",
+                    help="LeNet-5 with batch norm, as train --batch-norm builds it")
+    sm.add_argument("--batch-size", type=_positive_int, default=1,
+                    help="images for the mult-add and memory totals")
 
     gc = sub.add_parser("gradcheck", help="check a model's backward by centred differences")
     gc.add_argument("model", choices=sorted(MODELS))
@@ -288,7 +304,7 @@ def _build_model(name, in_channels, batch_norm):
     if name == "lenet5":
         return MODELS[name](in_channels=in_channels, batch_norm=batch_norm)
     if batch_norm:
-        raise UsageError("--batch-norm applies to --model lenet5 only")
+        raise UsageError(f"--batch-norm applies to lenet5 only, not {name}")
     return MODELS[name]()
 
 
@@ -296,7 +312,8 @@ OPTIMIZERS = {
     "sgd": lambda p, a: SGD(p, a.lr, momentum=a.momentum, weight_decay=a.weight_decay),
     "momentum": lambda p, a: Momentum(p, a.lr, beta=a.momentum, weight_decay=a.weight_decay),
     "rmsprop": lambda p, a: RMSProp(p, a.lr, beta=a.momentum, weight_decay=a.weight_decay),
-    "adam": lambda p, a: Adam(p, a.lr, weight_decay=a.weight_decay)}
+    "adam": lambda p, a: Adam(p, a.lr, weight_decay=a.weight_decay),
+    "adamw": lambda p, a: AdamW(p, a.lr, weight_decay=a.weight_decay)}
 
 
 def _optimizer(args, params):
@@ -388,7 +405,7 @@ DECAY_RULES = {
     "inverse-sqrt": (lambda d: 0 < d <= 1, "the inverse-sqrt schedule sets the rate to "
                                            "decay / sqrt(epoch) * --lr, so it must be in (0, 1] "
                                            "(above 1 it raises the rate)")}
-assert set(DECAY_RULES) == set(SCHEDULES)
+assert set(DECAY_RULES) | {"cosine"} == set(SCHEDULES)  # cosine takes no --decay
 
 
 def _check_train_flags(args) -> None:
@@ -412,13 +429,25 @@ def _check_train_flags(args) -> None:
         problems.append(f"--seed: expected 0 or more, got {args.seed}")
     if getattr(args, "sync_batch_norm", False) and not (args.distributed and args.batch_norm):
         problems.append("--sync-batch-norm: needs --distributed and --batch-norm")
-    if args.schedule and args.decay is None:
+    decays = args.schedule in DECAY_RULES
+    if decays and args.decay is None:
         problems.append(f"--schedule {args.schedule} needs --decay (e.g. "
                         f"{'0.9' if args.schedule in ('exponential', 'step') else '0.5'})")
     elif args.decay is not None and not args.schedule:
         problems.append("--decay needs --schedule")
-    elif args.schedule and not DECAY_RULES[args.schedule][0](args.decay):
+    elif args.decay is not None and not decays:
+        problems.append(f"--decay: --schedule {args.schedule} takes none (it decays to 0 "
+                        "at the end of the run)")
+    elif decays and not DECAY_RULES[args.schedule][0](args.decay):
         problems.append(f"--decay: {DECAY_RULES[args.schedule][1]}, got {args.decay}")
+    warmup = getattr(args, "warmup", 0)  # (a tuning run saved before the flag existed)
+    if warmup < 0:
+        problems.append(f"--warmup: expected 0 or more steps, got {warmup}")
+    elif warmup and args.schedule != "cosine":
+        problems.append("--warmup needs --schedule cosine")
+    clip = getattr(args, "clip_grad_norm", None)
+    if clip is not None and not clip > 0:
+        problems.append(f"--clip-grad-norm: expected a number > 0, got {clip}")
     if args.limit and isinstance(args.dev_size, int) and args.dev_size > args.limit // 2:
         # a count against --limit now; a fraction, or the data's own size, is checked later
         problems.append(f"--dev-size {args.dev_size} would leave "
@@ -564,7 +593,6 @@ def run_training(args, callbacks=(), test: bool = True, saver_box: list | None =
     if getattr(args, "sync_batch_norm", False):
         gpunet_distributed.sync_batch_norm(model)
     optimizer = _optimizer(args, model.parameters())
-    schedule = SCHEDULES[args.schedule](optimizer, args) if args.schedule else None
 
     args.phase = "loading the data"
     (x, y), (x_test, y_test) = _load_dataset(args.dataset, args.data_root)
@@ -583,6 +611,13 @@ def run_training(args, callbacks=(), test: bool = True, saver_box: list | None =
     dev_fraction = dev_size / len(x)
     (x, y), (x_dev, y_dev), _ = train_dev_test_split(x, y, (1 - dev_fraction, dev_fraction, 0),
                                                      seed=args.seed)
+    # the optimizer steps of the whole run, for the per-step cosine schedule
+    args.total_steps = args.epochs * -(-len(x) // (args.batch_size * processes))
+    if args.schedule == "cosine" and args.warmup >= args.total_steps:
+        raise UsageError(f"--warmup {args.warmup}: the run has {args.total_steps} steps "
+                         f"({args.epochs} epoch(s) of {args.total_steps // args.epochs}); "
+                         "warm up for fewer")
+    schedule = SCHEDULES[args.schedule](optimizer, args) if args.schedule else None
     stats = Standardize().fit(to_float(x))
     x, x_dev, x_test = (_prepare(a, stats) for a in (x, x_dev, x_test))
 
@@ -626,7 +661,7 @@ def run_training(args, callbacks=(), test: bool = True, saver_box: list | None =
         progress=(not args.no_progress or "epochs") if announce else not args.no_progress,
         history=history, initial_epoch=initial_epoch,
         augment=(lambda batch: horizontal_flip(batch, args.flip)) if args.flip else None,
-        distributed=distributed)
+        distributed=distributed, clip_grad_norm=args.clip_grad_norm)
     if not test:
         return history, None
     args.phase = "testing"
@@ -713,7 +748,9 @@ def cmd_evaluate(args) -> int:
 
 def cmd_summary(args) -> int:
     backend.set_device("cpu")
-    summary(MODELS[args.model](), args.input_shape or INPUT_SHAPES[args.model])
+    shape = args.input_shape or INPUT_SHAPES[args.model]
+    summary(_build_model(args.model, shape[0], args.batch_norm), shape,
+            batch_size=args.batch_size)
     return 0
 
 
@@ -938,7 +975,7 @@ def _size(nbytes: float) -> str:
 
 
 # Arrays an optimizer keeps per parameter, beside the parameter and its gradient.
-OPTIMIZER_SLOTS = {"adam": 2, "rmsprop": 1, "momentum": 1, "sgd": 1}
+OPTIMIZER_SLOTS = {"adam": 2, "adamw": 2, "rmsprop": 1, "momentum": 1, "sgd": 1}
 
 
 def _memory_needs(args) -> str:

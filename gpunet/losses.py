@@ -42,47 +42,100 @@ class Loss:
 
 
 class SoftmaxCrossEntropy(Loss):
-    """Softmax followed by cross-entropy, fused: ``L = -sum_j y_j log softmax(z)_j``,
-    averaged over the batch, computed with log-sum-exp so no ``exp`` overflows.
+    """Softmax followed by cross-entropy, fused, as ``torch.nn.CrossEntropyLoss``:
+    ``L_n = -sum_c a_nc log softmax(z_n)_c``, computed with log-sum-exp so no ``exp``
+    overflows.
 
     ``targets``: integer labels ``(N,)`` or probabilities / one-hot ``(N, C)``.
-    ``backward() = (softmax(z) - y) / N``.
+    With labels ``y_n`` the coefficients are ``a_nc = w_yn (1 - s) [c = y_n] +
+    s w_c / C`` (``w`` = ``weight``, ones by default; ``s`` = ``label_smoothing``),
+    and 0 for rows whose label is ``ignore_index``; with probabilities ``p_nc``,
+    ``a_nc = w_c ((1 - s) p_nc + s / C)``. ``reduction``: ``"mean"`` divides the sum
+    by the summed ``w_yn`` of the rows not ignored (by ``N`` for probabilities; NaN
+    when every row is ignored, as PyTorch), ``"sum"`` does not divide, ``"none"``
+    returns the ``(N,)`` losses. ``backward()`` is ``(softmax(z) sum_c a_nc - a_n) / D``
+    (``D`` the divisor), ``(softmax(z) - y) / N`` in the plain case; after
+    ``reduction="none"`` it takes the gradient of the ``(N,)`` losses.
     """
 
-    def forward(self, logits, targets) -> float:
+    REDUCTIONS = ("mean", "sum", "none")
+
+    def __init__(self, weight=None, ignore_index: int = -100, label_smoothing: float = 0.0,
+                 reduction: str = "mean"):
+        if weight is not None:
+            _checks.float_array("SoftmaxCrossEntropy", "weight", weight)
+            _checks.rank("SoftmaxCrossEntropy", "weight", weight, 1, "(C,)")
+        self.weight = weight
+        if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+            raise TypeError(f"ignore_index: expected an int, got {ignore_index!r}")
+        self.ignore_index = ignore_index
+        if not (isinstance(label_smoothing, (int, float)) and 0 <= label_smoothing <= 1):
+            raise ValueError(f"label_smoothing: expected a number in [0, 1], got "
+                             f"{label_smoothing!r}")
+        self.label_smoothing = float(label_smoothing)
+        if reduction not in self.REDUCTIONS:
+            raise ValueError(f"reduction: expected one of {self.REDUCTIONS}, got {reduction!r}")
+        self.reduction = reduction
+
+    def forward(self, logits, targets):
+        """A Python float, or the ``(N,)`` losses with ``reduction="none"``."""
         where = "SoftmaxCrossEntropy"
         xp = self._check_outputs(logits, targets, "logits")
         _checks.rank(where, "logits", logits, 2, "(N, C)")
         n, classes = logits.shape
+        w = xp.ones(classes, logits.dtype) if self.weight is None else \
+            xp.asarray(self.weight, dtype=logits.dtype)
+        if w.shape != (classes,):
+            raise ValueError(f"{where}: weight must have one entry per class ({classes}), "
+                             f"got shape {tuple(w.shape)}")
+        s = self.label_smoothing
         log_p = log_softmax(logits, axis=1)
         if targets.dtype.kind in "iu":
             _checks.rank(where, "targets (integer labels)", targets, 1, "(N,)")
-            low, high = int(targets.min()), int(targets.max())
-            if low < 0 or high >= classes:
-                bad = low if low < 0 else high
-                raise ValueError(f"{where}: label {bad} is out of range for {classes} "
-                                 f"classes (expected 0..{classes - 1})")
-            loss = -log_p[xp.arange(n), targets].sum() / n
+            kept = targets != self.ignore_index
+            labels = xp.where(kept, targets, 0)
+            if bool(kept.any()):
+                low, high = int(targets[kept].min()), int(targets[kept].max())
+                if low < 0 or high >= classes:
+                    bad = low if low < 0 else high
+                    raise ValueError(f"{where}: label {bad} is out of range for {classes} "
+                                     f"classes (expected 0..{classes - 1}, or ignore_index "
+                                     f"{self.ignore_index})")
+            w_label = w[labels] * kept
+            coef = (s / classes) * w[None, :] * kept[:, None]
+            coef[xp.arange(n), labels] += (1.0 - s) * w_label
+            divisor = w_label.sum()
         elif targets.dtype.kind == "f":
             if targets.shape != logits.shape:
                 raise ValueError(f"{where}: probability targets must have the logits' shape "
                                  f"{tuple(logits.shape)}, got {tuple(targets.shape)}")
-            loss = -(targets * log_p).sum() / n
+            coef = w[None, :] * ((1.0 - s) * targets.astype(logits.dtype) + s / classes)
+            divisor = n
         else:
             raise TypeError(f"{where}: targets must be integer labels or float "
                             f"probabilities, got dtype {targets.dtype.name}")
-        self._ctx = (xp.exp(log_p), targets)
-        return float(loss)
+        losses = -(coef * log_p).sum(axis=1)
+        if self.reduction == "none":
+            self._ctx = (xp.exp(log_p), coef, None)
+            return losses
+        if self.reduction == "sum":
+            divisor = 1
+        self._ctx = (xp.exp(log_p), coef, divisor)
+        total = losses.sum()
+        return float(total / divisor) if float(divisor) != 0 else float("nan")
 
-    def backward(self):
-        probs, targets = self._saved()
-        n = probs.shape[0]
-        grad = probs.copy()
-        if targets.dtype.kind in "iu":
-            grad[common_array_module(probs=probs).arange(n), targets] -= 1
-        else:
-            grad -= targets
-        return grad / n
+    def backward(self, dloss=None):
+        """The gradient w.r.t. the logits; ``dloss``, the gradient of the ``(N,)``
+        losses, is needed after ``reduction="none"`` only."""
+        probs, coef, divisor = self._saved()
+        grad = probs * coef.sum(axis=1, keepdims=True) - coef
+        if divisor is None:
+            if dloss is None:
+                raise ValueError("SoftmaxCrossEntropy.backward: reduction='none' needs "
+                                 "dloss, the gradient of the (N,) losses")
+            _checks.shape("SoftmaxCrossEntropy.backward", "dloss", dloss, probs.shape[:1])
+            return grad * dloss[:, None]
+        return grad / divisor if float(divisor) != 0 else grad * float("nan")
 
 
 class BinaryCrossEntropy(Loss):

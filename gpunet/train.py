@@ -29,6 +29,7 @@ from .losses import SoftmaxCrossEntropy
 from .nn import Module
 from .nn.module import backward_params
 from .nn.normalization import _BatchNorm
+from .nn.utils import clip_grad_norm_
 
 __all__ = ["fit", "evaluate", "train_step", "History", "Callback", "EarlyStopping",
            "ModelCheckpoint", "NonFiniteError", "OutOfMemoryError", "Run"]
@@ -327,19 +328,22 @@ def _first_non_finite_layer(model, x) -> str:
 
 
 def train_step(model, loss, optimizer, xb, yb, where: str = "train_step",
-               check_finite: bool = True, world=None):
+               check_finite: bool = True, world=None, clip_grad_norm: float | None = None):
     """One step: forward, cost, backward (without the input gradient, which nothing
     uses), the gradients averaged over ``world``'s ranks if given
     (:mod:`gpunet.distributed`), update; returns ``(loss, correct predictions)`` of
     this process's batch. ``fit``, ``gpunet bench`` and the memory runs all take this
     step. With ``check_finite`` it raises
     :class:`NonFiniteError` naming the step (``where``) and the first layer (or
-    parameter gradient) where NaN or Inf appeared, before anything is updated."""
+    parameter gradient) where NaN or Inf appeared, before anything is updated.
+    ``clip_grad_norm`` scales the (averaged) gradients to that total 2-norm at most
+    before the update (:func:`gpunet.nn.utils.clip_grad_norm_`)."""
     with device_scope(xb):  # on the model's GPU, whichever device is current
-        return _train_step(model, loss, optimizer, xb, yb, where, check_finite, world)
+        return _train_step(model, loss, optimizer, xb, yb, where, check_finite, world,
+                           clip_grad_norm)
 
 
-def _train_step(model, loss, optimizer, xb, yb, where, check_finite, world):
+def _train_step(model, loss, optimizer, xb, yb, where, check_finite, world, clip_grad_norm):
     optimizer.zero_grad()
     out = model.forward(xb)
     xp = get_array_module(out)
@@ -358,6 +362,8 @@ def _train_step(model, loss, optimizer, xb, yb, where, check_finite, world):
         if named and not bool(xp.stack([xp.isfinite(p.grad).all() for _, p in named]).all()):
             name = next(n for n, p in named if not _finite(xp, p.grad))
             raise NonFiniteError(f"{where}: the gradient of {name} became NaN or Inf")
+    if clip_grad_norm is not None:
+        clip_grad_norm_(model, clip_grad_norm)
     optimizer.step()
     return value, _accuracy_count(out, yb)
 
@@ -366,15 +372,17 @@ def fit(model: Module, loss, optimizer, train_data, epochs: int, batch_size: int
         val_data=None, schedule=None, callbacks=(), progress: bool | str = True, augment=None,
         history: History | None = None, initial_epoch: int = 0,
         shuffle: bool = True, drop_last: bool | None = None,
-        distributed: bool = False) -> History:
+        distributed: bool = False, clip_grad_norm: float | None = None) -> History:
     """Train ``model`` for epochs ``initial_epoch + 1 .. epochs``.
 
     Each epoch visits ``train_data = (x, y)`` in a shuffled order fixed by the
     seed of ``gpunet.manual_seed`` and the epoch number (so a resumed run sees the
     same batches), moving batches to the model's device; ``augment(x_batch)`` may
     transform them. Evaluates on ``val_data`` after each epoch at ``batch_size``
-    (after the callbacks' ``on_validation_start``), steps ``schedule``, then runs
-    the callbacks' ``on_epoch_end``. Running out of GPU or host memory raises
+    (after the callbacks' ``on_validation_start``), steps ``schedule`` (after every
+    optimizer step instead where ``schedule.per_step``), then runs the callbacks'
+    ``on_epoch_end``. ``clip_grad_norm`` clips each step's gradients to that 2-norm.
+    Running out of GPU or host memory raises
     :class:`OutOfMemoryError` naming the step or the validation. A ``history``
     saved mid-epoch (``history.partial``) resumes at the batch where it stopped.
     Stops with :class:`NonFiniteError` at the first NaN or Inf output, loss or
@@ -431,6 +439,7 @@ def fit(model: Module, loss, optimizer, train_data, epochs: int, batch_size: int
         raise ValueError(f"train_data: {len(x)} example(s) make no training batch of {needs}; "
                          f"give at least {2 * processes if batch_norm else global_batch}")
     seed = get_rng_state()["seed"]
+    per_step_schedule = schedule is not None and getattr(schedule, "per_step", False)
 
     for epoch in range(initial_epoch + 1, epochs + 1):
         model.train()
@@ -458,7 +467,7 @@ def fit(model: Module, loss, optimizer, train_data, epochs: int, batch_size: int
                 with batch_shard(*shard, len(xb)):
                     xb, yb = xb[shard[0]:shard[1]], yb[shard[0]:shard[1]]
                     value, correct = train_step(model, loss, optimizer, xb, yb, where,
-                                                world=world)
+                                                world=world, clip_grad_norm=clip_grad_norm)
             except MemoryError as exc:  # CuPy's OutOfMemoryError is one too
                 raise _out_of_memory(where, exc, len(xb)) from None
             seen = len(xb)
@@ -468,6 +477,8 @@ def fit(model: Module, loss, optimizer, train_data, epochs: int, batch_size: int
             totals.update(batch=totals["batch"] + 1, loss_sum=totals["loss_sum"] + value * seen,
                           correct=totals["correct"] + correct, seen=totals["seen"] + seen,
                           time=time.perf_counter() - start)
+            if per_step_schedule:
+                schedule.step()
             history.steps.append(value)
             history.partial = dict(totals)
             run.step += 1
@@ -507,7 +518,7 @@ def fit(model: Module, loss, optimizer, train_data, epochs: int, batch_size: int
         history.partial = None
         history.rows.append(row)
         run.epoch = epoch
-        if schedule is not None:
+        if schedule is not None and not per_step_schedule:
             schedule.step()
         if lines:
             print(_epoch_line(row, epochs, seen), file=sys.stderr, flush=True)

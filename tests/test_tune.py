@@ -275,11 +275,11 @@ def gpu_usable() -> bool:
 
 @pytest.mark.parametrize("flags, message", [
     # choices checked against gpunet train's own (issue 25.5)
-    (["--param", "optimizer=choice:sgd,adamw"],
-     "--param optimizer=choice:sgd,adamw: gpunet train's --optimizer takes "
-     "sgd, momentum, rmsprop, adam; got 'adamw'"),
+    (["--param", "optimizer=choice:sgd,lamb"],
+     "--param optimizer=choice:sgd,lamb: gpunet train's --optimizer takes "
+     "sgd, momentum, rmsprop, adam, adamw; got 'lamb'"),
     (["--param", "model=choice:lenet5,resnet50"], "gpunet train's --model takes"),
-    (["--param", "schedule=choice:step,cosine", "--decay", "0.5"], "got 'cosine'"),
+    (["--param", "schedule=choice:step,linear", "--decay", "0.5"], "got 'linear'"),
     (["--param", "batch_norm=choice:true,maybe"], "--batch-norm is on or off"),
     (["--param", "lr=choice:0.1,fast"], "gpunet train's --lr expected a number, got 'fast'"),
     (["--param", "epochs=choice:1,2.5"], "--epochs expected a whole number, got 2.5"),

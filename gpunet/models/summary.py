@@ -1,4 +1,5 @@
-"""The notes' table of a network: layer, activation shape, activation size, parameters."""
+"""The notes' table of a network: layer, activation shape, activation size,
+parameters, and what it costs: multiply-adds and memory, counted as torchinfo does."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,66 +7,119 @@ from dataclasses import dataclass
 import numpy
 
 from ..backend import get_device
-from ..nn import Module, Sequential
+from ..nn import Conv2d, Module
 
 
 @dataclass
 class Row:
+    """One layer's call: output shape and size per example, parameters, and
+    multiply-adds per example (torchinfo's rule: a convolution's parameters times
+    its output positions, any other layer's parameters once; none without them)."""
     name: str
     kind: str
     shape: tuple
     size: int
     params: int
+    macs: int = 0
 
 
 @dataclass
 class Summary:
+    """Rows in call order and the totals at ``batch_size`` examples of ``itemsize``
+    bytes per value: ``total_macs`` (forward multiply-adds), ``param_bytes``,
+    ``activation_bytes`` (torchinfo's forward/backward pass size: each layer's
+    output kept for backward and its gradient, 2 x outputs) and ``input_bytes``."""
     rows: list[Row]
     input_shape: tuple
+    batch_size: int = 1
+    itemsize: int = 4
 
     @property
     def total_params(self) -> int:
         return sum(r.params for r in self.rows)
 
+    @property
+    def total_macs(self) -> int:
+        return self.batch_size * sum(r.macs for r in self.rows)
+
+    @property
+    def param_bytes(self) -> int:
+        return self.itemsize * self.total_params
+
+    @property
+    def activation_bytes(self) -> int:
+        return 2 * self.itemsize * self.batch_size * sum(r.size for r in self.rows)
+
+    @property
+    def input_bytes(self) -> int:
+        return self.itemsize * self.batch_size * int(numpy.prod(self.input_shape))
+
+    @property
+    def total_bytes(self) -> int:
+        return self.input_bytes + self.activation_bytes + self.param_bytes
+
     def __str__(self) -> str:
-        head = (f"{'layer':<24} {'activation shape':<20} {'activation size':>15} "
-                f"{'# parameters':>13}")
+        head = (f"{'layer':<32} {'activation shape':<20} {'activation size':>15} "
+                f"{'# parameters':>13} {'mult-adds':>15}")
         lines = [head, "-" * len(head)]
         size = int(numpy.prod(self.input_shape))
-        lines.append(f"{'input':<24} {str(self.input_shape):<20} {size:>15,} {0:>13,}")
+        lines.append(f"{'input':<32} {str(self.input_shape):<20} {size:>15,} {0:>13,} "
+                     f"{0:>15,}")
         for r in self.rows:
             label = f"{r.name} {r.kind}"
-            lines.append(f"{label:<24} {str(r.shape):<20} {r.size:>15,} {r.params:>13,}")
-        lines.append("-" * len(head))
-        lines.append(f"total parameters: {self.total_params:,}")
+            lines.append(f"{label:<32} {str(r.shape):<20} {r.size:>15,} {r.params:>13,} "
+                         f"{r.macs:>15,}")
+        mb = 1e6  # torchinfo's MB
+        lines += ["-" * len(head),
+                  f"total parameters: {self.total_params:,}",
+                  f"forward mult-adds at batch {self.batch_size}: {self.total_macs:,} "
+                  f"({self.total_macs / 1e9:.2f} G)",
+                  f"input size (MB): {self.input_bytes / mb:.2f}",
+                  f"forward/backward pass size (MB): {self.activation_bytes / mb:.2f}",
+                  f"params size (MB): {self.param_bytes / mb:.2f}",
+                  f"estimated total size (MB): {self.total_bytes / mb:.2f}"]
         return "\n".join(lines)
 
 
-def summary(model: Module, input_shape, print_table: bool = True, dtype="float32") -> Summary:
+def _macs(module: Module, y, params: int) -> int:
+    if isinstance(module, Conv2d):
+        return params * int(numpy.prod(y.shape[2:]))
+    return params
+
+
+def summary(model: Module, input_shape, print_table: bool = True, dtype="float32",
+            batch_size: int = 1) -> Summary:
     """Run one zero image of ``input_shape`` ``(C, H, W)`` through ``model`` in eval
-    mode and tabulate every layer (``Sequential`` containers are opened up)."""
+    mode and tabulate every layer without submodules, in the order they run
+    (blocks and containers are opened up, whatever their wiring); the totals are
+    for ``batch_size`` images of ``dtype``."""
     input_shape = tuple(int(s) for s in input_shape)
     rows: list[Row] = []
 
-    def walk(module, x, name):
-        if isinstance(module, Sequential):
-            for child_name, child in module.named_children():
-                x = walk(child, x, f"{name}.{child_name}" if name else child_name)
-            return x
-        y = module.forward(x)
-        params = sum(int(p.data.size) for p in module.parameters())
-        rows.append(Row(name, type(module).__name__, tuple(y.shape[1:]),
-                        int(numpy.prod(y.shape[1:])), params))
-        return y
+    def recorded(name, module):
+        forward = module.forward
 
+        def forward_and_record(x):
+            y = forward(x)
+            params = sum(int(p.data.size) for p in module.parameters())
+            rows.append(Row(name, type(module).__name__, tuple(y.shape[1:]),
+                            int(numpy.prod(y.shape[1:])), params, _macs(module, y, params)))
+            return y
+        return forward_and_record
+
+    leaves = [(name, m) for name, m in model.named_modules() if not list(m.children())]
     was_training = model.training
     model.eval()
     try:
-        walk(model, get_device().xp.zeros((1, *input_shape), dtype=dtype), "")
+        for name, module in leaves:  # an instance attribute shadows the class's forward
+            object.__setattr__(module, "forward", recorded(name or type(module).__name__,
+                                                           module))
+        model.forward(get_device().xp.zeros((1, *input_shape), dtype=dtype))
     finally:
+        for _, module in leaves:
+            module.__dict__.pop("forward", None)
         model.train(was_training)
-    table = Summary(rows, input_shape)
+    table = Summary(rows, input_shape, int(batch_size), numpy.dtype(dtype).itemsize)
     if print_table:
         print(table)
     return table
-

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy
 
@@ -22,6 +23,12 @@ def _plain_array(value):
     if hasattr(value, "detach") and hasattr(value, "numpy"):
         return value.detach().cpu().numpy()
     return value
+
+
+class IncompatibleKeys(NamedTuple):
+    """What :meth:`Module.load_state_dict` returns, as PyTorch's ``_IncompatibleKeys``."""
+    missing_keys: list[str]
+    unexpected_keys: list[str]
 
 
 class Parameter:
@@ -177,13 +184,15 @@ class Module:
                 state[_join(prefix, name)] = to_numpy(getattr(module, name)).copy()
         return state
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, strict: bool = True) -> IncompatibleKeys:
         """Copy arrays in (NumPy, CuPy or PyTorch tensors), cast to each entry's
-        dtype and device.
+        dtype and device; returns ``(missing_keys, unexpected_keys)`` as PyTorch.
 
-        Missing, unexpected, mis-shaped or unconvertible entries raise ``ValueError``
-        listing every one, and then nothing is changed: every value is converted
-        and checked before the first is written. As in PyTorch, a batch-norm
+        Missing or unexpected entries (with ``strict=True``), mis-shaped or
+        unconvertible ones (always) raise ``ValueError`` listing every one, and then
+        nothing is changed: every value is converted and checked before the first
+        is written. With ``strict=False`` the keys both sides have are loaded and
+        the others only reported. As in PyTorch, a batch-norm
         ``num_batches_tracked`` may be missing (older checkpoints): it is kept.
         """
         own = dict(self.named_parameters())
@@ -192,9 +201,9 @@ class Module:
         missing = sorted(k for k in set(own) - set(state)
                          if not k.endswith("num_batches_tracked"))
         unexpected = sorted(set(state) - set(own))
-        if missing:
+        if missing and strict:
             problems.append(f"missing keys {missing}")
-        if unexpected:
+        if unexpected and strict:
             problems.append(f"unexpected keys {unexpected}")
         converted = {}
         for key in sorted(set(own) & set(state)):
@@ -215,6 +224,7 @@ class Module:
             target = own[key]
             current = target.data if isinstance(target, Parameter) else target
             current[...] = value
+        return IncompatibleKeys(missing, unexpected)
 
     def to(self, device: str | Device | None = None, dtype=None) -> Module:
         """Move (and/or cast to float32/float64) parameters, gradients and buffers."""

@@ -19,7 +19,8 @@ from .. import _checks
 from ..backend import device_of, to_device, to_numpy
 from ..nn.module import Module, Parameter
 
-__all__ = ["Optimizer", "SGD", "Momentum", "RMSProp", "Adam", "l2_gradient", "decay_groups"]
+__all__ = ["Optimizer", "SGD", "Momentum", "RMSProp", "Adam", "AdamW", "l2_gradient",
+           "decay_groups"]
 
 
 def l2_gradient(param: Parameter, weight_decay: float):
@@ -83,6 +84,15 @@ def adam_update(w, g, m, v, t, lr, beta1, beta2, eps):
     w -= lr * m_hat / (v_hat ** 0.5 + eps)
 
 
+def adamw_update(w, g, m, v, t, lr, beta1, beta2, eps, weight_decay):
+    """Loshchilov & Hutter's decoupled decay: ``W = W - lr weight_decay W`` first,
+    then Adam's step from the gradient alone (no L2 term in ``g``, so the decay is
+    not divided by ``sqrt(v_hat)``)."""
+    if weight_decay:
+        w *= 1.0 - lr * weight_decay
+    adam_update(w, g, m, v, t, lr, beta1, beta2, eps)
+
+
 class Optimizer:
     """Base class. Subclasses name their hyperparameters in ``_hyper`` (checked per
     group by ``_check``), their state arrays in ``_slots`` and implement
@@ -91,6 +101,7 @@ class Optimizer:
 
     _hyper: tuple[str, ...] = ("lr", "weight_decay")
     _slots: tuple[str, ...] = ()
+    _decoupled_decay = False  # True: _update applies weight_decay itself (AdamW)
 
     def __init__(self, params, defaults: dict):
         name = type(self).__name__
@@ -175,7 +186,8 @@ class Optimizer:
             for p in group["params"]:
                 state = next(states)
                 self._follow(p, state)
-                self._update(p.data, l2_gradient(p, group["weight_decay"]), state, group)
+                g = p.grad if self._decoupled_decay else l2_gradient(p, group["weight_decay"])
+                self._update(p.data, g, state, group)
 
     def _update(self, w, g, state, group) -> None:
         raise NotImplementedError
@@ -326,16 +338,47 @@ class RMSProp(Optimizer):
                        h["eps"])
 
 
+def _split_betas(name: str, given: dict) -> dict:
+    """A group (or the defaults) with PyTorch's ``betas=(beta1, beta2)`` spelled as the
+    notes' ``beta1``, ``beta2``; both spellings at once must agree."""
+    if "betas" not in given:
+        return given
+    given = dict(given)
+    betas = given.pop("betas")
+    try:
+        beta1, beta2 = betas
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: betas must be a pair (beta1, beta2), got {betas!r}") from None
+    for key, value in (("beta1", beta1), ("beta2", beta2)):
+        if given.get(key, value) != value:
+            raise ValueError(f"{name}: betas={tuple(betas)} and {key}={given[key]} disagree; "
+                             "give one spelling")
+        given[key] = value
+    return given
+
+
 class Adam(Optimizer):
-    """Adam with bias correction ``1 - beta^t``; see :func:`adam_update`."""
+    """Adam with bias correction ``1 - beta^t``; see :func:`adam_update`.
+
+    ``betas=(beta1, beta2)`` as PyTorch spells it (in a parameter group too) or the
+    notes' ``beta1``, ``beta2``; ``weight_decay`` is L2, added to the gradient."""
 
     _hyper = ("lr", "beta1", "beta2", "eps", "weight_decay")
     _slots = ("exp_avg", "exp_avg_sq")
 
-    def __init__(self, params, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999,
-                 eps: float = 1e-8, weight_decay: float = 0.0):
-        super().__init__(params, {"lr": lr, "beta1": beta1, "beta2": beta2, "eps": eps,
-                                  "weight_decay": weight_decay})
+    def __init__(self, params, lr: float = 1e-3, beta1: float | None = None,
+                 beta2: float | None = None, eps: float = 1e-8, weight_decay: float = 0.0,
+                 betas: tuple[float, float] | None = None):
+        name = type(self).__name__
+        defaults = {"lr": lr, "eps": eps, "weight_decay": weight_decay,
+                    **{k: v for k, v in (("beta1", beta1), ("beta2", beta2)) if v is not None}}
+        if betas is not None:
+            defaults = _split_betas(name, {**defaults, "betas": betas})
+        defaults = {"beta1": 0.9, "beta2": 0.999, **defaults}
+        if isinstance(params, (list, tuple)) and params and all(isinstance(g, dict)
+                                                                for g in params):
+            params = [_split_betas(f"{name}: param_groups[{i}]", g) for i, g in enumerate(params)]
+        super().__init__(params, defaults)
 
     def _check_more(self, h):
         h["beta1"] = _checks.probability("beta1", h["beta1"], upper_inclusive=False)
@@ -346,3 +389,21 @@ class Adam(Optimizer):
         adam_update(w, g, self._zeros_like(state, "exp_avg", w),
                     self._zeros_like(state, "exp_avg_sq", w), self.steps, h["lr"],
                     h["beta1"], h["beta2"], h["eps"])
+
+
+class AdamW(Adam):
+    """``torch.optim.AdamW``: Adam whose ``weight_decay`` (default 1e-2) shrinks the
+    weights directly, ``W = W (1 - lr weight_decay)``, before Adam's step from the
+    gradient alone; see :func:`adamw_update`."""
+
+    _decoupled_decay = True
+
+    def __init__(self, params, lr: float = 1e-3, beta1: float | None = None,
+                 beta2: float | None = None, eps: float = 1e-8, weight_decay: float = 1e-2,
+                 betas: tuple[float, float] | None = None):
+        super().__init__(params, lr, beta1, beta2, eps, weight_decay, betas)
+
+    def _update(self, w, g, state, h):
+        adamw_update(w, g, self._zeros_like(state, "exp_avg", w),
+                     self._zeros_like(state, "exp_avg_sq", w), self.steps, h["lr"],
+                     h["beta1"], h["beta2"], h["eps"], h["weight_decay"])

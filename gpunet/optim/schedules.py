@@ -10,13 +10,17 @@ import math
 
 from .. import _checks
 
-__all__ = ["Schedule", "InverseTimeDecay", "ExponentialDecay", "InverseSqrtDecay", "StepDecay"]
+__all__ = ["Schedule", "InverseTimeDecay", "ExponentialDecay", "InverseSqrtDecay", "StepDecay",
+           "CosineDecay"]
 
 
 class Schedule:
     """Sets each parameter group's ``lr`` to ``rate(a0, epoch)``, ``a0`` being the
     group's ``lr`` when the schedule was made (as PyTorch's schedulers);
-    ``base_lr`` and :meth:`lr_at` are the first group's."""
+    ``base_lr`` and :meth:`lr_at` are the first group's. ``per_step`` says that
+    ``fit`` steps it after every optimizer step instead of every epoch."""
+
+    per_step = False
 
     def __init__(self, optimizer):
         if not hasattr(optimizer, "lr"):
@@ -108,3 +112,38 @@ class StepDecay(Schedule):
 
     def rate(self, base_lr, epoch):
         return base_lr * self.gamma ** (epoch // self.step_size)
+
+
+class CosineDecay(Schedule):
+    """Linear warm-up, then cosine decay to ``min_lr`` at step ``total``:
+
+    ``a = a0 (t + 1) / (warmup + 1)`` for ``t < warmup``, then
+    ``a = min_lr + (a0 - min_lr) (1 + cos(pi (t - warmup) / (total - warmup))) / 2``,
+    held at ``min_lr`` after ``total``. ``t`` counts :meth:`step` calls: epochs, or
+    optimizer steps with ``per_step=True`` (``fit`` then steps it every batch). The
+    warm-up rate applies from the start (``t = 0``), as PyTorch's
+    ``SequentialLR([LinearLR(start_factor=1 / (warmup + 1), total_iters=warmup),
+    CosineAnnealingLR(T_max=total - warmup, eta_min=min_lr)], milestones=[warmup])``.
+    """
+
+    def __init__(self, optimizer, total: int, warmup: int = 0, min_lr: float = 0.0,
+                 per_step: bool = False):
+        super().__init__(optimizer)
+        self.total = _checks.positive_int("total", total)
+        self.warmup = _checks.non_negative_int("warmup", warmup)
+        if self.warmup >= self.total:
+            raise ValueError(f"warmup: expected fewer steps than total ({self.total}), got "
+                             f"{self.warmup}")
+        self.min_lr = _checks.non_negative("min_lr", min_lr)
+        self.per_step = bool(per_step)
+        self._apply()
+
+    def rate(self, base_lr, epoch):
+        if epoch < self.warmup:
+            return base_lr * (epoch + 1) / (self.warmup + 1)
+        progress = min(epoch - self.warmup, self.total - self.warmup) / (self.total - self.warmup)
+        return self.min_lr + (base_lr - self.min_lr) * (1 + math.cos(math.pi * progress)) / 2
+
+    def _apply(self) -> None:
+        for group, base in zip(self._groups(), self.base_lrs):
+            group["lr"] = self.rate(base, self.epoch)  # t = 0 too: the warm-up's first rate
