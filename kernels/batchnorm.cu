@@ -13,15 +13,19 @@
 //                     small spread around a large mean (float values near 1e4); never
 //                     E[x^2] - E[x]^2.
 // bn_fwd_stats_combine  : one thread per channel merges its runs in order (Chan, Golub and
-//                     LeVeque's pairwise update) into mean[c] and the biased var[c], and
-//                     keeps the mean's two parts, pivot[c] and offset[c].
+//                     LeVeque's pairwise update) into mean[c] and the biased var[c],
+//                     keeps the mean's two parts, pivot[c] and offset[c], writes
+//                     inv_std[c] = 1 / sqrt(var[c] + eps) and, in training, updates the
+//                     running statistics in place. A forward in training is these two
+//                     and bn_fwd_apply: three launches, no elementwise CuPy op.
 // bn_fwd_apply      : x_hat = ((x - pivot) - offset) inv_std, y = gamma x_hat + beta (in
 //                     evaluation pivot = running mean, offset = 0); one thread per
 //                     element, or per 128-bit vector of them where the layout allows. Not
 //                     x - mean: a float mean near 1e4 is rounded by 5e-4, which a spread
 //                     of 1e-2 would feel.
 // bn_bwd_reduce    : per run, sum dy and sum dy x_hat; bn_bwd_reduce_combine sums the runs in
-//                     order into dbeta[c], dgamma[c].
+//                     order into dbeta[c], dgamma[c]. bn_fwd_stats and bn_bwd_reduce
+//                     keep four loads a thread in flight (UNROLL).
 // bn_bwd_dx         : training: dx = gamma inv_std (dy - dbeta/M - x_hat dgamma/M);
 //                     evaluation: dx = gamma inv_std dy. One thread per element or
 //                     vector, as bn_fwd_apply.
@@ -48,6 +52,12 @@ __device__ __forceinline__ int channel_of(int i, const ChannelGeometry& g) {
     return plane - divide(plane, g.c_magic, g.c_shift) * g.C;
 }
 
+// The block-strided loops below issue UNROLL loads before the UNROLL adds that use
+// them, so that each warp keeps UNROLL loads in flight (a plain loop waits for each
+// load before its add). The adds keep the plain loop's order: the same sums, bit for
+// bit. `j < end - (UNROLL - 1) * step` never computes an index past end + step.
+#define UNROLL 4
+
 // Block (run, channel) = (blockIdx.x, blockIdx.y); partials laid out [c][run].
 extern "C" __global__ void bn_fwd_stats(const real_t* __restrict__ x,
                                             real_t* __restrict__ offset_mean,
@@ -56,15 +66,33 @@ extern "C" __global__ void bn_fwd_stats(const real_t* __restrict__ x,
                                             const real_t* __restrict__ weights, int chunk) {
     DYNAMIC_SHARED(acc_t, scratch);
     const ChannelGeometry g = *geometry;
-    const int c = blockIdx.y, run = blockIdx.x;
+    const int c = blockIdx.y, run = blockIdx.x, step = blockDim.x;
     const int begin = run * chunk, end = g.M - begin < chunk ? g.M : begin + chunk;
     const acc_t pivot = x[c * g.HW];
     acc_t shifted = 0;
-    for (int j = begin + threadIdx.x; j < end; j += blockDim.x)
-        shifted += (acc_t)x[channel_element(j, c, g)] - pivot;
+    int j = begin + threadIdx.x;
+    for (; j < end - (UNROLL - 1) * step; j += UNROLL * step) {
+        acc_t v[UNROLL];
+#pragma unroll
+        for (int k = 0; k < UNROLL; ++k) v[k] = x[channel_element(j + k * step, c, g)];
+#pragma unroll
+        for (int k = 0; k < UNROLL; ++k) shifted += v[k] - pivot;
+    }
+    for (; j < end; j += step) shifted += (acc_t)x[channel_element(j, c, g)] - pivot;
     const acc_t offset = block_sum(shifted, scratch) * (acc_t)weights[3 * run];
     acc_t sum_sq = 0;
-    for (int j = begin + threadIdx.x; j < end; j += blockDim.x) {
+    j = begin + threadIdx.x;
+    for (; j < end - (UNROLL - 1) * step; j += UNROLL * step) {
+        acc_t v[UNROLL];
+#pragma unroll
+        for (int k = 0; k < UNROLL; ++k) v[k] = x[channel_element(j + k * step, c, g)];
+#pragma unroll
+        for (int k = 0; k < UNROLL; ++k) {
+            const acc_t d = v[k] - pivot - offset;
+            sum_sq += d * d;
+        }
+    }
+    for (; j < end; j += step) {
         const acc_t d = (acc_t)x[channel_element(j, c, g)] - pivot - offset;
         sum_sq += d * d;
     }
@@ -75,17 +103,42 @@ extern "C" __global__ void bn_fwd_stats(const real_t* __restrict__ x,
     }
 }
 
+// 1 / sqrt(v) for a normal v > 0, within an ulp or two. IEEE division and sqrt, and
+// double rsqrt, branch to out-of-line slow paths (bench/sass_check.py refuses CALLs):
+// instead the bit pattern's estimate (within 3.5%) and Newton steps r (3 - v r^2) / 2,
+// each squaring the relative error: 3 reach float's 2^-24, 5 double's 2^-53.
+__device__ __forceinline__ float reciprocal_sqrt(float v) {
+    float r = __int_as_float(0x5f375a86 - (__float_as_int(v) >> 1));
+#pragma unroll
+    for (int k = 0; k < 3; ++k) r = r * (1.5f - 0.5f * v * r * r);
+    return r;
+}
+
+__device__ __forceinline__ double reciprocal_sqrt(double v) {
+    double r = __longlong_as_double(0x5fe6eb50c7b537a9LL - (__double_as_longlong(v) >> 1));
+#pragma unroll
+    for (int k = 0; k < 5; ++k) r = r * (1.5 - 0.5 * v * r * r);
+    return r;
+}
+
 // weights[3 r + 1] = n_r / (n_0 + ... + n_r), weights[3 r + 2] = (n_0 + ... + n_{r-1}) n_r /
-// (n_0 + ... + n_r); `inv_m` = 1 / M.
+// (n_0 + ... + n_r); `inv_m` = 1 / M. Also inv_std[c] = 1 / sqrt(var[c] + eps) and, when
+// `update_running`, the running statistics in place: running_mean = (1 - momentum)
+// running_mean + momentum mean, running_var = (1 - momentum) running_var + var_momentum
+// var (var_momentum = momentum M / (M - 1): the unbiased variance).
 extern "C" __global__ void bn_fwd_stats_combine(const real_t* __restrict__ x,
                                             const real_t* __restrict__ offset_mean,
                                             const real_t* __restrict__ squares,
                                             real_t* __restrict__ mean, real_t* __restrict__ var,
                                             real_t* __restrict__ pivot,
                                             real_t* __restrict__ mean_offset,
+                                            real_t* __restrict__ inv_std,
+                                            real_t* __restrict__ running_mean,
+                                            real_t* __restrict__ running_var,
                                             const ChannelGeometry* __restrict__ geometry,
                                             const real_t* __restrict__ weights, int parts,
-                                            acc_t inv_m) {
+                                            acc_t inv_m, acc_t eps, acc_t momentum,
+                                            acc_t var_momentum, int update_running) {
     const ChannelGeometry g = *geometry;
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= g.C) return;
@@ -95,10 +148,18 @@ extern "C" __global__ void bn_fwd_stats_combine(const real_t* __restrict__ x,
         offset += delta * (acc_t)weights[3 * run + 1];
         m2 += (acc_t)squares[c * parts + run] + delta * delta * (acc_t)weights[3 * run + 2];
     }
-    mean[c] = (real_t)((acc_t)x[c * g.HW] + offset);
-    var[c] = (real_t)(m2 * inv_m);
+    const real_t batch_mean = (real_t)((acc_t)x[c * g.HW] + offset);
+    const real_t batch_var = (real_t)(m2 * inv_m);
+    mean[c] = batch_mean;
+    var[c] = batch_var;
     pivot[c] = x[c * g.HW];
     mean_offset[c] = (real_t)offset;
+    inv_std[c] = (real_t)reciprocal_sqrt((acc_t)batch_var + eps);  // of the rounded var
+    if (update_running) {
+        const acc_t keep = (acc_t)1 - momentum;
+        running_mean[c] = (real_t)(keep * running_mean[c] + momentum * batch_mean);
+        running_var[c] = (real_t)(keep * running_var[c] + var_momentum * batch_var);
+    }
 }
 
 // Elementwise kernels read and write `VECTOR` neighbours at once (128-bit) when the
@@ -150,10 +211,25 @@ extern "C" __global__ void bn_bwd_reduce(const real_t* __restrict__ dy,
                                           int chunk) {
     DYNAMIC_SHARED(acc_t, scratch);
     const ChannelGeometry g = *geometry;
-    const int c = blockIdx.y, run = blockIdx.x;
+    const int c = blockIdx.y, run = blockIdx.x, step = blockDim.x;
     const int begin = run * chunk, end = g.M - begin < chunk ? g.M : begin + chunk;
     acc_t a = 0, b = 0;
-    for (int j = begin + threadIdx.x; j < end; j += blockDim.x) {
+    int j = begin + threadIdx.x;
+    for (; j < end - (UNROLL - 1) * step; j += UNROLL * step) {
+        acc_t d[UNROLL], h[UNROLL];
+#pragma unroll
+        for (int k = 0; k < UNROLL; ++k) {
+            const int i = channel_element(j + k * step, c, g);
+            d[k] = dy[i];
+            h[k] = x_hat[i];
+        }
+#pragma unroll
+        for (int k = 0; k < UNROLL; ++k) {
+            a += d[k];
+            b += d[k] * h[k];
+        }
+    }
+    for (; j < end; j += step) {
         const int k = channel_element(j, c, g);
         a += dy[k];
         b += (acc_t)dy[k] * x_hat[k];

@@ -459,7 +459,7 @@ def test_batch_norm_statistics_over_many_runs(emulated, monkeypatch, shape, min_
     parts, chunk = bn_kernels.runs(m, shape[1])
     assert parts == min(-(-512 // shape[1]), -(-m // min_run)) and (parts - 1) * chunk < m
     x = rng.standard_normal(shape) * 3 + 2
-    mean, var, pivot, offset = bn_kernels.stats(x)
+    mean, var, pivot, offset, _ = bn_kernels.stats(x)
     assert_close(pivot + offset, mean, 1e-15, 0, "pivot + offset")
     axes = (0, *range(2, x.ndim))
     assert_close(mean, x.mean(axis=axes), 1e-12, 1e-12, "mean")
@@ -520,7 +520,7 @@ def test_batch_norm_kernel_large_mean_small_spread(emulated, rng):
     within each run and across the four runs merged."""
     x = (1e4 + 1e-2 * rng.standard_normal((64, 2, 8, 8))).astype("float32")
     assert bn_kernels.runs(64 * 8 * 8, 2)[0] == 4
-    mean, var, pivot, offset = bn_kernels.stats(x)
+    mean, var, pivot, offset, _ = bn_kernels.stats(x)
     # the mean is stored in float32: within one ulp of 1e4 (~1e-3)
     assert_close(mean, x.astype("float64").mean(axis=(0, 2, 3)), 0, 1e-3)
     assert_close(var, x.astype("float64").var(axis=(0, 2, 3)), 1e-3, 0)
@@ -531,6 +531,118 @@ def test_batch_norm_kernel_large_mean_small_spread(emulated, rng):
     exact = (exact - exact.mean(axis=(0, 2, 3), keepdims=True)) / exact.std(axis=(0, 2, 3),
                                                                            keepdims=True)
     assert_close(x_hat, exact, 1e-3, 1e-3, "x_hat")
+
+
+@pytest.fixture
+def device_work(monkeypatch):
+    """The work each CuPy call would put on a GPU, in order, as ``(kind, name)``:
+    ``("launch", kernel)`` for a RawKernel launch, ``("op", name)`` for a CuPy
+    operation that computes or copies (elementwise, reduction, astype, fill, an
+    in-place operator); allocation (``empty``) and views (a reshape, ascontiguousarray
+    of a contiguous array) are free. The CuPy test double only: its arrays hold NumPy
+    ones, and each of its operations passes through ``_core.compute`` or an ndarray
+    method patched here. Outputs are not poisoned (a poisoning fill would count)."""
+    xp = _cupy_or_skip()
+    if not getattr(xp, "IS_TEST_DOUBLE", False):
+        pytest.skip("counts the CuPy test double's operations")
+    from cupy import _core, _raw  # the double's modules
+    monkeypatch.setattr(runtime, "_POISON", False)
+    work = []
+    compute, call = _core.compute, _raw.RawKernel.__call__
+
+    def counted_compute(function, *args, **kwargs):
+        result = compute(function, *args, **kwargs)
+        name = getattr(function, "__name__", repr(function))
+        inputs = [a for a in args if isinstance(a, numpy.ndarray)]
+        produced = result._a if isinstance(result, _core.ndarray) else None
+        view = produced is not None and any(numpy.may_share_memory(produced, a) for a in inputs)
+        if name not in ("empty", "empty_like") and ("out" in kwargs or not view):
+            work.append(("op", name))
+        return result
+
+    def counted_launch(kernel, *args, **kwargs):
+        work.append(("launch", kernel.name))
+        return call(kernel, *args, **kwargs)
+
+    def counted(name, method):
+        def wrapper(self, *args, **kwargs):
+            work.append(("op", name))
+            return method(self, *args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(_core, "compute", counted_compute)
+    monkeypatch.setattr(_raw.RawKernel, "__call__", counted_launch)
+    for name in [n for n in vars(_core.ndarray) if n.startswith("__i") and n != "__init__"] \
+            + ["__neg__", "__abs__", "__setitem__", "astype", "copy", "fill"]:
+        if name in vars(_core.ndarray):
+            monkeypatch.setattr(_core.ndarray, name, counted(name, vars(_core.ndarray)[name]))
+    return xp, work
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (1, 1, 9), (5, 4), (3, 1, 1, 1)], ids=str)
+def test_batch_norm_training_is_three_launches_each_way(device_work, shape, rng):
+    """Forward in training: bn_fwd_stats, bn_fwd_stats_combine (which also writes
+    inv_std and updates the running statistics in place) and bn_fwd_apply, and no
+    CuPy operation besides; backward: at most three launches, nothing else. The
+    instrument counts: the same forward with float64 running statistics for float32
+    x (which the kernel cannot update in place) shows the CuPy operations."""
+    xp, work = device_work
+    c = shape[1]
+    x = xp.asarray((rng.standard_normal(shape) * 2 + 5).astype("float32"))
+    dy = xp.asarray(rng.standard_normal(shape).astype("float32"))
+    gamma, beta = (xp.asarray(rng.standard_normal(c).astype("float32")) for _ in range(2))
+
+    def forward(dtype="float32"):
+        mean, var = xp.zeros(c, dtype), xp.ones(c, dtype)
+        work.clear()
+        y, ctx = ops.batch_norm_forward(x, gamma, beta, mean, var, training=True,
+                                        use_kernels=True)
+        return list(work), ctx
+
+    forward()  # first call: the per-shape tables are copied to the device once
+    launched, ctx = forward()
+    assert launched == [("launch", "bn_fwd_stats"), ("launch", "bn_fwd_stats_combine"),
+                        ("launch", "bn_fwd_apply")]
+    work.clear()
+    ctx.backward(dy)
+    assert len(work) <= 3 and all(kind == "launch" for kind, _ in work), work
+    launched, _ = forward("float64")
+    assert sum(kind == "op" for kind, _ in launched) >= 8, launched
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 3), (2, 1, 1, 1), (1, 3, 5, 7), (3, 5, 3, 3),
+                                   (7, 3), (4, 2, 257)], ids=str)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_batch_norm_training_with_running_statistics_in_the_kernel(device, shape, dtype, rng):
+    """The combine kernel's inv_std and in-place running statistics against the xp
+    path, on awkward shapes and a large mean (1e4 with a spread of 1e-2 in float32):
+    y, the running statistics and the gradients, bitwise the same run to run."""
+    c = shape[1]
+    raw = 1e4 + 1e-2 * rng.standard_normal(shape) if dtype == "float32" else \
+        rng.standard_normal(shape) * 3 + 2
+    x, dy = device.put(raw.astype(dtype)), device.put(rng.standard_normal(shape).astype(dtype))
+    gamma = device.put(rng.standard_normal(c).astype(dtype))
+    beta = device.put(rng.standard_normal(c).astype(dtype))
+
+    def run(use_kernels):
+        mean = device.put(numpy.linspace(-1, 1, c).astype(dtype))
+        var = device.put(numpy.linspace(0.5, 2, c).astype(dtype))
+        y, ctx = ops.batch_norm_forward(x, gamma, beta, mean, var, training=True,
+                                        momentum=0.3, use_kernels=use_kernels)
+        return tuple(device.get(a) for a in (y, mean, var, *ctx.backward(dy)))
+
+    got = twice(lambda: run(True))
+    axes = (0, *range(2, len(shape)))
+    # dx's scale is gamma dy inv_std, even where its terms cancel (two values a channel)
+    dx_scale = float(numpy.abs(device.get(gamma)).max() * numpy.abs(device.get(dy)).max()
+                     / numpy.sqrt(raw.var(axis=axes).min() + 1e-5))
+    # float32: x_hat of a 1e-2 spread around 1e4 keeps float32's 1e-3 of it
+    tol = 2e-3 if dtype == "float32" else TOL[dtype]
+    for a, b, name in zip(got, run(False), ("y", "running_mean", "running_var", "dx",
+                                            "dgamma", "dbeta")):
+        scale = max(float(numpy.abs(b).max()), dx_scale if name == "dx" else 0.0)
+        assert_close(a, b, tol, tol * scale, name)
 
 
 def _family_outputs(family, x, weight, use_kernels):

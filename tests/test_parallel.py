@@ -269,3 +269,34 @@ def test_batch_norm_over_row_chunks_matches_one_chunk(split_everything, rng, tra
         results.append((y, mean, var, *ctx.backward(dy)))
     for got, want in zip(*results):
         numpy.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("shape", [(7, 3, 4, 4), (9, 5, 3), (11, 3), (2, 1, 5, 5), (3, 2, 1)],
+                         ids=str)
+def test_batch_norm_chunks_merged_match_the_textbook_path(split_everything, rng, shape,
+                                                          training):
+    """gpunet/cpu/batchnorm.py takes each chunk's statistics on its thread and merges
+    them (Chan et al.); over unequal chunks (of 3, 2, 2 rows, or 1, 1) it gives the
+    textbook path's y, running statistics and gradients, in float64 and in float32
+    around a mean of 1e4 with a spread of 1e-2."""
+    from gpunet import ops
+    c = shape[1]
+    for dtype, x in (("float64", rng.standard_normal(shape) * 3 + 100),
+                     ("float32", (1e4 + 1e-2 * rng.standard_normal(shape)).astype("float32"))):
+        gamma, beta = (rng.standard_normal(c).astype(dtype) for _ in range(2))
+        dy = rng.standard_normal(shape).astype(dtype)
+        results, enabled = [], ops.cpu_accelerators_enabled()
+        for accelerated in (True, False):
+            ops.set_cpu_accelerators_enabled(accelerated)
+            try:
+                mean, var = numpy.full(c, 0.5, dtype), numpy.full(c, 2.0, dtype)
+                y, ctx = ops.batch_norm_forward(x, gamma, beta, mean, var, training=training)
+                results.append((y, mean, var, *ctx.backward(dy)))
+            finally:
+                ops.set_cpu_accelerators_enabled(enabled)
+        tol = 1e-12 if dtype == "float64" else 2e-3  # float32: x_hat keeps 1e-3 of 1e-2
+        for got, want, name in zip(*results, ("y", "mean", "var", "dx", "dgamma", "dbeta")):
+            scale = max(float(numpy.abs(want).max()), 1.0)
+            numpy.testing.assert_allclose(got, want, rtol=tol, atol=tol * scale,
+                                          err_msg=f"{name} ({dtype})")

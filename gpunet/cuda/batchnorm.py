@@ -73,10 +73,13 @@ def _reduction_grid(m, c):
     return parts, chunk, (parts, c, 1)
 
 
-def stats(x):
-    """``(mean, var, pivot, offset)`` per channel, each ``(C,)``: the biased variance,
-    and the mean as ``pivot + offset`` (one sample's value and the mean's offset from
-    it), the two parts :func:`apply` centres by."""
+def stats(x, eps: float = 0.0, running=None, momentum: float = 0.0):
+    """``(mean, var, pivot, offset, inv_std)`` per channel, each ``(C,)``: the biased
+    variance, the mean as ``pivot + offset`` (one sample's value and the mean's offset
+    from it, the two parts :func:`apply` centres by) and ``1 / sqrt(var + eps)``. With
+    ``running = (running_mean, running_var)`` (``x``'s dtype, contiguous: see
+    :func:`updates_running`) the same launch updates them in place: ``running =
+    (1 - momentum) running + momentum batch``, the variance unbiased (``M / (M - 1)``)."""
     xp = get_array_module(x)
     x = xp.ascontiguousarray(x)
     check_indexable("batch_norm", x=x.size)
@@ -84,7 +87,7 @@ def stats(x):
     runtime.check_grid_rows("batch_norm", "channels", c)
     m = n * hw
     if x.size == 0:  # no channels (ops refuses training on fewer than 2 values a channel)
-        return tuple(xp.zeros(c, x.dtype) for _ in range(4))
+        return tuple(xp.zeros(c, x.dtype) for _ in range(5))
     geom = _geometry(xp, c, hw, m)
     parts, chunk, grid = _reduction_grid(m, c)
     weights = table(xp, ("batch_norm merge weights", m, parts, chunk),
@@ -93,11 +96,26 @@ def stats(x):
     runtime.launch("batchnorm", "bn_fwd_stats", x.dtype, grid, (BLOCK, 1, 1),
                    (x, offsets, squares, geom, weights, numpy.int32(chunk)),
                    shared_mem=BLOCK * x.dtype.itemsize)
-    mean, var, pivot, offset = (new_output(xp, (c,), x.dtype) for _ in range(4))
+    mean, var, pivot, offset, inv_std = (new_output(xp, (c,), x.dtype) for _ in range(5))
+    # without running statistics the kernel's running pointers are never read: any array
+    running_mean, running_var = (mean, var) if running is None else running
+    var_momentum = momentum * m / (m - 1) if m > 1 else 0.0
+    scalar = x.dtype.type
     runtime.launch("batchnorm", "bn_fwd_stats_combine", x.dtype, _elementwise_grid(c),
-                   (BLOCK, 1, 1), (x, offsets, squares, mean, var, pivot, offset, geom,
-                                   weights, numpy.int32(parts), x.dtype.type(1.0 / m)))
-    return mean, var, pivot, offset
+                   (BLOCK, 1, 1), (x, offsets, squares, mean, var, pivot, offset, inv_std,
+                                   running_mean, running_var, geom, weights,
+                                   numpy.int32(parts), scalar(1.0 / m), scalar(eps),
+                                   scalar(momentum), scalar(var_momentum),
+                                   numpy.int32(running is not None)))
+    return mean, var, pivot, offset, inv_std
+
+
+def updates_running(x, running_mean, running_var) -> bool:
+    """Whether :func:`stats` can update these running statistics in place: arrays of
+    ``x``'s module and dtype, contiguous ``(C,)`` (RawKernel ignores strides)."""
+    xp = get_array_module(x)
+    return all(get_array_module(a) is xp and a.dtype == x.dtype and a.ndim == 1
+               and a.flags.c_contiguous for a in (running_mean, running_var))
 
 
 def apply(x, pivot, offset, inv_std, weight, bias):
@@ -123,13 +141,21 @@ def forward(x, weight, bias, running, eps):
     """``(y, x_hat, inv_std, (mean, var))`` as :func:`gpunet.ops.batchnorm._forward`."""
     xp = get_array_module(x)
     if running is None:
-        mean, var, pivot, offset = stats(x)
+        mean, var, pivot, offset, inv_std = stats(x, eps)
     else:
         mean, var = (a.astype(x.dtype) for a in running)
         pivot, offset = mean, xp.zeros_like(mean)
-    inv_std = 1.0 / xp.sqrt(var + eps)
+        inv_std = 1.0 / xp.sqrt(var + eps)
     y, x_hat = apply(x, pivot, offset, inv_std, weight, bias)
     return y, x_hat, inv_std, (mean, var) if running is None else None
+
+
+def train_forward(x, weight, bias, running_mean, running_var, momentum, eps):
+    """``(y, x_hat, inv_std)`` in training, the running statistics updated in place
+    (:func:`stats`; :func:`updates_running` must hold): three launches."""
+    _, _, pivot, offset, inv_std = stats(x, eps, (running_mean, running_var), momentum)
+    y, x_hat = apply(x, pivot, offset, inv_std, weight, bias)
+    return y, x_hat, inv_std
 
 
 def backward(dy, x_hat, weight, inv_std, training: bool, input_grad: bool = True):

@@ -152,7 +152,14 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, *, training,
         count = ranks.count(count)
         forward, backward = (functools.partial(f, ranks=ranks) for f in IMPLEMENTATIONS["xp"])
     else:
-        forward, backward = IMPLEMENTATIONS[route(xp, use_kernels, cuda_batchnorm.fits(x.shape))]
+        implementation = route(xp, use_kernels, cuda_batchnorm.fits(x.shape))
+        forward, backward = IMPLEMENTATIONS[implementation]
+        if training and implementation == "cuda" and \
+                cuda_batchnorm.updates_running(x, running_mean, running_var):
+            # the kernels update the running statistics too: three launches in all
+            y, x_hat, inv_std = cuda_batchnorm.train_forward(
+                x, weight, bias, running_mean, running_var, momentum, eps)
+            return y, BatchNormContext(x_hat, inv_std, weight, training, backward)
     y, x_hat, inv_std, stats = forward(x, weight, bias,
                                        None if training else (running_mean, running_var), eps)
     if training:

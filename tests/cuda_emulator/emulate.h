@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 using std::max;
 using std::min;
@@ -37,6 +38,28 @@ void __syncthreads();
 struct alignas(16) int4 {
     int x, y, z, w;
 };
+
+// Bit casts (kernels/batchnorm.cu's reciprocal_sqrt), as CUDA's intrinsics.
+inline int __float_as_int(float x) {
+    int bits;
+    std::memcpy(&bits, &x, 4);
+    return bits;
+}
+inline float __int_as_float(int bits) {
+    float x;
+    std::memcpy(&x, &bits, 4);
+    return x;
+}
+inline long long __double_as_longlong(double x) {
+    long long bits;
+    std::memcpy(&bits, &x, 8);
+    return bits;
+}
+inline double __longlong_as_double(long long bits) {
+    double x;
+    std::memcpy(&x, &bits, 8);
+    return x;
+}
 
 inline unsigned __umulhi(unsigned a, unsigned b) {
     return (unsigned)(((unsigned long long)a * b) >> 32);
