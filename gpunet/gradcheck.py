@@ -115,8 +115,8 @@ def gradcheck(model: Module, loss, x, y, eps: float = 1e-7, params=None,
               check_input: bool = True, threshold: float = GREAT,
               seed: int = 0) -> GradcheckReport:
     """Check ``model``'s backward against centred differences of
-    ``J = loss(model(x), y) + weight_decay/2 * sum ||W||^2`` (every parameter, as the
-    optimizers decay every parameter given them).
+    ``J = loss(model(x), y) + weight_decay/2 * sum ||W||^2`` over the parameters the
+    optimizers decay (``decay`` set: weights, not biases or batch-norm vectors).
 
     Runs on a float64 copy (the model itself is untouched). ``params`` limits the
     check to these dotted parameter names; ``max_per_param`` samples that many
@@ -149,7 +149,7 @@ def gradcheck(model: Module, loss, x, y, eps: float = 1e-7, params=None,
     def objective() -> float:
         j = loss.forward(model.forward(x), y)
         for p in named.values():
-            if weight_decay:
+            if weight_decay and p.decay:
                 j += 0.5 * weight_decay * float((p.data * p.data).sum())
         return j
 

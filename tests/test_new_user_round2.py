@@ -243,13 +243,19 @@ def test_weight_decay_and_lr_per_group_match_torch(name):
 
 @pytest.mark.torch
 @pytest.mark.parametrize("name", ["sgd", "adam"])
-def test_default_weight_decay_decays_biases_as_torch(name):
+def test_weight_decay_keeps_biases_unless_asked_and_then_matches_torch(name):
+    """API.md: weight decay skips biases (``Parameter.decay`` False for vectors);
+    a bias marked ``decay = True`` decays exactly as torch.optim decays it."""
     torch = pytest.importorskip("torch")
     import numpy as np
 
     from gpunet import nn
     ours_make, theirs_make = _pairs(torch)[name]
+    kept = nn.Parameter(np.array([0.5, 1.0, 2.0]))
+    ours_make([kept], weight_decay=0.3).step()  # a zero gradient: only decay could move it
+    assert np.array_equal(kept.data, [0.5, 1.0, 2.0])
     bias = nn.Parameter(np.array([0.5, 1.0, 2.0]))
+    bias.decay = True
     tb = torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64, requires_grad=True)
     ours, theirs = ours_make([bias], weight_decay=0.3), theirs_make([tb], weight_decay=0.3)
     for g in GROUP_GRADS:

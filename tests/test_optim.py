@@ -123,19 +123,20 @@ def test_optimizers_match_torch(name):
     assert_close(p.data, t.detach().numpy(), 1e-12, 1e-14)
 
 
-def test_weight_decay_is_l2_on_every_parameter_and_decay_groups_exempt_vectors():
-    """As torch.optim: every parameter given decays; biases and batch-norm vectors are
-    exempt only in a group of their own (decay_groups builds it from Parameter.decay)."""
-    for grouped in (False, True):
-        model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
-        for p in model.parameters():
-            p.data[...] = 1.0
-        params = optim.decay_groups(model, 0.5) if grouped else model.parameters()
-        opt = optim.SGD(params, lr=0.1, weight_decay=0.0 if grouped else 0.5)
-        opt.step()  # all grads are zero: only the L2 term moves anything
-        for name, p in model.named_parameters():
-            decays = not grouped or name == "0.weight"
-            assert numpy.all(p.data == (1 - 0.1 * 0.5 if decays else 1.0)), (grouped, name)
+@pytest.mark.parametrize("name", ["SGD", "Momentum", "RMSProp", "Adam", "AdamW"])
+def test_weight_decay_skips_biases_and_batch_norm_vectors(name):
+    """API.md: weight_decay is L2 on the weights, biases and batch-norm parameters
+    excluded (unlike torch.optim), in every group and every optimizer, AdamW's
+    decoupled decay too; ``Parameter.decay = True`` decays a bias as well."""
+    model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    for p in model.parameters():
+        p.data[...] = 1.0
+    model[0].bias.decay = True
+    opt = getattr(optim, name)(model.parameters(), lr=0.1, weight_decay=0.5)
+    opt.step()  # all grads are zero: only the decay moves anything
+    for key, p in model.named_parameters():
+        moved = not numpy.all(p.data == 1.0)
+        assert moved == (key in ("0.weight", "0.bias")), (name, key, p.data)
 
 
 @pytest.mark.parametrize("make", [

@@ -17,8 +17,10 @@ GRADS = [[RNG.standard_normal((3, 4)), RNG.standard_normal(4)] for _ in range(10
 
 
 def _ten_steps(ours_make, theirs_make, torch, groups=False):
-    """The same ten gradients into both; returns (ours, theirs, our params, their tensors)."""
-    ps = [nn.Parameter(w.copy()) for w in W0]
+    """The same ten gradients into both; returns (ours, theirs, our params, their tensors).
+    Every parameter is marked to decay, as torch decays whatever it is given (gpunet
+    skips vectors unless asked: API.md)."""
+    ps = [nn.Parameter(w.copy(), decay=True) for w in W0]
     ts = [torch.tensor(w.copy(), requires_grad=True) for w in W0]
     ours = ours_make([{"params": [ps[0]]}, {"params": [ps[1]], "lr": 0.05}] if groups else ps)
     theirs = theirs_make([{"params": [ts[0]]}, {"params": [ts[1]], "lr": 0.05}] if groups

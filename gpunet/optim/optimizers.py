@@ -5,11 +5,11 @@ applied in place.
 As in PyTorch, ``params`` is a list of parameters (or a Module) or a list of
 parameter groups, dicts ``{"params": [...], "lr": ..., "weight_decay": ...}``
 whose keys override the constructor's values for their parameters;
-``optimizer.param_groups`` holds them. ``weight_decay`` (L2) adds
-``weight_decay * W`` to the gradient of every parameter of its group, biases and
-batch-norm vectors included, as ``torch.optim``: to exempt them, put them in a
-group with ``"weight_decay": 0`` (``Parameter.decay`` says which a model would
-exempt: :func:`decay_groups` builds the two groups from it).
+``optimizer.param_groups`` holds them. ``weight_decay`` (L2, the notes' ``lambda/m``)
+adds ``weight_decay * W`` to the gradient of the parameters of its group whose
+``decay`` is set: weights, not biases and batch-norm vectors (API.md; unlike
+``torch.optim``, which decays whatever it is given). A group's ``weight_decay``
+sets the rate per group; ``Parameter.decay = True`` decays a bias too.
 """
 from __future__ import annotations
 
@@ -24,8 +24,9 @@ __all__ = ["Optimizer", "SGD", "Momentum", "RMSProp", "Adam", "AdamW", "l2_gradi
 
 
 def l2_gradient(param: Parameter, weight_decay: float):
-    """``dJ/dW`` including the L2 term ``weight_decay/2 * ||W||^2``."""
-    if weight_decay:
+    """``dJ/dW`` including the L2 term ``weight_decay/2 * ||W||^2`` (none for a
+    parameter without ``decay``: biases, batch-norm vectors)."""
+    if weight_decay and param.decay:
         return param.grad + weight_decay * param.data
     return param.grad
 
@@ -186,8 +187,14 @@ class Optimizer:
             for p in group["params"]:
                 state = next(states)
                 self._follow(p, state)
-                g = p.grad if self._decoupled_decay else l2_gradient(p, group["weight_decay"])
-                self._update(p.data, g, state, group)
+                hyper = group
+                if self._decoupled_decay:  # the update shrinks W itself: not biases
+                    g = p.grad
+                    if not p.decay and group["weight_decay"]:
+                        hyper = {**group, "weight_decay": 0.0}
+                else:
+                    g = l2_gradient(p, group["weight_decay"])
+                self._update(p.data, g, state, hyper)
 
     def _update(self, w, g, state, group) -> None:
         raise NotImplementedError
