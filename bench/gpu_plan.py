@@ -65,16 +65,20 @@ def format_table(table, markdown: bool = False) -> str:
 
 
 def worst(table) -> str:
-    """Per pass: the worst issued/useful, and the worst wave fill of a launch with
-    at least one wave of blocks."""
+    """Per pass: the worst issued/useful; the worst wave fill of a launch with at
+    least one wave of blocks; the worst of a pass with a wave of work (its blocks, or
+    split-K slices of MIN_SLICE terms, fill the SMs; a grid under one wave counted
+    by its share of one: conv2d_plan.fill_score)."""
     out = []
     for name in PASSES:
         plans = [p for _, n, p in table if n == name]
         full = [p for p in plans if p.waves >= 1]
         fill = min((p.wave_fill for p in full), default=float("nan"))
+        work = min((conv2d_plan.fill_score(p.waves) for p in plans if p.a_wave_of_work),
+                   default=float("nan"))
         out.append(f"{name}: worst issued/useful {max(p.overwork for p in plans):.2f}, "
-                   f"worst wave fill (>= 1 wave) {fill:.2f}, fewest waves "
-                   f"{min(p.waves for p in plans):.2f}")
+                   f"worst wave fill (>= 1 wave) {fill:.2f}, (a wave of work) {work:.2f}, "
+                   f"fewest waves {min(p.waves for p in plans):.2f}")
     return "\n".join(out)
 
 

@@ -171,7 +171,8 @@ def stage_facts(ctx: StageContext) -> None:
 # -- smoke: every kernel once against the xp path --------------------------------------------
 SMOKE_CASES = {  # small and awkward: odd sizes, stride 2, padding, a tail block
     "conv2d": (2, 3, 7, 6, 70, 3, 3, 2, 1),        # 128x128 tiles; dx on the wide one
-    "conv2d_wide": (2, 66, 5, 6, 5, 1, 1, 1, 0),   # 64x256 tiles; dx on the 128x128
+    "conv2d_wide": (2, 66, 5, 6, 20, 1, 1, 1, 0),  # 64x256 tiles; dx on the 128x128
+    "conv2d_direct": (2, 3, 7, 5, 6, 3, 3, 2, 1),  # few filters and channels: _direct
     "conv2d_tf32": (2, 3, 7, 6, 70, 3, 3, 2, 1),   # TF32 allowed (float32 only)
     "max_pool2d": (2, 3, 7, 7, 3, 2, 1),
     "avg_pool2d": (1, 2, 6, 5, 2, 2, 0),
@@ -182,7 +183,7 @@ SMOKE_CASES = {  # small and awkward: odd sizes, stride 2, padding, a tail block
 # Each kernel file with the smoke cases that launch its kernels: the smoke stage and
 # the sanitizer run one file per process, so that a fault is reported in the
 # process of the kernel that made it, not by whatever CUDA call comes next
-KERNEL_FILES = {"conv2d": ("conv2d", "conv2d_wide", "conv2d_tf32"),
+KERNEL_FILES = {"conv2d": ("conv2d", "conv2d_wide", "conv2d_direct", "conv2d_tf32"),
                 "pool2d": ("max_pool2d", "avg_pool2d"),
                 "batchnorm": ("batch_norm",)}
 

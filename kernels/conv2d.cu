@@ -12,9 +12,10 @@
 //   conv2d_bwd_weight partial[z][k][(c,r,s)] over the z-th slice of the (n,oh,ow)
 //                     reduction (split-K: that reduction is long and M x N small);
 //                     conv2d_bwd_weight_reduce sums the slices in order z = 0, 1, ...
-//   conv2d_bwd_data_direct, conv2d_bwd_weight_direct: not GEMMs, one thread per
-//                     dx or dw element, for few channels or few short filters, where
-//                     a GEMM tile would be mostly padding (see each kernel below;
+//   conv2d_fwd_direct, conv2d_bwd_data_direct, conv2d_bwd_weight_direct: not GEMMs,
+//                     one thread per y, dx or dw element, for few filters, few
+//                     channels or few short filters, where a GEMM tile would be
+//                     mostly padding (see each kernel below;
 //                     gpunet/cuda/conv2d_plan.py chooses)
 //   conv2d_bwd_bias   db[k] = sum dy[:, k]: per-block partial sums over runs of the
 //                     (n,oh,ow) values (fixed tree), summed in run order by
@@ -48,6 +49,7 @@
 #define TILE_K 8
 #endif
 #define GEMM_THREADS 256
+#define DIRECT_THREADS 256  // the block of the _direct kernels (not GEMMs)
 // Blocks an SM must hold (the second argument of the GEMMs' __launch_bounds__):
 // two of 8 warps in float, so that one block's FMAs hide the other's barrier and
 // loads; ptxas then keeps a thread to 65536 / (2 * 256) = 128 registers. The double
@@ -415,6 +417,50 @@ conv2d_fwd_tf32(const real_t* __restrict__ x, const real_t* __restrict__ w,
     conv2d_fwd_tile<TileSquare, true>(x, w, bias, y, geometry, taps);
 }
 
+// ---- forward, direct: one thread per output, for few filters ----------------------
+// For K <= 16 filters (LeNet's 6 and 16) a GEMM tile of 64 rows would issue 4 to 64
+// times the useful multiply-adds. Block (x, k) computes y[n, k, oh, ow] for 256
+// consecutive (n, oh, ow), thread by thread, summing over (c, r, s) in that order
+// (the GEMM's) with taps in the padding skipped (predicated: issued, not useful);
+// filter k goes through shared memory FWD_DIRECT_TAPS weights at a time (whole
+// channels; the launcher takes R S <= FWD_DIRECT_TAPS), where every lane of a warp
+// reads the same address; x reads run along ow. Deterministic: one thread writes each
+// output once, in a fixed order.
+#define FWD_DIRECT_TAPS 2048
+extern "C" __global__ void __launch_bounds__(DIRECT_THREADS, 4)
+conv2d_fwd_direct(const real_t* __restrict__ x, const real_t* __restrict__ w,
+                  const real_t* __restrict__ bias, real_t* __restrict__ y,
+                  const ConvGeometry* __restrict__ geometry) {
+    __shared__ real_t ws[FWD_DIRECT_TAPS];
+    const ConvGeometry g = *geometry;
+    const int k = blockIdx.y, P = g.OH * g.OW, RS = g.R * g.S, HW = g.H * g.W;
+    const int j = blockIdx.x * DIRECT_THREADS + threadIdx.x;
+    const bool valid = j < g.N * P;
+    const int n = valid ? j / P : 0, p = j - n * P, oh = p / g.OW, ow = p - oh * g.OW;
+    const int ih0 = oh * g.sh - g.pt, iw0 = ow * g.sw - g.pl;
+    const int per = FWD_DIRECT_TAPS / RS;  // whole channels of the filter a pass
+    const real_t* xc = x + n * g.C * HW + ih0 * g.W + iw0;
+    acc_t acc = 0;
+    for (int c0 = 0; c0 < g.C; c0 += per) {
+        const int taps = (g.C - c0 < per ? g.C - c0 : per) * RS;
+        __syncthreads();  // the last pass's weights are read
+        for (int i = threadIdx.x; i < taps; i += DIRECT_THREADS)
+            ws[i] = w[(k * g.C + c0) * RS + i];
+        __syncthreads();
+        if (!valid) continue;
+        for (int c = 0; c < taps; c += RS, xc += HW) {
+            for (int r = 0; r < g.R; ++r) {
+                if ((unsigned)(ih0 + r) >= (unsigned)g.H) continue;
+                for (int s = 0; s < g.S; ++s) {
+                    if ((unsigned)(iw0 + s) < (unsigned)g.W)
+                        acc += (acc_t)ws[c + r * g.S + s] * (acc_t)xc[r * g.W + s];
+                }
+            }
+        }
+    }
+    if (valid) y[(n * g.K + k) * P + p] = (real_t)(acc + (acc_t)bias[k]);
+}
+
 // ---- backward data: rows c, columns (n,h,w), reduction (k,r,s) ---------------------
 // taps[t] = {k*OH*OW, r, s, k*C*R*S + r*S + s}
 template <class Tile>
@@ -517,7 +563,6 @@ conv2d_bwd_data_tf32(const real_t* __restrict__ dy, const real_t* __restrict__ w
 // written once, in a fixed order, no atomics. Threads of a block share the phase
 // (the same taps: no divergence but at the border) and run along w (dy reads coalesce,
 // weight reads are the same address across the warp).
-#define DIRECT_THREADS 256
 extern "C" __global__ void __launch_bounds__(DIRECT_THREADS, 4)
 conv2d_bwd_data_direct(const real_t* __restrict__ dy, const real_t* __restrict__ w,
                        real_t* __restrict__ dx, const ConvGeometry* __restrict__ geometry) {

@@ -94,14 +94,19 @@ def forward(x, weight, bias, stride, pads, out_hw):
         if bias is not None:
             y += bias.reshape(k, 1, 1)
         return y, ConvContext(x, weight, bias is not None, geom, sizes, stride, pads)
-    taps = table(xp, ("conv2d forward taps", c, h, w, r, s),
-                 lambda: forward_taps(c, h, w, r, s), numpy.int32)
     y = new_output(xp, (n, k, oh, ow), x.dtype)
     plan = conv2d_plan.forward_plan(sizes, stride, pads, x.dtype, _tf32(xp),
                                     runtime.sm_count(xp))
+    taps = None if plan.kernel.endswith("_direct") else \
+        table(xp, ("conv2d forward taps", c, h, w, r, s), lambda: forward_taps(c, h, w, r, s),
+              numpy.int32)
     bias_arg = _zeros(xp, k, x.dtype) if bias is None else xp.ascontiguousarray(bias)
-    runtime.launch("conv2d", plan.kernel, x.dtype, plan.grid, GEMM_BLOCK,
-                   (x, weight, bias_arg, y, geom, taps))
+    if plan.kernel == "conv2d_fwd_direct":
+        runtime.launch("conv2d", plan.kernel, x.dtype, plan.grid, (plan.tile[1], 1, 1),
+                       (x, weight, bias_arg, y, geom))
+    else:
+        runtime.launch("conv2d", plan.kernel, x.dtype, plan.grid, GEMM_BLOCK,
+                       (x, weight, bias_arg, y, geom, taps))
     return y, ConvContext(x, weight, bias is not None, geom, sizes, stride, pads)
 
 

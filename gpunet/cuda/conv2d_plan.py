@@ -37,6 +37,13 @@ class Plan:
     useful: int
     split: int = 1
     chunk: int = 0
+    most_blocks: int = 0  # the most blocks the pass could take (split-K at MIN_SLICE)
+
+    @property
+    def a_wave_of_work(self) -> bool:
+        """Whether the pass has work for at least one wave of blocks: its blocks, or
+        as many as slices of MIN_SLICE terms would make."""
+        return max(self.blocks, self.most_blocks) >= self.sms * self.blocks_per_sm
 
     @property
     def blocks(self) -> int:
@@ -102,17 +109,55 @@ def _gemm(kernel, dtype, rows, cols, steps_per_block, grid, sms, useful, split=1
                 blocks * rows * cols * steps_per_block * TILE_K, useful, split, chunk)
 
 
-def forward_plan(sizes, stride, pads, dtype, tf32: bool, sms: int) -> Plan:
+DIRECT_MAX_C = 16     # backward data with at most this many channels: the direct kernel
+DIRECT_THREADS = 256  # the direct kernels' block (kernels/conv2d.cu)
+DIRECT_BLOCKS_PER_SM = 4  # their __launch_bounds__ minimum
+MIN_SLICE = 256   # split-K: no slice of the reduction shorter than this many terms
+MAX_WAVES = 4     # split-K: no more slices than fill this many waves
+GOOD_FILL = 0.75  # the wave fill issue 26 asks of a pass with a wave of work
+
+
+def fill_score(waves: float) -> float:
+    """How full the launched waves are, a grid under one wave counted by its share of
+    one (split_k's measure)."""
+    return waves / math.ceil(waves) if waves >= 1 else waves
+
+
+def _row_gemm(kernel, dtype, rows, cols, grid, total, sms, useful) -> Plan:
+    """The forward or backward-data GEMM over ``grid`` tiles and a reduction of
+    ``total`` terms, in one slice (``most_blocks``: what split-K could launch)."""
+    plan = _gemm(kernel, dtype, rows, cols, ceil_div(total, TILE_K), grid, sms, useful)
+    return dataclasses.replace(
+        plan, most_blocks=grid[0] * grid[1] * max(1, ceil_div(total, MIN_SLICE)))
+
+
+FWD_DIRECT_MAX_K = 16     # the forward with at most this many filters: the direct kernel
+FWD_DIRECT_TAPS = 2048    # its filter taps in shared memory at once (kernels/conv2d.cu)
+
+
+def direct_forward_plan(sizes, stride, pads, sms: int) -> Plan:
+    """conv2d_fwd_direct: a thread per output, block (x, k) over 256 outputs (n, oh,
+    ow) of filter k; a warp issues C R S multiply-adds a lane (padding taps
+    predicated)."""
     n, c, h, w, k, r, s, oh, ow = sizes
+    outputs = n * oh * ow
+    grid = (ceil_div(outputs, DIRECT_THREADS), k, 1)
+    return Plan("conv2d_fwd_direct", (1, DIRECT_THREADS), grid, DIRECT_BLOCKS_PER_SM, sms,
+                k * ceil_div(outputs, 32) * 32 * c * r * s, useful_macs(sizes, stride, pads))
+
+
+def forward_plan(sizes, stride, pads, dtype, tf32: bool, sms: int) -> Plan:
+    """The direct kernel for few filters (a GEMM tile of 64 rows would issue 4 to 64
+    times the work); else the GEMM."""
+    n, c, h, w, k, r, s, oh, ow = sizes
+    if k <= FWD_DIRECT_MAX_K and r * s <= FWD_DIRECT_TAPS:
+        return direct_forward_plan(sizes, stride, pads, sms)
     suffix, rows, cols = tile(k, dtype, tf32)
     grid = (ceil_div(n * oh * ow, cols), ceil_div(k, rows), 1)
-    return _gemm("conv2d_fwd" + suffix, dtype, rows, cols, ceil_div(c * r * s, TILE_K), grid,
-                 sms, useful_macs(sizes, stride, pads))
+    return _row_gemm("conv2d_fwd" + suffix, dtype, rows, cols, grid, c * r * s, sms,
+                     useful_macs(sizes, stride, pads))
 
 
-DIRECT_MAX_C = 16     # backward data with at most this many channels: the direct kernel
-DIRECT_THREADS = 256  # its block (kernels/conv2d.cu)
-DIRECT_BLOCKS_PER_SM = 4  # its __launch_bounds__ minimum
 
 
 def _phases(size: int, pad: int, stride: int, taps: int):
@@ -148,12 +193,10 @@ def data_plan(sizes, stride, pads, dtype, tf32: bool, sms: int) -> Plan:
         return direct_data_plan(sizes, stride, pads, sms)
     suffix, rows, cols = tile(c, dtype, tf32)
     grid = (ceil_div(n * h * w, cols), ceil_div(c, rows), 1)
-    return _gemm("conv2d_bwd_data" + suffix, dtype, rows, cols, ceil_div(k * r * s, TILE_K),
-                 grid, sms, useful_macs(sizes, stride, pads))
+    return _row_gemm("conv2d_bwd_data" + suffix, dtype, rows, cols, grid, k * r * s, sms,
+                     useful_macs(sizes, stride, pads))
 
 
-MIN_SLICE = 256   # split-K: no slice of the reduction shorter than this many terms
-MAX_WAVES = 4     # split-K: no more slices than fill this many waves
 
 
 def split_k(total: int, tiles: int, slots: int, slice_size: int = 1) -> tuple[int, int]:
@@ -171,7 +214,7 @@ def split_k(total: int, tiles: int, slots: int, slice_size: int = 1) -> tuple[in
         chunk = ceil_div(ceil_div(total, wanted), 4 * TILE_K) * 4 * TILE_K
         splits = ceil_div(total, chunk)
         waves = tiles * splits / slots
-        score = waves / math.ceil(waves) if waves >= 1 else waves
+        score = fill_score(waves)
         if best is None or score > best[0] + 1e-9:
             best = (score, splits, chunk)
     return best[1], best[2]
@@ -186,7 +229,8 @@ def direct_weight_plan(sizes, stride, pads, sms: int) -> Plan:
     splits, chunk = split_k(total, tiles, sms * DIRECT_BLOCKS_PER_SM, outputs)
     return Plan("conv2d_bwd_weight_direct", (1, DIRECT_THREADS), (tiles, splits, 1),
                 DIRECT_BLOCKS_PER_SM, sms, ceil_div(outputs, 32) * 32 * total,
-                useful_macs(sizes, stride, pads), splits, chunk)
+                useful_macs(sizes, stride, pads), splits, chunk,
+                tiles * max(1, ceil_div(total, MIN_SLICE)))
 
 
 def weight_plan(sizes, stride, pads, dtype, tf32: bool, sms: int) -> Plan:
@@ -205,4 +249,5 @@ def weight_plan(sizes, stride, pads, dtype, tf32: bool, sms: int) -> Plan:
     steps = (splits - 1) * (chunk // TILE_K) + ceil_div(total - (splits - 1) * chunk, TILE_K)
     plan = _gemm("conv2d_bwd_weight" + suffix, dtype, rows, cols, 0, grid, sms,
                  useful_macs(sizes, stride, pads), splits, chunk)
-    return dataclasses.replace(plan, issued=grid[0] * grid[1] * rows * cols * steps * TILE_K)
+    return dataclasses.replace(plan, issued=grid[0] * grid[1] * rows * cols * steps * TILE_K,
+                               most_blocks=tiles * max(1, ceil_div(total, MIN_SLICE)))
