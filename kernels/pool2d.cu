@@ -157,6 +157,5 @@ extern "C" __global__ void avg_pool2d_fwd(const real_t* __restrict__ x, real_t* 
 extern "C" __global__ void avg_pool2d_bwd(const real_t* __restrict__ dy, real_t* __restrict__ dx,
                                           const PoolGeometry* __restrict__ geometry,
                                           const acc_t* __restrict__ reciprocal) {
-    const PoolGeometry g = *geometry;
-    gather_windows(dx, g, ToAll{dy, reciprocal, &g});
+    gather_windows(dx, *geometry, ToAll{dy, reciprocal, geometry});
 }
