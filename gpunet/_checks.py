@@ -28,6 +28,14 @@ def non_negative_int(name: str, value) -> int:
     return int(value)
 
 
+def boolean(name: str, value) -> bool:
+    """``True`` or ``False`` (NumPy's bools too), nothing else: a flag given 0, 1 or a
+    string is a mistake, not a choice."""
+    if not isinstance(value, (bool, numpy.bool_)):
+        raise ValueError(f"{name}: expected True or False, got {value!r}")
+    return bool(value)
+
+
 def pair(name: str, value, check=positive_int) -> tuple[int, int]:
     """An int or a pair of ints as ``(h, w)``, each passing ``check``."""
     if isinstance(value, (tuple, list)):

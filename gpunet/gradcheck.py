@@ -19,6 +19,7 @@ import numpy
 from . import _checks
 from .backend import to_numpy
 from .nn import Dropout, LeakyReLU, MaxPool2d, Module, ReLU
+from .ops.common import pool_pads
 from .optim.optimizers import l2_gradient
 
 __all__ = ["gradcheck", "GradcheckReport", "ParamCheck"]
@@ -218,8 +219,11 @@ def _watch_kinks(model: Module, eps: float) -> tuple[dict[str, int], list]:
 
     def pool_kinks(layer, x):
         x = to_numpy(x)
-        (kh, kw), (sh, sw), (ph, pw) = layer.kernel_size, layer.stride, layer.padding
-        x = numpy.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=-numpy.inf)
+        (kh, kw), (sh, sw) = layer.kernel_size, layer.stride
+        # ceil mode's windows overhang the bottom/right: pad those too
+        ((pt, pb), (pl, pr)), _ = pool_pads(x.shape, layer.kernel_size, layer.stride,
+                                            layer.padding, layer.ceil_mode)
+        x = numpy.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=-numpy.inf)
         windows = numpy.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))
         windows = windows[:, :, ::sh, ::sw].reshape(*windows.shape[:2], -1, kh * kw)
         top = numpy.sort(windows, axis=-1)[..., -2:]

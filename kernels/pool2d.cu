@@ -1,8 +1,14 @@
 // Max and average pooling over NCHW, contiguous.
 //
-// Geometry: window (R, S), stride (sh, sw), padding (ph, pw) on each side,
-//   output OH = (H + 2 ph - R) / sh + 1 (likewise OW); padding is -inf for max
-//   and 0 for average, whose divisor is always R*S (PyTorch count_include_pad).
+// Geometry: window (R, S), stride (sh, sw), padding (ph, pw) on each side; the
+//   output size OH, OW comes from the host (floor((H + 2 ph - R) / sh) + 1, or
+//   PyTorch's ceil_mode, whose last window may overhang the bottom/right padding:
+//   positions outside the input are skipped whatever their side). Padding is -inf
+//   for max; average divides each window's sum by the size of its part inside the
+//   count bounds [h_lo, h_hi) x [w_lo, w_hi) (from the host: the padded input with
+//   PyTorch's count_include_pad, the input alone without), never the overhang. It
+//   multiplies by reciprocal[count], a host table of 1/k for k <= R*S: a floating-point
+//   division is an out-of-line slow-path routine on the GPU.
 // Thread mapping: forward, one thread per output element (reading each window row
 //   of a 2-wide, stride-2 window as one 2-element vector where aligned); backward,
 //   one thread per input-gradient element, which gathers from every window that covers it
@@ -11,15 +17,24 @@
 //   maximum in row-major order (ties keep the first; NaN propagates), so the
 //   backward pass routes each window's gradient to exactly one input.
 // Indices are 32-bit; divisions by the output and input sizes and by the strides go
-// through `divide`, and the average's 1 / (R S) comes from the host.
+// through `divide`.
 #include "common.cuh"
 
 // Passed as a pointer to int32 in device memory (the launcher caches one per shape);
-// each *_magic, *_shift pair divides by the size named (runtime.fast_divisor).
+// each *_magic, *_shift pair divides by the size named (runtime.fast_divisor);
+// [h_lo, h_hi) x [w_lo, w_hi), in input coordinates, is what an average's divisor counts.
 struct PoolGeometry {
     int N, C, H, W, OH, OW, R, S, sh, sw, ph, pw, ow_magic, ow_shift, oh_magic, oh_shift,
-        w_magic, w_shift, h_magic, h_shift, sh_magic, sh_shift, sw_magic, sw_shift;
+        w_magic, w_shift, h_magic, h_shift, sh_magic, sh_shift, sw_magic, sw_shift, h_lo, h_hi,
+        w_lo, w_hi;
 };
+
+// The divisor of average window (oh, ow): its positions inside the count bounds
+// (1 to R*S: every window starts inside the input or its top/left padding).
+__device__ __forceinline__ int window_count(const PoolGeometry& g, int oh, int ow) {
+    const int h0 = oh * g.sh - g.ph, w0 = ow * g.sw - g.pw;
+    return (min(h0 + g.R, g.h_hi) - max(h0, g.h_lo)) * (min(w0 + g.S, g.w_hi) - max(w0, g.w_lo));
+}
 
 // Output element i as (plane, oh, ow).
 __device__ __forceinline__ void output_position(int i, const PoolGeometry& g, int& plane, int& oh,
@@ -82,11 +97,10 @@ extern "C" __global__ void max_pool2d_fwd(const real_t* __restrict__ x, real_t* 
     argmax[i] = best_offset;
 }
 
-// dx[i] = sum of dy over the windows covering input element i whose gradient
-// `routes(o, offset)` sends there (offset = r*S + s of i inside window o).
+// dx[i] = sum over the windows o = (oh, ow) covering input element i of the share
+// `routes(o, oh, ow, offset)` of dy[o] sent there (offset = r*S + s of i inside window o).
 template <class Routes>
-__device__ void gather_windows(const real_t* __restrict__ dy, real_t* __restrict__ dx,
-                               const PoolGeometry& g, acc_t scale, Routes routes) {
+__device__ void gather_windows(real_t* __restrict__ dx, const PoolGeometry& g, Routes routes) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= g.N * g.C * g.H * g.W) return;
     const int q = divide(i, g.w_magic, g.w_shift), w = i - q * g.W;
@@ -99,40 +113,49 @@ __device__ void gather_windows(const real_t* __restrict__ dy, real_t* __restrict
     for (int oh = oh_lo; oh <= oh_hi; ++oh)
         for (int ow = ow_lo; ow <= ow_hi; ++ow) {
             const int o = (nc * g.OH + oh) * g.OW + ow;
-            if (routes(o, (hp - oh * g.sh) * g.S + (wp - ow * g.sw))) sum += dy[o];
+            sum += routes(o, oh, ow, (hp - oh * g.sh) * g.S + (wp - ow * g.sw));
         }
-    dx[i] = (real_t)(sum * scale);
+    dx[i] = (real_t)sum;
 }
 
-struct ToArgmax {  // max pooling: only the window's (first) maximum
+struct ToArgmax {  // max pooling: all of dy[o] to the window's (first) maximum
+    const real_t* dy;
     const int* argmax;
-    __device__ bool operator()(int o, int offset) const { return argmax[o] == offset; }
+    __device__ acc_t operator()(int o, int, int, int offset) const {
+        return argmax[o] == offset ? (acc_t)dy[o] : (acc_t)0;
+    }
 };
 
-struct ToAll {  // average pooling: every input of the window
-    __device__ bool operator()(int, int) const { return true; }
+struct ToAll {  // average pooling: dy[o] over the window's divisor to each of its inputs
+    const real_t* dy;
+    const acc_t* reciprocal;
+    const PoolGeometry* g;
+    __device__ acc_t operator()(int o, int oh, int ow, int) const {
+        return (acc_t)dy[o] * reciprocal[window_count(*g, oh, ow)];
+    }
 };
 
 extern "C" __global__ void max_pool2d_bwd(const real_t* __restrict__ dy,
                                           const int* __restrict__ argmax, real_t* __restrict__ dx,
                                           const PoolGeometry* __restrict__ geometry) {
-    gather_windows(dy, dx, *geometry, (acc_t)1, ToArgmax{argmax});
+    gather_windows(dx, *geometry, ToArgmax{dy, argmax});
 }
 
-// inv_area = 1 / (R S), from the host.
 extern "C" __global__ void avg_pool2d_fwd(const real_t* __restrict__ x, real_t* __restrict__ y,
                                           const PoolGeometry* __restrict__ geometry,
-                                          acc_t inv_area, int pairs) {
+                                          const acc_t* __restrict__ reciprocal, int pairs) {
     const PoolGeometry g = *geometry;
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= g.N * g.C * g.OH * g.OW) return;
     acc_t sum = 0;
     visit_window(x, g, i, pairs, [&](real_t v, int) { sum += v; });
-    y[i] = (real_t)(sum * inv_area);
+    int nc, oh, ow;
+    output_position(i, g, nc, oh, ow);
+    y[i] = (real_t)(sum * reciprocal[window_count(g, oh, ow)]);
 }
 
 extern "C" __global__ void avg_pool2d_bwd(const real_t* __restrict__ dy, real_t* __restrict__ dx,
                                           const PoolGeometry* __restrict__ geometry,
-                                          acc_t inv_area) {
-    gather_windows(dy, dx, *geometry, inv_area, ToAll{});
+                                          const acc_t* __restrict__ reciprocal) {
+    gather_windows(dx, *geometry, ToAll{dy, reciprocal, geometry});
 }

@@ -1,6 +1,7 @@
 """Naive float64 references (obviously right, loops over outputs) and an
 assertion that reports the max error and the first bad index."""
 import importlib.util
+import math
 import os
 
 import numpy
@@ -83,40 +84,63 @@ def conv2d_backward_ref(x, w, dy, stride, pads):
     return dx, dw, dy.sum(axis=(0, 2, 3))
 
 
-def pool_ref(x, kernel, stride, pad, mode):
-    """Max (first maximum in row-major order wins) or mean (padding counted) of
-    each window; returns ``(y, dx_for(dy))``."""
+def pool_out_ref(n, f, s, p, ceil_mode=False):
+    """PyTorch's pooling output size, from its documented rule: ``floor`` or ``ceil``
+    of ``(n + 2p - f) / s``, plus 1, less a last window starting in the right padding."""
+    out = (math.ceil if ceil_mode else math.floor)((n + 2 * p - f) / s) + 1
+    if ceil_mode and (out - 1) * s >= n + p:
+        out -= 1
+    return out
+
+
+def pool_ref(x, kernel, stride, pad, mode, ceil_mode=False, count_include_pad=True):
+    """Max (first maximum in row-major order wins) or mean of each window, by loops
+    in input coordinates: window ``(i, j)`` covers rows ``i*sh - ph ..`` and columns
+    ``j*sw - pw ..``, of which only those inside the input are read. The mean's
+    divisor counts the window's positions inside the padded input
+    (``count_include_pad``, never ceil mode's overhang) or inside the input alone.
+    Returns ``(y, dx_for(dy))``."""
     x = numpy.float64(x)
-    pads = ((pad[0], pad[0]), (pad[1], pad[1]))
-    xpad = _pad(x, pads, -numpy.inf if mode == "max" else 0.0)
     n_, c_, h, w = x.shape
-    oh, ow = _out(h, kernel[0], stride[0], pads[0]), _out(w, kernel[1], stride[1], pads[1])
+    oh, ow = (pool_out_ref(n, f, s, p, ceil_mode) for n, f, s, p in
+              zip((h, w), kernel, stride, pad))
+
+    def window(i, j):
+        """The window's input rows and columns, and its divisor."""
+        h0, w0 = i * stride[0] - pad[0], j * stride[1] - pad[1]
+        rows = [r for r in range(h0, h0 + kernel[0]) if 0 <= r < h]
+        cols = [q for q in range(w0, w0 + kernel[1]) if 0 <= q < w]
+        if count_include_pad:
+            count = (min(h0 + kernel[0], h + pad[0]) - h0) * (min(w0 + kernel[1], w + pad[1]) - w0)
+        else:
+            count = len(rows) * len(cols)
+        return rows, cols, count
+
     y = numpy.zeros((n_, c_, oh, ow))
     argmax = {}
     for n, c, i, j in numpy.ndindex(n_, c_, oh, ow):
-        hs, ws = i * stride[0], j * stride[1]
+        rows, cols, count = window(i, j)
         if mode == "max":
             best, where = -numpy.inf, None
-            for r in range(kernel[0]):
-                for s in range(kernel[1]):
-                    v = xpad[n, c, hs + r, ws + s]
-                    if where is None or v > best:
-                        best, where = v, (hs + r, ws + s)
+            for r in rows:
+                for q in cols:
+                    if where is None or x[n, c, r, q] > best:
+                        best, where = x[n, c, r, q], (r, q)
             y[n, c, i, j], argmax[n, c, i, j] = best, where
         else:
-            y[n, c, i, j] = xpad[n, c, hs:hs + kernel[0], ws:ws + kernel[1]].sum() / (
-                kernel[0] * kernel[1])
+            y[n, c, i, j] = sum(x[n, c, r, q] for r in rows for q in cols) / count
 
     def backward(dy):
-        dxpad = numpy.zeros_like(xpad)
+        dx = numpy.zeros_like(x)
         for n, c, i, j in numpy.ndindex(*dy.shape):
             if mode == "max":
-                dxpad[(n, c) + argmax[n, c, i, j]] += dy[n, c, i, j]
+                dx[(n, c) + argmax[n, c, i, j]] += dy[n, c, i, j]
             else:
-                hs, ws = i * stride[0], j * stride[1]
-                dxpad[n, c, hs:hs + kernel[0], ws:ws + kernel[1]] += dy[n, c, i, j] / (
-                    kernel[0] * kernel[1])
-        return dxpad[:, :, pad[0]:pad[0] + h, pad[1]:pad[1] + w]
+                rows, cols, count = window(i, j)
+                for r in rows:
+                    for q in cols:
+                        dx[n, c, r, q] += dy[n, c, i, j] / count
+        return dx
 
     return y, backward
 

@@ -3,8 +3,10 @@ downloads from a local HTTP server, CIFAR-10, splits, batches, transforms."""
 import gzip
 import hashlib
 import http.server
+import io
 import os
 import pickle
+import tarfile
 import threading
 
 import numpy
@@ -13,6 +15,7 @@ import pytest
 import gpunet
 from gpunet.data import (
     DatasetError,
+    cifar,
     datasets,
     load_cifar10,
     load_fashion_mnist,
@@ -131,9 +134,21 @@ class _Server:
     """A static file server on 127.0.0.1 for one test; counts requests."""
 
     def __init__(self, folder):
-        handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(  # noqa: E731
-            *a, directory=str(folder), **k)
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.requests = 0
+        server = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, directory=str(folder), **kwargs)
+
+            def do_GET(self):
+                server.requests += 1
+                super().do_GET()
+
+            def log_message(self, *args):  # keep the test output quiet
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
@@ -239,6 +254,112 @@ def test_cifar10_wrong_binary_size(tmp_path):
     (folder / "test_batch.bin").write_bytes(b"\x00" * 3000)
     with pytest.raises(DatasetError, match="test_batch.bin: wrong size"):
         load_cifar10(tmp_path)
+
+
+def _fake_cifar_archive(folder, batches, extra=()):
+    """A small cifar-10-python.tar.gz in ``folder``, laid out as the real one (python
+    batches under cifar-10-batches-py/, plus batches.meta and ``extra`` members);
+    returns its SHA-256."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "cifar-10-python.tar.gz"
+    members = {name: pickle.dumps({b"batch_label": name.encode(), b"labels": labels.tolist(),
+                                   b"data": data, b"filenames": [b"a"] * len(labels)},
+                                  protocol=2) for name, (data, labels) in batches.items()}
+    members["batches.meta"] = pickle.dumps({b"label_names": [b"airplane"] * 10}, protocol=2)
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in [*(("cifar-10-batches-py/" + k, v) for k, v in members.items()),
+                           *extra]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def cifar_cache(monkeypatch, tmp_path):
+    """The search path isolated from the machine's real data and caches."""
+    monkeypatch.setenv("GPUNET_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("GPUNET_DATA", raising=False)
+    monkeypatch.delenv("GPUNET_MIRROR", raising=False)
+    monkeypatch.setattr(datasets, "DEBIAN_ROOT", str(tmp_path / "debian"))
+    return tmp_path
+
+
+def test_cifar10_download_from_a_local_mirror_is_verified_unpacked_and_cached(
+        cifar_cache, monkeypatch):
+    """The archive comes from $GPUNET_MIRROR (a server on 127.0.0.1), is checked
+    against the SHA-256 passed in, unpacked into the cache (the archive removed, no
+    temporary files left) and found there next time without a request. A member
+    outside cifar-10-batches-py/ (../evil) is never written anywhere."""
+    batches = _cifar_batches(numpy.random.default_rng(5))
+    digest = _fake_cifar_archive(cifar_cache / "mirror", batches,
+                                 extra=[("../evil", b"x"), ("/tmp/gpunet-evil", b"x")])
+    archive = cifar.Archive("cifar-10-python.tar.gz", digest, ("http://127.0.0.1:9/",))
+    with _Server(cifar_cache / "mirror") as server:
+        monkeypatch.setenv("GPUNET_MIRROR", server.url)
+        (x, y), (xt, yt) = load_cifar10(archive=archive)
+        assert server.requests == 1
+        assert numpy.array_equal(load_cifar10(split="test", archive=archive)[1], yt)
+        assert server.requests == 1  # the second call read the cache
+    assert x.shape == (20, 3, 32, 32) and xt.shape == (4, 3, 32, 32)
+    assert numpy.array_equal(x[4:8].reshape(4, -1), batches["data_batch_2"][0])
+    assert numpy.array_equal(yt, batches["test_batch"][1])
+    assert os.listdir(cifar_cache / "cache/cifar10") == ["cifar-10-batches-py"]
+    assert sorted(os.listdir(cifar_cache / "cache/cifar10/cifar-10-batches-py")) == sorted(
+        batches)
+    assert not (cifar_cache / "cache/evil").exists() and not (cifar_cache / "evil").exists()
+    assert not os.path.exists("/tmp/gpunet-evil")
+
+
+def test_cifar10_real_checksum_is_the_official_archive():
+    assert cifar.CIFAR10_ARCHIVE.filename == "cifar-10-python.tar.gz"
+    assert cifar.CIFAR10_ARCHIVE.sha256 == (
+        "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce")
+
+
+@pytest.mark.parametrize("corruption", ["checksum", "truncated", "missing batch"])
+def test_cifar10_corrupt_download_is_refused_and_leaves_nothing(cifar_cache, monkeypatch,
+                                                                 corruption):
+    """A wrong SHA-256 is refused before unpacking; an archive whose checksum matches
+    but which is truncated or lacks a batch is refused while unpacking. Either way the
+    cache folder is left empty: no archive, no batches, no temporary files."""
+    batches = _cifar_batches(numpy.random.default_rng(6))
+    if corruption == "missing batch":
+        del batches["data_batch_4"]
+    digest = _fake_cifar_archive(cifar_cache / "mirror", batches)
+    path = cifar_cache / "mirror/cifar-10-python.tar.gz"
+    if corruption == "truncated":
+        path.write_bytes(path.read_bytes()[:-200])
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if corruption == "checksum":
+        digest = "0" * 64
+    archive = cifar.Archive("cifar-10-python.tar.gz", digest, ())
+    match = {"checksum": "checksum mismatch.*SHA-256 [0-9a-f]{64}, expected 0{64}",
+             "truncated": "not a readable tar.gz",
+             "missing batch": "has no cifar-10-batches-py/data_batch_4"}[corruption]
+    with _Server(cifar_cache / "mirror") as server:
+        monkeypatch.setenv("GPUNET_MIRROR", server.url)
+        with pytest.raises(DatasetError, match=match):
+            load_cifar10(archive=archive)
+    assert os.listdir(cifar_cache / "cache/cifar10") == []
+
+
+def test_cifar10_not_found_says_where_to_put_it(cifar_cache, monkeypatch, tmp_path):
+    """Nothing found and the mirror has no archive (404): the error lists where it
+    looked, why the download failed, and names $GPUNET_DATA and --data-root; an
+    explicit root that lacks the batches says the same, without downloading."""
+    (tmp_path / "empty-mirror").mkdir()
+    with _Server(tmp_path / "empty-mirror") as server:
+        monkeypatch.setenv("GPUNET_MIRROR", server.url)
+        with pytest.raises(DatasetError) as error:
+            load_cifar10()
+        assert server.requests == 1
+        message = str(error.value)
+        assert "cache/cifar10" in message and "download failed" in message and "404" in message
+        assert "$GPUNET_DATA" in message and "--data-root" in message
+        with pytest.raises(DatasetError, match=r"no CIFAR-10 batches.*\$GPUNET_DATA.*--data-root"):
+            load_cifar10(tmp_path / "empty-mirror")
+        assert server.requests == 1  # an explicit root is never downloaded into
 
 
 # -- splits, batches, transforms ------------------------------------------------------------

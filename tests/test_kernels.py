@@ -427,6 +427,45 @@ def test_pool_kernels_match_the_xp_path(device, kind, case, rng):
     assert_close(dx, device.get(ctx_ref.backward(dy)[0]), 1e-12, 1e-12, "dx")
 
 
+POOL_OPTION_CASES = [  # N, C, H, W, kernel, stride, padding: windows over the border
+    (1, 1, 5, 5, (2, 2), (2, 2), (1, 1)),   # ceil's last window would start in the padding
+    (1, 2, 6, 6, (3, 3), (2, 2), (1, 1)),   # ceil's last window overhangs the padding
+    (2, 1, 8, 7, (3, 3), (3, 3), (1, 1)),   # stride 3, overhang on the right only
+    (1, 2, 5, 6, (2, 3), (1, 2), (1, 1)),   # stride 1 rows, rectangular
+    (2, 3, 7, 8, (3, 2), (2, 2), (1, 0)),   # window rows read as pairs, W even
+    (1, 1, 7, 5, (2, 2), (3, 3), (0, 0)),   # stride > kernel, W odd
+]
+
+
+@pytest.mark.parametrize("kind, ceil_mode, count_include_pad", [
+    ("max", True, True), ("avg", True, True), ("avg", True, False), ("avg", False, False)],
+    ids=["max-ceil", "avg-ceil", "avg-ceil-exclude-pad", "avg-exclude-pad"])
+@pytest.mark.parametrize("case", POOL_OPTION_CASES, ids=str)
+def test_pool_kernel_options_match_the_xp_path(device, kind, ceil_mode, count_include_pad,
+                                               case, rng):
+    """ceil_mode and count_include_pad: the kernels' output sizes and per-window
+    divisors (window_count) against the textbook path, float64 and float32."""
+    kwargs = {"ceil_mode": ceil_mode}
+    if kind == "avg":
+        kwargs["count_include_pad"] = count_include_pad
+    n, c, h, w, kernel, stride, pad = case
+    fwd = {"max": ops.max_pool2d_forward, "avg": ops.avg_pool2d_forward}[kind]
+    for dtype in ("float64", "float32"):
+        x = device.put(rng.standard_normal((n, c, h, w)).astype(dtype))
+        y_ref, ctx_ref = fwd(x, kernel, stride, pad, use_kernels=False, **kwargs)
+        dy = device.put(rng.standard_normal(y_ref.shape).astype(dtype))
+
+        def run(x=x, dy=dy):
+            y, ctx = fwd(x, kernel, stride, pad, use_kernels=True, **kwargs)
+            assert isinstance(ctx, pool_kernels.PoolContext)
+            return device.get(y), device.get(ctx.backward(dy)[0])
+
+        y, dx = twice(run)
+        assert y.dtype == dx.dtype == numpy.dtype(dtype)
+        assert_kernel_close(y, device.get(y_ref), dtype, f"y ({dtype})")
+        assert_kernel_close(dx, device.get(ctx_ref.backward(dy)[0]), dtype, f"dx ({dtype})")
+
+
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("shape", [(4, 3), (2, 3, 5), (3, 2, 4, 5), (1, 2, 3, 3)]
                          + LAYER_BN_SHAPES, ids=str)

@@ -11,13 +11,20 @@ from ..ops.common import Context, crop, pad_input, window_offsets
 from . import parallel
 
 
-def forward(kind: str, x, kernel, stride, pads, out_hw):
+def forward(kind: str, x, kernel, stride, pads, out_hw, divisor=None):
     """``(y, ctx)`` of ``"max"`` or ``"avg"`` pooling of the NumPy array ``x``
-    (arguments checked by :mod:`gpunet.ops.pool2d`)."""
-    pool = _max_pool if kind == "max" else _avg_pool
-    return parallel.forward_in_chunks(f"{kind}_pool2d",
-                                      lambda x_part: pool(x_part, kernel, stride, pads, out_hw),
-                                      x, x.size, (*x.shape[:2], *out_hw))
+    (arguments checked by :mod:`gpunet.ops.pool2d`; ``pads`` hold ceil mode's
+    overhang, ``divisor`` is the average windows' ``(OH, OW)`` divisors)."""
+    if kind == "max":
+        def pool(x_part):
+            return _max_pool(x_part, kernel, stride, pads, out_hw)
+    else:
+        divisor = divisor.astype(x.dtype)
+
+        def pool(x_part):
+            return _avg_pool(x_part, kernel, stride, pads, out_hw, divisor)
+    return parallel.forward_in_chunks(f"{kind}_pool2d", pool, x, x.size,
+                                      (*x.shape[:2], *out_hw))
 
 
 class MaxPoolContext(Context):
@@ -132,29 +139,30 @@ def _route_along(dy, offset, axis, kernel, stride, in_shape):
 
 
 class AvgPoolContext(Context):
-    __slots__ = ("x_shape", "kernel", "stride", "pads")
+    __slots__ = ("x_shape", "kernel", "stride", "pads", "divisor")
 
-    def __init__(self, x_shape, kernel, stride, pads, out_hw):
+    def __init__(self, x_shape, kernel, stride, pads, out_hw, divisor):
         super().__init__("avg_pool2d", (*x_shape[:2], *out_hw))
         self.x_shape, self.kernel, self.stride, self.pads = x_shape, kernel, stride, pads
+        self.divisor = divisor
 
     def _backward(self, dy, input_grad):
-        """``dx``: each window's gradient spread evenly over its ``R*S`` inputs."""
+        """``dx``: each window's gradient over its divisor, to each of its inputs."""
         (pt, pb), (pl, pr) = self.pads
         n, c, h, w = self.x_shape
-        share = dy / (self.kernel[0] * self.kernel[1])
+        share = dy / self.divisor
         dx_padded = numpy.zeros((n, c, h + pt + pb, w + pl + pr), dtype=dy.dtype)
         for _, rows, cols in window_offsets(self.kernel, self.stride, dy.shape[2:]):
             dx_padded[:, :, rows, cols] += share
         return (crop(dx_padded, self.x_shape, self.pads),)
 
 
-def _avg_pool(x, kernel, stride, pads, out_hw):
+def _avg_pool(x, kernel, stride, pads, out_hw, divisor):
     x_padded = pad_input(x, pads)
     offsets = window_offsets(kernel, stride, out_hw)
     _, rows, cols = next(offsets)
     total = x_padded[:, :, rows, cols].copy()
     for _, rows, cols in offsets:
         total += x_padded[:, :, rows, cols]
-    return total / (kernel[0] * kernel[1]), AvgPoolContext(tuple(x.shape), kernel, stride,
-                                                           pads, out_hw)
+    return total / divisor, AvgPoolContext(tuple(x.shape), kernel, stride, pads, out_hw,
+                                           divisor)

@@ -29,12 +29,16 @@ def _progress(total: int | None, desc: str):
     return tqdm(total=total, unit="B", unit_scale=True, desc=desc, leave=False)
 
 
-def download(url: str, dest: str, md5: str | None = None, timeout: float = 60.0) -> str:
-    """Fetch ``url`` to ``dest`` (atomically); with ``md5`` the downloaded bytes must
-    match it. Returns ``dest``. Network and checksum failures raise DatasetError."""
+def download(url: str, dest: str, md5: str | None = None, timeout: float = 60.0,
+             sha256: str | None = None) -> str:
+    """Fetch ``url`` to ``dest`` (atomically); with ``md5`` or ``sha256`` the
+    downloaded bytes must match it, else nothing lands at ``dest``. Returns ``dest``.
+    Network and checksum failures raise DatasetError."""
     folder = os.path.dirname(os.path.abspath(dest))
     os.makedirs(folder, exist_ok=True)
-    digest = hashlib.md5(usedforsecurity=False)
+    expected = sha256 if sha256 is not None else md5
+    digest = hashlib.sha256() if sha256 is not None else hashlib.md5(usedforsecurity=False)
+    algorithm = "SHA-256" if sha256 is not None else "MD5"
     fd, tmp = tempfile.mkstemp(prefix=".download-", dir=folder)
     try:
         with os.fdopen(fd, "wb") as out:
@@ -51,9 +55,9 @@ def download(url: str, dest: str, md5: str | None = None, timeout: float = 60.0)
                 raise DatasetError(f"{dest}: download from {url} failed: {exc}") from None
             out.flush()
             os.fsync(out.fileno())
-        if md5 is not None and digest.hexdigest() != md5:
-            raise DatasetError(f"{dest}: checksum mismatch for {url}: MD5 "
-                               f"{digest.hexdigest()}, expected {md5}")
+        if expected is not None and digest.hexdigest() != expected:
+            raise DatasetError(f"{dest}: checksum mismatch for {url}: {algorithm} "
+                               f"{digest.hexdigest()}, expected {expected}")
         os.replace(tmp, dest)
     finally:
         if os.path.exists(tmp):

@@ -7,20 +7,16 @@ from .module import Module
 
 
 class _Pool2d(Module):
-    _forward = None
-
-    def __init__(self, kernel_size, stride=None, padding=0):
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False):
         super().__init__()
         self.kernel_size = _checks.pair("kernel_size", kernel_size)
         self.stride = self.kernel_size if stride is None else _checks.pair("stride", stride)
         self.padding = _checks.pair("padding", padding, _checks.non_negative_int)
+        self.ceil_mode = _checks.boolean("ceil_mode", ceil_mode)
 
     def extra_repr(self) -> str:
-        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
-
-    def forward(self, x):
-        y, self._ctx = type(self)._forward(x, self.kernel_size, self.stride, self.padding)
-        return y
+        return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+                f"ceil_mode={self.ceil_mode}")
 
     def backward(self, dy):
         dx, = self._saved().backward(dy)
@@ -28,15 +24,41 @@ class _Pool2d(Module):
 
 
 class MaxPool2d(_Pool2d):
-    """Maximum of each window; backward routes to the first maximum of each window."""
+    """Maximum of each window; backward routes to the first maximum of each window.
 
-    _forward = staticmethod(max_pool2d_forward)
+    ``ceil_mode=True`` rounds the output size up, as PyTorch: windows may overhang
+    the bottom/right, but each starts inside the input or its left/top padding.
+    ``ceil_mode`` is keyword-only: PyTorch's fourth positional is ``dilation``.
+    """
+
+    def __init__(self, kernel_size, stride=None, padding=0, *, ceil_mode=False):
+        super().__init__(kernel_size, stride, padding, ceil_mode)
+
+    def forward(self, x):
+        y, self._ctx = max_pool2d_forward(x, self.kernel_size, self.stride, self.padding,
+                                          ceil_mode=self.ceil_mode)
+        return y
 
 
 class AvgPool2d(_Pool2d):
-    """Mean of each window, padding counted as zeros (PyTorch's default)."""
+    """Mean of each window: ``y = sum / divisor``. The divisor counts padded zeros
+    with ``count_include_pad=True`` (PyTorch's default), only inputs with ``False``;
+    with ``ceil_mode=True`` (output size rounded up, as PyTorch) the overhang beyond
+    the padding is never counted."""
 
-    _forward = staticmethod(avg_pool2d_forward)
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False,
+                 count_include_pad=True):
+        super().__init__(kernel_size, stride, padding, ceil_mode)
+        self.count_include_pad = _checks.boolean("count_include_pad", count_include_pad)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, count_include_pad={self.count_include_pad}"
+
+    def forward(self, x):
+        y, self._ctx = avg_pool2d_forward(x, self.kernel_size, self.stride, self.padding,
+                                          ceil_mode=self.ceil_mode,
+                                          count_include_pad=self.count_include_pad)
+        return y
 
 
 class AdaptiveAvgPool2d(Module):

@@ -112,6 +112,51 @@ def output_hw(x_shape, kernel, stride, pads) -> tuple[int, int]:
     return tuple(output_size(n, f, s, p) for n, f, s, p in zip(x_shape[2:], kernel, stride, pads))
 
 
+def pool_output_size(size: int, kernel: int, stride: int, pad: int,
+                     ceil_mode: bool = False) -> int:
+    """PyTorch's pooling output size: ``floor((n + 2p - f) / s) + 1``, or with
+    ``ceil_mode`` the ceiling, less the last window if it would start in the right
+    padding (every window starts inside the input or its left padding)."""
+    span = size + 2 * pad - kernel
+    count = (-(-span // stride) if ceil_mode else span // stride) + 1
+    if ceil_mode and (count - 1) * stride >= size + pad:
+        count -= 1
+    return count
+
+
+def pool_pads(x_shape, kernel, stride, padding, ceil_mode=False):
+    """``(pads, out_hw)`` of pooling with symmetric ``padding`` ``(ph, pw)``: ``pads``
+    is ``((top, bottom), (left, right))`` with ceil mode's overhang added to the
+    bottom and right, so that :func:`output_hw` of ``pads`` is ``out_hw`` and every
+    window lies inside the padded input (max pools it as -inf, average as 0)."""
+    pads, out_hw = [], []
+    for n, f, s, p in zip(x_shape[2:], kernel, stride, padding):
+        count = pool_output_size(n, f, s, p, ceil_mode)
+        pads.append((p, max(p, (count - 1) * s + f - n - p)))
+        out_hw.append(count)
+    return tuple(pads), tuple(out_hw)
+
+
+def avg_pool_bounds(x_shape, padding, count_include_pad=True):
+    """Per axis, the stretch ``[lo, hi)`` (input coordinates) whose positions an
+    average window counts in its divisor: ``[-p, n + p)`` with ``count_include_pad``
+    (the padding, not ceil mode's overhang beyond it), else ``[0, n)``."""
+    return tuple((-p, n + p) if count_include_pad else (0, n)
+                 for n, p in zip(x_shape[2:], padding))
+
+
+def avg_pool_divisor(x_shape, kernel, stride, padding, out_hw, count_include_pad=True):
+    """The ``(OH, OW)`` float64 NumPy array of each average window's divisor, as
+    PyTorch counts it: the window's part inside :func:`avg_pool_bounds`, a product
+    of one count per axis."""
+    counts = []
+    for f, s, p, o, (lo, hi) in zip(kernel, stride, padding, out_hw,
+                                    avg_pool_bounds(x_shape, padding, count_include_pad)):
+        start = numpy.arange(o) * s - p
+        counts.append(numpy.minimum(start + f, hi) - numpy.maximum(start, lo))
+    return numpy.outer(*counts).astype(numpy.float64)
+
+
 def check_window(where, x_shape, kernel, pads):
     """The (padded) input must hold at least one window."""
     for axis, (n, f, p) in enumerate(zip(x_shape[2:], kernel, pads)):
