@@ -78,9 +78,41 @@ def _zeros(xp, k, dtype):
     return table(xp, ("conv2d zero bias", k), lambda: numpy.zeros(k), dtype)
 
 
-def forward(x, weight, bias, stride, pads, out_hw):
-    """``(y, ctx)``; arguments already validated by ``ops.conv2d_forward``."""
+class DilatedContext(Context):
+    """A dilated convolution run as the undilated one of its zero-filled filter: the
+    backward's dweight is that filter's gradient at the real taps."""
+
+    __slots__ = ("inner", "dilation")
+
+    def __init__(self, inner, dilation):
+        super().__init__("conv2d", inner.out_shape)
+        self.inner, self.dilation = inner, dilation
+
+    def _backward(self, dy, input_grad):
+        xp = get_array_module(dy)
+        dx, dweight, dbias = self.inner.backward(dy, input_grad)
+        dh, dw = self.dilation
+        return dx, xp.ascontiguousarray(dweight[:, :, ::dh, ::dw]), dbias
+
+
+def dilate(xp, weight, dilation):
+    """``(K, C, d_h (R - 1) + 1, d_w (S - 1) + 1)``: ``weight`` with ``d - 1`` zeros
+    between its taps, the filter that reads what the dilated one reads."""
+    k, c, r, s = weight.shape
+    dh, dw = dilation
+    spread = xp.zeros((k, c, dh * (r - 1) + 1, dw * (s - 1) + 1), weight.dtype)
+    spread[:, :, ::dh, ::dw] = weight
+    return spread
+
+
+def forward(x, weight, bias, stride, pads, out_hw, dilation=(1, 1)):
+    """``(y, ctx)``; arguments already validated by ``ops.conv2d_forward``. A
+    ``dilation`` above 1 runs the kernels on :func:`dilate`'s filter (the plans see
+    its size: the zero taps are issued work, as the padding's are)."""
     xp = get_array_module(x)
+    if tuple(dilation) != (1, 1):
+        y, ctx = forward(x, dilate(xp, weight, dilation), bias, stride, pads, out_hw)
+        return y, DilatedContext(ctx, tuple(dilation))
     x, weight = xp.ascontiguousarray(x), xp.ascontiguousarray(weight)
     n, c, h, w = x.shape
     k, _, r, s = weight.shape
