@@ -176,7 +176,8 @@ def torch_twin(model, torch):
         return twin
     if isinstance(layer, own.Conv2d):
         twin = nn_.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size,
-                          layer.stride, layer.padding, bias=layer.bias is not None)
+                          layer.stride, layer.padding, layer.dilation, layer.groups,
+                          bias=layer.bias is not None)
     elif isinstance(layer, own.Linear):
         twin = nn_.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
     elif isinstance(layer, (own.MaxPool2d, own.AvgPool2d)):

@@ -56,7 +56,8 @@ def test_the_torch_twin_of_a_model_computes_what_it_computes(rng):
     torch = pytest.importorskip("torch")
     for make, shape in [(lambda: models.lenet5(batch_norm=True), (3, 1, 32, 32)),
                         (models.alexnet_cifar, (2, 3, 32, 32)),
-                        (lambda: models.alexnet(num_classes=7, lrn=True), (1, 3, 224, 224))]:
+                        (lambda: models.alexnet(num_classes=7, lrn=True), (1, 3, 224, 224)),
+                        (lambda: models.alexnet(num_classes=7, groups=2), (1, 3, 224, 224))]:
         ours = make().eval()
         twin = benchmarks.torch_twin(ours, torch).eval()
         assert list(twin.state_dict()) == list(ours.state_dict())

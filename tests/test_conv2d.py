@@ -280,3 +280,156 @@ def test_an_empty_batch_gives_empty_outputs_and_zero_gradients(algorithm):
     assert dx.shape == (0, 3, 8, 8)
     assert not dweight.any() and dweight.shape == weight.shape
     assert not dbias.any() and dbias.shape == (2,)
+
+
+# (N, C, H, W, K, R, S, stride, padding, dilation, groups): dilation along one axis
+# or both, 'same' padding of a dilated kernel, depthwise (groups = C) with a
+# channel multiplier, a dilated 1x1 (no effect), stride and dilation together.
+GROUPED_DILATED = [
+    (2, 6, 9, 11, 4, 3, 2, (2, 1), (1, 2), (2, 3), 2),
+    (1, 4, 7, 7, 6, 3, 3, 1, "same", 2, 1),
+    (2, 6, 8, 8, 6, 3, 3, 1, 1, 1, 3),
+    (3, 4, 10, 9, 8, 2, 3, (1, 2), 0, (3, 1), 4),
+    (1, 3, 9, 8, 3, 3, 3, 2, 2, 2, 3),
+    (2, 2, 6, 5, 4, 1, 1, 1, 0, 2, 2),
+]
+
+
+def _torch_conv(x, weight, bias, dy, stride, padding, dilation, groups):
+    """PyTorch's y, dx, dweight, dbias (float64)."""
+    torch = pytest.importorskip("torch")
+    tx, tw, tb = (torch.tensor(a, dtype=torch.float64, requires_grad=True)
+                  for a in (x, weight, bias))
+    y = torch.nn.functional.conv2d(tx, tw, tb, stride, padding, dilation, groups)
+    y.backward(torch.tensor(dy, dtype=torch.float64))
+    return [a.detach().numpy() for a in (y, tx.grad, tw.grad, tb.grad)]
+
+
+def _grouped_run(xp, case, rng, dtype):
+    n, c, h, w, k, r, s, stride, padding, dilation, groups = case
+    x = rng.standard_normal((n, c, h, w))
+    weight = rng.standard_normal((k, c // groups, r, s))
+    bias = rng.standard_normal(k)
+    put = lambda a: xp.asarray(a.astype(dtype))  # noqa: E731
+    y, ctx = ops.conv2d_forward(put(x), put(weight), put(bias), stride, padding,
+                                dilation=dilation, groups=groups)
+    dy = rng.standard_normal(y.shape)
+    got = [to_numpy(a) for a in (y, *ctx.backward(put(dy)))]
+    return (x, weight, bias, dy), got
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("case", GROUPED_DILATED, ids=str)
+def test_grouped_dilated_conv2d_matches_torch_in_float64(xp, case, rng):
+    """Forward and backward of groups and dilation on every path (the xp fixture: CPU
+    accelerators on, off, and the CUDA kernels) equal PyTorch's to 1e-10."""
+    (x, weight, bias, dy), got = _grouped_run(xp, case, rng, "float64")
+    refs = _torch_conv(x, weight, bias, dy, *case[7:])
+    for name, g, ref in zip(("y", "dx", "dweight", "dbias"), got, refs):
+        assert_close(g, ref, 1e-10, 1e-10, name)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("case", GROUPED_DILATED, ids=str)
+def test_grouped_dilated_conv2d_float32_within_the_rounding_bound(xp, case, rng):
+    """float32 against PyTorch's float64 on the same inputs: a sum of ``m`` products
+    of float32-rounded factors is off by at most ``(m + 2) u sum |a| |b|`` (``u =
+    2**-24``; the inputs' own rounding adds 2u), ``m`` the reduction length of each
+    output: C/groups R S + 1 for y (the bias), K/groups R S for dx, N OH OW for
+    dweight and dbias. TF32 is turned off (its 10-bit products have their own
+    bound, test_kernels.py)."""
+    from gpunet.cuda import runtime
+    n, c, h, w, k, r, s, stride, padding, dilation, groups = case
+    allowed = runtime.allow_tf32()
+    runtime.set_allow_tf32(False)
+    try:
+        (x, weight, bias, dy), got = _grouped_run(xp, case, rng, "float32")
+    finally:
+        runtime.set_allow_tf32(allowed)
+    refs = _torch_conv(x, weight, bias, dy, stride, padding, dilation, groups)
+    scales = _torch_conv(numpy.abs(x), numpy.abs(weight), numpy.abs(bias), numpy.abs(dy),
+                         stride, padding, dilation, groups)
+    pixels = n * refs[0].shape[2] * refs[0].shape[3]
+    lengths = (c // groups * r * s + 1, k // groups * r * s, pixels, pixels)
+    for name, g, ref, scale, m in zip(("y", "dx", "dweight", "dbias"), got, refs, scales,
+                                      lengths):
+        assert g.dtype == numpy.float32, name
+        bound = (m + 2) * 2.0**-24 * scale
+        excess = numpy.abs(g - ref) - bound
+        assert excess.max() <= 0, f"{name}: {excess.max():.3e} over the bound"
+
+
+def test_dilation_on_numpy_takes_the_xp_path_groups_the_accelerators(rng):
+    """The CPU accelerators have no dilation: a dilated convolution on NumPy runs the
+    im2col reference even with them on; an undilated grouped one runs them, a group
+    at a time."""
+    from gpunet.ops import conv2d as xp_conv2d
+    x = rng.standard_normal((2, 4, 8, 8))
+    weight = rng.standard_normal((6, 2, 3, 3))
+    enabled = ops.cpu_accelerators_enabled()
+    ops.set_cpu_accelerators_enabled(True)
+    try:
+        _, ctx = ops.conv2d_forward(x, weight[:, :1].repeat(4, 1), dilation=2)
+        assert isinstance(ctx, xp_conv2d.Im2colContext)
+        _, ctx = ops.conv2d_forward(x, weight, groups=2, dilation=(1, 2))
+        assert isinstance(ctx, xp_conv2d.GroupedContext)
+        assert all(isinstance(part, xp_conv2d.Im2colContext) for part in ctx.contexts)
+        _, ctx = ops.conv2d_forward(x, weight, groups=2)
+        assert len(ctx.contexts) == 2
+        assert all(part.__class__.__module__.startswith("gpunet.cpu.")
+                   for part in ctx.contexts)
+    finally:
+        ops.set_cpu_accelerators_enabled(enabled)
+    with pytest.raises(ValueError, match="algorithm='im2col'.*no dilation"):
+        ops.conv2d_forward(x, weight, groups=2, dilation=2, algorithm="im2col")
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: nn.Conv2d(4, 6, 3, groups=4), r"groups: expected a divisor of out_channels=6"),
+    (lambda: nn.Conv2d(5, 6, 3, groups=2), r"groups: expected a divisor of in_channels=5"),
+    (lambda: nn.Conv2d(4, 6, 3, groups=0), r"groups: expected a positive int, got 0"),
+    (lambda: nn.Conv2d(4, 6, 3, dilation=0), r"dilation: expected a positive int, got 0"),
+    (lambda: nn.Conv2d(4, 6, 3, dilation=(1, -1)), r"dilation\[1\]: expected a positive"),
+    (lambda: ops.conv2d_forward(numpy.zeros((1, 5, 6, 6)), numpy.zeros((4, 5, 3, 3)),
+                                groups=2), r"groups: expected a divisor .* 5 channels"),
+    (lambda: ops.conv2d_forward(numpy.zeros((1, 4, 6, 6)), numpy.zeros((3, 2, 3, 3)),
+                                groups=2), r"groups: expected a divisor .* 3 filters"),
+    (lambda: ops.conv2d_forward(numpy.zeros((1, 4, 6, 6)), numpy.zeros((4, 4, 3, 3)),
+                                groups=2), r"x has 4 channels .* weight expects 8"),
+    (lambda: ops.conv2d_forward(numpy.zeros((1, 4, 6, 6)), numpy.zeros((4, 4, 3, 3)),
+                                dilation=0), r"dilation: expected a positive int, got 0"),
+    (lambda: ops.conv2d_forward(numpy.zeros((1, 1, 4, 4)), numpy.zeros((1, 1, 3, 3)),
+                                dilation=2), r"kernel height 5 is larger than the padded"),
+])
+def test_groups_and_dilation_errors(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+@pytest.mark.torch
+def test_grouped_dilated_layer_has_torch_weight_shape_and_output(xp, rng):
+    torch = pytest.importorskip("torch")
+    layer = nn.Conv2d(6, 4, (3, 2), stride=(2, 1), padding=(1, 2), dilation=(2, 3),
+                      groups=2).to(dtype="float64")
+    assert layer.weight.data.shape == (4, 3, 3, 2)
+    assert sum(p.data.size for p in layer.parameters()) == 4 * 3 * 3 * 2 + 4
+    assert "dilation=(2, 3), groups=2" in repr(layer)
+    x = rng.standard_normal((2, 6, 9, 11))
+    weight, bias = to_numpy(layer.weight.data), to_numpy(layer.bias.data)
+    ref = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(weight),
+                                     torch.from_numpy(bias), (2, 1), (1, 2), (2, 3), 2)
+    assert_close(layer(xp.asarray(x)), ref.numpy(), 1e-10, 1e-10)
+
+
+def test_gradcheck_through_a_grouped_dilated_layer(rng):
+    """Centred differences agree with the backward of a small grouped, dilated,
+    strided, padded Conv2d, input gradient included."""
+    from gpunet import gradcheck
+    from gpunet.losses import MSELoss
+    layer = nn.Conv2d(4, 6, 3, stride=(1, 2), padding=2, dilation=(2, 1), groups=2)
+    x = rng.standard_normal((2, 4, 6, 7))
+    model = nn.Sequential(layer, nn.Flatten())
+    target = rng.standard_normal((2, 6 * 6 * 5))
+    assert model(x.astype(numpy.float32)).shape == target.shape
+    report = gradcheck(model, MSELoss(), x, target, eps=1e-6)
+    assert report.max_rel_error < 1e-7, report

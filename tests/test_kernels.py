@@ -884,3 +884,65 @@ def test_benchmark_plans_issue_at_most_twice_the_useful_work():
         assert plan.overwork <= 2, (case, name, plan)
         if name == "weight" and plan.a_wave_of_work:
             assert conv_plan.fill_score(plan.waves) >= conv_plan.GOOD_FILL, (case, name, plan)
+
+
+# (N, C, H, W, K, R, S, stride, padding, dilation, groups): per group few filters and
+# channels (the direct forward and data kernels on the spread filter), more than 16
+# of both (the GEMMs with dilated tap tables), and a dilation along one axis only.
+GROUPED_DILATED_CASES = [
+    (2, 4, 9, 8, 6, 3, 2, (1, 2), (2, 1), (2, 3), 2),
+    (1, 36, 7, 6, 34, 3, 3, (1, 1), 2, (2, 2), 2),
+    (2, 18, 8, 9, 20, 2, 3, (2, 1), (1, 2), (3, 1), 1),
+    (1, 6, 7, 7, 6, 3, 3, (2, 2), 1, (1, 1), 6),
+]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("case", GROUPED_DILATED_CASES, ids=str)
+def test_grouped_dilated_conv2d_kernels_match_the_xp_path(device, case, dtype, rng):
+    """Groups and dilation through the kernels (emulated, and behind the double)
+    against the xp path: a ConvContext per group, each pass launched, the GEMMs with
+    their dilated tap tables where the plan picks them."""
+    n, c, h, w, k, r, s, stride, padding, dilation, groups = case
+    x, weight, bias = (device.put(rng.standard_normal(shape).astype(dtype))
+                       for shape in ((n, c, h, w), (k, c // groups, r, s), (k,)))
+    kwargs = {"dilation": dilation, "groups": groups}
+    y_ref, ctx_ref = ops.conv2d_forward(x, weight, bias, stride, padding, use_kernels=False,
+                                        **kwargs)
+    dy = device.put(rng.standard_normal(y_ref.shape).astype(dtype))
+    refs = [device.get(a) for a in (y_ref, *ctx_ref.backward(dy))]
+    allowed = runtime.allow_tf32()
+    runtime.set_allow_tf32(False)
+    try:
+        def run():
+            y, ctx = ops.conv2d_forward(x, weight, bias, stride, padding, use_kernels=True,
+                                        **kwargs)
+            parts = ctx.contexts if groups > 1 else [ctx]
+            assert all(isinstance(p, conv_kernels.ConvContext) for p in parts)
+            return tuple(device.get(a) for a in (y, *ctx.backward(dy)))
+        got = twice(run)
+    finally:
+        runtime.set_allow_tf32(allowed)
+    for g, ref, name in zip(got, refs, ("y", "dx", "dweight", "dbias")):
+        assert_kernel_close(g, ref, dtype, f"{name} ({dtype})")
+
+
+def test_dilated_plans_use_tap_tables_and_count_zero_taps_as_waste():
+    """Dilated: the forward and data GEMMs keep the real R S reduction (taps from the
+    table, nothing wasted on zeros); the direct kernels and the weight pass run the
+    spread filter, their zero taps issued but not useful."""
+    sizes = (2, 32, 12, 12, 32, 3, 3, 8, 8)  # 3x3 dilated by 2: spans 5x5, pad 0 -> 8x8
+    real = conv_plan.useful_macs(sizes, dilation=(2, 2))
+    assert real == 2 * 32 * 32 * 9 * 64  # every tap inside x: no padding
+    forward = conv_plan.forward_plan(sizes, (1, 1), ((0, 0), (0, 0)), "float64", False, 100,
+                                     (2, 2))
+    assert forward.kernel == "conv2d_fwd_wide" and forward.useful == real
+    spread = conv_plan.forward_plan(conv_plan.spread_sizes(sizes, (2, 2)), (1, 1),
+                                    ((0, 0), (0, 0)), "float64", False, 100)
+    assert forward.issued * 25 == spread.issued * 9  # C R S = 288 terms, not C 5 5 = 800
+    few = conv_plan.forward_plan((2, 32, 12, 12, 4, 3, 3, 8, 8), (1, 1), ((0, 0), (0, 0)),
+                                 "float64", False, 100, (2, 2))
+    assert few.kernel == "conv2d_fwd_direct" and few.overwork > 25 / 9 * 0.99
+    weight = conv_plan.weight_plan(sizes, (1, 1), ((0, 0), (0, 0)), "float64", False, 100,
+                                   (2, 2))
+    assert weight.useful == real and weight.overwork >= 25 / 9 * 0.99

@@ -38,6 +38,32 @@ def test_published_parameter_counts():
     assert n_params(shapes_of(models.lenet5)) == 61_706
 
 
+def test_alexnet_on_two_gpus_has_the_papers_parameter_count():
+    """models.alexnet(groups=2): the paper's widths, conv2, conv4 and conv5 in two
+    groups: 60,965,224 parameters, as the summary states; torchvision's keys."""
+    model = shapes_of(lambda: models.alexnet(groups=2))
+    assert n_params(model) == 60_965_224
+    assert [k for k, _ in model.named_parameters()] == \
+        [k for k, _ in shapes_of(models.alexnet).named_parameters()]
+    convs = [m for m in model.modules() if isinstance(m, gpunet.nn.Conv2d)]
+    assert [m.groups for m in convs] == [1, 2, 1, 2, 2]
+    assert [m.weight.shape for m in convs] == [(96, 3, 11, 11), (256, 48, 5, 5),
+                                               (384, 256, 3, 3), (384, 192, 3, 3),
+                                               (256, 192, 3, 3)]
+    with pytest.raises(ValueError, match="groups: expected 1 .* or 2 .*, got 3"):
+        models.alexnet(groups=3)
+
+
+def test_summary_of_the_two_gpu_alexnet(capsys):
+    table = models.summary(models.alexnet(num_classes=1000, groups=2), (3, 224, 224))
+    assert table.total_params == 60_965_224
+    assert "total parameters: 60,965,224" in capsys.readouterr().out
+    conv2 = [row for row in table.rows if row.kind == "Conv2d"][1]
+    assert conv2.shape == (256, 27, 27)
+    # a grouped layer's mult-adds: K (C / groups) R S per output pixel, bias aside
+    assert conv2.macs == (256 * 48 * 25 + 256) * 27 * 27
+
+
 def test_vgg16_parameter_count_and_keys():
     model = shapes_of(models.vgg16)
     assert n_params(model) == 138_357_544

@@ -29,14 +29,29 @@ def tile(rows: int, dtype, tensor_cores: bool = True) -> tuple[str, int, int]:
 
 
 class ConvContext(Context):
-    __slots__ = ("x", "weight", "has_bias", "geometry", "sizes", "stride", "pads")
+    __slots__ = ("x", "weight", "has_bias", "geometry", "sizes", "stride", "pads", "dilation",
+                 "_spread")
 
-    def __init__(self, x, weight, has_bias, geometry, sizes, stride=(1, 1), pads=((0, 0), (0, 0))):
+    def __init__(self, x, weight, has_bias, geometry, sizes, stride=(1, 1), pads=((0, 0), (0, 0)),
+                 dilation=(1, 1)):
         n, _, _, _, k, _, _, oh, ow = sizes
         super().__init__("conv2d", (n, k, oh, ow))
         self.x, self.weight, self.has_bias, self.geometry = x, weight, has_bias, geometry
         self.sizes = sizes  # (N, C, H, W, K, R, S, OH, OW)
-        self.stride, self.pads = tuple(stride), pads
+        self.stride, self.pads, self.dilation = tuple(stride), pads, tuple(dilation)
+        self._spread = None
+
+    def spread(self):
+        """``(weight, geometry, sizes)`` of the spread filter (:func:`dilate`); the
+        real ones without dilation."""
+        if self.dilation == (1, 1):
+            return self.weight, self.geometry, self.sizes
+        if self._spread is None:
+            xp = get_array_module(self.weight)
+            sizes = conv2d_plan.spread_sizes(self.sizes, self.dilation)
+            self._spread = (dilate(xp, self.weight, self.dilation),
+                            _geometry(xp, sizes, self.stride, self.pads), sizes)
+        return self._spread
 
     def _backward(self, dy, input_grad):
         return backward(dy, self, input_grad)
@@ -49,16 +64,19 @@ def _geometry(xp, sizes, stride, pads):
     return geometry(xp, with_divisors(values, (ow, oh * ow, w, h * w, s, r * s, *stride)))
 
 
-def forward_taps(c, h, w, r, s):
-    """Per reduction index t = (c, r, s): ``(c H W + r W + s, r, s, 0)``."""
+def forward_taps(c, h, w, r, s, dilation=(1, 1)):
+    """Per reduction index t = (c, r, s), with ``(i, j) = (r d_h, s d_w)`` the tap's
+    place in the window: ``(c H W + i W + j, i, j, 0)``."""
     cc, rr, ss = numpy.meshgrid(numpy.arange(c), numpy.arange(r), numpy.arange(s), indexing="ij")
-    return numpy.stack([cc * h * w + rr * w + ss, rr, ss, numpy.zeros_like(cc)], -1).ravel()
+    ii, jj = rr * dilation[0], ss * dilation[1]
+    return numpy.stack([cc * h * w + ii * w + jj, ii, jj, numpy.zeros_like(cc)], -1).ravel()
 
 
-def data_taps(k, c, oh, ow, r, s):
-    """Per reduction index t = (k, r, s): ``(k OH OW, r, s, k C R S + r S + s)``."""
+def data_taps(k, c, oh, ow, r, s, dilation=(1, 1)):
+    """Per reduction index t = (k, r, s): ``(k OH OW, r d_h, s d_w, k C R S + r S + s)``."""
     kk, rr, ss = numpy.meshgrid(numpy.arange(k), numpy.arange(r), numpy.arange(s), indexing="ij")
-    return numpy.stack([kk * oh * ow, rr, ss, kk * c * r * s + rr * s + ss], -1).ravel()
+    return numpy.stack([kk * oh * ow, rr * dilation[0], ss * dilation[1],
+                        kk * c * r * s + rr * s + ss], -1).ravel()
 
 
 def _check_sizes(where, n, c, h, w, k, r, s, oh, ow):
@@ -78,9 +96,24 @@ def _zeros(xp, k, dtype):
     return table(xp, ("conv2d zero bias", k), lambda: numpy.zeros(k), dtype)
 
 
-def forward(x, weight, bias, stride, pads, out_hw):
-    """``(y, ctx)``; arguments already validated by ``ops.conv2d_forward``."""
+def dilate(xp, weight, dilation):
+    """``(K, C, d_h (R - 1) + 1, d_w (S - 1) + 1)``: ``weight`` with ``d - 1`` zeros
+    between its taps, the filter that reads what the dilated one reads."""
+    k, c, r, s = weight.shape
+    dh, dw = dilation
+    spread = xp.zeros((k, c, dh * (r - 1) + 1, dw * (s - 1) + 1), weight.dtype)
+    spread[:, :, ::dh, ::dw] = weight
+    return spread
+
+
+def forward(x, weight, bias, stride, pads, out_hw, dilation=(1, 1)):
+    """``(y, ctx)``; arguments already validated by ``ops.conv2d_forward``. Dilated,
+    the GEMMs of the forward and backward-data read taps ``dilation`` apart from
+    their tap tables (:func:`forward_taps`, :func:`data_taps`); the direct kernels
+    and the weight gradient, which compute their taps, run :func:`dilate`'s spread
+    filter (the plans count its zero taps as issued, not useful, work)."""
     xp = get_array_module(x)
+    dilation = tuple(dilation)
     x, weight = xp.ascontiguousarray(x), xp.ascontiguousarray(weight)
     n, c, h, w = x.shape
     k, _, r, s = weight.shape
@@ -93,21 +126,22 @@ def forward(x, weight, bias, stride, pads, out_hw):
         y = xp.zeros((n, k, oh, ow), x.dtype)
         if bias is not None:
             y += bias.reshape(k, 1, 1)
-        return y, ConvContext(x, weight, bias is not None, geom, sizes, stride, pads)
+        return y, ConvContext(x, weight, bias is not None, geom, sizes, stride, pads, dilation)
+    ctx = ConvContext(x, weight, bias is not None, geom, sizes, stride, pads, dilation)
     y = new_output(xp, (n, k, oh, ow), x.dtype)
     plan = conv2d_plan.forward_plan(sizes, stride, pads, x.dtype, _tf32(xp),
-                                    runtime.sm_count(xp))
-    taps = None if plan.kernel.endswith("_direct") else \
-        table(xp, ("conv2d forward taps", c, h, w, r, s), lambda: forward_taps(c, h, w, r, s),
-              numpy.int32)
+                                    runtime.sm_count(xp), dilation)
     bias_arg = _zeros(xp, k, x.dtype) if bias is None else xp.ascontiguousarray(bias)
     if plan.kernel == "conv2d_fwd_direct":
+        spread_weight, spread_geom, _ = ctx.spread()
         runtime.launch("conv2d", plan.kernel, x.dtype, plan.grid, (plan.tile[1], 1, 1),
-                       (x, weight, bias_arg, y, geom))
+                       (x, spread_weight, bias_arg, y, spread_geom))
     else:
+        taps = table(xp, ("conv2d forward taps", c, h, w, r, s, dilation),
+                     lambda: forward_taps(c, h, w, r, s, dilation), numpy.int32)
         runtime.launch("conv2d", plan.kernel, x.dtype, plan.grid, GEMM_BLOCK,
                        (x, weight, bias_arg, y, geom, taps))
-    return y, ConvContext(x, weight, bias is not None, geom, sizes, stride, pads)
+    return y, ctx
 
 
 def _tf32(xp) -> bool:
@@ -118,20 +152,24 @@ def _weight_grad(dy, ctx: ConvContext, tensor_cores: bool):
     """dweight by split-K: partial sums per slice of the (n, oh, ow) reduction, then
     summed in slice order."""
     xp = get_array_module(dy)
-    n, c, h, w, k, r, s, oh, ow = ctx.sizes
+    weight, geom, sizes = ctx.spread()  # dilated: the spread filter's gradient
+    n, c, h, w, k, r, s, oh, ow = sizes
     dtype = dy.dtype
     crs = c * r * s
     plan = conv2d_plan.weight_plan(ctx.sizes, ctx.stride, ctx.pads, dtype,
-                                   tensor_cores and runtime.allow_tf32(), runtime.sm_count(xp))
+                                   tensor_cores and runtime.allow_tf32(), runtime.sm_count(xp),
+                                   ctx.dilation)
     splits = plan.split
     partial = new_output(xp, (splits, k, crs), dtype)
     block = (plan.tile[1], 1, 1) if plan.kernel.endswith("_direct") else GEMM_BLOCK
     runtime.launch("conv2d", plan.kernel, dtype, plan.grid, block,
-                   (dy, ctx.x, partial, ctx.geometry, numpy.int32(plan.chunk)))
-    dweight = new_output(xp, ctx.weight.shape, dtype)
+                   (dy, ctx.x, partial, geom, numpy.int32(plan.chunk)))
+    dweight = new_output(xp, weight.shape, dtype)
     runtime.launch("conv2d", "conv2d_bwd_weight_reduce", dtype, (ceil_div(k * crs, BLOCK), 1, 1),
                    (BLOCK, 1, 1), (partial, dweight, numpy.int32(k * crs), numpy.int32(splits)))
-    return dweight
+    if ctx.dilation == (1, 1):
+        return dweight
+    return xp.ascontiguousarray(dweight[:, :, ::ctx.dilation[0], ::ctx.dilation[1]])
 
 
 def backward(dy, ctx: ConvContext, input_grad: bool = True):
@@ -152,13 +190,16 @@ def backward(dy, ctx: ConvContext, input_grad: bool = True):
     elif input_grad:
         dx = new_output(xp, (n, c, h, w), dtype)
         plan = conv2d_plan.data_plan(ctx.sizes, ctx.stride, ctx.pads, dtype,
-                                     tensor_cores and runtime.allow_tf32(), runtime.sm_count(xp))
+                                     tensor_cores and runtime.allow_tf32(), runtime.sm_count(xp),
+                                     ctx.dilation)
         if plan.kernel == "conv2d_bwd_data_direct":
+            spread_weight, spread_geom, _ = ctx.spread()
             runtime.launch("conv2d", plan.kernel, dtype, plan.grid, (plan.tile[1], 1, 1),
-                           (dy, ctx.weight, dx, ctx.geometry))
+                           (dy, spread_weight, dx, spread_geom))
         else:
-            taps = table(xp, ("conv2d data taps", k, c, oh, ow, r, s),
-                         lambda: data_taps(k, c, oh, ow, r, s), numpy.int32)
+            dilation = ctx.dilation
+            taps = table(xp, ("conv2d data taps", k, c, oh, ow, r, s, dilation),
+                         lambda: data_taps(k, c, oh, ow, r, s, dilation), numpy.int32)
             runtime.launch("conv2d", plan.kernel, dtype, plan.grid, GEMM_BLOCK,
                            (dy, ctx.weight, dx, ctx.geometry, taps))
 

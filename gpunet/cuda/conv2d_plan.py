@@ -65,18 +65,27 @@ class Plan:
         return self.issued / max(1, self.useful)
 
 
-def _inside(size: int, out: int, taps: int, stride: int, pad: int) -> int:
-    """The (output, tap) pairs of one axis whose input o stride - pad + t is inside."""
-    return sum(max(0, min(out, (size - 1 + pad - t) // stride + 1)
-                   - max(0, ceil_div(pad - t, stride))) for t in range(taps))
+def _inside(size: int, out: int, taps: int, stride: int, pad: int, dilation: int = 1) -> int:
+    """The (output, tap) pairs of one axis whose input o stride - pad + t dilation is
+    inside."""
+    return sum(max(0, min(out, (size - 1 + pad - t * dilation) // stride + 1)
+                   - max(0, ceil_div(pad - t * dilation, stride))) for t in range(taps))
 
 
-def useful_macs(sizes, stride=(1, 1), pads=((0, 0), (0, 0))) -> int:
+def useful_macs(sizes, stride=(1, 1), pads=((0, 0), (0, 0)), dilation=(1, 1)) -> int:
     """``N K C`` times the (output, tap) pairs of each axis that read inside x: the
-    multiply-adds of every pass that are not a zero of the padding."""
+    multiply-adds of every pass that are not a zero of the padding (nor, dilated, a
+    zero between the taps of the spread filter a direct kernel runs)."""
     n, c, h, w, k, r, s, oh, ow = sizes
-    return n * k * c * _inside(h, oh, r, stride[0], pads[0][0]) * \
-        _inside(w, ow, s, stride[1], pads[1][0])
+    return n * k * c * _inside(h, oh, r, stride[0], pads[0][0], dilation[0]) * \
+        _inside(w, ow, s, stride[1], pads[1][0], dilation[1])
+
+
+def spread_sizes(sizes, dilation):
+    """``sizes`` with the kernel of the dilated filter spread out, zeros between its
+    taps (``d (R - 1) + 1``): what the kernels without a tap table run."""
+    n, c, h, w, k, r, s, oh, ow = sizes
+    return (n, c, h, w, k, dilation[0] * (r - 1) + 1, dilation[1] * (s - 1) + 1, oh, ow)
 
 
 def gemm_blocks_per_sm(kernel: str, dtype) -> int:
@@ -146,16 +155,19 @@ def direct_forward_plan(sizes, stride, pads, sms: int) -> Plan:
                 k * ceil_div(outputs, 32) * 32 * c * r * s, useful_macs(sizes, stride, pads))
 
 
-def forward_plan(sizes, stride, pads, dtype, tf32: bool, sms: int) -> Plan:
+def forward_plan(sizes, stride, pads, dtype, tf32: bool, sms: int, dilation=(1, 1)) -> Plan:
     """The direct kernel for few filters (a GEMM tile of 64 rows would issue 4 to 64
-    times the work); else the GEMM."""
+    times the work; dilated, on the spread filter); else the GEMM (dilated: taps
+    ``dilation`` apart in its tap table)."""
     n, c, h, w, k, r, s, oh, ow = sizes
-    if k <= FWD_DIRECT_MAX_K and r * s <= FWD_DIRECT_TAPS:
-        return direct_forward_plan(sizes, stride, pads, sms)
+    spread = spread_sizes(sizes, dilation)
+    if k <= FWD_DIRECT_MAX_K and spread[5] * spread[6] <= FWD_DIRECT_TAPS:
+        return dataclasses.replace(direct_forward_plan(spread, stride, pads, sms),
+                                   useful=useful_macs(sizes, stride, pads, dilation))
     suffix, rows, cols = tile(k, dtype, tf32)
     grid = (ceil_div(n * oh * ow, cols), ceil_div(k, rows), 1)
     return _row_gemm("conv2d_fwd" + suffix, dtype, rows, cols, grid, c * r * s, sms,
-                     useful_macs(sizes, stride, pads))
+                     useful_macs(sizes, stride, pads, dilation))
 
 
 
@@ -187,14 +199,18 @@ def direct_data_plan(sizes, stride, pads, sms: int) -> Plan:
                 issued, useful_macs(sizes, stride, pads))
 
 
-def data_plan(sizes, stride, pads, dtype, tf32: bool, sms: int) -> Plan:
+def data_plan(sizes, stride, pads, dtype, tf32: bool, sms: int, dilation=(1, 1)) -> Plan:
+    """The direct kernel for few channels (dilated: on the spread filter), else the
+    GEMM (dilated: taps ``dilation`` apart in its tap table)."""
     n, c, h, w, k, r, s, oh, ow = sizes
     if c <= DIRECT_MAX_C:
-        return direct_data_plan(sizes, stride, pads, sms)
+        return dataclasses.replace(
+            direct_data_plan(spread_sizes(sizes, dilation), stride, pads, sms),
+            useful=useful_macs(sizes, stride, pads, dilation))
     suffix, rows, cols = tile(c, dtype, tf32)
     grid = (ceil_div(n * h * w, cols), ceil_div(c, rows), 1)
     return _row_gemm("conv2d_bwd_data" + suffix, dtype, rows, cols, grid, k * r * s, sms,
-                     useful_macs(sizes, stride, pads))
+                     useful_macs(sizes, stride, pads, dilation))
 
 
 
@@ -233,9 +249,14 @@ def direct_weight_plan(sizes, stride, pads, sms: int) -> Plan:
                 tiles * max(1, ceil_div(total, MIN_SLICE)))
 
 
-def weight_plan(sizes, stride, pads, dtype, tf32: bool, sms: int) -> Plan:
+def weight_plan(sizes, stride, pads, dtype, tf32: bool, sms: int, dilation=(1, 1)) -> Plan:
     """The GEMM, or the direct kernel where the GEMM's tiles would be under half
-    used (few filters times short filters)."""
+    used (few filters times short filters). Dilated: either on the spread filter,
+    its zero taps' gradients computed and dropped (issued, not useful)."""
+    if tuple(dilation) != (1, 1):
+        return dataclasses.replace(
+            weight_plan(spread_sizes(sizes, dilation), stride, pads, dtype, tf32, sms),
+            useful=useful_macs(sizes, stride, pads, dilation))
     n, c, h, w, k, r, s, oh, ow = sizes
     crs, total = c * r * s, n * oh * ow
     suffix, rows, cols = tile(k, dtype, tf32)

@@ -183,13 +183,21 @@ def crop(x_padded, x_shape, pads):
     return x_padded[:, :, pt:pt + x_shape[2], pl:pl + x_shape[3]]
 
 
-def window_offsets(kernel, stride, out_hw):
+def window_offsets(kernel, stride, out_hw, dilation=(1, 1)):
     """``(k, rows, cols)`` for each kernel offset ``(r, s)``, ``k = r * S + s``:
     ``x_padded[..., rows, cols]`` is the ``(OH, OW)`` grid of inputs that offset
-    touches. Convolution and pooling loop over these (a few dozen at most) instead
-    of over pixels."""
+    touches (offset ``r`` reads from row ``r * dilation_h``). Convolution and
+    pooling loop over these (a few dozen at most) instead of over pixels."""
     for r in range(kernel[0]):
-        rows = slice(r, r + stride[0] * (out_hw[0] - 1) + 1, stride[0])
+        top = r * dilation[0]
+        rows = slice(top, top + stride[0] * (out_hw[0] - 1) + 1, stride[0])
         for s in range(kernel[1]):
-            yield r * kernel[1] + s, rows, slice(s, s + stride[1] * (out_hw[1] - 1) + 1,
+            left = s * dilation[1]
+            yield r * kernel[1] + s, rows, slice(left, left + stride[1] * (out_hw[1] - 1) + 1,
                                                 stride[1])
+
+
+def dilated_kernel(kernel, dilation) -> tuple[int, int]:
+    """The extent ``d (f - 1) + 1`` a kernel of ``f`` taps ``d`` apart spans, per axis:
+    the window size every output-size and padding formula takes."""
+    return tuple(d * (f - 1) + 1 for f, d in zip(kernel, dilation))
