@@ -159,7 +159,7 @@ def test_cli_evaluate_out_of_gpu_memory_says_what_to_lower(small_gpu, tmp_path, 
     small_gpu(2**20)  # LeNet-5's parameters fit (0.25 MB), 16 images' im2col does not
     code = cli.main(["evaluate", str(out / "last.npz"), "--device", "cuda"])
     line = _one_line(capsys.readouterr().err)
-    assert code == 1
+    assert code == 1, line
     assert "evaluate: out of GPU memory on cuda:0 while evaluating the synthetic test set " \
            "(evaluating 500 examples)" in line
     assert "lenet5 has 62,006 parameters" in line and "activations take" in line

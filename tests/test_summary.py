@@ -76,3 +76,12 @@ def test_cli_summary_batch_norm_and_batch_size(capsys):
     assert "total parameters: 11,173,962" in out and "555,432,330" in out
     assert main(["summary", "vgg_cifar", "--batch-norm"]) == 2
     assert "--batch-norm applies to lenet5 only" in capsys.readouterr().err
+
+
+def test_the_summary_keeps_no_activations():
+    """The summary's forward saves contexts for a backward that never comes; kept,
+    they held the model's activations (on a GPU, memory a later step needed)."""
+    from gpunet import models
+    model = models.lenet5(batch_norm=True)
+    models.summary(model, (1, 28, 28), print_table=False)
+    assert all(getattr(m, "_ctx", None) is None for m in model.modules())

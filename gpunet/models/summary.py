@@ -118,6 +118,10 @@ def summary(model: Module, input_shape, print_table: bool = True, dtype="float32
     finally:
         for _, module in leaves:
             module.__dict__.pop("forward", None)
+            # what the forward saved for a backward that never comes (im2col columns,
+            # masks): kept, it held the model's activations on the GPU after the summary
+            if module.__dict__.get("_ctx") is not None:
+                module._ctx = None
         model.train(was_training)
     table = Summary(rows, input_shape, int(batch_size), numpy.dtype(dtype).itemsize)
     if print_table:
