@@ -171,10 +171,12 @@ def stage_facts(ctx: StageContext) -> None:
 
 # -- smoke: every kernel once against the xp path --------------------------------------------
 SMOKE_CASES = {  # small and awkward: odd sizes, stride 2, padding, a tail block
-    "conv2d": (2, 3, 7, 6, 70, 3, 3, 2, 1),        # 128x128 tiles; dx on the wide one
-    "conv2d_wide": (2, 66, 5, 6, 20, 1, 1, 1, 0),  # 64x256 tiles; dx on the 128x128
-    "conv2d_direct": (2, 3, 7, 5, 6, 3, 3, 2, 1),  # few filters and channels: _direct
-    "conv2d_tf32": (2, 3, 7, 6, 70, 3, 3, 2, 1),   # TF32 allowed (float32 only)
+    # each conv kernel launched by one case at least (kernels_not_launched is a failure):
+    "conv2d": (2, 13, 7, 6, 100, 3, 3, 2, 1),       # 128x128 forward and weight GEMMs
+    "conv2d_wide": (2, 66, 5, 6, 20, 1, 1, 1, 0),   # 64-row forward; 128x128 dx GEMM
+    "conv2d_wide_grads": (2, 30, 5, 6, 64, 3, 3, 1, 1),  # 64-row dx and weight GEMMs
+    "conv2d_direct": (2, 3, 7, 5, 6, 3, 3, 2, 1),   # few filters and channels: _direct
+    "conv2d_tf32": (2, 24, 5, 6, 100, 3, 3, 1, 1),  # TF32 allowed (float32): all 3 GEMMs
     "max_pool2d": (2, 3, 7, 7, 3, 2, 1),
     "avg_pool2d": (1, 2, 6, 5, 2, 2, 0),
     "batch_norm": (3, 4, 5, 5),
@@ -184,7 +186,8 @@ SMOKE_CASES = {  # small and awkward: odd sizes, stride 2, padding, a tail block
 # Each kernel file with the smoke cases that launch its kernels: the smoke stage and
 # the sanitizer run one file per process, so that a fault is reported in the
 # process of the kernel that made it, not by whatever CUDA call comes next
-KERNEL_FILES = {"conv2d": ("conv2d", "conv2d_wide", "conv2d_direct", "conv2d_tf32"),
+KERNEL_FILES = {"conv2d": ("conv2d", "conv2d_wide", "conv2d_wide_grads", "conv2d_direct",
+                           "conv2d_tf32"),
                 "pool2d": ("max_pool2d", "avg_pool2d"),
                 "batchnorm": ("batch_norm",)}
 
