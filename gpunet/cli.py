@@ -672,13 +672,18 @@ def run_training(args, callbacks=(), test: bool = True, saver_box: list | None =
 def cmd_train(args) -> int:
     saver_box = []
     try:
-        _, scores = run_training(args, saver_box=saver_box)
+        try:
+            _, scores = run_training(args, saver_box=saver_box)
+        except Exception as exc:
+            if _interrupted(exc):  # Ctrl-C inside a library that wrapped it (an import)
+                raise KeyboardInterrupt from exc
+            raise
     except KeyboardInterrupt:
         if not saver_box:
             raise
         message = f"gpunet: interrupted; {_what_was_saved(args, saver_box[0].epoch)}"
-        gpunet_distributed.end_interrupted(message)  # several processes: never returns
-        print(message, file=sys.stderr)
+        if not gpunet_distributed.end_interrupted(message):
+            print(message, file=sys.stderr)
         return 130
     except OSError as exc:
         if not saver_box:  # before training: nothing of this run was written
@@ -689,6 +694,19 @@ def cmd_train(args) -> int:
         print(f"test accuracy: {scores['accuracy']:.4f} (loss {scores['loss']:.4f}, "
               f"{scores['images']:,} images)")
     return 0
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Whether ``exc`` is, or was raised while handling, a KeyboardInterrupt (Python
+    wraps one raised during a class's creation in a RuntimeError, as matplotlib's
+    import showed)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _what_was_saved(args, epoch) -> str:
@@ -1082,10 +1100,14 @@ def main(argv=None) -> int:
     except MemoryError as exc:  # CuPy's OutOfMemoryError is one too
         return _fail(_out_of_memory_message(args, exc), 1)
     except KeyboardInterrupt:
-        gpunet_distributed.end_interrupted("gpunet: interrupted")
-        print("gpunet: interrupted", file=sys.stderr)
+        if not gpunet_distributed.end_interrupted("gpunet: interrupted"):
+            print("gpunet: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # a bug of ours: still one line, the traceback on request
+        if _interrupted(exc):
+            if not gpunet_distributed.end_interrupted("gpunet: interrupted"):
+                print("gpunet: interrupted", file=sys.stderr)
+            return 130
         if _checks.env_flag("GPUNET_TRACEBACK"):
             raise
         return _fail(f"internal error: {type(exc).__name__}: {exc} (a bug in gpunet: please "

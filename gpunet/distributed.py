@@ -299,7 +299,7 @@ def abort(message: str, code: int = 1) -> None:
     prefix = f"rank {w.rank}/{w.size}: " if w is not None and w.size > 1 else ""
     _say(f"gpunet: {prefix}{message}")
     if w is not None and w.size > 1:
-        w.comm.Abort(code)
+        _abort_job(w, code)
     raise SystemExit(code)
 
 
@@ -309,21 +309,34 @@ def _say(line: str) -> None:
     sys.stderr.flush()
 
 
-def end_interrupted(message: str) -> None:
-    """After an interrupt (Ctrl-C) in a job of several processes, end every rank: a
-    rank that returned instead would leave the others waiting in a collective for
-    ever. Rank 0 says ``message`` (what was saved) and ends the job at once; another
-    rank first gives rank 0, interrupted by the same Ctrl-C, a moment to say it, and
-    ends the job itself if it was interrupted alone. One process: nothing to do."""
+def _abort_job(w: World, code: int) -> None:
+    # mpiexec forwards a rank's stderr through a pipe it stops reading when the job is
+    # aborted: a moment first, so that the line just said reaches the terminal
+    time.sleep(0.3)
+    w.comm.Abort(code)
+
+
+def end_interrupted(message: str) -> bool:
+    """After an interrupt (Ctrl-C) in a job of several processes: rank 0 says
+    ``message`` (what was saved); then, if every rank was interrupted (a Ctrl-C
+    reaches them all), each returns and the job ends as a whole; if one was not
+    within a few seconds (it waits in a collective for the interrupted one, for
+    ever), the job is aborted, another rank saying it was interrupted. Returns
+    whether it said ``message`` (``False`` in one process: the caller says it)."""
     w = _world
     if w is None or w.size == 1:
-        return
+        return False
     if w.is_root:
         _say(message)
-    else:
-        time.sleep(INTERRUPT_GRACE_S)
-        _say(f"gpunet: rank {w.rank}/{w.size}: interrupted")
-    w.comm.Abort(130)
+    everyone = w.comm.Ibarrier()
+    deadline = time.monotonic() + INTERRUPT_GRACE_S
+    while not everyone.Test():
+        if time.monotonic() > deadline:
+            if not w.is_root:
+                _say(f"gpunet: rank {w.rank}/{w.size}: interrupted")
+            _abort_job(w, 130)
+        time.sleep(0.01)
+    return True
 
 
 INTERRUPT_GRACE_S = 3.0

@@ -216,3 +216,20 @@ def test_an_unexpected_error_is_one_line_unless_the_traceback_is_asked_for(monke
     monkeypatch.setenv("GPUNET_TRACEBACK", "1")
     with pytest.raises(RuntimeError, match="something inside broke"):
         main(["info"])
+
+
+def test_ctrl_c_wrapped_by_a_library_is_still_an_interrupt(monkeypatch, capsys):
+    """Python wraps a KeyboardInterrupt raised while a class is created (matplotlib's
+    import, when Ctrl-C lands there) in a RuntimeError: still exit 130, not an
+    'internal error'."""
+    from gpunet import cli
+
+    def interrupted_inside_an_import(args):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as exc:
+            raise RuntimeError("Error calling __set_name__ on 'x'") from exc
+
+    monkeypatch.setitem(cli.COMMANDS, "info", interrupted_inside_an_import)
+    assert main(["info"]) == 130
+    assert capsys.readouterr().err.strip() == "gpunet: interrupted"
