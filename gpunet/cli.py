@@ -470,14 +470,7 @@ def _check_out(args) -> None:
                          "it with --resume, choose another --out, or replace it with --overwrite")
     if args.resume and not os.path.isfile(os.path.join(out, "last.npz")):
         raise UsageError(f"--resume: no checkpoint at {os.path.join(out, 'last.npz')}")
-    try:
-        os.makedirs(out, exist_ok=True)
-        probe = os.path.join(out, f".gpunet-write-test-{os.getpid()}")
-        with open(probe, "w"):
-            pass
-        os.remove(probe)
-    except OSError as exc:
-        raise UsageError(f"--out: cannot write in {out} ({exc.strerror or exc})") from None
+    _check_writable("--out", out)
 
 
 def _remove_earlier_run(out) -> list[str]:
