@@ -6,7 +6,8 @@ runners taking turns round after round (``benchmarks.time_side_by_side``), and
 prints paired ratios (PyTorch's time over gpunet's: above 1.0 gpunet is faster).
 ``--before REV`` adds gpunet with ``gpunet/cpu/batchnorm.py`` as it was at git
 revision REV (loaded beside the current one, in the same process), for a
-before/after ratio measured side by side. ``--json PATH`` writes the rounds.
+before/after ratio measured side by side; REV must have its forward return ``(y,
+ctx)`` (from the commit "backends are leaves" on). ``--json PATH`` writes the rounds.
 
     PYTHONPATH=. python bench/bn_step_cpu.py [--rounds 7] [--before REV] [--json out.json]
 """
@@ -64,7 +65,7 @@ def main() -> None:
     if args.before:
         before = _cpu_batchnorm_at(args.before)
         runners["gpunet_before"] = _with_cpu_batchnorm(benchmarks.gpunet_runner(case),
-                                                       (before.forward, before.backward))
+                                                       before.forward)
     times = benchmarks.time_side_by_side(runners, rounds=args.rounds)
     row = {"case": "lenet5 batch_norm=True train_step, batch 128",
            "median_ms": {k: float(numpy.median(v)) * 1e3 for k, v in times.items()},

@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from gpunet.benchmarks import LAYER_CASES  # noqa: E402
 from gpunet.cuda import conv2d_plan  # noqa: E402
-from gpunet.ops.common import normalize_padding  # noqa: E402
+from gpunet.ops import normalize_padding  # noqa: E402
 
 PASSES = ("forward", "data", "weight")
 

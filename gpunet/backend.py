@@ -343,6 +343,44 @@ def set_rng_state(state: dict) -> None:
     _restored_device_state = state.get("cuda")
 
 
+# A distributed step's rows of the global batch, set by gpunet.distributed for the step:
+# random draws for a batch (dropout's masks) are then the global batch's, sliced, so that
+# p processes draw what one process does with p times the batch.
+_shard: tuple[int, int, int] | None = None
+
+
+def current_shard() -> tuple[int, int, int] | None:
+    """``(start, stop, global_rows)`` of the global batch this process trains on now, or
+    ``None`` outside a distributed step."""
+    return _shard
+
+
+class batch_shard:
+    """``with batch_shard(start, stop, rows):`` marks a step's slice of a global batch
+    of ``rows`` (:func:`batch_uniform` draws for all of them and keeps the slice)."""
+
+    def __init__(self, start: int, stop: int, rows: int):
+        self.value = (start, stop, rows)
+
+    def __enter__(self):
+        global _shard
+        self.previous, _shard = _shard, self.value
+
+    def __exit__(self, *exc_info):
+        global _shard
+        _shard = self.previous
+
+
+def batch_uniform(xp: ModuleType, shape, dtype):
+    """Uniform draws in ``[0, 1)`` for a batch of ``shape`` (rows on axis 0) from
+    :func:`generator`: inside :class:`batch_shard` with ``shape[0]`` its slice's rows,
+    the global batch's draws and that slice of them; otherwise ``shape``'s own."""
+    if _shard is not None and shape[0] == _shard[1] - _shard[0]:
+        start, stop, rows = _shard
+        return generator(xp).random((rows, *shape[1:]), dtype=dtype)[start:stop]
+    return generator(xp).random(shape, dtype=dtype)
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     """Whether ``exc`` is CuPy's GPU out-of-memory error."""
     return _cupy is not None and isinstance(exc, _cupy.cuda.memory.OutOfMemoryError)

@@ -11,8 +11,8 @@ takes the steps one process takes with ``p`` times the batch. The gradients are
 then averaged over the ranks (:meth:`World.all_reduce_gradients`) and every rank
 takes the same optimizer step. Batch norm normalises each rank's slice by its own
 statistics (as PyTorch's DDP), and its running statistics are rank 0's from each
-epoch's end on; :func:`sync_batch_norm` makes it use the statistics of all ranks'
-rows together instead.
+epoch's end on; :func:`gpunet.nn.convert_sync_batchnorm` (here also
+:func:`sync_batch_norm`) makes it use the statistics of all ranks' rows together instead.
 
 A rank that raises ends the whole job (``MPI_Abort``) after printing its one-line
 error: the others would otherwise wait for it in the next collective for ever.
@@ -27,17 +27,20 @@ import zlib
 
 import numpy
 
-from .backend import get_array_module, to_numpy
+from . import _process_group
+from .backend import batch_shard, current_shard, get_array_module, to_numpy
+from .nn.normalization import convert_sync_batchnorm
 
-__all__ = ["World", "init", "world", "is_initialized", "current_shard", "sync_batch_norm",
-           "launched_processes"]
+# batch_shard and current_shard live with the random streams (gpunet.backend), which
+# draw dropout's masks by them; they are named here too, where the step sets them.
+__all__ = ["World", "init", "world", "is_initialized", "current_shard", "batch_shard",
+           "sync_batch_norm", "launched_processes"]
 
 # Gradients and parameters move in buckets of this many bytes per rank: the reduction
 # gathers every rank's bucket (p buckets of memory), then sums them in rank order.
 BUCKET_BYTES = 16 * 2**20
 
 _world: World | None = None
-_shard: tuple[int, int, int] | None = None  # (start, stop, global rows) of this step
 
 
 class DistributedError(RuntimeError):
@@ -249,6 +252,7 @@ def init() -> World:
     global _world
     if _world is None:
         _world = World(_mpi().COMM_WORLD)
+        _process_group.set_default(_world)  # what SyncBatchNorm reduces over
         _install_abort_on_error(_world)
         if _world.local_size > 1 and "GPUNET_NUM_THREADS" not in os.environ:
             from . import cpu
@@ -272,14 +276,11 @@ def _local_gpu(w: World) -> int:
 
 
 def sync_batch_norm(model):
-    """Make every batch-norm layer of ``model`` normalise by the statistics of all
-    ranks' rows together (PyTorch's SyncBatchNorm): two small all-reduces in its
-    forward and one in its backward, on the textbook path. Returns ``model``."""
-    from .nn.normalization import _BatchNorm
-    for module in model.modules():
-        if isinstance(module, _BatchNorm):
-            module.sync_stats = True
-    return model
+    """``gpunet.nn.convert_sync_batchnorm(model)``: every batch-norm layer of ``model``
+    a :class:`gpunet.nn.SyncBatchNorm`, normalising by the statistics of all ranks'
+    rows together. Returns the model (a new module only where ``model`` itself is a
+    batch norm)."""
+    return convert_sync_batchnorm(model)
 
 
 def world() -> World:
@@ -352,28 +353,6 @@ def _install_abort_on_error(w: World) -> None:
         abort(f"{kind.__name__}: {value}", 1)
 
     sys.excepthook = hook
-
-
-# -- the step's slice of the global batch (read by Dropout) ---------------------------------
-def current_shard() -> tuple[int, int, int] | None:
-    """``(start, stop, global_rows)`` of the global batch this rank trains on now, or
-    ``None`` outside a distributed step."""
-    return _shard
-
-
-class batch_shard:
-    """``with batch_shard(start, stop, rows):`` marks a distributed step's slice."""
-
-    def __init__(self, start: int, stop: int, rows: int):
-        self.value = (start, stop, rows)
-
-    def __enter__(self):
-        global _shard
-        self.previous, _shard = _shard, self.value
-
-    def __exit__(self, *exc_info):
-        global _shard
-        _shard = self.previous
 
 
 def data_description(name: str, data) -> list[str]:

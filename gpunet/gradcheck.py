@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 import numpy
 
 from . import _checks
+from ._context import pool_pads
 from .backend import to_numpy
 from .nn import Dropout, LeakyReLU, MaxPool2d, Module, ReLU
-from .ops.common import pool_pads
 from .optim.optimizers import l2_gradient
 
 __all__ = ["gradcheck", "GradcheckReport", "ParamCheck"]

@@ -48,7 +48,7 @@ def _run(xp, case, rng, dtype="float64", algorithm=None):
 
 # im2col computes dW image by image from 32 output pixels up (AWKWARD: below)
 WIDE = [(2, 2, 18, 17, 3, 3, 3, 1, 1), (1, 3, 40, 36, 2, 5, 5, (2, 1), 2)]
-# col2im forms W^T dy whole, not by kernel rows, once K >= 2*S*C (AWKWARD: below)
+# input_gradient forms W^T dy whole, not by kernel rows, once K >= 2*S*C (AWKWARD: below)
 MANY_FILTERS = [(2, 1, 7, 6, 8, 3, 3, 1, 1), (2, 2, 9, 8, 12, 3, 2, 2, 1)]
 
 

@@ -419,7 +419,7 @@ def test_pool_kernels_match_the_xp_path(device, kind, case, rng):
 
     def run():
         y, ctx = fwd(x, kernel, stride, pad, use_kernels=True)
-        assert isinstance(ctx, pool_kernels.PoolContext)
+        assert isinstance(ctx, pool_kernels.PoolKernelContext)
         return device.get(y), device.get(ctx.backward(dy)[0])
 
     y, dx = twice(run)
@@ -457,7 +457,7 @@ def test_pool_kernel_options_match_the_xp_path(device, kind, ceil_mode, count_in
 
         def run(x=x, dy=dy):
             y, ctx = fwd(x, kernel, stride, pad, use_kernels=True, **kwargs)
-            assert isinstance(ctx, pool_kernels.PoolContext)
+            assert isinstance(ctx, pool_kernels.PoolKernelContext)
             return device.get(y), device.get(ctx.backward(dy)[0])
 
         y, dx = twice(run)

@@ -50,3 +50,14 @@ def test_layers_losses_and_optimizers_never_import_the_cpu_accelerators(where):
 def test_each_ops_textbook_path_fits_one_screen(module, parts):
     lines = sum(len(inspect.getsource(getattr(module, name)).splitlines()) for name in parts)
     assert lines <= SCREEN, f"{module.__name__}: the textbook path is {lines} lines"
+
+
+@pytest.mark.parametrize("where,above", [("cpu", "gpunet.ops"), ("cuda", "gpunet.ops"),
+                                         ("nn", "gpunet.distributed")])
+def test_the_lower_floors_never_import_the_upper_ones(where, above):
+    """The accelerators are leaves: what they share with ops/ is on the ground floor
+    (gpunet._context). Layers reach the collectives of a distributed job through
+    gpunet._process_group, never through distributed. Lazy imports count too."""
+    for path in sorted((PACKAGE / where).rglob("*.py")):
+        reached = {m for m in _imports(path) if m == above or m.startswith(f"{above}.")}
+        assert not reached, f"{path.relative_to(PACKAGE)} imports {sorted(reached)}"

@@ -146,6 +146,144 @@ def test_synchronised_batch_norm_keeps_the_pivot_shift(rng):
     assert_close(dx, one_dx, 1e-2, 1e-3 * float(numpy.abs(one_dx).max()), "dx vs one process")
 
 
+def _bn_model():
+    """Batch norms at three depths: a child, inside a block's nested Sequential, and
+    a 1-d one inside a ModuleList."""
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4),
+                         nn.BasicBlock(4, 6, stride=2), nn.Flatten(),
+                         nn.ModuleList([nn.Linear(6 * 2 * 2, 5), nn.BatchNorm1d(5)]))
+
+
+def test_convert_sync_batchnorm_replaces_nested_batch_norms_keeping_their_state(rng):
+    model = _bn_model()
+    model[1](model[0](rng.standard_normal((2, 3, 4, 4)).astype("float32")))  # running stats move
+    model[2].eval()
+    keys = list(model.state_dict())
+    before = dict(model.named_modules())
+    params = {name: p for name, p in model.named_parameters()}
+    buffers = {name: b for name, b in model.named_buffers()}
+    assert model.state_dict()["1.running_mean"].any()
+    group = object()
+    converted = nn.convert_sync_batchnorm(model, process_group=group)
+    assert converted is model
+    after = dict(model.named_modules())
+    assert after.keys() == before.keys()
+    norms = [name for name, m in before.items() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
+    assert norms == ["1", "2.bn1", "2.bn2", "2.downsample.1", "4.1"]
+    for name, module in after.items():
+        if name in norms:
+            assert type(module) is nn.SyncBatchNorm and module.process_group is group
+            assert module.num_features == before[name].num_features
+            assert module.eps == before[name].eps and module.momentum == before[name].momentum
+            assert module.training == before[name].training
+        else:
+            assert module is before[name]
+    assert not after["2.bn1"].training and after["1"].training
+    # the same Parameter objects (an optimizer made before still updates them) and arrays
+    assert all(p is params[name] for name, p in model.named_parameters())
+    assert all(b is buffers[name] for name, b in model.named_buffers())
+    assert list(model.state_dict()) == keys
+    root = nn.BatchNorm2d(3, momentum=None)
+    synced = nn.SyncBatchNorm.convert_sync_batchnorm(root)
+    assert type(synced) is nn.SyncBatchNorm and synced.weight is root.weight
+    assert synced.momentum is None and synced.running_var is root.running_var
+
+
+def _bn_pair(num_features, **sync_args):
+    plain, synced = nn.BatchNorm2d(num_features), nn.SyncBatchNorm(num_features, **sync_args)
+    synced.load_state_dict(plain.state_dict())
+    return plain, synced
+
+
+def _run(bn, x, dy):
+    y = bn(x)
+    dx = bn.backward(dy)
+    return y, dx, bn.weight.grad.copy(), bn.bias.grad.copy(), bn.running_mean.copy(), \
+        bn.running_var.copy()
+
+
+class _OneProcess:
+    size = 1
+
+    def all_reduce(self, arrays):
+        raise AssertionError("a group of one process has nothing to reduce")
+
+    sum = all_reduce
+
+
+@pytest.mark.parametrize("group", [None, _OneProcess()], ids=["no group", "group of one"])
+def test_sync_batch_norm_in_one_process_is_batch_norm(xp, group, rng):
+    x = xp.asarray(rng.standard_normal((4, 3, 5, 5)).astype("float32") * 2 + 1)
+    dy = xp.asarray(rng.standard_normal(x.shape).astype("float32"))
+    plain, synced = _bn_pair(3, process_group=group)
+    for step in range(2):
+        for got, want in zip(_run(synced, x, dy), _run(plain, x, dy)):
+            assert numpy.array_equal(to_numpy(got), to_numpy(want)), f"step {step}"
+    plain.eval()
+    synced.eval()
+    assert numpy.array_equal(to_numpy(synced(x)), to_numpy(plain(x)))
+
+
+def test_sync_batch_norm_reduces_over_its_process_group(rng):
+    """Two ranks (threads) with their halves of a batch give one process's batch norm
+    of the whole: output, input and parameter gradients (summed over the ranks, as
+    the gradient average does with the loss's 1/2), running statistics on each."""
+    x = rng.standard_normal((8, 3, 4, 4)) * 2 + 1
+    dy = rng.standard_normal(x.shape)
+    plain = nn.BatchNorm2d(3).to(dtype="float64")
+    whole = _run(plain, x, dy)
+    world, results = _ThreadRanks(2), [None, None]
+
+    def rank(r):
+        synced = nn.SyncBatchNorm(3, process_group=world.rank(r)).to(dtype="float64")
+        rows = slice(4 * r, 4 * (r + 1))
+        results[r] = _run(synced, x[rows], dy[rows])
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert_close(numpy.concatenate([results[0][0], results[1][0]]), whole[0], 1e-12, 1e-12, "y")
+    assert_close(numpy.concatenate([results[0][1], results[1][1]]), whole[1], 1e-10, 1e-12,
+                 "dx")
+    for i, what in [(2, "dweight"), (3, "dbias")]:
+        assert_close(results[0][i] + results[1][i], whole[i], 1e-12, 1e-12, what)
+    for r in range(2):
+        for i, what in [(4, "running_mean"), (5, "running_var")]:
+            assert_close(results[r][i], whole[i], 1e-12, 1e-12, f"rank {r} {what}")
+
+
+class _TwoIdenticalProcesses:
+    """A group of two processes holding the same rows: every sum is twice this one's."""
+
+    size = 2
+
+    def all_reduce(self, arrays):
+        for a in arrays:
+            a *= 2
+
+    def sum(self, values):
+        return [2.0 * v for v in values]
+
+
+def test_sync_batch_norm_without_a_group_reduces_over_the_registered_one(monkeypatch, rng):
+    """``process_group=None`` takes what gpunet.distributed.init registers: here a group
+    of two processes with the same rows, so the statistics are of ``x`` twice over
+    (the unbiased running variance counts ``2 m`` values)."""
+    from gpunet import _process_group
+    x = rng.standard_normal((4, 3, 2, 2)) * 2 + 1
+    plain = nn.BatchNorm2d(3).to(dtype="float64")
+    y_twice = plain(numpy.concatenate([x, x]))
+    synced = nn.SyncBatchNorm(3).to(dtype="float64")
+    monkeypatch.setattr(_process_group, "_default", _TwoIdenticalProcesses())
+    assert_close(synced(x), y_twice[:4], 1e-12, 1e-12, "y")
+    assert_close(synced.running_var, plain.running_var, 1e-12, 1e-12, "running_var")
+    single = nn.BatchNorm2d(3).to(dtype="float64")
+    single(x)
+    assert not numpy.allclose(single.running_var, synced.running_var)  # m/(m-1) differs
+
+
 def test_batch_of_one_in_training_is_an_error():
     with pytest.raises(ValueError, match="more than one value per channel"):
         nn.BatchNorm1d(3)(numpy.zeros((1, 3), "float32"))

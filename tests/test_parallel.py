@@ -211,13 +211,13 @@ def test_a_forked_child_gets_fresh_workers():
 def test_an_op_too_small_to_split_still_runs_its_backward_with_one_blas_thread(monkeypatch):
     from gpunet.cpu import conv2d as conv
     seen = []
-    col2im = conv.col2im
+    input_gradient = conv.input_gradient
 
     def spy(*args, **kwargs):
         seen.append(blas_threads())
-        return col2im(*args, **kwargs)
+        return input_gradient(*args, **kwargs)
 
-    monkeypatch.setattr(conv, "col2im", spy)
+    monkeypatch.setattr(conv, "input_gradient", spy)
     x = numpy.ones((1, 1, 5, 5))
     y, ctx = conv2d_forward(x, numpy.ones((1, 1, 3, 3)), algorithm="im2col")
     assert len(ctx.contexts) == 1

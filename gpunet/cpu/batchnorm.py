@@ -13,6 +13,7 @@ import math
 
 import numpy
 
+from .._context import BatchNormContext
 from . import parallel
 
 
@@ -76,8 +77,9 @@ def _batch_stats(x2, channels, chunks):
 
 
 def forward(x, weight, bias, running, eps):
-    """``(y, x_hat, inv_std, (mean, var))`` for the NumPy array ``x``, as
-    :func:`gpunet.ops.batchnorm._forward`."""
+    """``(y, ctx)`` for the NumPy array ``x``, as :func:`gpunet.ops.batchnorm._forward`:
+    by the batch's statistics (``ctx.batch_stats``) when ``running`` is ``None``, else
+    by ``running = (mean, var)``."""
     channels = weight.shape[0]
     x2 = x.reshape(x.shape[0], math.prod(x.shape[1:]))  # (N, C*L): see _expand
     chunks = _row_chunks(x2)
@@ -109,7 +111,8 @@ def forward(x, weight, bias, running, eps):
         y[rows] += bias_row
 
     parallel.map_chunks(normalise, list(range(len(chunks))))
-    return y.reshape(x.shape), x_hat.reshape(x.shape), inv_std, stats
+    return y.reshape(x.shape), BatchNormContext(x_hat.reshape(x.shape), inv_std, weight,
+                                                running is None, backward, stats)
 
 
 def backward(dy, x_hat, weight, inv_std, training, input_grad):

@@ -11,7 +11,7 @@ import math
 
 import numpy
 
-from ..ops.common import Context, output_size, pad_input, window_offsets
+from .._context import Context, output_size, pad_input, window_offsets
 from . import parallel, winograd
 
 ALGORITHMS = ("im2col", "im2col_chwn", "winograd")
@@ -29,7 +29,7 @@ def forward(x, weight, bias, stride, pads, out_hw, algorithm=None):
         if algorithm == "winograd":
             m = winograd.tile_size(max(out_hw), weight.shape[2])
             return winograd.forward(x_part, weight, bias, pads, out_hw, m)
-        return _im2col_forward(x_part, weight, bias, stride, pads, out_hw,
+        return _gemm_forward(x_part, weight, bias, stride, pads, out_hw,
                                algorithm == "im2col_chwn")
 
     multiply_adds = x.shape[0] * weight.size * out_hw[0] * out_hw[1]
@@ -75,10 +75,10 @@ def choose_algorithm(x_shape, weight_shape, stride, pads=((0, 0), (0, 0))) -> st
     return "im2col"
 
 
-class Im2colContext(Context):
+class GemmContext(Context):
     """What the im2col backward needs; ``chwn``: the backward's GEMMs run over the
-    whole batch on :func:`im2col_chwn`'s columns, else image by image on
-    :func:`im2col`'s.
+    whole batch on :func:`batch_columns`'s columns, else image by image on
+    :func:`image_columns`'s.
 
     The input is kept, not its columns: the backward copies them again. They are
     R*S times the input's size (LeNet-5: 10.4 and 7.7 MB at batch 128), and kept
@@ -96,36 +96,36 @@ class Im2colContext(Context):
         self.has_bias, self.chwn = has_bias, chwn
 
     def _backward(self, dy, input_grad):
-        return _im2col_backward(dy, self, input_grad)
+        return _gemm_backward(dy, self, input_grad)
 
 
-def _im2col_forward(x, weight, bias, stride, pads, out_hw, chwn):
+def _gemm_forward(x, weight, bias, stride, pads, out_hw, chwn):
     """``(y, ctx)``: the forward of both im2col layouts."""
     kernel = weight.shape[2:]
     n, k = x.shape[0], weight.shape[0]
     # Image by image (a batched GEMM) rather than one GEMM over the whole batch:
     # y comes out in NCHW order with no transpose, and OpenBLAS runs these
     # shapes faster (AlexNet-CIFAR conv1: forward 11.7 -> 7.6 ms).
-    cols, out_hw = im2col(x, kernel, stride, pads, ones_row=bias is not None)
+    cols, out_hw = image_columns(x, kernel, stride, pads, ones_row=bias is not None)
     filters = weight.reshape(k, math.prod(weight.shape[1:]))  # no -1: K may be 0
     if bias is not None:
         filters = numpy.concatenate([filters, bias[:, None]], axis=1)
     y = (filters @ cols).reshape(n, k, *out_hw)
-    return y, Im2colContext(x, weight, stride, pads, out_hw, bias is not None, chwn)
+    return y, GemmContext(x, weight, stride, pads, out_hw, bias is not None, chwn)
 
 
 THIN_GEMM_PIXELS = 32
 
 
-def _im2col_backward(dy, ctx, input_grad):
+def _gemm_backward(dy, ctx, input_grad):
     """``(dx, dweight, dbias)``; ``dbias`` is ``None`` when the forward had no bias."""
     x, weight, stride, pads, has_bias, chwn = (ctx.x, ctx.weight, ctx.stride, ctx.pads,
                                                ctx.has_bias, ctx.chwn)
     n, k = dy.shape[:2]
     out_hw = dy.shape[2:]
-    cols = (im2col_chwn(x, weight.shape[2:], stride, pads) if chwn
-            else im2col(x, weight.shape[2:], stride, pads, ones_row=has_bias)[0])
-    # dy as (K, OH*OW*N): the CHWN layout's GEMMs, and col2im's, take it
+    cols = (batch_columns(x, weight.shape[2:], stride, pads) if chwn
+            else image_columns(x, weight.shape[2:], stride, pads, ones_row=has_bias)[0])
+    # dy as (K, OH*OW*N): the CHWN layout's GEMMs, and input_gradient's, take it
     dy_chwn = numpy.ascontiguousarray(dy.transpose(1, 2, 3, 0)).reshape(k, math.prod(out_hw) * n) \
         if chwn or input_grad else None
     if chwn:
@@ -148,10 +148,10 @@ def _im2col_backward(dy, ctx, input_grad):
         dbias = grads[:, window].copy() if has_bias else None
     if not input_grad:
         return None, dweight, dbias
-    return col2im(weight, dy_chwn, x.shape, stride, pads, out_hw), dweight, dbias
+    return input_gradient(weight, dy_chwn, x.shape, stride, pads, out_hw), dweight, dbias
 
 
-def im2col(x, kernel, stride, pads, ones_row: bool = False):
+def image_columns(x, kernel, stride, pads, ones_row: bool = False):
     """Columns ``(N, C*R*S, OH*OW)``: column ``j`` of image ``n`` holds the window of
     output pixel ``j``, so one batched GEMM ``W (K, C*R*S) @ cols`` gives ``y`` as
     ``(N, K, OH*OW)``, already in NCHW order. ``ones_row`` appends a row of ones:
@@ -174,10 +174,10 @@ def im2col(x, kernel, stride, pads, ones_row: bool = False):
     return cols, out_hw
 
 
-def im2col_chwn(x, kernel, stride, pads):
+def batch_columns(x, kernel, stride, pads):
     """Columns ``(C*R*S, OH*OW*N)`` with the batch innermost (CHWN): the backward's
     GEMMs against ``dy`` as ``(K, OH*OW*N)`` cover the whole batch, where
-    :func:`im2col`'s are one image wide. The input goes to ``(C, H, W, N)`` first,
+    :func:`image_columns`'s are one image wide. The input goes to ``(C, H, W, N)`` first,
     so the copy into columns moves runs of ``N`` (or ``OW*N``) values."""
     n, c, h, w = x.shape
     (pt, pb), (pl, pr) = pads
@@ -216,8 +216,8 @@ def _copy_windows(target, base, shape, strides):
     target.reshape(*shape[:axes], run).view(row)[..., 0] = runs
 
 
-def col2im(weight, dy_chwn, x_shape, stride, pads, out_hw):
-    """``dx``: the adjoint of :func:`im2col` applied to the columns' gradient
+def input_gradient(weight, dy_chwn, x_shape, stride, pads, out_hw):
+    """``dx``: the adjoint of :func:`image_columns` applied to the columns' gradient
     ``W^T dy``, every entry added back onto its input pixel. ``weight`` is
     ``(K, C, R, S)``, ``dy_chwn`` is ``(K, OH*OW*N)``, ``dx`` is ``x_shape``.
 

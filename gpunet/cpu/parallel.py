@@ -30,8 +30,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy
 
 from .. import _checks
+from .._context import Context
 from ..backend import get_array_module
-from ..ops.common import Context
 
 try:
     from threadpoolctl import ThreadpoolController

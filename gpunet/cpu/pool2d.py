@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy
 
-from ..ops.common import Context, crop, pad_input, window_offsets
+from .._context import Context, crop, pad_input, window_offsets
 from . import parallel
 
 

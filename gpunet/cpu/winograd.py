@@ -24,8 +24,8 @@ import functools
 
 import numpy
 
+from .._context import Context
 from ..backend import common_array_module
-from ..ops.common import Context
 from . import parallel
 
 POINTS = (0.0, 1.0, -1.0, 2.0, -2.0, 0.5)
@@ -127,7 +127,7 @@ class WinogradContext(Context):
 
 def forward(x, weight, bias, pads, out_hw, m):
     """``(y, ctx)`` of the stride-1 correlation of ``x`` with ``weight``; ``pads``
-    as in :func:`gpunet.ops.common.normalize_padding`."""
+    as in :func:`gpunet._context.normalize_padding`."""
     xp = common_array_module(x=x, weight=weight)
     n, c, h, w = x.shape
     k, _, r, _ = weight.shape

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy
 
+from .._context import BatchNormContext
 from ..backend import get_array_module
 from . import runtime
 from .runtime import (
@@ -64,7 +65,7 @@ def merge_weights(m: int, parts: int, chunk: int) -> numpy.ndarray:
     return numpy.stack([1.0 / counts, counts / so_far, before * counts / so_far], -1).ravel()
 
 
-def _geometry(xp, c, hw, m):
+def _bn_geometry(xp, c, hw, m):
     return geometry(xp, with_divisors((c, hw, m), (hw, c)))
 
 
@@ -88,7 +89,7 @@ def stats(x, eps: float = 0.0, running=None, momentum: float = 0.0):
     m = n * hw
     if x.size == 0:  # no channels (ops refuses training on fewer than 2 values a channel)
         return tuple(xp.zeros(c, x.dtype) for _ in range(5))
-    geom = _geometry(xp, c, hw, m)
+    geom = _bn_geometry(xp, c, hw, m)
     parts, chunk, grid = _reduction_grid(m, c)
     weights = table(xp, ("batch_norm merge weights", m, parts, chunk),
                     lambda: merge_weights(m, parts, chunk), x.dtype)
@@ -132,13 +133,13 @@ def apply(x, pivot, offset, inv_std, weight, bias):
     vectors = _vectors(hw, x, y, x_hat)
     runtime.launch("batchnorm", "bn_fwd_apply", x.dtype,
                    _vector_grid(x.size, vectors, x.dtype.itemsize), (BLOCK, 1, 1),
-                   (x, *args, y, x_hat, _geometry(xp, c, hw, n * hw), numpy.int32(x.size),
+                   (x, *args, y, x_hat, _bn_geometry(xp, c, hw, n * hw), numpy.int32(x.size),
                     numpy.int32(vectors)))
     return y, x_hat
 
 
 def forward(x, weight, bias, running, eps):
-    """``(y, x_hat, inv_std, (mean, var))`` as :func:`gpunet.ops.batchnorm._forward`."""
+    """``(y, ctx)`` as :func:`gpunet.ops.batchnorm._forward`."""
     xp = get_array_module(x)
     if running is None:
         mean, var, pivot, offset, inv_std = stats(x, eps)
@@ -147,15 +148,16 @@ def forward(x, weight, bias, running, eps):
         pivot, offset = mean, xp.zeros_like(mean)
         inv_std = 1.0 / xp.sqrt(var + eps)
     y, x_hat = apply(x, pivot, offset, inv_std, weight, bias)
-    return y, x_hat, inv_std, (mean, var) if running is None else None
+    return y, BatchNormContext(x_hat, inv_std, weight, running is None, backward,
+                               (mean, var) if running is None else None)
 
 
 def train_forward(x, weight, bias, running_mean, running_var, momentum, eps):
-    """``(y, x_hat, inv_std)`` in training, the running statistics updated in place
-    (:func:`stats`; :func:`updates_running` must hold): three launches."""
+    """``(y, ctx)`` in training, the running statistics updated in place (:func:`stats`;
+    :func:`updates_running` must hold): three launches."""
     _, _, pivot, offset, inv_std = stats(x, eps, (running_mean, running_var), momentum)
     y, x_hat = apply(x, pivot, offset, inv_std, weight, bias)
-    return y, x_hat, inv_std
+    return y, BatchNormContext(x_hat, inv_std, weight, True, backward)
 
 
 def backward(dy, x_hat, weight, inv_std, training: bool, input_grad: bool = True):
@@ -167,7 +169,7 @@ def backward(dy, x_hat, weight, inv_std, training: bool, input_grad: bool = True
     if dy.size == 0:  # no values: zero parameter gradients, an empty dx, no launch
         zeros = xp.zeros(c, dy.dtype), xp.zeros(c, dy.dtype)
         return (new_output(xp, dy.shape, dy.dtype) if input_grad else None, *zeros)
-    geom = _geometry(xp, c, hw, m)
+    geom = _bn_geometry(xp, c, hw, m)
     parts, chunk, grid = _reduction_grid(m, c)
     sum_dy, sum_dy_xhat = (new_output(xp, (c, parts), dy.dtype) for _ in range(2))
     runtime.launch("batchnorm", "bn_bwd_reduce", dy.dtype, grid, (BLOCK, 1, 1),

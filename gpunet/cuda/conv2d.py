@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy
 
+from .._context import Context
 from ..backend import get_array_module
-from ..ops.common import Context
 from . import conv2d_plan, runtime
 from .conv2d_plan import TARGET_BLOCKS
 from .runtime import (

@@ -1,14 +1,14 @@
 """Launchers for ``kernels/pool2d.cu``: max pooling (saving argmax offsets) and
 average pooling, forward and gather-style backward. ``pads`` may hold ceil mode's
-overhang at the bottom and right (:func:`gpunet.ops.common.pool_pads`): the kernels
+overhang at the bottom and right (:func:`gpunet._context.pool_pads`): the kernels
 need only the top and left padding and the output size; average pooling's divisors
-come from :func:`~gpunet.ops.common.avg_pool_bounds`."""
+come from :func:`~gpunet._context.avg_pool_bounds`."""
 from __future__ import annotations
 
 import numpy
 
+from .._context import Context, avg_pool_bounds
 from ..backend import get_array_module
-from ..ops.common import Context, avg_pool_bounds
 from . import runtime
 from .runtime import (
     BLOCK,
@@ -22,7 +22,7 @@ from .runtime import (
 )
 
 
-class PoolContext(Context):
+class PoolKernelContext(Context):
     __slots__ = ("x_shape", "geometry", "argmax", "reciprocal")
 
     def __init__(self, kind, x_shape, out_shape, geometry, argmax, reciprocal):
@@ -34,7 +34,7 @@ class PoolContext(Context):
         return (backward(dy, self),)
 
 
-def _geometry(xp, x_shape, kernel, stride, pads, out_hw, count_include_pad=True):
+def _pool_geometry(xp, x_shape, kernel, stride, pads, out_hw, count_include_pad=True):
     n, c, h, w = x_shape
     values = (n, c, h, w, out_hw[0], out_hw[1], kernel[0], kernel[1], stride[0], stride[1],
               pads[0][0], pads[1][0])
@@ -76,11 +76,11 @@ def forward(kind: str, x, kernel, stride, pads, out_hw, count_include_pad=True):
     x = xp.ascontiguousarray(x)
     out_shape = (*x.shape[:2], *out_hw)
     check_indexable(f"{kind}_pool2d", x=x.size, y=numpy.prod(out_shape, dtype=numpy.int64))
-    geom = _geometry(xp, x.shape, kernel, stride, pads, out_hw, count_include_pad)
+    geom = _pool_geometry(xp, x.shape, kernel, stride, pads, out_hw, count_include_pad)
     y = new_output(xp, out_shape, x.dtype)
     if y.size == 0:  # no batch or no channels: nothing to launch (a zero grid)
         argmax = xp.zeros(out_shape, numpy.int32) if kind == "max" else None
-        return y, PoolContext(kind, tuple(x.shape), out_shape, geom, argmax, None)
+        return y, PoolKernelContext(kind, tuple(x.shape), out_shape, geom, argmax, None)
     grid, block = _grid(y.size)
     if kind == "max":
         argmax, reciprocal = new_output(xp, out_shape, numpy.int32), None
@@ -90,10 +90,10 @@ def forward(kind: str, x, kernel, stride, pads, out_hw, count_include_pad=True):
         argmax, reciprocal = None, _reciprocals(xp, kernel, x.dtype)
         runtime.launch("pool2d", "avg_pool2d_fwd", x.dtype, grid, block,
                        (x, y, geom, reciprocal, numpy.int32(_pairs(x, kernel, stride, pads))))
-    return y, PoolContext(kind, tuple(x.shape), out_shape, geom, argmax, reciprocal)
+    return y, PoolKernelContext(kind, tuple(x.shape), out_shape, geom, argmax, reciprocal)
 
 
-def backward(dy, ctx: PoolContext):
+def backward(dy, ctx: PoolKernelContext):
     xp = get_array_module(dy)
     dy = xp.ascontiguousarray(dy)
     dx = new_output(xp, ctx.x_shape, dy.dtype)

@@ -6,13 +6,19 @@ from .conv2d import Conv2d
 from .dropout import Dropout
 from .linear import Linear
 from .module import Module, Parameter, Sequential
-from .normalization import BatchNorm1d, BatchNorm2d, LocalResponseNorm
+from .normalization import (
+    BatchNorm1d,
+    BatchNorm2d,
+    LocalResponseNorm,
+    SyncBatchNorm,
+    convert_sync_batchnorm,
+)
 from .pool2d import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 from .residual import BasicBlock
 
 __all__ = [
     "AdaptiveAvgPool2d", "AvgPool2d", "BasicBlock", "BatchNorm1d", "BatchNorm2d", "Conv2d",
     "Dropout", "Flatten", "LeakyReLU", "Linear", "LocalResponseNorm", "MaxPool2d", "Module",
-    "ModuleDict", "ModuleList", "Parameter", "ReLU", "Sequential", "Sigmoid", "Softmax", "Tanh",
-    "utils",
+    "ModuleDict", "ModuleList", "Parameter", "ReLU", "Sequential", "Sigmoid", "Softmax",
+    "SyncBatchNorm", "Tanh", "convert_sync_batchnorm", "utils",
 ]

@@ -3,9 +3,9 @@ S)``."""
 from __future__ import annotations
 
 from .. import _checks
+from .._context import dilated_kernel
 from ..init import constant, initialize
 from ..ops import conv2d_forward, normalize_padding
-from ..ops.common import dilated_kernel
 from .module import Module, Parameter
 
 
@@ -48,16 +48,11 @@ class Conv2d(Module):
                 f"stride={self.stride}, padding={self.padding!r}{extra}")
 
     def forward(self, x):
-        where = f"Conv2d({self.extra_repr()})"
-        _checks.float_array(where, "input", x)
-        _checks.rank(where, "input", x, 4, "(N, C, H, W)")
-        if x.shape[1] != self.in_channels:
-            raise ValueError(f"{where}: input must have {self.in_channels} channels, got "
-                             f"{x.shape[1]} (input shape {tuple(x.shape)})")
         bias = None if self.bias is None else self.bias.data
         y, self._ctx = conv2d_forward(x, self.weight.data, bias, self.stride,
                                       self.padding_for(x), dilation=self.dilation,
-                                      groups=self.groups)
+                                      groups=self.groups, where=f"Conv2d({self.extra_repr()})",
+                                      x_name="input")
         return y
 
     def padding_for(self, x):

@@ -1,8 +1,8 @@
 """Inverted dropout: ``y = x * mask / keep_prob`` in training, identity in eval."""
 from __future__ import annotations
 
-from .. import _checks, distributed
-from ..backend import generator, get_array_module
+from .. import _checks
+from ..backend import batch_uniform, get_array_module
 from .module import Module
 
 
@@ -23,15 +23,9 @@ class Dropout(Module):
         if not self.training or self.p == 0.0:
             self._ctx = 1.0
             return x
-        xp = get_array_module(x)
-        shard = distributed.current_shard()
-        if shard is not None and x.shape[0] == shard[1] - shard[0]:
-            # a distributed step: the global batch's mask, and this rank's rows of it,
-            # so that p processes drop what one process would
-            start, stop, rows = shard
-            keep = generator(xp).random((rows, *x.shape[1:]), dtype=x.dtype)[start:stop] >= self.p
-        else:
-            keep = generator(xp).random(x.shape, dtype=x.dtype) >= self.p
+        # in a distributed step, this rank's rows of the global batch's mask: p processes
+        # drop what one process would
+        keep = batch_uniform(get_array_module(x), x.shape, x.dtype) >= self.p
         scale = 0.0 if self.p == 1.0 else 1.0 / (1.0 - self.p)
         self._ctx = mask = keep.astype(x.dtype) * x.dtype.type(scale)
         return x * mask

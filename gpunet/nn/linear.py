@@ -23,13 +23,9 @@ class Linear(Module):
                 f"bias={self.bias is not None}")
 
     def forward(self, x):
-        where = f"Linear({self.in_features}, {self.out_features})"
-        _checks.float_array(where, "input", x)
-        if x.ndim < 1 or x.shape[-1] != self.in_features:
-            raise ValueError(f"{where}: input must be (..., {self.in_features}), "
-                             f"got shape {tuple(x.shape)}")
         bias = None if self.bias is None else self.bias.data
-        y, self._ctx = linear_forward(x, self.weight.data, bias)
+        y, self._ctx = linear_forward(x, self.weight.data, bias, x_name="input",
+                                      where=f"Linear({self.in_features}, {self.out_features})")
         return y
 
     def backward(self, dy, input_grad: bool = True):

@@ -15,10 +15,11 @@ import functools
 import math
 
 from .. import _checks
+from .._context import BatchNormContext
 from ..backend import common_array_module
 from ..cpu import batchnorm as cpu_batchnorm
 from ..cuda import batchnorm as cuda_batchnorm
-from .common import Context, route
+from .common import route
 
 
 class _Ranks:
@@ -49,12 +50,11 @@ ONE_PROCESS = _Ranks()
 
 
 def _forward(x, weight, bias, running, eps, ranks=ONE_PROCESS):
-    """``(y, x_hat, inv_std, (mean, var))``: normalised by the batch's statistics
-    (returned, the variance biased) when ``running`` is ``None``, else by ``running =
-    (mean, var)``, returning ``None`` for the statistics. The batch is that of every
-    rank of ``ranks``: ``offset = sum(x - pivot) / m``, ``mean = pivot + offset``,
-    ``var = sum((x - pivot - offset)^2) / m``, each sum over all of them, the pivot one
-    sample's value per channel (averaged over the ranks, so that they share it)."""
+    """``(y, ctx)``, normalised by the batch's statistics (``ctx.batch_stats``, the variance
+    biased) when ``running`` is ``None``, else by ``running = (mean, var)``. The batch is every
+    rank's of ``ranks``: ``offset = sum(x - pivot) / m``, ``mean = pivot + offset``, ``var =
+    sum((x - pivot - offset)^2) / m``, each sum over all of them, the pivot one sample's value
+    per channel (averaged over the ranks, so that they share it)."""
     xp = common_array_module(x=x)
     axes = (0, *range(2, x.ndim))
     per_channel = (1, -1) + (1,) * (x.ndim - 2)  # (C,) against (N, C, ...)
@@ -76,19 +76,18 @@ def _forward(x, weight, bias, running, eps, ranks=ONE_PROCESS):
     x_hat = centred * inv_std
     y = weight.reshape(per_channel) * x_hat + bias.reshape(per_channel)
     stats = (mean.reshape(-1), var.reshape(-1)) if running is None else None
-    return y, x_hat, inv_std.reshape(-1), stats
+    return y, BatchNormContext(x_hat, inv_std.reshape(-1), weight, running is None,
+                               functools.partial(_backward, ranks=ranks), stats)
 
 
 def _backward(dy, x_hat, weight, inv_std, training, input_grad, ranks=ONE_PROCESS):
-    """``(dx, dweight, dbias)``. In training the batch statistics depend on ``x``,
-    which gives ``dx = inv_std / m * (m g - sum(g) - x_hat sum(g x_hat))`` with ``g =
-    gamma dy``, ``m`` and the sums over every rank of ``ranks``; in evaluation they are
-    constants and ``dx = gamma dy inv_std``. ``dweight`` and ``dbias`` stay this
-    rank's: averaging the gradients over the ranks makes them the batch's."""
+    """``(dx, dweight, dbias)``. In training the batch statistics depend on ``x``: ``dx =
+    inv_std / m * (m g - sum(g) - x_hat sum(g x_hat))``, ``g = gamma dy``, ``m`` and the sums
+    over every rank of ``ranks``; in evaluation ``dx = gamma dy inv_std``. ``dweight`` and
+    ``dbias`` stay this rank's (averaged over the ranks, they are the batch's)."""
     axes = (0, *range(2, dy.ndim))
     per_channel = (1, -1) + (1,) * (dy.ndim - 2)
-    dbias = dy.sum(axis=axes)
-    dweight = (dy * x_hat).sum(axis=axes)
+    dbias, dweight = dy.sum(axis=axes), (dy * x_hat).sum(axis=axes)
     if not input_grad:
         return None, dweight, dbias
     g_scale = (weight * inv_std).reshape(per_channel)
@@ -101,23 +100,8 @@ def _backward(dy, x_hat, weight, inv_std, training, input_grad, ranks=ONE_PROCES
     return dx, dweight, dbias
 
 
-# forward and backward of each implementation (see route)
-IMPLEMENTATIONS = {"xp": (_forward, _backward),
-                   "cpu": (cpu_batchnorm.forward, cpu_batchnorm.backward),
-                   "cuda": (cuda_batchnorm.forward, cuda_batchnorm.backward)}
-
-
-class BatchNormContext(Context):
-    __slots__ = ("x_hat", "inv_std", "weight", "training", "backward_of")
-
-    def __init__(self, x_hat, inv_std, weight, training, backward_of):
-        super().__init__("batch_norm", x_hat.shape)
-        self.x_hat, self.inv_std, self.weight, self.training = x_hat, inv_std, weight, training
-        self.backward_of = backward_of  # the implementation's backward
-
-    def _backward(self, dy, input_grad):
-        return self.backward_of(dy, self.x_hat, self.weight, self.inv_std, self.training,
-                                input_grad)
+# the forward of each implementation (see route): (y, BatchNormContext)
+IMPLEMENTATIONS = {"xp": _forward, "cpu": cpu_batchnorm.forward, "cuda": cuda_batchnorm.forward}
 
 
 def batch_norm_forward(x, weight, bias, running_mean, running_var, *, training,
@@ -150,22 +134,20 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, *, training,
     if training and world is not None:
         ranks = _Ranks(world)
         count = ranks.count(count)
-        forward, backward = (functools.partial(f, ranks=ranks) for f in IMPLEMENTATIONS["xp"])
+        forward = functools.partial(_forward, ranks=ranks)
     else:
         implementation = route(xp, use_kernels, cuda_batchnorm.fits(x.shape))
-        forward, backward = IMPLEMENTATIONS[implementation]
+        forward = IMPLEMENTATIONS[implementation]
         if training and implementation == "cuda" and \
                 cuda_batchnorm.updates_running(x, running_mean, running_var):
             # the kernels update the running statistics too: three launches in all
-            y, x_hat, inv_std = cuda_batchnorm.train_forward(
-                x, weight, bias, running_mean, running_var, momentum, eps)
-            return y, BatchNormContext(x_hat, inv_std, weight, training, backward)
-    y, x_hat, inv_std, stats = forward(x, weight, bias,
-                                       None if training else (running_mean, running_var), eps)
+            return cuda_batchnorm.train_forward(x, weight, bias, running_mean, running_var,
+                                                momentum, eps)
+    y, ctx = forward(x, weight, bias, None if training else (running_mean, running_var), eps)
     if training:
-        mean, var = stats
+        mean, var = ctx.batch_stats
         running_mean *= 1.0 - momentum
         running_mean += momentum * mean.astype(running_mean.dtype)
         running_var *= 1.0 - momentum
         running_var += (momentum * count / (count - 1)) * var.astype(running_var.dtype)
-    return y, BatchNormContext(x_hat, inv_std, weight, training, backward)
+    return y, ctx

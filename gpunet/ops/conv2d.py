@@ -20,10 +20,7 @@ layout, thread chunks) and CuPy arrays gpunet's CUDA kernels
 from __future__ import annotations
 
 from .. import _checks
-from ..backend import common_array_module
-from ..cpu import conv2d as cpu_conv2d
-from ..cuda import conv2d as cuda_conv2d
-from .common import (
+from .._context import (
     Context,
     check_window,
     crop,
@@ -31,9 +28,12 @@ from .common import (
     normalize_padding,
     output_hw,
     pad_input,
-    route,
     window_offsets,
 )
+from ..backend import common_array_module
+from ..cpu import conv2d as cpu_conv2d
+from ..cuda import conv2d as cuda_conv2d
+from .common import route
 
 
 def im2col(x, kernel, stride, pads, dilation=(1, 1)):
@@ -113,7 +113,7 @@ class GroupedContext(Context):
 
 
 def conv2d_forward(x, weight, bias=None, stride=1, padding=0, use_kernels=None,
-                   algorithm=None, dilation=1, groups=1):
+                   algorithm=None, dilation=1, groups=1, *, where="conv2d", x_name="x"):
     """Cross-correlation ``y[n,k] = sum_c,r,s W[k,c,r,s] x[n,c,oh*s+r*d,ow*s+s'*d] + b[k]``
     over the ``C / groups`` channels of filter ``k``'s group (PyTorch's
     ``torch.nn.functional.conv2d``, its ``dilation`` and ``groups`` included).
@@ -131,14 +131,16 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, use_kernels=None,
     accelerators have no dilation, so NumPy arrays take this file's im2col path
     (``algorithm`` must then be ``None``); the CUDA kernels run the dilated filter
     with zeros between its taps (:func:`gpunet.cuda.conv2d.forward`).
+
+    Every argument is checked here, once: ``where`` and ``x_name`` name the caller
+    and ``x`` in the error messages (``Conv2d`` passes its repr and ``"input"``).
     """
-    where = "conv2d"
-    xp = common_array_module(x=x, weight=weight, bias=bias)
-    _checks.float_array(where, "x", x)
+    _checks.float_array(where, x_name, x)
     _checks.float_array(where, "weight", weight)
-    _checks.rank(where, "x", x, 4, "(N, C, H, W)")
+    xp = common_array_module(x=x, weight=weight, bias=bias)
+    _checks.rank(where, x_name, x, 4, "(N, C, H, W)")
     _checks.rank(where, "weight", weight, 4, "(K, C / groups, R, S)")
-    _checks.same_dtype(where, x=x, weight=weight, bias=bias)
+    _checks.same_dtype(where, **{x_name: x}, weight=weight, bias=bias)
     groups = _checks.positive_int("groups", groups)
     dilation = _checks.pair("dilation", dilation)
     if x.shape[1] % groups or weight.shape[0] % groups:
@@ -148,9 +150,10 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, use_kernels=None,
             f"filters (weight shape {tuple(weight.shape)})")
     if x.shape[1] != weight.shape[1] * groups:
         raise ValueError(
-            f"{where}: x has {x.shape[1]} channels (shape {tuple(x.shape)}) but weight "
+            f"{where}: {x_name} has {x.shape[1]} channels (shape {tuple(x.shape)}) but weight "
             f"expects {weight.shape[1] * groups} (shape {tuple(weight.shape)}, "
-            f"groups={groups})")
+            f"groups={groups}): expected {weight.shape[1] * groups} channels, "
+            f"got {x.shape[1]}")
     if bias is not None:
         _checks.shape(where, "bias", bias, (weight.shape[0],))
     stride = _checks.pair("stride", stride)

@@ -6,9 +6,10 @@ CuPy's ``matmul`` is cuBLAS, which gpunet does not try to beat.
 from __future__ import annotations
 
 from .. import _checks
+from .._context import Context
 from ..backend import common_array_module
 from ..cpu import parallel as cpu_parallel
-from .common import Context, route
+from .common import route
 
 
 def _matmul(xp, a, b):
@@ -33,15 +34,18 @@ class LinearContext(Context):
         return _matmul(xp, dy2, self.weight).reshape(self.x.shape), dweight, dbias
 
 
-def linear_forward(x, weight, bias=None):
+def linear_forward(x, weight, bias=None, *, where=None, x_name="x"):
     """``(y, ctx)`` for ``x`` of shape ``(..., in)``; ``ctx.backward(dy)`` gives
-    ``(dx, dweight, dbias)``."""
-    where = f"linear({weight.shape[1]} -> {weight.shape[0]})"
-    _checks.float_array(where, "x", x)
+    ``(dx, dweight, dbias)``. Every argument is checked here, once: ``where`` (by
+    default ``linear(in -> out)``) and ``x_name`` name the caller and ``x`` in the error
+    messages (``Linear`` passes its repr and ``"input"``)."""
+    if where is None:
+        where = f"linear({weight.shape[1]} -> {weight.shape[0]})"
+    _checks.float_array(where, x_name, x)
     xp = common_array_module(x=x, weight=weight, bias=bias)
-    _checks.same_dtype(where, x=x, weight=weight, bias=bias)
+    _checks.same_dtype(where, **{x_name: x}, weight=weight, bias=bias)
     if x.ndim < 1 or x.shape[-1] != weight.shape[1]:
-        raise ValueError(f"{where}: x must be (..., {weight.shape[1]}), "
+        raise ValueError(f"{where}: {x_name} must be (..., {weight.shape[1]}), "
                          f"got shape {tuple(x.shape)}")
     y = _matmul(xp, x.reshape(-1, weight.shape[1]), weight.T)
     y = y.reshape(*x.shape[:-1], weight.shape[0])

@@ -6,8 +6,8 @@
 from __future__ import annotations
 
 from .. import _checks
+from .._context import Context
 from ..backend import common_array_module
-from .common import Context
 
 
 def _window_sum(a, before, after):

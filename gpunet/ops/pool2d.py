@@ -11,23 +11,24 @@ gpunet's CUDA kernels (:mod:`gpunet.cuda.pool2d`, ``kernels/pool2d.cu``).
 from __future__ import annotations
 
 from .. import _checks
-from ..backend import common_array_module
-from ..cpu import pool2d as cpu_pool2d
-from ..cuda import pool2d as cuda_pool2d
-from .common import (
+from .._context import (
     Context,
     avg_pool_divisor,
     check_window,
-    cpu_scope,
     output_hw,
     pad_input,
     pool_pads,
-    route,
 )
+from ..backend import common_array_module
+from ..cpu import pool2d as cpu_pool2d
+from ..cuda import pool2d as cuda_pool2d
+from .common import cpu_scope, route
 from .conv2d import col2im, im2col
 
 
-def _geometry(where, x, kernel_size, stride, padding, ceil_mode):
+def _checked_arguments(where, x, kernel_size, stride, padding, ceil_mode):
+    """``(kernel, stride, padding, pads, out_hw)``: the arguments checked, and the
+    windows' padding (ceil mode's overhang included) and output size."""
     _checks.float_array(where, "x", x)
     _checks.rank(where, "x", x, 4, "(N, C, H, W)")
     kernel = _checks.pair("kernel_size", kernel_size)
@@ -47,11 +48,11 @@ def _geometry(where, x, kernel_size, stride, padding, ceil_mode):
 def _pool2d_forward(kind, x, kernel_size, stride, padding, use_kernels, ceil_mode,
                     count_include_pad=True):
     """``pads`` are ``((top, bottom), (left, right))``, ceil mode's overhang included
-    (:func:`~.common.pool_pads`); average pooling divides each window by its own
-    divisor (:func:`~.common.avg_pool_divisor`), ``R*S`` but where ceil mode or
+    (:func:`gpunet._context.pool_pads`); average pooling divides each window by its own
+    divisor (:func:`gpunet._context.avg_pool_divisor`), ``R*S`` but where ceil mode or
     ``count_include_pad=False`` cut the window."""
-    kernel, stride, padding, pads, out_hw = _geometry(f"{kind}_pool2d", x, kernel_size, stride,
-                                                      padding, ceil_mode)
+    kernel, stride, padding, pads, out_hw = _checked_arguments(
+        f"{kind}_pool2d", x, kernel_size, stride, padding, ceil_mode)
     count_include_pad = _checks.boolean("count_include_pad", count_include_pad)
     xp = common_array_module(x=x)
     implementation = route(xp, use_kernels, cuda_pool2d.fits(x.shape, out_hw))
