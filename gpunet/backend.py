@@ -343,9 +343,8 @@ def set_rng_state(state: dict) -> None:
     _restored_device_state = state.get("cuda")
 
 
-# A distributed step's rows of the global batch, set by gpunet.distributed for the step:
-# random draws for a batch (dropout's masks) are then the global batch's, sliced, so that
-# p processes draw what one process does with p times the batch.
+# A distributed step's rows of the global batch (set by gpunet.distributed): a batch's draws
+# (dropout's masks) are the global batch's, sliced, so p processes draw what one process does.
 _shard: tuple[int, int, int] | None = None
 
 
@@ -355,20 +354,16 @@ def current_shard() -> tuple[int, int, int] | None:
     return _shard
 
 
-class batch_shard:
+@contextlib.contextmanager
+def batch_shard(start: int, stop: int, rows: int):
     """``with batch_shard(start, stop, rows):`` marks a step's slice of a global batch
     of ``rows`` (:func:`batch_uniform` draws for all of them and keeps the slice)."""
-
-    def __init__(self, start: int, stop: int, rows: int):
-        self.value = (start, stop, rows)
-
-    def __enter__(self):
-        global _shard
-        self.previous, _shard = _shard, self.value
-
-    def __exit__(self, *exc_info):
-        global _shard
-        _shard = self.previous
+    global _shard
+    previous, _shard = _shard, (start, stop, rows)
+    try:
+        yield
+    finally:
+        _shard = previous
 
 
 def batch_uniform(xp: ModuleType, shape, dtype):

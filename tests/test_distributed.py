@@ -364,6 +364,8 @@ def test_one_process_is_a_world_of_one(rng):
     for key in results[0][1]:
         assert numpy.array_equal(results[0][1][key], results[1][1][key])
     assert distributed.world().size == 1
+    from gpunet import _process_group
+    assert _process_group.default() is distributed.world()  # what SyncBatchNorm reduces over
 
 
 @needs_mpiexec
