@@ -3,7 +3,7 @@ showing expected and actual, never a broadcasting traceback from deep inside."""
 import numpy
 import pytest
 
-from gpunet import losses, nn, ops
+from gpunet import losses, models, nn, ops
 
 f32 = numpy.float32
 
@@ -39,6 +39,8 @@ LAYER_CASES = [
     ("flatten 1-D", lambda: nn.Flatten(), z(3), ValueError, ["(3,)"]),
     ("softmax dim", lambda: nn.Softmax(dim=3), z(2, 3), ValueError, ["dim 3", "(2, 3)"]),
     ("not an array", lambda: nn.Tanh(), [[1.0, 2.0]], TypeError, ["must be an array", "list"]),
+    ("lenet5 not an array", lambda: models.lenet5(), [[1.0]], TypeError,
+     ["Conv2d(1, 6", "input must be an array", "list"]),
 ]
 
 

@@ -20,7 +20,8 @@ class InputConv(Conv2d):
     ``padding=2``, i.e. is seen as the 32x32 input LeNet-5 was designed for."""
 
     def padding_for(self, x):
-        return 2 if tuple(x.shape[-2:]) == (28, 28) else self.padding
+        # x is not checked yet (conv2d_forward does it): anything but an array gets its message
+        return 2 if tuple(getattr(x, "shape", ())[-2:]) == (28, 28) else self.padding
 
 
 def _lenet_layers(in_channels, first, num_classes, batch_norm) -> list[Module]:
