@@ -35,7 +35,6 @@ class Context:
         raise NotImplementedError
 
 
-
 class BatchNormContext(Context):
     """What ``backward_of`` needs, and ``batch_stats``: the batch's (mean, biased var) or None."""
 
