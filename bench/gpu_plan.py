@@ -12,6 +12,7 @@ follow from the launch geometry alone.
 from __future__ import annotations
 
 import argparse
+import collections
 import functools
 import os
 import re
@@ -285,6 +286,22 @@ IN_PLACE = re.compile(r"__i(add|sub|mul|truediv|floordiv|mod|pow|and|or|xor|lshi
                       r"|matmul)__")
 
 
+GPUNET = os.path.join(ROOT, "gpunet") + os.sep
+NOT_AN_ORIGIN = ("backend.py", os.path.join("cuda", "runtime.py"))
+
+
+def _origin() -> str:
+    """The innermost gpunet module on the stack but the backend and the launch runtime
+    (``optim.optimizers``, ``train``, ``ops.linear``, ...)."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if name.startswith(GPUNET) and not name.endswith(NOT_AN_ORIGIN):
+            return name[len(GPUNET):-len(".py")].replace(os.sep, ".")
+        frame = frame.f_back
+    return "elsewhere"
+
+
 def _family(kernel: str) -> str:
     return "conv" if kernel.startswith("conv2d") else \
         "pool" if "pool2d" in kernel else "batch norm" if kernel.startswith("bn_") else kernel
@@ -297,7 +314,8 @@ def count_step_work(make, input_shape, batch: int = 2, num_classes: int = 10, se
     [(kernel, grid, block, shared_mem), ...], "kernels": launches per family, "cupy
     ops": CuPy operations that compute or copy (elementwise, reductions, matmul,
     astype, fill, in-place operators; allocation, views and copies to the host are
-    free)}``. The second of two steps: the first copies the per-shape tables once and
+    free), "ops": their names, "origins": the gpunet module that asked for each}``.
+    The second of two steps: the first copies the per-shape tables once and
     creates the optimizer's state."""
     import cupy
     if not getattr(cupy, "IS_TEST_DOUBLE", False):
@@ -323,16 +341,18 @@ def count_step_work(make, input_shape, batch: int = 2, num_classes: int = 10, se
     def counted_compute(function, *args, **kwargs):
         result = compute(function, *args, **kwargs)
         name = getattr(function, "__name__", repr(function))
-        inputs = [a for a in args if isinstance(a, numpy.ndarray)]
+        # a method (``a.reshape``) holds its array as __self__
+        inputs = [a for a in (*args, getattr(function, "__self__", None))
+                  if isinstance(a, numpy.ndarray)]
         produced = result._a if isinstance(result, _core.ndarray) else None
         view = produced is not None and any(numpy.may_share_memory(produced, a) for a in inputs)
         if name not in ("empty", "empty_like") and ("out" in kwargs or not view):
-            ops.append(name)
+            ops.append((name, _origin()))
         return result
 
     def counted(name, method):
         def wrapper(self, *args, **kwargs):
-            ops.append(name)
+            ops.append((name, _origin()))
             return method(self, *args, **kwargs)
         return wrapper
 
@@ -353,7 +373,8 @@ def count_step_work(make, input_shape, batch: int = 2, num_classes: int = 10, se
     kernels = dict.fromkeys(FAMILIES, 0)
     for kernel, *_ in launched:
         kernels[_family(kernel)] = kernels.get(_family(kernel), 0) + 1
-    return {"launched": launched, "kernels": kernels, "cupy ops": len(ops), "ops": ops}
+    return {"launched": launched, "kernels": kernels, "cupy ops": len(ops),
+            "ops": [name for name, _ in ops], "origins": [where for _, where in ops]}
 
 
 COUNTED_MODELS = ("lenet5", "lenet5 batch norm")  # emulated kernels: small models only
@@ -362,15 +383,18 @@ COUNTED_MODELS = ("lenet5", "lenet5 batch norm")  # emulated kernels: small mode
 def cupy_table(markdown: bool = False) -> str:
     """One training step of each of COUNTED_MODELS at batch 2 through the CuPy test
     double: our kernel launches as the double records them, and CuPy operations."""
-    head = ["model", *FAMILIES, "our launches", "CuPy operations", "all"]
+    head = ["model", *FAMILIES, "our launches", "CuPy operations", "all",
+            "CuPy operations by the module asking"]
     lines = []
     for name, make, shape, _ in STEP_MODELS:
         if name not in COUNTED_MODELS:
             continue
         work = count_step_work(make, shape)
         ours = len(work["launched"])
+        origins = collections.Counter(work["origins"]).most_common()
         lines.append([name, *(str(work["kernels"][f]) for f in FAMILIES), str(ours),
-                      str(work["cupy ops"]), str(ours + work["cupy ops"])])
+                      str(work["cupy ops"]), str(ours + work["cupy ops"]),
+                      ", ".join(f"{where} {count}" for where, count in origins)])
     return _format(head, lines, markdown)
 
 
