@@ -7,7 +7,14 @@ blocks an SM holds, waves on ``--sms`` SMs (132: an H100 SXM), how full the laun
 waves are, and issued over useful multiply-adds. Nothing is timed; the figures
 follow from the launch geometry alone.
 
+A second table: per shipped model, the kernel launches of one training step by
+family (conv, pool, batch norm), from the same plans (tests/test_launch_plans.py
+checks them against the launches the CuPy test double records). ``--count-cupy``
+also runs a LeNet-5 step through the double and counts the CuPy operations beside
+our kernels, by the gpunet module asking for them.
+
     PYTHONPATH=. python bench/gpu_plan.py [--sms 132] [--dtype float32] [--tf32] [--markdown]
+                                          [--count-cupy]
 """
 from __future__ import annotations
 
