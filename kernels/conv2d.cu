@@ -766,6 +766,8 @@ extern "C" __global__ void conv2d_bwd_weight_reduce(const real_t* __restrict__ p
 // partial[run][k] = sum of dy[:, k] over the run-th `chunk` of its N OH OW values, one
 // block per (run, k), so that a layer of 6 filters still fills a GPU;
 // conv2d_bwd_weight_reduce then sums the runs in order.
+#define BIAS_UNROLL 4
+
 extern "C" __global__ void conv2d_bwd_bias(const real_t* __restrict__ dy,
                                            real_t* __restrict__ partial,
                                            const ConvGeometry* __restrict__ geometry, int chunk) {
@@ -773,8 +775,23 @@ extern "C" __global__ void conv2d_bwd_bias(const real_t* __restrict__ dy,
     DYNAMIC_SHARED(acc_t, scratch);
     const int k = blockIdx.y, run = blockIdx.x, P = g.OH * g.OW, total = g.N * P;
     const int begin = run * chunk, end = total - begin < chunk ? total : begin + chunk;
+    const int step = blockDim.x;
     acc_t sum = 0;
-    for (int t = begin + threadIdx.x; t < end; t += blockDim.x) {
+    int t = begin + threadIdx.x;
+    // BIAS_UNROLL loads issued before the adds that use them (a warp keeps them in
+    // flight); the adds keep the plain loop's order, so the sums are bit for bit those
+    // of one load at a time. t + 3 step < end: no index past the run.
+    for (; t < end - (BIAS_UNROLL - 1) * step; t += BIAS_UNROLL * step) {
+        acc_t v[BIAS_UNROLL];
+#pragma unroll
+        for (int u = 0; u < BIAS_UNROLL; ++u) {
+            const int i = t + u * step, n = divide(i, g.p_magic, g.p_shift);
+            v[u] = dy[(n * g.K + k) * P + i - n * P];
+        }
+#pragma unroll
+        for (int u = 0; u < BIAS_UNROLL; ++u) sum += v[u];
+    }
+    for (; t < end; t += step) {
         const int n = divide(t, g.p_magic, g.p_shift);
         sum += dy[(n * g.K + k) * P + t - n * P];
     }

@@ -9,6 +9,7 @@ from ..backend import get_array_module
 from . import runtime
 from .runtime import (
     BLOCK,
+    Launch,
     address,
     ceil_div,
     check_indexable,
@@ -23,20 +24,23 @@ TARGET_BLOCKS = 512  # the statistics aim at about this many blocks, whatever th
 MIN_RUN = 1024       # values per block at least
 
 
-def _sizes(x):
-    n, c = x.shape[:2]
-    return n, c, int(numpy.prod(x.shape[2:], dtype=numpy.int64))
+def _sizes(shape):
+    n, c = shape[:2]
+    return n, c, int(numpy.prod(shape[2:], dtype=numpy.int64))
 
 
 def _elementwise_grid(count):
     return (ceil_div(count, BLOCK), 1, 1)
 
 
-def _vectors(hw, *arrays) -> int:
+def _aligned(*arrays) -> bool:
+    return all(address(a) % 16 == 0 for a in arrays)
+
+
+def _vectors(hw, dtype, aligned: bool) -> int:
     """1 when the elementwise kernels may move 16 bytes at a time: ``hw`` a multiple of
     the vector (so that one never straddles two channels), every array 16-byte aligned."""
-    width = 16 // arrays[0].dtype.itemsize
-    return int(hw % width == 0 and all(address(a) % 16 == 0 for a in arrays))
+    return int(aligned and hw % (16 // numpy.dtype(dtype).itemsize) == 0)
 
 
 def _vector_grid(count, vectors, itemsize):
@@ -69,9 +73,63 @@ def _bn_geometry(xp, c, hw, m):
     return geometry(xp, with_divisors((c, hw, m), (hw, c)))
 
 
-def _reduction_grid(m, c):
-    parts, chunk = runs(m, c)
-    return parts, chunk, (parts, c, 1)
+def _reduction(kernel, m, c, dtype) -> Launch:
+    """A per-channel reduction: block (run, channel), a block's sum through shared
+    memory."""
+    parts, _ = runs(m, c)
+    itemsize = numpy.dtype(dtype).itemsize
+    return Launch(kernel, (parts, c, 1), (BLOCK, 1, 1), BLOCK * itemsize)
+
+
+def stats_plan(x_shape, dtype) -> list[Launch]:
+    """The launches of :func:`stats`: ``bn_fwd_stats`` (block (run, channel)) and
+    ``bn_fwd_stats_combine`` (a thread per channel); none for an empty ``x``."""
+    n, c, hw = _sizes(x_shape)
+    if n * c * hw == 0:
+        return []
+    return [_reduction("bn_fwd_stats", n * hw, c, dtype),
+            Launch("bn_fwd_stats_combine", _elementwise_grid(c), (BLOCK, 1, 1))]
+
+
+def apply_plan(x_shape, dtype, aligned: bool = True) -> list[Launch]:
+    """The launch of :func:`apply`: a thread per element, or per 16-byte vector of
+    them where ``HW`` allows and the arrays are ``aligned`` (fresh CuPy arrays are)."""
+    n, c, hw = _sizes(x_shape)
+    size = n * c * hw
+    if size == 0:
+        return []
+    itemsize = numpy.dtype(dtype).itemsize
+    return [Launch("bn_fwd_apply", _vector_grid(size, _vectors(hw, dtype, aligned), itemsize),
+                   (BLOCK, 1, 1))]
+
+
+def train_forward_plan(x_shape, dtype, aligned: bool = True) -> list[Launch]:
+    """The launches of :func:`train_forward`: three."""
+    return stats_plan(x_shape, dtype) + apply_plan(x_shape, dtype, aligned)
+
+
+def eval_forward_plan(x_shape, dtype, aligned: bool = True) -> list[Launch]:
+    """The launches of :func:`forward` with running statistics: ``bn_fwd_apply`` (its
+    ``inv_std`` comes from CuPy operations)."""
+    return apply_plan(x_shape, dtype, aligned)
+
+
+def backward_plan(dy_shape, dtype, input_grad: bool = True,
+                  aligned: bool = True) -> list[Launch]:
+    """The launches of :func:`backward`: ``bn_bwd_reduce`` and ``bn_bwd_reduce_combine``,
+    and ``bn_bwd_dx`` with ``input_grad``; none for an empty ``dy``."""
+    n, c, hw = _sizes(dy_shape)
+    size = n * c * hw
+    if size == 0:
+        return []
+    plan = [_reduction("bn_bwd_reduce", n * hw, c, dtype),
+            Launch("bn_bwd_reduce_combine", _elementwise_grid(c), (BLOCK, 1, 1))]
+    if input_grad:
+        itemsize = numpy.dtype(dtype).itemsize
+        plan.append(Launch("bn_bwd_dx",
+                           _vector_grid(size, _vectors(hw, dtype, aligned), itemsize),
+                           (BLOCK, 1, 1)))
+    return plan
 
 
 def stats(x, eps: float = 0.0, running=None, momentum: float = 0.0):
@@ -84,30 +142,27 @@ def stats(x, eps: float = 0.0, running=None, momentum: float = 0.0):
     xp = get_array_module(x)
     x = xp.ascontiguousarray(x)
     check_indexable("batch_norm", x=x.size)
-    n, c, hw = _sizes(x)
+    n, c, hw = _sizes(x.shape)
     runtime.check_grid_rows("batch_norm", "channels", c)
     m = n * hw
     if x.size == 0:  # no channels (ops refuses training on fewer than 2 values a channel)
         return tuple(xp.zeros(c, x.dtype) for _ in range(5))
     geom = _bn_geometry(xp, c, hw, m)
-    parts, chunk, grid = _reduction_grid(m, c)
+    parts, chunk = runs(m, c)
     weights = table(xp, ("batch_norm merge weights", m, parts, chunk),
                     lambda: merge_weights(m, parts, chunk), x.dtype)
     offsets, squares = (new_output(xp, (c, parts), x.dtype) for _ in range(2))
-    runtime.launch("batchnorm", "bn_fwd_stats", x.dtype, grid, (BLOCK, 1, 1),
-                   (x, offsets, squares, geom, weights, numpy.int32(chunk)),
-                   shared_mem=BLOCK * x.dtype.itemsize)
+    reduce, combine = stats_plan(x.shape, x.dtype)
+    reduce.run("batchnorm", x.dtype, (x, offsets, squares, geom, weights, numpy.int32(chunk)))
     mean, var, pivot, offset, inv_std = (new_output(xp, (c,), x.dtype) for _ in range(5))
     # without running statistics the kernel's running pointers are never read: any array
     running_mean, running_var = (mean, var) if running is None else running
     var_momentum = momentum * m / (m - 1) if m > 1 else 0.0
     scalar = x.dtype.type
-    runtime.launch("batchnorm", "bn_fwd_stats_combine", x.dtype, _elementwise_grid(c),
-                   (BLOCK, 1, 1), (x, offsets, squares, mean, var, pivot, offset, inv_std,
-                                   running_mean, running_var, geom, weights,
-                                   numpy.int32(parts), scalar(1.0 / m), scalar(eps),
-                                   scalar(momentum), scalar(var_momentum),
-                                   numpy.int32(running is not None)))
+    combine.run("batchnorm", x.dtype,
+                (x, offsets, squares, mean, var, pivot, offset, inv_std, running_mean,
+                 running_var, geom, weights, numpy.int32(parts), scalar(1.0 / m), scalar(eps),
+                 scalar(momentum), scalar(var_momentum), numpy.int32(running is not None)))
     return mean, var, pivot, offset, inv_std
 
 
@@ -125,16 +180,16 @@ def apply(x, pivot, offset, inv_std, weight, bias):
     xp = get_array_module(x)
     x = xp.ascontiguousarray(x)
     check_indexable("batch_norm", x=x.size)
-    n, c, hw = _sizes(x)
+    n, c, hw = _sizes(x.shape)
     y, x_hat = new_output(xp, x.shape, x.dtype), new_output(xp, x.shape, x.dtype)
     if x.size == 0:  # nothing to launch (a zero grid)
         return y, x_hat
     args = [xp.ascontiguousarray(a) for a in (pivot, offset, inv_std, weight, bias)]
-    vectors = _vectors(hw, x, y, x_hat)
-    runtime.launch("batchnorm", "bn_fwd_apply", x.dtype,
-                   _vector_grid(x.size, vectors, x.dtype.itemsize), (BLOCK, 1, 1),
-                   (x, *args, y, x_hat, _bn_geometry(xp, c, hw, n * hw), numpy.int32(x.size),
-                    numpy.int32(vectors)))
+    aligned = _aligned(x, y, x_hat)
+    (plan,) = apply_plan(x.shape, x.dtype, aligned)
+    plan.run("batchnorm", x.dtype, (x, *args, y, x_hat, _bn_geometry(xp, c, hw, n * hw),
+                                    numpy.int32(x.size),
+                                    numpy.int32(_vectors(hw, x.dtype, aligned))))
     return y, x_hat
 
 
@@ -164,28 +219,26 @@ def backward(dy, x_hat, weight, inv_std, training: bool, input_grad: bool = True
     """``(dx, dweight, dbias)``, ``dx`` ``None`` with ``input_grad=False``."""
     xp = get_array_module(dy)
     dy = xp.ascontiguousarray(dy)
-    n, c, hw = _sizes(dy)
+    n, c, hw = _sizes(dy.shape)
     m = n * hw
     if dy.size == 0:  # no values: zero parameter gradients, an empty dx, no launch
         zeros = xp.zeros(c, dy.dtype), xp.zeros(c, dy.dtype)
         return (new_output(xp, dy.shape, dy.dtype) if input_grad else None, *zeros)
     geom = _bn_geometry(xp, c, hw, m)
-    parts, chunk, grid = _reduction_grid(m, c)
+    parts, chunk = runs(m, c)
     sum_dy, sum_dy_xhat = (new_output(xp, (c, parts), dy.dtype) for _ in range(2))
-    runtime.launch("batchnorm", "bn_bwd_reduce", dy.dtype, grid, (BLOCK, 1, 1),
-                   (dy, x_hat, sum_dy, sum_dy_xhat, geom, numpy.int32(chunk)),
-                   shared_mem=BLOCK * dy.dtype.itemsize)
+    dx = new_output(xp, dy.shape, dy.dtype) if input_grad else None
+    aligned = input_grad and _aligned(dy, x_hat, dx)
+    reduce, combine, *dx_launch = backward_plan(dy.shape, dy.dtype, input_grad, aligned)
+    reduce.run("batchnorm", dy.dtype, (dy, x_hat, sum_dy, sum_dy_xhat, geom, numpy.int32(chunk)))
     dbias, dweight = new_output(xp, (c,), dy.dtype), new_output(xp, (c,), dy.dtype)
-    runtime.launch("batchnorm", "bn_bwd_reduce_combine", dy.dtype, _elementwise_grid(c),
-                   (BLOCK, 1, 1), (sum_dy, sum_dy_xhat, dbias, dweight, numpy.int32(c),
-                                   numpy.int32(parts)))
+    combine.run("batchnorm", dy.dtype, (sum_dy, sum_dy_xhat, dbias, dweight, numpy.int32(c),
+                                        numpy.int32(parts)))
     if not input_grad:
         return None, dweight, dbias
-    dx = new_output(xp, dy.shape, dy.dtype)
-    vectors = _vectors(hw, dy, x_hat, dx)
-    runtime.launch("batchnorm", "bn_bwd_dx", dy.dtype,
-                   _vector_grid(dy.size, vectors, dy.dtype.itemsize), (BLOCK, 1, 1),
-                   (dy, x_hat, xp.ascontiguousarray(weight), xp.ascontiguousarray(inv_std), dbias,
-                    dweight, dx, geom, numpy.int32(dy.size), dy.dtype.type(1.0 / m),
-                    numpy.int32(1 if training else 0), numpy.int32(vectors)))
+    dx_launch[0].run("batchnorm", dy.dtype,
+                     (dy, x_hat, xp.ascontiguousarray(weight), xp.ascontiguousarray(inv_std),
+                      dbias, dweight, dx, geom, numpy.int32(dy.size), dy.dtype.type(1.0 / m),
+                      numpy.int32(1 if training else 0),
+                      numpy.int32(_vectors(hw, dy.dtype, aligned))))
     return dx, dweight, dbias

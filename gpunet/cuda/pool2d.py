@@ -12,6 +12,7 @@ from ..backend import get_array_module
 from . import runtime
 from .runtime import (
     BLOCK,
+    Launch,
     address,
     ceil_div,
     check_indexable,
@@ -66,8 +67,32 @@ def _reciprocals(xp, kernel, dtype):
                          lambda: 1.0 / numpy.maximum(numpy.arange(area + 1), 1), dtype)
 
 
-def _grid(count):
-    return (ceil_div(count, BLOCK), 1, 1), (BLOCK, 1, 1)
+KERNELS = {"max": ("max_pool2d_fwd", "max_pool2d_bwd"),
+           "avg": ("avg_pool2d_fwd", "avg_pool2d_bwd")}
+
+
+def _check_kind(kind):
+    if kind not in KERNELS:
+        raise ValueError(f"pool2d: kind must be 'max' or 'avg', got {kind!r}")
+
+
+def forward_plan(kind: str, x_shape, out_hw) -> list[Launch]:
+    """The launch of :func:`forward`: a thread per output; none for an empty output."""
+    _check_kind(kind)
+    outputs = int(numpy.prod(x_shape[:2], dtype=numpy.int64)) * out_hw[0] * out_hw[1]
+    if outputs == 0:
+        return []
+    return [Launch(KERNELS[kind][0], (ceil_div(outputs, BLOCK), 1, 1), (BLOCK, 1, 1))]
+
+
+def backward_plan(kind: str, x_shape) -> list[Launch]:
+    """The launch of :func:`backward`: a thread per ``dx`` element (a gather, no
+    atomics); none for an empty ``dx``."""
+    _check_kind(kind)
+    size = int(numpy.prod(x_shape, dtype=numpy.int64))
+    if size == 0:
+        return []
+    return [Launch(KERNELS[kind][1], (ceil_div(size, BLOCK), 1, 1), (BLOCK, 1, 1))]
 
 
 def forward(kind: str, x, kernel, stride, pads, out_hw, count_include_pad=True):
@@ -81,15 +106,14 @@ def forward(kind: str, x, kernel, stride, pads, out_hw, count_include_pad=True):
     if y.size == 0:  # no batch or no channels: nothing to launch (a zero grid)
         argmax = xp.zeros(out_shape, numpy.int32) if kind == "max" else None
         return y, PoolKernelContext(kind, tuple(x.shape), out_shape, geom, argmax, None)
-    grid, block = _grid(y.size)
+    (plan,) = forward_plan(kind, x.shape, out_hw)
+    pairs = numpy.int32(_pairs(x, kernel, stride, pads))
     if kind == "max":
         argmax, reciprocal = new_output(xp, out_shape, numpy.int32), None
-        runtime.launch("pool2d", "max_pool2d_fwd", x.dtype, grid, block,
-                       (x, y, argmax, geom, numpy.int32(_pairs(x, kernel, stride, pads))))
+        plan.run("pool2d", x.dtype, (x, y, argmax, geom, pairs))
     else:
         argmax, reciprocal = None, _reciprocals(xp, kernel, x.dtype)
-        runtime.launch("pool2d", "avg_pool2d_fwd", x.dtype, grid, block,
-                       (x, y, geom, reciprocal, numpy.int32(_pairs(x, kernel, stride, pads))))
+        plan.run("pool2d", x.dtype, (x, y, geom, reciprocal, pairs))
     return y, PoolKernelContext(kind, tuple(x.shape), out_shape, geom, argmax, reciprocal)
 
 
@@ -99,11 +123,9 @@ def backward(dy, ctx: PoolKernelContext):
     dx = new_output(xp, ctx.x_shape, dy.dtype)
     if dx.size == 0:
         return dx
-    grid, block = _grid(dx.size)
+    (plan,) = backward_plan("max" if ctx.argmax is not None else "avg", ctx.x_shape)
     if ctx.argmax is not None:
-        runtime.launch("pool2d", "max_pool2d_bwd", dy.dtype, grid, block,
-                       (dy, ctx.argmax, dx, ctx.geometry))
+        plan.run("pool2d", dy.dtype, (dy, ctx.argmax, dx, ctx.geometry))
     else:
-        runtime.launch("pool2d", "avg_pool2d_bwd", dy.dtype, grid, block,
-                       (dy, dx, ctx.geometry, ctx.reciprocal))
+        plan.run("pool2d", dy.dtype, (dy, dx, ctx.geometry, ctx.reciprocal))
     return dx

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import re
 from functools import cache
+from typing import NamedTuple
 
 import numpy
 
@@ -278,3 +279,16 @@ def geometry(xp, values) -> object:
     """The int32 geometry array a kernel reads its sizes from, one per shape and device."""
     values = tuple(int(v) for v in values)
     return table(xp, ("geometry", values), lambda: values, numpy.int32)
+
+
+class Launch(NamedTuple):
+    """One kernel launch as a launcher plans it (``gpunet.cuda.batchnorm``'s and
+    ``pool2d``'s ``*_plan`` functions): what the launcher passes to :func:`launch`, and
+    what the CuPy test double records of it."""
+    kernel: str
+    grid: tuple[int, int, int]
+    block: tuple[int, int, int]
+    shared_mem: int = 0
+
+    def run(self, name: str, dtype, args) -> None:
+        launch(name, self.kernel, dtype, self.grid, self.block, args, self.shared_mem)

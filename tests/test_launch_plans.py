@@ -1,0 +1,185 @@
+"""The plans tell the truth: what the launchers' plan objects say they launch
+(gpunet.cuda.conv2d_plan through bench/gpu_plan.py's conv_launches, the
+``*_plan`` functions of gpunet.cuda.batchnorm and pool2d) is what the CuPy test
+double records, kernel by kernel: name, grid, block and shared memory, in order.
+Per op on awkward shapes, and for a whole LeNet-5 training step against the
+per-model table of bench/gpu_plan.py."""
+import functools
+import os
+import sys
+
+import numpy
+import pytest
+
+from gpunet import backend, models, ops
+from gpunet._context import dilated_kernel, normalize_padding
+from gpunet.cuda import batchnorm as bn_kernels
+from gpunet.cuda import pool2d as pool_kernels
+from gpunet.cuda import runtime
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "bench"))
+import gpu_plan  # noqa: E402
+
+
+@pytest.fixture
+def double(monkeypatch):
+    """``(cupy, launches since)``: the CuPy test double and a function returning the
+    launches it recorded after a mark (``mark()`` returns one)."""
+    reason = backend.cuda_unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"no usable GPU: {reason}")
+    xp = backend.Device("cuda").xp
+    if not getattr(xp, "IS_TEST_DOUBLE", False):
+        pytest.skip("reads the launches the CuPy test double records")
+    from cupy import _raw
+    monkeypatch.setattr(runtime, "_POISON", True)
+
+    class Recorder:
+        def __init__(self):
+            self.start = len(_raw.launches)
+
+        def take(self):
+            """The launches since the last take (or the fixture's start)."""
+            got = [tuple(launch) for launch in _raw.launches[self.start:]]
+            self.start = len(_raw.launches)
+            return got
+    return xp, Recorder()
+
+
+def _tuples(launches):
+    return [(lc.kernel, tuple(lc.grid), tuple(lc.block), lc.shared_mem) for lc in launches]
+
+
+CONV_CASES = [  # N, C, H, W, K, R, S, stride, padding, bias
+    (1, 1, 5, 7, 1, 3, 3, (1, 1), 0, True),        # C = K = 1: the direct kernels
+    (2, 3, 11, 9, 6, 5, 5, (2, 3), 2, True),       # strides 2 and 3, K = 6
+    (1, 17, 6, 5, 3, 3, 3, (2, 2), 1, False),      # C = 17: the backward-data GEMM
+    (3, 5, 9, 7, 20, 3, 2, (1, 1), (1, 0), True),  # K = 20: the forward GEMM
+    (1, 30, 6, 5, 70, 3, 4, (1, 3), (2, 1), True),  # the 128 x 128 tile
+    (2, 41, 7, 6, 20, 3, 3, (1, 1), 1, False),     # weight GEMM, split-K
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("input_grad", [True, False])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("case", CONV_CASES, ids=str)
+def test_conv2d_launches_what_its_plans_say(double, case, dtype, input_grad, rng):
+    xp, recorded = double
+    n, c, h, w, k, r, s, stride, padding, has_bias = case
+    x = xp.asarray(rng.standard_normal((n, c, h, w)).astype(dtype))
+    weight = xp.asarray(rng.standard_normal((k, c, r, s)).astype(dtype))
+    bias = xp.asarray(rng.standard_normal(k).astype(dtype)) if has_bias else None
+    recorded.take()
+    y, ctx = ops.conv2d_forward(x, weight, bias, stride, padding, use_kernels=True)
+    forward = recorded.take()
+    ctx.backward(xp.asarray(rng.standard_normal(y.shape).astype(dtype)), input_grad)
+    backward = recorded.take()
+    pads = normalize_padding(padding, dilated_kernel((r, s), (1, 1)), stride)
+    planned = gpu_plan.conv_launches((n, c, h, w, k, r, s, *y.shape[2:]), stride, pads,
+                                     has_bias, input_grad, dtype, False, runtime.sm_count(xp))
+    assert forward == _tuples(planned[0])
+    assert backward == _tuples(planned[1])
+
+
+POOL_CASES = [  # N, C, H, W, kernel, stride, padding, ceil_mode
+    (1, 1, 5, 5, (2, 2), (2, 2), (0, 0), False),
+    (2, 3, 7, 8, (3, 2), (2, 2), (1, 0), True),   # ceil mode's overhang
+    (3, 2, 9, 6, (3, 3), (1, 2), (1, 1), False),
+    (1, 5, 28, 28, (2, 2), (2, 2), (0, 0), False),  # LeNet's, the paired loads
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize("case", POOL_CASES, ids=str)
+def test_pool2d_launches_what_its_plans_say(double, case, kind, rng):
+    xp, recorded = double
+    n, c, h, w, kernel, stride, padding, ceil_mode = case
+    x = xp.asarray(rng.standard_normal((n, c, h, w)).astype("float32"))
+    forward_op = ops.max_pool2d_forward if kind == "max" else ops.avg_pool2d_forward
+    recorded.take()
+    y, ctx = forward_op(x, kernel, stride, padding, use_kernels=True, ceil_mode=ceil_mode)
+    forward = recorded.take()
+    ctx.backward(xp.asarray(rng.standard_normal(y.shape).astype("float32")))
+    assert forward == _tuples(pool_kernels.forward_plan(kind, x.shape, y.shape[2:]))
+    assert recorded.take() == _tuples(pool_kernels.backward_plan(kind, x.shape))
+
+
+BN_SHAPES = [(2, 3, 5, 7), (1, 1, 9), (5, 4), (3, 1, 1, 1), (4, 2, 257), (2, 6, 28, 28),
+             (64, 6, 8, 8), (2, 3, 4, 5)]  # the last three: HW a multiple of the vector
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("input_grad", [True, False])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", BN_SHAPES, ids=str)
+@pytest.mark.parametrize("aligned", [True, False], ids=["aligned", "offset"])
+def test_batch_norm_launches_what_its_plans_say(double, shape, dtype, training, input_grad,
+                                                aligned, rng):
+    """Training and evaluation, forward and backward with and without the input
+    gradient; ``offset``: x and dy contiguous views one element into a larger array,
+    off the 16-byte boundary (the elementwise kernels then move single elements where
+    they would move vectors)."""
+    xp, recorded = double
+    c, size, skip = shape[1], int(numpy.prod(shape)), 0 if aligned else 1
+
+    def put(values):
+        return xp.asarray(values.astype(dtype).ravel())[skip:skip + size].reshape(shape)
+    x = put(numpy.concatenate([[0.0], rng.standard_normal(size) * 2 + 5]))
+    dy = put(numpy.concatenate([[0.0], rng.standard_normal(size)]))
+    gamma, beta = (xp.asarray(rng.standard_normal(c).astype(dtype)) for _ in range(2))
+    mean, var = xp.zeros(c, dtype), xp.ones(c, dtype)
+    recorded.take()
+    _, ctx = ops.batch_norm_forward(x, gamma, beta, mean, var, training=training,
+                                    use_kernels=True)
+    forward = recorded.take()
+    ctx.backward(dy, input_grad)
+    backward = recorded.take()
+    x_aligned = runtime.address(x) % 16 == 0
+    plan = bn_kernels.train_forward_plan if training else bn_kernels.eval_forward_plan
+    assert forward == _tuples(plan(shape, dtype, x_aligned))
+    assert backward == _tuples(bn_kernels.backward_plan(
+        shape, dtype, input_grad, runtime.address(dy) % 16 == 0 and x_aligned))
+    assert x_aligned == aligned  # the offset case did move off the boundary
+
+
+LENET = {"lenet5": models.lenet5, "lenet5 batch norm": functools.partial(models.lenet5,
+                                                                         batch_norm=True)}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", list(LENET))
+def test_a_lenet5_training_step_launches_what_the_step_table_says(double, name):
+    """One training step through the double (forward, loss, backward, Adam) records
+    the launches of every layer's plans, forward in layer order and backward in
+    reverse, and as many as bench/gpu_plan.py's per-model table prints (at its batch:
+    the count does not depend on the batch)."""
+    xp, _ = double
+    batch = 2
+    work = gpu_plan.count_step_work(LENET[name], (1, 28, 28), batch)
+    layers = gpu_plan.step_launches(LENET[name]().to("cpu"), (1, 28, 28), batch,
+                                    sms=runtime.sm_count(xp))
+    planned = [lc for _, forward, _ in layers for lc in forward] + \
+        [lc for _, _, backward in reversed(layers) for lc in backward]
+    assert work["launched"] == _tuples(planned)
+    (row,) = [m for m in gpu_plan.STEP_MODELS if m[0] == name]
+    table = gpu_plan.step_counts(row[1]().to("cpu"), row[2], row[3])
+    assert len(work["launched"]) == table["ours"]
+    assert {f: work["kernels"][f] for f in gpu_plan.FAMILIES} == \
+        {f: table[f] for f in gpu_plan.FAMILIES}
+    assert work["cupy ops"] > 0  # the counter sees the linear layers, loss and Adam
+
+
+def test_step_table_counts_each_layer_of_lenet5():
+    """The per-model table's LeNet-5 rows, by hand: each conv a forward, a weight
+    GEMM and its split-K sum, the second conv a backward-data launch as well (the
+    first layer's input needs no gradient), a bias gradient and its sum where the
+    conv has a bias (not before a batch norm); each max pool one launch each way;
+    each batch norm three each way."""
+    plain = gpu_plan.step_counts(models.lenet5().to("cpu"), (1, 28, 28), 64)
+    assert plain == {"conv": 3 + 2 + 3 + 3, "pool": 4, "batch norm": 0, "ours": 15}
+    normed = gpu_plan.step_counts(models.lenet5(batch_norm=True).to("cpu"), (1, 28, 28), 64)
+    assert normed == {"conv": 3 + 4, "pool": 4, "batch norm": 4 * 6, "ours": 35}
