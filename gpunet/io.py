@@ -23,7 +23,8 @@ import numpy
 from numpy.lib import format as npformat
 
 from .backend import get_rng_state, set_rng_state, to_numpy
-from .nn import BatchNorm1d, BatchNorm2d, Conv2d, Linear, Module
+from .nn import Conv2d, Linear, Module
+from .nn.normalization import _BatchNorm  # SyncBatchNorm too
 
 __all__ = ["save", "load", "CheckpointError", "read_checkpoint"]
 
@@ -209,7 +210,7 @@ def _fold_biases_before_batch_norm(model: Module, state: dict) -> list[str]:
             key = f"{prefix}.{name}.bias".lstrip(".")
             mean_key = f"{prefix}.{norm_name}.running_mean".lstrip(".")
             if (isinstance(layer, (Conv2d, Linear)) and layer.bias is None
-                    and isinstance(norm, (BatchNorm1d, BatchNorm2d)) and key in state
+                    and isinstance(norm, _BatchNorm) and key in state
                     and mean_key in state
                     and numpy.shape(state[key]) == numpy.shape(state[mean_key])):
                 bias = numpy.asarray(state.pop(key))

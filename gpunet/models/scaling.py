@@ -25,8 +25,6 @@ from functools import cache
 import numpy
 
 from ..nn import (
-    BatchNorm1d,
-    BatchNorm2d,
     Conv2d,
     Dropout,
     Linear,
@@ -35,6 +33,7 @@ from ..nn import (
     ReLU,
 )
 from ..nn.module import Module
+from ..nn.normalization import _BatchNorm  # SyncBatchNorm too
 
 
 @cache
@@ -65,7 +64,7 @@ def init_for_what_feeds_each_layer(model: Module) -> Module:
             target = 2 * moment if layer is weighted[-1] else moment  # the head: logits at 1/2
             layer.weight.data *= math.sqrt(0.5 / target)  # He's var 2/fan_in -> 1/(fan_in m)
             moment, window, rectified = 1.0, 1, False
-        elif isinstance(layer, (BatchNorm1d, BatchNorm2d)):
+        elif isinstance(layer, _BatchNorm):
             moment = 1.0  # unit variance again, whatever came before
         elif isinstance(layer, MaxPool2d):
             n = layer.kernel_size[0] * layer.kernel_size[1]
