@@ -27,6 +27,7 @@ import zlib
 
 import numpy
 
+from . import config
 from .backend import get_array_module, to_numpy
 
 __all__ = ["World", "init", "world", "is_initialized", "current_shard", "sync_batch_norm",
@@ -250,7 +251,7 @@ def init() -> World:
     if _world is None:
         _world = World(_mpi().COMM_WORLD)
         _install_abort_on_error(_world)
-        if _world.local_size > 1 and "GPUNET_NUM_THREADS" not in os.environ:
+        if _world.local_size > 1 and config.get("num_threads") is None:
             from . import cpu
             cpu.set_num_threads(max(1, len(os.sched_getaffinity(0)) // _world.local_size
                                     if hasattr(os, "sched_getaffinity") else 1))
