@@ -9,14 +9,16 @@ variable, what it takes and what it got::
     with gpunet.config.override(kernels=False):   # CuPy arrays take the xp path here
         model(x)
 
-No variable is read at import: a bad value breaks only what uses it (the CLI checks
-them all first, :func:`check_environment`, and ``--help`` still works). Most are read
-at each lookup, so that whoever changes ``os.environ`` in the process (the tests'
-``monkeypatch.setenv``, the CLI run in-process, a tuning trial) is seen at once with
-nothing to reset: they are looked up once per command or run. The four that every op
-or launch consults (``cached`` in the table: kernels, cpu_accel, allow_tf32, poison)
-are read at their first lookup and kept, because reading ``os.environ`` costs 1-3 us
-(a missing key raises inside it) against a 5 us layer; :func:`reload` reads them again.
+Nothing here is read at import (the backend takes ``GPUNET_DEVICE`` once at its own,
+as API.md says, and keeps a bad value's error for the first use): a bad value breaks
+only what uses it (the CLI checks them all first, :func:`check_environment`, and
+``--help`` still works). Most are read at each lookup, so that whoever changes
+``os.environ`` in the process (the tests' ``monkeypatch.setenv``, the CLI run
+in-process, a tuning trial) is seen at once with nothing to reset: they are looked up
+once per command or run. The four that every op or kernel launch consults (``cached``
+in the table: kernels, cpu_accel, allow_tf32, poison) are read at their first lookup
+and kept, as they were before this module: reading ``os.environ`` costs more than a
+small op's own Python (a missing key raises inside it). :func:`reload` reads them again.
 """
 from __future__ import annotations
 
