@@ -149,8 +149,9 @@ def fashion_mnist_root(data_root: str | None) -> str | None:
     ``$GPUNET_DATA/fashion-mnist`` (or ``$GPUNET_DATA``), else ``None``. Only these:
     elsewhere the loader would try a download, which a GPU machine without network
     turns into a wait."""
+    from gpunet import config
     from gpunet.data.datasets import FASHION_MNIST
-    data = os.environ.get("GPUNET_DATA")
+    data = config.get("data")
     folders = [data_root] if data_root else \
         [os.path.join(data, "fashion-mnist"), data] if data else []
     for folder in folders:

@@ -34,6 +34,7 @@ def worker(args) -> dict:
     from gpunet.train import train_step
 
     gpunet.set_device("cpu")
+    gpunet.backend.tune_cpu_allocator()  # its steps time as fit's (import leaves glibc alone)
     world = distributed.init()
     make, _, shape = benchmarks.STEP_WORKLOADS[args.net]
     gpunet.manual_seed(0)

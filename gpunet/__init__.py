@@ -3,7 +3,7 @@
 The backend names are re-exported here: ``gpunet.set_device("auto")``,
 ``gpunet.manual_seed(0)``, ``gpunet.to_numpy(x)``.
 """
-from . import data, distributed, init, losses, models, nn, ops, optim
+from . import config, data, distributed, init, losses, models, nn, ops, optim
 from .backend import (
                       Device,
                       DeviceError,
@@ -34,7 +34,7 @@ def __getattr__(name):
 
 __all__ = [
     "CheckpointError", "Device", "DeviceError", "DeviceFallbackWarning", "GradcheckReport",
-    "History", "NonFiniteError", "data", "distributed", "evaluate", "ewma", "fit",
+    "History", "NonFiniteError", "config", "data", "distributed", "evaluate", "ewma", "fit",
     "get_array_module",
     "get_device", "gradcheck", "init", "load", "losses", "manual_seed", "models", "nn", "ops",
     "optim", "save", "set_device", "summary", "to_device", "to_numpy",

@@ -5,7 +5,6 @@ Every message names the argument and shows what was expected and what came.
 from __future__ import annotations
 
 import numbers
-import os
 
 import numpy
 
@@ -100,57 +99,3 @@ def shape(where: str, name: str, x, expected) -> None:
     if tuple(x.shape) != tuple(expected):
         raise ValueError(f"{where}: {name} must have shape {tuple(expected)}, "
                          f"got {tuple(x.shape)}")
-
-
-# Every boolean GPUNET_* variable and its value when unset; all are read by env_flag.
-BOOLEAN_VARIABLES = {"GPUNET_KERNELS": True, "GPUNET_CPU_ACCEL": True, "GPUNET_ALLOW_TF32": False,
-                     "GPUNET_POISON": False, "GPUNET_KEEP_FREED_MEMORY": True,
-                     "GPUNET_PROGRESS": False, "GPUNET_TRACEBACK": False}
-_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
-
-
-def env_flag(name: str) -> bool:
-    """The boolean environment variable ``name`` (one of :data:`BOOLEAN_VARIABLES`):
-    1/0, true/false, yes/no or on/off in any case; its default when unset or empty;
-    ``ValueError`` naming the variable for anything else (``true`` was once taken
-    as off without a word)."""
-    text = os.environ.get(name, "")
-    word = text.strip().lower()
-    if not word:
-        return BOOLEAN_VARIABLES[name]
-    if word in _TRUE or word in _FALSE:
-        return word in _TRUE
-    raise ValueError(f"{name}: expected 1/0, true/false, yes/no or on/off, got {text!r}")
-
-
-# Every integer GPUNET_* variable and its least value; all are read by env_int. Read
-# when first needed, never at import: a bad value would otherwise break every command,
-# ``--help`` included, with a traceback.
-INTEGER_VARIABLES = {"GPUNET_NUM_THREADS": 1}
-
-
-def env_int(name: str, default=None):
-    """The integer environment variable ``name`` (one of :data:`INTEGER_VARIABLES`);
-    ``default`` when unset or empty; ``ValueError`` naming the variable for anything
-    else, or for a value below its least."""
-    text = os.environ.get(name, "")
-    if not text.strip():
-        return default
-    least = INTEGER_VARIABLES[name]
-    try:
-        value = int(text.strip())
-    except ValueError:
-        value = None
-    if value is None or value < least:
-        raise ValueError(f"{name}: expected an integer >= {least}, got {text!r}")
-    return value
-
-
-def check_environment() -> None:
-    """Every boolean and integer GPUNET_* variable is readable (``ValueError`` for the
-    first that is not): the CLI checks them all before it starts, whichever the
-    command uses."""
-    for name in BOOLEAN_VARIABLES:
-        env_flag(name)
-    for name in INTEGER_VARIABLES:
-        env_int(name)

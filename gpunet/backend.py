@@ -18,7 +18,7 @@ from types import ModuleType
 
 import numpy
 
-from ._checks import env_flag
+from . import config
 
 try:  # CuPy is optional; a broken install counts as missing, with its reason.
     import cupy as _cupy
@@ -36,7 +36,7 @@ __all__ = [
     "get_array_module", "common_array_module", "to_device", "to_numpy",
     "manual_seed", "generator", "get_rng_state", "set_rng_state", "cuda_unavailable_reason",
     "resolve_device", "device_of", "is_out_of_memory", "release_cached_memory",
-    "keep_freed_cpu_memory", "device_name", "NO_GPU", "device_scope",
+    "keep_freed_cpu_memory", "tune_cpu_allocator", "device_name", "NO_GPU", "device_scope",
 ]
 
 
@@ -165,9 +165,17 @@ def _caller_outside_package() -> int:
     return level
 
 
-# GPUNET_DEVICE is read once, here; it is resolved on first use so that
-# ``import gpunet`` never touches a GPU driver.
-_ENV_SPEC = os.environ.get("GPUNET_DEVICE", "auto")
+def _device_at_import() -> str | ValueError:
+    # API.md: GPUNET_DEVICE is read once, at import; it is resolved on first use, so
+    # that ``import gpunet`` never touches a GPU driver, and a bad value is raised
+    # there too, not from ``import gpunet``
+    try:
+        return config.get("device")
+    except ValueError as exc:
+        return exc
+
+
+_ENV_SPEC = _device_at_import()
 _current: Device | None = None
 
 
@@ -196,10 +204,9 @@ def device_scope(x):
 def get_device() -> Device:
     """The current device (``$GPUNET_DEVICE`` or ``"auto"`` until set)."""
     if _current is None:
-        try:
-            return set_device(_ENV_SPEC)
-        except ValueError as exc:
-            raise ValueError(f"GPUNET_DEVICE: {exc}") from None
+        if isinstance(_ENV_SPEC, ValueError):
+            raise ValueError(str(_ENV_SPEC))
+        return set_device(_ENV_SPEC)
     return _current
 
 
@@ -412,9 +419,9 @@ def _glibc():
 
 def keep_freed_cpu_memory() -> bool:
     """Let glibc keep freed memory for the next allocation instead of returning
-    it to the operating system at once. Called when gpunet is imported, unless the
-    environment sets ``GPUNET_KEEP_FREED_MEMORY=0``; returns whether it applied
-    (Linux with glibc only).
+    it to the operating system at once; returns whether it applied (Linux with
+    glibc only). :func:`tune_cpu_allocator` calls it unless the environment says
+    ``GPUNET_KEEP_FREED_MEMORY=0``.
 
     Why: a training step frees and then allocates again the same activations,
     im2col buffers and gradients. By default glibc unmaps every freed block over
@@ -433,16 +440,8 @@ def keep_freed_cpu_memory() -> bool:
                 and libc.mallopt(_M_TRIM_THRESHOLD, CPU_KEEP_FREED_BYTES))
 
 
-def _keep_freed_memory_at_import() -> bool:
-    # a bad value must not make ``import gpunet`` fail: warned here, and refused by
-    # the CLI (check_environment) before it starts
-    try:
-        return env_flag("GPUNET_KEEP_FREED_MEMORY")
-    except ValueError as exc:
-        warnings.warn(f"{exc}; keeping freed memory as by default", RuntimeWarning,
-                      stacklevel=2)
-        return True
-
-
-if _keep_freed_memory_at_import():
-    keep_freed_cpu_memory()
+def tune_cpu_allocator() -> bool:
+    """:func:`keep_freed_cpu_memory` unless ``GPUNET_KEEP_FREED_MEMORY=0``; returns
+    whether it applied. ``fit``, ``gpunet bench``'s runners and the CLI call it:
+    glibc's settings belong to the program, so importing gpunet leaves them alone."""
+    return config.get("keep_freed_memory") and keep_freed_cpu_memory()

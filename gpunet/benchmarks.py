@@ -221,6 +221,7 @@ def gpunet_runner(case: Case, device: str = "cpu") -> Callable[[], object]:
     """A function doing the case once on ``device``, synchronised before it returns.
     A layer case returns ``(y, dx)``; its parameters come from ``manual_seed(0)``,
     as :func:`torch_runner`'s, so the two libraries compute the same thing."""
+    backend.tune_cpu_allocator()  # as fit and the CLI: the process these steps run in
     dev = backend.set_device(device)
     xp = dev.xp
     sync = dev.synchronize
@@ -480,6 +481,7 @@ def memory_child(library: str, workload: str, images: int = 60000,
     memory on the CPU; on a GPU, device memory. CuPy's pool keeps freed blocks for
     reuse, so what it holds after the run (``total_bytes``) is its high-water mark.
     Meant for a fresh process, where nothing else has grown the heap or the pool."""
+    backend.tune_cpu_allocator()  # both libraries' rows in a process set up as fit's
     net = "lenet5" if workload == "lenet5_epoch" else "alexnet_cifar"
     make, batch, shape = STEP_WORKLOADS[net]
     n = images if workload == "lenet5_epoch" else 2 * batch  # two steps: the first allocates

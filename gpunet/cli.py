@@ -15,7 +15,7 @@ import warnings
 
 import numpy
 
-from . import __version__, _checks, backend
+from . import __version__, backend, config
 from . import distributed as gpunet_distributed
 from .data import DatasetError, load_cifar10, load_fashion_mnist, load_mnist, synthetic_images
 from .data.batching import train_dev_test_split
@@ -363,7 +363,7 @@ def _use_device(spec, quiet: bool = False) -> None:
     command; any other reason for the fallback is said every time."""
     source = "--device"
     if spec is None:
-        spec, source = os.environ.get("GPUNET_DEVICE") or "auto", "GPUNET_DEVICE"
+        spec, source = config.get("device"), "GPUNET_DEVICE"
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", backend.DeviceFallbackWarning)
@@ -851,9 +851,9 @@ def cmd_info(args) -> int:
           f"{kernel_dir()}, compiled by CuPy into {cache}")
     # what train, evaluate and tune would run on, refused as they refuse it
     _use_device(None, quiet=True)
-    spec = os.environ.get("GPUNET_DEVICE")
-    print(f"device: {backend.get_device().name} "
-          f"({f'GPUNET_DEVICE={spec}' if spec else 'auto: GPUNET_DEVICE is not set'})")
+    spec = f"GPUNET_DEVICE={config.get('device')}" if config.is_set("device") else \
+        "auto: GPUNET_DEVICE is not set"
+    print(f"device: {backend.get_device().name} ({spec})")
     return 0
 
 
@@ -1080,7 +1080,10 @@ def main(argv=None) -> int:
             print(parser.format_help(), end="")
             return 1
         args = parser.parse_args(argv)
-        _checks.check_environment()
+        # --device replaces GPUNET_DEVICE; every other variable is refused here, whichever
+        # the command reads, before anything starts
+        config.check_environment(skip=("device",) if getattr(args, "device", None) else ())
+        backend.tune_cpu_allocator()
         subparser = {"train": parser.train_parser, "tune": parser.tune_parser}.get(args.command)
         args.given = _given_flags(subparser, argv) if subparser else set()
         _check_launch(args)
@@ -1101,7 +1104,7 @@ def main(argv=None) -> int:
             if not gpunet_distributed.end_interrupted("gpunet: interrupted"):
                 print("gpunet: interrupted", file=sys.stderr)
             return 130
-        if _checks.env_flag("GPUNET_TRACEBACK"):
+        if config.get("traceback"):
             raise
         return _fail(f"internal error: {type(exc).__name__}: {exc} (a bug in gpunet: please "
                      "report it; GPUNET_TRACEBACK=1 shows where)", 1)

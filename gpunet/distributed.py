@@ -27,7 +27,7 @@ import zlib
 
 import numpy
 
-from . import _process_group
+from . import _process_group, config
 from .backend import batch_shard, current_shard, get_array_module, to_numpy
 from .nn.normalization import convert_sync_batchnorm
 
@@ -254,7 +254,7 @@ def init() -> World:
         _world = World(_mpi().COMM_WORLD)
         _process_group.set_default(_world)  # what SyncBatchNorm reduces over
         _install_abort_on_error(_world)
-        if _world.local_size > 1 and "GPUNET_NUM_THREADS" not in os.environ:
+        if _world.local_size > 1 and config.get("num_threads") is None:
             from . import cpu
             cpu.set_num_threads(max(1, len(os.sched_getaffinity(0)) // _world.local_size
                                     if hasattr(os, "sched_getaffinity") else 1))

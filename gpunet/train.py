@@ -22,6 +22,7 @@ from .backend import (
     release_cached_memory,
     set_rng_state,
     to_device,
+    tune_cpu_allocator,
 )
 from .data.batching import minibatches
 from .distributed import batch_shard
@@ -413,6 +414,7 @@ def fit(model: Module, loss, optimizer, train_data, epochs: int, batch_size: int
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"epochs: expected a non-negative int, got {epochs!r}")
     device = device_of(model.parameters()[0].data)
+    tune_cpu_allocator()  # each step reuses the last one's freed memory (backend.py says why)
     world = _start_distributed(model, train_data, val_data) if distributed else None
     processes = 1 if world is None else world.size
     lines = bool(progress) and (world is None or world.is_root)

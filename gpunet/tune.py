@@ -766,8 +766,8 @@ def threads_per_worker(workers: int) -> int:
 def devices_for(spec: str | None) -> list[str]:
     """One CUDA device a worker where the run asks for CUDA (or ``auto``) and several
     exist; otherwise [] (every worker on the run's device)."""
-    from . import backend
-    spec = spec or os.environ.get("GPUNET_DEVICE") or "auto"
+    from . import backend, config
+    spec = spec or config.get("device")
     if spec not in ("auto", "cuda") or backend.cuda_unavailable_reason(1) is not None:
         return []
     count = 2

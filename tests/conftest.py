@@ -4,6 +4,7 @@
 place before gpunet imports it: ``cuda`` is then a usable device and the tests
 marked ``gpu`` run through it, subprocesses (the CLI) included.
 """
+import contextlib
 import os
 import sys
 
@@ -21,7 +22,7 @@ if CUPY_DOUBLE:
     os.environ["PYTHONPATH"] = os.pathsep.join(
         [_double_dir, ROOT, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
 
-from gpunet import backend, ops  # noqa: E402 - after the double is in place
+from gpunet import backend, config, ops  # noqa: E402 - after the double is in place
 
 settings.register_profile(
     "gpunet", max_examples=30, deadline=None, derandomize=True,
@@ -56,6 +57,14 @@ def _cpu_by_default():
     """Tests that do not ask for ``xp`` build their layers on the CPU."""
     backend.set_device("cpu")
     backend.manual_seed(1234)
+
+
+@pytest.fixture
+def gpunet_settings():
+    """``gpunet_settings(poison=True)``: ``gpunet.config`` settings for the rest of the
+    test, undone after it."""
+    with contextlib.ExitStack() as stack:
+        yield lambda **values: stack.enter_context(config.override(**values))
 
 
 @pytest.fixture

@@ -131,6 +131,7 @@ def test_two_processes_with_the_same_seed_agree():
 FAULTS_PER_STEP = """
 import resource, numpy, gpunet
 gpunet.set_device("cpu")
+gpunet.backend.tune_cpu_allocator()  # as fit and the CLI do
 model, loss = gpunet.models.alexnet_cifar(), gpunet.losses.SoftmaxCrossEntropy()
 x = numpy.random.default_rng(0).standard_normal((16, 3, 32, 32), dtype=numpy.float32)
 y = numpy.arange(16) % 10

@@ -115,23 +115,23 @@ class _FakeXp:
         self.cuda = type("cuda", (), {"Device": staticmethod(lambda: _Device(capability))})
 
 
-def test_tf32_only_from_sm80(monkeypatch):
+def test_tf32_only_from_sm80(gpunet_settings):
     """The launcher picks the `_tf32` kernels only where the device has TF32 tensor
     cores; below sm_80 those kernels are the float ones anyway (CONV_TF32 is 0)."""
     from gpunet.cuda import conv2d as conv_kernels
     assert not runtime.tf32_supported(_FakeXp("75"))
     assert runtime.tf32_supported(_FakeXp("80")) and runtime.tf32_supported(_FakeXp("90"))
-    monkeypatch.setattr(runtime, "_tf32", True)
+    gpunet_settings(allow_tf32=True)
     assert conv_kernels.tile(200, "float32", tensor_cores=True)[0] == "_tf32"
     assert conv_kernels.tile(200, "float32", tensor_cores=False)[0] == ""
 
 
 @pytest.mark.skipif(cuda_emulator.compiler() is None, reason="g++ is needed")
-def test_no_tf32_launches_without_tensor_cores(monkeypatch):
+def test_no_tf32_launches_without_tensor_cores(monkeypatch, gpunet_settings):
     """With TF32 allowed on a device without it, every pass takes the float kernels."""
     from gpunet import ops
     monkeypatch.setattr(runtime, "launch", cuda_emulator.emulated_launch)
-    monkeypatch.setattr(runtime, "_tf32", True)
+    gpunet_settings(allow_tf32=True)
     rng = numpy.random.default_rng(3)
     # 17 channels, 128 filters: every pass takes a GEMM (not a _direct kernel)
     x = rng.standard_normal((2, 17, 6, 6)).astype("float32")

@@ -46,10 +46,10 @@ def textbook_oracle():
 
 
 @pytest.fixture
-def emulated(monkeypatch, textbook_oracle):
+def emulated(monkeypatch, gpunet_settings, textbook_oracle):
     """Route kernel launches to the CPU emulation, with poisoned outputs."""
     monkeypatch.setattr(runtime, "launch", cuda_emulator.emulated_launch)
-    monkeypatch.setattr(runtime, "_POISON", True)
+    gpunet_settings(poison=True)
 
 
 def _cupy_or_skip():
@@ -81,9 +81,9 @@ class KernelDevice:
 
 @pytest.fixture(params=[pytest.param("emulator", marks=needs_compiler),
                         pytest.param("cuda", marks=pytest.mark.gpu)])
-def device(request, monkeypatch, textbook_oracle):
+def device(request, monkeypatch, gpunet_settings, textbook_oracle):
     """Each kernel test once on the CPU emulation and once on CUDA (written once)."""
-    monkeypatch.setattr(runtime, "_POISON", True)
+    gpunet_settings(poison=True)
     if request.param == "emulator":
         monkeypatch.setattr(runtime, "launch", cuda_emulator.emulated_launch)
         return KernelDevice("emulator", numpy)
@@ -238,13 +238,13 @@ def check_tf32_convolution(case, rng, to_device=lambda a: a):
 
 @pytest.mark.parametrize("case", TF32_CASES + LAYER_CONV_CASES + CROPPED_LAYER_CONV_CASES,
                          ids=str)
-def test_conv2d_tf32_kernels(device, monkeypatch, case, rng):
+def test_conv2d_tf32_kernels(device, gpunet_settings, case, rng):
     """On a GPU, the tensor cores' fragment layouts hold only if a real mma.sync agrees;
     the emulator holds the kernel to the same layouts, as the PTX ISA states them."""
     device.skip_layer_sized(case, LAYER_CONV_CASES)
     if not runtime.tf32_supported(device.xp):
         pytest.skip("no TF32 tensor cores below sm_80: the _tf32 kernels are the float ones")
-    monkeypatch.setattr(runtime, "_tf32", True)
+    gpunet_settings(allow_tf32=True)
     cuda_emulator.launches.clear()
     check_tf32_convolution(case, rng, device.put)
     if device.kind != "emulator":
@@ -575,7 +575,7 @@ def test_batch_norm_kernel_large_mean_small_spread(emulated, rng):
 
 
 @pytest.fixture
-def device_work(monkeypatch):
+def device_work(monkeypatch, gpunet_settings):
     """The work each CuPy call would put on a GPU, in order, as ``(kind, name)``:
     ``("launch", kernel)`` for a RawKernel launch, ``("op", name)`` for a CuPy
     operation that computes or copies (elementwise, reduction, astype, fill, an
@@ -587,7 +587,7 @@ def device_work(monkeypatch):
     if not getattr(xp, "IS_TEST_DOUBLE", False):
         pytest.skip("counts the CuPy test double's operations")
     from cupy import _core, _raw  # the double's modules
-    monkeypatch.setattr(runtime, "_POISON", False)
+    gpunet_settings(poison=False)
     work = []
     compute, call = _core.compute, _raw.RawKernel.__call__
 
@@ -719,14 +719,14 @@ def test_kernels_alternating_float32_float64_in_one_process(emulated, family, rn
 # -- on a GPU only ------------------------------------------------------------------------
 @pytest.mark.gpu
 @pytest.mark.parametrize("kernels", [True, False], ids=["kernels", "xp-path"])
-def test_lenet5_training_on_gpu_follows_the_cpu_run(kernels, monkeypatch):
+def test_lenet5_training_on_gpu_follows_the_cpu_run(kernels, gpunet_settings):
     """20 steps of LeNet-5 (with batch norm) on the device, through the kernels or
     the xp path (GPUNET_KERNELS=0), give the CPU run's float32 losses to 1e-5."""
     _cupy_or_skip()
     import gpunet
     from gpunet import losses, models, optim
 
-    monkeypatch.setattr(runtime, "_enabled", kernels)
+    gpunet_settings(kernels=kernels)
     batch = 8 if CUPY_DOUBLE else 32
     rng = numpy.random.default_rng(0)
     x = rng.standard_normal((batch, 1, 28, 28)).astype("float32")

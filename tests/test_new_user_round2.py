@@ -44,16 +44,16 @@ def test_bad_num_threads_leaves_help_working_and_commands_fail_in_one_line(value
 
 
 def test_integer_variables_are_read_when_used_not_at_import(monkeypatch):
-    from gpunet import _checks
+    from gpunet import config
     from gpunet.cpu import parallel
     monkeypatch.setenv("GPUNET_NUM_THREADS", " 3 ")
-    assert _checks.env_int("GPUNET_NUM_THREADS") == 3
+    assert config.get("num_threads") == 3
     monkeypatch.setenv("GPUNET_NUM_THREADS", "")
-    assert _checks.env_int("GPUNET_NUM_THREADS", 7) == 7
+    assert config.get("num_threads") is None
     monkeypatch.setenv("GPUNET_NUM_THREADS", "2.5")
     with pytest.raises(ValueError, match=r"^GPUNET_NUM_THREADS: expected an integer >= 1, "
                                          r"got '2.5'$"):
-        _checks.check_environment()
+        config.check_environment()
     with pytest.raises(ValueError, match="GPUNET_NUM_THREADS"):
         parallel._default_threads()
 

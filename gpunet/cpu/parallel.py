@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy
 
-from .. import _checks
+from .. import _checks, config
 from .._context import Context
 from ..backend import get_array_module
 
@@ -59,7 +59,7 @@ WORKER_START_WORK = 2**16
 
 
 def _default_threads() -> int:
-    given = _checks.env_int("GPUNET_NUM_THREADS")
+    given = config.get("num_threads")
     if given is not None:
         return given
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

@@ -8,40 +8,26 @@ from typing import NamedTuple
 
 import numpy
 
-from .._checks import env_flag
+from .. import config
 from ..backend import get_array_module
 
 BLOCK = 256
-# GPUNET_KERNELS, GPUNET_POISON and GPUNET_ALLOW_TF32 are read at first use, not at
-# import: a bad value is then an error there (and first thing in the CLI), never a
-# traceback from ``import gpunet``. None: not read yet.
-_enabled: bool | None = None
-# GPUNET_POISON=1 (the tests): outputs NaN-filled before each launch, so that an
-# element a kernel forgets to write shows up
-_POISON: bool | None = None
-_tf32: bool | None = None
 
 
 def kernels_enabled() -> bool:
     """Whether CuPy arrays go to the CUDA kernels (``GPUNET_KERNELS=0``: the xp path)."""
-    global _enabled
-    if _enabled is None:
-        _enabled = env_flag("GPUNET_KERNELS")
-    return _enabled
+    return config.get("kernels")
 
 
 def set_kernels_enabled(enabled: bool) -> None:
-    global _enabled
-    _enabled = bool(enabled)
+    """``gpunet.config.update(kernels=enabled)``."""
+    config.update(kernels=enabled)
 
 
 def allow_tf32() -> bool:
     """Whether float32 convolutions on the GPU may run on TF32 tensor cores (off by
     default; ``GPUNET_ALLOW_TF32=1`` or :func:`set_allow_tf32`)."""
-    global _tf32
-    if _tf32 is None:
-        _tf32 = env_flag("GPUNET_ALLOW_TF32")
-    return _tf32
+    return config.get("allow_tf32")
 
 
 def set_allow_tf32(enabled: bool) -> None:
@@ -49,9 +35,8 @@ def set_allow_tf32(enabled: bool) -> None:
     A and B are rounded to 10 mantissa bits before each product, a relative error
     near 2**-11 ~ 5e-4 per product instead of 2**-24 (measured on random data,
     ~3e-4 of the scale of the output: tests/test_kernels.py), with float32
-    accumulation. float64 never uses it."""
-    global _tf32
-    _tf32 = bool(enabled)
+    accumulation. float64 never uses it. ``gpunet.config.update(allow_tf32=enabled)``."""
+    config.update(allow_tf32=enabled)
 
 
 TF32_MIN_CAPABILITY = 80  # cvt.tf32 and mma .tf32: Ampere on
@@ -83,7 +68,7 @@ def sm_count(xp) -> int:
 
 
 def uses_kernels(xp) -> bool:
-    return kernels_enabled() and xp is not numpy
+    return xp is not numpy and kernels_enabled()
 
 
 def ceil_div(a: int, b: int) -> int:
@@ -248,12 +233,10 @@ def address(array) -> int:
 
 
 def new_output(xp, shape, dtype):
-    """An uninitialised output (NaN-filled when poisoning for tests)."""
-    global _POISON
+    """An uninitialised output (NaN-filled under ``GPUNET_POISON=1``, the tests': an
+    element a kernel forgets to write shows up)."""
     out = xp.empty(shape, dtype=dtype)
-    if _POISON is None:
-        _POISON = env_flag("GPUNET_POISON")
-    if _POISON:
+    if config.get("poison"):
         out.fill(numpy.nan if numpy.dtype(dtype).kind == "f" else -1)
     return out
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy
 
+from .. import config
 from .datasets import _splits, cache_dir, search_folders
 from .download import download
 from .errors import DatasetError
@@ -136,8 +137,7 @@ def download_cifar10(archive: Archive = CIFAR10_ARCHIVE) -> str:
     check its SHA-256 and unpack its batches; returns their folder. A failed
     download or checksum leaves nothing in the cache."""
     target = os.path.join(cache_dir(), "cifar10")
-    mirrors = [os.environ["GPUNET_MIRROR"]] if os.environ.get("GPUNET_MIRROR") else \
-        list(archive.mirrors)
+    mirrors = [config.get("mirror")] if config.get("mirror") else list(archive.mirrors)
     archive_path = os.path.join(target, archive.filename)
     errors = []
     for mirror in mirrors:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy
 
+from .. import config
 from .download import download, sha256
 from .errors import DatasetError
 from .idx import parse_idx, read_bytes
@@ -66,15 +67,15 @@ MNIST = IdxDataset(
 
 
 def cache_dir() -> str:
-    return os.environ.get("GPUNET_CACHE") or os.path.join(
+    return config.get("cache") or os.path.join(
         os.path.expanduser("~"), ".cache", "gpunet")
 
 
 def search_folders(name: str, root=None) -> list[str]:
     """Where ``name`` is looked for, in order."""
     folders = [os.fspath(root)] if root is not None else []
-    if os.environ.get("GPUNET_DATA"):
-        folders.append(os.path.join(os.environ["GPUNET_DATA"], name))
+    if config.get("data"):
+        folders.append(os.path.join(config.get("data"), name))
     folders += [os.path.join(cache_dir(), name), os.path.join(DEBIAN_ROOT, name)]
     return folders
 
@@ -105,8 +106,7 @@ def _locate(dataset: IdxDataset, root, resources=None) -> list[str]:
         if all(paths):
             return paths
     target = os.path.join(cache_dir(), dataset.name)
-    mirrors = [os.environ["GPUNET_MIRROR"]] if os.environ.get("GPUNET_MIRROR") else \
-        list(dataset.mirrors)
+    mirrors = [config.get("mirror")] if config.get("mirror") else list(dataset.mirrors)
     paths = []
     for resource in resources:
         dest = os.path.join(target, resource.filename + ".gz")

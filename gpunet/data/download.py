@@ -8,7 +8,7 @@ import sys
 import tempfile
 import urllib.request
 
-from .._checks import env_flag
+from .. import config
 from .errors import DatasetError
 
 
@@ -18,7 +18,7 @@ def _progress(total: int | None, desc: str):
         from tqdm import tqdm
     except ImportError:
         tqdm = None
-    if tqdm is None or not sys.stderr.isatty() and not env_flag("GPUNET_PROGRESS"):
+    if tqdm is None or not sys.stderr.isatty() and not config.get("progress"):
         class Silent:
             def update(self, n):
                 pass

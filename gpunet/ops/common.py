@@ -14,24 +14,19 @@ from contextlib import nullcontext
 
 import numpy
 
-from .. import _checks
+from .. import config
 from ..cpu.parallel import single_threaded_blas
 from ..cuda import uses_kernels
-
-_cpu_accelerators: bool | None = None  # GPUNET_CPU_ACCEL, read at first use (not import)
 
 
 def cpu_accelerators_enabled() -> bool:
     """Whether NumPy arrays go to ``gpunet.cpu`` (``GPUNET_CPU_ACCEL=0``: the xp path)."""
-    global _cpu_accelerators
-    if _cpu_accelerators is None:
-        _cpu_accelerators = _checks.env_flag("GPUNET_CPU_ACCEL")
-    return _cpu_accelerators
+    return config.get("cpu_accel")
 
 
 def set_cpu_accelerators_enabled(enabled: bool) -> None:
-    global _cpu_accelerators
-    _cpu_accelerators = bool(enabled)
+    """``gpunet.config.update(cpu_accel=enabled)``."""
+    config.update(cpu_accel=enabled)
 
 
 def route(xp, use_kernels=None, fits: bool = True) -> str:
