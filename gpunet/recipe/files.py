@@ -7,8 +7,8 @@ import shlex
 import sys
 
 from .. import distributed as gpunet_distributed
+from ..callbacks import Run
 from ..io import read_checkpoint
-from ..train import Run
 from .config import RESUME_FLAGS, SAVED_FLAGS, RunConfig, RunConfigError
 
 RUN_FILES = ("last.npz", "best.npz", "metrics.csv", "curves.png")

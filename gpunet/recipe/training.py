@@ -8,12 +8,14 @@ from dataclasses import dataclass
 
 from .. import backend
 from .. import distributed as gpunet_distributed
+from ..callbacks import ModelCheckpoint
 from ..data.batching import train_dev_test_split
 from ..data.transforms import Standardize, horizontal_flip, to_float
+from ..history import History
 from ..io import load
 from ..losses import SoftmaxCrossEntropy
 from ..nn import Module
-from ..train import History, ModelCheckpoint, evaluate, fit
+from ..train import evaluate, fit
 from .building import (
     IMAGE_SHAPES,
     build_model,
