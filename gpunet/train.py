@@ -1,16 +1,13 @@
 """The training loop of the notes: epochs of shuffled mini-batches, forward,
-cost, backward, update; plus evaluation, history and callbacks.
+cost, backward, update; plus evaluation. The history and the callbacks are
+re-exported from :mod:`gpunet.history` and :mod:`gpunet.callbacks`.
 """
 from __future__ import annotations
 
-import csv
 import itertools
 import math
-import os
 import sys
 import time
-import warnings
-from dataclasses import dataclass, field
 
 from . import _checks
 from .backend import (
@@ -20,12 +17,14 @@ from .backend import (
     get_rng_state,
     is_out_of_memory,
     release_cached_memory,
-    set_rng_state,
     to_device,
     tune_cpu_allocator,
 )
+from .callbacks import Callback, EarlyStopping, ModelCheckpoint, Run
 from .data.batching import minibatches
+from .data_parallel import processes_for
 from .distributed import batch_shard
+from .history import History
 from .losses import SoftmaxCrossEntropy
 from .nn import Module
 from .nn.module import backward_params
@@ -37,7 +36,6 @@ __all__ = ["fit", "evaluate", "train_step", "History", "Callback", "EarlyStoppin
 
 # fit's progress: a bar and a line per epoch, the lines alone (Keras' verbose=2), nothing
 PROGRESS = (True, "epochs", False)
-COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "time")
 
 
 class NonFiniteError(FloatingPointError):
@@ -62,170 +60,6 @@ def _out_of_memory(where: str, exc: MemoryError, batch: int) -> OutOfMemoryError
     if gpu:
         release_cached_memory()
     return OutOfMemoryError(where, gpu, batch, str(exc))
-
-
-@dataclass
-class History:
-    """Per-epoch ``loss``, ``accuracy``, ``val_loss``, ``val_accuracy`` (NaN without
-    validation data), ``lr`` and wall ``time`` in seconds; ``steps`` holds the loss
-    of every training step, and ``partial`` the running totals of an epoch that was
-    interrupted (saved mid-epoch), from which a resumed ``fit`` continues."""
-
-    rows: list[dict] = field(default_factory=list)
-    steps: list[float] = field(default_factory=list)
-    partial: dict | None = None
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, column: str) -> list:
-        return [row[column] for row in self.rows]
-
-    def to_dict(self) -> dict:
-        return {"rows": self.rows, "steps": self.steps, "partial": self.partial}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> History:
-        return cls([dict(row) for row in data.get("rows", [])], list(data.get("steps", [])),
-                   data.get("partial"))
-
-    def to_csv(self, path) -> None:
-        with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS)
-            writer.writeheader()
-            writer.writerows(self.rows)
-
-    def plot(self, path) -> str:
-        """Write loss and accuracy curves (train and validation) to a PNG."""
-        try:
-            import matplotlib
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-            from matplotlib.ticker import MaxNLocator
-        except ImportError:
-            raise ImportError("History.plot needs matplotlib: pip install matplotlib") from None
-        fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-        epochs = self["epoch"]
-        for ax, key, title in ((ax_loss, "loss", "loss"), (ax_acc, "accuracy", "accuracy")):
-            ax.plot(epochs, self[key], "o-", label="train")
-            if not all(math.isnan(v) for v in self[f"val_{key}"]):
-                ax.plot(epochs, self[f"val_{key}"], "s--", label="validation")
-            ax.set_xlabel("epoch")
-            # epochs are whole: no 0.5 or 2.25 ticks between them on a short run
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.set_title(title)
-            ax.grid(alpha=0.3)
-            ax.legend()
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        return os.fspath(path)
-
-
-class Callback:
-    """Called once before the first step (``on_fit_start``: check what can be
-    checked, raise if it cannot work), after every training step and every epoch;
-    return ``True`` from the last two to stop training there."""
-
-    def on_fit_start(self, run: Run) -> None:
-        return None
-
-    def on_step_end(self, run: Run) -> bool | None:
-        return None
-
-    def on_epoch_end(self, run: Run) -> bool | None:
-        return None
-
-    def on_validation_start(self, run: Run) -> None:
-        """Before validating an epoch whose steps are done (``history.partial`` holds
-        its totals, ``run.epoch`` is still the one before): a checkpoint saved now
-        resumes at the validation, so that running out of memory there loses no
-        training."""
-        return None
-
-
-def _check_monitor(who: str, monitor: str) -> None:
-    if monitor not in COLUMNS[1:5]:
-        raise ValueError(f"{who}: monitor must be one of {', '.join(COLUMNS[1:5])}, "
-                         f"got {monitor!r}")
-
-
-def _check_monitored(who: str, monitor: str, run: Run) -> None:
-    if monitor.startswith("val_") and not run.has_val_data:
-        raise ValueError(f"{who}: monitor={monitor!r} needs fit(..., val_data=...); pass "
-                         f"validation data or monitor {monitor[4:]!r}")
-
-
-class EarlyStopping(Callback):
-    """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs,
-    or at once (with a warning saying so) when it is NaN."""
-
-    def __init__(self, monitor: str = "val_loss", patience: int = 3, min_delta: float = 0.0):
-        _check_monitor("EarlyStopping", monitor)
-        self.monitor, self.patience, self.min_delta = monitor, patience, min_delta
-        self.sign = -1.0 if "loss" in monitor else 1.0
-        self.best, self.waited = -math.inf, 0
-
-    def on_fit_start(self, run):
-        _check_monitored("EarlyStopping", self.monitor, run)
-
-    def on_epoch_end(self, run):
-        value = self.sign * run.history.rows[-1][self.monitor]
-        if math.isnan(value):
-            warnings.warn(f"EarlyStopping: {self.monitor} is NaN after epoch {run.epoch}; "
-                          "stopping", RuntimeWarning, stacklevel=2)
-            return True
-        if value > self.best + self.min_delta:
-            self.best, self.waited = value, 0
-            return False
-        self.waited += 1
-        return self.waited >= self.patience
-
-
-class ModelCheckpoint(Callback):
-    """Save model, optimizer, schedule, epoch and history to ``path`` after each
-    epoch, or (``save_best_only``) only when ``monitor`` improves."""
-
-    def __init__(self, path, monitor: str = "val_accuracy", save_best_only: bool = True,
-                 **meta):
-        _check_monitor("ModelCheckpoint", monitor)
-        self.path, self.monitor, self.save_best_only, self.meta = path, monitor, \
-            save_best_only, meta
-        self.sign = -1.0 if "loss" in monitor else 1.0
-        self.best = -math.inf
-
-    def on_fit_start(self, run):
-        if self.save_best_only:  # saving every epoch needs no monitored value
-            _check_monitored("ModelCheckpoint", self.monitor, run)
-
-    def on_epoch_end(self, run):
-        value = self.sign * run.history.rows[-1][self.monitor]
-        if self.save_best_only and not value > self.best:
-            return False
-        self.best = max(self.best, value)
-        if run.writer:
-            run.save(self.path, **self.meta)
-        return False
-
-
-@dataclass
-class Run:
-    """What callbacks see: the objects being trained and the history so far."""
-
-    model: Module
-    optimizer: object
-    schedule: object
-    history: History
-    epoch: int = 0   # epochs completed
-    step: int = 0    # training steps completed, over all epochs
-    has_val_data: bool = False
-    writer: bool = True  # whether this process writes files (rank 0 of a distributed run)
-
-    def save(self, path, **meta) -> str:
-        from .io import save
-        schedule = self.schedule.state_dict() if self.schedule is not None else None
-        return save(path, self.model, self.optimizer, epoch=self.epoch,
-                    history=self.history.to_dict(), schedule=schedule, **meta)
 
 
 def _check_data(name, data, model):
@@ -290,11 +124,11 @@ def _progress_bar(total, desc, enabled):
                 dynamic_ncols=True, disable=None)
 
 
-def _ask_callbacks(callbacks, hook: str, run: Run, world=None) -> bool:
+def _ask_callbacks(callbacks, hook: str, run: Run, processes) -> bool:
     """Call ``hook`` on every callback that has it (all of them, even after one asks
-    to stop); ``True`` when any asks to stop (on any rank of a distributed run)."""
+    to stop); ``True`` when any asks to stop (on any of the ``processes``)."""
     answers = [bool(getattr(cb, hook)(run)) for cb in callbacks if hasattr(cb, hook)]
-    return any(answers) if world is None else world.any(any(answers))
+    return processes.any(any(answers))
 
 
 def _finite(xp, a) -> bool:
@@ -415,13 +249,13 @@ def fit(model: Module, loss, optimizer, train_data, epochs: int, batch_size: int
         raise ValueError(f"epochs: expected a non-negative int, got {epochs!r}")
     device = device_of(model.parameters()[0].data)
     tune_cpu_allocator()  # each step reuses the last one's freed memory (backend.py says why)
-    world = _start_distributed(model, train_data, val_data) if distributed else None
-    processes = 1 if world is None else world.size
-    lines = bool(progress) and (world is None or world.is_root)
-    progress = progress is True and (world is None or world.is_root)
+    job = processes_for(distributed, model, train_data, val_data)
+    world, processes = job.world, job.size
+    lines = bool(progress) and job.is_root
+    progress = progress is True and job.is_root
     history = History() if history is None else history
     run = Run(model, optimizer, schedule, history, initial_epoch, len(history.steps),
-              has_val_data=val_data is not None, writer=world is None or world.is_root)
+              has_val_data=val_data is not None, writer=job.is_root)
     for callback in callbacks:
         if hasattr(callback, "on_fit_start"):
             callback.on_fit_start(run)
@@ -461,7 +295,7 @@ def fit(model: Module, loss, optimizer, train_data, epochs: int, batch_size: int
             if augment is not None:
                 xb = augment(xb)
             where = f"epoch {epoch}, step {totals['batch'] + 1}"
-            shard = (0, len(xb)) if world is None else world.shard(len(xb))
+            shard = job.shard(len(xb))
             if shard[0] == shard[1]:  # a last global batch with fewer rows than processes
                 totals["batch"] += 1
                 continue
@@ -472,10 +306,7 @@ def fit(model: Module, loss, optimizer, train_data, epochs: int, batch_size: int
                                                 world=world, clip_grad_norm=clip_grad_norm)
             except MemoryError as exc:  # CuPy's OutOfMemoryError is one too
                 raise _out_of_memory(where, exc, len(xb)) from None
-            seen = len(xb)
-            if world is not None:  # the metrics of the global batch
-                loss_sum, correct, seen = world.sum([value * seen, correct, seen])
-                value, correct, seen = loss_sum / seen, int(correct), int(seen)
+            value, correct, seen = job.batch_metrics(value, correct, len(xb))
             totals.update(batch=totals["batch"] + 1, loss_sum=totals["loss_sum"] + value * seen,
                           correct=totals["correct"] + correct, seen=totals["seen"] + seen,
                           time=time.perf_counter() - start)
@@ -489,7 +320,7 @@ def fit(model: Module, loss, optimizer, train_data, epochs: int, batch_size: int
                 bar.set_postfix(loss=f"{totals['loss_sum'] / totals['seen']:.4f}",
                                 acc=f"{totals['correct'] / totals['seen']:.4f}",
                                 img_s=f"{totals['seen'] / totals['time']:,.0f}")
-            if _ask_callbacks(callbacks, "on_step_end", run, world):
+            if _ask_callbacks(callbacks, "on_step_end", run, job):
                 stopped = True
                 break
         if bar is not None:
@@ -500,8 +331,7 @@ def fit(model: Module, loss, optimizer, train_data, epochs: int, batch_size: int
         row = {"epoch": epoch, "loss": totals["loss_sum"] / seen,
                "accuracy": totals["correct"] / seen, "val_loss": math.nan,
                "val_accuracy": math.nan, "lr": totals["lr"], "time": totals["time"]}
-        if world is not None:  # rank 0's running statistics for everyone (as DDP)
-            world.broadcast_buffers(model)
+        job.end_epoch(model)
         if val_data is not None:
             # history.partial still holds the finished epoch: what a checkpoint saved
             # now resumes from, should the validation fail
@@ -524,24 +354,9 @@ def fit(model: Module, loss, optimizer, train_data, epochs: int, batch_size: int
             schedule.step()
         if lines:
             print(_epoch_line(row, epochs, seen), file=sys.stderr, flush=True)
-        if _ask_callbacks(callbacks, "on_epoch_end", run, world):
+        if _ask_callbacks(callbacks, "on_epoch_end", run, job):
             break
     return history
-
-
-def _start_distributed(model, train_data, val_data):
-    """The job's World, after checking that every rank has the same model and data,
-    giving everyone rank 0's parameters and random state."""
-    from . import distributed
-    world = distributed.init()
-    world.check_same("training data", distributed.data_description("train_data", train_data))
-    if val_data is not None:
-        world.check_same("validation data", distributed.data_description("val_data", val_data))
-    world.broadcast_parameters(model)
-    state = world.broadcast_object(get_rng_state())
-    if not world.is_root and state != get_rng_state():
-        set_rng_state(state)  # the same shuffles and dropout masks on every rank
-    return world
 
 
 def _epoch_line(row, epochs, seen) -> str:

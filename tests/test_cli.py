@@ -104,7 +104,7 @@ def test_no_gpu_says_so_and_only_once_when_no_device_was_asked(monkeypatch, tmp_
     CuPy's 'driver version is insufficient'); with no --device the fallback is said on
     the first command, not on every one; asked for, or for another reason, always."""
     from gpunet import backend
-    from gpunet.cli import _use_device
+    from gpunet.recipe.device import use_device
 
     class Runtime:
         @staticmethod
@@ -123,7 +123,7 @@ def test_no_gpu_says_so_and_only_once_when_no_device_was_asked(monkeypatch, tmp_
     def fallback_warnings(spec):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            _use_device(spec)
+            use_device(spec)
         return [str(w.message) for w in caught]
 
     assert fallback_warnings(None) == [f"using the CPU because {backend.NO_GPU}"]

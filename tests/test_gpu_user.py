@@ -14,7 +14,9 @@ import pytest
 
 import gpunet
 from gpunet import backend, benchmarks, cli, config, losses, models, nn, optim, train
+from gpunet.cli import inspection
 from gpunet.io import CheckpointError
+from gpunet.recipe import training as recipe_training
 
 from .helpers import CUPY_DOUBLE, assert_close
 
@@ -86,8 +88,9 @@ def test_cli_evaluate_uses_the_training_batch_size_or_the_flag(tmp_path, monkeyp
         seen.append(batch_size)
         return real(model, data, batch_size=batch_size, **kwargs)
 
-    monkeypatch.setattr(train, "evaluate", spy)
-    monkeypatch.setattr(cli, "evaluate", spy)
+    monkeypatch.setattr(train, "evaluate", spy)  # fit's validation
+    monkeypatch.setattr(recipe_training, "evaluate", spy)  # train's test set
+    monkeypatch.setattr(inspection, "evaluate", spy)  # gpunet evaluate
     assert cli.main(["train", "--epochs", "1", "--out", str(out), *QUICK,
                      "--device", "cpu"]) == 0
     assert seen == [16, 16]  # validation and test, at --batch-size

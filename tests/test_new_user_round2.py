@@ -328,10 +328,11 @@ def test_groups_are_checked_in_one_line():
 
 def test_cli_still_keeps_weight_decay_off_biases_and_batch_norm():
     from gpunet import cli, models
+    from gpunet.recipe.building import build_optimizer
     model = models.lenet5(batch_norm=True)
     args = cli.build_parser().parse_args(["train", "--optimizer", "sgd",
                                           "--weight-decay", "1e-4"])
-    opt = cli._optimizer(args, model.parameters())
+    opt = build_optimizer(args, model.parameters())
     decays = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
     for name, p in model.named_parameters():
         assert decays[id(p)] == (1e-4 if p.data.ndim > 1 else 0.0), name

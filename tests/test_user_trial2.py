@@ -21,9 +21,9 @@ QUICK = ["--dataset", "synthetic", "--limit", "300", "--dev-size", "60", "--batc
 
 # On PYTHONPATH as sitecustomize: Ctrl-C right after epoch 1 was saved (every rank)
 INTERRUPT_AFTER_EPOCH_1 = """
-import gpunet.cli
+import gpunet.recipe.files
 
-_saved = gpunet.cli._SaveEachEpoch.on_epoch_end
+_saved = gpunet.recipe.files.SaveEachEpoch.on_epoch_end
 
 
 def on_epoch_end(self, run):
@@ -33,7 +33,7 @@ def on_epoch_end(self, run):
     return answer
 
 
-gpunet.cli._SaveEachEpoch.on_epoch_end = on_epoch_end
+gpunet.recipe.files.SaveEachEpoch.on_epoch_end = on_epoch_end
 """
 
 # On PYTHONPATH as sitecustomize: the disk fills up at the 4th checkpoint written
