@@ -4,12 +4,14 @@ the kernels a piece of code launches."""
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -100,6 +102,17 @@ def file_kernels(name: str) -> list[str]:
 def kernel_names() -> set[str]:
     return {kernel for name in KERNEL_FILES for kernel in file_kernels(name)}
 
+
+
+def bench_script(name: str):
+    """The module of ``bench/<name>.py`` (imported once, by its path: bench/ is a
+    folder of scripts, not a package, and need not be on sys.path)."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, os.path.join(BENCH, f"{name}.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
 def child_env(**extra) -> dict:

@@ -24,7 +24,14 @@ import sys
 
 import numpy
 
-from .common import ROOT, StageContext, kernel_names, recorded_launches, run_bounded
+from .common import (
+    ROOT,
+    StageContext,
+    bench_script,
+    kernel_names,
+    recorded_launches,
+    run_bounded,
+)
 
 TILE_K_CHOICES = (8, 16)  # 32 would overflow 48 KiB of static shared memory
 TILE_K_CASES = ("alexnet_cifar/conv2", "vgg16/conv3_2")  # GEMM paths (TILE_K is theirs)
@@ -49,7 +56,7 @@ def timing_cases(dry: bool) -> list:
 def plan_rows(case, tf32: bool, sms: int) -> list[dict]:
     """What gpunet.cuda.conv2d_plan picks for each pass of a conv case (the table of
     bench/gpu_plan.py), as report rows."""
-    import gpu_plan  # beside the stages; imports gpunet, so not at the top
+    gpu_plan = bench_script("gpu_plan")  # imports gpunet: not at the top
     return [{"pass": name, "kernel": p.kernel, "tile": list(p.tile), "grid": list(p.grid),
              "split_k": p.split, "waves": round(p.waves, 2),
              "issued_over_useful": round(p.overwork, 2)}
