@@ -78,6 +78,8 @@ def test_the_torch_twin_of_a_model_computes_what_it_computes(rng):
     outputs (the CIFAR AlexNet's pool -> ReLU order, LeNet-5's batch norm)."""
     torch = pytest.importorskip("torch")
     for make, shape in [(lambda: models.lenet5(batch_norm=True), (3, 1, 32, 32)),
+                        # 28x28: LeNet-5's first convolution pads it to 32x32 (InputConv)
+                        (lambda: models.lenet5(batch_norm=True), (3, 1, 28, 28)),
                         (models.alexnet_cifar, (2, 3, 32, 32)),
                         (lambda: models.alexnet(num_classes=7, lrn=True), (1, 3, 224, 224)),
                         (lambda: models.alexnet(num_classes=7, groups=2), (1, 3, 224, 224))]:

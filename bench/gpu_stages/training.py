@@ -13,30 +13,32 @@ import numpy
 from .common import StageContext
 
 
-def _torch_training(torch, initial, data, epochs, batch) -> dict:
-    """PyTorch+cuDNN training the twin of gpunet's ``initial`` model (the same
-    parameters to start from) as ``fit`` trains it: Adam, shuffled batches."""
+def _torch_training(torch, initial, data, epochs, batch, device="cuda") -> dict:
+    """PyTorch (+cuDNN on ``cuda``) training the twin of gpunet's ``initial`` model
+    (the same parameters to start from) as ``fit`` trains it: Adam, shuffled
+    batches."""
     from gpunet.benchmarks import torch_twin
     (x, y), (xt, yt) = data
     torch.manual_seed(0)
-    model = torch_twin(initial, torch).cuda()
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    model = torch_twin(initial, torch).to(device)
     opt = torch.optim.Adam(model.parameters(), 1e-3)
-    xs, ys = torch.from_numpy(x).cuda(), torch.from_numpy(y.astype("int64")).cuda()
+    xs, ys = torch.from_numpy(x).to(device), torch.from_numpy(y.astype("int64")).to(device)
     loss_fn = torch.nn.CrossEntropyLoss()
-    torch.cuda.synchronize()
+    sync()
     start = time.perf_counter()
     for _ in range(epochs):
-        order = torch.randperm(len(xs), device="cuda")
+        order = torch.randperm(len(xs), device=device)
         for i in range(0, len(xs), batch):
             idx = order[i:i + batch]
             opt.zero_grad(set_to_none=True)
             loss_fn(model(xs[idx]), ys[idx]).backward()
             opt.step()
-    torch.cuda.synchronize()
+    sync()
     seconds = time.perf_counter() - start
     model.eval()
     with torch.no_grad():
-        logits = torch.cat([model(torch.from_numpy(xt[i:i + 1000]).cuda())
+        logits = torch.cat([model(torch.from_numpy(xt[i:i + 1000]).to(device))
                             for i in range(0, len(xt), 1000)])
     accuracy = float((logits.argmax(1).cpu().numpy() == yt).mean())
     return {"test_accuracy": round(accuracy, 4), "seconds": round(seconds, 2),
@@ -48,7 +50,7 @@ def stage_training(ctx: StageContext) -> None:
     beside the same model in PyTorch+cuDNN; the first 20 losses on CPU and GPU."""
     import gpunet
     from gpunet import losses, models, optim
-    from gpunet.benchmarks import awkward, cuda_torch
+    from gpunet.benchmarks import awkward, cuda_torch, import_torch
     from gpunet.data import DatasetError, load_fashion_mnist, transforms
     from gpunet.train import train_step
     if ctx.data_root is None:  # without a folder the loader would try a download
@@ -97,9 +99,12 @@ def stage_training(ctx: StageContext) -> None:
     accuracy = gpunet.evaluate(model, (xt, yt))["accuracy"]
     ctx.emit(gpunet={"test_accuracy": round(accuracy, 4), "seconds": round(seconds, 2),
                      "images_per_s": round(epochs * len(x) / seconds)})
+    data = ((x, y), (xt, yt))
     torch = cuda_torch()
-    ctx.emit(torch_cudnn=_torch_training(torch, initial, ((x, y), (xt, yt)), epochs, batch)
+    ctx.emit(torch_cudnn=_torch_training(torch, initial, data, epochs, batch)
              if torch is not None else "PyTorch with CUDA is not available")
+    if ctx.dry and import_torch() is not None:  # the twin's run proved on PyTorch's CPU build
+        ctx.emit(torch_cpu=_torch_training(import_torch(), initial, data, epochs, batch, "cpu"))
     if diff > awkward.LOSS_CURVE_TOLERANCE:
         sys.exit(1)
 

@@ -19,9 +19,11 @@ def torch_twin(model, torch):
             twin.add_module(name, torch_twin(child, torch))
         return twin
     if isinstance(layer, own.Conv2d):
-        twin = nn_.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size,
-                          layer.stride, layer.padding, layer.dilation, layer.groups,
-                          bias=layer.bias is not None)
+        make = nn_.Conv2d
+        if type(layer).padding_for is not own.Conv2d.padding_for:
+            make = _input_padded_conv(torch, layer)
+        twin = make(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
+                    layer.padding, layer.dilation, layer.groups, bias=layer.bias is not None)
     elif isinstance(layer, own.Linear):
         twin = nn_.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
     elif isinstance(layer, (own.MaxPool2d, own.AvgPool2d)):
@@ -48,6 +50,16 @@ def torch_twin(model, torch):
              for k, v in layer.state_dict().items()}
     twin.load_state_dict(state, strict=True)
     return twin
+
+
+def _input_padded_conv(torch, layer):
+    """A PyTorch ``Conv2d`` class whose padding, as ``layer``'s, depends on the input
+    (``padding_for``: LeNet-5's first convolution pads 28x28 input to 32x32)."""
+    class InputPaddedConv2d(torch.nn.Conv2d):
+        def forward(self, x):
+            return torch.nn.functional.conv2d(x, self.weight, self.bias, self.stride,
+                                              layer.padding_for(x), self.dilation, self.groups)
+    return InputPaddedConv2d
 
 
 def torch_model(net: str, torch):
