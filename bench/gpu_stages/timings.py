@@ -5,9 +5,10 @@ of ``gpunet.benchmarks.LAYER_CASES`` at their GPU batches; then ``gpunet bench
 
 Which path a launcher takes follows from the shape (gpunet.cuda.conv2d_plan): the
 direct kernels for few channels or filters, the wide (64-row) or 128 x 128 GEMMs,
-split-K for the weight gradient. Every convolution is timed twice, in float32 and
-with TF32 allowed (the tensor-core GEMMs); every pooling case as max and as
-average pooling; batch norm in training. Each row records the kernels its pass
+split-K for the weight gradient. Every convolution is timed in float32 and, where
+allowing TF32 changes the kernels its plan picks, again with TF32 allowed (the
+tensor-core GEMMs); every pooling case as max and as average pooling; batch norm
+in training. Each row records the kernels its pass
 launched and, for a convolution, what the plan chose (kernel, tile, grid, split-K
 slices), so a GPU run's report says which path each time belongs to; a kernel of
 ``kernels/*.cu`` that no row launched fails the stage. The dry run times the
@@ -281,6 +282,10 @@ def _train_steps(ctx) -> dict:
 
 
 def stage_timings(ctx: StageContext) -> None:
+    """Every path of every case beside the xp path and cuDNN, the rows emitted as
+    they come; the kernels timed and not; the GEMMs at each TILE_K; the training
+    steps. Fails on an untimed kernel, a plan its pass did not launch, or a failed
+    ``gpunet bench``."""
     import cupy
 
     from gpunet.benchmarks import cuda_torch
