@@ -18,8 +18,10 @@ costs that stage only; the next one still runs:
   training   45  LeNet-5 on Fashion-MNIST, 2 epochs: accuracy, images/s, beside PyTorch+cuDNN;
                  the first 20 losses on CPU and GPU; skipped unless --data-root or
                  $GPUNET_DATA/fashion-mnist holds the files (it never downloads)
-  timings    60  each kernel vs the xp path and cuDNN, forward and backward; conv2d at
-                 TILE_K 8/16; gpunet bench --device cuda --op step
+  timings    60  every kernel path the launchers choose (direct, wide and 128x128 GEMMs,
+                 split-K, TF32, max and average pooling, batch norm) on the LAYER_CASES
+                 shapes vs the xp path and cuDNN, forward and backward, each row with the
+                 kernels it launched; GEMMs at TILE_K 8/16; gpunet bench --op step
 
 The JSON report is rewritten after every stage, in --out and (on a GPU) in
 bench/results/gpu-<date>-<gpu>.json; a rerun of some stages (--stage) updates
@@ -41,7 +43,7 @@ import sys
 import tempfile
 import time
 
-import gpu_stages  # beside this script, hence first on sys.path
+import gpu_stages  # the package beside this script, hence first on sys.path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench")

@@ -37,17 +37,40 @@ def test_step_flops_count_every_conv_and_linear_layer():
 
 def test_both_libraries_compute_the_same_on_every_op():
     """The side-by-side timer times the same work: each op's two runners give the
-    same output and input gradient (same input, same parameters)."""
+    same output and input gradient (same input, same parameters), on the awkward
+    shapes the GPU check's dry run times (strides 2, padding, odd sizes, both
+    poolings)."""
     torch = pytest.importorskip("torch")
-    cases = [benchmarks.Case("tiny", "conv", "conv", (2, 3, 8, 8), (3, 4, 3),
-                             (("stride", 1), ("padding", 1)))]
-    cases += [benchmarks.Case("tiny", op, op, (2, 3, 8, 8), args)
-              for op, args in (("maxpool", (3, 2)), ("batchnorm", (3,)))]
+    cases = benchmarks.awkward.AWKWARD_LAYER_CASES
+    assert {case.op for case in cases} == {"conv", "maxpool", "avgpool", "batchnorm"}
     for case in cases:
         ours = benchmarks.gpunet_runner(case)()
         theirs = benchmarks.torch_runner(case, torch)()
+        # two orders of summation: float32 rounding grows with the longest sum
+        bound = benchmarks.awkward.tolerance("float32", benchmarks.awkward.longest_sum(case.name))
         for what, a, b in zip(("y", "dx"), ours, theirs):
-            assert_close(a, b.detach().numpy(), 1e-4, 1e-5, f"{case.op} {what}")
+            b = b.detach().numpy()
+            atol = max(1e-5, bound * float(numpy.abs(b).max()))  # batch norm dx: ~0
+            assert_close(a, b, 1e-4, atol, f"{case.id} {what}")
+
+
+def test_awkward_cases_count_their_work_with_padding():
+    """A pooling case's padding is part of its output size (and so of its work)."""
+    pool = benchmarks.awkward.layer_case("max_pool2d")  # 7 x 7, window 3, stride 2, pad 1
+    assert pool.padding == 1 and pool.out_hw == (4, 4)
+    assert pool.forward_work() == 4.0 * (2 * 3 * 49 + 2 * 2 * 3 * 16)
+    avg = benchmarks.awkward.layer_case("avg_pool2d")  # 6 x 5, window 2, stride 2
+    assert avg.op == "avgpool" and avg.out_hw == (3, 2)
+    assert avg.forward_work() == 4.0 * (2 * 30 + 2 * 6)
+
+
+def test_the_tolerance_grows_with_the_longest_sum_and_tf32_is_looser():
+    tolerance = benchmarks.awkward.tolerance
+    assert tolerance("float32") == benchmarks.awkward.TOLERANCE["float32"]
+    assert tolerance("float64", 900) == benchmarks.awkward.TOLERANCE["float64"]
+    assert tolerance("float32", 900) == pytest.approx(4 * 900 * 2.0**-23)
+    assert tolerance("float32", 900, tf32=True) == benchmarks.awkward.TF32_TOLERANCE
+    assert tolerance("float64", 900, tf32=True) < 1e-11  # float64 never runs TF32
 
 
 def test_the_torch_twin_of_a_model_computes_what_it_computes(rng):
@@ -55,6 +78,8 @@ def test_the_torch_twin_of_a_model_computes_what_it_computes(rng):
     outputs (the CIFAR AlexNet's pool -> ReLU order, LeNet-5's batch norm)."""
     torch = pytest.importorskip("torch")
     for make, shape in [(lambda: models.lenet5(batch_norm=True), (3, 1, 32, 32)),
+                        # 28x28: LeNet-5's first convolution pads it to 32x32 (InputConv)
+                        (lambda: models.lenet5(batch_norm=True), (3, 1, 28, 28)),
                         (models.alexnet_cifar, (2, 3, 32, 32)),
                         (lambda: models.alexnet(num_classes=7, lrn=True), (1, 3, 224, 224)),
                         (lambda: models.alexnet(num_classes=7, groups=2), (1, 3, 224, 224))]:
@@ -73,8 +98,8 @@ def test_the_torch_twin_of_a_model_computes_what_it_computes(rng):
 
 
 def test_side_by_side_timer_reports_each_runner(monkeypatch):
-    monkeypatch.setattr(benchmarks, "SWITCH_PAUSE_S", 0.0)
-    monkeypatch.setattr(benchmarks, "SETTLE_S", 0.0)
+    monkeypatch.setattr(benchmarks.timing, "SWITCH_PAUSE_S", 0.0)
+    monkeypatch.setattr(benchmarks.timing, "SETTLE_S", 0.0)
     calls = {"fast": 0, "slow": 0}
 
     def fast():
@@ -94,7 +119,7 @@ def test_side_by_side_timer_reports_each_runner(monkeypatch):
 def test_each_turn_settles_untimed_after_the_pause(monkeypatch):
     """A runner that is slow for 40 ms after every idle pause (as a virtual CPU
     woken from idle is) is timed at its steady speed once turns settle first."""
-    monkeypatch.setattr(benchmarks, "SWITCH_PAUSE_S", 0.03)
+    monkeypatch.setattr(benchmarks.timing, "SWITCH_PAUSE_S", 0.03)
     last = [0.0]
     woke = [0.0]
 
@@ -106,10 +131,10 @@ def test_each_turn_settles_untimed_after_the_pause(monkeypatch):
             time.sleep(0.002)
         last[0] = time.perf_counter()
 
-    monkeypatch.setattr(benchmarks, "SETTLE_S", 0.0)
+    monkeypatch.setattr(benchmarks.timing, "SETTLE_S", 0.0)
     unsettled = benchmarks.time_side_by_side({"r": cold_after_idle}, rounds=2,
                                              min_round_s=0.02)["r"]
-    monkeypatch.setattr(benchmarks, "SETTLE_S", 0.06)
+    monkeypatch.setattr(benchmarks.timing, "SETTLE_S", 0.06)
     settled = benchmarks.time_side_by_side({"r": cold_after_idle}, rounds=2,
                                            min_round_s=0.02)["r"]
     assert min(unsettled) > 0.0015 > 0.0005 > max(settled)
@@ -139,8 +164,8 @@ def test_table_and_ratio():
 
 
 def test_cli_bench_prints_the_table_and_saves_json(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(benchmarks, "SWITCH_PAUSE_S", 0.0)
-    monkeypatch.setattr(benchmarks, "SETTLE_S", 0.0)
+    monkeypatch.setattr(benchmarks.timing, "SWITCH_PAUSE_S", 0.0)
+    monkeypatch.setattr(benchmarks.timing, "SETTLE_S", 0.0)
     tiny = benchmarks.Case("lenet5", "pool1", "maxpool", (2, 6, 28, 28), (2, 2))
     monkeypatch.setattr(benchmarks, "CASES", [tiny])
     code = cli.main(["bench", "--net", "lenet5", "--rounds", "1", "--device", "cpu", "--out",
@@ -173,3 +198,21 @@ def test_memory_child_measures_the_workload():
 
 def test_lenet_is_the_model_the_twin_mirrors():
     assert benchmarks.STEP_WORKLOADS["lenet5"][0] is models.lenet5
+
+
+def test_median_ms_times_each_call_to_its_synchronize_but_not_the_first():
+    """The GPU check's one timer, for gpunet and PyTorch alike: the warm-up call
+    (compilation, cuDNN's search) is not timed; each timed call ends with the sync."""
+    calls, synced = [], []
+
+    def work():
+        time.sleep(0.2 if not calls else 0.0)  # only the first call is slow
+        calls.append(1)
+
+    def synchronize():
+        time.sleep(0.01)  # the device finishing the call's work
+        synced.append(1)
+
+    ms = benchmarks.median_ms(work, 3, synchronize)
+    assert len(calls) == len(synced) == 4
+    assert 9 <= ms < 150, ms

@@ -477,3 +477,65 @@ def test_on_a_gpu_a_rerun_reads_the_report_in_out_before_bench_results(tmp_path)
     (out / "gpu-2026-01-01-nvidia-h200.json").write_text(json.dumps({"from": "out"}))
     (out / "gpu-2026-01-02-nvidia-h100-80gb-hbm3.json").write_text("{}")
     assert gpu_check.previous_report(str(out), "NVIDIA H200", paths) == {"from": "out"}
+
+
+# -- the timing stage -------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def dry_timings(tmp_path_factory):
+    """One dry timing stage: its results."""
+    tmp = tmp_path_factory.mktemp("timings")
+    done = run_check("--dry-run", "--out", str(tmp), "--stage", "timings")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    stage = dry_report(tmp)["stages"]["timings"]
+    assert stage["status"] == "ok"
+    return stage["results"]
+
+
+@needs_cupy
+def test_the_timing_stage_times_every_kernel_of_the_cu_files(dry_timings):
+    """Every kernel of kernels/*.cu launched by a timed row (a new kernel without a
+    timing fails here), each row naming the kernels its pass launched: the conv rows
+    the plan's choice too, split-K included; batch norm in three launches a pass."""
+    gpu_stages = import_bench("gpu_stages")
+    rows = dry_timings["kernels"]
+    assert {k for row in rows for k in row["kernels"]} == gpu_stages.kernel_names()
+    assert dry_timings["kernels_not_timed"] == []
+    assert sorted(dry_timings["kernels_timed"]) == sorted(gpu_stages.kernel_names())
+    conv = [row for row in rows if row["op"].startswith("conv2d")]
+    assert {row["op"] for row in conv} == {"conv2d_fwd", "conv2d_bwd", "conv2d_fwd_tf32",
+                                           "conv2d_bwd_tf32"}
+    for row in conv:
+        assert row["plan_launched"] is True and row["plans"], row
+        assert row["gpunet_ms"] > 0 and (row["xp_path_ms"] is None) == row["tf32"], row
+        assert {p["kernel"] for p in row["plans"]} <= set(row["kernels"]), row
+    assert any(p["split_k"] > 1 for row in conv for p in row["plans"] if p["pass"] == "weight")
+    for row in rows:
+        if row["op"].startswith("batch_norm"):
+            assert len(row["kernels"]) == 3, row
+    assert {row["op"] for row in rows} >= {"max_pool2d_fwd", "avg_pool2d_bwd"}
+    assert dry_timings["train_steps"]["exit_code"] == 0
+
+
+@needs_cupy
+def test_on_a_gpu_the_timing_cases_take_every_path_the_plans_can_pick(dry_timings):
+    """No GPU needed: the conv kernels the plans pick for the layer cases at their GPU
+    batches, float32 and TF32, on an H100 SXM's 132 SMs and a PCIe card's 114, are
+    every kernel of conv2d.cu but those every backward launches whatever its plan
+    (the split-K and bias reductions, seen in every conv row of the dry run); the
+    weight gradient split both as a GEMM and in the direct kernel."""
+    gpu_stages = import_bench("gpu_stages")
+    timings = import_bench("gpu_stages.timings")
+    backward = [set(row["kernels"]) for row in dry_timings["kernels"]
+                if row["op"].startswith("conv2d_bwd")]
+    always = set.intersection(*backward)
+    assert always and not [k for k in always if k.startswith("conv2d_fwd")]
+    conv_kernels = set(gpu_stages.file_kernels("conv2d"))
+    cases = timings.timing_cases(dry=False)
+    for sms in (132, 114):
+        planned = timings.planned_kernels(cases, sms)
+        assert planned <= conv_kernels
+        assert sorted(conv_kernels - always - planned) == [], f"not timed on {sms} SMs"
+        split = {row["kernel"] for case in cases if case.op == "conv" for tf32 in (False, True)
+                 for row in timings.plan_rows(case, tf32, sms) if row["split_k"] > 1}
+        assert {"conv2d_bwd_weight", "conv2d_bwd_weight_direct"} <= split
+    assert {case.op for case in cases} == {"conv", "maxpool", "avgpool", "batchnorm"}

@@ -216,8 +216,8 @@ def test_true_and_off_are_taken_in_a_fresh_process():
 
 @pytest.fixture
 def tiny_bench(monkeypatch):
-    monkeypatch.setattr(benchmarks, "SWITCH_PAUSE_S", 0.0)
-    monkeypatch.setattr(benchmarks, "SETTLE_S", 0.0)
+    monkeypatch.setattr(benchmarks.timing, "SWITCH_PAUSE_S", 0.0)
+    monkeypatch.setattr(benchmarks.timing, "SETTLE_S", 0.0)
     tiny = benchmarks.Case("lenet5", "pool1", "maxpool", (2, 6, 28, 28), (2, 2))
     monkeypatch.setattr(benchmarks, "CASES", [tiny])
 

@@ -1,0 +1,44 @@
+"""The sanitizer stage: compute-sanitizer's memcheck, racecheck and synccheck over
+bench/sanitize_kernels.py, one process per tool and kernel file."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+from .common import BENCH, CUDA_HOMES, KERNEL_FILES, ROOT, StageContext, cuda_tool, run_bounded
+
+
+def stage_sanitizer(ctx: StageContext) -> None:
+    """memcheck, racecheck and synccheck over one small launch of each kernel: one
+    process per tool and kernel file, launches synchronous, so that a report names
+    the kernel that made it."""
+    sanitizer = cuda_tool("compute-sanitizer")
+    if sanitizer is None:
+        ctx.emit(error="compute-sanitizer is neither on PATH nor in "
+                       + " or ".join(f"{home}/bin" for home in CUDA_HOMES))
+        sys.exit(1)
+    script = os.path.join(BENCH, "sanitize_kernels.py")
+    env = dict(os.environ, CUDA_LAUNCH_BLOCKING="1")
+    runs = [(tool, name) for tool in ("memcheck", "racecheck", "synccheck")
+            for name in KERNEL_FILES]
+    bad = False
+    for i, (tool, name) in enumerate(runs):
+        timeout = ctx.left_s() / (len(runs) - i) - 1
+        try:
+            done = run_bounded([sanitizer, "--tool", tool, "--error-exitcode", "1",
+                                sys.executable, script, name], timeout, cwd=ROOT, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            summary = re.findall(r"(?:ERROR|RACECHECK) SUMMARY: [^\n]*", done.stdout)
+            row = {"exit_code": done.returncode, "summary": summary[-1] if summary else None}
+            if done.returncode:
+                row["output_tail"] = done.stdout[-3000:]
+        except subprocess.TimeoutExpired as exc:
+            row = {"exit_code": None, "summary": f"stopped after {timeout:.0f} s",
+                   "output_tail": (exc.stdout or "")[-3000:]}
+        bad |= row["exit_code"] != 0
+        ctx.emit(**{tool: dict(ctx.results.get(tool, {}), **{name: row})})
+    if bad:
+        sys.exit(1)
+
