@@ -177,6 +177,10 @@ SMOKE_CASES = {  # small and awkward: odd sizes, stride 2, padding, a tail block
     "conv2d_wide_grads": (2, 30, 5, 6, 64, 3, 3, 1, 1),  # 64-row dx and weight GEMMs
     "conv2d_direct": (2, 3, 7, 5, 6, 3, 3, 2, 1),   # few filters and channels: _direct
     "conv2d_tf32": (2, 24, 5, 6, 100, 3, 3, 1, 1),  # TF32 allowed (float32): all 3 GEMMs
+    # C R S = 360 on a grid under a wave: the forward's split-K kernels and their reduce
+    "conv2d_split": (1, 40, 6, 5, 100, 3, 3, 1, 1),
+    "conv2d_wide_split": (1, 40, 6, 5, 30, 3, 3, 1, 1),
+    "conv2d_split_tf32": (1, 40, 6, 5, 100, 3, 3, 1, 1),
     "max_pool2d": (2, 3, 7, 7, 3, 2, 1),
     "avg_pool2d": (1, 2, 6, 5, 2, 2, 0),
     "batch_norm": (3, 4, 5, 5),
@@ -187,7 +191,8 @@ SMOKE_CASES = {  # small and awkward: odd sizes, stride 2, padding, a tail block
 # the sanitizer run one file per process, so that a fault is reported in the
 # process of the kernel that made it, not by whatever CUDA call comes next
 KERNEL_FILES = {"conv2d": ("conv2d", "conv2d_wide", "conv2d_wide_grads", "conv2d_direct",
-                           "conv2d_tf32"),
+                           "conv2d_tf32", "conv2d_split", "conv2d_wide_split",
+                           "conv2d_split_tf32"),
                 "pool2d": ("max_pool2d", "avg_pool2d"),
                 "batchnorm": ("batch_norm",)}
 

@@ -114,8 +114,9 @@ __device__ __forceinline__ void implicit_gemm(Operands ops, int M, int cols, int
                                               real_t* __restrict__ out, int row_stride,
                                               const real_t* __restrict__ bias) {
     constexpr int TM = Tile::TM, TN = Tile::TN, BM = Tile::BM, BN = Tile::BN;
-    // The operand buffers; then Bs holds one 16-row slice of C on its way out.
-    __shared__ __align__(16) acc_t As[2][TILE_K][BM];
+    // The operand buffers; then Bs holds one 16-row slice of C on its way out. A's
+    // rows are padded by Operands::A_PAD (see WeightOperands).
+    __shared__ __align__(16) acc_t As[2][TILE_K][BM + Operands::A_PAD];
     __shared__ __align__(16) acc_t Bs[2][TILE_K][BN];
     static_assert(sizeof(Bs) >= 16 * BN * sizeof(acc_t), "C slice does not fit in Bs");
     const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
@@ -299,6 +300,7 @@ template <class Tile>
 struct RowOperands {
     static constexpr int BM = Tile::BM, BN = Tile::BN, A_PER = Tile::A_PER, B_PER = Tile::B_PER;
     static constexpr int B_ROWS_PER_PASS = Tile::B_ROWS_PER_PASS;
+    static constexpr int A_PAD = 0;  // A is stashed along its rows, 16 lanes a row
     struct Fragment {
         real_t a[A_PER], b[B_PER];
     };
@@ -721,6 +723,10 @@ struct WeightOperands {
     static constexpr int BM = Tile::BM, BN = Tile::BN, A_PER = Tile::A_PER, B_PER = Tile::B_PER;
     static constexpr int B_ROWS_PER_PASS = Tile::B_ROWS_PER_PASS;
     static constexpr int A_ROWS_PER_PASS = GEMM_THREADS / TILE_K;
+    // A is stashed down columns: the 32 lanes of a warp write 4 rows (a_row0) of 8
+    // reduction indices (a_lane), BM apart, which hit one bank 8 times; rows padded by
+    // 4 put the lanes 4 banks apart (and keep the 4-wide reads 16-byte aligned).
+    static constexpr int A_PAD = 4;
     struct Fragment {
         real_t a[A_PER], b[B_PER];
     };

@@ -948,11 +948,12 @@ def test_dilated_plans_use_tap_tables_and_count_zero_taps_as_waste():
     sizes = (2, 32, 12, 12, 32, 3, 3, 8, 8)  # 3x3 dilated by 2: spans 5x5, pad 0 -> 8x8
     real = conv_plan.useful_macs(sizes, dilation=(2, 2))
     assert real == 2 * 32 * 32 * 9 * 64  # every tap inside x: no padding
-    forward = conv_plan.forward_plan(sizes, (1, 1), ((0, 0), (0, 0)), "float64", False, 100,
+    # one SM: the one block fills its wave, no split-K to compare
+    forward = conv_plan.forward_plan(sizes, (1, 1), ((0, 0), (0, 0)), "float64", False, 1,
                                      (2, 2))
     assert forward.kernel == "conv2d_fwd_wide" and forward.useful == real
     spread = conv_plan.forward_plan(conv_plan.spread_sizes(sizes, (2, 2)), (1, 1),
-                                    ((0, 0), (0, 0)), "float64", False, 100)
+                                    ((0, 0), (0, 0)), "float64", False, 1)
     assert forward.issued * 25 == spread.issued * 9  # C R S = 288 terms, not C 5 5 = 800
     few = conv_plan.forward_plan((2, 32, 12, 12, 4, 3, 3, 8, 8), (1, 1), ((0, 0), (0, 0)),
                                  "float64", False, 100, (2, 2))
@@ -960,3 +961,29 @@ def test_dilated_plans_use_tap_tables_and_count_zero_taps_as_waste():
     weight = conv_plan.weight_plan(sizes, (1, 1), ((0, 0), (0, 0)), "float64", False, 100,
                                    (2, 2))
     assert weight.useful == real and weight.overwork >= 25 / 9 * 0.99
+
+
+@needs_compiler
+def test_a_repeated_conv2d_launch_looks_its_plans_up(emulated, monkeypatch, rng):
+    """The second forward and backward of a shape compute no plan and no geometry (the
+    caches answer), and the caches stay within their bound however many shapes pass."""
+    caches = (conv_plan.forward_plan, conv_plan.data_plan, conv_plan.weight_plan,
+              conv_kernels._geometry_values)
+    x, weight = rng.standard_normal((2, 20, 7, 6)), rng.standard_normal((24, 20, 3, 3))
+
+    def step():
+        y, ctx = ops.conv2d_forward(x, weight, None, (2, 1), 1, use_kernels=True)
+        ctx.backward(numpy.ones_like(y))
+
+    step()
+    misses = [cache.cache_info().misses for cache in caches]
+    step()
+    assert [cache.cache_info().misses for cache in caches] == misses
+    for cache in caches:
+        assert cache.cache_info().maxsize == conv_plan.PLAN_CACHE_SIZE
+    # a stream of shapes: the plan caches hold at most their bound
+    bound = conv_plan.PLAN_CACHE_SIZE
+    for n in range(1, bound + 40):
+        conv_plan.forward_plan((n, 20, 7, 6, 24, 3, 3, 4, 6), (2, 1), ((1, 1), (1, 1)),
+                               "float64", False, 132)
+    assert conv_plan.forward_plan.cache_info().currsize == bound

@@ -2,6 +2,8 @@
 (split-K, reduced in a fixed order) and the bias gradient."""
 from __future__ import annotations
 
+import functools
+
 import numpy
 
 from ..backend import get_array_module
@@ -58,10 +60,16 @@ class ConvContext(Context):
 
 
 def _geometry(xp, sizes, stride, pads):
+    return geometry(xp, _geometry_values(tuple(sizes), tuple(stride), tuple(pads)))
+
+
+@functools.lru_cache(maxsize=conv2d_plan.PLAN_CACHE_SIZE)
+def _geometry_values(sizes, stride, pads):
+    """ConvGeometry's int32 values, computed once per shape (bounded cache)."""
     n, c, h, w, k, r, s, oh, ow = sizes
     values = (*sizes, stride[0], stride[1], pads[0][0], pads[1][0])
     # divisors in the order of ConvGeometry: OW, OH*OW, W, H*W, S, R*S, sh, sw
-    return geometry(xp, with_divisors(values, (ow, oh * ow, w, h * w, s, r * s, *stride)))
+    return with_divisors(values, (ow, oh * ow, w, h * w, s, r * s, *stride))
 
 
 def forward_taps(c, h, w, r, s, dilation=(1, 1)):
@@ -140,6 +148,8 @@ def forward(x, weight, bias, stride, pads, out_hw, dilation=(1, 1)):
     xp = get_array_module(x)
     dilation = tuple(dilation)
     x, weight = xp.ascontiguousarray(x), xp.ascontiguousarray(weight)
+    # hashable, as the plan and geometry caches key on them
+    stride, pads = tuple(stride), tuple(tuple(p) for p in pads)
     n, c, h, w = x.shape
     k, _, r, s = weight.shape
     oh, ow = out_hw

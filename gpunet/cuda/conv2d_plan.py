@@ -12,11 +12,15 @@ benchmark cases without a GPU.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import numpy
 
 TILE_K = 8  # kernels/conv2d.cu's reduction step (its default -DTILE_K)
+# Plans are cached per (shape, dtype, TF32, SM count): a repeated launch of a shape
+# looks its plan up. Bounded, so that a stream of new shapes cannot grow it forever.
+PLAN_CACHE_SIZE = 1024
 
 
 def ceil_div(a: int, b: int) -> int:
@@ -161,6 +165,7 @@ def direct_forward_plan(sizes, stride, pads, sms: int) -> Plan:
                 k * ceil_div(outputs, 32) * 32 * c * r * s, useful_macs(sizes, stride, pads))
 
 
+@functools.lru_cache(maxsize=PLAN_CACHE_SIZE)
 def forward_plan(sizes, stride, pads, dtype, tf32: bool, sms: int, dilation=(1, 1)) -> Plan:
     """The direct kernel for few filters (a GEMM tile of 64 rows would issue 4 to 64
     times the work; dilated, on the spread filter); else the GEMM (dilated: taps
@@ -287,6 +292,7 @@ def data_gemm_phases(sizes, stride, pads, dilation=(1, 1)):
     return [(hp, wp) for hp in rows for wp in cols]
 
 
+@functools.lru_cache(maxsize=PLAN_CACHE_SIZE)
 def data_plan(sizes, stride, pads, dtype, tf32: bool, sms: int, dilation=(1, 1)) -> Plan:
     """The direct kernel for few channels (dilated: on the spread filter), else the
     GEMM phase by phase over only the taps that reach (dilated: the real taps), its
@@ -347,6 +353,7 @@ def direct_weight_plan(sizes, stride, pads, sms: int) -> Plan:
                 tiles * max(1, ceil_div(total, DIRECT_MIN_SLICE)))
 
 
+@functools.lru_cache(maxsize=PLAN_CACHE_SIZE)
 def weight_plan(sizes, stride, pads, dtype, tf32: bool, sms: int, dilation=(1, 1)) -> Plan:
     """The GEMM, or the direct kernel where the GEMM's tiles would be under half
     used (few filters times short filters). Dilated: either on the spread filter,
