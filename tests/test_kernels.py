@@ -987,3 +987,46 @@ def test_a_repeated_conv2d_launch_looks_its_plans_up(emulated, monkeypatch, rng)
         conv_plan.forward_plan((n, 20, 7, 6, 24, 3, 3, 4, 6), (2, 1), ((1, 1), (1, 1)),
                                "float64", False, 132)
     assert conv_plan.forward_plan.cache_info().currsize == bound
+
+
+@pytest.mark.parametrize("stride, pads, dilation", [
+    ((2, 3), ((1, 1), (2, 0)), (1, 1)), ((4, 4), ((2, 2), (2, 2)), (1, 1)),
+    ((1, 1), ((1, 1), (0, 2)), (1, 1)), ((2, 1), ((1, 1), (2, 2)), (3, 2))], ids=str)
+def test_data_phase_table_pairs_each_dx_with_exactly_its_taps(stride, pads, dilation):
+    """conv2d_bwd_data's table (no GPU): read as the kernel reads it, its phases cover
+    every dx position once, and each position meets exactly the (k, r, s, oh, ow) of
+    the forward that touch it (oh sh - pt + r d = h), none twice, no zero tap beyond
+    dy's border, which the kernel's bounds test drops."""
+    n, c, h, w, k, r, s = 1, 2, 9, 8, 3, 3, 4
+    oh = (h + sum(pads[0]) - dilation[0] * (r - 1) - 1) // stride[0] + 1
+    ow = (w + sum(pads[1]) - dilation[1] * (s - 1) - 1) // stride[1] + 1
+    sizes = (n, c, h, w, k, r, s, oh, ow)
+    table = conv_kernels.data_phase_table(sizes, stride, pads, dilation, 4).reshape(-1, 4)
+    phases = stride[0] * stride[1]
+    got, covered, issued = [], [], 0
+    for p in range(phases):
+        (offset, count, _, columns), (h0, w0, rows, cols), (oh0, ow0, _, _) = table[3 * p:3 * p + 3]
+        assert columns == n * rows * cols
+        taps = table[offset:offset + count]
+        for hq in range(rows):
+            for wq in range(cols):
+                hh, ww, oh_top, ow_top = h0 + hq * stride[0], w0 + wq * stride[1], oh0 + hq, \
+                    ow0 + wq
+                covered.append((hh, ww))
+                for dy_step, j, l_, weight_index in taps:
+                    issued += 1
+                    y, x = oh_top - j, ow_top - l_
+                    if 0 <= y < oh and 0 <= x < ow:
+                        kk, rs = divmod(int(weight_index), c * r * s)
+                        assert rs < r * s  # channel 0's taps: the kernel adds c R S
+                        assert dy_step == kk * oh * ow - j * ow - l_
+                        got.append((hh, ww, kk, rs // s, rs % s, y, x))
+    assert sorted(covered) == [(i, j) for i in range(h) for j in range(w)]
+    want = [(i, j, kk, rr, ss, y, x) for i in range(h) for j in range(w) for kk in range(k)
+            for rr in range(r) for ss in range(s) for y in range(oh) for x in range(ow)
+            if y * stride[0] - pads[0][0] + rr * dilation[0] == i
+            and x * stride[1] - pads[1][0] + ss * dilation[1] == j]
+    assert sorted(got) == sorted(want)
+    # a gather over only the taps of each phase: at most R S K per position, 1/(sh sw)
+    # of them on average
+    assert issued <= h * w * k * -(-r // stride[0]) * -(-s // stride[1])
