@@ -4,11 +4,16 @@
 // implicit_gemm below; A and B are never materialised, their loaders index straight
 // into x, weight or dy and return 0 for padding:
 //   conv2d_fwd        y[n,k,oh,ow]  rows k, columns (n,oh,ow), reduction t = (c,r,s)
-//                     A = weight[k][t], B = x[n, c, oh*sh - pt + r, ow*sw - pl + s]
-//   conv2d_bwd_data   dx[n,c,h,w]   rows c, columns (n,h,w), reduction t = (k,r,s)
-//                     A = weight[k][c][r][s], B = dy[n, k, (h+pt-r)/sh, (w+pl-s)/sw] where
-//                     those divide exactly and fall inside dy (a gather: each dx is
-//                     written once, no atomics)
+//                     A = weight[k][t], B = x[n, c, oh*sh - pt + r, ow*sw - pl + s];
+//                     `_split` kernels: the z-th slice of t into partial[z] (split-K
+//                     where the grid would leave SMs idle), conv2d_fwd_reduce sums the
+//                     slices in order z = 0, 1, ... and adds the bias
+//   conv2d_bwd_data   dx[n,c,h,w]   rows c, columns (n,h,w) of one stride phase,
+//                     reduction t = (k,j,l) over the taps r = ph + j sh, s = pw + l sw
+//                     that reach the phase: A = weight[k][c][r][s], B = dy[n, k,
+//                     oh_top - j, ow_top - l] where inside dy (a gather: each dx is
+//                     written once, no atomics, no zero tap); split-K as the forward,
+//                     summed by conv2d_bwd_weight_reduce
 //   conv2d_bwd_weight partial[z][k][(c,r,s)] over the z-th slice of the (n,oh,ow)
 //                     reduction (split-K: that reduction is long and M x N small);
 //                     conv2d_bwd_weight_reduce sums the slices in order z = 0, 1, ...
@@ -34,9 +39,10 @@
 // shared memory, so that a warp stores 32 neighbouring outputs.
 //
 // No division in the main loop: each thread splits its output column into (n, oh,
-// ow) once; the (c,r,s) of a reduction index comes from a per-shape table of filter
-// taps (`taps`, built and cached by the launcher, as CUTLASS's and cuDNN's implicit
-// GEMMs precompute them); the (n,oh,ow) of the weight gradient's reduction index is
+// ow) (backward data: the phase's (n, h, w)) once; the (c,r,s) or (k,j,l) of a
+// reduction index comes from a per-shape table of filter taps (built and cached by
+// the launcher, as CUTLASS's and cuDNN's implicit GEMMs precompute them; the
+// backward data's per phase); the (n,oh,ow) of the weight gradient's reduction index is
 // advanced incrementally. What division is left is by a per-launch constant, through
 // `divide`. Weight rows are read as aligned vectors when their length allows.
 // Accumulation in acc_t; deterministic: fixed reduction order, no atomics. Outputs

@@ -968,11 +968,12 @@ def test_a_repeated_conv2d_launch_looks_its_plans_up(emulated, monkeypatch, rng)
     """The second forward and backward of a shape compute no plan and no geometry (the
     caches answer), and the caches stay within their bound however many shapes pass."""
     caches = (conv_plan.forward_plan, conv_plan.data_plan, conv_plan.weight_plan,
-              conv_kernels._geometry_values)
+              conv_kernels._geometry_values, conv_kernels._bias_runs)
     x, weight = rng.standard_normal((2, 20, 7, 6)), rng.standard_normal((24, 20, 3, 3))
+    bias = rng.standard_normal(24)
 
     def step():
-        y, ctx = ops.conv2d_forward(x, weight, None, (2, 1), 1, use_kernels=True)
+        y, ctx = ops.conv2d_forward(x, weight, bias, (2, 1), 1, use_kernels=True)
         ctx.backward(numpy.ones_like(y))
 
     step()

@@ -72,6 +72,12 @@ def _geometry_values(sizes, stride, pads):
     return with_divisors(values, (ow, oh * ow, w, h * w, s, r * s, *stride))
 
 
+@functools.lru_cache(maxsize=conv2d_plan.PLAN_CACHE_SIZE)
+def _bias_runs(total, k):
+    """The bias gradient's ``(parts, chunk)`` (runtime.runs), once per shape."""
+    return runtime.runs(total, k, TARGET_BLOCKS, 1024)
+
+
 def forward_taps(c, h, w, r, s, dilation=(1, 1)):
     """Per reduction index t = (c, r, s), with ``(i, j) = (r d_h, s d_w)`` the tap's
     place in the window: ``(c H W + i W + j, i, j, 0)``."""
@@ -259,7 +265,7 @@ def backward(dy, ctx: ConvContext, input_grad: bool = True):
 
     dbias = None
     if ctx.has_bias:
-        parts, chunk = runtime.runs(total, k, TARGET_BLOCKS, 1024)
+        parts, chunk = _bias_runs(total, k)
         partial = new_output(xp, (parts, k), dtype)
         runtime.launch("conv2d", "conv2d_bwd_bias", dtype, (parts, k, 1), (BLOCK, 1, 1),
                        (dy, partial, ctx.geometry, numpy.int32(chunk)),
