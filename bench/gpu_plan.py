@@ -3,8 +3,9 @@
 
 For every case and pass (forward, backward-data, backward-weight) one row of the
 plan gpunet/cuda/conv2d.py launches (gpunet.cuda.conv2d_plan): kernel, tile, grid,
-blocks an SM holds, waves on ``--sms`` SMs (132: an H100 SXM), how full the launched
-waves are, and issued over useful multiply-adds. Nothing is timed; the figures
+slices of a split reduction (split-K; summed in order by a second launch), blocks an
+SM holds, waves on ``--sms`` SMs (132: an H100 SXM), how full the launched waves are,
+and issued over useful multiply-adds. Nothing is timed; the figures
 follow from the launch geometry alone.
 
 A second table: per shipped model, the kernel launches of one training step by
@@ -67,12 +68,12 @@ def rows(dtype="float32", tf32=False, sms=132):
 
 
 def format_table(table, markdown: bool = False) -> str:
-    head = ["case", "pass", "kernel", "tile", "grid", "blk/SM", "waves", "wave fill",
+    head = ["case", "pass", "kernel", "tile", "grid", "split", "blk/SM", "waves", "wave fill",
             "issued/useful"]
     lines = []
     for case, name, p in table:
         lines.append([case, name, p.kernel, f"{p.tile[0]}x{p.tile[1]}",
-                      "x".join(str(g) for g in p.grid), str(p.blocks_per_sm),
+                      "x".join(str(g) for g in p.grid), str(p.split), str(p.blocks_per_sm),
                       f"{p.waves:.2f}", f"{p.wave_fill:.2f}", f"{p.overwork:.2f}"])
     if markdown:
         return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] +
@@ -97,6 +98,12 @@ def worst(table) -> str:
         out.append(f"{name}: worst issued/useful {max(p.overwork for p in plans):.2f}, "
                    f"worst wave fill (>= 1 wave) {fill:.2f}, (a wave of work) {work:.2f}, "
                    f"fewest waves {min(p.waves for p in plans):.2f}")
+    scored = sorted((conv2d_plan.fill_score(p.waves), case, name) for case, name, p in table)
+    short = [f"{case} {name} {score:.2f}" for score, case, name in scored
+             if score < conv2d_plan.GOOD_FILL]
+    out.append(f"every pass: worst fill {scored[0][0]:.2f} ({scored[0][1]} {scored[0][2]}; "
+               f"under one wave counted by its share of one); under "
+               f"{conv2d_plan.GOOD_FILL}: {', '.join(short) or 'none'}")
     return "\n".join(out)
 
 

@@ -27,7 +27,11 @@ instructions are counted. Fails (exit 1) on
   is under ``--min-ffma`` (40%): a main loop that is not mostly FMA is bound by its
   index arithmetic (the ``_direct`` kernels, not GEMMs, excepted); for the opt-in
   ``_tf32`` kernels, one without tensor-core MMAs
-  (HMMA), which their FMA columns count instead.
+  (HMMA), which their FMA columns count instead;
+- a square-tile (128 x 128) float GEMM whose main loop (the loop with the most FFMA)
+  is under ``--min-loop-ffma`` FFMA (60%; issue 26 aims at 85%, which today's loops,
+  66-73%, do not reach: the floor keeps them from sliding back). The ``--markdown``
+  table shows each float GEMM's main-loop FFMA share.
 
 Prints the NVRTC build's resources and blocks per SM for both architectures
 (``--markdown``: as bench/GPU.md's table) and the nvcc sm_90 instruction table
@@ -65,6 +69,9 @@ GEMM_KERNELS = re.compile(r"^conv2d_(fwd|bwd_data|bwd_weight)(_\w+)?$")  # and _
 # gpunet.cuda.conv2d_plan only where a GEMM tile would issue several times the
 # useful work); the other checks still hold them
 GEMM_EXCLUDED = re.compile(r"(_reduce|_direct)$")
+# the 128 x 128 float GEMMs whose main loop is held to --min-loop-ffma (the _tf32 ones
+# multiply on tensor cores)
+SQUARE_TILES = re.compile(r"^conv2d_(fwd|bwd_data|bwd_weight)(_split)?$")
 FUNCTION = re.compile(r"^\s*Function\s*:\s*(\S+)")
 INSTRUCTION = re.compile(r"^\s*/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
 HEX = re.compile(r"0x([0-9a-f]+)")
@@ -267,7 +274,7 @@ def fma_opcode(kernel: str, real: str) -> str:
     float build's ``_tf32`` kernels."""
     if real != "float":
         return "DFMA"
-    return "HMMA" if kernel.endswith("_tf32") else "FFMA"
+    return "HMMA" if "_tf32" in kernel else "FFMA"  # _tf32 and _tf32_split
 
 
 def summarise(file: str, name: str, arch: str, real: str, instructions: list[Instruction],
@@ -417,7 +424,15 @@ def nvrtc_file(cuobjdump: str, path: str, arch: str, real: str,
     return kernels
 
 
-def failures(codes: list[KernelCode], min_ffma: float) -> list[str]:
+def loop_ffma_cell(code: KernelCode) -> str:
+    """The main-loop FFMA share of a float FFMA GEMM, else ``-``."""
+    if code.real != "float" or not GEMM_KERNELS.match(code.kernel) \
+            or GEMM_EXCLUDED.search(code.kernel) or "_tf32" in code.kernel:
+        return "-"
+    return f"{code.loop_fma_share:.0%}"
+
+
+def failures(codes: list[KernelCode], min_ffma: float, min_loop_ffma: float = 0.0) -> list[str]:
     problems = []
     for code in codes:
         where = f"{code.kernel} ({code.file}, {code.arch}, {code.real}" \
@@ -439,6 +454,10 @@ def failures(codes: list[KernelCode], min_ffma: float) -> list[str]:
         elif code.fma_share < min_ffma:
             problems.append(f"{where}: FFMA is {code.fma_share:.0%} of {code.instructions} "
                             f"instructions, under {min_ffma:.0%}")
+        if SQUARE_TILES.match(code.kernel) and code.loop_fma_share < min_loop_ffma:
+            problems.append(f"{where}: the main loop is {code.loop_fma_share:.0%} FFMA "
+                            f"({code.loop_fma} of {code.loop_instructions}), under "
+                            f"{min_loop_ffma:.0%}")
     return problems
 
 
@@ -461,14 +480,16 @@ def occupancy_failures(code: KernelCode, where: str) -> list[str]:
 def resource_table(codes: list[KernelCode], markdown: bool = False) -> str:
     """The NVRTC build's resources and blocks per SM, both architectures."""
     head = ["kernel", "type", "arch", "regs", "shared (static + dynamic)", "stack",
-            "spill st/ld", "threads", "declared min blocks", "blocks/SM", "limited by"]
+            "spill st/ld", "threads", "declared min blocks", "blocks/SM", "limited by",
+            "main-loop FFMA"]
     rows = []
     for code in sorted((c for c in codes if c.build == "nvrtc"),
                        key=lambda c: (c.file, c.kernel, c.real, c.arch)):
         rows.append([code.kernel, code.real, code.arch, str(code.registers),
                      f"{code.shared_static} + {code.shared_dynamic}", str(code.stack),
                      f"{code.spill_stores}/{code.spill_loads}", str(code.threads),
-                     str(code.min_blocks or "-"), str(code.blocks_per_sm), code.limited_by])
+                     str(code.min_blocks or "-"), str(code.blocks_per_sm), code.limited_by,
+                     loop_ffma_cell(code)])
     if markdown:
         return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
                          + ["| " + " | ".join(row) + " |" for row in rows])
@@ -494,6 +515,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--kernels", default=os.path.join(ROOT, "kernels"))
     parser.add_argument("--min-ffma", type=float, default=0.40)
+    parser.add_argument("--min-loop-ffma", type=float, default=0.60,
+                        help="the least main-loop FFMA share of a 128 x 128 float GEMM")
     parser.add_argument("--json", help="also write every build's table to this file")
     parser.add_argument("--markdown", action="store_true",
                         help="print the NVRTC resource table as markdown (bench/GPU.md)")
@@ -518,7 +541,7 @@ def main(argv=None) -> int:
                         problems.append(f"{os.path.basename(path)} ({arch}, {real}) "
                                         f"warns:\n{warnings}")
                     codes += kernels
-    problems += failures(codes, args.min_ffma)
+    problems += failures(codes, args.min_ffma, args.min_loop_ffma)
     print(f"NVRTC {nvrtc_version()} (CuPy's RawModule build, what runs):")
     print(resource_table(codes, args.markdown))
     print("\nnvcc, sm_90:")

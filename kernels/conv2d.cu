@@ -4,11 +4,16 @@
 // implicit_gemm below; A and B are never materialised, their loaders index straight
 // into x, weight or dy and return 0 for padding:
 //   conv2d_fwd        y[n,k,oh,ow]  rows k, columns (n,oh,ow), reduction t = (c,r,s)
-//                     A = weight[k][t], B = x[n, c, oh*sh - pt + r, ow*sw - pl + s]
-//   conv2d_bwd_data   dx[n,c,h,w]   rows c, columns (n,h,w), reduction t = (k,r,s)
-//                     A = weight[k][c][r][s], B = dy[n, k, (h+pt-r)/sh, (w+pl-s)/sw] where
-//                     those divide exactly and fall inside dy (a gather: each dx is
-//                     written once, no atomics)
+//                     A = weight[k][t], B = x[n, c, oh*sh - pt + r, ow*sw - pl + s];
+//                     `_split` kernels: the z-th slice of t into partial[z] (split-K
+//                     where the grid would leave SMs idle), conv2d_fwd_reduce sums the
+//                     slices in order z = 0, 1, ... and adds the bias
+//   conv2d_bwd_data   dx[n,c,h,w]   rows c, columns (n,h,w) of one stride phase,
+//                     reduction t = (k,j,l) over the taps r = ph + j sh, s = pw + l sw
+//                     that reach the phase: A = weight[k][c][r][s], B = dy[n, k,
+//                     oh_top - j, ow_top - l] where inside dy (a gather: each dx is
+//                     written once, no atomics, no zero tap); split-K as the forward,
+//                     summed by conv2d_bwd_weight_reduce
 //   conv2d_bwd_weight partial[z][k][(c,r,s)] over the z-th slice of the (n,oh,ow)
 //                     reduction (split-K: that reduction is long and M x N small);
 //                     conv2d_bwd_weight_reduce sums the slices in order z = 0, 1, ...
@@ -34,9 +39,10 @@
 // shared memory, so that a warp stores 32 neighbouring outputs.
 //
 // No division in the main loop: each thread splits its output column into (n, oh,
-// ow) once; the (c,r,s) of a reduction index comes from a per-shape table of filter
-// taps (`taps`, built and cached by the launcher, as CUTLASS's and cuDNN's implicit
-// GEMMs precompute them); the (n,oh,ow) of the weight gradient's reduction index is
+// ow) (backward data: the phase's (n, h, w)) once; the (c,r,s) or (k,j,l) of a
+// reduction index comes from a per-shape table of filter taps (built and cached by
+// the launcher, as CUTLASS's and cuDNN's implicit GEMMs precompute them; the
+// backward data's per phase); the (n,oh,ow) of the weight gradient's reduction index is
 // advanced incrementally. What division is left is by a per-launch constant, through
 // `divide`. Weight rows are read as aligned vectors when their length allows.
 // Accumulation in acc_t; deterministic: fixed reduction order, no atomics. Outputs
@@ -87,7 +93,7 @@ struct OutColumn {
     bool valid;
     template <class Operands>
     __device__ OutColumn(const Operands& ops, int cols)
-        : col(blockIdx.x * BN + threadIdx.x % BN), offset(0), valid(col < cols) {
+        : col(ops.col0 + threadIdx.x % BN), offset(0), valid(col < cols) {
         if (valid) offset = ops.column_offset(col);
     }
     // Slice row r is row `first + r * step` of C.
@@ -114,8 +120,9 @@ __device__ __forceinline__ void implicit_gemm(Operands ops, int M, int cols, int
                                               real_t* __restrict__ out, int row_stride,
                                               const real_t* __restrict__ bias) {
     constexpr int TM = Tile::TM, TN = Tile::TN, BM = Tile::BM, BN = Tile::BN;
-    // The operand buffers; then Bs holds one 16-row slice of C on its way out.
-    __shared__ __align__(16) acc_t As[2][TILE_K][BM];
+    // The operand buffers; then Bs holds one 16-row slice of C on its way out. A's
+    // rows are padded by Operands::A_PAD (see WeightOperands).
+    __shared__ __align__(16) acc_t As[2][TILE_K][BM + Operands::A_PAD];
     __shared__ __align__(16) acc_t Bs[2][TILE_K][BN];
     static_assert(sizeof(Bs) >= 16 * BN * sizeof(acc_t), "C slice does not fit in Bs");
     const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
@@ -299,21 +306,25 @@ template <class Tile>
 struct RowOperands {
     static constexpr int BM = Tile::BM, BN = Tile::BN, A_PER = Tile::A_PER, B_PER = Tile::B_PER;
     static constexpr int B_ROWS_PER_PASS = Tile::B_ROWS_PER_PASS;
+    static constexpr int A_PAD = 0;  // A is stashed along its rows, 16 lanes a row
     struct Fragment {
         real_t a[A_PER], b[B_PER];
     };
-    int t;             // the first reduction index of the next step
+    int t, t_end;      // the first reduction index of the next step; the slice's end
+    int col0;          // the block's first column of C
     int a_row, a_col;  // A: row a_row, reduction t + a_col .. t + a_col + A_PER - 1
     BColumn<Tile> b;   // (initialised before b_valid, which reads it)
     bool a_valid, b_valid;
 
-    __device__ RowOperands(int rows, int cols)
-        : t(0),
+    __device__ RowOperands(int rows, int cols, int first_col, int t_begin, int t_end_)
+        : t(t_begin),
+          t_end(t_end_),
+          col0(first_col),
           a_row(blockIdx.y * BM + threadIdx.x / (TILE_K / A_PER)),
           a_col(threadIdx.x % (TILE_K / A_PER) * A_PER),
           b(),
           a_valid(a_row < rows),
-          b_valid(blockIdx.x * BN + b.col < cols) {}
+          b_valid(first_col + b.col < cols) {}
 
     template <class ARows, class BRows>  // As[k][m], Bs[k][j]: shared arrays of any row length
     __device__ void stash(const Fragment& f, ARows As, BRows Bs) const {
@@ -330,8 +341,8 @@ template <class Tile>
 struct ForwardOperands : RowOperands<Tile> {
     using Base = RowOperands<Tile>;
     using typename Base::Fragment;
-    using Base::A_PER, Base::B_PER, Base::B_ROWS_PER_PASS, Base::t, Base::a_row, Base::a_col,
-        Base::a_valid, Base::b, Base::b_valid;
+    using Base::A_PER, Base::B_PER, Base::B_ROWS_PER_PASS, Base::t, Base::t_end, Base::a_row,
+        Base::a_col, Base::a_valid, Base::b, Base::b_valid;
     const real_t* __restrict__ x;
     const real_t* __restrict__ w;
     const int4* __restrict__ taps;
@@ -340,9 +351,11 @@ struct ForwardOperands : RowOperands<Tile> {
     bool a_packets;          // A: weight rows read as aligned vectors
     int x_offset, ih0, iw0;  // B: x[x_offset + tap.x] when ih0 + r, iw0 + s are inside x
 
+    // The reduction indices t_begin .. t_end - 1 of (c, r, s) (all of them but in a
+    // split-K slice)
     __device__ ForwardOperands(const real_t* x_, const real_t* w_, const int* taps_,
-                               const ConvGeometry& g_)
-        : Base(g_.K, g_.N * g_.OH * g_.OW), x(x_), w(w_),
+                               const ConvGeometry& g_, int t_begin, int t_end_)
+        : Base(g_.K, g_.N * g_.OH * g_.OW, blockIdx.x * Tile::BN, t_begin, t_end_), x(x_), w(w_),
           taps(reinterpret_cast<const int4*>(taps_)), g(g_) {
         CRS = g.C * g.R * g.S;
         a_packets = a_valid && CRS % A_PER == 0 &&
@@ -356,21 +369,23 @@ struct ForwardOperands : RowOperands<Tile> {
     }
 
     __device__ void fetch(Fragment& f) {
+        // a slice starts and ends on a multiple of A_PER (the launcher's chunks are
+        // multiples of 32), so a packet never straddles t_end
         const int ta = t + a_col;
-        if (a_packets && ta < CRS) {
+        if (a_packets && ta < t_end) {
             const Packet<A_PER> p = *reinterpret_cast<const Packet<A_PER>*>(w + a_row * CRS + ta);
 #pragma unroll
             for (int i = 0; i < A_PER; ++i) f.a[i] = p.v[i];
         } else {
 #pragma unroll
             for (int i = 0; i < A_PER; ++i)
-                f.a[i] = a_valid && ta + i < CRS ? w[a_row * CRS + ta + i] : (real_t)0;
+                f.a[i] = a_valid && ta + i < t_end ? w[a_row * CRS + ta + i] : (real_t)0;
         }
 #pragma unroll
         for (int i = 0; i < B_PER; ++i) {
             const int tb = t + b.row + B_ROWS_PER_PASS * i;
             real_t v = 0;
-            if (b_valid && tb < CRS) {
+            if (b_valid && tb < t_end) {
                 const int4 tap = taps[tb];
                 if ((unsigned)(ih0 + tap.y) < (unsigned)g.H && (unsigned)(iw0 + tap.z) < (unsigned)g.W)
                     v = x[x_offset + tap.x];
@@ -392,29 +407,83 @@ __device__ __forceinline__ void conv2d_fwd_tile(const real_t* x, const real_t* w
                                                 const ConvGeometry* geometry, const int* taps) {
     const ConvGeometry g = *geometry;
     const int CRS = g.C * g.R * g.S;
-    run_gemm<Tile, kTF32, true>(ForwardOperands<Tile>(x, w, taps, g), g.K, g.N * g.OH * g.OW,
-                      (CRS + TILE_K - 1) / TILE_K, y, g.OH * g.OW, bias);
+    run_gemm<Tile, kTF32, true>(ForwardOperands<Tile>(x, w, taps, g, 0, CRS), g.K,
+                                g.N * g.OH * g.OW, (CRS + TILE_K - 1) / TILE_K, y, g.OH * g.OW,
+                                bias);
+}
+
+// Split-K: the blockIdx.z-th `chunk` of the (c, r, s) reduction into partial[z], laid
+// out as y, without the bias; conv2d_fwd_reduce sums the slices in order z = 0, 1, ...
+// and adds it. Kernels of their own, so that the plain ones keep their registers;
+// the float 128 x 128 one spills at 128 registers (the slice's bounds and offset), so
+// it declares one block an SM, as the 128 x 128 backward passes do.
+template <class Tile, bool kTF32>
+__device__ __forceinline__ void conv2d_fwd_split_tile(const real_t* x, const real_t* w,
+                                                      real_t* partial,
+                                                      const ConvGeometry* geometry,
+                                                      const int* taps, int chunk) {
+    const ConvGeometry g = *geometry;
+    const int CRS = g.C * g.R * g.S, t_begin = blockIdx.z * chunk;
+    const int t_end = CRS - t_begin < chunk ? CRS : t_begin + chunk;
+    const int P = g.OH * g.OW;
+    run_gemm<Tile, kTF32, false>(ForwardOperands<Tile>(x, w, taps, g, t_begin, t_end), g.K,
+                                 g.N * P, (t_end - t_begin + TILE_K - 1) / TILE_K,
+                                 partial + blockIdx.z * g.N * g.K * P, P, (const real_t*)nullptr);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS)
-conv2d_fwd(const real_t* __restrict__ x, const real_t* __restrict__ w,
-                   const real_t* __restrict__ bias, real_t* __restrict__ y,
-                   const ConvGeometry* __restrict__ geometry, const int* __restrict__ taps) {
+conv2d_fwd(const real_t* __restrict__ x, const real_t* __restrict__ w, const real_t* __restrict__ bias,
+           real_t* __restrict__ y, const ConvGeometry* __restrict__ geometry,
+           const int* __restrict__ taps) {
     conv2d_fwd_tile<TileSquare, false>(x, w, bias, y, geometry, taps);
 }
 
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 1)
+conv2d_fwd_split(const real_t* __restrict__ x, const real_t* __restrict__ w,
+                 real_t* __restrict__ partial, const ConvGeometry* __restrict__ geometry,
+                 const int* __restrict__ taps, int chunk) {
+    conv2d_fwd_split_tile<TileSquare, false>(x, w, partial, geometry, taps, chunk);
+}
+
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS)
-conv2d_fwd_wide(const real_t* __restrict__ x, const real_t* __restrict__ w,
-                  const real_t* __restrict__ bias, real_t* __restrict__ y,
-                  const ConvGeometry* __restrict__ geometry, const int* __restrict__ taps) {
+conv2d_fwd_wide(const real_t* __restrict__ x, const real_t* __restrict__ w, const real_t* __restrict__ bias,
+                real_t* __restrict__ y, const ConvGeometry* __restrict__ geometry,
+                const int* __restrict__ taps) {
     conv2d_fwd_tile<TileWide, false>(x, w, bias, y, geometry, taps);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS)
-conv2d_fwd_tf32(const real_t* __restrict__ x, const real_t* __restrict__ w,
-                const real_t* __restrict__ bias, real_t* __restrict__ y,
-                const ConvGeometry* __restrict__ geometry, const int* __restrict__ taps) {
+conv2d_fwd_wide_split(const real_t* __restrict__ x, const real_t* __restrict__ w,
+                      real_t* __restrict__ partial, const ConvGeometry* __restrict__ geometry,
+                      const int* __restrict__ taps, int chunk) {
+    conv2d_fwd_split_tile<TileWide, false>(x, w, partial, geometry, taps, chunk);
+}
+
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS)
+conv2d_fwd_tf32(const real_t* __restrict__ x, const real_t* __restrict__ w, const real_t* __restrict__ bias,
+                real_t* __restrict__ y, const ConvGeometry* __restrict__ geometry,
+                const int* __restrict__ taps) {
     conv2d_fwd_tile<TileSquare, true>(x, w, bias, y, geometry, taps);
+}
+
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS)
+conv2d_fwd_tf32_split(const real_t* __restrict__ x, const real_t* __restrict__ w,
+                      real_t* __restrict__ partial, const ConvGeometry* __restrict__ geometry,
+                      const int* __restrict__ taps, int chunk) {
+    conv2d_fwd_split_tile<TileSquare, true>(x, w, partial, geometry, taps, chunk);
+}
+
+// y[n][k][p] = partial[0] + partial[1] + ... (in that order, over `splits` slices of
+// `count` = N K P values) + bias[k].
+extern "C" __global__ void conv2d_fwd_reduce(const real_t* __restrict__ partial,
+                                             const real_t* __restrict__ bias,
+                                             real_t* __restrict__ y, int count, int splits,
+                                             int P, int K) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= count) return;
+    acc_t sum = 0;
+    for (int z = 0; z < splits; ++z) sum += partial[z * count + i];
+    y[i] = (real_t)(sum + (acc_t)bias[i / P % K]);
 }
 
 // ---- forward, direct: one thread per output, for few filters ----------------------
@@ -461,96 +530,131 @@ conv2d_fwd_direct(const real_t* __restrict__ x, const real_t* __restrict__ w,
     if (valid) y[(n * g.K + k) * P + p] = (real_t)(acc + (acc_t)bias[k]);
 }
 
-// ---- backward data: rows c, columns (n,h,w), reduction (k,r,s) ---------------------
-// taps[t] = {k*OH*OW, r, s, k*C*R*S + r*S + s}
+// ---- backward data: rows c, columns (n,h,w) of one stride phase, reduction (k,j,l) --
+// At stride s only the taps r = ph + j sh (of the spread filter: r d_h) reach a dx
+// row h with (h + pt) % sh == ph, from dy row oh = oh_top - j, oh_top = (h + pt - ph) /
+// sh; so dx is computed phase by phase (as conv2d_bwd_data_direct does), each phase a
+// dense GEMM over only its taps: no zero tap, and no division in the loop, just the
+// bounds of oh and ow (stride 1 is the one phase, j = r). The grid's x blocks run
+// through the phases in turn. The launcher's table (gpunet/cuda/conv2d.py,
+// data_phase_table) opens with three int4 a phase,
+//   {taps offset, taps count, first block, columns}, {h0, w0, rows, cols}, {oh_top0, ow_top0}
+// (h0, w0: the phase's first dx row and column; rows x cols its positions a sample),
+// and holds each phase's taps, (k, j, l) in order:
+//   {k OH OW - j OW - l, j, l, k C R S + r S + s}.
+// Split-K (blockIdx.z: the z-th `chunk` of the phase's taps) writes partial[z] laid
+// out as dx; conv2d_bwd_weight_reduce sums the slices in order. Unsplit, partial is dx.
+struct DataPhase {
+    int4 head, place, top;
+};
+
 template <class Tile>
 struct DataOperands : RowOperands<Tile> {
     using Base = RowOperands<Tile>;
     using typename Base::Fragment;
-    using Base::A_PER, Base::B_PER, Base::B_ROWS_PER_PASS, Base::t, Base::a_row, Base::a_col,
-        Base::a_valid, Base::b, Base::b_valid;
+    using Base::A_PER, Base::B_PER, Base::B_ROWS_PER_PASS, Base::t, Base::t_end, Base::a_row,
+        Base::a_col, Base::a_valid, Base::b, Base::b_valid, Base::col0;
     const real_t* __restrict__ dy;
     const real_t* __restrict__ w;
-    const int4* __restrict__ taps;
-    ConvGeometry g;
-    int KRS;
-    int a_offset;           // A: w[a_offset + taps[t].w], a_offset = c R S
-    int dy_offset, hp, wp;  // B: dy[dy_offset + tap.x + oh OW + ow], hp = h + pt, wp = w + pl
+    const int4* __restrict__ taps;  // the phase's
+    int OH, OW, HW, CHW, W, sh, sw;
+    int h0, w0, per_sample, cols;   // the phase's first row and column, positions a sample
+    int a_offset;                   // A: w[a_offset + taps[t].w], a_offset = c R S
+    int dy_offset, oh_top, ow_top;  // B: dy[dy_offset + tap.x] if oh_top - tap.y, ow_top -
+                                    // tap.z are inside dy
 
-    __device__ DataOperands(const real_t* dy_, const real_t* w_, const int* taps_,
-                            const ConvGeometry& g_)
-        : Base(g_.C, g_.N * g_.H * g_.W), dy(dy_), w(w_),
-          taps(reinterpret_cast<const int4*>(taps_)), g(g_) {
-        KRS = g.K * g.R * g.S;
+    __device__ DataOperands(const real_t* dy_, const real_t* w_, const int4* table,
+                            const ConvGeometry& g, const DataPhase& phase, int t_begin,
+                            int t_end_)
+        : Base(g.C, phase.head.w, (blockIdx.x - phase.head.z) * Tile::BN, t_begin, t_end_),
+          dy(dy_), w(w_), taps(table + phase.head.x) {
+        OH = g.OH;
+        OW = g.OW;
+        W = g.W;
+        HW = g.H * g.W;
+        CHW = g.C * HW;
+        sh = g.sh;
+        sw = g.sw;
+        h0 = phase.place.x;
+        w0 = phase.place.y;
+        cols = phase.place.w;
+        per_sample = phase.place.z * cols;
         a_offset = a_row * g.R * g.S;
-        const int j = blockIdx.x * Tile::BN + b.col, HW = g.H * g.W;
-        const int n = divide(j, g.hw_magic, g.hw_shift), p = j - n * HW;
-        const int h = divide(p, g.w_magic, g.w_shift);
-        hp = h + g.pt;
-        wp = p - h * g.W + g.pl;
-        dy_offset = n * g.K * g.OH * g.OW;
+        // once a thread, by sizes of the phase: the loop below divides by nothing
+        const int j = b_valid ? col0 + b.col : 0;
+        const int n = j / per_sample, q = j - n * per_sample, hq = q / cols;
+        oh_top = phase.top.x + hq;
+        ow_top = phase.top.y + (q - hq * cols);
+        dy_offset = n * g.K * OH * OW + oh_top * OW + ow_top;
     }
 
     __device__ void fetch(Fragment& f) {
 #pragma unroll
         for (int i = 0; i < A_PER; ++i) {
             const int ta = t + a_col + i;
-            f.a[i] = a_valid && ta < KRS ? w[a_offset + taps[ta].w] : (real_t)0;
+            f.a[i] = a_valid && ta < t_end ? w[a_offset + taps[ta].w] : (real_t)0;
         }
 #pragma unroll
         for (int i = 0; i < B_PER; ++i) {
             const int tb = t + b.row + B_ROWS_PER_PASS * i;
             real_t v = 0;
-            if (b_valid && tb < KRS) {
+            if (b_valid && tb < t_end) {
                 const int4 tap = taps[tb];
-                const int th = hp - tap.y, tw = wp - tap.z;
-                if (th >= 0 && tw >= 0) {
-                    const int oh = divide(th, g.sh_magic, g.sh_shift);
-                    const int ow = divide(tw, g.sw_magic, g.sw_shift);
-                    if (oh * g.sh == th && ow * g.sw == tw && oh < g.OH && ow < g.OW)
-                        v = dy[dy_offset + tap.x + oh * g.OW + ow];
-                }
+                if ((unsigned)(oh_top - tap.y) < (unsigned)OH &&
+                    (unsigned)(ow_top - tap.z) < (unsigned)OW)
+                    v = dy[dy_offset + tap.x];
             }
             f.b[i] = v;
         }
         t += TILE_K;
     }
 
-    __device__ int column_offset(int j) const {  // dx[n][c][p]: n C HW + p (+ c HW)
-        const int HW = g.H * g.W, n = divide(j, g.hw_magic, g.hw_shift);
-        return n * g.C * HW + (j - n * HW);
+    __device__ int column_offset(int j) const {  // dx[n][c][h][w]: n C H W + h W + w (+ c H W)
+        const int n = j / per_sample, q = j - n * per_sample, hq = q / cols;
+        return n * CHW + (h0 + hq * sh) * W + w0 + (q - hq * cols) * sw;
     }
 };
 
 template <class Tile, bool kTF32>
-__device__ __forceinline__ void conv2d_bwd_data_tile(const real_t* dy, const real_t* w, real_t* dx,
+__device__ __forceinline__ void conv2d_bwd_data_tile(const real_t* dy, const real_t* w,
+                                                     real_t* partial,
                                                      const ConvGeometry* geometry,
-                                                     const int* taps) {
+                                                     const int* table_, int chunk) {
     const ConvGeometry g = *geometry;
-    const int KRS = g.K * g.R * g.S;
-    run_gemm<Tile, kTF32, false>(DataOperands<Tile>(dy, w, taps, g), g.C, g.N * g.H * g.W,
-                      (KRS + TILE_K - 1) / TILE_K, dx, g.H * g.W, (const real_t*)nullptr);
+    const int4* table = reinterpret_cast<const int4*>(table_);
+    const int phases = g.sh * g.sw;
+    int p = 0;  // the phase of this block: the last whose first block is at most blockIdx.x
+    while (p + 1 < phases && table[3 * (p + 1)].z <= (int)blockIdx.x) ++p;
+    const DataPhase phase = {table[3 * p], table[3 * p + 1], table[3 * p + 2]};
+    const int t_begin = blockIdx.z * chunk;
+    const int t_end = phase.head.y - t_begin < chunk ? max(phase.head.y, t_begin)
+                                                     : t_begin + chunk;
+    run_gemm<Tile, kTF32, false>(DataOperands<Tile>(dy, w, table, g, phase, t_begin, t_end),
+                                 g.C, phase.head.w,
+                                 (t_end - t_begin + TILE_K - 1) / TILE_K,
+                                 partial + blockIdx.z * g.N * g.C * g.H * g.W, g.H * g.W,
+                                 (const real_t*)nullptr);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 1)
 conv2d_bwd_data(const real_t* __restrict__ dy, const real_t* __restrict__ w,
-                        real_t* __restrict__ dx, const ConvGeometry* __restrict__ geometry,
-                        const int* __restrict__ taps) {
-    conv2d_bwd_data_tile<TileSquare, false>(dy, w, dx, geometry, taps);
+                real_t* __restrict__ partial, const ConvGeometry* __restrict__ geometry,
+                const int* __restrict__ table, int chunk) {
+    conv2d_bwd_data_tile<TileSquare, false>(dy, w, partial, geometry, table, chunk);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS)
 conv2d_bwd_data_wide(const real_t* __restrict__ dy, const real_t* __restrict__ w,
-                       real_t* __restrict__ dx, const ConvGeometry* __restrict__ geometry,
-                       const int* __restrict__ taps) {
-    conv2d_bwd_data_tile<TileWide, false>(dy, w, dx, geometry, taps);
+                     real_t* __restrict__ partial, const ConvGeometry* __restrict__ geometry,
+                     const int* __restrict__ table, int chunk) {
+    conv2d_bwd_data_tile<TileWide, false>(dy, w, partial, geometry, table, chunk);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS)
 conv2d_bwd_data_tf32(const real_t* __restrict__ dy, const real_t* __restrict__ w,
-                     real_t* __restrict__ dx, const ConvGeometry* __restrict__ geometry,
-                     const int* __restrict__ taps) {
-    conv2d_bwd_data_tile<TileSquare, true>(dy, w, dx, geometry, taps);
+                     real_t* __restrict__ partial, const ConvGeometry* __restrict__ geometry,
+                     const int* __restrict__ table, int chunk) {
+    conv2d_bwd_data_tile<TileSquare, true>(dy, w, partial, geometry, table, chunk);
 }
 
 // ---- backward data, direct: one thread per dx element, phase by phase --------------
@@ -562,10 +666,14 @@ conv2d_bwd_data_tf32(const real_t* __restrict__ dy, const real_t* __restrict__ w
 // dense loop over (k, j, l) with no division and no zero tap. A gather: each dx is
 // written once, in a fixed order, no atomics. Threads of a block share the phase
 // (the same taps: no divergence but at the border) and run along w (dy reads coalesce,
-// weight reads are the same address across the warp).
+// weight reads are the same address across the warp). Where the grid would leave
+// part of a wave idle the launcher splits the sum over k: blockIdx.y takes filters
+// k_chunk y .. + k_chunk into partial[y], laid out as dx, and conv2d_bwd_weight_reduce
+// sums the slices in order (unsplit, partial is dx).
 extern "C" __global__ void __launch_bounds__(DIRECT_THREADS, 4)
 conv2d_bwd_data_direct(const real_t* __restrict__ dy, const real_t* __restrict__ w,
-                       real_t* __restrict__ dx, const ConvGeometry* __restrict__ geometry) {
+                       real_t* __restrict__ partial, const ConvGeometry* __restrict__ geometry,
+                       int k_chunk) {
     const ConvGeometry g = *geometry;
     const int ph = blockIdx.z / g.sw, pw = blockIdx.z - ph * g.sw;
     // the first h >= 0 of the phase, the phase's rows, its taps along r (same along w)
@@ -588,8 +696,12 @@ conv2d_bwd_data_direct(const real_t* __restrict__ dy, const real_t* __restrict__
     const int P = g.OH * g.OW, RS = g.R * g.S;
     const real_t* dy_k = dy + n * g.K * P + (oh_top - j_lo) * g.OW + (ow_top - l_lo);
     const real_t* w_k = w + c * RS + (ph + j_lo * g.sh) * g.S + pw + l_lo * g.sw;
+    const int k_begin = blockIdx.y * k_chunk;
+    const int k_end = g.K - k_begin < k_chunk ? g.K : k_begin + k_chunk;
+    dy_k += k_begin * P;
+    w_k += k_begin * g.C * RS;
     acc_t acc = 0;
-    for (int k = 0; k < g.K; ++k, dy_k += P, w_k += g.C * RS) {
+    for (int k = k_begin; k < k_end; ++k, dy_k += P, w_k += g.C * RS) {
         const real_t* dy_j = dy_k;
         const real_t* w_j = w_k;
         for (int j = j_lo; j < j_hi; ++j, dy_j -= g.OW, w_j += g.sh * g.S) {
@@ -597,7 +709,8 @@ conv2d_bwd_data_direct(const real_t* __restrict__ dy, const real_t* __restrict__
                 acc += (acc_t)w_j[l * g.sw] * (acc_t)dy_j[-l];
         }
     }
-    dx[((n * g.C + c) * g.H + h) * g.W + x] = (real_t)acc;
+    partial[blockIdx.y * g.N * g.C * g.H * g.W + ((n * g.C + c) * g.H + h) * g.W + x] =
+        (real_t)acc;
 }
 
 // ---- backward weight: rows k, columns (c,r,s), reduction (n,oh,ow) in one slice ----
@@ -616,13 +729,17 @@ struct WeightOperands {
     static constexpr int BM = Tile::BM, BN = Tile::BN, A_PER = Tile::A_PER, B_PER = Tile::B_PER;
     static constexpr int B_ROWS_PER_PASS = Tile::B_ROWS_PER_PASS;
     static constexpr int A_ROWS_PER_PASS = GEMM_THREADS / TILE_K;
+    // A is stashed down columns: the 32 lanes of a warp write 4 rows (a_row0) of 8
+    // reduction indices (a_lane), BM apart, which hit one bank 8 times; rows padded by
+    // 4 put the lanes 4 banks apart (and keep the 4-wide reads 16-byte aligned).
+    static constexpr int A_PAD = 4;
     struct Fragment {
         real_t a[A_PER], b[B_PER];
     };
     const real_t* __restrict__ dy;
     const real_t* __restrict__ x;
     ConvGeometry g;
-    int P, t, t_end;
+    int P, t, t_end, col0;
     int a_lane, a_row0, a_n, a_p;  // A: dy[n K P + k P + p], t = t + a_lane, k = a_row0 + 32 i
     BColumn<Tile> b;
     bool b_valid;
@@ -630,13 +747,13 @@ struct WeightOperands {
 
     __device__ WeightOperands(const real_t* dy_, const real_t* x_, const ConvGeometry& g_,
                               int t_begin, int t_end_)
-        : dy(dy_), x(x_), g(g_), t(t_begin), t_end(t_end_) {
+        : dy(dy_), x(x_), g(g_), t(t_begin), t_end(t_end_), col0(blockIdx.x * BN) {
         P = g.OH * g.OW;
         a_lane = threadIdx.x % TILE_K;
         a_row0 = blockIdx.y * BM + threadIdx.x / TILE_K;
         a_n = divide(t_begin + a_lane, g.p_magic, g.p_shift);
         a_p = t_begin + a_lane - a_n * P;
-        const int j = blockIdx.x * BN + b.col, RS = g.R * g.S;
+        const int j = col0 + b.col, RS = g.R * g.S;
         b_valid = j < g.C * RS;
         const int c = divide(j, g.rs_magic, g.rs_shift), rs = j - c * RS;
         r = divide(rs, g.s_magic, g.s_shift);

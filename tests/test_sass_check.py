@@ -92,6 +92,33 @@ def test_a_tf32_kernel_needs_tensor_core_mmas():
     assert code.fma == 1 and code.loop_fma == 1 and not sass_check.failures([code], 0.40)
 
 
+def test_a_split_tf32_kernel_is_held_to_tensor_core_mmas_too():
+    """conv2d_fwd_tf32_split multiplies on tensor cores as conv2d_fwd_tf32 does: its
+    HMMAs count, not its (absent) FFMAs."""
+    hmma = SASS.replace("conv2d_fwd", "conv2d_fwd_tf32_split").replace(
+        "FFMA.FTZ R6, R4, R4, R6", "HMMA.1688.F32.TF32 R4, R8, R12, R4")
+    code = sass_check.summarise("k.cu", "conv2d_fwd_tf32_split", "sm_90", "float",
+                                sass_check.parse_sass(hmma)["conv2d_fwd_tf32_split"], (100, 0))
+    assert code.fma == 1 and not sass_check.failures([code], 0.40)
+    assert sass_check.loop_ffma_cell(code) == "-"
+
+
+def test_the_main_loop_floor_holds_the_square_tiles_only():
+    """A 128 x 128 float GEMM (or its split) whose main loop is under --min-loop-ffma
+    fails, naming the share; the 64 x 256 tiles and the direct kernels are not held."""
+    for name, held in [("conv2d_fwd", True), ("conv2d_fwd_split", True),
+                       ("conv2d_bwd_data", True), ("conv2d_bwd_weight", True),
+                       ("conv2d_fwd_wide", False), ("conv2d_bwd_data_direct", False)]:
+        code = sass_check.KernelCode("k.cu", name, "sm_90", "float", instructions=10, fma=5,
+                                     loop_instructions=100, loop_fma=55)
+        problems = sass_check.failures([code], 0.40, min_loop_ffma=0.60)
+        assert bool(problems) == held, name
+        if held:
+            assert problems == [f"{name} (k.cu, sm_90, float): the main loop is 55% FFMA "
+                                f"(55 of 100), under 60%"]
+        assert sass_check.loop_ffma_cell(code) == ("-" if name.endswith("_direct") else "55%")
+
+
 def test_the_ffma_rule_covers_the_conv_gemms_only():
     for name, gemm in [("conv2d_fwd", True), ("conv2d_bwd_data_wide", True),
                        ("conv2d_bwd_weight", True), ("conv2d_bwd_weight_reduce", False),
@@ -213,8 +240,8 @@ def nvrtc_builds(tmp_path_factory):
 # bench/GPU.md's design says; the 128 x 128 backward passes and the double build
 # need more than 128 registers a thread and declare one.
 TWO_BLOCKS = {f"conv2d_{kernel}" for kernel in
-              ("fwd", "fwd_wide", "fwd_tf32", "bwd_data_wide", "bwd_data_tf32",
-               "bwd_weight_wide", "bwd_weight_tf32")}
+              ("fwd", "fwd_wide", "fwd_tf32", "fwd_wide_split", "fwd_tf32_split",
+               "bwd_data_wide", "bwd_data_tf32", "bwd_weight_wide", "bwd_weight_tf32")}
 
 
 def test_what_cupy_builds_has_no_spill_no_stack_and_its_declared_occupancy(nvrtc_builds):

@@ -87,7 +87,8 @@ def cuda_tool(name: str) -> str | None:
 # a fault is reported in the process of the kernel that made it, not by whatever
 # CUDA call comes next
 KERNEL_FILES = {"conv2d": ("conv2d", "conv2d_wide", "conv2d_wide_grads", "conv2d_direct",
-                           "conv2d_tf32"),
+                           "conv2d_tf32", "conv2d_split", "conv2d_wide_split",
+                           "conv2d_split_tf32"),
                 "pool2d": ("max_pool2d", "avg_pool2d"),
                 "batchnorm": ("batch_norm",)}
 

@@ -41,12 +41,16 @@ KERNEL_CASES = {
     # weight gradient splits its reduction (split-K) even on the test double's one SM
     "conv2d_direct": (2, 3, 23, 21, 6, 3, 3, 2, 1),
     "conv2d_tf32": (2, 24, 5, 6, 100, 3, 3, 1, 1),  # TF32 allowed (float32): all 3 GEMMs
+    # C R S = 360 on a grid under a wave: the forward's split-K kernels and their reduce
+    "conv2d_split": (1, 40, 6, 5, 100, 3, 3, 1, 1),
+    "conv2d_wide_split": (1, 40, 6, 5, 30, 3, 3, 1, 1),
+    "conv2d_split_tf32": (1, 40, 6, 5, 100, 3, 3, 1, 1),
     "max_pool2d": (2, 3, 7, 7, 3, 2, 1),
     "avg_pool2d": (1, 2, 6, 5, 2, 2, 0),
     "batch_norm": (3, 4, 5, 5),
 }
 # the families whose case runs with TF32 allowed (in float32)
-TF32_FAMILIES = ("conv2d_tf32",)
+TF32_FAMILIES = ("conv2d_tf32", "conv2d_split_tf32")
 
 
 def tolerance(dtype, terms: int = 1, tf32: bool = False) -> float:

@@ -2,6 +2,8 @@
 (split-K, reduced in a fixed order) and the bias gradient."""
 from __future__ import annotations
 
+import functools
+
 import numpy
 
 from .._context import Context
@@ -58,10 +60,22 @@ class ConvContext(Context):
 
 
 def _geometry(xp, sizes, stride, pads):
+    return geometry(xp, _geometry_values(tuple(sizes), tuple(stride), tuple(pads)))
+
+
+@functools.lru_cache(maxsize=conv2d_plan.PLAN_CACHE_SIZE)
+def _geometry_values(sizes, stride, pads):
+    """ConvGeometry's int32 values, computed once per shape (bounded cache)."""
     n, c, h, w, k, r, s, oh, ow = sizes
     values = (*sizes, stride[0], stride[1], pads[0][0], pads[1][0])
     # divisors in the order of ConvGeometry: OW, OH*OW, W, H*W, S, R*S, sh, sw
-    return geometry(xp, with_divisors(values, (ow, oh * ow, w, h * w, s, r * s, *stride)))
+    return with_divisors(values, (ow, oh * ow, w, h * w, s, r * s, *stride))
+
+
+@functools.lru_cache(maxsize=conv2d_plan.PLAN_CACHE_SIZE)
+def _bias_runs(total, k):
+    """The bias gradient's ``(parts, chunk)`` (runtime.runs), once per shape."""
+    return runtime.runs(total, k, TARGET_BLOCKS, 1024)
 
 
 def forward_taps(c, h, w, r, s, dilation=(1, 1)):
@@ -72,11 +86,36 @@ def forward_taps(c, h, w, r, s, dilation=(1, 1)):
     return numpy.stack([cc * h * w + ii * w + jj, ii, jj, numpy.zeros_like(cc)], -1).ravel()
 
 
-def data_taps(k, c, oh, ow, r, s, dilation=(1, 1)):
-    """Per reduction index t = (k, r, s): ``(k OH OW, r d_h, s d_w, k C R S + r S + s)``."""
-    kk, rr, ss = numpy.meshgrid(numpy.arange(k), numpy.arange(r), numpy.arange(s), indexing="ij")
-    return numpy.stack([kk * oh * ow, rr * dilation[0], ss * dilation[1],
-                        kk * c * r * s + rr * s + ss], -1).ravel()
+def data_phase_table(sizes, stride, pads, dilation, block_columns):
+    """conv2d_bwd_data's table (kernels/conv2d.cu): per phase of dx (row phase major)
+    three int4, ``{taps offset, taps count, first block, columns}``, ``{h0, w0, rows,
+    cols}``, ``{oh_top0, ow_top0, 0, 0}``, then each phase's taps, (k, r, s) in order
+    over the taps that reach it: ``{k OH OW - j OW - l, j, l, k C R S + r S + s}``;
+    ``block_columns``: the GEMM tile's columns."""
+    n, c, h, w, k, r, s, oh, ow = sizes
+    phases = conv2d_plan.data_gemm_phases(sizes, stride, pads, dilation)
+    head, taps, block = [], [], 0
+    offset = 3 * len(phases)
+    for (h0, rows, oh0, r_reach), (w0, cols, ow0, s_reach) in phases:
+        kk, (rr, jj), (ss, ll) = numpy.arange(k), _pairs(r_reach), _pairs(s_reach)
+        kk, rr, ss = (a.reshape(shape) for a, shape in
+                      ((kk, (-1, 1, 1)), (rr, (1, -1, 1)), (ss, (1, 1, -1))))
+        jj, ll = jj.reshape(1, -1, 1), ll.reshape(1, 1, -1)
+        phase_taps = numpy.broadcast_arrays(kk * oh * ow - jj * ow - ll, jj + 0 * kk,
+                                            ll + 0 * kk, kk * c * r * s + rr * s + ss)
+        count = phase_taps[0].size
+        columns = n * rows * cols
+        head += [(offset, count, block, columns), (h0, w0, rows, cols), (oh0, ow0, 0, 0)]
+        taps.append(numpy.stack([a.ravel() for a in phase_taps], -1))
+        offset += count
+        block += ceil_div(columns, block_columns)
+    return numpy.concatenate([numpy.array(head).reshape(-1, 4)] + taps).ravel()
+
+
+def _pairs(reach):
+    """``(taps, j)`` of axis_phases' ``[(tap, j), ...]`` as two int arrays."""
+    return (numpy.array([t for t, _ in reach], numpy.int64),
+            numpy.array([j for _, j in reach], numpy.int64))
 
 
 def _check_sizes(where, n, c, h, w, k, r, s, oh, ow):
@@ -109,12 +148,14 @@ def dilate(xp, weight, dilation):
 def forward(x, weight, bias, stride, pads, out_hw, dilation=(1, 1)):
     """``(y, ctx)``; arguments already validated by ``ops.conv2d_forward``. Dilated,
     the GEMMs of the forward and backward-data read taps ``dilation`` apart from
-    their tap tables (:func:`forward_taps`, :func:`data_taps`); the direct kernels
+    their tap tables (:func:`forward_taps`, :func:`data_phase_table`); the direct kernels
     and the weight gradient, which compute their taps, run :func:`dilate`'s spread
     filter (the plans count its zero taps as issued, not useful, work)."""
     xp = get_array_module(x)
     dilation = tuple(dilation)
     x, weight = xp.ascontiguousarray(x), xp.ascontiguousarray(weight)
+    # hashable, as the plan and geometry caches key on them
+    stride, pads = tuple(stride), tuple(tuple(p) for p in pads)
     n, c, h, w = x.shape
     k, _, r, s = weight.shape
     oh, ow = out_hw
@@ -139,8 +180,18 @@ def forward(x, weight, bias, stride, pads, out_hw, dilation=(1, 1)):
     else:
         taps = table(xp, ("conv2d forward taps", c, h, w, r, s, dilation),
                      lambda: forward_taps(c, h, w, r, s, dilation), numpy.int32)
-        runtime.launch("conv2d", plan.kernel, x.dtype, plan.grid, GEMM_BLOCK,
-                       (x, weight, bias_arg, y, geom, taps))
+        if plan.split == 1:
+            runtime.launch("conv2d", plan.kernel, x.dtype, plan.grid, GEMM_BLOCK,
+                           (x, weight, bias_arg, y, geom, taps))
+        else:
+            count = n * k * oh * ow
+            partial = new_output(xp, (plan.split, count), x.dtype)
+            runtime.launch("conv2d", plan.kernel, x.dtype, plan.grid, GEMM_BLOCK,
+                           (x, weight, partial, geom, taps, numpy.int32(plan.chunk)))
+            runtime.launch("conv2d", "conv2d_fwd_reduce", x.dtype, (ceil_div(count, BLOCK), 1, 1),
+                           (BLOCK, 1, 1), (partial, bias_arg, y, numpy.int32(count),
+                                           numpy.int32(plan.split), numpy.int32(oh * ow),
+                                           numpy.int32(k)))
     return y, ctx
 
 
@@ -192,23 +243,29 @@ def backward(dy, ctx: ConvContext, input_grad: bool = True):
         plan = conv2d_plan.data_plan(ctx.sizes, ctx.stride, ctx.pads, dtype,
                                      tensor_cores and runtime.allow_tf32(), runtime.sm_count(xp),
                                      ctx.dilation)
+        # split (over k, or the phase's taps): slices laid out as dx, summed in order
+        out = dx if plan.split == 1 else new_output(xp, (plan.split, n, c, h, w), dtype)
         if plan.kernel == "conv2d_bwd_data_direct":
             spread_weight, spread_geom, _ = ctx.spread()
             runtime.launch("conv2d", plan.kernel, dtype, plan.grid, (plan.tile[1], 1, 1),
-                           (dy, spread_weight, dx, spread_geom))
+                           (dy, spread_weight, out, spread_geom, numpy.int32(plan.chunk)))
         else:
-            dilation = ctx.dilation
-            taps = table(xp, ("conv2d data taps", k, c, oh, ow, r, s, dilation),
-                         lambda: data_taps(k, c, oh, ow, r, s, dilation), numpy.int32)
+            key = (ctx.sizes, ctx.stride, ctx.pads, ctx.dilation, plan.tile[1])
+            phases = table(xp, ("conv2d data phases", key),
+                           lambda: data_phase_table(*key), numpy.int32)
             runtime.launch("conv2d", plan.kernel, dtype, plan.grid, GEMM_BLOCK,
-                           (dy, ctx.weight, dx, ctx.geometry, taps))
+                           (dy, ctx.weight, out, ctx.geometry, phases, numpy.int32(plan.chunk)))
+        if plan.split > 1:
+            runtime.launch("conv2d", "conv2d_bwd_weight_reduce", dtype,
+                           (ceil_div(dx.size, BLOCK), 1, 1), (BLOCK, 1, 1),
+                           (out, dx, numpy.int32(dx.size), numpy.int32(plan.split)))
 
     total = n * oh * ow
     dweight = xp.zeros(ctx.weight.shape, dtype) if c == 0 else _weight_grad(dy, ctx, tensor_cores)
 
     dbias = None
     if ctx.has_bias:
-        parts, chunk = runtime.runs(total, k, TARGET_BLOCKS, 1024)
+        parts, chunk = _bias_runs(total, k)
         partial = new_output(xp, (parts, k), dtype)
         runtime.launch("conv2d", "conv2d_bwd_bias", dtype, (parts, k, 1), (BLOCK, 1, 1),
                        (dy, partial, ctx.geometry, numpy.int32(chunk)),
