@@ -75,9 +75,13 @@ def planned_kernels(cases, sms: int, tensor_cores: bool = True) -> set[str]:
     """The conv kernels the plans pick for ``cases`` on ``sms`` SMs, in float32 and,
     with ``tensor_cores``, with TF32 allowed: what the stage times on such a GPU
     (no GPU needed)."""
-    return {row["kernel"] for case in cases if case.op == "conv"
+    rows = [row for case in cases if case.op == "conv"
             for tf32 in ((False, True) if tensor_cores else (False,))
-            for row in plan_rows(case, tf32, sms)}
+            for row in plan_rows(case, tf32, sms)]
+    # a split forward's partial sums are added by a second launch (conv2d_plan.py)
+    reduce = {"conv2d_fwd_reduce"} if any(row["pass"] == "forward" and row["split_k"] > 1
+                                         for row in rows) else set()
+    return {row["kernel"] for row in rows} | reduce
 
 
 def _row(ctx, op, case, work, unit, ours, xp_path, cudnn, launched, **extra):
