@@ -155,7 +155,7 @@ LENET = {"lenet5": models.lenet5, "lenet5 batch norm": functools.partial(models.
 def test_a_lenet5_training_step_launches_what_the_step_table_says(double, name):
     """One training step through the double (forward, loss, backward, Adam) records
     the launches of every layer's plans, forward in layer order and backward in
-    reverse, and as many as bench/gpu_plan.py's per-model table prints (at its batch:
+    reverse, then Adam's, and as many as bench/gpu_plan.py's per-model table prints (at its batch:
     the count does not depend on the batch)."""
     xp, _ = double
     batch = 2
@@ -163,14 +163,20 @@ def test_a_lenet5_training_step_launches_what_the_step_table_says(double, name):
     layers = gpu_plan.step_launches(LENET[name]().to("cpu"), (1, 28, 28), batch,
                                     sms=runtime.sm_count(xp))
     planned = [lc for _, forward, _ in layers for lc in forward] + \
-        [lc for _, _, backward in reversed(layers) for lc in backward]
+        [lc for _, _, backward in reversed(layers) for lc in backward] + \
+        gpu_plan.optimizer_launches(LENET[name]().to("cpu"))
     assert work["launched"] == _tuples(planned)
     (row,) = [m for m in gpu_plan.STEP_MODELS if m[0] == name]
     table = gpu_plan.step_counts(row[1]().to("cpu"), row[2], row[3])
     assert len(work["launched"]) == table["ours"]
     assert {f: work["kernels"][f] for f in gpu_plan.FAMILIES} == \
         {f: table[f] for f in gpu_plan.FAMILIES}
-    assert work["cupy ops"] > 0  # the counter sees the linear layers, loss and Adam
+    assert work["cupy ops"] > 0  # the counter sees the linear layers, loss and zero_grad
+    # Adam's update is one launch a parameter and no CuPy operation (issue 26: 15 a
+    # parameter before); what the optimizer module still asks of CuPy is zero_grad's
+    # one fill a parameter
+    asked = [op for op, where in zip(work["ops"], work["origins"]) if where == "optim.optimizers"]
+    assert asked == ["__setitem__"] * len(list(LENET[name]().parameters()))
 
 
 def test_step_table_counts_each_layer_of_lenet5():
@@ -178,8 +184,11 @@ def test_step_table_counts_each_layer_of_lenet5():
     GEMM and its split-K sum, the second conv a backward-data launch as well (the
     first layer's input needs no gradient), a bias gradient and its sum where the
     conv has a bias (not before a batch norm); each max pool one launch each way;
-    each batch norm three each way."""
+    each batch norm three each way; Adam one launch a parameter (a weight and a bias
+    a layer, a batch norm's weight and bias in place of its conv's or linear's bias)."""
     plain = gpu_plan.step_counts(models.lenet5().to("cpu"), (1, 28, 28), 64)
-    assert plain == {"conv": 3 + 2 + 3 + 3, "pool": 4, "batch norm": 0, "ours": 15}
+    assert plain == {"conv": 3 + 2 + 3 + 3, "pool": 4, "batch norm": 0, "optimizer": 5 * 2,
+                     "ours": 25}
     normed = gpu_plan.step_counts(models.lenet5(batch_norm=True).to("cpu"), (1, 28, 28), 64)
-    assert normed == {"conv": 3 + 4, "pool": 4, "batch norm": 4 * 6, "ours": 35}
+    assert normed == {"conv": 3 + 4, "pool": 4, "batch norm": 4 * 6, "optimizer": 4 * 3 + 2,
+                      "ours": 49}
