@@ -87,8 +87,8 @@ def adam_step(w, g, m, v, t: int, lr: float, beta1: float, beta2: float, eps: fl
     _run("adam_step", w, (
         w, g, m, v, numpy.int32(w.size), real(lr), real(beta1), real(1.0 - beta1), real(beta2),
         real(1.0 - beta2), correction1, real(1.0) / correction1, correction2,
-        real(1.0) / correction2, real(eps), real(l2), real(1.0 - lr * decoupled_decay), numpy.int32(decay),
-        numpy.int32(bool(decoupled_decay))))
+        real(1.0) / correction2, real(eps), real(l2), real(1.0 - lr * decoupled_decay),
+        numpy.int32(decay), numpy.int32(bool(decoupled_decay))))
 
 
 def sgd_step(w, g, buffer, lr: float, momentum: float = 0.0, dampening: float = 0.0,
