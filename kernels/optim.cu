@@ -1,7 +1,7 @@
 // Optimizer updates: one launch per parameter updates its weights and its state in
 // place, the same rule as the pure xp functions of gpunet/optim/optimizers.py
 // (sgd_update, momentum_update, rmsprop_update, adam_update, adamw_update), which
-// stay the reference.
+// stay the reference; and zero_arrays, zero_grad's one launch for all gradients.
 //
 // Layout: w (the parameter), g (its gradient) and each state array (momentum
 //   buffer, velocity, square average, exp_avg, exp_avg_sq) are flat, contiguous and
@@ -180,4 +180,15 @@ extern "C" __global__ void rmsprop_step(real_t* __restrict__ w, const real_t* __
         square_avg[i] = s;
         w[i] = weight - quotient(lr * grad, square_root(s) + eps);
     }
+}
+
+// zero_grad: array blockIdx.y of the launch, of sizes[y] elements at addresses[y] (a
+// device pointer as a 64-bit integer), set to 0; blockIdx.x and the threads stride
+// over its elements. One launch zeroes every gradient of an optimizer (of one dtype)
+// instead of one fill each.
+extern "C" __global__ void zero_arrays(const long long* __restrict__ addresses,
+                                       const int* __restrict__ sizes) {
+    real_t* __restrict__ array = reinterpret_cast<real_t*>(addresses[blockIdx.y]);
+    const int n = sizes[blockIdx.y];
+    FOR_EACH_ELEMENT(i, n) array[i] = (real_t)0;
 }

@@ -242,7 +242,8 @@ def recorded(monkeypatch):
                                   "rmsprop l2"])
 def test_one_launch_per_parameter_per_step(recorded, monkeypatch, name):
     """Each step launches the variant's kernel once per parameter, as ``step_plan``
-    says, in parameter order; with kernels off (``GPUNET_KERNELS=0``) none."""
+    says, in parameter order, after zero_grad's one launch; with kernels off
+    (``GPUNET_KERNELS=0``) none."""
     xp, take = recorded
     rng = numpy.random.default_rng(5)
     params = [Parameter(xp.asarray(rng.standard_normal(s).astype("float32")))
@@ -252,12 +253,50 @@ def test_one_launch_per_parameter_per_step(recorded, monkeypatch, name):
     planned = [(lc.kernel, lc.grid, lc.block, lc.shared_mem)
                for p in params for lc in optim_kernels.step_plan(kernel, p.data.size)]
     assert len(planned) == len(params)
+    (zero,) = [(lc.kernel, lc.grid, lc.block, lc.shared_mem)
+               for lc in optim_kernels.zero_plan([p.data.size for p in params])]
     take()
     for _ in range(3):
+        optimizer.zero_grad()
         for p in params:
-            p.grad[...] = xp.asarray(rng.standard_normal(p.shape).astype("float32"))
+            p.grad += xp.asarray(rng.standard_normal(p.shape).astype("float32"))
         optimizer.step()
-        assert take() == planned
+        assert take() == [zero] + planned
     monkeypatch.setattr(runtime, "_enabled", False)
+    optimizer.zero_grad()
     optimizer.step()
     assert take() == []
+
+
+def test_zero_grad_is_one_launch_for_every_gradient(runner):
+    """zero_grad zeroes every gradient, float32 and float64, in one launch per dtype
+    (zero_plan), a strided one by xp; the device tables of addresses are built once and
+    again only when a gradient is replaced (the new array zeroed, the old one not)."""
+    xp = runner.xp
+    shapes = [(6, 1, 5, 5), (1,), (7,), (1001,), (0,), (3, 5)]
+    params = [Parameter(xp.ones(s, dtype)) for s in shapes for dtype in ("float32", "float64")]
+    strided = Parameter(xp.ones(6))
+    strided.grad = xp.zeros(12)[::2]  # a gradient the kernel cannot take
+    optimizer = SGD(params + [strided], lr=0.1)
+
+    def fill_and_zero():
+        for p in optimizer.params:
+            p.grad[...] = 2.0
+        before = len(cuda_emulator.launches)
+        runner.run(True, optimizer.zero_grad)
+        for i, p in enumerate(optimizer.params):
+            assert not backend.to_numpy(p.grad).any(), f"gradient {i} not zeroed"
+        return cuda_emulator.launches[before:]
+    launched = fill_and_zero()
+    if runner.kind == "emulator":
+        sizes = [int(numpy.prod(s)) for s in shapes if numpy.prod(s)]
+        plan = optim_kernels.zero_plan(sizes)
+        assert launched == [(lc.kernel, lc.grid, lc.block) for lc in plan + plan]
+    tables = dict(optimizer._zero_tables)
+    fill_and_zero()
+    assert all(optimizer._zero_tables[k] is tables[k] for k in tables)  # reused
+    old, params[0].grad = params[0].grad, xp.full(params[0].shape, 3.0, "float32")
+    old[...] = 5.0
+    fill_and_zero()
+    assert optimizer._zero_tables["float32"] is not tables["float32"]
+    assert (backend.to_numpy(old) == 5.0).all()

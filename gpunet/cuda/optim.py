@@ -134,3 +134,54 @@ def rmsprop_step(w, g, square_avg, lr: float, beta: float, eps: float, l2: float
     real = w.dtype.type
     _run("rmsprop_step", w, (w, g, square_avg, numpy.int32(w.size), real(lr), real(beta),
                              real(1.0 - beta), real(eps), real(l2), numpy.int32(bool(l2))))
+
+
+def _current_device(xp) -> int:
+    return -1 if xp is numpy else xp.cuda.Device().id  # NumPy: the tests' emulation
+
+
+def _on_current_device(a) -> bool:
+    xp = get_array_module(a)
+    return xp is numpy or a.device.id == _current_device(xp)
+
+
+def zero_plan(sizes) -> list[Launch]:
+    """The launches of :func:`zero_arrays` for arrays of ``sizes`` elements (of one
+    dtype, none empty): a grid row an array, at most ``runtime.MAX_GRID_ROWS`` rows a
+    launch, as many blocks across as the largest array of the launch needs (up to
+    MAX_BLOCKS)."""
+    sizes = [int(s) for s in sizes]
+    rows = runtime.MAX_GRID_ROWS
+    return [Launch("zero_arrays", (min(ceil_div(max(sizes[i:i + rows]), BLOCK), MAX_BLOCKS),
+                                   len(sizes[i:i + rows]), 1), (BLOCK, 1, 1))
+            for i in range(0, len(sizes), rows)]
+
+
+def zero_arrays(arrays, tables: dict) -> list:
+    """Set the arrays the kernels take (:func:`accelerates`, on the current device) to
+    0 in place, one launch per dtype (:func:`zero_plan`), and return the others (the
+    caller zeroes them with xp). ``tables`` (the caller's, kept between calls) caches
+    the device tables of addresses and sizes per dtype: built again only when the
+    arrays change, so that the same gradients cost no copy to the device."""
+    groups, rest = {}, []
+    for a in arrays:
+        if a.size == 0:
+            continue
+        if accelerates(a, a) and a.flags.c_contiguous and _on_current_device(a):
+            groups.setdefault(a.dtype.name, []).append(a)
+        else:
+            rest.append(a)
+    for dtype, members in groups.items():
+        xp = get_array_module(members[0])
+        key = (tuple(runtime.address(a) for a in members), tuple(a.size for a in members),
+               _current_device(xp))
+        if tables.get(dtype, (None,))[0] != key:
+            tables[dtype] = (key, xp.asarray(numpy.array(key[0], numpy.int64)),
+                             xp.asarray(numpy.array(key[1], numpy.int32)))
+        _, addresses, sizes = tables[dtype]
+        start = 0
+        for plan in zero_plan(key[1]):
+            rows = plan.grid[1]
+            plan.run("optim", dtype, (addresses[start:start + rows], sizes[start:start + rows]))
+            start += rows
+    return rest

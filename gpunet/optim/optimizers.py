@@ -146,6 +146,7 @@ class Optimizer:
             raise ValueError(f"{name}: got an empty parameter list")
         self.state: list[dict] = [{} for _ in self.params]
         self.steps = 0
+        self._zero_tables: dict = {}  # zero_grad's device tables (gpunet.cuda.optim)
 
     def _check(self, hyper: dict, group: int | None = None) -> dict:
         """``hyper`` validated (every value of ``_hyper``); a bad value's message names
@@ -177,8 +178,11 @@ class Optimizer:
             object.__setattr__(self, name, value)
 
     def zero_grad(self) -> None:
-        for p in self.params:
-            p.grad[...] = 0
+        """Every parameter's ``grad`` set to 0 in place: CuPy gradients in one launch
+        (gpunet.cuda.optim.zero_arrays), the others by xp."""
+        rest = cuda_optim.zero_arrays([p.grad for p in self.params], self._zero_tables)
+        for grad in rest:
+            grad[...] = 0
 
     def step(self) -> None:
         """One update of every parameter from its accumulated ``.grad``."""
