@@ -77,11 +77,21 @@ class Runner:
                 patch.setattr(runtime, "uses_kernels", lambda xp: kernels)
             else:
                 patch.setattr(runtime, "_enabled", kernels)
-            before = len(cuda_emulator.launches)
+            before = len(self._launches() or ())
             result = fn()
-        if self.kind == "emulator":  # the path asked for is the path taken
-            assert (len(cuda_emulator.launches) > before) == kernels
+        if self._launches() is not None:  # the path asked for is the path taken
+            assert (len(self._launches()) > before) == kernels
         return result
+
+    def _launches(self):
+        """The launches recorded so far: the emulator's, the CuPy test double's; None on
+        a GPU."""
+        if self.kind == "emulator":
+            return cuda_emulator.launches
+        if getattr(self.xp, "IS_TEST_DOUBLE", False):
+            from cupy import _raw
+            return _raw.launches
+        return None
 
 
 @pytest.fixture(params=[pytest.param("emulator", marks=needs_compiler),

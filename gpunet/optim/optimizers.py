@@ -10,6 +10,11 @@ adds ``weight_decay * W`` to the gradient of the parameters of its group whose
 ``decay`` is set: weights, not biases and batch-norm vectors (API.md; unlike
 ``torch.optim``, which decays whatever it is given). A group's ``weight_decay``
 sets the rate per group; ``Parameter.decay = True`` decays a bias too.
+
+On CuPy parameters (kernels enabled: not ``GPUNET_KERNELS=0``) each parameter's
+update is one launch of kernels/optim.cu (``gpunet.cuda.optim``) with the same rule,
+and ``zero_grad`` one launch for all gradients; the pure functions below stay the
+reference, and run everywhere else.
 """
 from __future__ import annotations
 
