@@ -9,7 +9,8 @@ and issued over useful multiply-adds. Nothing is timed; the figures
 follow from the launch geometry alone.
 
 A second table: per shipped model, the kernel launches of one training step by
-family (conv, pool, batch norm), from the same plans (tests/test_launch_plans.py
+family (conv, pool, batch norm, optimizer: zero_grad's one launch and Adam's one a
+parameter), from the same plans (tests/test_launch_plans.py
 checks them against the launches the CuPy test double records). ``--count-cupy``
 also runs a LeNet-5 step through the double and counts the CuPy operations beside
 our kernels, by the gpunet module asking for them.
@@ -37,6 +38,7 @@ from gpunet import models, nn  # noqa: E402
 from gpunet._context import dilated_kernel, normalize_padding  # noqa: E402
 from gpunet.benchmarks import LAYER_CASES  # noqa: E402
 from gpunet.cuda import batchnorm, conv2d_plan, pool2d, runtime  # noqa: E402
+from gpunet.cuda import optim as optim_kernels  # noqa: E402
 from gpunet.cuda.runtime import BLOCK, Launch, ceil_div  # noqa: E402
 from gpunet.nn.module import backward_params  # noqa: E402
 
@@ -131,9 +133,10 @@ def main(argv=None) -> int:
     print()
     print(worst(table))
     print()
-    print("Kernel launches of one training step (forward, loss, backward, optimizer step),\n"
-          "from the launchers' plans; CuPy operations (linear layers, activations, loss,\n"
-          "optimizer) come on top: --count-cupy counts them in the CuPy test double")
+    print("Kernel launches of one training step (zero_grad, forward, loss, backward,\n"
+          "Adam's step), from the launchers' plans; CuPy operations (linear layers,\n"
+          "activations, loss, gradient sums) come on top: --count-cupy counts them in the\n"
+          "CuPy test double")
     print(step_table(args.markdown, args.sms))
     if args.count_cupy:
         print()
@@ -143,9 +146,10 @@ def main(argv=None) -> int:
 
 # -- launches per training step of each shipped model (issue 26, deliverable 6) ---------
 # The models at their input sizes; the batch only sizes the grids (a launch count does not
-# depend on it). Each row: the kernel launches of one training step (forward, loss,
-# backward without the first layer's input gradient, optimizer step) by family, from the
-# launchers' own plans (gpunet.cuda.conv2d_plan, batchnorm.*_plan, pool2d.*_plan).
+# depend on it). Each row: the kernel launches of one training step (zero_grad, forward,
+# loss, backward without the first layer's input gradient, Adam's step) by family, from
+# the launchers' own plans (gpunet.cuda.conv2d_plan, batchnorm.*_plan, pool2d.*_plan,
+# optim.zero_plan and step_plan).
 STEP_MODELS = [  # (name, make the model, input (C, H, W), batch)
     ("lenet5", models.lenet5, (1, 28, 28), 64),
     ("lenet5 batch norm", functools.partial(models.lenet5, batch_norm=True), (1, 28, 28), 64),
@@ -156,7 +160,7 @@ STEP_MODELS = [  # (name, make the model, input (C, H, W), batch)
     ("vgg16", models.vgg16, (3, 224, 224), 4),
     ("resnet18_cifar", models.resnet18_cifar, (3, 32, 32), 64),
 ]
-FAMILIES = ("conv", "pool", "batch norm")
+FAMILIES = ("conv", "pool", "batch norm", "optimizer")
 
 
 def traced_layers(model, input_shape):
@@ -264,12 +268,29 @@ def step_launches(model, input_shape, batch: int, dtype="float32", sms: int = 13
             for layer, x_shape, y_shape, input_grad in traced_layers(model, input_shape)]
 
 
+def zero_grad_launches(model) -> list:
+    """The runtime.Launch list of the optimizer's ``zero_grad`` of ``model``'s
+    parameters, which opens a training step (gpunet/cuda/optim.py: one ``zero_arrays``
+    for every gradient of a dtype)."""
+    sizes = [p.data.size for p in model.parameters() if p.data.size]
+    return optim_kernels.zero_plan(sizes) if sizes else []
+
+
+def optimizer_launches(model) -> list:
+    """The runtime.Launch list of one Adam step of ``model``'s parameters
+    (gpunet/cuda/optim.py: one ``adam_step`` a parameter, in parameter order)."""
+    return [launch for p in model.parameters()
+            for launch in optim_kernels.step_plan("adam_step", p.data.size)]
+
+
 def step_counts(model, input_shape, batch: int, dtype="float32", sms: int = 132) -> dict:
-    """Kernel launches of one training step, per family and in all (``"ours"``)."""
+    """Kernel launches of one training step (Adam's), per family and in all
+    (``"ours"``)."""
     counts = dict.fromkeys(FAMILIES, 0)
     for family, forward, backward in step_launches(model, input_shape, batch, dtype, sms):
         if family is not None:
             counts[family] += len(forward) + len(backward)
+    counts["optimizer"] = len(zero_grad_launches(model)) + len(optimizer_launches(model))
     counts["ours"] = sum(counts[f] for f in FAMILIES)
     return counts
 
@@ -316,9 +337,13 @@ def _origin() -> str:
     return "elsewhere"
 
 
+OPTIMIZER_KERNELS = ("adam_step", "sgd_step", "momentum_step", "rmsprop_step", "zero_arrays")
+
+
 def _family(kernel: str) -> str:
     return "conv" if kernel.startswith("conv2d") else \
-        "pool" if "pool2d" in kernel else "batch norm" if kernel.startswith("bn_") else kernel
+        "pool" if "pool2d" in kernel else "batch norm" if kernel.startswith("bn_") else \
+        "optimizer" if kernel in OPTIMIZER_KERNELS else kernel
 
 
 def count_step_work(make, input_shape, batch: int = 2, num_classes: int = 10, seed: int = 0):

@@ -153,24 +153,30 @@ LENET = {"lenet5": models.lenet5, "lenet5 batch norm": functools.partial(models.
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", list(LENET))
 def test_a_lenet5_training_step_launches_what_the_step_table_says(double, name):
-    """One training step through the double (forward, loss, backward, Adam) records
-    the launches of every layer's plans, forward in layer order and backward in
-    reverse, and as many as bench/gpu_plan.py's per-model table prints (at its batch:
-    the count does not depend on the batch)."""
+    """One training step through the double (zero_grad, forward, loss, backward, Adam)
+    records zero_grad's launch, the launches of every layer's plans, forward in layer
+    order and backward in reverse, then Adam's, and as many as bench/gpu_plan.py's
+    per-model table prints (at its batch: the count does not depend on the batch)."""
     xp, _ = double
     batch = 2
     work = gpu_plan.count_step_work(LENET[name], (1, 28, 28), batch)
     layers = gpu_plan.step_launches(LENET[name]().to("cpu"), (1, 28, 28), batch,
                                     sms=runtime.sm_count(xp))
-    planned = [lc for _, forward, _ in layers for lc in forward] + \
-        [lc for _, _, backward in reversed(layers) for lc in backward]
+    model = LENET[name]().to("cpu")
+    planned = gpu_plan.zero_grad_launches(model) + \
+        [lc for _, forward, _ in layers for lc in forward] + \
+        [lc for _, _, backward in reversed(layers) for lc in backward] + \
+        gpu_plan.optimizer_launches(model)
     assert work["launched"] == _tuples(planned)
     (row,) = [m for m in gpu_plan.STEP_MODELS if m[0] == name]
     table = gpu_plan.step_counts(row[1]().to("cpu"), row[2], row[3])
     assert len(work["launched"]) == table["ours"]
     assert {f: work["kernels"][f] for f in gpu_plan.FAMILIES} == \
         {f: table[f] for f in gpu_plan.FAMILIES}
-    assert work["cupy ops"] > 0  # the counter sees the linear layers, loss and Adam
+    assert work["cupy ops"] > 0  # the counter sees the linear layers, loss and zero_grad
+    # zero_grad and Adam's update are launches and no CuPy operation (issue 26: a fill
+    # and 14 operations a parameter before)
+    assert "optim.optimizers" not in work["origins"]
 
 
 def test_step_table_counts_each_layer_of_lenet5():
@@ -178,8 +184,12 @@ def test_step_table_counts_each_layer_of_lenet5():
     GEMM and its split-K sum, the second conv a backward-data launch as well (the
     first layer's input needs no gradient), a bias gradient and its sum where the
     conv has a bias (not before a batch norm); each max pool one launch each way;
-    each batch norm three each way."""
+    each batch norm three each way; zero_grad one launch, Adam one a parameter (a
+    weight and a bias a layer, a batch norm's weight and bias in place of its conv's or
+    linear's bias)."""
     plain = gpu_plan.step_counts(models.lenet5().to("cpu"), (1, 28, 28), 64)
-    assert plain == {"conv": 3 + 2 + 3 + 3, "pool": 4, "batch norm": 0, "ours": 15}
+    assert plain == {"conv": 3 + 2 + 3 + 3, "pool": 4, "batch norm": 0,
+                     "optimizer": 1 + 5 * 2, "ours": 26}
     normed = gpu_plan.step_counts(models.lenet5(batch_norm=True).to("cpu"), (1, 28, 28), 64)
-    assert normed == {"conv": 3 + 4, "pool": 4, "batch norm": 4 * 6, "ours": 35}
+    assert normed == {"conv": 3 + 4, "pool": 4, "batch norm": 4 * 6,
+                      "optimizer": 1 + 4 * 3 + 2, "ours": 50}

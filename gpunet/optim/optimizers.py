@@ -10,6 +10,11 @@ adds ``weight_decay * W`` to the gradient of the parameters of its group whose
 ``decay`` is set: weights, not biases and batch-norm vectors (API.md; unlike
 ``torch.optim``, which decays whatever it is given). A group's ``weight_decay``
 sets the rate per group; ``Parameter.decay = True`` decays a bias too.
+
+On CuPy parameters (kernels enabled: not ``GPUNET_KERNELS=0``) each parameter's
+update is one launch of kernels/optim.cu (``gpunet.cuda.optim``) with the same rule,
+and ``zero_grad`` one launch for all gradients; the pure functions below stay the
+reference, and run everywhere else.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import numpy
 
 from .. import _checks
 from ..backend import device_of, to_device, to_numpy
+from ..cuda import optim as cuda_optim
 from ..nn.module import Module, Parameter
 
 __all__ = ["Optimizer", "SGD", "Momentum", "RMSProp", "Adam", "AdamW", "l2_gradient",
@@ -145,6 +151,7 @@ class Optimizer:
             raise ValueError(f"{name}: got an empty parameter list")
         self.state: list[dict] = [{} for _ in self.params]
         self.steps = 0
+        self._zero_tables: dict = {}  # zero_grad's device tables (gpunet.cuda.optim)
 
     def _check(self, hyper: dict, group: int | None = None) -> dict:
         """``hyper`` validated (every value of ``_hyper``); a bad value's message names
@@ -176,8 +183,11 @@ class Optimizer:
             object.__setattr__(self, name, value)
 
     def zero_grad(self) -> None:
-        for p in self.params:
-            p.grad[...] = 0
+        """Every parameter's ``grad`` set to 0 in place: CuPy gradients in one launch
+        (gpunet.cuda.optim.zero_arrays), the others by xp."""
+        rest = cuda_optim.zero_arrays([p.grad for p in self.params], self._zero_tables)
+        for grad in rest:
+            grad[...] = 0
 
     def step(self) -> None:
         """One update of every parameter from its accumulated ``.grad``."""
@@ -187,6 +197,8 @@ class Optimizer:
             for p in group["params"]:
                 state = next(states)
                 self._follow(p, state)
+                if self._kernel_update(p, state, group):
+                    continue
                 hyper = group
                 if self._decoupled_decay:  # the update shrinks W itself: not biases
                     g = p.grad
@@ -198,6 +210,18 @@ class Optimizer:
 
     def _update(self, w, g, state, group) -> None:
         raise NotImplementedError
+
+    def _kernel_update(self, p, state, group) -> bool:
+        """Update ``p`` and its state in one launch of kernels/optim.cu (CuPy arrays,
+        kernels enabled: ``gpunet.cuda.optim.accelerates``), the rule of ``_update``;
+        returns whether it did (otherwise ``_update`` runs the xp math)."""
+        return False
+
+    @staticmethod
+    def _l2(p, group) -> float:
+        """The L2 rate of ``p`` (``l2_gradient``'s: none for a parameter without
+        ``decay``)."""
+        return group["weight_decay"] if p.decay else 0.0
 
     @staticmethod
     def _follow(p, state):
@@ -306,6 +330,15 @@ class SGD(Optimizer):
             w, g, state.get("momentum_buffer"), h["lr"], h["momentum"], h["dampening"],
             h["nesterov"])
 
+    def _kernel_update(self, p, state, h):
+        buffer = state.get("momentum_buffer")
+        if not cuda_optim.accelerates(p.data, p.grad, buffer):
+            return False
+        state["momentum_buffer"] = cuda_optim.sgd_step(
+            p.data, p.grad, buffer, h["lr"], h["momentum"], h["dampening"], h["nesterov"],
+            self._l2(p, h))
+        return True
+
 
 class Momentum(Optimizer):
     """Gradient descent with momentum exactly as in the notes:
@@ -322,6 +355,13 @@ class Momentum(Optimizer):
 
     def _update(self, w, g, state, h):
         momentum_update(w, g, self._zeros_like(state, "velocity", w), h["lr"], h["beta"])
+
+    def _kernel_update(self, p, state, h):
+        if not cuda_optim.accelerates(p.data, p.grad, state.get("velocity")):
+            return False
+        cuda_optim.momentum_step(p.data, p.grad, self._zeros_like(state, "velocity", p.data),
+                                 h["lr"], h["beta"], self._l2(p, h))
+        return True
 
 
 class RMSProp(Optimizer):
@@ -343,6 +383,13 @@ class RMSProp(Optimizer):
     def _update(self, w, g, state, h):
         rmsprop_update(w, g, self._zeros_like(state, "square_avg", w), h["lr"], h["beta"],
                        h["eps"])
+
+    def _kernel_update(self, p, state, h):
+        if not cuda_optim.accelerates(p.data, p.grad, state.get("square_avg")):
+            return False
+        cuda_optim.rmsprop_step(p.data, p.grad, self._zeros_like(state, "square_avg", p.data),
+                                h["lr"], h["beta"], h["eps"], self._l2(p, h))
+        return True
 
 
 def _split_betas(name: str, given: dict) -> dict:
@@ -396,6 +443,18 @@ class Adam(Optimizer):
         adam_update(w, g, self._zeros_like(state, "exp_avg", w),
                     self._zeros_like(state, "exp_avg_sq", w), self.steps, h["lr"],
                     h["beta1"], h["beta2"], h["eps"])
+
+    def _kernel_update(self, p, state, h):
+        if not cuda_optim.accelerates(p.data, p.grad, state.get("exp_avg"),
+                                      state.get("exp_avg_sq")):
+            return False
+        decay = self._l2(p, h)
+        cuda_optim.adam_step(p.data, p.grad, self._zeros_like(state, "exp_avg", p.data),
+                             self._zeros_like(state, "exp_avg_sq", p.data), self.steps, h["lr"],
+                             h["beta1"], h["beta2"], h["eps"],
+                             l2=0.0 if self._decoupled_decay else decay,
+                             decoupled_decay=decay if self._decoupled_decay else 0.0)
+        return True
 
 
 class AdamW(Adam):
