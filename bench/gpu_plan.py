@@ -208,8 +208,9 @@ def conv_launches(sizes, stride, pads, has_bias: bool, input_grad: bool, dtype="
                   tf32: bool = False, sms: int = 132, dilation=(1, 1)):
     """``(forward, backward)`` lists of runtime.Launch of one convolution of ``sizes``
     ``(N, C, H, W, K, R, S, OH, OW)`` (gpunet/cuda/conv2d.py): the planned GEMM or
-    direct kernel of each pass, the split-K slices summed by
-    ``conv2d_bwd_weight_reduce``, and with a bias ``conv2d_bwd_bias`` and its sum."""
+    direct kernel of each pass, a split forward's slices summed by ``conv2d_fwd_reduce``,
+    the backward's by ``conv2d_bwd_weight_reduce``, and with a bias ``conv2d_bwd_bias``
+    and its sum."""
     n, c, h, w, k, r, s, oh, ow = sizes
     itemsize = numpy.dtype(dtype).itemsize
 
@@ -217,12 +218,18 @@ def conv_launches(sizes, stride, pads, has_bias: bool, input_grad: bool, dtype="
         direct = plan.kernel.endswith("_direct")
         return Launch(plan.kernel, plan.grid, (plan.tile[1], 1, 1) if direct else (256, 1, 1))
 
-    forward = [launch(conv2d_plan.forward_plan(sizes, stride, pads, dtype, tf32, sms,
-                                               dilation))]
+    plan = conv2d_plan.forward_plan(sizes, stride, pads, dtype, tf32, sms, dilation)
+    forward = [launch(plan)]
+    if plan.split > 1:  # the slices' partial sums added in order, with the bias
+        forward.append(Launch("conv2d_fwd_reduce", (ceil_div(n * k * oh * ow, BLOCK), 1, 1),
+                              (BLOCK, 1, 1)))
     backward = []
     if input_grad and c:
-        backward.append(launch(conv2d_plan.data_plan(sizes, stride, pads, dtype, tf32, sms,
-                                                     dilation)))
+        plan = conv2d_plan.data_plan(sizes, stride, pads, dtype, tf32, sms, dilation)
+        backward.append(launch(plan))
+        if plan.split > 1:
+            backward.append(Launch("conv2d_bwd_weight_reduce",
+                                   (ceil_div(n * c * h * w, BLOCK), 1, 1), (BLOCK, 1, 1)))
     if c:
         weight = conv2d_plan.weight_plan(sizes, stride, pads, dtype, tf32, sms, dilation)
         crs = c * (dilation[0] * (r - 1) + 1) * (dilation[1] * (s - 1) + 1)

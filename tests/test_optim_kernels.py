@@ -20,7 +20,7 @@ on CuPy ones, the reference with kernels switched off (``GPUNET_KERNELS=0``'s sw
 import numpy
 import pytest
 
-from gpunet import backend
+from gpunet import backend, config
 from gpunet.cuda import optim as optim_kernels
 from gpunet.cuda import runtime
 from gpunet.nn.module import Parameter
@@ -59,9 +59,9 @@ class Runner:
     kernels apply, launches in tests/cuda_emulator) or ``cuda`` (CuPy: a GPU or the
     test double). ``run(kernels)`` runs a closure with the kernel path on or off."""
 
-    def __init__(self, kind, monkeypatch):
+    def __init__(self, kind, monkeypatch, settings):
         self.kind, self.monkeypatch = kind, monkeypatch
-        monkeypatch.setattr(runtime, "_POISON", True)
+        settings(poison=True)
         if kind == "emulator":
             monkeypatch.setattr(runtime, "launch", cuda_emulator.emulated_launch)
             self.xp = numpy
@@ -72,11 +72,9 @@ class Runner:
             self.xp = backend.Device("cuda").xp
 
     def run(self, kernels: bool, fn):
-        with self.monkeypatch.context() as patch:
-            if self.kind == "emulator":
+        with self.monkeypatch.context() as patch, config.override(kernels=kernels):
+            if self.kind == "emulator":  # NumPy arrays: told the kernels apply
                 patch.setattr(runtime, "uses_kernels", lambda xp: kernels)
-            else:
-                patch.setattr(runtime, "_enabled", kernels)
             before = len(self._launches() or ())
             result = fn()
         if self._launches() is not None:  # the path asked for is the path taken
@@ -96,8 +94,8 @@ class Runner:
 
 @pytest.fixture(params=[pytest.param("emulator", marks=needs_compiler),
                         pytest.param("cuda", marks=pytest.mark.gpu)])
-def runner(request, monkeypatch):
-    return Runner(request.param, monkeypatch)
+def runner(request, monkeypatch, gpunet_settings):
+    return Runner(request.param, monkeypatch, gpunet_settings)
 
 
 def _train(runner, make, dtype, kernels, seed=7):
@@ -272,9 +270,9 @@ def test_one_launch_per_parameter_per_step(recorded, monkeypatch, name):
             p.grad += xp.asarray(rng.standard_normal(p.shape).astype("float32"))
         optimizer.step()
         assert take() == [zero] + planned
-    monkeypatch.setattr(runtime, "_enabled", False)
-    optimizer.zero_grad()
-    optimizer.step()
+    with config.override(kernels=False):
+        optimizer.zero_grad()
+        optimizer.step()
     assert take() == []
 
 
