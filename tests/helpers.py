@@ -6,6 +6,7 @@ import os
 
 import numpy
 
+from gpunet import nn
 from gpunet.backend import to_numpy
 
 # The suite runs with the CuPy test double in CuPy's place (tests/conftest.py):
@@ -182,3 +183,25 @@ def numeric_vjp(f, x, dy, eps=1e-6):
         x[idx] = old
         grad[idx] = (plus - minus) / (2 * eps)
     return grad
+
+
+def idx_images(n):
+    """The bytes of an IDX file of ``n`` blank 28x28 images."""
+    header = numpy.array([0x00000803, n, 28, 28], dtype=">i4").tobytes()
+    return header + bytes(n * 28 * 28)
+
+
+def idx_labels(n):
+    """The bytes of an IDX file of ``n`` labels, all 0."""
+    return numpy.array([0x00000801, n], dtype=">i4").tobytes() + bytes(n)
+
+
+def tiny_model(batch_norm=False):
+    """Flatten and Linear(4, 3) (and BatchNorm1d(3)): a model for (N, 1, 2, 2) images."""
+    layers = [nn.Flatten(), nn.Linear(4, 3)] + ([nn.BatchNorm1d(3)] if batch_norm else [])
+    return nn.Sequential(*layers)
+
+
+def tiny_data(n, rng, classes=3):
+    """``n`` random (1, 2, 2) float32 images and labels below ``classes``."""
+    return rng.standard_normal((n, 1, 2, 2)).astype("float32"), rng.integers(0, classes, n)

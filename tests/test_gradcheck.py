@@ -143,3 +143,9 @@ def test_zero_gradients_agree_but_a_phantom_one_is_caught(rng):
     # all of it is error, but for the rounding allowance of the differences
     assert phantom.checks["0.unused"].rel_error == pytest.approx(1.0, abs=1e-4)
     assert not phantom.passed
+
+
+def test_gradcheck_passes_a_correct_model_with_tiny_gradients(capsys):
+    from gpunet.cli import main
+    assert main(["gradcheck", "alexnet_cifar", "--seed", "3"]) == 0  # was "suspicious"
+    assert "great" in capsys.readouterr().out
