@@ -1,4 +1,6 @@
-"""The command line: real runs on small data, and misuse that exits 2 in one line."""
+"""The command line: real runs on small data, and misuse that exits 2 in one line.
+Commands that fail leave earlier runs untouched; --resume, --overwrite, Ctrl-C and a
+full disk each say what was saved and how to go on (issues 15 and 25)."""
 import csv
 import os
 import shlex
@@ -11,7 +13,7 @@ import pytest
 import gpunet
 from gpunet.cli import main
 
-from .helpers import HAS_MATPLOTLIB, idx_images, idx_labels
+from .helpers import HAS_MATPLOTLIB, gpunet_cli, idx_images, idx_labels
 from .test_distributed import MPIEXEC, needs_mpiexec
 
 QUICK = ["--dataset", "synthetic", "--limit", "300", "--dev-size", "60", "--batch-size", "32",
@@ -446,7 +448,7 @@ def _epochs(out) -> list[str]:
     return [row.split(",")[0] for row in (out / "metrics.csv").read_text().splitlines()[1:]]
 
 
-# -- 1: --resume takes the run's own --epochs; the Ctrl-C hint works as printed ------------
+# -- issue 25, item 1: --resume takes the run's own --epochs; the Ctrl-C hint works as printed --
 def test_resume_with_the_printed_command_trains_the_runs_own_epochs(tmp_path):
     out = tmp_path / "run"
     code, _, err = cli("train", *SMALL_RUN, "--epochs", "3", "--out", str(out),
@@ -466,7 +468,7 @@ def test_resume_with_the_printed_command_trains_the_runs_own_epochs(tmp_path):
     assert gpunet.io.read_checkpoint(str(out / "last.npz"))[0]["meta"]["flags"]["epochs"] == 4
 
 
-# -- 1 and 3: a distributed run's hint, and no resume with another process count ----------
+# -- issue 25, items 1 and 3: a distributed run's hint, and no resume with another process count --
 @needs_mpiexec
 def test_a_distributed_run_resumes_only_with_its_process_count(tmp_path):
     out = tmp_path / "run"
@@ -493,7 +495,7 @@ def test_a_distributed_run_resumes_only_with_its_process_count(tmp_path):
     assert (meta["processes"], meta["global_batch"]) == (2, 64)
 
 
-# -- 2: --overwrite removes the old run's files, its own only, and only once checked -------
+# -- issue 25, item 2: --overwrite removes the old run's files, its own only, once checked --
 def test_overwrite_removes_every_file_of_the_old_run_and_nothing_else(tmp_path):
     out = tmp_path / "run"
     assert cli("train", *SMALL_RUN, "--epochs", "1", "--out", str(out))[0] == 0
@@ -515,7 +517,7 @@ def test_overwrite_removes_every_file_of_the_old_run_and_nothing_else(tmp_path):
     assert (out / "notes.txt").read_text() == "mine"
 
 
-# -- 4: mpiexec without --distributed --------------------------------------------------------
+# -- issue 25, item 4: mpiexec without --distributed ---------------------------------------
 @pytest.mark.parametrize("variable", ["PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS"])
 def test_several_mpi_processes_without_distributed_are_refused(tmp_path, variable):
     out = tmp_path / "run"
@@ -541,7 +543,7 @@ def test_mpiexec_without_distributed_is_refused(tmp_path):
     assert not out.exists()
 
 
-# -- 12: batch norm and a batch of one ---------------------------------------------------
+# -- issue 25, item 12: batch norm and a batch of one --------------------------------------
 def test_batch_norm_with_a_single_training_example_says_so(tmp_path):
     out = tmp_path / "run"
     code, _, err = cli("train", "--dataset", "synthetic", "--limit", "1", "--dev-size", "0",
@@ -551,7 +553,7 @@ def test_batch_norm_with_a_single_training_example_says_so(tmp_path):
     assert not (out / "last.npz").exists()
 
 
-# -- 15: a model that cannot take the dataset's images, before any data is read -----------
+# -- issue 25, item 15: a model that cannot take the dataset's images, before any data is read --
 def test_a_model_input_mismatch_is_found_before_the_data_and_names_the_input(tmp_path):
     out = tmp_path / "run"
     code, _, err = cli("train", "--model", "alexnet", "--dataset", "fashion-mnist",
@@ -567,7 +569,7 @@ def test_a_model_input_mismatch_is_found_before_the_data_and_names_the_input(tmp
     assert code == 2 and "holds a lenet5, which takes" in line and "mnist has 1x28x28" in line
 
 
-# -- 17: --dev-size as a fraction, and a default that fits small data ---------------------
+# -- issue 25, item 17: --dev-size as a fraction, and a default that fits small data -------
 def test_dev_size_takes_a_fraction_and_its_default_fits_small_data(tmp_path):
     code, text, err = cli("train", "--dataset", "synthetic", "--limit", "300", "--epochs", "1",
                           "--no-progress", "--out", str(tmp_path / "a"))
@@ -585,7 +587,7 @@ def test_dev_size_takes_a_fraction_and_its_default_fits_small_data(tmp_path):
     assert not (tmp_path / "c" / "last.npz").exists()
 
 
-# -- 18: --no-progress keeps one line per epoch ------------------------------------------
+# -- issue 25, item 18: --no-progress keeps one line per epoch -----------------------------
 def test_no_progress_keeps_one_line_per_epoch(tmp_path):
     code, _, err = cli("train", *SMALL_RUN, "--epochs", "2", "--out", str(tmp_path / "run"))
     assert code == 0, err
@@ -593,7 +595,7 @@ def test_no_progress_keeps_one_line_per_epoch(tmp_path):
     assert [line.split()[1] for line in lines] == ["1/2", "2/2"], err
 
 
-# -- 20: a failed save names its target and the last good checkpoint ---------------------
+# -- issue 25, item 20: a failed save names its target and the last good checkpoint --------
 def test_a_full_disk_names_the_checkpoint_and_the_last_good_one(tmp_path):
     out = tmp_path / "run"
     code, _, err = cli("train", *SMALL_RUN, "--epochs", "2", "--out", str(out),
@@ -608,7 +610,7 @@ def test_a_full_disk_names_the_checkpoint_and_the_last_good_one(tmp_path):
     assert gpunet.io.read_checkpoint(str(out / "last.npz"))[0]["meta"]["epoch"] == 1
 
 
-# -- 23: evaluate reads the test set alone, and takes a run's folder ----------------------
+# -- issue 25, item 23: evaluate reads the test set alone, and takes a run's folder --------
 def test_evaluate_reads_only_the_test_files_and_takes_a_runs_folder(tmp_path):
     full, test_only = tmp_path / "full", tmp_path / "test-only"
     for folder, parts in ((full, ("train", "t10k")), (test_only, ("t10k",))):
@@ -629,7 +631,7 @@ def test_evaluate_reads_only_the_test_files_and_takes_a_runs_folder(tmp_path):
     assert code == 2 and "a folder without best.npz or last.npz" in _one_error_line(err)
 
 
-# -- 24: nan and inf, --resume with --overwrite, a schedule that would raise the rate ------
+# -- issue 25, item 24: nan and inf, --resume with --overwrite, a rising schedule --------
 @pytest.mark.parametrize("flags,message", [
     (["--weight-decay", "inf"], "argument --weight-decay: expected a finite number, got 'inf'"),
     (["--schedule", "inverse-time", "--decay", "inf"], "argument --decay: expected a finite"),
@@ -659,3 +661,41 @@ def test_resume_and_overwrite_together_are_refused(tmp_path):
     code, _, err = cli("train", "--epochs", "2", "--resume", "--overwrite", "--out", str(out))
     assert code == 2 and "give one of them" in _one_error_line(err)
     assert _snapshot(out) == before
+
+
+def test_gpunet_alone_lists_the_commands_and_fails_as_git_does():
+    done = gpunet_cli()
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    for command in ("train", "tune", "evaluate", "summary", "gradcheck", "bench", "info"):
+        assert f"\n    {command} " in done.stdout, (command, done.stdout)
+
+
+def _commands():
+    from gpunet import cli
+    parser = cli.build_parser()
+    [sub] = [a for a in parser._actions if a.dest == "command"]
+    return sub.choices
+
+
+@pytest.mark.parametrize("command", sorted(_commands()))
+def test_every_subcommand_help_shows_every_default(command):
+    done = gpunet_cli(command, "--help")
+    assert done.returncode == 0, done.stderr
+    text = " ".join(done.stdout.split())  # argparse wraps lines anywhere
+    for action in _commands()[command]._actions:
+        if action.option_strings and action.default not in (None, False, [], "==SUPPRESS=="):
+            assert f"(default: {action.default})" in text, (action.dest, text)
+    if command == "train":
+        assert "--momentum MOMENTUM momentum of sgd, beta of momentum and rmsprop " \
+               "(default: 0.9)" in text
+
+
+def test_cli_still_keeps_weight_decay_off_biases_and_batch_norm():
+    from gpunet import cli, models
+    model = models.lenet5(batch_norm=True)
+    args = cli.build_parser().parse_args(["train", "--optimizer", "sgd",
+                                          "--weight-decay", "1e-4"])
+    opt = cli._optimizer(args, model.parameters())
+    decays = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    for name, p in model.named_parameters():
+        assert decays[id(p)] == (1e-4 if p.data.ndim > 1 else 0.0), name

@@ -306,3 +306,23 @@ def test_fit_refuses_an_unknown_progress():
     with pytest.raises(ValueError, match="progress: expected True"):
         gpunet.fit(model, losses.SoftmaxCrossEntropy(), optim.SGD(model.parameters(), 0.1),
                    (x, y), 1, 2, progress="bar")
+
+
+@pytest.mark.parametrize("epochs", [2, 3, 7])
+def test_curves_have_integer_epoch_ticks(epochs, tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    from gpunet.train import History
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    rows = [{"epoch": e, "loss": 1.0 / e, "accuracy": 0.5, "val_loss": 1.1 / e,
+             "val_accuracy": 0.4, "lr": 0.1, "time": 1.0} for e in range(1, epochs + 1)]
+    History(rows).plot(tmp_path / "curves.png")
+    [fig] = figures
+    for ax in fig.axes:
+        low, high = ax.get_xlim()
+        ticks = [t for t in ax.get_xticks() if low <= t <= high]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+    monkeypatch.undo()
+    plt.close(fig)
