@@ -426,9 +426,9 @@ def keep_freed_cpu_memory() -> bool:
     Why: a training step frees and then allocates again the same activations,
     im2col buffers and gradients. By default glibc unmaps every freed block over
     128 KiB (growing that limit only as it sees blocks freed) and trims the top
-    of its heap, so the next step pays one page fault per 4 KiB it touches again:
-    on a 2-core VM, 4,300 faults and 9 of the 21 ms of a LeNet-5 step at batch
-    128. Fixed thresholds, as with ``MALLOC_MMAP_THRESHOLD_`` and
+    of its heap, so the next step pays one page fault per 4 KiB it touches again,
+    thousands a LeNet-5 step and a large part of its time on the CPU
+    (bench/results/cpu-choices-2026-11.md). Fixed thresholds, as with ``MALLOC_MMAP_THRESHOLD_`` and
     ``MALLOC_TRIM_THRESHOLD_``, make glibc reuse them: the same role as CuPy's
     memory pool on the GPU. Peak memory is unchanged; the freed memory stays with
     the process until :func:`release_cached_memory` (``malloc_trim``) or exit.

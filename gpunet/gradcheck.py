@@ -20,7 +20,7 @@ from . import _checks
 from ._context import pool_pads
 from .backend import to_numpy
 from .nn import Dropout, LeakyReLU, MaxPool2d, Module, ReLU
-from .optim.optimizers import l2_gradient
+from .optim.updates import l2_gradient
 
 __all__ = ["gradcheck", "GradcheckReport", "ParamCheck"]
 

@@ -5,9 +5,10 @@
 //   acc_t  : the accumulator type (float for float, double for double)
 // so one source serves float32 and float64.
 //
-// Indices are 32-bit: the launchers split a batch so that no launch addresses 2^31
-// elements or more (gpunet/cuda/runtime.py batch_chunks), which keeps every index
-// product in one IMAD and every division inline. A division by a size that is the
+// Indices are 32-bit: every array a launch touches holds fewer than 2^31 elements,
+// less a tile of headroom (gpunet/cuda/runtime.py index_limit: ops sends larger
+// arrays down the xp path, and the launchers' check_indexable refuses them), which
+// keeps every index product in one IMAD and every division inline. A division by a size that is the
 // same for the whole launch goes through `divide` with a multiplier the launcher
 // computed (runtime.fast_divisor); there is no floating-point division in any
 // kernel either (reciprocals come from the host): both would be out-of-line calls,

@@ -3,9 +3,14 @@ assertion that reports the max error and the first bad index."""
 import importlib.util
 import math
 import os
+import pathlib
+import subprocess
+import sys
 
 import numpy
+import pytest
 
+from gpunet import backend, nn
 from gpunet.backend import to_numpy
 
 # The suite runs with the CuPy test double in CuPy's place (tests/conftest.py):
@@ -182,3 +187,60 @@ def numeric_vjp(f, x, dy, eps=1e-6):
         x[idx] = old
         grad[idx] = (plus - minus) / (2 * eps)
     return grad
+
+
+def idx_images(n):
+    """The bytes of an IDX file of ``n`` blank 28x28 images."""
+    header = numpy.array([0x00000803, n, 28, 28], dtype=">i4").tobytes()
+    return header + bytes(n * 28 * 28)
+
+
+def idx_labels(n):
+    """The bytes of an IDX file of ``n`` labels, all 0."""
+    return numpy.array([0x00000801, n], dtype=">i4").tobytes() + bytes(n)
+
+
+def tiny_model(batch_norm=False):
+    """Flatten and Linear(4, 3) (and BatchNorm1d(3)): a model for (N, 1, 2, 2) images."""
+    layers = [nn.Flatten(), nn.Linear(4, 3)] + ([nn.BatchNorm1d(3)] if batch_norm else [])
+    return nn.Sequential(*layers)
+
+
+def tiny_data(n, rng, classes=3):
+    """``n`` random (1, 2, 2) float32 images and labels below ``classes``."""
+    return rng.standard_normal((n, 1, 2, 2)).astype("float32"), rng.integers(0, classes, n)
+
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def gpunet_cli(*args, env=None, cwd=None, timeout=300):
+    """``python -m gpunet ARGS`` in a fresh process, on the CPU, with this checkout first."""
+    env = {**os.environ, "GPUNET_DEVICE": "cpu", "MPLBACKEND": "Agg",
+           "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
+           **(env or {})}
+    return subprocess.run([sys.executable, "-m", "gpunet", *args], capture_output=True,
+                          text=True, env=env, cwd=cwd, timeout=timeout)
+
+
+def only_error_line(done) -> str:
+    """The one line a failing command printed on stderr, and no traceback."""
+    lines = [line for line in done.stderr.splitlines()
+             if line.strip() and "warning" not in line]
+    assert "Traceback" not in done.stderr and len(lines) == 1, done.stderr
+    return lines[0]
+
+
+def one_gpunet_line(err: str) -> str:
+    """The one ``gpunet:`` line (warnings aside) of ``err``, which holds no traceback."""
+    lines = [line for line in err.splitlines() if line.startswith("gpunet:")
+             and "warning" not in line]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def needs_cuda():
+    """Skip the calling test, with the reason, where no GPU (or test double) is usable."""
+    reason = backend.cuda_unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"no usable GPU: {reason}")

@@ -10,7 +10,14 @@ import pytest
 
 from gpunet import benchmarks, cli, models, nn
 
-from .helpers import assert_close
+from .helpers import (
+    CUPY_DOUBLE,
+    assert_close,
+    gpunet_cli,
+    needs_cuda,
+    one_gpunet_line,
+    only_error_line,
+)
 
 
 def test_work_counts_by_hand():
@@ -216,3 +223,93 @@ def test_median_ms_times_each_call_to_its_synchronize_but_not_the_first():
     ms = benchmarks.median_ms(work, 3, synchronize)
     assert len(calls) == len(synced) == 4
     assert 9 <= ms < 150, ms
+
+
+@pytest.mark.parametrize("where", ["under-a-file", "proc"])
+def test_bench_refuses_an_unwritable_out_before_timing_anything(where, tmp_path):
+    if where == "under-a-file":  # even root cannot make a folder inside a file
+        (tmp_path / "file").write_text("")
+        out = str(tmp_path / "file" / "results")
+    else:
+        out = "/proc/self/gpunet-bench"
+    done = gpunet_cli("bench", "--device", "cpu", "--net", "lenet5", "--op", "maxpool",
+                      "--rounds", "1", "--no-torch", "--out", out)
+    assert done.returncode == 2
+    assert "timing" not in done.stderr and done.stdout == ""
+    assert only_error_line(done).startswith(f"gpunet: error: --out: cannot write in {out} (")
+
+
+@pytest.fixture
+def tiny_bench(monkeypatch):
+    monkeypatch.setattr(benchmarks.timing, "SWITCH_PAUSE_S", 0.0)
+    monkeypatch.setattr(benchmarks.timing, "SETTLE_S", 0.0)
+    tiny = benchmarks.Case("lenet5", "pool1", "maxpool", (2, 6, 28, 28), (2, 2))
+    monkeypatch.setattr(benchmarks, "CASES", [tiny])
+
+
+@pytest.mark.parametrize("command", [["gradcheck", "lenet5", "--max-per-param", "1"],
+                                     ["bench", "--rounds", "1", "--no-torch"]])
+def test_gradcheck_and_bench_follow_gpunet_device(command, tiny_bench, monkeypatch, capsys,
+                                                  tmp_path):
+    monkeypatch.setenv("GPUNET_DEVICE", "cuda:3")
+    assert cli.main([*command, *(["--out", str(tmp_path)] if command[0] == "bench" else [])]) \
+        == 2
+    assert "GPUNET_DEVICE=cuda:3: cannot use cuda:3" in one_gpunet_line(capsys.readouterr().err)
+
+
+@pytest.mark.gpu
+def test_bench_runs_on_the_device_gpunet_device_names(tiny_bench, monkeypatch, tmp_path,
+                                                       capsys):
+    needs_cuda()
+    monkeypatch.setenv("GPUNET_DEVICE", "cuda")
+    assert cli.main(["bench", "--rounds", "1", "--no-torch", "--out", str(tmp_path)]) == 0
+    assert "cuda:0" in capsys.readouterr().out
+    assert len(list(tmp_path.glob("bench-cuda0-*.json"))) == 1
+
+
+@pytest.mark.gpu
+def test_bench_on_cuda_with_pytorchs_cpu_build_skips_its_column_in_one_line(
+        tiny_bench, tmp_path, capsys):
+    needs_cuda()
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this PyTorch can use the GPU")
+    assert cli.main(["bench", "--device", "cuda", "--rounds", "1", "--out", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert one_gpunet_line(captured.err).startswith(
+        "gpunet: the PyTorch column is skipped: PyTorch ") and "a CPU build" in captured.err
+    (path,) = tmp_path.glob("bench-cuda0-*.json")
+    (row,) = json.loads(path.read_text())["rows"]
+    assert row["torch_ms"] is None and row["gpunet_ms"] > 0
+
+
+@pytest.mark.gpu
+def test_bench_memory_on_cuda_measures_the_device_pool(tiny_bench, monkeypatch, tmp_path,
+                                                       capsys):
+    needs_cuda()
+    if CUPY_DOUBLE:
+        monkeypatch.setenv("GPUNET_KERNELS", "0")  # the emulator: far too slow for a step
+    (row,) = benchmarks.memory(["alexnet_cifar_step"], with_torch=False, device="cuda:0")
+    assert row["device"] == "cuda:0" and row["measure"] == "cupy"
+    # at least what a step keeps on the device: conv1's output, 64 x 64 x 32 x 32 floats
+    assert 16 <= row["extra_mb"] < 4000
+    assert benchmarks.format_memory([row]).startswith(
+        "peak memory: GPU memory held by CuPy's pool on cuda:0")
+    assert cli.main(["bench", "--device", "cuda", "--rounds", "1", "--no-torch", "--memory",
+                     "--images", "64", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "peak memory: GPU memory held by CuPy's pool on cuda:0" in out
+    assert "resident" not in out
+
+
+def test_the_pytorch_twin_has_no_bias_before_batch_norm_either(rng):
+    torch = pytest.importorskip("torch")
+    ours = models.lenet5(batch_norm=True).eval()
+    twin = benchmarks.torch_twin(ours, torch).eval()
+    assert set(twin.state_dict()) - {k for k in twin.state_dict()
+                                     if k.endswith("num_batches_tracked")} \
+        == set(ours.state_dict()) - {k for k in ours.state_dict()
+                                     if k.endswith("num_batches_tracked")}
+    assert twin[0].bias is None and twin[9].bias is None
+    x = rng.standard_normal((3, 1, 32, 32)).astype(numpy.float32)
+    assert_close(twin(torch.from_numpy(x)).detach().numpy(), ours(x), 1e-4, 1e-5, "twin")

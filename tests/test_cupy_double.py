@@ -198,3 +198,19 @@ def test_each_kernel_counts_the_module_shared_arrays_it_names(cp):
     assert kernels["first"].static_shared == 16384 and kernels["first"].max_threads == 256
     assert kernels["second"].static_shared == 64 + 20480 + 16384
     assert kernels["second"].param_bytes == (8, 12)
+
+
+@pytest.mark.cupy_double
+def test_the_doubles_pool_holds_freed_blocks_as_cupys_does():
+    if not CUPY_DOUBLE:
+        pytest.skip("the CuPy test double is not in use")
+    import cupy
+    pool = cupy.get_default_memory_pool()
+    pool.free_all_blocks()
+    start = pool.used_bytes()
+    a = cupy.zeros(1 << 20, dtype=cupy.float32)
+    del a
+    assert pool.used_bytes() == start and pool.total_bytes() == start + 4 * 2**20
+    assert pool.free_bytes() == 4 * 2**20
+    pool.free_all_blocks()
+    assert pool.total_bytes() == start and pool.free_bytes() == 0

@@ -26,6 +26,8 @@ from gpunet.data import (
     transforms,
 )
 
+from .helpers import idx_images, idx_labels
+
 
 def idx_bytes(array, type_code=0x08):
     header = bytes([0, 0, type_code, array.ndim]) + b"".join(
@@ -416,3 +418,26 @@ def test_transforms():
         transforms.random_crop(f, 9, padding=2)
 
 
+
+
+def test_an_explicit_data_root_without_the_files_is_an_error(tmp_path):
+    with pytest.raises(DatasetError, match="does not hold"):
+        load_fashion_mnist(tmp_path / "no-such-dir")
+    for name, data in (("train-images-idx3-ubyte", idx_images(3)),
+                       ("train-labels-idx1-ubyte", idx_labels(3)),
+                       ("t10k-images-idx3-ubyte", idx_images(2))):  # 3 of the 4 files
+        (tmp_path / f"{name}.gz").write_bytes(gzip.compress(data))
+    with pytest.raises(DatasetError, match=r"does not hold t10k-labels-idx1-ubyte"):
+        load_fashion_mnist(tmp_path)
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(idx_labels(2))
+    # all four: these are read (and fail their checksums), not another copy found elsewhere
+    with pytest.raises(DatasetError, match=f"{tmp_path}.*checksum mismatch"):
+        load_fashion_mnist(tmp_path)
+
+
+def test_other_loaders_with_an_explicit_root_do_not_fall_back(tmp_path):
+    from gpunet.data import load_cifar10, load_mnist
+    with pytest.raises(DatasetError, match="does not hold"):
+        load_mnist(tmp_path)
+    with pytest.raises(DatasetError, match=f"looked in {tmp_path}"):
+        load_cifar10(tmp_path)

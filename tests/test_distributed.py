@@ -396,3 +396,13 @@ def test_without_mpi4py_the_cli_says_what_to_install(monkeypatch, capsys, tmp_pa
     assert cli.main(["train", *QUICK, "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert "distributed training needs mpi4py" in err and "gpunet[mpi]" in err
+
+
+def test_launched_processes_reads_the_launchers_variables(monkeypatch):
+    from gpunet.distributed import launched_processes
+    for name in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", "PMIX_SIZE",
+                 "MPI_LOCALNRANKS"):
+        monkeypatch.delenv(name, raising=False)
+    assert launched_processes() == 1
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "4")
+    assert launched_processes() == 4

@@ -1,5 +1,7 @@
 """Bad input is rejected with a ValueError/TypeError naming the argument and
 showing expected and actual, never a broadcasting traceback from deep inside."""
+import warnings
+
 import numpy
 import pytest
 
@@ -124,3 +126,16 @@ def test_losses_reject_bad_input(xp, make, out, target, error, match):
 def test_batch_norm_rejects_an_empty_or_single_batch(xp):
     with pytest.raises(ValueError, match="more than one value per channel"):
         nn.BatchNorm1d(3)(xp.zeros((0, 3), "float32"))
+
+
+def test_layers_name_what_they_cannot_take():
+    torch = pytest.importorskip("torch")
+    layer = nn.Linear(3, 2)
+    with pytest.raises(TypeError, match=r"must be an array .NumPy or CuPy., got torch.Tensor "
+                                        r".a PyTorch tensor: pass t.numpy\(\)."):
+        layer(torch.zeros(2, 3))
+    with pytest.raises(TypeError, match=r"input is big-endian float32 \(>f4\)"):
+        layer(numpy.zeros((2, 3), dtype=">f4"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        layer(numpy.zeros((2, 3), dtype="float32"))

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from .helpers import HAS_MATPLOTLIB
+from .helpers import HAS_MATPLOTLIB, REPO_ROOT, only_error_line
 
 EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
 HAS_FASHION = os.path.isdir("/usr/share/datasets/fashion-mnist") or bool(
@@ -115,3 +115,37 @@ def test_hyperparameter_search_a_second_time_or_without_optuna(tmp_path):
         "hyperparameter_search: gpunet tune needs Optuna: pip install 'gpunet[tune]' "
         "(or pip install optuna)")
     assert "Traceback" not in bare.stderr
+
+
+EXAMPLE_SCRIPTS = sorted((REPO_ROOT / "examples").glob("*.py"))
+
+
+def _no_gpu() -> bool:
+    from gpunet.backend import cuda_unavailable_reason
+    return cuda_unavailable_reason() is not None
+
+
+@pytest.mark.parametrize("device", ["cuda", "tpu"])
+@pytest.mark.parametrize("how", ["flag", "environment"])
+@pytest.mark.parametrize("example", [e.name for e in EXAMPLE_SCRIPTS])
+def test_every_example_refuses_an_unusable_device_in_one_line(example, how, device, tmp_path):
+    if device == "cuda" and not _no_gpu():
+        pytest.skip("a GPU is usable here")
+    if example == "hyperparameter_search.py":
+        pytest.skip("its device goes to gpunet.tune's trials (issue 25.13, the tune part)")
+    script = str(REPO_ROOT / "examples" / example)
+    takes_device = "--device" in (REPO_ROOT / "examples" / example).read_text()
+    if how == "flag" and not takes_device:
+        pytest.skip(f"{example} has no --device")
+    env = {**os.environ, "MPLBACKEND": "Agg", "GPUNET_DATA": str(tmp_path / "none"),
+           "PYTHONPATH": str(REPO_ROOT), "GPUNET_DEVICE": device if how == "environment" else "cpu"}
+    args = ["--quick"] + (["--device", device] if how == "flag" else [])
+    done = subprocess.run([sys.executable, script, *args], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=300)
+    assert "Traceback" not in done.stderr, done.stderr
+    if takes_device:  # the others run on the CPU whatever the environment says
+        assert done.returncode == 2
+        given = f"--device {device}" if how == "flag" else f"GPUNET_DEVICE={device}"
+        assert only_error_line(done).startswith(f"{example}: error: {given}: ")
+    else:
+        assert done.returncode == 0, done.stderr

@@ -5,6 +5,8 @@ import pytest
 import gpunet
 from gpunet import losses, nn
 
+from .helpers import gpunet_cli
+
 LAYERS = {
     "linear": (lambda: nn.Linear(5, 4), (3, 5)),
     "conv": (lambda: nn.Conv2d(2, 3, 3, stride=2, padding=1), (2, 2, 5, 6)),
@@ -143,3 +145,47 @@ def test_zero_gradients_agree_but_a_phantom_one_is_caught(rng):
     # all of it is error, but for the rounding allowance of the differences
     assert phantom.checks["0.unused"].rel_error == pytest.approx(1.0, abs=1e-4)
     assert not phantom.passed
+
+
+def test_gradcheck_passes_a_correct_model_with_tiny_gradients(capsys):
+    from gpunet.cli import main
+    assert main(["gradcheck", "alexnet_cifar", "--seed", "3"]) == 0  # was "suspicious"
+    assert "great" in capsys.readouterr().out
+
+
+def test_gradcheck_reports_unresolved_arrays_never_as_great():
+    import gpunet
+    from gpunet import losses, nn
+
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(numpy.full((1, 3), 1e-3))
+
+        def forward(self, x):
+            self.x = x
+            return 1e-9 * (x @ self.weight.data.T)
+
+        def backward(self, dy):  # wrong: no weight gradient
+            return 1e-9 * dy @ self.weight.data
+
+    rng = numpy.random.default_rng(0)
+    report = gpunet.gradcheck(Tiny(), losses.MSELoss(), rng.standard_normal((4, 3)),
+                              rng.standard_normal((4, 1)) + 10, check_input=False)
+    assert report.unresolved == ["weight"]
+    assert report.verdict == "unresolved"
+    assert "unresolved" in str(report).splitlines()[1] and "great" not in str(report)
+
+
+def test_gradcheck_of_a_correct_model_prints_a_bound_not_zero(tmp_path):
+    done = gpunet_cli("gradcheck", "lenet5", "--device", "cpu")
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert "0.000e+00" not in done.stdout.split("max relative error")[0]
+
+
+def test_gradcheck_with_a_large_eps_on_relu_and_pooling_names_the_kinks():
+    done = gpunet_cli("gradcheck", "lenet5", "--device", "cpu", "--eps", "1e-3")
+    assert "Traceback" not in done.stderr
+    last = done.stdout.strip().splitlines()[-1]
+    assert last.startswith("kinks: inputs within eps=0.001 of a ReLU or max-pool decision")
+    assert "try a smaller eps" in last

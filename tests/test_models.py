@@ -1,11 +1,15 @@
 """Model layouts, parameter counts and the summary table."""
+import inspect
 import math
 
 import numpy
 import pytest
 
 import gpunet
-from gpunet import losses, models
+from gpunet import backend, cli, losses, models, nn, optim, train
+from gpunet.io import CheckpointError
+
+from .helpers import assert_close, needs_cuda
 
 
 def n_params(model):
@@ -183,3 +187,90 @@ def test_the_second_moment_of_a_relu_after_max_pooling():
     for window in (4, 9):
         sampled = numpy.mean(numpy.maximum(z[:, :window].max(axis=1), 0) ** 2)
         assert relu_of_max_moment(window) == pytest.approx(sampled, rel=1e-2)
+
+
+# every shipped model with a batch-norm option, built with it
+BATCH_NORM_MODELS = {name: make for name, make in models.MODELS.items()
+                     if "batch_norm" in inspect.signature(make).parameters}
+
+
+def _layers_before_batch_norm(model):
+    for _, parent in model.named_modules():
+        children = list(parent.children())
+        for layer, after in zip(children, children[1:]):
+            if isinstance(after, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                yield layer
+
+
+def test_no_shipped_model_has_a_bias_before_a_batch_norm():
+    assert sorted(BATCH_NORM_MODELS) == ["lenet5", "vgg_cifar"]
+    for name, make in BATCH_NORM_MODELS.items():
+        before = list(_layers_before_batch_norm(make(batch_norm=True)))
+        assert before and all(layer.bias is None for layer in before), name
+        assert all(layer.bias is not None
+                   for layer in make(batch_norm=False).modules()
+                   if isinstance(layer, (nn.Conv2d, nn.Linear))), name
+
+
+def test_batch_norm_parameter_counts_in_the_summary(capsys):
+    assert gpunet.summary(models.lenet5(batch_norm=True), (1, 28, 28),
+                          print_table=False).total_params == 61_706 - 226 + 2 * 226
+    assert gpunet.summary(models.vgg_cifar(), (3, 32, 32),
+                          print_table=False).total_params == 5_029_706
+    assert cli.main(["summary", "vgg_cifar"]) == 0
+    assert "total parameters: 5,029,706" in capsys.readouterr().out
+
+
+def _old_lenet5_batch_norm():
+    """LeNet-5 with batch norm as gpunet built it before: a bias before every norm."""
+    from gpunet.models.lenet import InputConv
+    return nn.Sequential(
+        InputConv(1, 6, 5), nn.BatchNorm2d(6), nn.MaxPool2d(2), nn.ReLU(),
+        nn.Conv2d(6, 16, 5), nn.BatchNorm2d(16), nn.MaxPool2d(2), nn.ReLU(), nn.Flatten(),
+        nn.Linear(400, 120), nn.BatchNorm1d(120), nn.ReLU(),
+        nn.Linear(120, 84), nn.BatchNorm1d(84), nn.ReLU(), nn.Linear(84, 10))
+
+
+@pytest.mark.parametrize("sync", [False, True], ids=["batch-norm", "sync-batch-norm"])
+def test_an_old_checkpoint_with_biases_before_batch_norm_loads_the_same_model(tmp_path, rng,
+                                                                              sync):
+    """Also into a model whose batch norms were converted to SyncBatchNorm (a batch
+    norm too: its running mean takes the folded bias)."""
+    old = _old_lenet5_batch_norm()
+    for key, value in old.state_dict().items():  # trained-looking biases and statistics
+        if key.endswith(("bias", "running_mean")):
+            value = rng.standard_normal(value.shape).astype(numpy.float32)
+        elif key.endswith("running_var"):
+            value = rng.uniform(0.5, 2, value.shape).astype(numpy.float32)
+        else:
+            continue
+        old.load_state_dict({**old.state_dict(), key: value})
+    path = gpunet.save(tmp_path / "old.npz", old, optim.Adam(old.parameters()))
+    new = models.lenet5(batch_norm=True)
+    if sync:
+        new = nn.convert_sync_batchnorm(new)
+    gpunet.load(path, new)
+    x = rng.standard_normal((5, 1, 28, 28)).astype(numpy.float32)
+    assert_close(new.eval()(x), old.eval()(x), 1e-5, 1e-5, "eval outputs")
+    with pytest.raises(CheckpointError, match=r"old\.npz: saved by an older gpunet with a "
+                                              r"bias before each batch norm \(0\.bias, "):
+        gpunet.load(path, models.lenet5(batch_norm=True),
+                    optim.Adam(models.lenet5(batch_norm=True).parameters()))
+
+
+@pytest.mark.gpu
+def test_batch_norm_lenet_without_biases_trains_the_same_on_the_device(rng):
+    """The conv and linear layers without a bias, through the CUDA kernels."""
+    needs_cuda()
+    x = rng.standard_normal((4, 1, 28, 28))
+    y = rng.integers(0, 10, 4)
+    results = {}
+    for device in ("cpu", "cuda"):
+        gpunet.set_device("cpu")
+        gpunet.manual_seed(5)
+        model = models.lenet5(batch_norm=True).to(device, dtype="float64")
+        opt = optim.SGD(model.parameters(), 0.1)
+        xd, yd = gpunet.to_device(x, device), gpunet.to_device(y, device)
+        train.train_step(model, losses.SoftmaxCrossEntropy(), opt, xd, yd)
+        results[device] = backend.to_numpy(model.eval()(xd))
+    assert_close(results["cuda"], results["cpu"], 1e-9, 1e-10, "eval after a step")

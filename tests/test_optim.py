@@ -251,3 +251,128 @@ def test_ewma_averages_over_about_one_over_one_minus_beta():
         assert v[100 + lag - 1] == pytest.approx(1 - beta ** lag, rel=1e-9)
     with pytest.raises(ValueError, match="beta"):
         gpunet.ewma(step, 1.0)
+
+
+GROUP_GRADS = [numpy.array(g) for g in ([0.5, -1.0, 0.25], [0.1, 0.3, -0.2], [-0.4, 0.2, 0.6])]
+
+
+def _pairs(torch):
+    return {
+        "sgd": (lambda ps, **k: __import__("gpunet").optim.SGD(ps, 0.1, momentum=0.8, **k),
+                lambda ps, **k: torch.optim.SGD(ps, 0.1, momentum=0.8, **k)),
+        "rmsprop": (lambda ps, **k: __import__("gpunet").optim.RMSProp(ps, 0.01, beta=0.9,
+                                                                      eps=1e-8, **k),
+                    lambda ps, **k: torch.optim.RMSprop(ps, 0.01, alpha=0.9, eps=1e-8, **k)),
+        "adam": (lambda ps, **k: __import__("gpunet").optim.Adam(ps, 0.01, **k),
+                 lambda ps, **k: torch.optim.Adam(ps, 0.01, **k)),
+    }
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("name", ["sgd", "rmsprop", "adam"])
+def test_weight_decay_and_lr_per_group_match_torch(name):
+    torch = pytest.importorskip("torch")
+    import numpy as np
+
+    from gpunet import nn
+    ours_make, theirs_make = _pairs(torch)[name]
+    weight, bias = nn.Parameter(np.array([[1.0, 2.0, -1.0]])), nn.Parameter(np.array([0.5, 1, 2]))
+    tw = torch.tensor([[1.0, 2.0, -1.0]], dtype=torch.float64, requires_grad=True)
+    tb = torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64, requires_grad=True)
+    # the bias 1-D: it decays as torch's does when in a decaying group
+    ours = ours_make([{"params": [weight]}, {"params": [bias], "weight_decay": 0.0, "lr": 0.05}],
+                     weight_decay=0.1)
+    theirs = theirs_make([{"params": [tw]}, {"params": [tb], "weight_decay": 0.0, "lr": 0.05}],
+                         weight_decay=0.1)
+    for g in GROUP_GRADS:
+        weight.grad[...], bias.grad[...] = g[None], g
+        tw.grad, tb.grad = torch.from_numpy(g[None].copy()), torch.from_numpy(g.copy())
+        ours.step()
+        theirs.step()
+    np.testing.assert_allclose(weight.data, tw.detach().numpy(), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(bias.data, tb.detach().numpy(), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_weight_decay_keeps_biases_unless_asked_and_then_matches_torch(name):
+    """API.md: weight decay skips biases (``Parameter.decay`` False for vectors);
+    a bias marked ``decay = True`` decays exactly as torch.optim decays it."""
+    torch = pytest.importorskip("torch")
+    import numpy as np
+
+    from gpunet import nn
+    ours_make, theirs_make = _pairs(torch)[name]
+    kept = nn.Parameter(np.array([0.5, 1.0, 2.0]))
+    ours_make([kept], weight_decay=0.3).step()  # a zero gradient: only decay could move it
+    assert np.array_equal(kept.data, [0.5, 1.0, 2.0])
+    bias = nn.Parameter(np.array([0.5, 1.0, 2.0]))
+    bias.decay = True
+    tb = torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64, requires_grad=True)
+    ours, theirs = ours_make([bias], weight_decay=0.3), theirs_make([tb], weight_decay=0.3)
+    for g in GROUP_GRADS:
+        bias.grad[...], tb.grad = g, torch.from_numpy(g.copy())
+        ours.step()
+        theirs.step()
+    np.testing.assert_allclose(bias.data, tb.detach().numpy(), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("name", ["SGD", "Momentum", "RMSProp", "Adam"])
+def test_parameter_groups_round_trip_through_state_dict_and_a_checkpoint(name, tmp_path):
+    import numpy as np
+
+    import gpunet
+    from gpunet import nn, optim
+    from gpunet.optim import schedules
+
+    def make():
+        gpunet.manual_seed(0)
+        model = nn.Sequential(nn.Linear(3, 2))
+        groups = [{"params": [model[0].weight], "lr": 0.1, "weight_decay": 0.2},
+                  {"params": [model[0].bias], "lr": 0.02}]
+        return model, getattr(optim, name)(groups, lr=0.05)
+
+    def train(model, opt, steps):
+        for k in range(steps):
+            for p in model.parameters():
+                p.grad[...] = np.sin(np.arange(p.data.size) + k).reshape(p.shape)
+            opt.step()
+
+    model, opt = make()
+    sched = schedules.StepDecay(opt, 1, 0.5)
+    train(model, opt, 2)
+    sched.step()
+    assert [g["lr"] for g in opt.param_groups] == [0.05, 0.01]
+    state = opt.state_dict()
+    assert [g["params"] for g in state["param_groups"]] == [[0], [1]]
+    assert [g["weight_decay"] for g in state["param_groups"]] == [0.2, 0.0]
+    gpunet.save(tmp_path / "ck.npz", model, opt)
+    snapshot = {k: v.copy() for k, v in model.state_dict().items()}
+    train(model, opt, 3)
+
+    for restore in ("state_dict", "checkpoint"):
+        again, opt2 = make()
+        if restore == "state_dict":
+            again.load_state_dict(snapshot)
+            opt2.load_state_dict(state)
+        else:
+            gpunet.load(tmp_path / "ck.npz", again, opt2)
+        assert [g["lr"] for g in opt2.param_groups] == [0.05, 0.01]
+        assert [g["weight_decay"] for g in opt2.param_groups] == [0.2, 0.0]
+        train(again, opt2, 3)
+        for (key, a), b in zip(model.state_dict().items(), again.state_dict().values()):
+            assert np.array_equal(a, b), (restore, key)
+
+
+def test_groups_are_checked_in_one_line():
+    import numpy as np
+
+    from gpunet import nn, optim
+    p, q = nn.Parameter(np.zeros((2, 2))), nn.Parameter(np.zeros(2))
+    with pytest.raises(ValueError, match=r"^param_groups\[1\]: lr: expected a number >= 0, "
+                                         r"got -1$"):
+        optim.Adam([{"params": [p]}, {"params": [q], "lr": -1}])
+    with pytest.raises(ValueError, match=r"more than one parameter group"):
+        optim.SGD([{"params": [p]}, {"params": [p, q]}], 0.1)
+    with pytest.raises(ValueError, match=r"unknown keys \['momentum'\]"):
+        optim.Adam([{"params": [p], "momentum": 0.9}])

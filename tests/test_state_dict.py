@@ -4,6 +4,8 @@ import pytest
 
 from gpunet import nn
 
+from .helpers import assert_close, tiny_model
+
 
 def _model():
     return nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
@@ -54,3 +56,33 @@ def test_strict_false_still_refuses_a_wrong_shape_and_writes_nothing():
     with pytest.raises(ValueError, match=r"0.bias: expected shape \(4,\), got \(5,\)"):
         model.load_state_dict(state, strict=False)
     assert not (model[0].weight.data == 7.0).any()
+
+
+def test_load_state_dict_converts_and_checks_everything_before_writing(rng):
+    torch = pytest.importorskip("torch")
+    model = tiny_model()
+    before = {k: v.copy() for k, v in model.state_dict().items()}
+    state = {k: numpy.full_like(v, 7.0) for k, v in before.items()}
+    last = sorted(state)[-1]
+
+    class Unconvertible:
+        def __array__(self, *args, **kwargs):
+            raise RuntimeError("this value cannot become an array")
+
+    state[last] = Unconvertible()
+    with pytest.raises(ValueError, match=f"{last}: cannot convert"):
+        model.load_state_dict(state)
+    for key, value in model.state_dict().items():
+        assert numpy.array_equal(value, before[key]), f"{key} was changed"
+    # PyTorch tensors that require grad load (detached)
+    tensors = {k: torch.tensor(v + 1.0, requires_grad=True) for k, v in before.items()}
+    model.load_state_dict(tensors)
+    assert_close(model.state_dict()["1.weight"], before["1.weight"] + 1, 0, 0)
+
+
+def test_a_pytorch_state_dict_without_num_batches_tracked_loads():
+    model = nn.Sequential(nn.BatchNorm1d(3))
+    state = {k: v for k, v in model.state_dict().items() if "num_batches_tracked" not in k}
+    model.load_state_dict(state)
+    with pytest.raises(ValueError, match="missing keys"):
+        model.load_state_dict({})

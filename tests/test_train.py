@@ -12,7 +12,7 @@ from gpunet.data import synthetic_images
 from gpunet.data.transforms import to_float
 from gpunet.train import EarlyStopping, ModelCheckpoint
 
-from .helpers import HAS_MATPLOTLIB
+from .helpers import HAS_MATPLOTLIB, tiny_data, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -199,3 +199,130 @@ def test_no_pickle_in_checkpoints(tmp_path):
     gpunet.save(path, small_net(), history={"rows": [{"loss": math.nan}]})
     with numpy.load(path, allow_pickle=False) as archive:
         assert all(archive[name].dtype != object for name in archive.files)
+
+
+def test_monitors_are_checked_when_made_and_before_the_first_step(rng, tmp_path):
+    with pytest.raises(ValueError, match="monitor must be one of"):
+        ModelCheckpoint(tmp_path / "best.npz", monitor="val_acc")
+    model = tiny_model()
+    opt = optim.SGD(model.parameters(), 0.1)
+    for callback in (ModelCheckpoint(tmp_path / "best.npz"), EarlyStopping()):
+        with pytest.raises(ValueError, match="needs fit.*val_data"):
+            gpunet.fit(model, losses.SoftmaxCrossEntropy(), opt, tiny_data(8, rng), 1, 4,
+                       callbacks=[callback], progress=False)
+    assert opt.steps == 0  # refused before any step
+    # saving every epoch needs no validation data
+    gpunet.fit(model, losses.SoftmaxCrossEntropy(), opt, tiny_data(8, rng), 1, 4, progress=False,
+               callbacks=[ModelCheckpoint(tmp_path / "every.npz", save_best_only=False)])
+    assert (tmp_path / "every.npz").exists()
+
+
+def test_early_stopping_says_why_it_stops_on_nan(rng):
+    class NanVal(gpunet.train.Callback):
+        def on_epoch_end(self, run):
+            run.history.rows[-1]["val_loss"] = math.nan
+
+    model = tiny_model()
+    with pytest.warns(RuntimeWarning, match="val_loss is NaN after epoch 1; stopping"):
+        history = gpunet.fit(model, losses.SoftmaxCrossEntropy(),
+                             optim.SGD(model.parameters(), 0.1), tiny_data(8, rng), 5, 4,
+                             val_data=tiny_data(4, rng), callbacks=[NanVal(), EarlyStopping()],
+                             progress=False)
+    assert len(history.rows) == 1
+
+
+def test_accuracy_counts_one_hot_targets(rng):
+    model = tiny_model()
+    x, y = tiny_data(12, rng)
+    one_hot = numpy.eye(3, dtype="float32")[y]
+    by_label = gpunet.evaluate(model, (x, y))["accuracy"]
+    assert by_label > 0 and gpunet.evaluate(model, (x, one_hot))["accuracy"] == by_label
+    history = gpunet.fit(model, losses.SoftmaxCrossEntropy(), optim.SGD(model.parameters(), 0),
+                         (x, one_hot), 1, 12, progress=False, shuffle=False)
+    assert history["accuracy"] == [by_label]
+
+
+def test_a_last_batch_of_one_is_dropped_for_batch_norm(rng):
+    model = tiny_model(batch_norm=True)
+    opt = optim.SGD(model.parameters(), 0.1)
+    history = gpunet.fit(model, losses.SoftmaxCrossEntropy(), opt, tiny_data(9, rng), 1, 4,
+                         progress=False)  # 9 = 4 + 4 + 1
+    assert len(history.steps) == 2 and opt.steps == 2
+    with pytest.raises(ValueError, match="more than one value per channel"):
+        gpunet.fit(model, losses.SoftmaxCrossEntropy(), opt, tiny_data(9, rng), 1, 4,
+                   progress=False, drop_last=False)
+    plain = tiny_model()
+    history = gpunet.fit(plain, losses.SoftmaxCrossEntropy(), optim.SGD(plain.parameters(), 0.1),
+                         tiny_data(9, rng), 1, 4, progress=False)
+    assert len(history.steps) == 3  # nothing dropped without batch norm
+
+
+def test_fit_checks_its_arguments_before_the_first_step(rng):
+    model = tiny_model()
+    opt = optim.SGD(model.parameters(), 0.1)
+    loss = losses.SoftmaxCrossEntropy()
+    with pytest.raises(ValueError, match="batch_size: expected a positive int, got 0"):
+        gpunet.fit(model, loss, opt, tiny_data(8, rng), 1, 0, progress=False)
+    with pytest.raises(TypeError, match="x must be a NumPy or CuPy array, got list"):
+        gpunet.fit(model, loss, opt, ([[0.0] * 4] * 8, list(range(8))), 1, 4, progress=False)
+    wrong_val = (rng.standard_normal((4, 1, 3, 3)).astype("float32"), rng.integers(0, 3, 4))
+    with pytest.raises(ValueError, match="val_data: the model cannot take these examples"):
+        gpunet.fit(model, loss, opt, tiny_data(8, rng), 1, 4, val_data=wrong_val, progress=False)
+    assert opt.steps == 0
+
+
+def _bn_model():
+    return nn.Sequential(nn.Flatten(), nn.Linear(4, 5, bias=False), nn.BatchNorm1d(5),
+                         nn.ReLU(), nn.Linear(5, 3))
+
+
+@pytest.mark.parametrize("n,batch_size,match", [
+    (1, 4, "1 example\\(s\\) make no training batch of at least 2 rows"),
+    (8, 1, "batch_size 1: batch norm needs at least 2"),
+])
+def test_fit_refuses_batch_norm_batches_of_one_before_any_step(n, batch_size, match):
+    rng = numpy.random.default_rng(0)
+    model = _bn_model()
+    opt = optim.SGD(model.parameters(), 0.1)
+    x, y = rng.standard_normal((n, 1, 2, 2)).astype("float32"), rng.integers(0, 3, n)
+    with pytest.raises(ValueError, match=match):
+        gpunet.fit(model, losses.SoftmaxCrossEntropy(), opt, (x, y), 1, batch_size,
+                   progress=False)
+    assert opt.steps == 0
+
+
+def test_fit_with_drop_last_and_too_few_examples_says_so():
+    rng = numpy.random.default_rng(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    x, y = rng.standard_normal((3, 1, 2, 2)).astype("float32"), rng.integers(0, 3, 3)
+    with pytest.raises(ValueError, match="3 example\\(s\\) make no training batch of 4 rows"):
+        gpunet.fit(model, losses.SoftmaxCrossEntropy(), optim.SGD(model.parameters(), 0.1),
+                   (x, y), 1, 4, progress=False, drop_last=True)
+
+
+def test_fit_refuses_an_unknown_progress():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    x, y = numpy.zeros((4, 1, 2, 2), "float32"), numpy.zeros(4, "int64")
+    with pytest.raises(ValueError, match="progress: expected True"):
+        gpunet.fit(model, losses.SoftmaxCrossEntropy(), optim.SGD(model.parameters(), 0.1),
+                   (x, y), 1, 2, progress="bar")
+
+
+@pytest.mark.parametrize("epochs", [2, 3, 7])
+def test_curves_have_integer_epoch_ticks(epochs, tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    from gpunet.train import History
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    rows = [{"epoch": e, "loss": 1.0 / e, "accuracy": 0.5, "val_loss": 1.1 / e,
+             "val_accuracy": 0.4, "lr": 0.1, "time": 1.0} for e in range(1, epochs + 1)]
+    History(rows).plot(tmp_path / "curves.png")
+    [fig] = figures
+    for ax in fig.axes:
+        low, high = ax.get_xlim()
+        ticks = [t for t in ax.get_xticks() if low <= t <= high]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+    monkeypatch.undo()
+    plt.close(fig)

@@ -2,12 +2,16 @@
 test_tune_cli.py)."""
 import math
 import os
+import subprocess
+import sys
 
 import numpy
 import pytest
 
 from gpunet import tune
 from gpunet.tune.trials import _ReportEpochs
+
+from .helpers import REPO_ROOT
 
 optuna = pytest.importorskip("optuna", reason="gpunet tune needs Optuna (gpunet[tune])")
 
@@ -184,3 +188,35 @@ def test_the_plot_tick_labels_do_not_overlap(tmp_path, monkeypatch):
         assert len(boxes) >= 2, ax.get_xlabel()
         assert not [(a, b) for a, b in zip(boxes, boxes[1:]) if a.overlaps(b)], ax.get_xlabel()
     plt.close(figure)
+
+
+def test_gpunet_tune_is_an_attribute_without_importing_optuna_at_import():
+    code = ("import sys, gpunet; assert 'optuna' not in sys.modules and 'gpunet.tune' not in "
+            "sys.modules; import gpunet.tune as tune; assert gpunet.tune is tune; "
+            "print(gpunet.tune.search.__name__, gpunet.tune.log_uniform('lr', 1e-4, 1).name)")
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["search", "lr"]
+    code = "import gpunet; print(gpunet.tune.search.__name__)"  # as the README had it
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "search", done.stderr
+
+
+def test_readme_tune_snippet_runs_and_distributed_claim_says_rounding(monkeypatch):
+    import re
+
+    import gpunet.tune
+    readme = (REPO_ROOT / "README.md").read_text()
+    [snippet] = re.findall(r"Python: `(import gpunet\.tune[^`]*)`", readme)
+    called = []
+    monkeypatch.setattr(gpunet.tune, "search", lambda *a, **k: called.append((a, k)))
+    exec(snippet, {})
+    [((space, train), _)] = called
+    assert space[0].name == "lr" and train == {"epochs": 1}
+    text = " ".join(readme.split())
+    assert "train exactly as one" not in text
+    assert "Two processes at batch 32 thus train as one at batch 64" in text
+    assert "not the same bits" in text and "float32" in text

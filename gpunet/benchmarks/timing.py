@@ -20,10 +20,11 @@ from .twin import import_torch, torch_unusable
 # OpenBLAS's and PyTorch's worker threads spin for a while after their last job;
 # switching libraries without a pause would time one against the other's spinning.
 SWITCH_PAUSE_S = 0.3
-# After the pause the machine needs a moment too: on this VM the first 0.2-0.3 s
-# of LeNet-5 steps after an idle 0.3 s ran 10-30% slower (waking an idle virtual
-# CPU is slow, and gpunet's threads hand work over many times a step), so each
-# turn first runs untimed for this long; training runs its steps back to back.
+# After the pause the machine needs a moment too: on the 2-core VM the first
+# steps after an idle pause ran slower (bench/results/cpu-choices-2026-11.md:
+# waking an idle virtual CPU is slow, and gpunet's threads hand work over many
+# times a step), so each turn first runs untimed for this long; training runs its
+# steps back to back.
 SETTLE_S = 0.3
 
 

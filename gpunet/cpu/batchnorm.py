@@ -32,7 +32,8 @@ def _channel_dot(a2, b2, channels):
 def _expand(per_channel, sample_size):
     """``(C,)`` repeated to one sample's ``C*L`` values. Broadcast against ``(N, C*L)``
     it leaves NumPy inner loops a whole sample long; broadcasting ``(C, 1, 1)``
-    against ``(N, C, H, W)`` loops over ``H*W`` values at a time, 2x slower."""
+    against ``(N, C, H, W)`` loops over ``H*W`` values at a time, and was slower
+    (bench/results/cpu-choices-2026-11.md)."""
     repeats = sample_size // max(1, per_channel.shape[0])
     return per_channel if repeats == 1 else numpy.repeat(per_channel, repeats)
 

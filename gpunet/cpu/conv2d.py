@@ -35,29 +35,25 @@ def forward(x, weight, bias, stride, pads, out_hw, algorithm=None):
     multiply_adds = x.shape[0] * weight.size * out_hw[0] * out_hw[1]
     # Each chunk repeats the work on the filters (Winograd's filter transforms,
     # a dW of its own): a chunk must hold a quarter of the filters' size in
-    # input. VGG-16's conv5_2 at batch 4 (2.4M weights, 100K inputs an image)
-    # ran 63 -> 95 ms in two chunks; AlexNet-CIFAR's conv4 (332K, 9.4K) gains.
+    # input: few images under big filters (VGG-16's conv5_2 at batch 4) ran slower
+    # in two chunks, AlexNet-CIFAR's conv4 gains (bench/results/cpu-choices-2026-11.md).
     min_rows = max(1, -(-weight.size // (4 * max(1, math.prod(x.shape[1:])))))  # 0 filters
     return parallel.forward_in_chunks("conv2d", forward_chunk, x,
                                       multiply_adds // parallel.GEMM_MACS_PER_WORK,
                                       (x.shape[0], weight.shape[0], *out_hw), min_rows)
 
 
-# Winograd pays for its transforms once the channel GEMMs are large: measured on
-# a 2-core AVX-512 CPU, AlexNet's conv2..conv5 gain 1.3-2x, LeNet's conv2 (6->16)
-# loses. Below this C*K, one of the im2col layouts.
+# Winograd does fewer multiplies per output, but its tile transforms cost per
+# channel: they pay once the channel GEMMs are large (AlexNet's conv2..conv5 gain,
+# LeNet's conv2, 6->16, loses; bench/results/cpu-choices-2026-11.md). Below this
+# C*K, one of the im2col layouts.
 WINOGRAD_MIN_CHANNEL_PRODUCT = 32 * 32
 WINOGRAD_KERNELS = (3, 5)
 # Up to this many output pixels per image, the backward's image-by-image GEMMs
 # are thin, and one GEMM over the whole batch in CHWN layout wins despite its
-# transposes. Forward + backward on one core, 32-64 images: LeNet-5's conv2
-# (100 pixels) 2.81 -> 2.28 ms, a 32->32 5x5 conv on 16x16 35.2 -> 30.3; level
-# at 784 pixels (28x28, 16->32: 41.3 -> 40.5); losing at LeNet-5's conv1
-# (1 channel, 0.67 -> 2.12) and AlexNet-CIFAR's (1024 pixels, 10.9 -> 18.0).
-# The forward stays image by image: its batched GEMM gives NCHW with the bias
-# added, where CHWN needs a transpose (one core, 64 images: LeNet-5's conv2
-# 724 -> 612 us, 32->32 5x5 on 16x16 12.5 -> 10.0 ms, 16->32 3x3 on 6x6 222 ->
-# 156 us; only 3->8 channels on 8x8 lost, 75 -> 126 us).
+# transposes; it breaks even at about 784 pixels (28x28) and loses with one input
+# channel. The forward stays image by image: its batched GEMM gives NCHW with the
+# bias added, where CHWN needs a transpose. Timings: bench/results/cpu-choices-2026-11.md.
 CHWN_MAX_PIXELS = 256
 
 
@@ -83,9 +79,9 @@ class GemmContext(Context):
     The input is kept, not its columns: the backward copies them again. They are
     R*S times the input's size (LeNet-5: 10.4 and 7.7 MB at batch 128), and kept
     from forward to backward they pushed a training step's data out of the CPU's
-    cache; dropped at once, their buffer is reused while still in cache. LeNet-5's
-    step: convolutions forward 2.2 -> 1.75 ms, backward 2.6 -> 2.9 ms, the step
-    as fast (paired runs: 0.99-1.01x), and 18 MB less held between the passes.
+    cache; dropped at once, their buffer is reused while still in cache. The step
+    is as fast and holds 18 MB less between the passes (timings:
+    bench/results/cpu-choices-2026-11.md).
     """
 
     __slots__ = ("x", "weight", "stride", "pads", "has_bias", "chwn")
@@ -104,8 +100,8 @@ def _gemm_forward(x, weight, bias, stride, pads, out_hw, chwn):
     kernel = weight.shape[2:]
     n, k = x.shape[0], weight.shape[0]
     # Image by image (a batched GEMM) rather than one GEMM over the whole batch:
-    # y comes out in NCHW order with no transpose, and OpenBLAS runs these
-    # shapes faster (AlexNet-CIFAR conv1: forward 11.7 -> 7.6 ms).
+    # y comes out in NCHW order with no transpose, and OpenBLAS ran these
+    # shapes faster (bench/results/cpu-choices-2026-11.md).
     cols, out_hw = image_columns(x, kernel, stride, pads, ones_row=bias is not None)
     filters = weight.reshape(k, math.prod(weight.shape[1:]))  # no -1: K may be 0
     if bias is not None:
@@ -129,15 +125,15 @@ def _gemm_backward(dy, ctx, input_grad):
     dy_chwn = numpy.ascontiguousarray(dy.transpose(1, 2, 3, 0)).reshape(k, math.prod(out_hw) * n) \
         if chwn or input_grad else None
     if chwn:
-        # cols @ dy^T, then transposed: BLAS ran dy @ cols^T 1.7x slower
+        # cols @ dy^T, then transposed: BLAS ran dy @ cols^T slower
         dweight = numpy.ascontiguousarray((cols @ dy_chwn.T).T).reshape(weight.shape)
         dbias = dy_chwn.sum(axis=1) if has_bias else None
     else:
         # dy (K, OH*OW) @ cols^T image by image, summed over the batch; the ones row
         # of cols gives the bias gradient as the last column. Tiny images make these
-        # GEMMs too thin (64 x (256 x 16 @ 16 x 1729): 24 ms), so below
-        # THIN_GEMM_PIXELS one GEMM over the whole batch instead (7 ms); from 49
-        # pixels up the image-by-image GEMMs win (1.2-9x).
+        # GEMMs too thin (64 x (256 x 16 @ 16 x 1729)), so below THIN_GEMM_PIXELS
+        # one GEMM over the whole batch instead; from 49 pixels up the
+        # image-by-image GEMMs win (bench/results/cpu-choices-2026-11.md).
         dy3 = dy.reshape(n, k, out_hw[0] * out_hw[1])
         if dy3.shape[2] >= THIN_GEMM_PIXELS:
             grads = (dy3 @ cols.transpose(0, 2, 1)).sum(axis=0)
@@ -199,9 +195,7 @@ def _copy_windows(target, base, shape, strides):
     ``strides`` (every window, overlapping). On NumPy the trailing axes that form
     one contiguous run in both go as single elements of a void dtype: NumPy's
     float copy pays per run, and with stride 1 a run is a window's row, a few
-    dozen values (LeNet-5's conv1, 64 images: 311 -> 133 us; AlexNet-CIFAR's
-    conv1, 32 images: 624 -> 310 us; LeNet-5's conv2 in CHWN, runs of OW*N:
-    155 -> 145 us)."""
+    dozen values (timings: bench/results/cpu-choices-2026-11.md)."""
     item = base.itemsize
     axes, run = len(shape), 1
     while (axes > 0 and strides[axes - 1] == run * item
@@ -224,16 +218,14 @@ def input_gradient(weight, dy_chwn, x_shape, stride, pads, out_hw):
     The product (rows ``(r, s, c)``, columns ``(oh, ow, n)``) is formed one
     kernel row ``r`` at a time, ``S*C`` rows, and added back while it is still in
     cache, where whole it went to memory and back (LeNet-5's conv2: 3.8 MB per
-    half batch; interleaved LeNet-5 steps take 0.97-0.98x the time, its conv2
-    layer 0.955-0.96x, its conv1 0.935-0.98x). But each of those ``R`` GEMMs reads all of
-    ``dy``, ``K`` rows, to save writing and reading ``S*C`` rows: with ``K >=
-    2*S*C`` the product is formed whole (AlexNet-CIFAR's conv1, 3 -> 64
-    channels: 1.15x the time by kernel rows). Each of the ``R*S`` strided adds
-    should move long runs of contiguous values, which matters in NumPy: with
-    stride 1 an output row lands on ``OW*N`` contiguous values of a ``(C, H, W,
-    N)`` buffer (LeNet-5's conv2: 0.60 -> 0.41 ms per half batch); with a larger
-    stride the runs there shrink to ``N``, and an ``(H, W, C, N)`` buffer keeps
-    runs of ``C*N``.
+    half batch). But each of those ``R`` GEMMs reads all of ``dy``, ``K`` rows, to
+    save writing and reading ``S*C`` rows: with ``K >= 2*S*C`` the product is
+    formed whole (AlexNet-CIFAR's conv1, 3 -> 64 channels). Each of the ``R*S``
+    strided adds should move long runs of contiguous values, which matters in
+    NumPy: with stride 1 an output row lands on ``OW*N`` contiguous values of a
+    ``(C, H, W, N)`` buffer; with a larger stride the runs there shrink to ``N``,
+    and an ``(H, W, C, N)`` buffer keeps runs of ``C*N``. Timings of each choice:
+    bench/results/cpu-choices-2026-11.md.
     """
     n, c, h, w = x_shape
     k, _, kernel_h, kernel_w = weight.shape

@@ -3,12 +3,12 @@
 NumPy runs every call on one core except BLAS, which OpenBLAS spreads over its
 own threads. Copies, pooling and Winograd's transforms thus used one of the
 cores, and OpenBLAS synchronises its threads on every one of the many small
-GEMMs a convolution makes. PyTorch threads every op: a second thread makes its
-LeNet-5 step 1.75x faster and its AlexNet-CIFAR step 1.95x on a 2-core machine.
-So on NumPy, gpunet's convolution, pooling, batch-norm and linear layers hand
-batch chunks to one thread per core (:func:`forward_in_chunks` and the
-backward of its :class:`Chunked`, :func:`matmul`, :func:`map_chunks`); NumPy
-releases the GIL inside each call.
+GEMMs a convolution makes. PyTorch threads every op, and its steps gain from a
+second core (bench/results/cpu-choices-2026-11.md). So on NumPy, gpunet's
+convolution, pooling, batch-norm and linear layers hand batch chunks to one
+thread per core (:func:`forward_in_chunks` and the backward of its
+:class:`Chunked`, :func:`matmul`, :func:`map_chunks`); NumPy releases the GIL
+inside each call.
 
 Their GEMMs must then run single-threaded. Two threads calling a multi-threaded
 OpenBLAS at once ran at half the speed of one, and after a multi-threaded call
@@ -41,20 +41,19 @@ except ImportError:  # an optional dependency: without it gpunet stays on one th
 __all__ = ["num_threads", "set_num_threads", "single_threaded_blas", "map_chunks",
            "batch_slices", "Chunked", "forward_in_chunks", "matmul"]
 
-# A chunk is worth a thread from about this much work: handing it over costs
-# 40-80 us here (two thread wake-ups), and one element of a copy or pooling pass
-# takes about a nanosecond. LeNet-5's first pooling (602,112 inputs at batch
-# 128) gains from two chunks (0.64 -> 0.46 ms), its second (204,800) does not,
-# nor do its fully connected layers.
+# A chunk is worth a thread from about this much work: handing it over costs two
+# thread wake-ups, the time of tens of thousands of elements of a copy or pooling
+# pass. LeNet-5's first pooling (602,112 inputs at batch 128) gains from two
+# chunks, its second (204,800) does not, nor do its fully connected layers
+# (bench/results/cpu-choices-2026-11.md).
 MIN_WORK_PER_CHUNK = 2**17
 # A multiply-add inside a GEMM costs about this fraction of an element pass.
 GEMM_MACS_PER_WORK = 32
-# A worker starts its chunk 55-90 us after the calling thread starts its own (it
-# has to be woken), so the calling thread's chunk is larger by about this much
-# work and each worker's smaller: they finish closer together. Without it the
-# caller waited 80-140 us for the worker at each of LeNet-5's six split passes
-# (1.0 ms a step in all; 0.47 ms with it). Paired LeNet-5 steps: 2**14 0.955x
-# the time of equal chunks, 2**15 0.963, 2**16 0.92-0.95, 2**17 1.04.
+# A worker starts its chunk after the calling thread starts its own (it has to be
+# woken), so the calling thread's chunk is larger by about this much work and each
+# worker's smaller: they finish closer together, where the caller waited for the
+# worker at each of LeNet-5's split passes. Of 2**14..2**17, 2**16 made paired
+# LeNet-5 steps fastest (bench/results/cpu-choices-2026-11.md).
 WORKER_START_WORK = 2**16
 
 

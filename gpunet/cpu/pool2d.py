@@ -58,8 +58,8 @@ def _max_pool_backward(dy, ctx):
     Disjoint windows (stride >= kernel) route ``dy`` back through the two passes,
     one strided write per kernel offset. Overlapping ones (3/2 pooling) can share
     a winner, and there that routing needs an add per offset with strided
-    writes, 2-4x slower than finding each winner's flat index and adding ``dy``
-    there in one scatter (``add.at``).
+    writes, slower than finding each winner's flat index and adding ``dy`` there
+    in one scatter (``add.at``; bench/results/cpu-choices-2026-11.md).
     """
     row_offset, col_offset, x_shape = ctx.row_offset, ctx.col_offset, ctx.x_shape
     kernel, stride, pads = ctx.kernel, ctx.stride, ctx.pads

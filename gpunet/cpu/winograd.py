@@ -69,8 +69,8 @@ def _on_both_tile_axes(t, x):
     are the tile's ``(q, q)`` (the rest flattened or not): ``(p*p, rest)``.
 
     Two GEMMs with a ``q``-long inner dimension instead of one with ``q*q``
-    against ``kron(t, t)``: 2q instead of q^2 multiply-adds per value, which
-    made the 7x7 tiles' transforms of AlexNet-CIFAR's conv2 1.3-2x faster.
+    against ``kron(t, t)``: 2q instead of q^2 multiply-adds per value (timings:
+    bench/results/cpu-choices-2026-11.md).
     """
     p, q = t.shape
     rows_done = parallel.matmul(t, x.reshape(q, -1)).reshape(p, q, -1)  # t[i', i] x[i, j, .]
@@ -147,7 +147,7 @@ def forward(x, weight, bias, pads, out_hw, m):
         padded, (alpha, alpha, c, *tiles_hw, n), (sh, sw, sc, sh * m, sw * m, sn))
     v = _on_both_tile_axes(b_t, tiles).reshape(alpha * alpha, c, -1)
     # The filters take kron(G, G) in one GEMM: no transposed copy of them first,
-    # which made VGG-16's conv5_2 filter transform 3x slower (51 MB of them).
+    # which slowed VGG-16's conv5_2 filter transform (51 MB of them) several times.
     u = parallel.matmul(gg, weight.reshape(k * c, r * r).T).reshape(alpha * alpha, k, c)
     del padded, tiles
     y_tiles = xp.empty((m * m, k, v.shape[2]), x.dtype)
@@ -160,7 +160,7 @@ def forward(x, weight, bias, pads, out_hw, m):
     # Back to (N, K, OH, OW) in two copies: first the tile pixels into place with the
     # batch still innermost (runs of N values), then the batch to the front, adding
     # the bias on the way. One transpose straight from the tiles reads each pixel
-    # from afar and measured 2.3-2.5x slower.
+    # from afar and was slower (bench/results/cpu-choices-2026-11.md).
     planes = xp.empty((k, tiles_hw[0], m, tiles_hw[1], m, n), x.dtype)
     planes[...] = y_tiles.transpose(2, 3, 0, 4, 1, 5)
     del y_tiles

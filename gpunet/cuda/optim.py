@@ -93,7 +93,7 @@ def adam_step(w, g, m, v, t: int, lr: float, beta1: float, beta2: float, eps: fl
 
 def sgd_step(w, g, buffer, lr: float, momentum: float = 0.0, dampening: float = 0.0,
              nesterov: bool = False, l2: float = 0.0):
-    """PyTorch's SGD step of ``w`` in place (:func:`~gpunet.optim.optimizers.sgd_update`)
+    """PyTorch's SGD step of ``w`` in place (:func:`~gpunet.optim.updates.sgd_update`)
     with ``l2 w`` added to the gradient; returns the momentum buffer: ``buffer``
     updated in place, a new one (the gradient) when ``buffer`` is ``None``, ``buffer``
     untouched without momentum. One launch."""
@@ -118,7 +118,7 @@ def sgd_step(w, g, buffer, lr: float, momentum: float = 0.0, dampening: float = 
 
 def momentum_step(w, g, velocity, lr: float, beta: float, l2: float = 0.0) -> None:
     """The notes' momentum step of ``w`` and ``velocity`` in place
-    (:func:`~gpunet.optim.optimizers.momentum_update`), ``l2 w`` added to the gradient.
+    (:func:`~gpunet.optim.updates.momentum_update`), ``l2 w`` added to the gradient.
     One launch."""
     g = _checked("momentum_step", w, g, velocity=velocity)
     real = w.dtype.type
@@ -128,7 +128,7 @@ def momentum_step(w, g, velocity, lr: float, beta: float, l2: float = 0.0) -> No
 
 def rmsprop_step(w, g, square_avg, lr: float, beta: float, eps: float, l2: float = 0.0) -> None:
     """RMSProp's step of ``w`` and ``square_avg`` in place
-    (:func:`~gpunet.optim.optimizers.rmsprop_update`), ``l2 w`` added to the gradient.
+    (:func:`~gpunet.optim.updates.rmsprop_update`), ``l2 w`` added to the gradient.
     One launch."""
     g = _checked("rmsprop_step", w, g, square_avg=square_avg)
     real = w.dtype.type

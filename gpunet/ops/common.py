@@ -45,7 +45,7 @@ def cpu_scope(x):
     """A context manager for work on ``x`` that spans several ops (a model's pass, or
     many tiny GEMMs): on NumPy arrays with the CPU accelerators on, BLAS kept to one
     thread throughout (see :mod:`gpunet.cpu.parallel`: entering and leaving that
-    limit costs 17 us, once here instead of once per op); otherwise nothing, and no
+    limit has a cost, paid once here instead of once per op); otherwise nothing, and no
     CPU threads are touched."""
     if isinstance(x, numpy.ndarray) and cpu_accelerators_enabled():
         return single_threaded_blas()

@@ -1,5 +1,7 @@
-"""Untrusted files run no code, saves survive SIGKILL, bad bytes raise
-CheckpointError and nothing else."""
+"""Checkpoint files (gpunet.io): untrusted files run no code, saves survive SIGKILL,
+bad bytes raise CheckpointError and nothing else, failed saves name their target,
+PyTorch files are named as such, and saved files get the umask's mode."""
+import errno
 import io
 import json
 import os
@@ -7,6 +9,7 @@ import pathlib
 import pickle
 import re
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -19,6 +22,8 @@ from hypothesis import strategies as st
 
 import gpunet
 from gpunet import CheckpointError, nn, optim
+
+from .helpers import tiny_model
 
 PACKAGE = pathlib.Path(gpunet.__file__).parent
 
@@ -292,3 +297,41 @@ def test_checksum_names_flipped_and_truncated_data(tmp_path, good_bytes):
     with pytest.raises(CheckpointError, match="checksum mismatch"):
         load_bytes(tmp_path, zip_of(members))
     assert meta["format"] == gpunet.io.FORMAT
+
+
+def test_pytorch_files_are_named_as_such(tmp_path):
+    torch = pytest.importorskip("torch")
+    path = tmp_path / "weights.pth"
+    torch.save(torch.nn.Linear(2, 3).state_dict(), path)
+    with pytest.raises(CheckpointError, match="a PyTorch file .torch.save."):
+        gpunet.load(path, tiny_model())
+    buffer = io.BytesIO()
+    torch.save({"w": torch.zeros(2)}, buffer, _use_new_zipfile_serialization=False)
+    (tmp_path / "legacy.pt").write_bytes(buffer.getvalue())
+    with pytest.raises(CheckpointError, match="a PyTorch file"):
+        gpunet.load(tmp_path / "legacy.pt", tiny_model())
+
+
+def test_checkpoints_get_the_umasks_mode(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = gpunet.save(tmp_path / "ckpt.npz", tiny_model())
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp-")]
+
+
+def test_save_errors_name_the_target_not_the_temporary_file(tmp_path, monkeypatch):
+    model = nn.Sequential(nn.Linear(2, 2))
+    path = tmp_path / "model.npz"
+
+    def full(file, *args, **kwds):
+        raise OSError(errno.ENOSPC, "No space left on device", file.name)
+
+    monkeypatch.setattr(numpy, "savez", full)
+    with pytest.raises(OSError, match=f"cannot save {path}: No space left on device; "
+                                      f"nothing was written to {path}") as caught:
+        gpunet.save(path, model)
+    assert caught.value.errno == errno.ENOSPC and ".tmp-" not in str(caught.value)
+    assert os.listdir(tmp_path) == []
