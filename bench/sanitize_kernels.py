@@ -1,6 +1,7 @@
-"""One small launch of each kernel of one file (conv2d, pool2d or batchnorm),
-forward and backward, in float32: what ``compute-sanitizer`` (memcheck,
-racecheck, synccheck) runs in bench/gpu_check.py, one file per process.
+"""One small launch of each kernel of one file (conv2d, pool2d, batchnorm: forward
+and backward; optim: optimizer steps and zero_grad), in float32: what
+``compute-sanitizer`` (memcheck, racecheck, synccheck) runs in bench/gpu_check.py,
+one file per process.
 Exits 1 if a kernel disagrees with the xp path.
 
     python bench/sanitize_kernels.py conv2d

@@ -313,3 +313,41 @@ def test_the_pytorch_twin_has_no_bias_before_batch_norm_either(rng):
     assert twin[0].bias is None and twin[9].bias is None
     x = rng.standard_normal((3, 1, 32, 32)).astype(numpy.float32)
     assert_close(twin(torch.from_numpy(x)).detach().numpy(), ours(x), 1e-4, 1e-5, "twin")
+
+
+def test_the_optimizer_families_step_as_torch_optim_does():
+    """The awkward optimizer cases (xp path, float64) against ``torch.optim`` on the
+    same parameters and hand-set gradients: weight decay on the weights (sizes 1001
+    and 1) and not on the bias of 7, three steps (Adam's bias corrections, SGD's
+    buffer made then updated); the notes' Momentum has no twin in torch.optim."""
+    torch = pytest.importorskip("torch")
+    awkward = benchmarks.awkward
+    twins = {"Adam": "Adam", "AdamW": "AdamW", "SGD": "SGD", "RMSProp": "RMSprop"}
+    shapes = awkward.OPTIMIZER_SHAPES
+    assert sorted(int(numpy.prod(shape)) for shape in shapes) == [1, 7, 1001]
+    for family, (name, hyper) in awkward.OPTIMIZER_CASES.items():
+        if name not in twins:
+            continue
+        assert awkward.family_shape(family) == shapes
+        assert awkward.longest_sum(family) == awkward.OPTIMIZER_STEPS == 3
+        got = awkward.family_outputs(family, "float64", False, numpy.asarray, seed=5)
+        rng = numpy.random.default_rng(5)  # the family's draws, in its order
+        params = [torch.tensor(rng.standard_normal(shape), requires_grad=True)
+                  for shape in shapes]
+        hyper = {"alpha" if k == "beta" else k: v for k, v in hyper.items()}
+        decay = hyper.pop("weight_decay")
+        groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": decay},
+                  {"params": [p for p in params if p.ndim == 1], "weight_decay": 0.0}]
+        twin = getattr(torch.optim, twins[name])(groups, **hyper)
+        for _ in range(awkward.OPTIMIZER_STEPS):
+            for p in params:
+                p.grad = torch.tensor(rng.standard_normal(tuple(p.shape)))
+            twin.step()
+        state = [twin.state[p][key].numpy() for p in params for key in sorted(twin.state[p])
+                 if key != "step" and twin.state[p][key] is not None]
+        want = [p.detach().numpy() for p in params] + state
+        assert len(got) == len(want) + len(params), family
+        for i, (a, b) in enumerate(zip(got, want)):
+            assert_close(a, b, 1e-10, 1e-12, f"{family} output {i}")
+        for grad in got[len(want):]:  # the last zero_grad
+            assert not numpy.any(grad), family

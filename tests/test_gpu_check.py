@@ -166,7 +166,7 @@ def test_the_sanitizer_runs_each_tool_on_each_kernel_file_alone_without_the_pool
     done, rows, _ = run_sanitizer_stage(tmp_path, FAKE_SANITIZER.format(python=sys.executable),
                                         240, SANITIZER_LOG=str(log))
     assert done.returncode == 0, done.stderr[-3000:]
-    files = {"conv2d", "pool2d", "batchnorm"}
+    files = {"conv2d", "pool2d", "batchnorm", "optim"}
     assert set(rows) == {"memcheck", "racecheck", "synccheck"}
     for tool in rows:
         assert set(rows[tool]) == files
@@ -392,11 +392,11 @@ def test_smoke_compiles_each_kernel_file_before_saying_it_compiled(lazy_smoke):
     stage, _ = lazy_smoke
     assert stage["status"] == "failed"
     compiled = {(row["file"], row["dtype"]): row for row in stage["results"]["compiled"]}
-    assert len(compiled) == 6
+    assert len(compiled) == 8
     for dtype in ("float32", "float64"):
         assert not compiled["pool2d.cu", dtype]["ok"]
         assert "lazily refused" in compiled["pool2d.cu", dtype]["error"]
-        for name in ("conv2d.cu", "batchnorm.cu"):
+        for name in ("conv2d.cu", "batchnorm.cu", "optim.cu"):
             assert compiled[name, dtype]["ok"] and compiled[name, dtype]["seconds"] >= 0
 
 
@@ -412,10 +412,30 @@ def test_smoke_runs_each_kernel_file_in_its_own_process_with_blocking_launches(l
         assert row["blocking"] == "1", row
         files_by_pid.setdefault(row["pid"], set()).add(file_of[row["kernel"]])
     assert sorted(f for files in files_by_pid.values() for f in files) == \
-        ["batchnorm", "conv2d", "pool2d"]
+        ["batchnorm", "conv2d", "optim", "pool2d"]
     assert stage["results"]["processes"]["conv2d"] == {"exit_code": 0}
     checks = [c for c in stage["results"]["checks"] if c["family"] == "batch_norm"]
     assert checks and all(c["ok"] for c in checks)  # pool2d's failure stayed in its process
+
+
+@needs_cupy
+def test_smoke_checks_every_optimizer_kernel_against_the_xp_path(lazy_smoke):
+    """Each optimizer family of optim.cu in both precisions, its kernels launched
+    (every kernel of the file between them, zero_grad's included) and within the
+    tolerance of the xp path."""
+    stage, _ = lazy_smoke
+    gpu_stages = import_bench("gpu_stages")
+    from gpunet.benchmarks import awkward
+    assert stage["results"]["processes"]["optim"] == {"exit_code": 0}
+    checks = [c for c in stage["results"]["checks"] if c["family"] in awkward.OPTIMIZER_CASES]
+    assert sorted((c["family"], c["dtype"]) for c in checks) == sorted(
+        (family, dtype) for family in gpu_stages.KERNEL_FILES["optim"]
+        for dtype in ("float32", "float64"))
+    for check in checks:
+        assert check["ok"] and check["max_error"] <= awkward.tolerance(check["dtype"], 3), check
+        assert "zero_arrays" in check["kernels"], check
+    assert {k for c in checks for k in c["kernels"]} == set(gpu_stages.file_kernels("optim"))
+    assert not set(stage["results"]["kernels_not_launched"]) & set(gpu_stages.file_kernels("optim"))
 
 
 @needs_cupy
@@ -517,25 +537,81 @@ def test_the_timing_stage_times_every_kernel_of_the_cu_files(dry_timings):
 
 
 @needs_cupy
-def test_on_a_gpu_the_timing_cases_take_every_path_the_plans_can_pick(dry_timings):
-    """No GPU needed: the conv kernels the plans pick for the layer cases at their GPU
-    batches, float32 and TF32, on an H100 SXM's 132 SMs and a PCIe card's 114, are
-    every kernel of conv2d.cu but those every backward launches whatever its plan
-    (the split-K and bias reductions, seen in every conv row of the dry run); the
-    weight gradient split both as a GEMM and in the direct kernel."""
+def test_the_timing_stage_times_an_optimizer_step_on_each_path(dry_timings):
+    """zero_grad and step over LeNet-5's parameters (the dry run's net) for each
+    optimizer the stage times: one zero_arrays launch and one update launch a
+    parameter, beside the xp path; PyTorch's time absent only because the dry run
+    has no CUDA PyTorch."""
+    timings = import_bench("gpu_stages.timings")
+    from gpunet import models
+    sizes = [p.data.size for p in models.lenet5().parameters()]
+    rows = [row for row in dry_timings["kernels"] if row["op"].endswith("_step")]
+    assert sorted(row["shape"] for row in rows) == sorted(
+        f"lenet5/{name}" for name in timings.OPTIMIZER_TIMINGS)
+    kernel_of = {"adam": "adam_step", "sgd_momentum": "sgd_step", "momentum": "momentum_step",
+                 "rmsprop": "rmsprop_step"}
+    for row in rows:
+        name = row["shape"].split("/")[1]
+        assert row["op"] == f"{name}_step"
+        assert row["kernels"] == ["zero_arrays"] + [kernel_of[name]] * len(sizes), row
+        assert row["elements"] == sum(sizes) and len(row["dims"]) == len(sizes)
+        assert row["gpunet_ms"] > 0 and row["xp_path_ms"] > 0 and row["torch_ms"] is None
+        arrays = timings.OPTIMIZER_TIMINGS[name][3]
+        assert row["gpunet_gbps"] == pytest.approx(
+            4 * arrays * sum(sizes) / (row["gpunet_ms"] * 1e-3) / 1e9, rel=1e-2)
+
+
+def test_without_tensor_cores_no_tf32_kernel_counts_as_untimed():
+    """conv2d_fwd_tf32_split too (``_tf32`` inside its name, not at its end): a GPU
+    without TF32 tensor cores never plans it."""
     gpu_stages = import_bench("gpu_stages")
     timings = import_bench("gpu_stages.timings")
+    rows = [{"kernels": sorted(k for k in gpu_stages.kernel_names() if "_tf32" not in k)}]
+    assert timings.untimed_kernels(rows, tensor_cores=False) == []
+    assert timings.untimed_kernels(rows, tensor_cores=True) == sorted(
+        k for k in gpu_stages.kernel_names() if "_tf32" in k)
+
+
+@needs_cupy
+@pytest.mark.parametrize("sms", [132, 114, 108, 84])
+def test_on_a_gpu_the_timing_cases_take_every_path_the_plans_can_pick(dry_timings, sms):
+    """No GPU needed: the conv kernels the plans pick for the timing cases on an H100
+    SXM's 132 SMs, an H100 PCIe's 114, an A100's 108 and 84, float32 and TF32, are
+    every kernel of conv2d.cu but those every backward launches whatever its plan
+    (the split-K and bias reductions, seen in every conv row of the dry run); the
+    weight gradient split both as a GEMM and in the direct kernel. Where the layer
+    cases leave a kernel out, an extra case (net ``extra``, named for the kernel)
+    takes it, and only then."""
+    gpu_stages = import_bench("gpu_stages")
+    timings = import_bench("gpu_stages.timings")
+    from gpunet.benchmarks import LAYER_CASES
     backward = [set(row["kernels"]) for row in dry_timings["kernels"]
                 if row["op"].startswith("conv2d_bwd")]
     always = set.intersection(*backward)
     assert always and not [k for k in always if k.startswith("conv2d_fwd")]
+    assert always == set(timings.EVERY_BACKWARD)
     conv_kernels = set(gpu_stages.file_kernels("conv2d"))
-    cases = timings.timing_cases(dry=False)
-    for sms in (132, 114):
-        planned = timings.planned_kernels(cases, sms)
-        assert planned <= conv_kernels
-        assert sorted(conv_kernels - always - planned) == [], f"not timed on {sms} SMs"
-        split = {row["kernel"] for case in cases if case.op == "conv" for tf32 in (False, True)
-                 for row in timings.plan_rows(case, tf32, sms) if row["split_k"] > 1}
-        assert {"conv2d_bwd_weight", "conv2d_bwd_weight_direct"} <= split
+    cases = timings.timing_cases(dry=False, sms=sms)
+    planned = timings.planned_kernels(cases, sms)
+    assert planned <= conv_kernels
+    assert sorted(conv_kernels - always - planned) == [], f"not timed on {sms} SMs"
+    split = {row["kernel"] for case in cases if case.op == "conv" for tf32 in (False, True)
+             for row in timings.plan_rows(case, tf32, sms) if row["split_k"] > 1}
+    assert {"conv2d_bwd_weight", "conv2d_bwd_weight_direct"} <= split
     assert {case.op for case in cases} == {"conv", "maxpool", "avgpool", "batchnorm"}
+    layers = [case for case in cases if case.net != "extra"]
+    assert len(layers) == len(LAYER_CASES) + sum(case.op == "maxpool" for case in LAYER_CASES)
+    left_out = conv_kernels - always - timings.planned_kernels(layers, sms)
+    extra = [case for case in cases if case.net == "extra"]
+    assert bool(extra) == bool(left_out)
+    for case in extra:  # named for a kernel the layer cases left out, which it takes
+        assert case.name.startswith("for_") and case.name[len("for_"):] in left_out
+        assert case.name[len("for_"):] in timings.planned_kernels([case], sms)
+    if sms == 114:  # the PCIe card: no layer case splits a wide forward
+        assert left_out == {"conv2d_fwd_wide_split"}
+
+
+def test_the_extra_conv_cases_need_the_sm_count():
+    timings = import_bench("gpu_stages.timings")
+    with pytest.raises(ValueError, match="timing_cases: sms must be the GPU's SM count"):
+        timings.timing_cases(dry=False)

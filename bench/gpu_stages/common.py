@@ -90,7 +90,9 @@ KERNEL_FILES = {"conv2d": ("conv2d", "conv2d_wide", "conv2d_wide_grads", "conv2d
                            "conv2d_tf32", "conv2d_split", "conv2d_wide_split",
                            "conv2d_split_tf32"),
                 "pool2d": ("max_pool2d", "avg_pool2d"),
-                "batchnorm": ("batch_norm",)}
+                "batchnorm": ("batch_norm",),
+                "optim": ("adam", "adamw", "sgd", "sgd_nesterov", "sgd_dampening", "momentum",
+                          "rmsprop")}
 
 
 def file_kernels(name: str) -> list[str]:

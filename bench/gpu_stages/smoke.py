@@ -33,7 +33,7 @@ def check_family(family: str, dtype: str) -> dict:
     from gpunet.benchmarks import awkward
     from gpunet.cuda import runtime
     tf32 = family in awkward.TF32_FAMILIES and dtype == "float32"
-    row = {"family": family, "dtype": dtype, "shape": awkward.KERNEL_CASES[family]}
+    row = {"family": family, "dtype": dtype, "shape": awkward.family_shape(family)}
     with recorded_launches() as launched:
         row["kernels"] = launched
         try:

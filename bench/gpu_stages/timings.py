@@ -1,7 +1,9 @@
 """The timings stage: every kernel path the launchers can choose, timed beside the
 xp path on CuPy and cuDNN (PyTorch on CUDA), forward and backward, on the shapes
-of ``gpunet.benchmarks.LAYER_CASES`` at their GPU batches; then ``gpunet bench
---device cuda --op step``.
+of ``gpunet.benchmarks.LAYER_CASES`` at their GPU batches, and extra conv cases
+(net ``extra``) for the paths those leave out on this GPU's SM count; one optimizer
+step over LeNet-5's and AlexNet-CIFAR's parameters (kernels/optim.cu) beside the xp
+path and ``torch.optim``; then ``gpunet bench --device cuda --op step``.
 
 Which path a launcher takes follows from the shape (gpunet.cuda.conv2d_plan): the
 direct kernels for few channels or filters, the wide (64-row) or 128 x 128 GEMMs,
@@ -12,7 +14,8 @@ in training. Each row records the kernels its pass
 launched and, for a convolution, what the plan chose (kernel, tile, grid, split-K
 slices), so a GPU run's report says which path each time belongs to; a kernel of
 ``kernels/*.cu`` that no row launched fails the stage. The dry run times the
-awkward cases instead (gpunet.benchmarks.awkward), which the emulator can run.
+awkward cases instead (gpunet.benchmarks.awkward), which the emulator can run, and
+the optimizer steps of LeNet-5 alone.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import os
 import shutil
 import subprocess
 import sys
+import types
 
 import numpy
 
@@ -29,6 +33,7 @@ from .common import (
     ROOT,
     StageContext,
     bench_script,
+    file_kernels,
     kernel_names,
     recorded_launches,
     run_bounded,
@@ -39,19 +44,60 @@ TILE_K_CASES = ("alexnet_cifar/conv2", "vgg16/conv3_2")  # GEMM paths (TILE_K is
 POOL_OPS = ("maxpool", "avgpool")
 
 
-def timing_cases(dry: bool) -> list:
+# Shapes that take the conv paths the layer cases may leave out on some SM count (a
+# split forward needs a grid under a wave, and what is under a wave depends on the SMs),
+# tried in this order, each at EXTRA_BATCHES in turn: (C, H = W, K, filter, padding)
+EXTRA_CONV_SHAPES = ((256, 14, 64, 3, 1),   # long sums: split forwards, wide and 128 x 128
+                     (256, 14, 128, 3, 1),
+                     (24, 28, 64, 3, 1),    # C R S = 216 under MIN_SLICE: never split
+                     (24, 28, 128, 3, 1),
+                     (8, 28, 8, 3, 1))      # few channels and filters: the direct kernels
+EXTRA_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128)
+# Launched by every backward whatever its plan (the bias gradient and its sum): no plan
+# names them, and every conv row times them
+EVERY_BACKWARD = ("conv2d_bwd_bias", "conv2d_bwd_weight_reduce")
+
+
+def timing_cases(dry: bool, sms: int = 0, tensor_cores: bool = True) -> list:
     """What the stage times: the layer cases at their GPU batches, each pooling case
-    also as average pooling; for the dry run, the awkward cases (the double runs
-    the kernels in an emulator)."""
+    also as average pooling, and the extra conv cases that make the plans on ``sms``
+    SMs pick every conv kernel (:func:`extra_conv_cases`); for the dry run, the
+    awkward cases (the double runs the kernels in an emulator)."""
     from gpunet.benchmarks import LAYER_CASES, awkward
     if dry:
         return list(awkward.AWKWARD_LAYER_CASES)
+    if sms < 1:
+        raise ValueError(f"timing_cases: sms must be the GPU's SM count (>= 1), got {sms}")
     cases = []
     for case in LAYER_CASES:
         case = case.on_gpu()
         cases += [dataclasses.replace(case, op=op) for op in POOL_OPS] \
             if case.op == "maxpool" else [case]
-    return cases
+    return cases + extra_conv_cases(cases, sms, tensor_cores)
+
+
+def extra_conv_cases(cases, sms: int, tensor_cores: bool = True) -> list:
+    """For each conv kernel (but EVERY_BACKWARD's, and the TF32 ones without
+    ``tensor_cores``) that the plans of ``cases`` do not pick on ``sms`` SMs, in name
+    order, the first of EXTRA_CONV_SHAPES x EXTRA_BATCHES whose plans do: a case of net
+    ``extra`` named ``for_<kernel>``, so that its rows say why they are there. A kernel
+    no candidate takes stays out; the stage then fails on it, naming it."""
+    from gpunet.benchmarks import Case
+    wanted = {k for k in file_kernels("conv2d")
+              if k not in EVERY_BACKWARD and (tensor_cores or "_tf32" not in k)}
+    candidates = [(n, c, hw, k, f, pad) for c, hw, k, f, pad in EXTRA_CONV_SHAPES
+                  for n in EXTRA_BATCHES]
+    extra = []
+    for kernel in sorted(wanted - planned_kernels(cases, sms, tensor_cores)):
+        if kernel in planned_kernels(extra, sms, tensor_cores):
+            continue  # an earlier extra case took it too
+        for n, c, hw, k, f, pad in candidates:
+            case = Case("extra", f"for_{kernel}", "conv", (n, c, hw, hw), (c, k, f),
+                        (("stride", 1), ("padding", pad)))
+            if kernel in planned_kernels([case], sms, tensor_cores):
+                extra.append(case)
+                break
+    return extra
 
 
 def plan_rows(case, tf32: bool, sms: int) -> list[dict]:
@@ -84,20 +130,24 @@ def planned_kernels(cases, sms: int, tensor_cores: bool = True) -> set[str]:
     return {row["kernel"] for row in rows} | reduce
 
 
-def _row(ctx, op, case, work, unit, ours, xp_path, cudnn, launched, **extra):
+def _row(ctx, op, case, work, unit, ours, xp_path, theirs, launched, against="cudnn",
+         **extra):
+    """One timed row: ``case`` names it (``.id``, ``.shape``), ``against`` the library
+    of the third time (``cudnn``; ``torch`` for an optimizer step)."""
     rate = lambda ms: float(f"{work / (ms * 1e-3) / 1e9:.4g}")  # noqa: E731
     ceiling = ctx.facts.get("sgemm_tflops", 0) * 1e3 if unit == "gflops" else \
         ctx.facts.get("copy_gbps", 0)
     row = {"op": op, "shape": case.id, "dims": list(case.shape), "kernels": launched,
            **extra, "gpunet_ms": round(ours, 4),
            "xp_path_ms": None if xp_path is None else round(xp_path, 4),
-           "cudnn_ms": None if cudnn is None else round(cudnn, 4),
+           f"{against}_ms": None if theirs is None else round(theirs, 4),
            f"gpunet_{unit}": rate(ours),
            f"xp_path_{unit}": None if xp_path is None else rate(xp_path),
-           f"cudnn_{unit}": None if cudnn is None else rate(cudnn),
-           "cudnn_time_over_gpunet": None if cudnn is None else round(cudnn / ours, 3),
+           f"{against}_{unit}": None if theirs is None else rate(theirs),
+           f"{against}_time_over_gpunet": None if theirs is None else round(theirs / ours, 3),
            "fraction_of_ceiling": round(rate(ours) / ceiling, 3) if ceiling else None}
-    print({k: row[k] for k in ("op", "shape", "kernels", "gpunet_ms", "cudnn_ms")}, flush=True)
+    print({k: row[k] for k in ("op", "shape", "kernels", "gpunet_ms", f"{against}_ms")},
+          flush=True)
     return row
 
 
@@ -251,12 +301,80 @@ def _tile_k_rows(ctx, cases, repeat):
     return rows
 
 
+OPTIMIZER_NETS = ("lenet5", "alexnet_cifar")  # the dry run: the first alone
+# name -> (gpunet.optim class, its hyperparameters, PyTorch's twin: torch.optim class and
+# its arguments, the arrays one element touches: zero_grad writes g, the step reads w,
+# g and the state and writes w and the state)
+OPTIMIZER_TIMINGS = {
+    "adam": ("Adam", {"lr": 1e-3}, ("Adam", {"lr": 1e-3}), 8),
+    "sgd_momentum": ("SGD", {"lr": 1e-2, "momentum": 0.9},
+                     ("SGD", {"lr": 1e-2, "momentum": 0.9}), 6),
+    # the notes' momentum is PyTorch's SGD with dampening = momentum (from its second
+    # step on; the same work at every step)
+    "momentum": ("Momentum", {"lr": 1e-2, "beta": 0.9},
+                 ("SGD", {"lr": 1e-2, "momentum": 0.9, "dampening": 0.9}), 6),
+    "rmsprop": ("RMSProp", {"lr": 1e-3, "beta": 0.9}, ("RMSprop", {"lr": 1e-3, "alpha": 0.9}),
+                6),
+}
+
+
+def _optimizer_rows(ctx, torch, repeat):
+    """One optimizer step (``zero_grad`` and ``step``) over a model's parameters per
+    net and optimizer: the kernels of kernels/optim.cu, the xp path (kernels off) and
+    ``torch.optim``'s default implementation on CUDA; GB/s from the arrays each
+    element touches."""
+    import cupy
+
+    from gpunet import config, models, optim
+    from gpunet.backend import to_numpy
+    from gpunet.benchmarks import median_ms
+    sync = cupy.cuda.Device().synchronize
+    rows = []
+    for net in OPTIMIZER_NETS[:1] if ctx.dry else OPTIMIZER_NETS:
+        for name, (ours, hyper, (theirs, their_hyper), arrays) in OPTIMIZER_TIMINGS.items():
+            steps, params = {}, None
+            for kernels in (True, False):
+                params = getattr(models, net)().to("cuda", "float32").parameters()
+                optimizer = getattr(optim, ours)(params, **hyper)
+
+                def step(optimizer=optimizer, kernels=kernels):
+                    with config.override(kernels=kernels):
+                        optimizer.zero_grad()
+                        optimizer.step()
+
+                steps[kernels] = step
+            with recorded_launches() as launched:
+                steps[True]()
+                sync()
+            elements = sum(p.data.size for p in params)
+            case = types.SimpleNamespace(id=f"{net}/{name}",
+                                         shape=tuple(p.shape for p in params))
+            theirs_ms = None
+            if torch is not None:
+                tensors = [torch.tensor(to_numpy(p.data), device="cuda", requires_grad=True)
+                           for p in params]
+                for tensor in tensors:
+                    tensor.grad = torch.zeros_like(tensor)
+                twin = getattr(torch.optim, theirs)(tensors, **their_hyper)
+
+                def torch_step(twin=twin):
+                    twin.zero_grad(set_to_none=False)  # in place, as gpunet's: a step to time
+                    twin.step()
+
+                theirs_ms = median_ms(torch_step, repeat, torch.cuda.synchronize)
+            rows.append(_row(ctx, f"{name}_step", case, 4.0 * arrays * elements, "gbps",
+                             median_ms(steps[True], repeat, sync),
+                             median_ms(steps[False], repeat, sync), theirs_ms, list(launched),
+                             against="torch", elements=elements))
+    return rows
+
+
 def untimed_kernels(rows, tensor_cores: bool) -> list[str]:
-    """The kernels of kernels/*.cu no row launched (the ``_tf32`` ones excepted on
-    a GPU without TF32 tensor cores, where they are never chosen)."""
+    """The kernels of kernels/*.cu no row launched (the TF32 ones, ``_tf32`` in the
+    name, excepted on a GPU without TF32 tensor cores, where they are never chosen)."""
     launched = {k for row in rows for k in row["kernels"]}
     return sorted(k for k in kernel_names() - launched
-                  if tensor_cores or not k.endswith("_tf32"))
+                  if tensor_cores or "_tf32" not in k)
 
 
 def _train_steps(ctx) -> dict:
@@ -296,9 +414,9 @@ def stage_timings(ctx: StageContext) -> None:
     from gpunet.cuda import runtime
     torch = None if ctx.dry else cuda_torch()
     repeat = 2 if ctx.dry else 20
-    cases = timing_cases(ctx.dry)
-    rows = []
     sms, tensor_cores = runtime.sm_count(cupy), runtime.tf32_supported(cupy)
+    cases = timing_cases(ctx.dry, sms, tensor_cores)
+    rows = []
     for case in cases:
         if case.op == "conv":
             rows += _conv_rows(ctx, case, torch, repeat, False)
@@ -309,6 +427,8 @@ def stage_timings(ctx: StageContext) -> None:
         else:
             rows += _batch_norm_rows(ctx, case, torch, repeat)
         ctx.emit(kernels=rows)
+    rows += _optimizer_rows(ctx, torch, repeat)
+    ctx.emit(kernels=rows)
     missing = untimed_kernels(rows, tensor_cores)
     ctx.emit(kernels_timed=sorted({k for row in rows for k in row["kernels"]}),
              kernels_not_timed=missing)

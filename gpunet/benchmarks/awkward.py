@@ -1,11 +1,11 @@
 """Awkward shapes and the tolerance table, in one place: the kernel tests, the GPU
 check's smoke and timing stages and the benchmarks' own tests take them from here.
 
-``KERNEL_CASES`` are small and awkward on purpose (odd sizes, stride 2, padding,
-a tail block) and between them launch every kernel of ``kernels/*.cu``: the
-smoke stage fails on a kernel none of them launched, and the dry run of the
-timing stage times each of them. ``tolerance`` is how far a kernel may be from
-the textbook xp path.
+``KERNEL_CASES`` (layers) and ``OPTIMIZER_CASES`` (optimizer steps) are small and
+awkward on purpose (odd sizes, stride 2, padding, a tail block, a parameter of one
+element) and between them launch every kernel of ``kernels/*.cu``: the smoke stage
+fails on a kernel none of them launched, and the dry run of the timing stage times
+each layer case. ``tolerance`` is how far a kernel may be from the textbook xp path.
 """
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ import math
 
 import numpy
 
-from .. import ops
+from .. import config, ops, optim
 from ..backend import get_array_module
+from ..nn.module import Parameter
 from .cases import Case
 
 # Relative to the largest |reference| of the array: float32 sums of a few dozen
@@ -52,6 +53,26 @@ KERNEL_CASES = {
 # the families whose case runs with TF32 allowed (in float32)
 TF32_FAMILIES = ("conv2d_tf32", "conv2d_split_tf32")
 
+# Optimizer families: family -> (gpunet.optim class, hyperparameters), each stepping
+# OPTIMIZER_SHAPES: 1001 elements (a tail block of 256), a bias of 7 that does not
+# decay, a weight of one element that does; every family decays, so that the kernels'
+# per-parameter L2 switch is exercised both ways
+OPTIMIZER_SHAPES = ((7, 11, 13), (7,), (1, 1))
+OPTIMIZER_CASES = {
+    "adam": ("Adam", {"lr": 1e-2, "weight_decay": 0.1}),
+    "adamw": ("AdamW", {"lr": 1e-2, "weight_decay": 0.1}),
+    "sgd": ("SGD", {"lr": 0.1, "weight_decay": 0.1}),  # no momentum: no buffer
+    "sgd_nesterov": ("SGD", {"lr": 0.1, "momentum": 0.9, "nesterov": True,
+                             "weight_decay": 0.1}),
+    "sgd_dampening": ("SGD", {"lr": 0.1, "momentum": 0.9, "dampening": 0.5,
+                              "weight_decay": 0.1}),
+    "momentum": ("Momentum", {"lr": 0.1, "beta": 0.9, "weight_decay": 0.1}),
+    "rmsprop": ("RMSProp", {"lr": 1e-2, "beta": 0.9, "eps": 1e-8, "weight_decay": 0.1}),
+}
+# three steps: Adam's bias corrections 1 - beta^t differ at each, and SGD's momentum
+# buffer is made at the first step and updated after
+OPTIMIZER_STEPS = 3
+
 
 def tolerance(dtype, terms: int = 1, tf32: bool = False) -> float:
     """The largest error allowed a kernel against the xp path, relative to the
@@ -62,9 +83,18 @@ def tolerance(dtype, terms: int = 1, tf32: bool = False) -> float:
     return max(TOLERANCE[dtype.name], ULPS_PER_TERM * float(numpy.finfo(dtype).eps) * terms)
 
 
+def family_shape(family: str) -> tuple:
+    """The shape of the family's case: a layer's (``KERNEL_CASES``), or the shapes
+    of an optimizer family's parameters."""
+    return OPTIMIZER_SHAPES if family in OPTIMIZER_CASES else KERNEL_CASES[family]
+
+
 def longest_sum(family: str) -> int:
     """The most terms one output of the family's case adds: C R S (forward), K R S
-    (input gradient), N OH OW (weight gradient), or a window or channel."""
+    (input gradient), N OH OW (weight gradient), a window or channel, or an
+    optimizer's steps (its state sums one term a step)."""
+    if family in OPTIMIZER_CASES:
+        return OPTIMIZER_STEPS
     shape = KERNEL_CASES[family]
     if family.startswith("conv2d"):
         n, c, h, w, k, r, s, stride, pad = shape
@@ -76,7 +106,11 @@ def longest_sum(family: str) -> int:
 def family_outputs(family: str, dtype, use_kernels: bool, to_device, seed: int = 0):
     """Forward and backward outputs of one family's case, its inputs drawn from
     ``seed`` and moved by ``to_device`` (``cupy.asarray``; the tests' emulator
-    keeps NumPy); batch norm in training and in evaluation."""
+    keeps NumPy); batch norm in training and in evaluation; an optimizer family's
+    parameters, state and zeroed gradients after its steps
+    (:func:`optimizer_outputs`)."""
+    if family in OPTIMIZER_CASES:
+        return optimizer_outputs(family, dtype, use_kernels, to_device, seed)
     rng = numpy.random.default_rng(seed)
     shape = KERNEL_CASES[family]
 
@@ -105,6 +139,32 @@ def family_outputs(family: str, dtype, use_kernels: bool, to_device, seed: int =
     x = draw(n, c, h, w)
     y, ctx = getattr(ops, f"{family}_forward")(x, kernel, stride, pad, use_kernels=use_kernels)
     return y, ctx.backward(dy_for(y))[0]
+
+
+def optimizer_outputs(family: str, dtype, use_kernels: bool, to_device, seed: int = 0):
+    """OPTIMIZER_STEPS steps (``zero_grad``, gradients added by hand, ``step``) of the
+    family's optimizer over parameters of OPTIMIZER_SHAPES drawn from ``seed``; kernels
+    on or off (``gpunet.config.override``: on CuPy arrays the kernels of
+    kernels/optim.cu, else the xp path). Returns each parameter, then its state arrays
+    (by name; none for SGD without momentum), then the gradients after a last
+    ``zero_grad``."""
+    rng = numpy.random.default_rng(seed)
+    name, hyper = OPTIMIZER_CASES[family]
+
+    def draw(shape):
+        return to_device(rng.standard_normal(shape).astype(dtype))
+
+    params = [Parameter(draw(shape)) for shape in OPTIMIZER_SHAPES]
+    with config.override(kernels=use_kernels):
+        optimizer = getattr(optim, name)(params, **hyper)
+        for _ in range(OPTIMIZER_STEPS):
+            optimizer.zero_grad()
+            for p in params:  # accumulated, as backward does: a missed zeroing shows
+                p.grad += draw(p.shape)
+            optimizer.step()
+        optimizer.zero_grad()
+    state = [s[key] for s in optimizer.state for key in sorted(s) if s[key] is not None]
+    return (*(p.data for p in params), *state, *(p.grad for p in params))
 
 
 def layer_case(family: str) -> Case:
