@@ -11,6 +11,7 @@ import time
 
 from . import _checks
 from .backend import (
+    batch_shard,
     device_of,
     device_scope,
     get_array_module,
@@ -23,7 +24,6 @@ from .backend import (
 from .callbacks import Callback, EarlyStopping, ModelCheckpoint, Run
 from .data.batching import minibatches
 from .data_parallel import processes_for
-from .distributed import batch_shard
 from .history import History
 from .losses import SoftmaxCrossEntropy
 from .nn import Module

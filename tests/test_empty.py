@@ -71,6 +71,16 @@ def _op_cases(rng):
             return (y, *ctx.backward(xp.asarray(numpy.cos(backend.to_numpy(y)))))
         return run
 
+    def conv_all_padding(h, w):  # an input of height or width 0: the output is padding's
+        x, weight, b = (rng.standard_normal((2, 3, h, w)), rng.standard_normal((4, 3, 1, 1)),
+                        rng.standard_normal(4))
+
+        def run(xp, use_kernels):
+            y, ctx = ops.conv2d_forward(xp.asarray(x), xp.asarray(weight), xp.asarray(b), 1, 1,
+                                        use_kernels=use_kernels)
+            return (y, *ctx.backward(xp.asarray(numpy.cos(backend.to_numpy(y)))))
+        return run
+
     def pool(kind, shape):
         x = rng.standard_normal(shape)
 
@@ -94,6 +104,7 @@ def _op_cases(rng):
     return {
         "conv N=0": conv(0, 3, 4), "conv N=0 no bias": conv(0, 3, 4, bias=False),
         "conv C=0": conv(2, 0, 4), "conv K=0": conv(2, 3, 0),
+        "conv H=0": conv_all_padding(0, 5), "conv W=0": conv_all_padding(4, 0),
         "max_pool N=0": pool("max", (0, 3, 6, 6)), "max_pool C=0": pool("max", (2, 0, 6, 6)),
         "avg_pool N=0": pool("avg", (0, 3, 6, 6)), "avg_pool C=0": pool("avg", (2, 0, 6, 6)),
         "batch_norm eval N=0": batch_norm((0, 3, 4, 4), False),

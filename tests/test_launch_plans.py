@@ -196,3 +196,26 @@ def test_step_table_counts_each_layer_of_lenet5():
     normed = gpu_plan.step_counts(models.lenet5(batch_norm=True).to("cpu"), (1, 28, 28), 64)
     assert normed == {"conv": 3 + 5, "pool": 4, "batch norm": 4 * 6,
                       "optimizer": 1 + 4 * 3 + 2, "ours": 51}
+
+
+def test_the_device_tables_keep_the_shapes_used_last_and_no_more(monkeypatch):
+    """runtime.table: built once per key, the least recently used dropped first once
+    TABLES_KEPT are held (a stream of new shapes must not grow device memory)."""
+    monkeypatch.setattr(runtime, "TABLES_KEPT", 3)
+    monkeypatch.setattr(runtime, "_tables", type(runtime._tables)())
+    built = []
+
+    def get(key):
+        return runtime.table(numpy, ("test", key), lambda: built.append(key) or [key],
+                             numpy.int32)
+
+    first = get(0)
+    for key in (1, 2):
+        get(key)
+    assert get(0) is first and built == [0, 1, 2]  # a hit: no build, and 0 is fresh again
+    get(3)  # drops 1, the least recently used
+    assert len(runtime._tables) == 3
+    get(0), get(2), get(3)
+    assert built == [0, 1, 2, 3]
+    get(1)
+    assert built == [0, 1, 2, 3, 1] and len(runtime._tables) == 3

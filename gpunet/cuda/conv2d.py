@@ -161,9 +161,11 @@ def forward(x, weight, bias, stride, pads, out_hw, dilation=(1, 1)):
     oh, ow = out_hw
     sizes = (n, c, h, w, k, r, s, oh, ow)
     _check_sizes("conv2d", *sizes)
-    geom = _geometry(xp, sizes, stride, pads) if n * k else None
-    if n * k == 0 or c == 0:
-        # nothing to launch (a zero grid, or a GEMM with no reduction: the bias alone)
+    # no geometry for an input of no rows or columns: its divisors would be 0
+    geom = _geometry(xp, sizes, stride, pads) if n * k * h * w else None
+    if n * k == 0 or c * h * w == 0:
+        # nothing to launch (a zero grid, or a GEMM with no reduction: the bias alone;
+        # an input of height or width 0 is all padding)
         y = xp.zeros((n, k, oh, ow), x.dtype)
         if bias is not None:
             y += bias.reshape(k, 1, 1)
@@ -233,6 +235,10 @@ def backward(dy, ctx: ConvContext, input_grad: bool = True):
     if n * k == 0:  # empty work: no launch (split_k and runs would divide by 0)
         return (xp.zeros((n, c, h, w), dtype) if input_grad else None,
                 xp.zeros(ctx.weight.shape, dtype), xp.zeros(k, dtype) if ctx.has_bias else None)
+    if h * w == 0:  # all padding: only the bias saw dy (an xp sum: no geometry to launch)
+        return (xp.zeros((n, c, h, w), dtype) if input_grad else None,
+                xp.zeros(ctx.weight.shape, dtype),
+                dy.sum(axis=(0, 2, 3)).astype(dtype) if ctx.has_bias else None)
     tensor_cores = runtime.tf32_supported(xp)
 
     dx = None

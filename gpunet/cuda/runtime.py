@@ -1,6 +1,7 @@
 """Kernel sources, compilation cache, launch, output allocation."""
 from __future__ import annotations
 
+import collections
 import os
 import re
 from functools import cache
@@ -245,17 +246,27 @@ def _device_id(xp) -> int:
     return xp.cuda.Device().id if xp is not numpy else -1
 
 
-_tables: dict = {}
+# The device tables of the shapes seen last, least recently used dropped first: a
+# program that meets ever new shapes (a varying batch, a search over sizes) must not
+# grow device memory without end. Dropping one a queued kernel still reads is safe:
+# CuPy's pool hands its memory out again only in stream order, after that kernel.
+TABLES_KEPT = 4096
+_tables: collections.OrderedDict = collections.OrderedDict()
 
 
 def table(xp, key: tuple, build, dtype) -> object:
     """A per-shape table on the device, ``build()`` (a NumPy array) built and copied
     once per ``key``, dtype and device: conv2d's filter taps, batch norm's merge
-    weights."""
+    weights. At most :data:`TABLES_KEPT` are kept."""
     full_key = (xp.__name__, key, numpy.dtype(dtype).name, _device_id(xp))
-    if full_key not in _tables:
-        _tables[full_key] = xp.asarray(numpy.ascontiguousarray(build(), dtype=dtype))
-    return _tables[full_key]
+    found = _tables.get(full_key)
+    if found is None:
+        found = _tables[full_key] = xp.asarray(numpy.ascontiguousarray(build(), dtype=dtype))
+        while len(_tables) > TABLES_KEPT:
+            _tables.popitem(last=False)
+    else:
+        _tables.move_to_end(full_key)
+    return found
 
 
 def geometry(xp, values) -> object:
