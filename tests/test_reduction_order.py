@@ -28,14 +28,10 @@ pytestmark = pytest.mark.skipif(cuda_emulator.compiler() is None,
 
 
 @pytest.fixture
-def emulated(monkeypatch):
+def emulated(monkeypatch, gpunet_settings):
     """Kernel launches on NumPy arrays run in the CPU emulation, outputs poisoned."""
-    enabled = ops.cpu_accelerators_enabled()
-    ops.set_cpu_accelerators_enabled(False)
+    gpunet_settings(cpu_accel=False, poison=True)  # undone after the test, whatever happens
     monkeypatch.setattr(runtime, "launch", cuda_emulator.emulated_launch)
-    monkeypatch.setattr(runtime, "_POISON", True)
-    yield
-    ops.set_cpu_accelerators_enabled(enabled)
 
 
 def block_sum(values, dtype):
