@@ -571,7 +571,8 @@ conv2d_fwd_direct(const real_t* __restrict__ x, const real_t* __restrict__ w,
 //   {taps offset, taps count, first block, columns}, {h0, w0, rows, cols}, {oh_top0, ow_top0}
 // (h0, w0: the phase's first dx row and column; rows x cols its positions a sample),
 // and holds each phase's taps, (k, j, l) in order:
-//   {k OH OW - j OW - l, j, l, k C R S + r S + s}.
+//   {k OH OW - j OW - l, j, l, k C R S + r S + s},
+// each phase's followed by TAP_PADDING taps {0, TAP_OUTSIDE, TAP_OUTSIDE, 0}.
 // Split-K (blockIdx.z: the z-th `chunk` of the phase's taps) writes partial[z] laid
 // out as dx; conv2d_bwd_weight_reduce sums the slices in order. Unsplit, partial is dx.
 struct DataPhase {
@@ -616,6 +617,7 @@ struct DataOperands : RowOperands<Tile> {
         oh_top = phase.top.x + hq;
         ow_top = phase.top.y + (q - hq * cols);
         dy_offset = n * g.K * OH * OW + oh_top * OW + ow_top;
+        if (!b_valid) oh_top = -TAP_OUTSIDE;  // minus a padding tap's j: still an int
     }
 
     __device__ void fetch(Fragment& f) {
@@ -624,17 +626,17 @@ struct DataOperands : RowOperands<Tile> {
             const int ta = t + a_col + i;
             f.a[i] = a_valid && ta < t_end ? w[a_offset + taps[ta].w] : (real_t)0;
         }
+        // No bound on t (as the forward's): a split slice ends on a whole step, the
+        // last at the phase's end, past which its list holds TAP_PADDING taps outside
+        // dy; a column past the phase's starts outside dy. One tap load, the window
+        // test and a predicated load an element: no branch.
+        const int4* __restrict__ step_taps = taps + t + b.row;
 #pragma unroll
         for (int i = 0; i < B_PER; ++i) {
-            const int tb = t + b.row + B_ROWS_PER_PASS * i;
-            real_t v = 0;
-            if (b_valid && tb < t_end) {
-                const int4 tap = taps[tb];
-                if ((unsigned)(oh_top - tap.y) < (unsigned)OH &&
-                    (unsigned)(ow_top - tap.z) < (unsigned)OW)
-                    v = dy[dy_offset + tap.x];
-            }
-            f.b[i] = v;
+            const int4 tap = step_taps[B_ROWS_PER_PASS * i];
+            const bool in = (unsigned)(oh_top - tap.y) < (unsigned)OH &&
+                            (unsigned)(ow_top - tap.z) < (unsigned)OW;
+            f.b[i] = in ? dy[dy_offset + tap.x] : (real_t)0;
         }
         t += TILE_K;
     }

@@ -104,7 +104,8 @@ def data_phase_table(sizes, stride, pads, dilation, block_columns):
     """conv2d_bwd_data's table (kernels/conv2d.cu): per phase of dx (row phase major)
     three int4, ``{taps offset, taps count, first block, columns}``, ``{h0, w0, rows,
     cols}``, ``{oh_top0, ow_top0, 0, 0}``, then each phase's taps, (k, r, s) in order
-    over the taps that reach it: ``{k OH OW - j OW - l, j, l, k C R S + r S + s}``;
+    over the taps that reach it: ``{k OH OW - j OW - l, j, l, k C R S + r S + s}``, each
+    phase's followed by ``TAP_PADDING`` taps ``{0, TAP_OUTSIDE, TAP_OUTSIDE, 0}``;
     ``block_columns``: the GEMM tile's columns."""
     n, c, h, w, k, r, s, oh, ow = sizes
     phases = conv2d_plan.data_gemm_phases(sizes, stride, pads, dilation)
@@ -120,8 +121,9 @@ def data_phase_table(sizes, stride, pads, dilation, block_columns):
         count = phase_taps[0].size
         columns = n * rows * cols
         head += [(offset, count, block, columns), (h0, w0, rows, cols), (oh0, ow0, 0, 0)]
-        taps.append(numpy.stack([a.ravel() for a in phase_taps], -1))
-        offset += count
+        taps += [numpy.stack([a.ravel() for a in phase_taps], -1),
+                 _padding_taps(TAP_OUTSIDE, TAP_OUTSIDE)]
+        offset += count + TAP_PADDING
         block += ceil_div(columns, block_columns)
     return numpy.concatenate([numpy.array(head).reshape(-1, 4)] + taps).ravel()
 
