@@ -42,9 +42,11 @@
 // ow) (backward data: the phase's (n, h, w)) once; the (c,r,s) or (k,j,l) of a
 // reduction index comes from a per-shape table of filter taps (built and cached by
 // the launcher, as CUTLASS's and cuDNN's implicit GEMMs precompute them; the
-// backward data's per phase); the (n,oh,ow) of the weight gradient's reduction index is
-// advanced incrementally. What division is left is by a per-launch constant, through
-// `divide`. Weight rows are read as aligned vectors when their length allows.
+// backward data's per phase), padded past its end so that a step reads its taps with
+// no bound and no branch (TAP_PADDING); the (n,oh,ow) of the weight gradient's
+// reduction index is split by multiply-high at each step. What division is left is
+// by a per-launch constant, through `divide`. Weight rows are read as aligned
+// vectors when their length allows.
 // Accumulation in acc_t; deterministic: fixed reduction order, no atomics. Outputs
 // are written with `=`; parameter gradients are returned, the caller accumulates.
 #include "common.cuh"
@@ -748,16 +750,6 @@ conv2d_bwd_data_direct(const real_t* __restrict__ dy, const real_t* __restrict__
 }
 
 // ---- backward weight: rows k, columns (c,r,s), reduction (n,oh,ow) in one slice ----
-// The (n, p = oh OW + ow) of a reduction index is carried from step to step: the
-// index grows by TILE_K per step, so p wraps past P = OH OW at most a few times.
-__device__ __forceinline__ void advance(int& n, int& p, int by, int P) {
-    p += by;
-    while (p >= P) {
-        p -= P;
-        ++n;
-    }
-}
-
 template <class Tile>
 struct WeightOperands {
     static constexpr int BM = Tile::BM, BN = Tile::BN, A_PER = Tile::A_PER, B_PER = Tile::B_PER;
@@ -773,51 +765,51 @@ struct WeightOperands {
     const real_t* __restrict__ dy;
     const real_t* __restrict__ x;
     ConvGeometry g;
-    int P, t, t_end, col0;
-    int a_lane, a_row0, a_n, a_p;  // A: dy[n K P + k P + p], t = t + a_lane, k = a_row0 + 32 i
+    int P, t, col0;
+    int a_lane, a_row0, a_end;  // A: dy[n K P + k P + p], t + a_lane = n P + p, k = a_row0 + 32 i
     BColumn<Tile> b;
-    bool b_valid;
-    int x_column, r, s, b_n, b_p;  // B: x[n C H W + x_column + h W + w], x_column = c H W
+    int b_end;                  // the slice's end; 0 for a column past the GEMM's
+    int x_column, h_shift, w_shift;  // B: x[n C H W + x_column + h W + w], x_column = c H W,
+                                     // h = oh sh + h_shift, h_shift = r - pt (w: s - pl)
 
     __device__ WeightOperands(const real_t* dy_, const real_t* x_, const ConvGeometry& g_,
-                              int t_begin, int t_end_)
-        : dy(dy_), x(x_), g(g_), t(t_begin), t_end(t_end_), col0(blockIdx.x * BN) {
+                              int t_begin, int t_end)
+        : dy(dy_), x(x_), g(g_), t(t_begin), col0(blockIdx.x * BN) {
         P = g.OH * g.OW;
         a_lane = threadIdx.x % TILE_K;
         a_row0 = blockIdx.y * BM + threadIdx.x / TILE_K;
-        a_n = divide(t_begin + a_lane, g.p_magic, g.p_shift);
-        a_p = t_begin + a_lane - a_n * P;
+        a_end = t_end;
         const int j = col0 + b.col, RS = g.R * g.S;
-        b_valid = j < g.C * RS;
+        b_end = j < g.C * RS ? t_end : 0;
         const int c = divide(j, g.rs_magic, g.rs_shift), rs = j - c * RS;
-        r = divide(rs, g.s_magic, g.s_shift);
-        s = rs - r * g.S;
+        const int r = divide(rs, g.s_magic, g.s_shift);
+        h_shift = r - g.pt;
+        w_shift = rs - r * g.S - g.pl;
         x_column = c * g.H * g.W;
-        b_n = divide(t_begin + b.row, g.p_magic, g.p_shift);
-        b_p = t_begin + b.row - b_n * P;
     }
 
+    // Each reduction index split into (n, oh, ow) afresh, by multiply-high (divide):
+    // a fixed sequence of instructions, where carrying (n, p) from step to step took
+    // a loop for each wrap of p past P. Loads predicated: no branch.
     __device__ void fetch(Fragment& f) {
-        const bool a_in = t + a_lane < t_end;
-        const int a_offset = a_n * g.K * P + a_p;
+        const int ta = t + a_lane, a_n = divide(ta, g.p_magic, g.p_shift);
+        const int a_offset = a_n * (g.K - 1) * P + ta;  // n K P + p, p = ta - n P
+        const bool a_in = ta < a_end;
 #pragma unroll
         for (int i = 0; i < A_PER; ++i) {
             const int k = a_row0 + A_ROWS_PER_PASS * i;
             f.a[i] = a_in && k < g.K ? dy[a_offset + k * P] : (real_t)0;
         }
-        int n = b_n, p = b_p;
 #pragma unroll
         for (int i = 0; i < B_PER; ++i) {
-            if (i > 0) advance(n, p, B_ROWS_PER_PASS, P);
+            const int tb = t + b.row + B_ROWS_PER_PASS * i;
+            const int n = divide(tb, g.p_magic, g.p_shift), p = tb - n * P;
             const int oh = divide(p, g.ow_magic, g.ow_shift);
-            const int h = oh * g.sh - g.pt + r, w = (p - oh * g.OW) * g.sw - g.pl + s;
-            const bool in = b_valid && t + b.row + B_ROWS_PER_PASS * i < t_end &&
-                            (unsigned)h < (unsigned)g.H && (unsigned)w < (unsigned)g.W;
+            const int h = oh * g.sh + h_shift, w = (p - oh * g.OW) * g.sw + w_shift;
+            const bool in = tb < b_end && (unsigned)h < (unsigned)g.H && (unsigned)w < (unsigned)g.W;
             f.b[i] = in ? x[n * g.C * g.H * g.W + x_column + h * g.W + w] : (real_t)0;
         }
         t += TILE_K;
-        advance(a_n, a_p, TILE_K, P);
-        advance(b_n, b_p, TILE_K, P);
     }
 
     template <class ARows, class BRows>  // As[k][m], Bs[k][j]: shared arrays of any row length
