@@ -45,7 +45,7 @@ __device__ __forceinline__ int divide(int n, int magic, int shift) {
 template <class T>
 __device__ __forceinline__ const T* reread(const T* pointer) {
 #ifdef __CUDA_ARCH__
-    asm("" : "+l"(pointer));
+    asm volatile("" : "+l"(pointer));
 #endif
     return pointer;
 }
