@@ -1056,7 +1056,7 @@ def test_tap_tables_run_past_each_list_with_taps_outside_every_window(stride, pa
         padding = table[offset + count:offset + count + conv_kernels.TAP_PADDING]
         assert len(padding) == conv_kernels.TAP_PADDING
         oh_top = oh0 + numpy.arange(rows)[:, None]
-        for _, j, l_, weight_index in padding:
+        for _, j, _l, weight_index in padding:
             assert not ((oh_top - j).astype(inside) < oh).any()
             assert weight_index == 0  # an A index inside the filter, though never read
         if p + 1 < stride[0] * stride[1]:
