@@ -286,7 +286,7 @@ __device__ __forceinline__ void implicit_gemm_tf32(Operands ops, int steps,
         }
         __syncthreads();
         column.template write<kBias>(slice, blockIdx.y * BM + (p / 4) * 64 + (p % 4) * 16, 1,
-                                     o.rows, (real_t*)o.out, o.row_stride, bias);
+                                     o.rows, o.out, o.row_stride, bias);
         __syncthreads();
     }
 }
