@@ -39,6 +39,17 @@ __device__ __forceinline__ int divide(int n, int magic, int shift) {
     return (int)((t + (unsigned)n) >> shift);
 }
 
+// `pointer`, hidden from the compiler's view of where it points: what a kernel reads
+// through it is read there, not kept in registers from an earlier read of the same
+// place (a GEMM's epilogue re-reads its sizes rather than hold them through the loop).
+template <class T>
+__device__ __forceinline__ const T* reread(const T* pointer) {
+#ifdef __CUDA_ARCH__
+    asm volatile("" : "+l"(pointer));
+#endif
+    return pointer;
+}
+
 // `count` consecutive real_t read as one aligned load (LDG.128 for 4 floats or 2
 // doubles) where the caller has checked the alignment.
 template <int count>

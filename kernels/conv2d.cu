@@ -42,9 +42,11 @@
 // ow) (backward data: the phase's (n, h, w)) once; the (c,r,s) or (k,j,l) of a
 // reduction index comes from a per-shape table of filter taps (built and cached by
 // the launcher, as CUTLASS's and cuDNN's implicit GEMMs precompute them; the
-// backward data's per phase); the (n,oh,ow) of the weight gradient's reduction index is
-// advanced incrementally. What division is left is by a per-launch constant, through
-// `divide`. Weight rows are read as aligned vectors when their length allows.
+// backward data's per phase), padded past its end so that a step reads its taps with
+// no bound and no branch (TAP_PADDING); the (n,oh,ow) of the weight gradient's
+// reduction index is split by multiply-high at each step. What division is left is
+// by a per-launch constant, through `divide`. Weight rows are read as aligned
+// vectors when their length allows.
 // Accumulation in acc_t; deterministic: fixed reduction order, no atomics. Outputs
 // are written with `=`; parameter gradients are returned, the caller accumulates.
 #include "common.cuh"
@@ -63,6 +65,11 @@
 // 128 x 128 backward passes in float, which spill at 128 (bench/sass_check.py fails
 // on any spill and on fewer blocks an SM than declared).
 #define GEMM_MIN_BLOCKS (sizeof(acc_t) == 4 ? 2 : 1)
+// The launcher's tap tables (gpunet/cuda/conv2d.py) run TAP_PADDING taps past each
+// list's end, at window offsets TAP_OUTSIDE, which put any window outside its input:
+// a step may read the whole of its TILE_K taps without a bound on t.
+#define TAP_PADDING 16
+#define TAP_OUTSIDE (1 << 29)
 
 // Passed as a pointer to int32 in device memory (the launcher caches one per shape).
 // Each *_magic, *_shift pair divides by the size named (runtime.fast_divisor).
@@ -83,6 +90,15 @@ struct TileShape {
 typedef TileShape<8, 8> TileSquare;  // 128 x 128: the default
 // 64 x 256 (64 x 128 in double, whose 4 x 16 accumulators would not fit in registers)
 typedef TileShape<4, sizeof(acc_t) == 4 ? 16 : 8> TileWide;
+
+// Where C goes: C[m][j] (+ bias[m]) to out[column_offset(j) + m row_stride] for m <
+// rows, j < cols. Operands::output() gives it after the main loop, so that a kernel
+// can read it then (from its parameters) rather than hold it in registers through
+// the loop.
+struct GemmOut {
+    real_t* out;
+    int rows, cols, row_stride;
+};
 
 // Writing C out: each thread owns one column of the tile, whose offset in `out` it
 // computes once, and copies that column of a 16-row slice staged in shared memory,
@@ -116,8 +132,7 @@ struct OutColumn {
 // offset in `out`. C[m][j] (+ bias[m] when kBias) goes to
 // out[column_offset(j) + m * row_stride].
 template <class Tile, bool kBias, class Operands>
-__device__ __forceinline__ void implicit_gemm(Operands ops, int M, int cols, int steps,
-                                              real_t* __restrict__ out, int row_stride,
+__device__ __forceinline__ void implicit_gemm(Operands ops, int steps,
                                               const real_t* __restrict__ bias) {
     constexpr int TM = Tile::TM, TN = Tile::TN, BM = Tile::BM, BN = Tile::BN;
     // The operand buffers; then Bs holds one 16-row slice of C on its way out. A's
@@ -159,14 +174,15 @@ __device__ __forceinline__ void implicit_gemm(Operands ops, int M, int cols, int
     // Out through shared memory, 16 rows at a time: the i-th slice holds rows
     // i%4 + 4 ty + 64 (i/4) of the tile.
     acc_t(*slice)[BN] = reinterpret_cast<acc_t(*)[BN]>(&Bs[0][0][0]);
-    const OutColumn<BN> column(ops, cols);
+    const GemmOut o = ops.output();
+    const OutColumn<BN> column(ops, o.cols);
 #pragma unroll
     for (int i = 0; i < TM; ++i) {
 #pragma unroll
         for (int j = 0; j < TN; ++j) slice[ty][(j / 4) * 64 + tx * 4 + j % 4] = acc[i][j];
         __syncthreads();
-        column.template write<kBias>(slice, blockIdx.y * BM + (i / 4) * 64 + i % 4, 4, M, out, row_stride,
-                            bias);
+        column.template write<kBias>(slice, blockIdx.y * BM + (i / 4) * 64 + i % 4, 4, o.rows,
+                                     o.out, o.row_stride, bias);
         __syncthreads();
     }
 }
@@ -210,8 +226,7 @@ __device__ __forceinline__ void mma_tf32(float (&c)[4], const unsigned (&a)[4],
 #define TF32_PAD 8  // shared rows of 136: the 32 lanes of a fragment load hit 32 banks
 
 template <bool kBias, class Operands>
-__device__ __forceinline__ void implicit_gemm_tf32(Operands ops, int M, int cols, int steps,
-                                                   float* __restrict__ out, int row_stride,
+__device__ __forceinline__ void implicit_gemm_tf32(Operands ops, int steps,
                                                    const float* __restrict__ bias) {
     constexpr int BM = TileSquare::BM, BN = TileSquare::BN;
     __shared__ __align__(16) float As[2][TILE_K][BM + TF32_PAD];
@@ -258,7 +273,8 @@ __device__ __forceinline__ void implicit_gemm_tf32(Operands ops, int M, int cols
     // written by the four warps that computed them.
     static_assert(sizeof(Bs) >= 16 * BN * sizeof(float), "C slice does not fit in Bs");
     float(*slice)[BN] = reinterpret_cast<float(*)[BN]>(&Bs[0][0][0]);
-    const OutColumn<BN> column(ops, cols);
+    const GemmOut o = ops.output();
+    const OutColumn<BN> column(ops, o.cols);
 #pragma unroll
     for (int p = 0; p < 8; ++p) {
         if (warp / 4 == p / 4) {
@@ -269,8 +285,8 @@ __device__ __forceinline__ void implicit_gemm_tf32(Operands ops, int M, int cols
                     slice[g + 8 * (r / 2)][col0 + nt * 8 + 2 * q + r % 2] = acc[p % 4][nt][r];
         }
         __syncthreads();
-        column.template write<kBias>(slice, blockIdx.y * BM + (p / 4) * 64 + (p % 4) * 16, 1, M,
-                                     out, row_stride, bias);
+        column.template write<kBias>(slice, blockIdx.y * BM + (p / 4) * 64 + (p % 4) * 16, 1,
+                                     o.rows, o.out, o.row_stride, bias);
         __syncthreads();
     }
 }
@@ -280,15 +296,13 @@ __device__ __forceinline__ void implicit_gemm_tf32(Operands ops, int M, int cols
 // double build has no TF32, and its `_tf32` kernels are the plain double ones (as
 // are the float ones below sm_80).
 template <class Tile, bool kTF32, bool kBias, class Operands>
-__device__ __forceinline__ void run_gemm(Operands ops, int M, int cols, int steps, real_t* out,
-                                         int row_stride, const real_t* bias) {
+__device__ __forceinline__ void run_gemm(Operands ops, int steps, const real_t* bias) {
 #if CONV_TF32
     if constexpr (kTF32 && sizeof(real_t) == 4)
-        implicit_gemm_tf32<kBias>(ops, M, cols, steps, (float*)out, row_stride,
-                                  (const float*)bias);
+        implicit_gemm_tf32<kBias>(ops, steps, (const float*)bias);
     else
 #endif
-        implicit_gemm<Tile, kBias>(ops, M, cols, steps, out, row_stride, bias);
+        implicit_gemm<Tile, kBias>(ops, steps, bias);
 }
 
 // The B operand's thread mapping, shared by the three passes: one column of the
@@ -336,7 +350,8 @@ struct RowOperands {
 };
 
 // ---- forward: rows k, columns (n,oh,ow), reduction (c,r,s) --------------------------
-// taps[t] = {c*H*W + r*W + s, r, s, unused}
+// taps[t] = {c*H*W + r*W + s, r, s, unused}, then TAP_PADDING taps {0, TAP_OUTSIDE,
+// TAP_OUTSIDE, 0}
 template <class Tile>
 struct ForwardOperands : RowOperands<Tile> {
     using Base = RowOperands<Tile>;
@@ -346,18 +361,25 @@ struct ForwardOperands : RowOperands<Tile> {
     const real_t* __restrict__ x;
     const real_t* __restrict__ w;
     const int4* __restrict__ taps;
-    ConvGeometry g;
+    // Read again for the epilogue (output, column_offset) rather than held through the
+    // main loop: the loop keeps only what it uses, in registers.
+    const ConvGeometry* __restrict__ geometry;
+    real_t* __restrict__ out;  // y, or the split slices' partial sums laid out as y
     int CRS;
+    unsigned H, W;
     bool a_packets;          // A: weight rows read as aligned vectors
     int x_offset, ih0, iw0;  // B: x[x_offset + tap.x] when ih0 + r, iw0 + s are inside x
 
     // The reduction indices t_begin .. t_end - 1 of (c, r, s) (all of them but in a
     // split-K slice)
     __device__ ForwardOperands(const real_t* x_, const real_t* w_, const int* taps_,
-                               const ConvGeometry& g_, int t_begin, int t_end_)
-        : Base(g_.K, g_.N * g_.OH * g_.OW, blockIdx.x * Tile::BN, t_begin, t_end_), x(x_), w(w_),
-          taps(reinterpret_cast<const int4*>(taps_)), g(g_) {
+                               const ConvGeometry* geometry_, const ConvGeometry& g,
+                               real_t* out_, int t_begin, int t_end_)
+        : Base(g.K, g.N * g.OH * g.OW, blockIdx.x * Tile::BN, t_begin, t_end_), x(x_), w(w_),
+          taps(reinterpret_cast<const int4*>(taps_)), geometry(geometry_), out(out_) {
         CRS = g.C * g.R * g.S;
+        H = g.H;
+        W = g.W;
         a_packets = a_valid && CRS % A_PER == 0 &&
                     reinterpret_cast<unsigned long long>(w) % sizeof(Packet<A_PER>) == 0;
         const int j = blockIdx.x * Tile::BN + b.col, P = g.OH * g.OW;
@@ -366,6 +388,9 @@ struct ForwardOperands : RowOperands<Tile> {
         ih0 = oh * g.sh - g.pt;
         iw0 = ow * g.sw - g.pl;
         x_offset = n * g.C * g.H * g.W + ih0 * g.W + iw0;
+        // a column past the GEMM's reads nothing: its window starts as far outside x as
+        // the table's padding taps (both TAP_OUTSIDE: their sum still fits an int)
+        if (!b_valid) ih0 = TAP_OUTSIDE;
     }
 
     __device__ void fetch(Fragment& f) {
@@ -381,35 +406,47 @@ struct ForwardOperands : RowOperands<Tile> {
             for (int i = 0; i < A_PER; ++i)
                 f.a[i] = a_valid && ta + i < t_end ? w[a_row * CRS + ta + i] : (real_t)0;
         }
+        // No bound on t: a split slice ends on a whole step (chunks are multiples of
+        // 4 TILE_K), the last at C R S, past which the table holds TAP_PADDING taps
+        // outside x. So each element is one tap load, its window test and a
+        // predicated load: no branch.
+        const int4* __restrict__ step_taps = taps + t + b.row;
 #pragma unroll
         for (int i = 0; i < B_PER; ++i) {
-            const int tb = t + b.row + B_ROWS_PER_PASS * i;
-            real_t v = 0;
-            if (b_valid && tb < t_end) {
-                const int4 tap = taps[tb];
-                if ((unsigned)(ih0 + tap.y) < (unsigned)g.H && (unsigned)(iw0 + tap.z) < (unsigned)g.W)
-                    v = x[x_offset + tap.x];
-            }
-            f.b[i] = v;
+            const int4 tap = step_taps[B_ROWS_PER_PASS * i];
+            const bool in = (unsigned)(ih0 + tap.y) < H && (unsigned)(iw0 + tap.z) < W;
+            f.b[i] = in ? x[x_offset + tap.x] : (real_t)0;
         }
         t += TILE_K;
     }
 
-    __device__ int column_offset(int j) const {  // y[n][k][p]: n K P + p (+ k P)
+    // y[n][k][p] at n K P + p + k P; slice z of a split at z N K P (grid.z is 1 unsplit)
+    __device__ GemmOut output() const {
+        const ConvGeometry& g = *reread(geometry);
+        const int P = g.OH * g.OW;
+        return {out + blockIdx.z * g.N * g.K * P, g.K, g.N * P, P};
+    }
+
+    __device__ int column_offset(int j) const {
+        const ConvGeometry& g = *reread(geometry);
         const int P = g.OH * g.OW, n = divide(j, g.p_magic, g.p_shift);
         return n * g.K * P + (j - n * P);
     }
 };
 
-template <class Tile, bool kTF32>
+// The blockIdx.z-th `chunk` of the (c, r, s) reduction (all of it unsplit: chunk
+// C R S, grid.z 1) into out[z]
+template <class Tile, bool kTF32, bool kBias>
 __device__ __forceinline__ void conv2d_fwd_tile(const real_t* x, const real_t* w,
-                                                const real_t* bias, real_t* y,
-                                                const ConvGeometry* geometry, const int* taps) {
+                                                const real_t* bias, real_t* out,
+                                                const ConvGeometry* geometry, const int* taps,
+                                                int chunk) {
     const ConvGeometry g = *geometry;
-    const int CRS = g.C * g.R * g.S;
-    run_gemm<Tile, kTF32, true>(ForwardOperands<Tile>(x, w, taps, g, 0, CRS), g.K,
-                                g.N * g.OH * g.OW, (CRS + TILE_K - 1) / TILE_K, y, g.OH * g.OW,
-                                bias);
+    const int CRS = g.C * g.R * g.S, t_begin = blockIdx.z * chunk;
+    const int t_end = CRS - t_begin < chunk ? CRS : t_begin + chunk;
+    run_gemm<Tile, kTF32, kBias>(
+        ForwardOperands<Tile>(x, w, taps, geometry, g, out, t_begin, t_end),
+        (t_end - t_begin + TILE_K - 1) / TILE_K, bias);
 }
 
 // Split-K: the blockIdx.z-th `chunk` of the (c, r, s) reduction into partial[z], laid
@@ -422,20 +459,15 @@ __device__ __forceinline__ void conv2d_fwd_split_tile(const real_t* x, const rea
                                                       real_t* partial,
                                                       const ConvGeometry* geometry,
                                                       const int* taps, int chunk) {
-    const ConvGeometry g = *geometry;
-    const int CRS = g.C * g.R * g.S, t_begin = blockIdx.z * chunk;
-    const int t_end = CRS - t_begin < chunk ? CRS : t_begin + chunk;
-    const int P = g.OH * g.OW;
-    run_gemm<Tile, kTF32, false>(ForwardOperands<Tile>(x, w, taps, g, t_begin, t_end), g.K,
-                                 g.N * P, (t_end - t_begin + TILE_K - 1) / TILE_K,
-                                 partial + blockIdx.z * g.N * g.K * P, P, (const real_t*)nullptr);
+    conv2d_fwd_tile<Tile, kTF32, false>(x, w, (const real_t*)nullptr, partial, geometry, taps,
+                                        chunk);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS)
 conv2d_fwd(const real_t* __restrict__ x, const real_t* __restrict__ w, const real_t* __restrict__ bias,
            real_t* __restrict__ y, const ConvGeometry* __restrict__ geometry,
            const int* __restrict__ taps) {
-    conv2d_fwd_tile<TileSquare, false>(x, w, bias, y, geometry, taps);
+    conv2d_fwd_tile<TileSquare, false, true>(x, w, bias, y, geometry, taps, 1 << 30);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 1)
@@ -449,7 +481,7 @@ extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS)
 conv2d_fwd_wide(const real_t* __restrict__ x, const real_t* __restrict__ w, const real_t* __restrict__ bias,
                 real_t* __restrict__ y, const ConvGeometry* __restrict__ geometry,
                 const int* __restrict__ taps) {
-    conv2d_fwd_tile<TileWide, false>(x, w, bias, y, geometry, taps);
+    conv2d_fwd_tile<TileWide, false, true>(x, w, bias, y, geometry, taps, 1 << 30);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS)
@@ -463,7 +495,7 @@ extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS)
 conv2d_fwd_tf32(const real_t* __restrict__ x, const real_t* __restrict__ w, const real_t* __restrict__ bias,
                 real_t* __restrict__ y, const ConvGeometry* __restrict__ geometry,
                 const int* __restrict__ taps) {
-    conv2d_fwd_tile<TileSquare, true>(x, w, bias, y, geometry, taps);
+    conv2d_fwd_tile<TileSquare, true, true>(x, w, bias, y, geometry, taps, 1 << 30);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS)
@@ -541,7 +573,8 @@ conv2d_fwd_direct(const real_t* __restrict__ x, const real_t* __restrict__ w,
 //   {taps offset, taps count, first block, columns}, {h0, w0, rows, cols}, {oh_top0, ow_top0}
 // (h0, w0: the phase's first dx row and column; rows x cols its positions a sample),
 // and holds each phase's taps, (k, j, l) in order:
-//   {k OH OW - j OW - l, j, l, k C R S + r S + s}.
+//   {k OH OW - j OW - l, j, l, k C R S + r S + s},
+// each phase's followed by TAP_PADDING taps {0, TAP_OUTSIDE, TAP_OUTSIDE, 0}.
 // Split-K (blockIdx.z: the z-th `chunk` of the phase's taps) writes partial[z] laid
 // out as dx; conv2d_bwd_weight_reduce sums the slices in order. Unsplit, partial is dx.
 struct DataPhase {
@@ -586,6 +619,7 @@ struct DataOperands : RowOperands<Tile> {
         oh_top = phase.top.x + hq;
         ow_top = phase.top.y + (q - hq * cols);
         dy_offset = n * g.K * OH * OW + oh_top * OW + ow_top;
+        if (!b_valid) oh_top = -TAP_OUTSIDE;  // minus a padding tap's j: still an int
     }
 
     __device__ void fetch(Fragment& f) {
@@ -594,20 +628,23 @@ struct DataOperands : RowOperands<Tile> {
             const int ta = t + a_col + i;
             f.a[i] = a_valid && ta < t_end ? w[a_offset + taps[ta].w] : (real_t)0;
         }
+        // No bound on t (as the forward's): a split slice ends on a whole step, the
+        // last at the phase's end, past which its list holds TAP_PADDING taps outside
+        // dy; a column past the phase's starts outside dy. One tap load, the window
+        // test and a predicated load an element: no branch.
+        const int4* __restrict__ step_taps = taps + t + b.row;
 #pragma unroll
         for (int i = 0; i < B_PER; ++i) {
-            const int tb = t + b.row + B_ROWS_PER_PASS * i;
-            real_t v = 0;
-            if (b_valid && tb < t_end) {
-                const int4 tap = taps[tb];
-                if ((unsigned)(oh_top - tap.y) < (unsigned)OH &&
-                    (unsigned)(ow_top - tap.z) < (unsigned)OW)
-                    v = dy[dy_offset + tap.x];
-            }
-            f.b[i] = v;
+            const int4 tap = step_taps[B_ROWS_PER_PASS * i];
+            const bool in = (unsigned)(oh_top - tap.y) < (unsigned)OH &&
+                            (unsigned)(ow_top - tap.z) < (unsigned)OW;
+            f.b[i] = in ? dy[dy_offset + tap.x] : (real_t)0;
         }
         t += TILE_K;
     }
+
+    GemmOut out;  // partial[z], laid out as dx
+    __device__ GemmOut output() const { return out; }
 
     __device__ int column_offset(int j) const {  // dx[n][c][h][w]: n C H W + h W + w (+ c H W)
         const int n = j / per_sample, q = j - n * per_sample, hq = q / cols;
@@ -629,10 +666,9 @@ __device__ __forceinline__ void conv2d_bwd_data_tile(const real_t* dy, const rea
     const int t_begin = blockIdx.z * chunk;
     const int t_end = phase.head.y - t_begin < chunk ? max(phase.head.y, t_begin)
                                                      : t_begin + chunk;
-    run_gemm<Tile, kTF32, false>(DataOperands<Tile>(dy, w, table, g, phase, t_begin, t_end),
-                                 g.C, phase.head.w,
-                                 (t_end - t_begin + TILE_K - 1) / TILE_K,
-                                 partial + blockIdx.z * g.N * g.C * g.H * g.W, g.H * g.W,
+    DataOperands<Tile> ops(dy, w, table, g, phase, t_begin, t_end);
+    ops.out = {partial + blockIdx.z * g.N * g.C * g.H * g.W, g.C, phase.head.w, g.H * g.W};
+    run_gemm<Tile, kTF32, false>(ops, (t_end - t_begin + TILE_K - 1) / TILE_K,
                                  (const real_t*)nullptr);
 }
 
@@ -714,16 +750,6 @@ conv2d_bwd_data_direct(const real_t* __restrict__ dy, const real_t* __restrict__
 }
 
 // ---- backward weight: rows k, columns (c,r,s), reduction (n,oh,ow) in one slice ----
-// The (n, p = oh OW + ow) of a reduction index is carried from step to step: the
-// index grows by TILE_K per step, so p wraps past P = OH OW at most a few times.
-__device__ __forceinline__ void advance(int& n, int& p, int by, int P) {
-    p += by;
-    while (p >= P) {
-        p -= P;
-        ++n;
-    }
-}
-
 template <class Tile>
 struct WeightOperands {
     static constexpr int BM = Tile::BM, BN = Tile::BN, A_PER = Tile::A_PER, B_PER = Tile::B_PER;
@@ -739,51 +765,51 @@ struct WeightOperands {
     const real_t* __restrict__ dy;
     const real_t* __restrict__ x;
     ConvGeometry g;
-    int P, t, t_end, col0;
-    int a_lane, a_row0, a_n, a_p;  // A: dy[n K P + k P + p], t = t + a_lane, k = a_row0 + 32 i
+    int P, t, col0;
+    int a_lane, a_row0, a_end;  // A: dy[n K P + k P + p], t + a_lane = n P + p, k = a_row0 + 32 i
     BColumn<Tile> b;
-    bool b_valid;
-    int x_column, r, s, b_n, b_p;  // B: x[n C H W + x_column + h W + w], x_column = c H W
+    int b_end;                  // the slice's end; 0 for a column past the GEMM's
+    int x_column, h_shift, w_shift;  // B: x[n C H W + x_column + h W + w], x_column = c H W,
+                                     // h = oh sh + h_shift, h_shift = r - pt (w: s - pl)
 
     __device__ WeightOperands(const real_t* dy_, const real_t* x_, const ConvGeometry& g_,
-                              int t_begin, int t_end_)
-        : dy(dy_), x(x_), g(g_), t(t_begin), t_end(t_end_), col0(blockIdx.x * BN) {
+                              int t_begin, int t_end)
+        : dy(dy_), x(x_), g(g_), t(t_begin), col0(blockIdx.x * BN) {
         P = g.OH * g.OW;
         a_lane = threadIdx.x % TILE_K;
         a_row0 = blockIdx.y * BM + threadIdx.x / TILE_K;
-        a_n = divide(t_begin + a_lane, g.p_magic, g.p_shift);
-        a_p = t_begin + a_lane - a_n * P;
+        a_end = t_end;
         const int j = col0 + b.col, RS = g.R * g.S;
-        b_valid = j < g.C * RS;
+        b_end = j < g.C * RS ? t_end : 0;
         const int c = divide(j, g.rs_magic, g.rs_shift), rs = j - c * RS;
-        r = divide(rs, g.s_magic, g.s_shift);
-        s = rs - r * g.S;
+        const int r = divide(rs, g.s_magic, g.s_shift);
+        h_shift = r - g.pt;
+        w_shift = rs - r * g.S - g.pl;
         x_column = c * g.H * g.W;
-        b_n = divide(t_begin + b.row, g.p_magic, g.p_shift);
-        b_p = t_begin + b.row - b_n * P;
     }
 
+    // Each reduction index split into (n, oh, ow) afresh, by multiply-high (divide):
+    // a fixed sequence of instructions, where carrying (n, p) from step to step took
+    // a loop for each wrap of p past P. Loads predicated: no branch.
     __device__ void fetch(Fragment& f) {
-        const bool a_in = t + a_lane < t_end;
-        const int a_offset = a_n * g.K * P + a_p;
+        const int ta = t + a_lane, a_n = divide(ta, g.p_magic, g.p_shift);
+        const int a_offset = a_n * (g.K - 1) * P + ta;  // n K P + p, p = ta - n P
+        const bool a_in = ta < a_end;
 #pragma unroll
         for (int i = 0; i < A_PER; ++i) {
             const int k = a_row0 + A_ROWS_PER_PASS * i;
             f.a[i] = a_in && k < g.K ? dy[a_offset + k * P] : (real_t)0;
         }
-        int n = b_n, p = b_p;
 #pragma unroll
         for (int i = 0; i < B_PER; ++i) {
-            if (i > 0) advance(n, p, B_ROWS_PER_PASS, P);
+            const int tb = t + b.row + B_ROWS_PER_PASS * i;
+            const int n = divide(tb, g.p_magic, g.p_shift), p = tb - n * P;
             const int oh = divide(p, g.ow_magic, g.ow_shift);
-            const int h = oh * g.sh - g.pt + r, w = (p - oh * g.OW) * g.sw - g.pl + s;
-            const bool in = b_valid && t + b.row + B_ROWS_PER_PASS * i < t_end &&
-                            (unsigned)h < (unsigned)g.H && (unsigned)w < (unsigned)g.W;
+            const int h = oh * g.sh + h_shift, w = (p - oh * g.OW) * g.sw + w_shift;
+            const bool in = tb < b_end && (unsigned)h < (unsigned)g.H && (unsigned)w < (unsigned)g.W;
             f.b[i] = in ? x[n * g.C * g.H * g.W + x_column + h * g.W + w] : (real_t)0;
         }
         t += TILE_K;
-        advance(a_n, a_p, TILE_K, P);
-        advance(b_n, b_p, TILE_K, P);
     }
 
     template <class ARows, class BRows>  // As[k][m], Bs[k][j]: shared arrays of any row length
@@ -793,6 +819,9 @@ struct WeightOperands {
 #pragma unroll
         for (int i = 0; i < B_PER; ++i) Bs[b.row + B_ROWS_PER_PASS * i][b.col] = f.b[i];
     }
+
+    GemmOut out;  // partial[z]
+    __device__ GemmOut output() const { return out; }
 
     __device__ int column_offset(int j) const { return j; }  // partial[z][k][j]
 };
@@ -805,9 +834,10 @@ __device__ __forceinline__ void conv2d_bwd_weight_tile(const real_t* dy, const r
     const int CRS = g.C * g.R * g.S, total = g.N * g.OH * g.OW;
     const int t_begin = blockIdx.z * chunk;
     const int t_end = total - t_begin < chunk ? total : t_begin + chunk;
-    run_gemm<Tile, kTF32, false>(WeightOperands<Tile>(dy, x, g, t_begin, t_end), g.K, CRS,
-                      (t_end - t_begin + TILE_K - 1) / TILE_K, partial + blockIdx.z * g.K * CRS,
-                      CRS, (const real_t*)nullptr);
+    WeightOperands<Tile> ops(dy, x, g, t_begin, t_end);
+    ops.out = {partial + blockIdx.z * g.K * CRS, g.K, CRS, CRS};
+    run_gemm<Tile, kTF32, false>(ops, (t_end - t_begin + TILE_K - 1) / TILE_K,
+                                 (const real_t*)nullptr);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 1)

@@ -1017,3 +1017,64 @@ def test_data_phase_table_pairs_each_dx_with_exactly_its_taps(stride, pads, dila
     # a gather over only the taps of each phase: at most R S K per position, 1/(sh sw)
     # of them on average
     assert issued <= h * w * k * -(-r // stride[0]) * -(-s // stride[1])
+
+
+def _kernel_define(name):
+    """The value of ``#define name`` in kernels/conv2d.cu."""
+    import os
+    import re
+    with open(os.path.join(runtime.kernel_dir(), "conv2d.cu")) as f:
+        return eval(re.search(rf"^#define {name} (.+)$", f.read(), re.M).group(1))
+
+
+@pytest.mark.parametrize("stride, pads, dilation", [
+    ((1, 1), ((0, 0), (0, 0)), (1, 1)), ((2, 3), ((1, 1), (2, 0)), (1, 1)),
+    ((4, 4), ((2, 2), (2, 2)), (1, 1)), ((2, 1), ((1, 1), (2, 2)), (3, 2))], ids=str)
+def test_tap_tables_run_past_each_list_with_taps_outside_every_window(stride, pads, dilation):
+    """The GEMMs' B fetch reads a step's TILE_K taps with no bound on the index
+    (kernels/conv2d.cu, TAP_PADDING): every tap list is followed by TAP_PADDING taps
+    (at least the largest TILE_K, 16) that the kernels' window test drops for every
+    output column; the constants are the kernel's."""
+    assert conv_kernels.TAP_PADDING == _kernel_define("TAP_PADDING") >= 16
+    assert conv_kernels.TAP_OUTSIDE == _kernel_define("TAP_OUTSIDE")
+    n, c, h, w, k, r, s = 2, 3, 9, 8, 3, 3, 4
+    oh = (h + sum(pads[0]) - dilation[0] * (r - 1) - 1) // stride[0] + 1
+    ow = (w + sum(pads[1]) - dilation[1] * (s - 1) - 1) // stride[1] + 1
+    sizes = (n, c, h, w, k, r, s, oh, ow)
+    inside = numpy.uint32  # the kernels' test: (unsigned)(index) < size, in 32 bits
+
+    taps = conv_kernels.forward_taps(c, h, w, r, s, dilation).reshape(-1, 4)
+    assert len(taps) == c * r * s + conv_kernels.TAP_PADDING
+    ih0 = numpy.arange(oh)[:, None] * stride[0] - pads[0][0]
+    iw0 = numpy.arange(ow)[:, None] * stride[1] - pads[1][0]
+    for _, i, j, _ in taps[c * r * s:]:
+        assert not ((ih0 + i).astype(inside) < h).any() or not ((iw0 + j).astype(inside) < w).any()
+        assert ih0.max() + i < 2 ** 31  # no int overflow
+    table = conv_kernels.data_phase_table(sizes, stride, pads, dilation, 4).reshape(-1, 4)
+    for p in range(stride[0] * stride[1]):
+        (offset, count, _, _), (_, _, rows, cols), (oh0, ow0, _, _) = table[3 * p:3 * p + 3]
+        padding = table[offset + count:offset + count + conv_kernels.TAP_PADDING]
+        assert len(padding) == conv_kernels.TAP_PADDING
+        oh_top = oh0 + numpy.arange(rows)[:, None]
+        for _, j, _l, weight_index in padding:
+            assert not ((oh_top - j).astype(inside) < oh).any()
+            assert weight_index == 0  # an A index inside the filter, though never read
+        if p + 1 < stride[0] * stride[1]:
+            assert table[3 * (p + 1)][0] == offset + count + conv_kernels.TAP_PADDING
+
+
+@pytest.mark.parametrize("sms", [1, 8, 132])
+@pytest.mark.parametrize("case", PLAN_CASES, ids=str)
+def test_split_gemm_slices_end_on_whole_steps(case, sms):
+    """The forward and backward-data GEMMs' fetch has no bound on the reduction index
+    but the tap lists' padding: so every slice of a split but the last (which ends at
+    its list's end) must span whole steps of the largest TILE_K, 16."""
+    n, c, h, w, k, r, s, stride, padding = case
+    pads = tuple((p, p) for p in ((padding,) * 2 if isinstance(padding, int) else padding))
+    oh = (h + 2 * pads[0][0] - r) // stride[0] + 1
+    ow = (w + 2 * pads[1][0] - s) // stride[1] + 1
+    sizes = (n, c, h, w, k, r, s, oh, ow)
+    for plan in (conv_plan.forward_plan(sizes, stride, pads, "float32", False, sms),
+                 conv_plan.data_plan(sizes, stride, pads, "float32", False, sms)):
+        if plan.split > 1 and not plan.kernel.endswith("_direct"):
+            assert plan.chunk % 16 == 0, plan

@@ -78,19 +78,34 @@ def _bias_runs(total, k):
     return runtime.runs(total, k, TARGET_BLOCKS, 1024)
 
 
+# kernels/conv2d.cu's TAP_PADDING and TAP_OUTSIDE: each tap list runs on past its end
+# with TAP_PADDING taps whose window offsets put them outside any input, so that a
+# kernel step reads TILE_K (8, or 16) taps with no bound on the index.
+TAP_PADDING = 16
+TAP_OUTSIDE = 1 << 29
+
+
 def forward_taps(c, h, w, r, s, dilation=(1, 1)):
     """Per reduction index t = (c, r, s), with ``(i, j) = (r d_h, s d_w)`` the tap's
-    place in the window: ``(c H W + i W + j, i, j, 0)``."""
+    place in the window: ``(c H W + i W + j, i, j, 0)``; then ``TAP_PADDING`` taps
+    ``(0, TAP_OUTSIDE, TAP_OUTSIDE, 0)``."""
     cc, rr, ss = numpy.meshgrid(numpy.arange(c), numpy.arange(r), numpy.arange(s), indexing="ij")
     ii, jj = rr * dilation[0], ss * dilation[1]
-    return numpy.stack([cc * h * w + ii * w + jj, ii, jj, numpy.zeros_like(cc)], -1).ravel()
+    taps = numpy.stack([cc * h * w + ii * w + jj, ii, jj, numpy.zeros_like(cc)], -1)
+    return numpy.concatenate([taps.reshape(-1, 4), _padding_taps(0, TAP_OUTSIDE)]).ravel()
+
+
+def _padding_taps(y, z):
+    """``TAP_PADDING`` taps ``(0, y, z, 0)``: past a list's end, outside any input."""
+    return numpy.tile(numpy.array([0, y, z, 0], numpy.int64), (TAP_PADDING, 1))
 
 
 def data_phase_table(sizes, stride, pads, dilation, block_columns):
     """conv2d_bwd_data's table (kernels/conv2d.cu): per phase of dx (row phase major)
     three int4, ``{taps offset, taps count, first block, columns}``, ``{h0, w0, rows,
     cols}``, ``{oh_top0, ow_top0, 0, 0}``, then each phase's taps, (k, r, s) in order
-    over the taps that reach it: ``{k OH OW - j OW - l, j, l, k C R S + r S + s}``;
+    over the taps that reach it: ``{k OH OW - j OW - l, j, l, k C R S + r S + s}``, each
+    phase's followed by ``TAP_PADDING`` taps ``{0, TAP_OUTSIDE, TAP_OUTSIDE, 0}``;
     ``block_columns``: the GEMM tile's columns."""
     n, c, h, w, k, r, s, oh, ow = sizes
     phases = conv2d_plan.data_gemm_phases(sizes, stride, pads, dilation)
@@ -106,8 +121,9 @@ def data_phase_table(sizes, stride, pads, dilation, block_columns):
         count = phase_taps[0].size
         columns = n * rows * cols
         head += [(offset, count, block, columns), (h0, w0, rows, cols), (oh0, ow0, 0, 0)]
-        taps.append(numpy.stack([a.ravel() for a in phase_taps], -1))
-        offset += count
+        taps += [numpy.stack([a.ravel() for a in phase_taps], -1),
+                 _padding_taps(TAP_OUTSIDE, TAP_OUTSIDE)]
+        offset += count + TAP_PADDING
         block += ceil_div(columns, block_columns)
     return numpy.concatenate([numpy.array(head).reshape(-1, 4)] + taps).ravel()
 
