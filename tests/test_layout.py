@@ -190,3 +190,35 @@ def test_no_module_in_gpunet_is_over_450_lines():
              for path in sorted(PACKAGE.rglob("*.py"))}
     over = [f"{path}: {lines} lines" for path, lines in sizes.items() if lines > MAX_LINES]
     assert sizes and not over, f"modules over {MAX_LINES} lines:\n  " + "\n  ".join(over)
+
+
+# gpunet's floors, ground first: a module imports its own floor's and those below,
+# never one above (STYLE.md: data flows one way, CLI -> fit -> nn -> ops -> backends)
+FLOORS = [
+    ["_checks", "config", "_process_group"],
+    ["backend", "_context"],
+    ["cpu", "cuda", "data", "init"],
+    ["ops"],
+    ["nn", "losses"],
+    ["optim", "models", "io", "gradcheck", "distributed", "history"],
+    ["callbacks", "data_parallel"],
+    ["train"],
+    ["recipe", "benchmarks"],
+    ["tune"],
+    ["cli"],
+    ["__main__", ""],  # "": the package's __init__
+]
+
+
+def test_no_module_imports_one_on_a_higher_floor():
+    floor = {name: level for level, names in enumerate(FLOORS) for name in names}
+
+    def level(module):
+        return floor[module.split(".")[1] if "." in module else ""]
+
+    graph = _import_graph()
+    unplaced = sorted({m.split(".")[1] for m in graph if "." in m} - set(floor))
+    assert not unplaced, f"modules on no floor of FLOORS: {unplaced}"
+    upward = [f"{where} imports {target}" for module, edges in sorted(graph.items())
+              for target, where in sorted(edges.items()) if level(target) > level(module)]
+    assert not upward, "imports of a higher floor:\n  " + "\n  ".join(upward)
