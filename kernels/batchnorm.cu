@@ -103,23 +103,6 @@ extern "C" __global__ void bn_fwd_stats(const real_t* __restrict__ x,
     }
 }
 
-// 1 / sqrt(v) for a normal v > 0, within an ulp or two. IEEE division and sqrt, and
-// double rsqrt, branch to out-of-line slow paths (bench/sass_check.py refuses CALLs):
-// instead the bit pattern's estimate (within 3.5%) and Newton steps r (3 - v r^2) / 2,
-// each squaring the relative error: 3 reach float's 2^-24, 5 double's 2^-53.
-__device__ __forceinline__ float reciprocal_sqrt(float v) {
-    float r = __int_as_float(0x5f375a86 - (__float_as_int(v) >> 1));
-#pragma unroll
-    for (int k = 0; k < 3; ++k) r = r * (1.5f - 0.5f * v * r * r);
-    return r;
-}
-
-__device__ __forceinline__ double reciprocal_sqrt(double v) {
-    double r = __longlong_as_double(0x5fe6eb50c7b537a9LL - (__double_as_longlong(v) >> 1));
-#pragma unroll
-    for (int k = 0; k < 5; ++k) r = r * (1.5 - 0.5 * v * r * r);
-    return r;
-}
 
 // weights[3 r + 1] = n_r / (n_0 + ... + n_r), weights[3 r + 2] = (n_0 + ... + n_{r-1}) n_r /
 // (n_0 + ... + n_r); `inv_m` = 1 / M. Also inv_std[c] = 1 / sqrt(var[c] + eps) and, when

@@ -61,21 +61,6 @@ __device__ __forceinline__ double reciprocal(double d) {
     return r;
 }
 
-// 1 / sqrt(v) for a normal v > 0, as in batchnorm.cu: the bit pattern's estimate (within
-// 3.5%) and Newton steps r (3 - v r^2) / 2: 3 reach float's 2^-24, 5 double's 2^-53.
-__device__ __forceinline__ float reciprocal_sqrt(float v) {
-    float r = __int_as_float(0x5f375a86 - (__float_as_int(v) >> 1));
-#pragma unroll
-    for (int k = 0; k < 3; ++k) r = r * (1.5f - 0.5f * v * r * r);
-    return r;
-}
-
-__device__ __forceinline__ double reciprocal_sqrt(double v) {
-    double r = __longlong_as_double(0x5fe6eb50c7b537a9LL - (__double_as_longlong(v) >> 1));
-#pragma unroll
-    for (int k = 0; k < 5; ++k) r = r * (1.5 - 0.5 * v * r * r);
-    return r;
-}
 
 // sqrt(v) for v >= 0: v / sqrt(v), then one Newton correction from the exact residual
 // v - s^2 (an FMA). v = 0 gives 0: the estimate stays finite, and 0 times it is 0.
