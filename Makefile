@@ -78,10 +78,13 @@ fashion-mnist:
 	    apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist \
 	    || echo "apt-get failed: gpunet will download Fashion-MNIST instead"; fi
 
+# each run its own folder: a second demo neither fails on the first one's files nor
+# replaces them
 demo: $(BIN)/python fashion-mnist
 	$(BIN)/pip install --quiet -e ".[train]"
 	$(BIN)/gpunet train --model lenet5 --batch-norm --dataset fashion-mnist --epochs 10 \
-	    --batch-size 64 --flip 0.5 --schedule exponential --decay 0.8 --device auto --out runs/demo
+	    --batch-size 64 --flip 0.5 --schedule exponential --decay 0.8 --device auto \
+	    --out runs/demo-$$(date +%Y%m%d-%H%M%S)
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .hypothesis
