@@ -88,6 +88,9 @@ class Variable:
     def accept(self, key: str, value) -> object:
         """A value given in Python for this setting, checked as its variable's text is
         (``None``, for a setting without a default, means "as if unset")."""
+        if key == "device":  # the backend takes GPUNET_DEVICE once, at import (API.md)
+            raise ValueError("device: not a setting to give here; call "
+                             "gpunet.set_device(...) (GPUNET_DEVICE is read at import)")
         if self.kind == "flag":
             return _checks.boolean(key, value)
         if value is None and self.default is None:
@@ -134,7 +137,9 @@ VARIABLES = {
 
 # Values given in Python, by key. Replaced whole under the lock, never changed in
 # place, so that a lookup needs no lock: it reads one reference.
-_given: dict = {}
+_given: dict = {}  # what lookups read: _updated under _layers, rebuilt on a change
+_updated: dict = {}  # update()'s settings
+_layers: list = []  # the open override() blocks' settings, oldest first
 _lock = threading.Lock()
 _UNSET = object()
 _read: dict = {}  # the environment's values of the cached settings, once read
@@ -172,6 +177,12 @@ def get(key: str):
     return value
 
 
+def given() -> dict:
+    """The settings given in Python (update and the open override blocks), by key: what
+    a process started fresh (spawned) needs to run as this one does."""
+    return dict(_given)
+
+
 def reload() -> None:
     """Read the ``cached`` settings' variables again at their next lookup (after a
     change to ``os.environ``; the others are read at each lookup anyway)."""
@@ -182,34 +193,40 @@ def update(**values) -> None:
     """Give settings in Python, for the rest of the process (``update(kernels=False)``);
     they win over the environment. ``gpunet.cuda.set_kernels_enabled`` and its
     siblings call this."""
-    global _given
     checked = {key: _variable(key).accept(key, value) for key, value in values.items()}
     with _lock:
-        _given = {**_given, **checked}
+        _updated.update(checked)
+        _merge()
 
 
 @contextlib.contextmanager
 def override(**values):
     """``with override(kernels=False): ...``: the settings hold inside the block, and
     what held before comes back on leaving it, by an exception too. Settings are the
-    process's, seen by every thread; blocks in several threads that change the same
-    setting must nest (each restores what it found)."""
-    global _given
-    checked = {key: _variable(key).accept(key, value) for key, value in values.items()}
+    process's, seen by every thread (gpunet's worker threads among them). Each block
+    is a layer of its own, the newest on top, and leaving a block takes away its layer
+    wherever it is: blocks in two threads that overlap without nesting leave nothing
+    behind once both have ended."""
+    layer = {key: _variable(key).accept(key, value) for key, value in values.items()}
     with _lock:
-        saved = {key: _given.get(key, _UNSET) for key in checked}
-        _given = {**_given, **checked}
+        _layers.append(layer)
+        _merge()
     try:
         yield
     finally:
         with _lock:
-            restored = dict(_given)
-            for key, value in saved.items():
-                if value is _UNSET:
-                    restored.pop(key, None)
-                else:
-                    restored[key] = value
-            _given = restored
+            # by identity: another block may hold an equal dict
+            del _layers[next(i for i, held in enumerate(_layers) if held is layer)]
+            _merge()
+
+
+def _merge() -> None:
+    """``_given``: the updates, under the open override blocks' layers (held _lock)."""
+    global _given
+    merged = dict(_updated)
+    for layer in _layers:
+        merged.update(layer)
+    _given = merged
 
 
 def check_environment(skip=()) -> None:

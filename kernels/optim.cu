@@ -1,5 +1,5 @@
 // Optimizer updates: one launch per parameter updates its weights and its state in
-// place, the same rule as the pure xp functions of gpunet/optim/optimizers.py
+// place, the same rule as the pure xp functions of gpunet/optim/updates.py
 // (sgd_update, momentum_update, rmsprop_update, adam_update, adamw_update), which
 // stay the reference; and zero_arrays, zero_grad's one launch for all gradients.
 //
@@ -65,10 +65,14 @@ __device__ __forceinline__ double reciprocal(double d) {
 // sqrt(v) for v >= 0: v / sqrt(v), then one Newton correction from the exact residual
 // v - s^2 (an FMA). v = 0 gives 0: the estimate stays finite, and 0 times it is 0.
 // A subnormal v (gradients near 1e-19 in float) comes out inexact, far below any eps.
+// An infinite v (a finite gradient whose square overflows) is its own root, as sqrt
+// gives: the Newton steps would make it NaN. `v - v == 0` holds for finite v alone;
+// the choice compiles to a select, no branch.
 __device__ __forceinline__ real_t square_root(real_t v) {
     const real_t r = reciprocal_sqrt(v);
     const real_t s = v * r;
-    return fused_multiply_add((real_t)0.5 * r, fused_multiply_add(-s, s, v), s);
+    const real_t root = fused_multiply_add((real_t)0.5 * r, fused_multiply_add(-s, s, v), s);
+    return v - v == (real_t)0 ? root : v;
 }
 
 // a / d given r, 1 / d within an ulp or two: a r, then one correction from the exact
@@ -79,9 +83,11 @@ __device__ __forceinline__ real_t quotient(real_t a, real_t d, real_t r) {
     return fused_multiply_add(fused_multiply_add(-d, q, a), r, q);
 }
 
-// a / d for a normal d > 0.
+// a / d for a normal d > 0, or an infinite one: a / inf is 0 for a finite a (the xp
+// path's step when the square of a gradient overflows), where the estimate goes NaN.
 __device__ __forceinline__ real_t quotient(real_t a, real_t d) {
-    return quotient(a, d, reciprocal(d));
+    const real_t q = quotient(a, d, reciprocal(d));
+    return d - d == (real_t)0 ? q : (real_t)0 * a;
 }
 
 // Adam (decoupled = 0: `decay` adds the L2 term l2 w to the gradient) and AdamW

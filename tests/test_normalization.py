@@ -3,6 +3,7 @@ import copy
 import functools
 import operator
 import threading
+import types
 
 import numpy
 import pytest
@@ -163,7 +164,7 @@ def test_convert_sync_batchnorm_replaces_nested_batch_norms_keeping_their_state(
     params = {name: p for name, p in model.named_parameters()}
     buffers = {name: b for name, b in model.named_buffers()}
     assert model.state_dict()["1.running_mean"].any()
-    group = object()
+    group = types.SimpleNamespace(size=2, all_reduce=None, sum=None)  # a group's shape
     converted = nn.convert_sync_batchnorm(model, process_group=group)
     assert converted is model
     after = dict(model.named_modules())
@@ -361,3 +362,16 @@ def test_batch_norm_random_shapes(n, c, rest, training, seed):
     assert_close(y, ref(x), 1e-10, 1e-10, "y")
     dy = rng.standard_normal(shape)
     assert_close(ctx.backward(dy)[0], numeric_vjp(ref, x, dy), 1e-5, 1e-7, "dx")
+
+
+def test_sync_batch_norm_refuses_what_is_not_a_process_group_where_it_is_given():
+    """PyTorch's fourth argument is ``affine``: ported code must not pass it as the
+    group (keyword-only), and a group without size/all_reduce/sum is refused at once,
+    not at the first reduction of a distributed run."""
+    with pytest.raises(TypeError):
+        nn.SyncBatchNorm(3, 1e-5, 0.1, True)
+    with pytest.raises(TypeError, match=r"^process_group: expected a process group .* got "
+                                        r"True \(no size, all_reduce, sum\)$"):
+        nn.SyncBatchNorm(3, process_group=True)
+    with pytest.raises(TypeError, match=r"^process_group: .*got 'world'"):
+        nn.convert_sync_batchnorm(nn.Sequential(nn.BatchNorm2d(3)), process_group="world")

@@ -141,6 +141,30 @@ def test_optimizer_kernels_match_the_xp_math(runner, name, dtype):
             _assert_agree(s[key], ref[key], dtype, f"{name} {dtype}: state[{i}][{key!r}]")
 
 
+@pytest.mark.parametrize("name", ["adam", "adamw decay", "rmsprop"])
+def test_a_gradient_whose_square_overflows_steps_as_the_xp_math(runner, name):
+    """float32 gradients near 3e19 are finite but their squares are inf: the xp path
+    divides by inf (a step of 0 where the first moment is finite), and the kernels'
+    Newton square root and reciprocal must not turn that into NaN."""
+    xp = runner.xp
+    grads = numpy.array([3e19, -3e19, 1.0, 0.0, 2e19], numpy.float32)
+    results = []
+    for kernels in (True, False):
+        param = Parameter(xp.asarray(numpy.linspace(-1, 1, 5).astype(numpy.float32)),
+                          decay=True)
+        optimizer = VARIANTS[name]([param])
+
+        def step(param=param, optimizer=optimizer):
+            param.grad[...] = xp.asarray(grads)
+            optimizer.step()
+        runner.run(kernels, step)
+        results.append(backend.to_numpy(param.data))
+    got, ref = results
+    assert numpy.isfinite(ref).all(), ref  # what the maths gives: no NaN
+    assert numpy.array_equal(numpy.isnan(got), numpy.isnan(ref)), (got, ref)
+    _assert_agree(got, ref, "float32", name)
+
+
 @pytest.mark.parametrize("name", ["adam l2", "sgd nesterov", "rmsprop l2"])
 def test_the_kernels_step_and_the_xp_math_continue_each_other(runner, name):
     """``state_dict`` from the kernel path loads into an optimizer on the xp path (and

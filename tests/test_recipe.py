@@ -93,6 +93,10 @@ def test_a_library_resume_takes_the_saved_flags(tmp_path):
     ({"schedule": "step"}, "--schedule step needs --decay"),
     ({"resume": True, "overwrite": True},
      "--resume continues the run in --out and --overwrite replaces it: give one of them"),
+    # numbers as text, from Python: refused in one line (they reached a comparison)
+    ({"lr": "0.1"}, "--lr: expected a number, got '0.1'"),
+    ({"seed": "3"}, "--seed: expected a whole number, got '3'"),
+    ({"lr": True}, "--lr: expected a number, got True"),
 ])
 def test_run_config_checks_are_one_line_naming_the_flag(changes, message):
     with pytest.raises(RunConfigError, match="^" + re.escape(message)) as info:

@@ -220,3 +220,20 @@ def test_readme_tune_snippet_runs_and_distributed_claim_says_rounding(monkeypatc
     assert "train exactly as one" not in text
     assert "Two processes at batch 32 thus train as one at batch 64" in text
     assert "not the same bits" in text and "float32" in text
+
+
+def test_a_spawned_worker_takes_the_settings_given_in_python(monkeypatch):
+    """A worker process is spawned: it sees the environment only, so the settings the
+    parent gave in Python (``gpunet.config.given()``) travel with it and are applied
+    before its first trial."""
+    from gpunet import config, cpu
+    from gpunet.tune import trials
+    applied = []
+    monkeypatch.setattr(config, "update", lambda **values: applied.append(values))
+    monkeypatch.setattr(cpu, "set_num_threads", lambda n: None)
+    monkeypatch.setattr(trials, "require_optuna", lambda: (_ for _ in ()).throw(
+        RuntimeError("stop before the study")))
+    with pytest.raises(RuntimeError, match="stop before the study"):
+        trials._worker("sqlite:///unused.db", "study", {}, {}, ".", 1, "random", "none",
+                       0, 1, child=True, settings={"kernels": False})
+    assert applied == [{"kernels": False}]

@@ -1,7 +1,7 @@
 """Launchers for ``kernels/optim.cu``: one launch updates a parameter and its
 optimizer state in place (Adam and AdamW, SGD with momentum and Nesterov, the
 notes' momentum, RMSProp), the rule of the pure xp functions of
-``gpunet.optim.optimizers``."""
+``gpunet.optim.updates``."""
 from __future__ import annotations
 
 import numpy
@@ -68,10 +68,10 @@ def _run(kernel: str, w, args) -> None:
 
 def adam_step(w, g, m, v, t: int, lr: float, beta1: float, beta2: float, eps: float,
               l2: float = 0.0, decoupled_decay: float = 0.0) -> None:
-    """Adam's step ``t`` (>= 1) of ``w`` in place (:func:`~gpunet.optim.optimizers.
+    """Adam's step ``t`` (>= 1) of ``w`` in place (:func:`~gpunet.optim.updates.
     adam_update`), ``m`` and ``v`` updated too: ``l2`` adds ``l2 w`` to the gradient
     (Adam's ``weight_decay`` on a decayed parameter); ``decoupled_decay`` shrinks ``w``
-    by ``1 - lr decoupled_decay`` first (AdamW's, :func:`~gpunet.optim.optimizers.
+    by ``1 - lr decoupled_decay`` first (AdamW's, :func:`~gpunet.optim.updates.
     adamw_update`). One launch."""
     g = _checked("adam_step", w, g, m=m, v=v)
     if int(t) < 1:

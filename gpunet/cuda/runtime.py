@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 import numpy
 
-from .. import config
+from .. import _checks, config
 from ..backend import get_array_module
 
 BLOCK = 256
@@ -22,7 +22,7 @@ def kernels_enabled() -> bool:
 
 def set_kernels_enabled(enabled: bool) -> None:
     """``gpunet.config.update(kernels=enabled)``."""
-    config.update(kernels=enabled)
+    config.update(kernels=_checks.boolean("enabled", enabled))
 
 
 def allow_tf32() -> bool:
@@ -37,7 +37,7 @@ def set_allow_tf32(enabled: bool) -> None:
     near 2**-11 ~ 5e-4 per product instead of 2**-24 (measured on random data,
     ~3e-4 of the scale of the output: tests/test_kernels.py), with float32
     accumulation. float64 never uses it. ``gpunet.config.update(allow_tf32=enabled)``."""
-    config.update(allow_tf32=enabled)
+    config.update(allow_tf32=_checks.boolean("enabled", enabled))
 
 
 TF32_MIN_CAPABILITY = 80  # cvt.tf32 and mma .tf32: Ampere on

@@ -84,9 +84,10 @@ class SyncBatchNorm(_BatchNorm):
     _ranks, _layout = (2, 3, 4, 5), "(N, C, ...) with 2 to 5 axes"
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
-                 process_group=None):
+                 *, process_group=None):
+        # keyword-only: PyTorch's fourth argument is ``affine``, which gpunet lacks
         super().__init__(num_features, eps, momentum)
-        self.process_group = process_group
+        self.process_group = _process_group.check(process_group)
 
     def _statistics_group(self):
         group = _process_group.default() if self.process_group is None else self.process_group
@@ -104,9 +105,10 @@ def convert_sync_batchnorm(module: Module, process_group=None) -> Module:
     parameters (the same ``Parameter`` objects: an optimizer made before still updates
     them), its running statistics and its mode. Returns ``module``, changed in place, or
     the new layer where ``module`` itself is a batch norm (as PyTorch)."""
+    _process_group.check(process_group)
     if isinstance(module, _BatchNorm):
         synced = SyncBatchNorm(module.num_features, module.eps, module.momentum,
-                               process_group)
+                               process_group=process_group)
         synced.weight, synced.bias = module.weight, module.bias
         for name in module._buffer_names:
             synced.register_buffer(name, getattr(module, name))

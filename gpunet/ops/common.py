@@ -14,7 +14,7 @@ from contextlib import nullcontext
 
 import numpy
 
-from .. import config
+from .. import _checks, config
 from ..cpu.parallel import single_threaded_blas
 from ..cuda import uses_kernels
 
@@ -26,7 +26,7 @@ def cpu_accelerators_enabled() -> bool:
 
 def set_cpu_accelerators_enabled(enabled: bool) -> None:
     """``gpunet.config.update(cpu_accel=enabled)``."""
-    config.update(cpu_accel=enabled)
+    config.update(cpu_accel=_checks.boolean("enabled", enabled))
 
 
 def route(xp, use_kernels=None, fits: bool = True) -> str:

@@ -154,14 +154,16 @@ def flag_problem(name: str, value) -> str | None:
         return None if value in choices else f"takes {', '.join(choices)}; got {value!r}"
     if parse is None:  # --device, --data-root: opened or read as train does
         return None
+    number = parse in (float, finite_float)
     try:
-        if isinstance(value, bool):
+        # a number given in Python, not its text: the checks below compare it as one
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(value)
         parse(str(value))
     except FlagTextError as exc:
         return str(exc)
     except ValueError:
-        return f"expected {'a number' if parse is float else 'a whole number'}, got {value!r}"
+        return f"expected {'a number' if number else 'a whole number'}, got {value!r}"
     return None
 
 

@@ -88,6 +88,10 @@ def run_training(config: RunConfig, callbacks=(), *, test: bool = True, announce
     trains where, and the per-epoch lines. ``status`` (a :class:`RunStatus`) is kept
     up to date for a caller that reports failures; a KeyboardInterrupt is left to
     the caller. Refused flags, folders and data raise :class:`RunConfigError`.
+
+    As ``gpunet train``, it leaves the process on the run's device
+    (``gpunet.set_device``) and its random streams seeded from ``config.seed``
+    (``gpunet.manual_seed``): a caller that needs its own back sets them again.
     """
     status = RunStatus() if status is None else status
     given = _typed(config) if given is None else set(given)

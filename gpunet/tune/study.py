@@ -9,6 +9,7 @@ import multiprocessing
 import os
 import signal
 
+from .. import config
 from ..recipe import train_command
 from .space import Param, parse_param
 from .trials import _row, _show, _storage, _worker, require_optuna
@@ -159,7 +160,8 @@ class Study:
                 train["device"] = devices[i % len(devices)]
             processes.append(context.Process(
                 target=_worker, args=(self.storage, self.name, specs, train, self.out, share,
-                                      sampler, pruner, seeds[i], threads)))
+                                      sampler, pruner, seeds[i], threads),
+                kwargs={"settings": config.given()}))
         for process in processes:
             process.start()
         try:

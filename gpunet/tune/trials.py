@@ -110,12 +110,15 @@ def _announce(study, trial) -> None:
 
 def _worker(storage: str, name: str, specs: dict, train: dict, out: str, trials: int,
             sampler: str, pruner: str, seed: int | None, threads: int,
-            child: bool = True) -> None:
+            child: bool = True, settings: dict | None = None) -> None:
     """One worker: ``trials`` trials of the study, one after another. In a child
-    process it takes ``threads`` CPU threads (this process keeps its own setting),
-    and a Ctrl-C ends it quietly (the parent reports it)."""
+    process it takes ``threads`` CPU threads (this process keeps its own setting) and
+    the parent's ``settings`` given in Python (``gpunet.config.given()``: a spawned
+    process sees only the environment), and a Ctrl-C ends it quietly (the parent
+    reports it)."""
     if child:
-        from .. import cpu
+        from .. import config, cpu
+        config.update(**(settings or {}))
         cpu.set_num_threads(threads)
         warnings.formatwarning = one_line_warning  # as the parent prints them
     optuna = require_optuna()
