@@ -191,11 +191,16 @@ def reload() -> None:
 
 def update(**values) -> None:
     """Give settings in Python, for the rest of the process (``update(kernels=False)``);
-    they win over the environment. ``gpunet.cuda.set_kernels_enabled`` and its
-    siblings call this."""
+    they win over the environment. Inside an :func:`override` block of the same setting
+    the value holds at once and until that block ends, which restores what held before
+    it. ``gpunet.cuda.set_kernels_enabled`` and its siblings call this."""
     checked = {key: _variable(key).accept(key, value) for key, value in values.items()}
     with _lock:
-        _updated.update(checked)
+        for key, value in checked.items():
+            # inside an open block of the same setting: the newest such block's value, so
+            # that it holds at once and goes when that block ends, as the block promises
+            holder = next((layer for layer in reversed(_layers) if key in layer), _updated)
+            holder[key] = value
         _merge()
 
 

@@ -363,3 +363,15 @@ def test_the_device_is_set_by_set_device_not_by_a_setting(give):
             with result:
                 pass
     assert "device" not in config._given
+
+
+def test_an_update_inside_a_block_of_the_same_setting_holds_until_the_block_ends():
+    """``set_allow_tf32(False)`` inside ``override(allow_tf32=True)`` turns TF32 off at
+    once (a layer must not hide it), and the block's end restores what held before."""
+    before = config.get("allow_tf32")
+    with config.override(allow_tf32=True):
+        config.update(allow_tf32=False)
+        assert config.get("allow_tf32") is False
+        config.update(allow_tf32=True)
+        assert config.get("allow_tf32") is True
+    assert config.get("allow_tf32") is before
