@@ -77,12 +77,7 @@ def format_table(table, markdown: bool = False) -> str:
         lines.append([case, name, p.kernel, f"{p.tile[0]}x{p.tile[1]}",
                       "x".join(str(g) for g in p.grid), str(p.split), str(p.blocks_per_sm),
                       f"{p.waves:.2f}", f"{p.wave_fill:.2f}", f"{p.overwork:.2f}"])
-    if markdown:
-        return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] +
-                         ["| " + " | ".join(line) + " |" for line in lines])
-    widths = [max(len(x[i]) for x in [head] + lines) for i in range(len(head))]
-    return "\n".join("  ".join(x[i].ljust(widths[i]) for i in range(len(head)))
-                     for x in [head] + lines)
+    return _format(head, lines, markdown)
 
 
 def worst(table) -> str:

@@ -244,3 +244,22 @@ def needs_cuda():
     reason = backend.cuda_unavailable_reason()
     if reason is not None:
         pytest.skip(f"no usable GPU: {reason}")
+
+
+def double_launch_recorder():
+    """``(cupy, take)`` in the CuPy test double, whose RawKernel records each launch:
+    ``take()`` returns the launches ``(kernel, grid, block, shared_mem)`` since its last
+    call (or since this one). Skips without the double (a GPU records nothing)."""
+    needs_cuda()
+    xp = backend.Device("cuda").xp
+    if not getattr(xp, "IS_TEST_DOUBLE", False):
+        pytest.skip("reads the launches the CuPy test double records")
+    from cupy import _raw
+    start = len(_raw.launches)
+
+    def take():
+        nonlocal start
+        got = [tuple(launch) for launch in _raw.launches[start:]]
+        start = len(_raw.launches)
+        return got
+    return xp, take

@@ -11,11 +11,13 @@ import sys
 import numpy
 import pytest
 
-from gpunet import backend, models, ops
+from gpunet import models, ops
 from gpunet._context import dilated_kernel, normalize_padding
 from gpunet.cuda import batchnorm as bn_kernels
 from gpunet.cuda import pool2d as pool_kernels
 from gpunet.cuda import runtime
+
+from .helpers import double_launch_recorder
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "bench"))
@@ -23,28 +25,11 @@ import gpu_plan  # noqa: E402
 
 
 @pytest.fixture
-def double(monkeypatch, gpunet_settings):
-    """``(cupy, launches since)``: the CuPy test double and a function returning the
-    launches it recorded after a mark (``mark()`` returns one)."""
-    reason = backend.cuda_unavailable_reason()
-    if reason is not None:
-        pytest.skip(f"no usable GPU: {reason}")
-    xp = backend.Device("cuda").xp
-    if not getattr(xp, "IS_TEST_DOUBLE", False):
-        pytest.skip("reads the launches the CuPy test double records")
-    from cupy import _raw
+def double(gpunet_settings):
+    """``(cupy, take)``: the CuPy test double and the launches it recorded since the
+    last ``take()`` (helpers.double_launch_recorder), outputs poisoned."""
     gpunet_settings(poison=True)
-
-    class Recorder:
-        def __init__(self):
-            self.start = len(_raw.launches)
-
-        def take(self):
-            """The launches since the last take (or the fixture's start)."""
-            got = [tuple(launch) for launch in _raw.launches[self.start:]]
-            self.start = len(_raw.launches)
-            return got
-    return xp, Recorder()
+    return double_launch_recorder()
 
 
 def _tuples(launches):
@@ -66,16 +51,16 @@ CONV_CASES = [  # N, C, H, W, K, R, S, stride, padding, bias
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("case", CONV_CASES, ids=str)
 def test_conv2d_launches_what_its_plans_say(double, case, dtype, input_grad, rng):
-    xp, recorded = double
+    xp, take = double
     n, c, h, w, k, r, s, stride, padding, has_bias = case
     x = xp.asarray(rng.standard_normal((n, c, h, w)).astype(dtype))
     weight = xp.asarray(rng.standard_normal((k, c, r, s)).astype(dtype))
     bias = xp.asarray(rng.standard_normal(k).astype(dtype)) if has_bias else None
-    recorded.take()
+    take()
     y, ctx = ops.conv2d_forward(x, weight, bias, stride, padding, use_kernels=True)
-    forward = recorded.take()
+    forward = take()
     ctx.backward(xp.asarray(rng.standard_normal(y.shape).astype(dtype)), input_grad)
-    backward = recorded.take()
+    backward = take()
     pads = normalize_padding(padding, dilated_kernel((r, s), (1, 1)), stride)
     planned = gpu_plan.conv_launches((n, c, h, w, k, r, s, *y.shape[2:]), stride, pads,
                                      has_bias, input_grad, dtype, False, runtime.sm_count(xp))
@@ -95,16 +80,16 @@ POOL_CASES = [  # N, C, H, W, kernel, stride, padding, ceil_mode
 @pytest.mark.parametrize("kind", ["max", "avg"])
 @pytest.mark.parametrize("case", POOL_CASES, ids=str)
 def test_pool2d_launches_what_its_plans_say(double, case, kind, rng):
-    xp, recorded = double
+    xp, take = double
     n, c, h, w, kernel, stride, padding, ceil_mode = case
     x = xp.asarray(rng.standard_normal((n, c, h, w)).astype("float32"))
     forward_op = ops.max_pool2d_forward if kind == "max" else ops.avg_pool2d_forward
-    recorded.take()
+    take()
     y, ctx = forward_op(x, kernel, stride, padding, use_kernels=True, ceil_mode=ceil_mode)
-    forward = recorded.take()
+    forward = take()
     ctx.backward(xp.asarray(rng.standard_normal(y.shape).astype("float32")))
     assert forward == _tuples(pool_kernels.forward_plan(kind, x.shape, y.shape[2:]))
-    assert recorded.take() == _tuples(pool_kernels.backward_plan(kind, x.shape))
+    assert take() == _tuples(pool_kernels.backward_plan(kind, x.shape))
 
 
 BN_SHAPES = [(2, 3, 5, 7), (1, 1, 9), (5, 4), (3, 1, 1, 1), (4, 2, 257), (2, 6, 28, 28),
@@ -123,7 +108,7 @@ def test_batch_norm_launches_what_its_plans_say(double, shape, dtype, training, 
     gradient; ``offset``: x and dy contiguous views one element into a larger array,
     off the 16-byte boundary (the elementwise kernels then move single elements where
     they would move vectors)."""
-    xp, recorded = double
+    xp, take = double
     c, size, skip = shape[1], int(numpy.prod(shape)), 0 if aligned else 1
 
     def put(values):
@@ -132,12 +117,12 @@ def test_batch_norm_launches_what_its_plans_say(double, shape, dtype, training, 
     dy = put(numpy.concatenate([[0.0], rng.standard_normal(size)]))
     gamma, beta = (xp.asarray(rng.standard_normal(c).astype(dtype)) for _ in range(2))
     mean, var = xp.zeros(c, dtype), xp.ones(c, dtype)
-    recorded.take()
+    take()
     _, ctx = ops.batch_norm_forward(x, gamma, beta, mean, var, training=training,
                                     use_kernels=True)
-    forward = recorded.take()
+    forward = take()
     ctx.backward(dy, input_grad)
-    backward = recorded.take()
+    backward = take()
     x_aligned = runtime.address(x) % 16 == 0
     plan = bn_kernels.train_forward_plan if training else bn_kernels.eval_forward_plan
     assert forward == _tuples(plan(shape, dtype, x_aligned))

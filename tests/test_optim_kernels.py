@@ -27,7 +27,7 @@ from gpunet.nn.module import Parameter
 from gpunet.optim import SGD, Adam, AdamW, Momentum, RMSProp
 
 from . import cuda_emulator
-from .helpers import assert_close
+from .helpers import assert_close, double_launch_recorder
 
 needs_compiler = pytest.mark.skipif(cuda_emulator.compiler() is None,
                                     reason="g++ is needed to emulate the kernels on the CPU")
@@ -251,23 +251,9 @@ def test_step_plan_is_one_capped_grid_stride_launch():
 
 
 @pytest.fixture
-def recorded(monkeypatch):
-    """``(cupy, take)``: the CuPy test double and a function returning the launches it
-    recorded since the last call."""
-    reason = backend.cuda_unavailable_reason()
-    if reason is not None:
-        pytest.skip(f"no usable GPU: {reason}")
-    xp = backend.Device("cuda").xp
-    if not getattr(xp, "IS_TEST_DOUBLE", False):
-        pytest.skip("reads the launches the CuPy test double records")
-    from cupy import _raw
-    start = [len(_raw.launches)]
-
-    def take():
-        got = [tuple(launch) for launch in _raw.launches[start[0]:]]
-        start[0] = len(_raw.launches)
-        return got
-    return xp, take
+def recorded():
+    """``(cupy, take)``: helpers.double_launch_recorder."""
+    return double_launch_recorder()
 
 
 @pytest.mark.gpu
