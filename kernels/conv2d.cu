@@ -606,7 +606,7 @@ struct DataOperands : RowOperands<Tile> {
         W = g.W;
         HW = g.H * g.W;
         CHW = g.C * HW;
-
+        sh = g.sh;
         sw = g.sw;
         h0 = phase.place.x;
         w0 = phase.place.y;
@@ -900,7 +900,8 @@ struct WeightOperands {
             }
         }
 #else
-        v = *reinterpret_cast<const Packet<VECA>*>(p);
+#pragma unroll
+        for (int e = 0; e < VECA; ++e) v.v[e] = p[e];
 #endif
         return v;
     }
