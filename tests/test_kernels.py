@@ -189,8 +189,47 @@ def test_conv2d_weight_at_an_unaligned_address(emulated, rng):
     assert_kernel_close(y, y_ref, "float64", "y")
 
 
+# The weight-gradient GEMMs, each on shapes its float plan picks it for: dy one element
+# a load (OH OW odd) or in vectors (`_vec`: OH OW % 4 == 0); channels a multiple of 4
+# or padded to one (their columns' sums in a scratch slice); a step that carries into
+# the next row (OW < 8) or several images on (OH OW = 1 or 4); split-K; two row tiles.
+WEIGHT_GEMM_CASES = [
+    ((2, 30, 5, 7, 100, 3, 3, (1, 1), 1), "conv2d_bwd_weight"),     # C = 30: 2 padded
+    ((11, 72, 2, 2, 200, 2, 2, (1, 1), 0), "conv2d_bwd_weight"),    # 8 images a step
+    ((3, 30, 15, 15, 120, 3, 3, (1, 1), 1), "conv2d_bwd_weight"),   # 3 slices, + scratch
+    ((2, 20, 7, 7, 48, 3, 3, (1, 1), 1), "conv2d_bwd_weight_wide"),
+    ((5, 32, 3, 3, 72, 2, 2, (1, 1), 0), "conv2d_bwd_weight_vec"),  # 2 images a step
+    ((3, 28, 9, 8, 66, 3, 3, (2, 2), 1), "conv2d_bwd_weight_vec"),
+    ((4, 28, 14, 14, 66, 3, 3, (1, 1), 1), "conv2d_bwd_weight_vec"),  # 4 slices
+    ((1, 24, 6, 6, 40, 3, 3, (1, 1), 0), "conv2d_bwd_weight_wide_vec"),
+    ((2, 25, 8, 8, 40, 3, 3, (1, 1), 1), "conv2d_bwd_weight_wide_vec"),  # C = 25
+]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("case,kernel", WEIGHT_GEMM_CASES, ids=str)
+def test_conv2d_weight_gemms_match_the_xp_path(device, case, kernel, dtype, rng):
+    """Each weight-gradient GEMM, on the shapes its plan picks it for, agrees with the
+    xp path, twice bitwise; the emulator launches it."""
+    n, c, h, w, k, r, s, stride, padding = case
+    x, weight = (device.put(rng.standard_normal(shape).astype(dtype))
+                 for shape in ((n, c, h, w), (k, c, r, s)))
+    y_ref, ctx_ref = ops.conv2d_forward(x, weight, None, stride, padding, use_kernels=False)
+    dy = device.put(rng.standard_normal(y_ref.shape).astype(dtype))
+    ref = device.get(ctx_ref.backward(dy)[1])
+    _, ctx = ops.conv2d_forward(x, weight, None, stride, padding, use_kernels=True)
+    assert _plans(ctx, dtype)[2].kernel == kernel
+    cuda_emulator.launches.clear()
+    (got,) = twice(lambda: (device.get(ctx.backward(dy)[1]),))
+    assert_kernel_close(got, ref, dtype, f"dweight ({dtype})")
+    if device.kind == "emulator":
+        assert kernel in {name for name, _, _ in cuda_emulator.launches}
+
+
 TF32_CASES = [(2, 3, 9, 9, 70, 3, 3, (1, 1), 1), (2, 5, 11, 10, 6, 3, 2, (2, 1), (1, 0)),
-              (1, 66, 6, 6, 9, 1, 1, (1, 1), 0)]
+              (1, 66, 6, 6, 9, 1, 1, (1, 1), 0),
+              # the weight gradient's tensor-core GEMMs: dy one element a load, in vectors
+              (2, 30, 5, 7, 100, 3, 3, (1, 1), 1), (5, 32, 3, 3, 72, 2, 2, (1, 1), 0)]
 
 
 def check_tf32_convolution(case, rng, to_device=lambda a: a):
