@@ -70,8 +70,8 @@ GEMM_KERNELS = re.compile(r"^conv2d_(fwd|bwd_data|bwd_weight)(_\w+)?$")  # and _
 # useful work); the other checks still hold them
 GEMM_EXCLUDED = re.compile(r"(_reduce|_direct)$")
 # the 128 x 128 float GEMMs whose main loop is held to --min-loop-ffma (the _tf32 ones
-# multiply on tensor cores)
-SQUARE_TILES = re.compile(r"^conv2d_(fwd|bwd_data|bwd_weight)(_split)?$")
+# multiply on tensor cores), the weight gradient's with dy read as vectors (_vec) too
+SQUARE_TILES = re.compile(r"^conv2d_(fwd|bwd_data|bwd_weight)(_split)?$|^conv2d_bwd_weight_vec$")
 FUNCTION = re.compile(r"^\s*Function\s*:\s*(\S+)")
 INSTRUCTION = re.compile(r"^\s*/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
 HEX = re.compile(r"0x([0-9a-f]+)")

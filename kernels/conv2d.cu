@@ -16,7 +16,9 @@
 //                     summed by conv2d_bwd_weight_reduce
 //   conv2d_bwd_weight partial[z][k][(c,r,s)] over the z-th slice of the (n,oh,ow)
 //                     reduction (split-K: that reduction is long and M x N small);
-//                     conv2d_bwd_weight_reduce sums the slices in order z = 0, 1, ...
+//                     conv2d_bwd_weight_reduce sums the slices in order z = 0, 1, ...;
+//                     the GEMM's columns run (r,s,c), channels padded to 4, and
+//                     `_vec` kernels read dy as aligned vectors (see WeightOperands)
 //   conv2d_fwd_direct, conv2d_bwd_data_direct, conv2d_bwd_weight_direct: not GEMMs,
 //                     one thread per y, dx or dw element, for few filters, few
 //                     channels or few short filters, where a GEMM tile would be
@@ -43,9 +45,9 @@
 // reduction index comes from a per-shape table of filter taps (built and cached by
 // the launcher, as CUTLASS's and cuDNN's implicit GEMMs precompute them; the
 // backward data's per phase), padded past its end so that a step reads its taps with
-// no bound and no branch (TAP_PADDING); the (n,oh,ow) of the weight gradient's
-// reduction index is split by multiply-high at each step. What division is left is
-// by a per-launch constant, through `divide`. Weight rows are read as aligned
+// no bound and no branch (TAP_PADDING); the weight gradient carries the (n,oh,ow) of
+// its reduction index from step to step with a compare-and-subtract per level. What
+// division is left is by a per-launch constant, through `divide`, or once a thread. Weight rows are read as aligned
 // vectors when their length allows.
 // Accumulation in acc_t; deterministic: fixed reduction order, no atomics. Outputs
 // are written with `=`; parameter gradients are returned, the caller accumulates.

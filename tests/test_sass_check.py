@@ -108,6 +108,7 @@ def test_the_main_loop_floor_holds_the_square_tiles_only():
     fails, naming the share; the 64 x 256 tiles and the direct kernels are not held."""
     for name, held in [("conv2d_fwd", True), ("conv2d_fwd_split", True),
                        ("conv2d_bwd_data", True), ("conv2d_bwd_weight", True),
+                       ("conv2d_bwd_weight_vec", True), ("conv2d_bwd_weight_wide_vec", False),
                        ("conv2d_fwd_wide", False), ("conv2d_bwd_data_direct", False)]:
         code = sass_check.KernelCode("k.cu", name, "sm_90", "float", instructions=10, fma=5,
                                      loop_instructions=100, loop_fma=55)
