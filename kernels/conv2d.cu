@@ -787,8 +787,10 @@ struct WeightOperands {
     int col0;
     // The thread's reduction index t + kk (kk = threadIdx.x % TILE_K): left = t_end - it,
     // counting down; h, w: the window corner of its first run (oh sh + r - pt, ow sw +
-    // s - pl); x_at = x + n C H W + oh sh W + ow sw; dy_at = dy + n K P + oh OW + ow
-    // (pointers, not offsets: each load is one IMAD.WIDE from them)
+    // s - pl); x_at = x + n C H W + oh sh W + ow sw - (pt W + pl); dy_at = dy + n K P +
+    // oh OW + ow - a_lead (pointers, not offsets: a load adds an offset to one; the
+    // offsets below are unsigned, from a pointer set before them, so that the compiler
+    // widens them to 64 bits with a zero rather than hold a sign-extended copy)
     int left, h, w;
     const real_t* __restrict__ x_at;
     const real_t* __restrict__ dy_at;
@@ -798,9 +800,9 @@ struct WeightOperands {
     int w_step, w_limit, w_span, h_step, h_step_row, h_limit, h_span;
     int x_step, x_row, x_image, dy_step, dy_image;
     unsigned H, W;
-    int a_offset[A_LOADS];  // A: dy_at[a_offset[i]]
-    int a_lead;             // packed: t + kk - a_lead starts the thread's vector
-    int b_offset[B_PER];    // B: x_at[b_offset[e]]
+    unsigned a_offset[A_LOADS];  // A: dy_at[a_offset[i]]
+    int a_lead;                  // packed: t + kk - a_lead starts the thread's vector
+    unsigned b_offset[B_PER];    // B: x_at[b_offset[e]]
     int h_run[RUNS], w_run[RUNS];  // run q's corner: h + h_run[q], w + w_run[q]
 
     __device__ WeightOperands(const real_t* dy, const real_t* x,
@@ -830,8 +832,7 @@ struct WeightOperands {
         dy_image = (g.K - 1) * P;
         // may point outside x or dy (a window over the border, an index past the slice):
         // read only where inside
-        x_at = reread(x + (n * g.C * HW + oh * g.sh * g.W + ow * g.sw));
-        dy_at = reread(dy + (n * g.K * P + p));
+        x_at = reread(x + (n * g.C * HW + oh * g.sh * g.W + ow * g.sw - (g.pt * g.W + g.pl)));
         // B: run q holds columns q BN / RUNS + 4 s .. + 3 of the tile, s the thread's
         // group rotated by kk, so that the lanes' 16-byte stores of a row (kk) of Bs
         // fall on distinct banks
@@ -852,7 +853,7 @@ struct WeightOperands {
             w_run[q] = wq - w0;
 #pragma unroll
             for (int e = 0; e < RUN; ++e)
-                b_offset[q * RUN + e] = min(c + e, g.C - 1) * HW + hq * g.W + wq;
+                b_offset[q * RUN + e] = min(c + e, g.C - 1) * HW + r * g.W + s;
         }
         h = oh * g.sh + h0;
         w = ow * g.sw + w0;
@@ -865,7 +866,7 @@ struct WeightOperands {
 #pragma unroll
             for (int i = 0; i < PACKS; ++i) {
                 const int k = row0 + VECA * group + a_lead + VECA * GROUPS * i;
-                a_offset[i] = min(k, g.K - 1) * P - a_lead;
+                a_offset[i] = min(k, g.K - 1) * P;
             }
         } else {
             a_lead = 0;
@@ -873,6 +874,7 @@ struct WeightOperands {
             for (int i = 0; i < A_PER; ++i)
                 a_offset[i] = min(row0 + group + GROUPS * i, g.K - 1) * P;
         }
+        dy_at = reread(dy + (n * g.K * P + p - a_lead));
     }
 
     // Through the read-only data cache: x_at and dy_at went through reread, which hides
