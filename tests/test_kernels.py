@@ -226,6 +226,31 @@ def test_conv2d_weight_gemms_match_the_xp_path(device, case, kernel, dtype, rng)
         assert kernel in {name for name, _, _ in cuda_emulator.launches}
 
 
+@needs_compiler
+def test_weight_gemm_padded_channels_sum_into_a_scratch_slice(emulated, monkeypatch, rng):
+    """C = 30: the weight GEMM's columns run over 32 channels a tap, and the 2 padded
+    ones' sums land in a slice past the split's, which the launcher allocates (the
+    reduce never reads it); C = 32 pads nothing and takes no scratch slice."""
+    seen = []
+
+    def record(name, kernel, dtype, grid, block, args, shared_mem=0):
+        if kernel.startswith("conv2d_bwd_weight") and not kernel.endswith(("_reduce", "_direct")):
+            seen.append((kernel, grid, args[2].shape))
+        cuda_emulator.emulated_launch(name, kernel, dtype, grid, block, args, shared_mem)
+
+    monkeypatch.setattr(runtime, "launch", record)
+    for c, scratch in ((30, 1), (32, 0)):
+        seen.clear()
+        x, weight = rng.standard_normal((3, c, 15, 15)), rng.standard_normal((120, c, 3, 3))
+        y, ctx = ops.conv2d_forward(x, weight, None, 1, 1, use_kernels=True)
+        dy = rng.standard_normal(y.shape)
+        _, ctx_ref = ops.conv2d_forward(x, weight, None, 1, 1, use_kernels=False)
+        assert_kernel_close(ctx.backward(dy)[1], ctx_ref.backward(dy)[1], "float64", "dweight")
+        [(kernel, grid, shape)] = seen
+        assert kernel == "conv2d_bwd_weight" and grid[0] == 3 and grid[2] > 1  # 288 columns
+        assert shape == (grid[2] + scratch, 120, c * 9)
+
+
 TF32_CASES = [(2, 3, 9, 9, 70, 3, 3, (1, 1), 1), (2, 5, 11, 10, 6, 3, 2, (2, 1), (1, 0)),
               (1, 66, 6, 6, 9, 1, 1, (1, 1), 0),
               # the weight gradient's tensor-core GEMMs: dy one element a load, in vectors
