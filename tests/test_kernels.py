@@ -227,6 +227,24 @@ def test_conv2d_weight_gemms_match_the_xp_path(device, case, kernel, dtype, rng)
 
 
 @needs_compiler
+@pytest.mark.parametrize("case,kernel", WEIGHT_GEMM_CASES, ids=str)
+def test_conv2d_weight_gemms_at_tile_k_16(emulated, monkeypatch, case, kernel, rng):
+    """bench/gpu_check.py also times the GEMMs built with -DTILE_K=16, where a thread
+    of the weight GEMMs loads two runs of channels, two dy vectors or twice the rows."""
+    monkeypatch.setattr(cuda_emulator, "compile_options",
+                        lambda dtype: (*runtime.compile_options(dtype), "-DTILE_K=16"))
+    n, c, h, w, k, r, s, stride, padding = case
+    x, weight = rng.standard_normal((n, c, h, w)), rng.standard_normal((k, c, r, s))
+    y_ref, ctx_ref = ops.conv2d_forward(x, weight, None, stride, padding, use_kernels=False)
+    dy = rng.standard_normal(y_ref.shape)
+    cuda_emulator.launches.clear()
+    _, ctx = ops.conv2d_forward(x, weight, None, stride, padding, use_kernels=True)
+    got = ctx.backward(dy)[1]
+    assert kernel in {name for name, _, _ in cuda_emulator.launches}
+    assert_kernel_close(got, ctx_ref.backward(dy)[1], "float64", "dweight")
+
+
+@needs_compiler
 def test_weight_gemm_padded_channels_sum_into_a_scratch_slice(emulated, monkeypatch, rng):
     """C = 30: the weight GEMM's columns run over 32 channels a tap, and the 2 padded
     ones' sums land in a slice past the split's, which the launcher allocates (the
