@@ -776,16 +776,27 @@ struct WeightOperands {
     static constexpr int A_LOADS = kPackedDy ? PACKS : A_PER;
     static_assert(RUNS * RUN == B_PER && GROUPS * B_PER == BN, "B's runs do not tile BN");
     static_assert(sizeof(real_t) == sizeof(acc_t), "B is stashed as vectors of real_t");
-    // A is stashed down columns: the 32 lanes of a warp write 8 reduction indices of 4
-    // rows (packed: 2 x 4 indices of 16 rows), which padding rows by 4 puts on 32 banks
-    // (and keeps the 4-wide reads 16-byte aligned).
-    static constexpr int A_PAD = 4;
+    // The thread's place (kk, group): a warp holds 4 reduction indices (kk) of 8 column
+    // groups, lane / 8 and lane % 8. So an eighth of a warp, whose 16-byte stores of a
+    // row of Bs are one phase, stores 8 runs of columns on 8 distinct sets of banks;
+    // and each of a warp's loads of x reads 4 neighbouring (oh, ow) of 8 runs, not 32
+    // scattered places. A is stashed down columns, each lane of a warp on its own bank
+    // when rows are padded by 8 (kk's lane / 8 moves 8 banks; the 4-wide reads stay
+    // 16-byte aligned).
+    static_assert(TILE_K % 4 == 0 && GROUPS % 8 == 0, "a warp: 4 indices x 8 groups");
+    static constexpr int A_PAD = 8;
+    static __device__ int thread_kk() {
+        return 4 * (threadIdx.x / 32 % (TILE_K / 4)) + threadIdx.x % 32 / 8;
+    }
+    static __device__ int thread_group() {
+        return 8 * (threadIdx.x / 32 / (TILE_K / 4)) + threadIdx.x % 8;
+    }
     struct Fragment {
         real_t a[A_PER], b[B_PER];
     };
     const ConvGeometry* __restrict__ geometry;  // read again by the epilogue only
     int col0;
-    // The thread's reduction index t + kk (kk = threadIdx.x % TILE_K): left = t_end - it,
+    // The thread's reduction index t + kk (kk = thread_kk()): left = t_end - it,
     // counting down; h, w: the window corner of its first run (oh sh + r - pt, ow sw +
     // s - pl); x_at = x + n C H W + oh sh W + ow sw - (pt W + pl); dy_at = dy + n K P +
     // oh OW + ow - a_lead (pointers, not offsets: a load adds an offset to one; the
@@ -810,7 +821,7 @@ struct WeightOperands {
                               int t_begin, int t_end)
         : geometry(geometry_), col0(blockIdx.x * BN) {
         const int P = g.OH * g.OW, RS = g.R * g.S, C4 = (g.C + 3) & ~3, HW = g.H * g.W;
-        const int kk = threadIdx.x % TILE_K, group = threadIdx.x / TILE_K;
+        const int kk = thread_kk(), group = thread_group();
         H = g.H;
         W = g.W;
         // where the thread's reduction index starts, and the step TILE_K in (n, oh, ow)
@@ -833,14 +844,11 @@ struct WeightOperands {
         // may point outside x or dy (a window over the border, an index past the slice):
         // read only where inside
         x_at = reread(x + (n * g.C * HW + oh * g.sh * g.W + ow * g.sw - (g.pt * g.W + g.pl)));
-        // B: run q holds columns q BN / RUNS + 4 s .. + 3 of the tile, s the thread's
-        // group rotated by kk, so that the lanes' 16-byte stores of a row (kk) of Bs
-        // fall on distinct banks
-        const int spot = (group + kk * (32 / TILE_K)) % GROUPS;
+        // B: run q holds columns q BN / RUNS + 4 group .. + 3 of the tile
         int h0 = 0, w0 = 0;
 #pragma unroll
         for (int q = 0; q < RUNS; ++q) {
-            int j = col0 + q * (BN / RUNS) + RUN * spot;
+            int j = col0 + q * (BN / RUNS) + RUN * group;
             if (j >= RS * C4) j = 0;  // a run past the GEMM's columns: read, never written
             const int rs = j / C4, c = j - rs * C4;  // once a thread
             const int r = divide(rs, g.s_magic, g.s_shift), s = rs - r * g.S;
@@ -955,7 +963,7 @@ struct WeightOperands {
 
     template <class ARows, class BRows>  // As[k][m], Bs[k][j]: shared arrays of any row length
     __device__ void stash(const Fragment& f, ARows As, BRows Bs) const {
-        const int kk = threadIdx.x % TILE_K, group = threadIdx.x / TILE_K;
+        const int kk = thread_kk(), group = thread_group();
         if constexpr (kPackedDy) {
             const int first = kk - kk % VECA, row = VECA * group + kk % VECA;
 #pragma unroll
@@ -967,13 +975,12 @@ struct WeightOperands {
 #pragma unroll
             for (int i = 0; i < A_PER; ++i) As[kk][group + GROUPS * i] = f.a[i];
         }
-        const int spot = (group + kk * (32 / TILE_K)) % GROUPS;
 #pragma unroll
         for (int q = 0; q < RUNS; ++q) {
             Packet<RUN> v;
 #pragma unroll
             for (int e = 0; e < RUN; ++e) v.v[e] = f.b[q * RUN + e];
-            *reinterpret_cast<Packet<RUN>*>(&Bs[kk][q * (BN / RUNS) + RUN * spot]) = v;
+            *reinterpret_cast<Packet<RUN>*>(&Bs[kk][q * (BN / RUNS) + RUN * group]) = v;
         }
     }
 
