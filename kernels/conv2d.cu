@@ -147,29 +147,56 @@ __device__ __forceinline__ void implicit_gemm(Operands ops, int steps,
 #pragma unroll
         for (int j = 0; j < TN; ++j) acc[i][j] = 0;
 
-    // Step s fetches tile s into registers, multiplies tile s - 1 (in flight
-    // meanwhile), then stores tile s into the buffer tile s - 1 did not use.
-    typename Operands::Fragment staged;
-    for (int step = 0; step <= steps; ++step) {
-        if (step < steps) ops.fetch(staged);
-        if (step > 0) {
-            const int buf = (step - 1) & 1;
+    // One step's products from one buffer; called with a constant buffer, so that its
+    // shared-memory addresses are a register and an immediate.
+    const auto multiply = [&](const acc_t(*As_k)[BM + Operands::A_PAD],
+                              const acc_t(*Bs_k)[BN]) __attribute__((always_inline)) {
 #pragma unroll
-            for (int kk = 0; kk < TILE_K; ++kk) {
-                acc_t a[TM], b[TN];
+        for (int kk = 0; kk < TILE_K; ++kk) {
+            acc_t a[TM], b[TN];
 #pragma unroll
-                for (int i = 0; i < TM; ++i) a[i] = As[buf][kk][(i / 4) * 64 + ty * 4 + i % 4];
+            for (int i = 0; i < TM; ++i) a[i] = As_k[kk][(i / 4) * 64 + ty * 4 + i % 4];
 #pragma unroll
-                for (int j = 0; j < TN; ++j) b[j] = Bs[buf][kk][(j / 4) * 64 + tx * 4 + j % 4];
+            for (int j = 0; j < TN; ++j) b[j] = Bs_k[kk][(j / 4) * 64 + tx * 4 + j % 4];
 #pragma unroll
-                for (int i = 0; i < TM; ++i)
+            for (int i = 0; i < TM; ++i)
 #pragma unroll
-                    for (int j = 0; j < TN; ++j) acc[i][j] += a[i] * b[j];
-            }
+                for (int j = 0; j < TN; ++j) acc[i][j] += a[i] * b[j];
         }
-        if (step < steps) ops.stash(staged, As[step & 1], Bs[step & 1]);
+    };
+    // Step s fetches tile s into registers, multiplies tile s - 1 (in flight
+    // meanwhile), then stores tile s into the buffer tile s - 1 did not use: tile s
+    // lives in buffer s % 2. The pipeline is peeled (step 0 only fetches, the last
+    // multiply has nothing to fetch) and its steady part runs two steps a turn, so
+    // that the loop tests nothing but its count and names its buffers as constants.
+    typename Operands::Fragment staged;
+    if (steps > 0) {
+        ops.fetch(staged);
+        ops.stash(staged, As[0], Bs[0]);
+    }
+    __syncthreads();
+    int step = 1;
+    for (; step + 1 < steps; step += 2) {
+        ops.fetch(staged);
+        multiply(As[0], Bs[0]);
+        ops.stash(staged, As[1], Bs[1]);
+        __syncthreads();
+        ops.fetch(staged);
+        multiply(As[1], Bs[1]);
+        ops.stash(staged, As[0], Bs[0]);
         __syncthreads();
     }
+    // step is odd: tile step - 1 is in buffer 0, and at most one tile is left to fetch
+    if (step < steps) {
+        ops.fetch(staged);
+        multiply(As[0], Bs[0]);
+        ops.stash(staged, As[1], Bs[1]);
+        __syncthreads();
+        multiply(As[1], Bs[1]);
+    } else if (steps > 0) {
+        multiply(As[0], Bs[0]);
+    }
+    __syncthreads();  // the buffers are read: Bs takes the C slices below
 
     // Out through shared memory, 16 rows at a time: the i-th slice holds rows
     // i%4 + 4 ty + 64 (i/4) of the tile.
