@@ -385,66 +385,64 @@ struct ForwardOperands : RowOperands<Tile> {
     using typename Base::Fragment;
     using Base::A_PER, Base::B_PER, Base::B_ROWS_PER_PASS, Base::t, Base::t_end, Base::a_row,
         Base::a_col, Base::a_valid, Base::b, Base::b_valid;
-    const real_t* __restrict__ x;
-    const real_t* __restrict__ w;
-    const int4* __restrict__ taps;
     // Read again for the epilogue (output, column_offset) rather than held through the
     // main loop: the loop keeps only what it uses, in registers.
     const ConvGeometry* __restrict__ geometry;
     real_t* __restrict__ out;  // y, or the split slices' partial sums laid out as y
-    int CRS;
+    // A: a_next[i] for i < a_left, the thread's next A_PER weights of its row (a_left
+    // counts down to the slice's end; 0 from the start for a row past K). Scalar
+    // predicated loads, whatever the row's alignment: one path, no branch.
+    const real_t* __restrict__ a_next;
+    int a_left;
+    // B: x_window[tap.x] when ih0 + tap.y, iw0 + tap.z are inside x; next_taps: the
+    // thread's first tap of the next step
+    const real_t* __restrict__ x_window;
+    const int4* __restrict__ next_taps;
     unsigned H, W;
-    bool a_packets;          // A: weight rows read as aligned vectors
-    int x_offset, ih0, iw0;  // B: x[x_offset + tap.x] when ih0 + r, iw0 + s are inside x
+    int ih0, iw0;
 
     // The reduction indices t_begin .. t_end - 1 of (c, r, s) (all of them but in a
     // split-K slice)
-    __device__ ForwardOperands(const real_t* x_, const real_t* w_, const int* taps_,
+    __device__ ForwardOperands(const real_t* x, const real_t* w, const int* taps,
                                const ConvGeometry* geometry_, const ConvGeometry& g,
                                real_t* out_, int t_begin, int t_end_)
-        : Base(g.K, g.N * g.OH * g.OW, blockIdx.x * Tile::BN, t_begin, t_end_), x(x_), w(w_),
-          taps(reinterpret_cast<const int4*>(taps_)), geometry(geometry_), out(out_) {
-        CRS = g.C * g.R * g.S;
+        : Base(g.K, g.N * g.OH * g.OW, blockIdx.x * Tile::BN, t_begin, t_end_),
+          geometry(geometry_), out(out_) {
+        const int CRS = g.C * g.R * g.S;
+        a_next = w + a_row * CRS + t_begin + a_col;
+        a_left = (a_valid ? t_end_ : t_begin) - (t_begin + a_col);
+        next_taps = reinterpret_cast<const int4*>(taps) + t_begin + b.row;
         H = g.H;
         W = g.W;
-        a_packets = a_valid && CRS % A_PER == 0 &&
-                    reinterpret_cast<unsigned long long>(w) % sizeof(Packet<A_PER>) == 0;
         const int j = blockIdx.x * Tile::BN + b.col, P = g.OH * g.OW;
         const int n = divide(j, g.p_magic, g.p_shift), p = j - n * P;
         const int oh = divide(p, g.ow_magic, g.ow_shift), ow = p - oh * g.OW;
         ih0 = oh * g.sh - g.pt;
         iw0 = ow * g.sw - g.pl;
-        x_offset = n * g.C * g.H * g.W + ih0 * g.W + iw0;
+        // may point before x (a window over the top border): only tap offsets that land
+        // inside x are read through it
+        x_window = opaque(x + (n * g.C * g.H * g.W + ih0 * g.W + iw0));
         // a column past the GEMM's reads nothing: its window starts as far outside x as
         // the table's padding taps (both TAP_OUTSIDE: their sum still fits an int)
         if (!b_valid) ih0 = TAP_OUTSIDE;
     }
 
     __device__ void fetch(Fragment& f) {
-        // a slice starts and ends on a multiple of A_PER (the launcher's chunks are
-        // multiples of 32), so a packet never straddles t_end
-        const int ta = t + a_col;
-        if (a_packets && ta < t_end) {
-            const Packet<A_PER> p = *reinterpret_cast<const Packet<A_PER>*>(w + a_row * CRS + ta);
 #pragma unroll
-            for (int i = 0; i < A_PER; ++i) f.a[i] = p.v[i];
-        } else {
-#pragma unroll
-            for (int i = 0; i < A_PER; ++i)
-                f.a[i] = a_valid && ta + i < t_end ? w[a_row * CRS + ta + i] : (real_t)0;
-        }
+        for (int i = 0; i < A_PER; ++i) f.a[i] = i < a_left ? a_next[i] : (real_t)0;
+        a_next += TILE_K;
+        a_left -= TILE_K;
         // No bound on t: a split slice ends on a whole step (chunks are multiples of
         // 4 TILE_K), the last at C R S, past which the table holds TAP_PADDING taps
         // outside x. So each element is one tap load, its window test and a
         // predicated load: no branch.
-        const int4* __restrict__ step_taps = taps + t + b.row;
 #pragma unroll
         for (int i = 0; i < B_PER; ++i) {
-            const int4 tap = step_taps[B_ROWS_PER_PASS * i];
+            const int4 tap = next_taps[B_ROWS_PER_PASS * i];
             const bool in = (unsigned)(ih0 + tap.y) < H && (unsigned)(iw0 + tap.z) < W;
-            f.b[i] = in ? x[x_offset + tap.x] : (real_t)0;
+            f.b[i] = in ? load_global(x_window + tap.x) : (real_t)0;
         }
-        t += TILE_K;
+        next_taps += TILE_K;
     }
 
     // y[n][k][p] at n K P + p + k P; slice z of a split at z N K P (grid.z is 1 unsplit)
@@ -614,20 +612,25 @@ struct DataOperands : RowOperands<Tile> {
     using typename Base::Fragment;
     using Base::A_PER, Base::B_PER, Base::B_ROWS_PER_PASS, Base::t, Base::t_end, Base::a_row,
         Base::a_col, Base::a_valid, Base::b, Base::b_valid, Base::col0;
-    const real_t* __restrict__ dy;
-    const real_t* __restrict__ w;
-    const int4* __restrict__ taps;  // the phase's
-    int OH, OW, HW, CHW, W, sh, sw;
-    int h0, w0, per_sample, cols;   // the phase's first row and column, positions a sample
-    int a_offset;                   // A: w[a_offset + taps[t].w], a_offset = c R S
-    int dy_offset, oh_top, ow_top;  // B: dy[dy_offset + tap.x] if oh_top - tap.y, ow_top -
-                                    // tap.z are inside dy
+    int HW, CHW, W, sh, sw;
+    int h0, w0, per_sample, cols;  // the phase's first row and column, positions a sample
+    // A: w_row[a_taps[i].w] for i < a_left (counting down to the slice's end; 0 from
+    // the start for a row past C); a_taps: the thread's first A tap of the next step
+    const real_t* __restrict__ w_row;
+    const int4* __restrict__ a_taps;
+    int a_left;
+    // B: dy_window[tap.x] if oh_top - tap.y, ow_top - tap.z are inside dy; b_taps: the
+    // thread's first B tap of the next step
+    const real_t* __restrict__ dy_window;
+    const int4* __restrict__ b_taps;
+    unsigned OH, OW;
+    int oh_top, ow_top;
 
-    __device__ DataOperands(const real_t* dy_, const real_t* w_, const int4* table,
+    __device__ DataOperands(const real_t* dy, const real_t* w, const int4* table,
                             const ConvGeometry& g, const DataPhase& phase, int t_begin,
                             int t_end_)
-        : Base(g.C, phase.head.w, (blockIdx.x - phase.head.z) * Tile::BN, t_begin, t_end_),
-          dy(dy_), w(w_), taps(table + phase.head.x) {
+        : Base(g.C, phase.head.w, (blockIdx.x - phase.head.z) * Tile::BN, t_begin, t_end_) {
+        const int4* taps = table + phase.head.x;  // the phase's
         OH = g.OH;
         OW = g.OW;
         W = g.W;
@@ -639,35 +642,39 @@ struct DataOperands : RowOperands<Tile> {
         w0 = phase.place.y;
         cols = phase.place.w;
         per_sample = phase.place.z * cols;
-        a_offset = a_row * g.R * g.S;
+        // may point past w (a row past C): read only for rows inside it
+        w_row = opaque(w + a_row * g.R * g.S);
+        a_taps = taps + t_begin + a_col;
+        a_left = (a_valid ? t_end_ : t_begin) - (t_begin + a_col);
+        b_taps = taps + t_begin + b.row;
         // once a thread, by sizes of the phase: the loop below divides by nothing
         const int j = b_valid ? col0 + b.col : 0;
         const int n = j / per_sample, q = j - n * per_sample, hq = q / cols;
         oh_top = phase.top.x + hq;
         ow_top = phase.top.y + (q - hq * cols);
-        dy_offset = n * g.K * OH * OW + oh_top * OW + ow_top;
+        // may point outside dy: only tap offsets that land inside it are read through it
+        dy_window = opaque(dy + (n * g.K * g.OH * g.OW + oh_top * g.OW + ow_top));
         if (!b_valid) oh_top = -TAP_OUTSIDE;  // minus a padding tap's j: still an int
     }
 
     __device__ void fetch(Fragment& f) {
+        // past the phase's end the A taps are its padding ones: read, not used
 #pragma unroll
-        for (int i = 0; i < A_PER; ++i) {
-            const int ta = t + a_col + i;
-            f.a[i] = a_valid && ta < t_end ? w[a_offset + taps[ta].w] : (real_t)0;
-        }
+        for (int i = 0; i < A_PER; ++i)
+            f.a[i] = i < a_left ? load_global(w_row + a_taps[i].w) : (real_t)0;
+        a_taps += TILE_K;
+        a_left -= TILE_K;
         // No bound on t (as the forward's): a split slice ends on a whole step, the
         // last at the phase's end, past which its list holds TAP_PADDING taps outside
         // dy; a column past the phase's starts outside dy. One tap load, the window
         // test and a predicated load an element: no branch.
-        const int4* __restrict__ step_taps = taps + t + b.row;
 #pragma unroll
         for (int i = 0; i < B_PER; ++i) {
-            const int4 tap = step_taps[B_ROWS_PER_PASS * i];
-            const bool in = (unsigned)(oh_top - tap.y) < (unsigned)OH &&
-                            (unsigned)(ow_top - tap.z) < (unsigned)OW;
-            f.b[i] = in ? dy[dy_offset + tap.x] : (real_t)0;
+            const int4 tap = b_taps[B_ROWS_PER_PASS * i];
+            const bool in = (unsigned)(oh_top - tap.y) < OH && (unsigned)(ow_top - tap.z) < OW;
+            f.b[i] = in ? load_global(dy_window + tap.x) : (real_t)0;
         }
-        t += TILE_K;
+        b_taps += TILE_K;
     }
 
     GemmOut out;  // partial[z], laid out as dx
