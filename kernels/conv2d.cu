@@ -65,11 +65,29 @@
 // 128 x 128 backward passes in float, which spill at 128 (bench/sass_check.py fails
 // on any spill and on fewer blocks an SM than declared).
 #define GEMM_MIN_BLOCKS (sizeof(acc_t) == 4 ? 2 : 1)
-// The launcher's tap tables (gpunet/cuda/conv2d.py) run TAP_PADDING taps past each
-// list's end, at window offsets TAP_OUTSIDE, which put any window outside its input:
-// a step may read the whole of its TILE_K taps without a bound on t.
+// The launcher's tap tables (gpunet/cuda/conv2d.py) give a tap's place in its window
+// one-hot: bit i for offset i < WINDOW_EXTENT (launchers send larger filters down the
+// xp path), so that a thread tests a tap against its window with two logic
+// instructions, its window's rows and columns inside the input being bit masks
+// (window_bits). They run TAP_PADDING taps past each list's end, at offsets with bit
+// TAP_OUTSIDE, which no window holds: a step may read the whole of its TILE_K taps
+// without a bound on t.
 #define TAP_PADDING 16
-#define TAP_OUTSIDE (1 << 29)
+#define WINDOW_EXTENT 31
+#define TAP_OUTSIDE (-2147483647 - 1)  // bit 31
+
+// The window offsets i < WINDOW_EXTENT with lo <= i < hi, as the bits of a mask.
+__device__ __forceinline__ unsigned window_bits(int lo, int hi) {
+    lo = max(lo, 0);
+    hi = min(hi, WINDOW_EXTENT);
+    return lo < hi ? (~0u >> (32 - hi)) & (~0u << lo) : 0u;
+}
+
+// Whether a tap (its one-hot offsets) falls inside a window (the masks of its rows and
+// columns inside the input).
+__device__ __forceinline__ bool tap_inside(int4 tap, unsigned rows_in, unsigned cols_in) {
+    return (((unsigned)tap.y & ~rows_in) | ((unsigned)tap.z & ~cols_in)) == 0;
+}
 
 // Passed as a pointer to int32 in device memory (the launcher caches one per shape).
 // Each *_magic, *_shift pair divides by the size named (runtime.fast_divisor).
@@ -377,8 +395,8 @@ struct RowOperands {
 };
 
 // ---- forward: rows k, columns (n,oh,ow), reduction (c,r,s) --------------------------
-// taps[t] = {c*H*W + r*W + s, r, s, unused}, then TAP_PADDING taps {0, TAP_OUTSIDE,
-// TAP_OUTSIDE, 0}
+// taps[t] = {c*H*W + i*W + j, 1 << i, 1 << j, unused}, (i, j) = (r d_h, s d_w), then
+// TAP_PADDING taps {0, TAP_OUTSIDE, TAP_OUTSIDE, 0}
 template <class Tile>
 struct ForwardOperands : RowOperands<Tile> {
     using Base = RowOperands<Tile>;
@@ -394,12 +412,12 @@ struct ForwardOperands : RowOperands<Tile> {
     // predicated loads, whatever the row's alignment: one path, no branch.
     const real_t* __restrict__ a_next;
     int a_left;
-    // B: x_window[tap.x] when ih0 + tap.y, iw0 + tap.z are inside x; next_taps: the
-    // thread's first tap of the next step
+    // B: x_window[tap.x] when the tap is inside the window's rows_in, cols_in (bit i:
+    // row ih0 + i, column iw0 + i, inside x); next_taps: the thread's first tap of the
+    // next step
     const real_t* __restrict__ x_window;
     const int4* __restrict__ next_taps;
-    unsigned H, W;
-    int ih0, iw0;
+    unsigned rows_in, cols_in;
 
     // The reduction indices t_begin .. t_end - 1 of (c, r, s) (all of them but in a
     // split-K slice)
@@ -412,19 +430,16 @@ struct ForwardOperands : RowOperands<Tile> {
         a_next = w + a_row * CRS + t_begin + a_col;
         a_left = (a_valid ? t_end_ : t_begin) - (t_begin + a_col);
         next_taps = reinterpret_cast<const int4*>(taps) + t_begin + b.row;
-        H = g.H;
-        W = g.W;
         const int j = blockIdx.x * Tile::BN + b.col, P = g.OH * g.OW;
         const int n = divide(j, g.p_magic, g.p_shift), p = j - n * P;
         const int oh = divide(p, g.ow_magic, g.ow_shift), ow = p - oh * g.OW;
-        ih0 = oh * g.sh - g.pt;
-        iw0 = ow * g.sw - g.pl;
+        const int ih0 = oh * g.sh - g.pt, iw0 = ow * g.sw - g.pl;
         // may point before x (a window over the top border): only tap offsets that land
         // inside x are read through it
         x_window = opaque(x + (n * g.C * g.H * g.W + ih0 * g.W + iw0));
-        // a column past the GEMM's reads nothing: its window starts as far outside x as
-        // the table's padding taps (both TAP_OUTSIDE: their sum still fits an int)
-        if (!b_valid) ih0 = TAP_OUTSIDE;
+        // a column past the GEMM's reads nothing: no row of its window is inside
+        rows_in = b_valid ? window_bits(-ih0, g.H - ih0) : 0u;
+        cols_in = window_bits(-iw0, g.W - iw0);
     }
 
     __device__ void fetch(Fragment& f) {
@@ -434,13 +449,13 @@ struct ForwardOperands : RowOperands<Tile> {
         a_left -= TILE_K;
         // No bound on t: a split slice ends on a whole step (chunks are multiples of
         // 4 TILE_K), the last at C R S, past which the table holds TAP_PADDING taps
-        // outside x. So each element is one tap load, its window test and a
-        // predicated load: no branch.
+        // outside every window. So each element is one tap load, its window test and
+        // a predicated load: no branch.
 #pragma unroll
         for (int i = 0; i < B_PER; ++i) {
             const int4 tap = next_taps[B_ROWS_PER_PASS * i];
-            const bool in = (unsigned)(ih0 + tap.y) < H && (unsigned)(iw0 + tap.z) < W;
-            f.b[i] = in ? load_global(x_window + tap.x) : (real_t)0;
+            f.b[i] = tap_inside(tap, rows_in, cols_in) ? load_global(x_window + tap.x)
+                                                        : (real_t)0;
         }
         next_taps += TILE_K;
     }
@@ -598,7 +613,7 @@ conv2d_fwd_direct(const real_t* __restrict__ x, const real_t* __restrict__ w,
 //   {taps offset, taps count, first block, columns}, {h0, w0, rows, cols}, {oh_top0, ow_top0}
 // (h0, w0: the phase's first dx row and column; rows x cols its positions a sample),
 // and holds each phase's taps, (k, j, l) in order:
-//   {k OH OW - j OW - l, j, l, k C R S + r S + s},
+//   {k OH OW - j OW - l, 1 << j, 1 << l, k C R S + r S + s},
 // each phase's followed by TAP_PADDING taps {0, TAP_OUTSIDE, TAP_OUTSIDE, 0}.
 // Split-K (blockIdx.z: the z-th `chunk` of the phase's taps) writes partial[z] laid
 // out as dx; conv2d_bwd_weight_reduce sums the slices in order. Unsplit, partial is dx.
@@ -619,20 +634,18 @@ struct DataOperands : RowOperands<Tile> {
     const real_t* __restrict__ w_row;
     const int4* __restrict__ a_taps;
     int a_left;
-    // B: dy_window[tap.x] if oh_top - tap.y, ow_top - tap.z are inside dy; b_taps: the
-    // thread's first B tap of the next step
+    // B: dy_window[tap.x] if the tap is inside rows_in, cols_in (bit j: dy row oh_top -
+    // j inside dy; bit l: column ow_top - l); b_taps: the thread's first B tap of the
+    // next step
     const real_t* __restrict__ dy_window;
     const int4* __restrict__ b_taps;
-    unsigned OH, OW;
-    int oh_top, ow_top;
+    unsigned rows_in, cols_in;
 
     __device__ DataOperands(const real_t* dy, const real_t* w, const int4* table,
                             const ConvGeometry& g, const DataPhase& phase, int t_begin,
                             int t_end_)
         : Base(g.C, phase.head.w, (blockIdx.x - phase.head.z) * Tile::BN, t_begin, t_end_) {
         const int4* taps = table + phase.head.x;  // the phase's
-        OH = g.OH;
-        OW = g.OW;
         W = g.W;
         HW = g.H * g.W;
         CHW = g.C * HW;
@@ -650,11 +663,12 @@ struct DataOperands : RowOperands<Tile> {
         // once a thread, by sizes of the phase: the loop below divides by nothing
         const int j = b_valid ? col0 + b.col : 0;
         const int n = j / per_sample, q = j - n * per_sample, hq = q / cols;
-        oh_top = phase.top.x + hq;
-        ow_top = phase.top.y + (q - hq * cols);
+        const int oh_top = phase.top.x + hq, ow_top = phase.top.y + (q - hq * cols);
         // may point outside dy: only tap offsets that land inside it are read through it
         dy_window = opaque(dy + (n * g.K * g.OH * g.OW + oh_top * g.OW + ow_top));
-        if (!b_valid) oh_top = -TAP_OUTSIDE;  // minus a padding tap's j: still an int
+        // j with 0 <= oh_top - j < OH; none for a column past the phase's
+        rows_in = b_valid ? window_bits(oh_top - g.OH + 1, oh_top + 1) : 0u;
+        cols_in = window_bits(ow_top - g.OW + 1, ow_top + 1);
     }
 
     __device__ void fetch(Fragment& f) {
@@ -671,8 +685,8 @@ struct DataOperands : RowOperands<Tile> {
 #pragma unroll
         for (int i = 0; i < B_PER; ++i) {
             const int4 tap = b_taps[B_ROWS_PER_PASS * i];
-            const bool in = (unsigned)(oh_top - tap.y) < OH && (unsigned)(ow_top - tap.z) < OW;
-            f.b[i] = in ? load_global(dy_window + tap.x) : (real_t)0;
+            f.b[i] = tap_inside(tap, rows_in, cols_in) ? load_global(dy_window + tap.x)
+                                                        : (real_t)0;
         }
         b_taps += TILE_K;
     }
