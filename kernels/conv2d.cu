@@ -153,6 +153,7 @@ template <class Tile, bool kBias, class Operands>
 __device__ __forceinline__ void implicit_gemm(Operands ops, int steps,
                                               const real_t* __restrict__ bias) {
     constexpr int TM = Tile::TM, TN = Tile::TN, BM = Tile::BM, BN = Tile::BN;
+    constexpr bool kPeeled = TM == 8;
     // The operand buffers; then Bs holds one 16-row slice of C on its way out. A's
     // rows are padded by Operands::A_PAD (see WeightOperands).
     __shared__ __align__(16) acc_t As[2][TILE_K][BM + Operands::A_PAD];
@@ -184,35 +185,46 @@ __device__ __forceinline__ void implicit_gemm(Operands ops, int steps,
     };
     // Step s fetches tile s into registers, multiplies tile s - 1 (in flight
     // meanwhile), then stores tile s into the buffer tile s - 1 did not use: tile s
-    // lives in buffer s % 2. The pipeline is peeled (step 0 only fetches, the last
-    // multiply has nothing to fetch) and its steady part runs two steps a turn, so
-    // that the loop tests nothing but its count and names its buffers as constants.
+    // lives in buffer s % 2. For the square tile the pipeline is peeled (step 0 only
+    // fetches, the last multiply has nothing to fetch) and its steady part runs two
+    // steps a turn, so that the loop tests nothing but its count and names its
+    // buffers as constants; the wide tile, whose fetch holds twice the B taps, would
+    // spill so, and keeps one loop that tests the step.
     typename Operands::Fragment staged;
-    if (steps > 0) {
-        ops.fetch(staged);
-        ops.stash(staged, As[0], Bs[0]);
-    }
-    __syncthreads();
-    int step = 1;
-    for (; step + 1 < steps; step += 2) {
-        ops.fetch(staged);
-        multiply(As[0], Bs[0]);
-        ops.stash(staged, As[1], Bs[1]);
+    if constexpr (kPeeled) {
+        if (steps > 0) {
+            ops.fetch(staged);
+            ops.stash(staged, As[0], Bs[0]);
+        }
         __syncthreads();
-        ops.fetch(staged);
-        multiply(As[1], Bs[1]);
-        ops.stash(staged, As[0], Bs[0]);
-        __syncthreads();
-    }
-    // step is odd: tile step - 1 is in buffer 0, and at most one tile is left to fetch
-    if (step < steps) {
-        ops.fetch(staged);
-        multiply(As[0], Bs[0]);
-        ops.stash(staged, As[1], Bs[1]);
-        __syncthreads();
-        multiply(As[1], Bs[1]);
-    } else if (steps > 0) {
-        multiply(As[0], Bs[0]);
+        int step = 1;
+        for (; step + 1 < steps; step += 2) {
+            ops.fetch(staged);
+            multiply(As[0], Bs[0]);
+            ops.stash(staged, As[1], Bs[1]);
+            __syncthreads();
+            ops.fetch(staged);
+            multiply(As[1], Bs[1]);
+            ops.stash(staged, As[0], Bs[0]);
+            __syncthreads();
+        }
+        // step is odd: tile step - 1 is in buffer 0, and at most one tile is left
+        if (step < steps) {
+            ops.fetch(staged);
+            multiply(As[0], Bs[0]);
+            ops.stash(staged, As[1], Bs[1]);
+            __syncthreads();
+            multiply(As[1], Bs[1]);
+        } else if (steps > 0) {
+            multiply(As[0], Bs[0]);
+        }
+    } else {
+        for (int step = 0; step <= steps; ++step) {
+            if (step < steps) ops.fetch(staged);
+            if (step > 0) multiply(As[(step - 1) & 1], Bs[(step - 1) & 1]);
+            if (step < steps) ops.stash(staged, As[step & 1], Bs[step & 1]);
+            __syncthreads();
+        }
     }
     __syncthreads();  // the buffers are read: Bs takes the C slices below
 
@@ -348,6 +360,18 @@ __device__ __forceinline__ void run_gemm(Operands ops, int steps, const real_t* 
     else
 #endif
         implicit_gemm<Tile, kBias>(ops, steps, bias);
+}
+
+// A pointer into an operand that the backward data's main loop indexes: held in a
+// register pair (opaque) by the square tile; the wide tile, whose fetch holds twice the
+// B taps, would spill so (sm_90), and lets the compiler rebuild it from the kernel's
+// parameters where it is used.
+template <class Tile, class T>
+__device__ __forceinline__ T* loop_pointer(T* pointer) {
+    if constexpr (Tile::TM == 8)
+        return opaque(pointer);
+    else
+        return pointer;
 }
 
 // The B operand's thread mapping, shared by the three passes: one column of the
@@ -610,15 +634,25 @@ conv2d_fwd_direct(const real_t* __restrict__ x, const real_t* __restrict__ w,
 // bounds of oh and ow (stride 1 is the one phase, j = r). The grid's x blocks run
 // through the phases in turn. The launcher's table (gpunet/cuda/conv2d.py,
 // data_phase_table) opens with three int4 a phase,
-//   {taps offset, taps count, first block, columns}, {h0, w0, rows, cols}, {oh_top0, ow_top0}
+//   {taps offset, taps count, first block, columns}, {h0, w0, rows, cols},
+//   {oh_top0, ow_top0, weights offset, 0}
 // (h0, w0: the phase's first dx row and column; rows x cols its positions a sample),
 // and holds each phase's taps, (k, j, l) in order:
 //   {k OH OW - j OW - l, 1 << j, 1 << l, k C R S + r S + s},
-// each phase's followed by TAP_PADDING taps {0, TAP_OUTSIDE, TAP_OUTSIDE, 0}.
+// each phase's followed by TAP_PADDING taps {0, TAP_OUTSIDE, TAP_OUTSIDE, 0}; then,
+// from `weights offset` (in int32, a multiple of 4), each phase's weight indices (the
+// taps' last field, the padding's included) on their own, so that a thread reads its
+// A_PER of a step as one vector.
 // Split-K (blockIdx.z: the z-th `chunk` of the phase's taps) writes partial[z] laid
 // out as dx; conv2d_bwd_weight_reduce sums the slices in order. Unsplit, partial is dx.
 struct DataPhase {
     int4 head, place, top;
+};
+
+// `count` weight indices of the backward data's table, read as one aligned vector.
+template <int count>
+struct __align__(count * sizeof(int)) WeightIndices {
+    int v[count];
 };
 
 template <class Tile>
@@ -627,12 +661,15 @@ struct DataOperands : RowOperands<Tile> {
     using typename Base::Fragment;
     using Base::A_PER, Base::B_PER, Base::B_ROWS_PER_PASS, Base::t, Base::t_end, Base::a_row,
         Base::a_col, Base::a_valid, Base::b, Base::b_valid, Base::col0;
-    int HW, CHW, W, sh, sw;
-    int h0, w0, per_sample, cols;  // the phase's first row and column, positions a sample
-    // A: w_row[a_taps[i].w] for i < a_left (counting down to the slice's end; 0 from
-    // the start for a row past C); a_taps: the thread's first A tap of the next step
+    // Read again for the epilogue (column_offset) rather than held through the main
+    // loop (as the forward's)
+    const ConvGeometry* __restrict__ geometry;
+    const int4* __restrict__ place;  // the phase's {h0, w0, rows, cols}
+    // A: w_row[a_indices->v[i]] for i < a_left (counting down to the slice's end; 0
+    // from the start for a row past C); a_indices: the thread's weight indices of the
+    // next step
     const real_t* __restrict__ w_row;
-    const int4* __restrict__ a_taps;
+    const WeightIndices<A_PER>* __restrict__ a_indices;
     int a_left;
     // B: dy_window[tap.x] if the tap is inside rows_in, cols_in (bit j: dy row oh_top -
     // j inside dy; bit l: column ow_top - l); b_taps: the thread's first B tap of the
@@ -642,22 +679,17 @@ struct DataOperands : RowOperands<Tile> {
     unsigned rows_in, cols_in;
 
     __device__ DataOperands(const real_t* dy, const real_t* w, const int4* table,
-                            const ConvGeometry& g, const DataPhase& phase, int t_begin,
+                            const ConvGeometry* geometry_, const ConvGeometry& g,
+                            const DataPhase& phase, const int4* place_, int t_begin,
                             int t_end_)
-        : Base(g.C, phase.head.w, (blockIdx.x - phase.head.z) * Tile::BN, t_begin, t_end_) {
+        : Base(g.C, phase.head.w, (blockIdx.x - phase.head.z) * Tile::BN, t_begin, t_end_),
+          geometry(geometry_), place(place_) {
         const int4* taps = table + phase.head.x;  // the phase's
-        W = g.W;
-        HW = g.H * g.W;
-        CHW = g.C * HW;
-        sh = g.sh;
-        sw = g.sw;
-        h0 = phase.place.x;
-        w0 = phase.place.y;
-        cols = phase.place.w;
-        per_sample = phase.place.z * cols;
+        const int cols = phase.place.w, per_sample = phase.place.z * cols;
         // may point past w (a row past C): read only for rows inside it
-        w_row = opaque(w + a_row * g.R * g.S);
-        a_taps = taps + t_begin + a_col;
+        w_row = loop_pointer<Tile>(w + a_row * g.R * g.S);
+        a_indices = reinterpret_cast<const WeightIndices<A_PER>*>(
+                        reinterpret_cast<const int*>(table) + phase.top.z + t_begin + a_col);
         a_left = (a_valid ? t_end_ : t_begin) - (t_begin + a_col);
         b_taps = taps + t_begin + b.row;
         // once a thread, by sizes of the phase: the loop below divides by nothing
@@ -665,18 +697,19 @@ struct DataOperands : RowOperands<Tile> {
         const int n = j / per_sample, q = j - n * per_sample, hq = q / cols;
         const int oh_top = phase.top.x + hq, ow_top = phase.top.y + (q - hq * cols);
         // may point outside dy: only tap offsets that land inside it are read through it
-        dy_window = opaque(dy + (n * g.K * g.OH * g.OW + oh_top * g.OW + ow_top));
+        dy_window = loop_pointer<Tile>(dy + (n * g.K * g.OH * g.OW + oh_top * g.OW + ow_top));
         // j with 0 <= oh_top - j < OH; none for a column past the phase's
         rows_in = b_valid ? window_bits(oh_top - g.OH + 1, oh_top + 1) : 0u;
         cols_in = window_bits(ow_top - g.OW + 1, ow_top + 1);
     }
 
     __device__ void fetch(Fragment& f) {
-        // past the phase's end the A taps are its padding ones: read, not used
+        // past the phase's end the indices are its padding ones: read, not used
+        const WeightIndices<A_PER> index = *a_indices;
 #pragma unroll
         for (int i = 0; i < A_PER; ++i)
-            f.a[i] = i < a_left ? load_global(w_row + a_taps[i].w) : (real_t)0;
-        a_taps += TILE_K;
+            f.a[i] = i < a_left ? load_global(w_row + index.v[i]) : (real_t)0;
+        a_indices += TILE_K / A_PER;
         a_left -= TILE_K;
         // No bound on t (as the forward's): a split slice ends on a whole step, the
         // last at the phase's end, past which its list holds TAP_PADDING taps outside
@@ -695,8 +728,11 @@ struct DataOperands : RowOperands<Tile> {
     __device__ GemmOut output() const { return out; }
 
     __device__ int column_offset(int j) const {  // dx[n][c][h][w]: n C H W + h W + w (+ c H W)
+        const ConvGeometry& g = *reread(geometry);
+        const int4 at = *reread(place);
+        const int cols = at.w, per_sample = at.z * cols;
         const int n = j / per_sample, q = j - n * per_sample, hq = q / cols;
-        return n * CHW + (h0 + hq * sh) * W + w0 + (q - hq * cols) * sw;
+        return n * g.C * g.H * g.W + (at.x + hq * g.sh) * g.W + at.y + (q - hq * cols) * g.sw;
     }
 };
 
@@ -714,7 +750,7 @@ __device__ __forceinline__ void conv2d_bwd_data_tile(const real_t* dy, const rea
     const int t_begin = blockIdx.z * chunk;
     const int t_end = phase.head.y - t_begin < chunk ? max(phase.head.y, t_begin)
                                                      : t_begin + chunk;
-    DataOperands<Tile> ops(dy, w, table, g, phase, t_begin, t_end);
+    DataOperands<Tile> ops(dy, w, table, geometry, g, phase, table + 3 * p + 1, t_begin, t_end);
     ops.out = {partial + blockIdx.z * g.N * g.C * g.H * g.W, g.C, phase.head.w, g.H * g.W};
     run_gemm<Tile, kTF32, false>(ops, (t_end - t_begin + TILE_K - 1) / TILE_K,
                                  (const real_t*)nullptr);

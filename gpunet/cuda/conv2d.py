@@ -109,10 +109,12 @@ def _padding_taps():
 def data_phase_table(sizes, stride, pads, dilation, block_columns):
     """conv2d_bwd_data's table (kernels/conv2d.cu): per phase of dx (row phase major)
     three int4, ``{taps offset, taps count, first block, columns}``, ``{h0, w0, rows,
-    cols}``, ``{oh_top0, ow_top0, 0, 0}``, then each phase's taps, (k, r, s) in order
-    over the taps that reach it: ``{k OH OW - j OW - l, 1 << j, 1 << l, k C R S + r S +
-    s}``, each phase's followed by ``TAP_PADDING`` taps ``{0, TAP_OUTSIDE, TAP_OUTSIDE,
-    0}``;
+    cols}``, ``{oh_top0, ow_top0, weights offset, 0}``, then each phase's taps, (k, r,
+    s) in order over the taps that reach it: ``{k OH OW - j OW - l, 1 << j, 1 << l, k C
+    R S + r S + s}``, each phase's followed by ``TAP_PADDING`` taps ``{0, TAP_OUTSIDE,
+    TAP_OUTSIDE, 0}``; then each phase's weight indices (the taps' last column, the
+    padding's included) again as a list of int32 of its own, from ``weights offset``
+    (in int32, a multiple of 4: the kernel reads four at a time as one aligned vector);
     ``block_columns``: the GEMM tile's columns."""
     n, c, h, w, k, r, s, oh, ow = sizes
     phases = conv2d_plan.data_gemm_phases(sizes, stride, pads, dilation)
@@ -127,12 +129,19 @@ def data_phase_table(sizes, stride, pads, dilation, block_columns):
                                             (1 << ll) + 0 * kk, kk * c * r * s + rr * s + ss)
         count = phase_taps[0].size
         columns = n * rows * cols
-        head += [(offset, count, block, columns), (h0, w0, rows, cols), (oh0, ow0, 0, 0)]
+        head += [[offset, count, block, columns], [h0, w0, rows, cols], [oh0, ow0, 0, 0]]
         taps += [numpy.stack([a.ravel() for a in phase_taps], -1),
                  _padding_taps()]
         offset += count + TAP_PADDING
         block += ceil_div(columns, block_columns)
-    return numpy.concatenate([numpy.array(head).reshape(-1, 4)] + taps).ravel()
+    weights = []
+    for p in range(len(phases)):
+        head[3 * p + 2][2] = 4 * offset
+        indices = numpy.concatenate(taps[2 * p:2 * p + 2])[:, 3]
+        weights.append(numpy.concatenate([indices, numpy.zeros(-len(indices) % 4, numpy.int64)]))
+        offset += len(weights[-1]) // 4
+    return numpy.concatenate([numpy.array(head).ravel()]
+                             + [a.ravel() for a in taps] + weights)
 
 
 def _pairs(reach):
