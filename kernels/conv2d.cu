@@ -35,7 +35,10 @@
 // TF32 tensor cores, launched only when TF32 is allowed (float only; see below).
 // The reduction advances TILE_K at a time through two shared-memory buffers: the
 // global loads of step k+1 are issued into registers before the FMAs of step k and
-// stored to the other buffer after them, one barrier per step. C leaves through
+// stored to the other buffer after them, one barrier per step. The square tile's
+// pipeline is peeled and its loop runs two steps a turn, buffers 0 then 1, so that
+// the loop holds the FMAs, their shared loads, the fetch and its count, nothing else
+// (bench/sass_check.py holds its FFMA share to --min-loop-ffma). C leaves through
 // shared memory, so that a warp stores 32 neighbouring outputs.
 //
 // No division in the main loop: each thread splits its output column into (n, oh,
@@ -43,10 +46,14 @@
 // reduction index comes from a per-shape table of filter taps (built and cached by
 // the launcher, as CUTLASS's and cuDNN's implicit GEMMs precompute them; the
 // backward data's per phase), padded past its end so that a step reads its taps with
-// no bound and no branch (TAP_PADDING); the (n,oh,ow) of the weight gradient's
-// reduction index is split by multiply-high at each step. What division is left is
-// by a per-launch constant, through `divide`. Weight rows are read as aligned
-// vectors when their length allows.
+// no bound and no branch (TAP_PADDING); a tap gives its place in the window one-hot,
+// and each thread holds its window's rows and columns inside the input as bit masks
+// (window_bits), so that the padding test is two logic instructions an element. The
+// forward and backward-data operands are stepped through pointers held in registers
+// (`opaque`), and every load is predicated, none behind a branch: the forward's
+// weights as scalar loads whatever the rows' alignment. The (n,oh,ow) of the weight
+// gradient's reduction index is split by multiply-high at each step. What division
+// is left is by a per-launch constant, through `divide`.
 // Accumulation in acc_t; deterministic: fixed reduction order, no atomics. Outputs
 // are written with `=`; parameter gradients are returned, the caller accumulates.
 #include "common.cuh"
