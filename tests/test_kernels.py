@@ -10,6 +10,8 @@ the real launchers in gpunet/cuda. Outputs are poisoned with NaN before every
 launch, so an element a kernel fails to write shows; every kernel runs twice and
 must give bitwise-equal results. On a GPU the same comparisons run on CuPy.
 """
+import re
+
 import numpy
 import pytest
 
@@ -833,6 +835,33 @@ def test_conv2d_planned_paths_match_the_xp_path(device, case, dtype, rng):
     for plan in _plans(ctx, dtype):
         assert (plan.kernel, plan.grid) in launched, f"{plan} not launched: {launched}"
         assert plan.issued >= plan.useful
+
+
+def test_conv2d_filters_up_to_the_window_bits_run_the_gemms(device, rng):
+    """A filter of WINDOW_EXTENT rows runs the GEMMs, whose tap tables give each row one
+    bit (the forward's and the backward data's: C and K over the direct kernels' 16),
+    and agrees with the textbook path; one row more (dilated too) is refused with
+    the reason (fits() sends it down the xp path)."""
+    dtype, rows = "float64", conv_kernels.WINDOW_EXTENT
+    x, weight, bias = (device.put(rng.standard_normal(sh).astype(dtype))
+                       for sh in ((1, 17, rows + 2, 4), (20, 17, rows, 3), (20,)))
+    y_ref, ctx_ref = ops.conv2d_forward(x, weight, bias, 1, 1, use_kernels=False)
+    dy = device.put(rng.standard_normal(y_ref.shape).astype(dtype))
+    refs = [device.get(a) for a in (y_ref, *ctx_ref.backward(dy))]
+    cuda_emulator.launches.clear()
+    y, ctx = ops.conv2d_forward(x, weight, bias, 1, 1, use_kernels=True)
+    for got, ref, name in zip((y, *ctx.backward(dy)), refs, ("y", "dx", "dweight", "dbias")):
+        assert_kernel_close(device.get(got), ref, dtype, name)
+    if device.kind == "emulator":
+        launched = {name for name, _, _ in cuda_emulator.launches}
+        for gemm in (r"conv2d_fwd(_wide)?(_split)?", r"conv2d_bwd_data(_wide)?"):
+            assert any(re.fullmatch(gemm, name) for name in launched), (gemm, launched)
+    longer = device.put(rng.standard_normal((20, 17, rows + 1, 3)).astype(dtype))
+    with pytest.raises(ValueError, match=f"spans {rows + 1} x 3; the CUDA kernels take at "
+                                         f"most {rows} rows"):
+        ops.conv2d_forward(x, longer, bias, 1, 2, use_kernels=True)
+    with pytest.raises(ValueError, match="spans 5 x 33"):
+        ops.conv2d_forward(x, weight[:, :, :3], bias, 1, 16, dilation=(2, 16), use_kernels=True)
 
 
 def _plans(ctx, dtype, tf32=False, like=None):

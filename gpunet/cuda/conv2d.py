@@ -195,6 +195,11 @@ def forward(x, weight, bias, stride, pads, out_hw, dilation=(1, 1)):
     oh, ow = out_hw
     sizes = (n, c, h, w, k, r, s, oh, ow)
     _check_sizes("conv2d", *sizes)
+    extent = (dilation[0] * (r - 1) + 1, dilation[1] * (s - 1) + 1)
+    if max(extent) > WINDOW_EXTENT:
+        raise ValueError(f"conv2d: the weight's window (dilated) spans {extent[0]} x "
+                         f"{extent[1]}; the CUDA kernels take at most {WINDOW_EXTENT} rows "
+                         f"and columns (use_kernels=False takes the xp path)")
     # no geometry for an input of no rows or columns: its divisors would be 0
     geom = _geometry(xp, sizes, stride, pads) if n * k * h * w else None
     if n * k == 0 or c * h * w == 0:
