@@ -400,16 +400,13 @@ struct RowOperands {
     struct Fragment {
         real_t a[A_PER], b[B_PER];
     };
-    int t, t_end;      // the first reduction index of the next step; the slice's end
     int col0;          // the block's first column of C
-    int a_row, a_col;  // A: row a_row, reduction t + a_col .. t + a_col + A_PER - 1
+    int a_row, a_col;  // A: row a_row, reduction t + a_col .. t + a_col + A_PER - 1 at step t
     BColumn<Tile> b;   // (initialised before b_valid, which reads it)
     bool a_valid, b_valid;
 
-    __device__ RowOperands(int rows, int cols, int first_col, int t_begin, int t_end_)
-        : t(t_begin),
-          t_end(t_end_),
-          col0(first_col),
+    __device__ RowOperands(int rows, int cols, int first_col)
+        : col0(first_col),
           a_row(blockIdx.y * BM + threadIdx.x / (TILE_K / A_PER)),
           a_col(threadIdx.x % (TILE_K / A_PER) * A_PER),
           b(),
@@ -432,7 +429,7 @@ template <class Tile>
 struct ForwardOperands : RowOperands<Tile> {
     using Base = RowOperands<Tile>;
     using typename Base::Fragment;
-    using Base::A_PER, Base::B_PER, Base::B_ROWS_PER_PASS, Base::t, Base::t_end, Base::a_row,
+    using Base::A_PER, Base::B_PER, Base::B_ROWS_PER_PASS, Base::a_row,
         Base::a_col, Base::a_valid, Base::b, Base::b_valid;
     // Read again for the epilogue (output, column_offset) rather than held through the
     // main loop: the loop keeps only what it uses, in registers.
@@ -455,7 +452,7 @@ struct ForwardOperands : RowOperands<Tile> {
     __device__ ForwardOperands(const real_t* x, const real_t* w, const int* taps,
                                const ConvGeometry* geometry_, const ConvGeometry& g,
                                real_t* out_, int t_begin, int t_end_)
-        : Base(g.K, g.N * g.OH * g.OW, blockIdx.x * Tile::BN, t_begin, t_end_),
+        : Base(g.K, g.N * g.OH * g.OW, blockIdx.x * Tile::BN),
           geometry(geometry_), out(out_) {
         const int CRS = g.C * g.R * g.S;
         a_next = w + a_row * CRS + t_begin + a_col;
@@ -666,7 +663,7 @@ template <class Tile>
 struct DataOperands : RowOperands<Tile> {
     using Base = RowOperands<Tile>;
     using typename Base::Fragment;
-    using Base::A_PER, Base::B_PER, Base::B_ROWS_PER_PASS, Base::t, Base::t_end, Base::a_row,
+    using Base::A_PER, Base::B_PER, Base::B_ROWS_PER_PASS, Base::a_row,
         Base::a_col, Base::a_valid, Base::b, Base::b_valid, Base::col0;
     // Read again for the epilogue (column_offset) rather than held through the main
     // loop (as the forward's)
@@ -689,7 +686,7 @@ struct DataOperands : RowOperands<Tile> {
                             const ConvGeometry* geometry_, const ConvGeometry& g,
                             const DataPhase& phase, const int4* place_, int t_begin,
                             int t_end_)
-        : Base(g.C, phase.head.w, (blockIdx.x - phase.head.z) * Tile::BN, t_begin, t_end_),
+        : Base(g.C, phase.head.w, (blockIdx.x - phase.head.z) * Tile::BN),
           geometry(geometry_), place(place_) {
         const int4* taps = table + phase.head.x;  // the phase's
         const int cols = phase.place.w, per_sample = phase.place.z * cols;
