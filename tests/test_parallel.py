@@ -9,6 +9,7 @@ import numpy
 import pytest
 
 from gpunet import nn
+from gpunet.cpu import batchnorm as cpu_batchnorm
 from gpunet.cpu import parallel
 from gpunet.ops import avg_pool2d_forward, conv2d_forward, max_pool2d_forward
 
@@ -25,6 +26,7 @@ def blas_threads():
 def split_everything(monkeypatch):
     """Three threads and no minimum chunk: a batch of 5 runs as chunks of 2, 2, 1."""
     monkeypatch.setattr(parallel, "MIN_WORK_PER_CHUNK", 1)
+    monkeypatch.setattr(cpu_batchnorm, "MIN_VALUES_PER_CHUNK", 1)
     monkeypatch.setattr(parallel, "GEMM_MACS_PER_WORK", 1)
     monkeypatch.setattr(parallel._state, "blas", [object()])  # pretend BLAS is controllable
     monkeypatch.setattr(parallel, "single_threaded_blas", _no_limit)
@@ -263,7 +265,8 @@ def test_batch_norm_over_row_chunks_matches_one_chunk(split_everything, rng, tra
     results = []
     for threads in (3, 1):
         parallel.set_num_threads(threads)
-        assert len(parallel.batch_slices(5, x.size)) == threads
+        assert len(parallel.batch_slices(5, x.size, min_work=cpu_batchnorm.MIN_VALUES_PER_CHUNK)) \
+            == threads
         mean, var = numpy.full(3, 0.5), numpy.full(3, 2.0)
         y, ctx = batch_norm_forward(x, gamma, beta, mean, var, training=training)
         results.append((y, mean, var, *ctx.backward(dy)))
