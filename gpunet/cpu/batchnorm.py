@@ -36,14 +36,21 @@ _row_dot = getattr(numpy, "vecdot", None) or \
 MIN_VALUES_PER_CHUNK = 2**23
 
 
+@functools.lru_cache(maxsize=64)
+def _ones(length, dtype):
+    ones = numpy.ones(length, dtype)
+    ones.flags.writeable = False  # shared by every call
+    return ones
+
+
 def _channel_sums(a2, channels):
     """Per-channel sum of ``a2``, an ``(n, C*L)`` view of ``(n, C, ...)``: each
     ``(n, c)`` row's ``L`` values by BLAS (a matrix-vector product with ones), then
     the ``n`` row sums of each channel; with ``L = 1`` the columns' sums."""
     rows, per_row = a2.shape[0], a2.shape[1] // channels
     if per_row == 1:
-        return numpy.ones(rows, a2.dtype) @ a2
-    row_sums = a2.reshape(rows * channels, per_row) @ numpy.ones(per_row, a2.dtype)
+        return _ones(rows, a2.dtype) @ a2
+    row_sums = a2.reshape(rows * channels, per_row) @ _ones(per_row, a2.dtype)
     return row_sums.reshape(rows, channels).sum(axis=0)
 
 
@@ -71,7 +78,8 @@ def _batch_stats(x2, channels, chunks, centred):
     (the pivot; see :mod:`gpunet.ops.batchnorm`) and its squared deviations from its
     own mean, which it leaves in ``centred``; the chunks are merged in order by
     Chan, Golub and LeVeque's update, as kernels/batchnorm.cu merges its runs.
-    ``shifts[k]``: the batch's offset minus chunk ``k``'s, per channel."""
+    ``shifts[k]``: the batch's offset minus chunk ``k``'s, per channel (``None``
+    for a single chunk: nothing to shift)."""
     per_row = x2.shape[1] // channels  # values of a channel in one sample
     pivot = x2[0].reshape(channels, -1)[:, 0]
     pivot_row = _expand(pivot, x2.shape[1])
@@ -92,7 +100,7 @@ def _batch_stats(x2, channels, chunks, centred):
         offset = offset + delta * (n / (seen + n))
         m2 = m2 + chunk_m2 + delta * delta * (seen * n / (seen + n))
         seen += n
-    shifts = [offset - chunk_offset for chunk_offset, _ in parts]
+    shifts = [None] if len(chunks) == 1 else [offset - chunk_offset for chunk_offset, _ in parts]
     return pivot + offset, m2 / seen, shifts
 
 
@@ -104,20 +112,20 @@ def forward(x, weight, bias, running, eps):
     x2 = x.reshape(x.shape[0], sample_size)  # (N, C*L): see _expand
     chunks = parallel.batch_slices(x2.shape[0], x2.size, min_work=MIN_VALUES_PER_CHUNK)
     centred = numpy.empty_like(x2)
-    zero = numpy.zeros(channels, x.dtype)
+    shifts = [None] * len(chunks)  # None: centred by the batch's own mean
     if running is None and channels == 0:  # training on no channels: no statistics
-        mean, var, shifts = zero, zero, [zero] * len(chunks)
+        mean = var = numpy.zeros(0, x.dtype)
     elif running is None:
         mean, var, shifts = _batch_stats(x2, channels, chunks, centred)
-    else:  # evaluation centres x by the running mean below, the same for every chunk
+    else:  # evaluation centres x by the running mean below
         mean, var = (a.astype(x.dtype) for a in running)
-        shifts = [zero] * len(chunks)
     stats = (mean, var) if running is None else None
     inv_std = 1.0 / numpy.sqrt(var + eps)
     scale = weight * inv_std
     scale_row = _expand(scale, sample_size)
     # (centred - shift) inv_std gamma + beta = centred scale + (beta - shift scale)
-    bias_rows = [_expand(bias - shift * scale, sample_size) for shift in shifts]
+    bias_rows = [_expand(bias if shift is None else bias - shift * scale, sample_size)
+                 for shift in shifts]
     mean_row = _expand(mean, sample_size) if stats is None else None
     y = numpy.empty_like(x2)
 
@@ -138,7 +146,7 @@ def forward(x, weight, bias, running, eps):
 def backward(dy, centred, weight, inv_std, training, input_grad, chunks, shifts):
     """``(dx, dweight, dbias)`` by the formula of :mod:`gpunet.ops.batchnorm`, in the
     forward's row ``chunks``, from ``centred`` (``x_hat = (centred - shifts[k])
-    inv_std`` in chunk ``k``)."""
+    inv_std`` in chunk ``k``, ``centred inv_std`` where the shift is ``None``)."""
     channels, sample_size = dy.shape[1], math.prod(dy.shape[1:])  # not size // N: N may be 0
     dy2, centred2 = (a.reshape(dy.shape[0], sample_size) for a in (dy, centred))
     if channels == 0:
@@ -149,7 +157,8 @@ def backward(dy, centred, weight, inv_std, training, input_grad, chunks, shifts)
                           _channel_dots(dy2[rows], centred2[rows], channels)), chunks)
     dbias = sum(dy_sum for dy_sum, _ in sums)
     # sum(dy x_hat) = inv_std sum(dy (centred - shift)), the shift taken per chunk
-    dweight = inv_std * sum(dot - shift * dy_sum for (dy_sum, dot), shift in zip(sums, shifts))
+    dweight = inv_std * sum(dot if shift is None else dot - shift * dy_sum
+                            for (dy_sum, dot), shift in zip(sums, shifts))
     if not input_grad:
         return None, dweight, dbias
     g_row = _expand(weight * inv_std, sample_size)
@@ -158,7 +167,8 @@ def backward(dy, centred, weight, inv_std, training, input_grad, chunks, shifts)
         # dbias / m + x_hat dweight / m = centred k1 + k0, k0 taking the chunk's shift
         k1 = inv_std * dweight / m
         k1_row = _expand(k1, sample_size)
-        k0_rows = [_expand(dbias / m - k1 * shift, sample_size) for shift in shifts]
+        k0_rows = [_expand(dbias / m if shift is None else dbias / m - k1 * shift, sample_size)
+                   for shift in shifts]
     dx = numpy.empty_like(dy2)
 
     def input_gradient(k):
