@@ -22,18 +22,21 @@ import numpy
 from .._context import BatchNormContext
 from . import parallel
 
-# numpy.vecdot (NumPy 2) or, before it, a batched (1, L) @ (L, 1) product: both
-# reduce each row in one vectorised loop, where einsum over (N, C*L) took twice as
-# long (bench/results/bn-cpu-step-2026-12-06b.md).
-_row_dot = getattr(numpy, "vecdot", None) or \
-    (lambda a, b: numpy.matmul(a[..., None, :], b[..., :, None])[..., 0, 0])
-
-
 # A chunk is worth a thread from this many values. Its passes are bound by memory
 # bandwidth, which a second core did not add on the 2-core VM: there two threads
-# lost to one up to 2**21 values (a thread hand-over costs ~130 us) and drew level
-# at 2**23 (bench/results/bn-cpu-step-2026-12-06b.md).
+# lost to one up to 2**21 values and drew level at 2**23
+# (bench/results/bn-cpu-step-2026-12-06b.md).
 MIN_VALUES_PER_CHUNK = 2**23
+
+
+def _row_dots_by_matmul(a, b):
+    """``numpy.vecdot(a, b)`` of real arrays before NumPy 2: a batched (1, L) @ (L, 1)."""
+    return numpy.matmul(a[..., None, :], b[..., :, None])[..., 0, 0]
+
+
+# Either reduces each row in one vectorised loop, faster than einsum over (N, C*L)
+# (bench/results/bn-cpu-step-2026-12-06b.md).
+_row_dots = getattr(numpy, "vecdot", None) or _row_dots_by_matmul
 
 
 @functools.lru_cache(maxsize=64)
@@ -60,7 +63,7 @@ def _channel_dots(a2, b2, channels):
     if per_row == 1:
         return numpy.einsum("nc,nc->c", a2, b2)
     shape = (rows, channels, per_row)
-    return _row_dot(a2.reshape(shape), b2.reshape(shape)).sum(axis=0)
+    return _row_dots(a2.reshape(shape), b2.reshape(shape)).sum(axis=0)
 
 
 def _expand(per_channel, sample_size):
