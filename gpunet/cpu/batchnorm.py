@@ -1,7 +1,8 @@
 """The CPU accelerator of batch normalisation: the passes of :mod:`gpunet.ops.batchnorm`
-over row chunks on gpunet's threads (:mod:`.parallel`), each pass over ``(N, C*L)``
-rows with per-channel values repeated to a sample's length, so that NumPy's inner
-loops run a whole sample long.
+over row chunks on gpunet's threads (:mod:`.parallel`; a single chunk below
+``MIN_VALUES_PER_CHUNK`` values a chunk, as for every layer of LeNet-5), each pass
+over ``(N, C*L)`` rows with per-channel values repeated to a sample's length, so that
+NumPy's inner loops run a whole sample long.
 
 Each chunk takes its own two-pass statistics (the sums of a sample's ``L`` values of
 a channel by BLAS, reading the array once), merged in order (Chan et al.), so any
