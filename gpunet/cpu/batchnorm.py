@@ -141,7 +141,7 @@ def forward(x, weight, bias, running, eps):
         y[rows] += bias_rows[k]
 
     parallel.map_chunks(normalise, list(range(len(chunks))))
-    # the context's x_hat is centred here: the backward below knows the chunks' shifts
+    # saved centred, not as x_hat: the backward below knows the chunks' shifts
     return y.reshape(x.shape), BatchNormContext(
         centred.reshape(x.shape), inv_std, weight, running is None,
         functools.partial(backward, chunks=chunks, shifts=shifts), stats)
