@@ -40,15 +40,36 @@ __device__ __forceinline__ int divide(int n, int magic, int shift) {
     return (int)((t + (unsigned)n) >> shift);
 }
 
-// `pointer`, hidden from the compiler's view of where it points: what a kernel reads
-// through it is read there, not kept in registers from an earlier read of the same
-// place (a GEMM's epilogue re-reads its sizes rather than hold them through the loop).
+// `pointer`, hidden from the compiler's view of where it points: it cannot fold the
+// pointer back into the base and offset it came from, so a loop keeps it in one
+// register pair and indexes it with one IMAD.WIDE (rather than re-reading the base
+// from the kernel's parameters and adding the offset again at every use); and what a
+// kernel reads through it is read there, not kept in registers from an earlier read
+// of the same place (a GEMM's epilogue re-reads its sizes rather than hold them
+// through the loop).
 template <class T>
-__device__ __forceinline__ const T* reread(const T* pointer) {
+__device__ __forceinline__ T* opaque(T* pointer) {
 #ifdef __CUDA_ARCH__
     asm volatile("" : "+l"(pointer));
 #endif
     return pointer;
+}
+
+template <class T>
+__device__ __forceinline__ const T* reread(const T* pointer) {
+    return opaque(pointer);
+}
+
+// *pointer through the read-only data cache, for a pointer to global memory that the
+// compiler cannot prove global (one that went through `opaque`: a plain load of it
+// would be a generic LD).
+template <class T>
+__device__ __forceinline__ T load_global(const T* pointer) {
+#ifdef __CUDA_ARCH__
+    return __ldg(pointer);
+#else
+    return *pointer;
+#endif
 }
 
 // `count` consecutive real_t read as one aligned load (LDG.128 for 4 floats or 2

@@ -37,7 +37,10 @@
 // TF32 tensor cores, launched only when TF32 is allowed (float only; see below).
 // The reduction advances TILE_K at a time through two shared-memory buffers: the
 // global loads of step k+1 are issued into registers before the FMAs of step k and
-// stored to the other buffer after them, one barrier per step. C leaves through
+// stored to the other buffer after them, one barrier per step. The square tile's
+// pipeline is peeled and its loop runs two steps a turn, buffers 0 then 1, so that
+// the loop holds the FMAs, their shared loads, the fetch and its count, nothing else
+// (bench/sass_check.py holds its FFMA share to --min-loop-ffma). C leaves through
 // shared memory, so that a warp stores 32 neighbouring outputs.
 //
 // No division in the main loop: each thread splits its output column into (n, oh,
@@ -45,10 +48,15 @@
 // reduction index comes from a per-shape table of filter taps (built and cached by
 // the launcher, as CUTLASS's and cuDNN's implicit GEMMs precompute them; the
 // backward data's per phase), padded past its end so that a step reads its taps with
-// no bound and no branch (TAP_PADDING); the weight gradient carries the (n,oh,ow) of
-// its reduction index from step to step with a compare-and-subtract per level. What
-// division is left is by a per-launch constant, through `divide`, or once a thread. Weight rows are read as aligned
-// vectors when their length allows.
+// no bound and no branch (TAP_PADDING); a tap gives its place in the window one-hot,
+// and each thread holds its window's rows and columns inside the input as bit masks
+// (window_bits), so that the padding test is two logic instructions an element. The
+// forward and backward-data operands are stepped through pointers held in registers
+// (`opaque`), and every load is predicated, none behind a branch: the forward's
+// weights as scalar loads whatever the rows' alignment. The weight gradient carries
+// the (n,oh,ow) of its reduction index from step to step with a compare-and-subtract
+// per level (see WeightOperands). What division is left is by a per-launch constant,
+// through `divide`, or once a thread.
 // Accumulation in acc_t; deterministic: fixed reduction order, no atomics. Outputs
 // are written with `=`; parameter gradients are returned, the caller accumulates.
 #include "common.cuh"
@@ -67,11 +75,29 @@
 // 128 x 128 backward passes in float, which spill at 128 (bench/sass_check.py fails
 // on any spill and on fewer blocks an SM than declared).
 #define GEMM_MIN_BLOCKS (sizeof(acc_t) == 4 ? 2 : 1)
-// The launcher's tap tables (gpunet/cuda/conv2d.py) run TAP_PADDING taps past each
-// list's end, at window offsets TAP_OUTSIDE, which put any window outside its input:
-// a step may read the whole of its TILE_K taps without a bound on t.
+// The launcher's tap tables (gpunet/cuda/conv2d.py) give a tap's place in its window
+// one-hot: bit i for offset i < WINDOW_EXTENT (launchers send larger filters down the
+// xp path), so that a thread tests a tap against its window with two logic
+// instructions, its window's rows and columns inside the input being bit masks
+// (window_bits). They run TAP_PADDING taps past each list's end, at offsets with bit
+// TAP_OUTSIDE, which no window holds: a step may read the whole of its TILE_K taps
+// without a bound on t.
 #define TAP_PADDING 16
-#define TAP_OUTSIDE (1 << 29)
+#define WINDOW_EXTENT 31
+#define TAP_OUTSIDE (-2147483647 - 1)  // bit 31
+
+// The window offsets i < WINDOW_EXTENT with lo <= i < hi, as the bits of a mask.
+__device__ __forceinline__ unsigned window_bits(int lo, int hi) {
+    lo = max(lo, 0);
+    hi = min(hi, WINDOW_EXTENT);
+    return lo < hi ? (~0u >> (32 - hi)) & (~0u << lo) : 0u;
+}
+
+// Whether a tap (its one-hot offsets) falls inside a window (the masks of its rows and
+// columns inside the input).
+__device__ __forceinline__ bool tap_inside(int4 tap, unsigned rows_in, unsigned cols_in) {
+    return (((unsigned)tap.y & ~rows_in) | ((unsigned)tap.z & ~cols_in)) == 0;
+}
 
 // Passed as a pointer to int32 in device memory (the launcher caches one per shape).
 // Each *_magic, *_shift pair divides by the size named (runtime.fast_divisor).
@@ -137,6 +163,7 @@ template <class Tile, bool kBias, class Operands>
 __device__ __forceinline__ void implicit_gemm(Operands ops, int steps,
                                               const real_t* __restrict__ bias) {
     constexpr int TM = Tile::TM, TN = Tile::TN, BM = Tile::BM, BN = Tile::BN;
+    constexpr bool kPeeled = TM == 8;
     // The operand buffers; then Bs holds one 16-row slice of C on its way out. A's
     // rows are padded by Operands::A_PAD (see WeightOperands).
     __shared__ __align__(16) acc_t As[2][TILE_K][BM + Operands::A_PAD];
@@ -149,29 +176,67 @@ __device__ __forceinline__ void implicit_gemm(Operands ops, int steps,
 #pragma unroll
         for (int j = 0; j < TN; ++j) acc[i][j] = 0;
 
-    // Step s fetches tile s into registers, multiplies tile s - 1 (in flight
-    // meanwhile), then stores tile s into the buffer tile s - 1 did not use.
-    typename Operands::Fragment staged;
-    for (int step = 0; step <= steps; ++step) {
-        if (step < steps) ops.fetch(staged);
-        if (step > 0) {
-            const int buf = (step - 1) & 1;
+    // One step's products from one buffer; called with a constant buffer, so that its
+    // shared-memory addresses are a register and an immediate.
+    const auto multiply = [&](const acc_t(*As_k)[BM + Operands::A_PAD],
+                              const acc_t(*Bs_k)[BN]) __attribute__((always_inline)) {
 #pragma unroll
-            for (int kk = 0; kk < TILE_K; ++kk) {
-                acc_t a[TM], b[TN];
+        for (int kk = 0; kk < TILE_K; ++kk) {
+            acc_t a[TM], b[TN];
 #pragma unroll
-                for (int i = 0; i < TM; ++i) a[i] = As[buf][kk][(i / 4) * 64 + ty * 4 + i % 4];
+            for (int i = 0; i < TM; ++i) a[i] = As_k[kk][(i / 4) * 64 + ty * 4 + i % 4];
 #pragma unroll
-                for (int j = 0; j < TN; ++j) b[j] = Bs[buf][kk][(j / 4) * 64 + tx * 4 + j % 4];
+            for (int j = 0; j < TN; ++j) b[j] = Bs_k[kk][(j / 4) * 64 + tx * 4 + j % 4];
 #pragma unroll
-                for (int i = 0; i < TM; ++i)
+            for (int i = 0; i < TM; ++i)
 #pragma unroll
-                    for (int j = 0; j < TN; ++j) acc[i][j] += a[i] * b[j];
-            }
+                for (int j = 0; j < TN; ++j) acc[i][j] += a[i] * b[j];
         }
-        if (step < steps) ops.stash(staged, As[step & 1], Bs[step & 1]);
+    };
+    // Step s fetches tile s into registers, multiplies tile s - 1 (in flight
+    // meanwhile), then stores tile s into the buffer tile s - 1 did not use: tile s
+    // lives in buffer s % 2. For the square tile the pipeline is peeled (step 0 only
+    // fetches, the last multiply has nothing to fetch) and its steady part runs two
+    // steps a turn, so that the loop tests nothing but its count and names its
+    // buffers as constants; the wide tile, whose fetch holds twice the B taps, would
+    // spill so, and keeps one loop that tests the step.
+    typename Operands::Fragment staged;
+    if constexpr (kPeeled) {
+        if (steps > 0) {
+            ops.fetch(staged);
+            ops.stash(staged, As[0], Bs[0]);
+        }
         __syncthreads();
+        int step = 1;
+        for (; step + 1 < steps; step += 2) {
+            ops.fetch(staged);
+            multiply(As[0], Bs[0]);
+            ops.stash(staged, As[1], Bs[1]);
+            __syncthreads();
+            ops.fetch(staged);
+            multiply(As[1], Bs[1]);
+            ops.stash(staged, As[0], Bs[0]);
+            __syncthreads();
+        }
+        // step is odd: tile step - 1 is in buffer 0, and at most one tile is left
+        if (step < steps) {
+            ops.fetch(staged);
+            multiply(As[0], Bs[0]);
+            ops.stash(staged, As[1], Bs[1]);
+            __syncthreads();
+            multiply(As[1], Bs[1]);
+        } else if (steps > 0) {
+            multiply(As[0], Bs[0]);
+        }
+    } else {
+        for (int step = 0; step <= steps; ++step) {
+            if (step < steps) ops.fetch(staged);
+            if (step > 0) multiply(As[(step - 1) & 1], Bs[(step - 1) & 1]);
+            if (step < steps) ops.stash(staged, As[step & 1], Bs[step & 1]);
+            __syncthreads();
+        }
     }
+    __syncthreads();  // the buffers are read: Bs takes the C slices below
 
     // Out through shared memory, 16 rows at a time: the i-th slice holds rows
     // i%4 + 4 ty + 64 (i/4) of the tile.
@@ -307,6 +372,18 @@ __device__ __forceinline__ void run_gemm(Operands ops, int steps, const real_t* 
         implicit_gemm<Tile, kBias>(ops, steps, bias);
 }
 
+// A pointer into an operand that the backward data's main loop indexes: held in a
+// register pair (opaque) by the square tile; the wide tile, whose fetch holds twice the
+// B taps, would spill so (sm_90), and lets the compiler rebuild it from the kernel's
+// parameters where it is used.
+template <class Tile, class T>
+__device__ __forceinline__ T* loop_pointer(T* pointer) {
+    if constexpr (Tile::TM == 8)
+        return opaque(pointer);
+    else
+        return pointer;
+}
+
 // The B operand's thread mapping, shared by the three passes: one column of the
 // tile, rows row, row + B_ROWS_PER_PASS, ...
 template <class Tile>
@@ -326,16 +403,13 @@ struct RowOperands {
     struct Fragment {
         real_t a[A_PER], b[B_PER];
     };
-    int t, t_end;      // the first reduction index of the next step; the slice's end
     int col0;          // the block's first column of C
-    int a_row, a_col;  // A: row a_row, reduction t + a_col .. t + a_col + A_PER - 1
+    int a_row, a_col;  // A: row a_row, reduction t + a_col .. t + a_col + A_PER - 1 at step t
     BColumn<Tile> b;   // (initialised before b_valid, which reads it)
     bool a_valid, b_valid;
 
-    __device__ RowOperands(int rows, int cols, int first_col, int t_begin, int t_end_)
-        : t(t_begin),
-          t_end(t_end_),
-          col0(first_col),
+    __device__ RowOperands(int rows, int cols, int first_col)
+        : col0(first_col),
           a_row(blockIdx.y * BM + threadIdx.x / (TILE_K / A_PER)),
           a_col(threadIdx.x % (TILE_K / A_PER) * A_PER),
           b(),
@@ -352,74 +426,69 @@ struct RowOperands {
 };
 
 // ---- forward: rows k, columns (n,oh,ow), reduction (c,r,s) --------------------------
-// taps[t] = {c*H*W + r*W + s, r, s, unused}, then TAP_PADDING taps {0, TAP_OUTSIDE,
-// TAP_OUTSIDE, 0}
+// taps[t] = {c*H*W + i*W + j, 1 << i, 1 << j, unused}, (i, j) = (r d_h, s d_w), then
+// TAP_PADDING taps {0, TAP_OUTSIDE, TAP_OUTSIDE, 0}
 template <class Tile>
 struct ForwardOperands : RowOperands<Tile> {
     using Base = RowOperands<Tile>;
     using typename Base::Fragment;
-    using Base::A_PER, Base::B_PER, Base::B_ROWS_PER_PASS, Base::t, Base::t_end, Base::a_row,
+    using Base::A_PER, Base::B_PER, Base::B_ROWS_PER_PASS, Base::a_row,
         Base::a_col, Base::a_valid, Base::b, Base::b_valid;
-    const real_t* __restrict__ x;
-    const real_t* __restrict__ w;
-    const int4* __restrict__ taps;
     // Read again for the epilogue (output, column_offset) rather than held through the
     // main loop: the loop keeps only what it uses, in registers.
     const ConvGeometry* __restrict__ geometry;
     real_t* __restrict__ out;  // y, or the split slices' partial sums laid out as y
-    int CRS;
-    unsigned H, W;
-    bool a_packets;          // A: weight rows read as aligned vectors
-    int x_offset, ih0, iw0;  // B: x[x_offset + tap.x] when ih0 + r, iw0 + s are inside x
+    // A: a_next[i] for i < a_left, the thread's next A_PER weights of its row (a_left
+    // counts down to the slice's end; 0 from the start for a row past K). Scalar
+    // predicated loads, whatever the row's alignment: one path, no branch.
+    const real_t* __restrict__ a_next;
+    int a_left;
+    // B: x_window[tap.x] when the tap is inside the window's rows_in, cols_in (bit i:
+    // row ih0 + i, column iw0 + i, inside x); next_taps: the thread's first tap of the
+    // next step
+    const real_t* __restrict__ x_window;
+    const int4* __restrict__ next_taps;
+    unsigned rows_in, cols_in;
 
     // The reduction indices t_begin .. t_end - 1 of (c, r, s) (all of them but in a
     // split-K slice)
-    __device__ ForwardOperands(const real_t* x_, const real_t* w_, const int* taps_,
+    __device__ ForwardOperands(const real_t* x, const real_t* w, const int* taps,
                                const ConvGeometry* geometry_, const ConvGeometry& g,
                                real_t* out_, int t_begin, int t_end_)
-        : Base(g.K, g.N * g.OH * g.OW, blockIdx.x * Tile::BN, t_begin, t_end_), x(x_), w(w_),
-          taps(reinterpret_cast<const int4*>(taps_)), geometry(geometry_), out(out_) {
-        CRS = g.C * g.R * g.S;
-        H = g.H;
-        W = g.W;
-        a_packets = a_valid && CRS % A_PER == 0 &&
-                    reinterpret_cast<unsigned long long>(w) % sizeof(Packet<A_PER>) == 0;
+        : Base(g.K, g.N * g.OH * g.OW, blockIdx.x * Tile::BN),
+          geometry(geometry_), out(out_) {
+        const int CRS = g.C * g.R * g.S;
+        a_next = w + a_row * CRS + t_begin + a_col;
+        a_left = (a_valid ? t_end_ : t_begin) - (t_begin + a_col);
+        next_taps = reinterpret_cast<const int4*>(taps) + t_begin + b.row;
         const int j = blockIdx.x * Tile::BN + b.col, P = g.OH * g.OW;
         const int n = divide(j, g.p_magic, g.p_shift), p = j - n * P;
         const int oh = divide(p, g.ow_magic, g.ow_shift), ow = p - oh * g.OW;
-        ih0 = oh * g.sh - g.pt;
-        iw0 = ow * g.sw - g.pl;
-        x_offset = n * g.C * g.H * g.W + ih0 * g.W + iw0;
-        // a column past the GEMM's reads nothing: its window starts as far outside x as
-        // the table's padding taps (both TAP_OUTSIDE: their sum still fits an int)
-        if (!b_valid) ih0 = TAP_OUTSIDE;
+        const int ih0 = oh * g.sh - g.pt, iw0 = ow * g.sw - g.pl;
+        // may point before x (a window over the top border): only tap offsets that land
+        // inside x are read through it
+        x_window = opaque(x + (n * g.C * g.H * g.W + ih0 * g.W + iw0));
+        // a column past the GEMM's reads nothing: no row of its window is inside
+        rows_in = b_valid ? window_bits(-ih0, g.H - ih0) : 0u;
+        cols_in = window_bits(-iw0, g.W - iw0);
     }
 
     __device__ void fetch(Fragment& f) {
-        // a slice starts and ends on a multiple of A_PER (the launcher's chunks are
-        // multiples of 32), so a packet never straddles t_end
-        const int ta = t + a_col;
-        if (a_packets && ta < t_end) {
-            const Packet<A_PER> p = *reinterpret_cast<const Packet<A_PER>*>(w + a_row * CRS + ta);
 #pragma unroll
-            for (int i = 0; i < A_PER; ++i) f.a[i] = p.v[i];
-        } else {
-#pragma unroll
-            for (int i = 0; i < A_PER; ++i)
-                f.a[i] = a_valid && ta + i < t_end ? w[a_row * CRS + ta + i] : (real_t)0;
-        }
+        for (int i = 0; i < A_PER; ++i) f.a[i] = i < a_left ? a_next[i] : (real_t)0;
+        a_next += TILE_K;
+        a_left -= TILE_K;
         // No bound on t: a split slice ends on a whole step (chunks are multiples of
         // 4 TILE_K), the last at C R S, past which the table holds TAP_PADDING taps
-        // outside x. So each element is one tap load, its window test and a
-        // predicated load: no branch.
-        const int4* __restrict__ step_taps = taps + t + b.row;
+        // outside every window. So each element is one tap load, its window test and
+        // a predicated load: no branch.
 #pragma unroll
         for (int i = 0; i < B_PER; ++i) {
-            const int4 tap = step_taps[B_ROWS_PER_PASS * i];
-            const bool in = (unsigned)(ih0 + tap.y) < H && (unsigned)(iw0 + tap.z) < W;
-            f.b[i] = in ? x[x_offset + tap.x] : (real_t)0;
+            const int4 tap = next_taps[B_ROWS_PER_PASS * i];
+            f.b[i] = tap_inside(tap, rows_in, cols_in) ? load_global(x_window + tap.x)
+                                                        : (real_t)0;
         }
-        t += TILE_K;
+        next_taps += TILE_K;
     }
 
     // y[n][k][p] at n K P + p + k P; slice z of a split at z N K P (grid.z is 1 unsplit)
@@ -572,85 +641,105 @@ conv2d_fwd_direct(const real_t* __restrict__ x, const real_t* __restrict__ w,
 // bounds of oh and ow (stride 1 is the one phase, j = r). The grid's x blocks run
 // through the phases in turn. The launcher's table (gpunet/cuda/conv2d.py,
 // data_phase_table) opens with three int4 a phase,
-//   {taps offset, taps count, first block, columns}, {h0, w0, rows, cols}, {oh_top0, ow_top0}
+//   {taps offset, taps count, first block, columns}, {h0, w0, rows, cols},
+//   {oh_top0, ow_top0, weights offset, 0}
 // (h0, w0: the phase's first dx row and column; rows x cols its positions a sample),
 // and holds each phase's taps, (k, j, l) in order:
-//   {k OH OW - j OW - l, j, l, k C R S + r S + s},
-// each phase's followed by TAP_PADDING taps {0, TAP_OUTSIDE, TAP_OUTSIDE, 0}.
+//   {k OH OW - j OW - l, 1 << j, 1 << l, k C R S + r S + s},
+// each phase's followed by TAP_PADDING taps {0, TAP_OUTSIDE, TAP_OUTSIDE, 0}; then,
+// from `weights offset` (in int32, a multiple of 4), each phase's weight indices (the
+// taps' last field, the padding's included) on their own, so that a thread reads its
+// A_PER of a step as one vector.
 // Split-K (blockIdx.z: the z-th `chunk` of the phase's taps) writes partial[z] laid
 // out as dx; conv2d_bwd_weight_reduce sums the slices in order. Unsplit, partial is dx.
 struct DataPhase {
     int4 head, place, top;
 };
 
+// `count` weight indices of the backward data's table, read as one aligned vector.
+template <int count>
+struct __align__(count * sizeof(int)) WeightIndices {
+    int v[count];
+};
+
 template <class Tile>
 struct DataOperands : RowOperands<Tile> {
     using Base = RowOperands<Tile>;
     using typename Base::Fragment;
-    using Base::A_PER, Base::B_PER, Base::B_ROWS_PER_PASS, Base::t, Base::t_end, Base::a_row,
+    using Base::A_PER, Base::B_PER, Base::B_ROWS_PER_PASS, Base::a_row,
         Base::a_col, Base::a_valid, Base::b, Base::b_valid, Base::col0;
-    const real_t* __restrict__ dy;
-    const real_t* __restrict__ w;
-    const int4* __restrict__ taps;  // the phase's
-    int OH, OW, HW, CHW, W, sh, sw;
-    int h0, w0, per_sample, cols;   // the phase's first row and column, positions a sample
-    int a_offset;                   // A: w[a_offset + taps[t].w], a_offset = c R S
-    int dy_offset, oh_top, ow_top;  // B: dy[dy_offset + tap.x] if oh_top - tap.y, ow_top -
-                                    // tap.z are inside dy
+    // Read again for the epilogue (column_offset) rather than held through the main
+    // loop (as the forward's)
+    const ConvGeometry* __restrict__ geometry;
+    const int4* __restrict__ place;  // the phase's {h0, w0, rows, cols}
+    // A: w_row[a_indices->v[i]] for i < a_left (counting down to the slice's end; 0
+    // from the start for a row past C); a_indices: the thread's weight indices of the
+    // next step
+    const real_t* __restrict__ w_row;
+    const WeightIndices<A_PER>* __restrict__ a_indices;
+    int a_left;
+    // B: dy_window[tap.x] if the tap is inside rows_in, cols_in (bit j: dy row oh_top -
+    // j inside dy; bit l: column ow_top - l); b_taps: the thread's first B tap of the
+    // next step
+    const real_t* __restrict__ dy_window;
+    const int4* __restrict__ b_taps;
+    unsigned rows_in, cols_in;
 
-    __device__ DataOperands(const real_t* dy_, const real_t* w_, const int4* table,
-                            const ConvGeometry& g, const DataPhase& phase, int t_begin,
+    __device__ DataOperands(const real_t* dy, const real_t* w, const int4* table,
+                            const ConvGeometry* geometry_, const ConvGeometry& g,
+                            const DataPhase& phase, const int4* place_, int t_begin,
                             int t_end_)
-        : Base(g.C, phase.head.w, (blockIdx.x - phase.head.z) * Tile::BN, t_begin, t_end_),
-          dy(dy_), w(w_), taps(table + phase.head.x) {
-        OH = g.OH;
-        OW = g.OW;
-        W = g.W;
-        HW = g.H * g.W;
-        CHW = g.C * HW;
-        sh = g.sh;
-        sw = g.sw;
-        h0 = phase.place.x;
-        w0 = phase.place.y;
-        cols = phase.place.w;
-        per_sample = phase.place.z * cols;
-        a_offset = a_row * g.R * g.S;
+        : Base(g.C, phase.head.w, (blockIdx.x - phase.head.z) * Tile::BN),
+          geometry(geometry_), place(place_) {
+        const int4* taps = table + phase.head.x;  // the phase's
+        const int cols = phase.place.w, per_sample = phase.place.z * cols;
+        // may point past w (a row past C): read only for rows inside it
+        w_row = loop_pointer<Tile>(w + a_row * g.R * g.S);
+        a_indices = reinterpret_cast<const WeightIndices<A_PER>*>(
+                        reinterpret_cast<const int*>(table) + phase.top.z + t_begin + a_col);
+        a_left = (a_valid ? t_end_ : t_begin) - (t_begin + a_col);
+        b_taps = taps + t_begin + b.row;
         // once a thread, by sizes of the phase: the loop below divides by nothing
         const int j = b_valid ? col0 + b.col : 0;
         const int n = j / per_sample, q = j - n * per_sample, hq = q / cols;
-        oh_top = phase.top.x + hq;
-        ow_top = phase.top.y + (q - hq * cols);
-        dy_offset = n * g.K * OH * OW + oh_top * OW + ow_top;
-        if (!b_valid) oh_top = -TAP_OUTSIDE;  // minus a padding tap's j: still an int
+        const int oh_top = phase.top.x + hq, ow_top = phase.top.y + (q - hq * cols);
+        // may point outside dy: only tap offsets that land inside it are read through it
+        dy_window = loop_pointer<Tile>(dy + (n * g.K * g.OH * g.OW + oh_top * g.OW + ow_top));
+        // j with 0 <= oh_top - j < OH; none for a column past the phase's
+        rows_in = b_valid ? window_bits(oh_top - g.OH + 1, oh_top + 1) : 0u;
+        cols_in = window_bits(ow_top - g.OW + 1, ow_top + 1);
     }
 
     __device__ void fetch(Fragment& f) {
+        // past the phase's end the indices are its padding ones: read, not used
+        const WeightIndices<A_PER> index = *a_indices;
 #pragma unroll
-        for (int i = 0; i < A_PER; ++i) {
-            const int ta = t + a_col + i;
-            f.a[i] = a_valid && ta < t_end ? w[a_offset + taps[ta].w] : (real_t)0;
-        }
+        for (int i = 0; i < A_PER; ++i)
+            f.a[i] = i < a_left ? load_global(w_row + index.v[i]) : (real_t)0;
+        a_indices += TILE_K / A_PER;
+        a_left -= TILE_K;
         // No bound on t (as the forward's): a split slice ends on a whole step, the
         // last at the phase's end, past which its list holds TAP_PADDING taps outside
         // dy; a column past the phase's starts outside dy. One tap load, the window
         // test and a predicated load an element: no branch.
-        const int4* __restrict__ step_taps = taps + t + b.row;
 #pragma unroll
         for (int i = 0; i < B_PER; ++i) {
-            const int4 tap = step_taps[B_ROWS_PER_PASS * i];
-            const bool in = (unsigned)(oh_top - tap.y) < (unsigned)OH &&
-                            (unsigned)(ow_top - tap.z) < (unsigned)OW;
-            f.b[i] = in ? dy[dy_offset + tap.x] : (real_t)0;
+            const int4 tap = b_taps[B_ROWS_PER_PASS * i];
+            f.b[i] = tap_inside(tap, rows_in, cols_in) ? load_global(dy_window + tap.x)
+                                                        : (real_t)0;
         }
-        t += TILE_K;
+        b_taps += TILE_K;
     }
 
     GemmOut out;  // partial[z], laid out as dx
     __device__ GemmOut output() const { return out; }
 
     __device__ int column_offset(int j) const {  // dx[n][c][h][w]: n C H W + h W + w (+ c H W)
+        const ConvGeometry& g = *reread(geometry);
+        const int4 at = *reread(place);
+        const int cols = at.w, per_sample = at.z * cols;
         const int n = j / per_sample, q = j - n * per_sample, hq = q / cols;
-        return n * CHW + (h0 + hq * sh) * W + w0 + (q - hq * cols) * sw;
+        return n * g.C * g.H * g.W + (at.x + hq * g.sh) * g.W + at.y + (q - hq * cols) * g.sw;
     }
 };
 
@@ -668,7 +757,7 @@ __device__ __forceinline__ void conv2d_bwd_data_tile(const real_t* dy, const rea
     const int t_begin = blockIdx.z * chunk;
     const int t_end = phase.head.y - t_begin < chunk ? max(phase.head.y, t_begin)
                                                      : t_begin + chunk;
-    DataOperands<Tile> ops(dy, w, table, g, phase, t_begin, t_end);
+    DataOperands<Tile> ops(dy, w, table, geometry, g, phase, table + 3 * p + 1, t_begin, t_end);
     ops.out = {partial + blockIdx.z * g.N * g.C * g.H * g.W, g.C, phase.head.w, g.H * g.W};
     run_gemm<Tile, kTF32, false>(ops, (t_end - t_begin + TILE_K - 1) / TILE_K,
                                  (const real_t*)nullptr);

@@ -386,6 +386,38 @@ def test_cli_ctrl_c_says_what_was_saved(tmp_path):
     assert f"gpunet train --resume --out {out}" in err
 
 
+# On PYTHONPATH as sitecustomize: Ctrl-C after epoch 1 was saved, landing inside code
+# run from a string, as a namedtuple's generated methods are while matplotlib's import
+# (curves.png, at the first epoch's end) is under way: where a real Ctrl-C killed the
+# process by SIGINT (status -2) about once in 90 tries
+INTERRUPT_INSIDE_STRING_CODE = """
+import gpunet.recipe.files
+
+_saved = gpunet.recipe.files.SaveEachEpoch.on_epoch_end
+
+
+def on_epoch_end(self, run):
+    answer = _saved(self, run)
+    if run.epoch == 1:
+        exec("raise KeyboardInterrupt")
+    return answer
+
+
+gpunet.recipe.files.SaveEachEpoch.on_epoch_end = on_epoch_end
+"""
+
+
+def test_cli_ctrl_c_inside_string_code_still_exits_130(tmp_path):
+    # `python -m gpunet` (the console script exits through another path, unaffected)
+    out = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "gpunet", "train", *SMALL_RUN, "--epochs", "3",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "GPUNET_DEVICE": "cpu",
+                               **_with_sitecustomize(tmp_path, INTERRUPT_INSIDE_STRING_CODE)})
+    assert done.returncode == 130, done.stderr
+    assert f"interrupted; saved {out / 'last.npz'} after epoch 1" in done.stderr
+
+
 # On PYTHONPATH as sitecustomize: Ctrl-C right after epoch 1 was saved (every rank)
 INTERRUPT_AFTER_EPOCH_1 = """
 import gpunet.recipe.files

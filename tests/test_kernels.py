@@ -10,6 +10,8 @@ the real launchers in gpunet/cuda. Outputs are poisoned with NaN before every
 launch, so an element a kernel fails to write shows; every kernel runs twice and
 must give bitwise-equal results. On a GPU the same comparisons run on CuPy.
 """
+import re
+
 import numpy
 import pytest
 
@@ -917,6 +919,33 @@ def test_conv2d_planned_paths_match_the_xp_path(device, case, dtype, rng):
         assert plan.issued >= plan.useful
 
 
+def test_conv2d_filters_up_to_the_window_bits_run_the_gemms(device, rng):
+    """A filter of WINDOW_EXTENT rows runs the GEMMs, whose tap tables give each row one
+    bit (the forward's and the backward data's: C and K over the direct kernels' 16),
+    and agrees with the textbook path; one row more (dilated too) is refused with
+    the reason (fits() sends it down the xp path)."""
+    dtype, rows = "float64", conv_kernels.WINDOW_EXTENT
+    x, weight, bias = (device.put(rng.standard_normal(sh).astype(dtype))
+                       for sh in ((1, 17, rows + 2, 4), (20, 17, rows, 3), (20,)))
+    y_ref, ctx_ref = ops.conv2d_forward(x, weight, bias, 1, 1, use_kernels=False)
+    dy = device.put(rng.standard_normal(y_ref.shape).astype(dtype))
+    refs = [device.get(a) for a in (y_ref, *ctx_ref.backward(dy))]
+    cuda_emulator.launches.clear()
+    y, ctx = ops.conv2d_forward(x, weight, bias, 1, 1, use_kernels=True)
+    for got, ref, name in zip((y, *ctx.backward(dy)), refs, ("y", "dx", "dweight", "dbias")):
+        assert_kernel_close(device.get(got), ref, dtype, name)
+    if device.kind == "emulator":
+        launched = {name for name, _, _ in cuda_emulator.launches}
+        for gemm in (r"conv2d_fwd(_wide)?(_split)?", r"conv2d_bwd_data(_wide)?"):
+            assert any(re.fullmatch(gemm, name) for name in launched), (gemm, launched)
+    longer = device.put(rng.standard_normal((20, 17, rows + 1, 3)).astype(dtype))
+    with pytest.raises(ValueError, match=f"spans {rows + 1} x 3; the CUDA kernels take at "
+                                         f"most {rows} rows"):
+        ops.conv2d_forward(x, longer, bias, 1, 2, use_kernels=True)
+    with pytest.raises(ValueError, match="spans 5 x 33"):
+        ops.conv2d_forward(x, weight[:, :, :3], bias, 1, 16, dilation=(2, 16), use_kernels=True)
+
+
 def _plans(ctx, dtype, tf32=False, like=None):
     """The three passes' plans for a ConvContext, as the launchers make them on the
     device of ``like``."""
@@ -1082,8 +1111,9 @@ def test_data_phase_table_pairs_each_dx_with_exactly_its_taps(stride, pads, dila
                 hh, ww, oh_top, ow_top = h0 + hq * stride[0], w0 + wq * stride[1], oh0 + hq, \
                     ow0 + wq
                 covered.append((hh, ww))
-                for dy_step, j, l_, weight_index in taps:
+                for dy_step, j_bit, l_bit, weight_index in taps:
                     issued += 1
+                    j, l_ = _one_hot_offset(j_bit), _one_hot_offset(l_bit)
                     y, x = oh_top - j, ow_top - l_
                     if 0 <= y < oh and 0 <= x < ow:
                         kk, rs = divmod(int(weight_index), c * r * s)
@@ -1101,12 +1131,30 @@ def test_data_phase_table_pairs_each_dx_with_exactly_its_taps(stride, pads, dila
     assert issued <= h * w * k * -(-r // stride[0]) * -(-s // stride[1])
 
 
+def _one_hot_offset(bit):
+    """The window offset a tap table gives as ``1 << offset`` (offset < WINDOW_EXTENT)."""
+    bit = int(bit)
+    assert 0 < bit < 1 << conv_kernels.WINDOW_EXTENT and bit & (bit - 1) == 0, hex(bit)
+    return bit.bit_length() - 1
+
+
+def _window_bits(lo, hi):
+    """kernels/conv2d.cu's window_bits: offsets lo <= i < hi below WINDOW_EXTENT."""
+    return sum(1 << i for i in range(max(lo, 0), min(hi, conv_kernels.WINDOW_EXTENT)))
+
+
+def _tap_inside(tap, rows_in, cols_in):
+    """kernels/conv2d.cu's tap_inside, on the int32 table entries."""
+    y, z = int(tap[1]) & 0xFFFFFFFF, int(tap[2]) & 0xFFFFFFFF
+    return (y & ~rows_in) | (z & ~cols_in) == 0
+
+
 def _kernel_define(name):
     """The value of ``#define name`` in kernels/conv2d.cu."""
     import os
     import re
     with open(os.path.join(runtime.kernel_dir(), "conv2d.cu")) as f:
-        return eval(re.search(rf"^#define {name} (.+)$", f.read(), re.M).group(1))
+        return eval(re.search(rf"^#define {name} ([^/\n]+)", f.read(), re.M).group(1))
 
 
 @pytest.mark.parametrize("stride, pads, dilation", [
@@ -1119,30 +1167,48 @@ def test_tap_tables_run_past_each_list_with_taps_outside_every_window(stride, pa
     output column; the constants are the kernel's."""
     assert conv_kernels.TAP_PADDING == _kernel_define("TAP_PADDING") >= 16
     assert conv_kernels.TAP_OUTSIDE == _kernel_define("TAP_OUTSIDE")
+    assert conv_kernels.WINDOW_EXTENT == _kernel_define("WINDOW_EXTENT")
     n, c, h, w, k, r, s = 2, 3, 9, 8, 3, 3, 4
     oh = (h + sum(pads[0]) - dilation[0] * (r - 1) - 1) // stride[0] + 1
     ow = (w + sum(pads[1]) - dilation[1] * (s - 1) - 1) // stride[1] + 1
     sizes = (n, c, h, w, k, r, s, oh, ow)
-    inside = numpy.uint32  # the kernels' test: (unsigned)(index) < size, in 32 bits
 
     taps = conv_kernels.forward_taps(c, h, w, r, s, dilation).reshape(-1, 4)
     assert len(taps) == c * r * s + conv_kernels.TAP_PADDING
-    ih0 = numpy.arange(oh)[:, None] * stride[0] - pads[0][0]
-    iw0 = numpy.arange(ow)[:, None] * stride[1] - pads[1][0]
-    for _, i, j, _ in taps[c * r * s:]:
-        assert not ((ih0 + i).astype(inside) < h).any() or not ((iw0 + j).astype(inside) < w).any()
-        assert ih0.max() + i < 2 ** 31  # no int overflow
+    windows = [(_window_bits(-ih0, h - ih0), _window_bits(-iw0, w - iw0))
+               for ih0 in range(-pads[0][0], oh * stride[0] - pads[0][0], stride[0])
+               for iw0 in range(-pads[1][0], ow * stride[1] - pads[1][0], stride[1])]
+    for t, tap in enumerate(taps[:c * r * s]):  # the real taps: inside where x is
+        i, j = _one_hot_offset(tap[1]), _one_hot_offset(tap[2])
+        rr, ss = t % (r * s) // s, t % s
+        assert (i, j) == (rr * dilation[0], ss * dilation[1])
+        for (rows_in, cols_in), (ih0, iw0) in zip(windows, (
+                (a, b) for a in range(-pads[0][0], oh * stride[0] - pads[0][0], stride[0])
+                for b in range(-pads[1][0], ow * stride[1] - pads[1][0], stride[1]))):
+            assert _tap_inside(tap, rows_in, cols_in) == (0 <= ih0 + i < h and 0 <= iw0 + j < w)
+    for tap in taps[c * r * s:]:
+        assert not any(_tap_inside(tap, *window) for window in windows)
+        assert not _tap_inside(tap, 2 ** 31 - 1, 2 ** 31 - 1)  # nor any window at all
     table = conv_kernels.data_phase_table(sizes, stride, pads, dilation, 4).reshape(-1, 4)
     for p in range(stride[0] * stride[1]):
         (offset, count, _, _), (_, _, rows, cols), (oh0, ow0, _, _) = table[3 * p:3 * p + 3]
         padding = table[offset + count:offset + count + conv_kernels.TAP_PADDING]
         assert len(padding) == conv_kernels.TAP_PADDING
-        oh_top = oh0 + numpy.arange(rows)[:, None]
-        for _, j, _l, weight_index in padding:
-            assert not ((oh_top - j).astype(inside) < oh).any()
-            assert weight_index == 0  # an A index inside the filter, though never read
+        for tap in padding:
+            assert not _tap_inside(tap, 2 ** 31 - 1, 2 ** 31 - 1)
+            assert tap[3] == 0  # an A index inside the filter, though never read
         if p + 1 < stride[0] * stride[1]:
             assert table[3 * (p + 1)][0] == offset + count + conv_kernels.TAP_PADDING
+
+
+def test_filters_wider_than_the_window_bits_take_the_xp_path():
+    """The tap tables give window offsets as bits below WINDOW_EXTENT: a (dilated)
+    filter of more rows or columns is not the kernels' (fits), and the op still
+    computes it, down the xp path."""
+    extent = conv_kernels.WINDOW_EXTENT
+    assert conv_kernels.fits((1, 1, 40, 40), (1, 1, extent, 1), (10, 40))
+    assert not conv_kernels.fits((1, 1, 40, 40), (1, 1, extent + 1, 1), (9, 40))
+    assert not conv_kernels.fits((1, 1, 40, 40), (1, 1, 1, extent + 1), (40, 9))
 
 
 @pytest.mark.parametrize("sms", [1, 8, 132])

@@ -96,6 +96,8 @@ def test_a_library_resume_takes_the_saved_flags(tmp_path):
     # numbers as text, from Python: refused in one line (they reached a comparison)
     ({"lr": "0.1"}, "--lr: expected a number, got '0.1'"),
     ({"seed": "3"}, "--seed: expected a whole number, got '3'"),
+    ({"dev_size": "0.1"},
+     "--dev-size: expected a count (0 or more) or a fraction between 0 and 1, got '0.1'"),
     ({"lr": True}, "--lr: expected a number, got True"),
 ])
 def test_run_config_checks_are_one_line_naming_the_flag(changes, message):

@@ -27,6 +27,24 @@ COMMANDS = {"train": cmd_train, "tune": cmd_tune, "evaluate": cmd_evaluate,
 
 
 def main(argv=None) -> int:
+    try:
+        return _run(argv)
+    finally:
+        _forget_interrupts_we_handled()
+
+
+def _forget_interrupts_we_handled() -> None:
+    # CPython remembers, process-wide, a KeyboardInterrupt that left code run from a
+    # string (a namedtuple's or dataclass's generated methods, made while an import
+    # such as matplotlib's was under way) even when we caught it later, and then
+    # kills the process with SIGINT at exit instead of our status 130 or 0 when run as
+    # `python -m gpunet` (Python/pythonrun.c, run_eval_code_obj, read by Py_RunMain;
+    # seen as 1 Ctrl-C in ~90). Running any string clears that memory; what we did
+    # not handle still propagates and sets it again.
+    exec("pass")
+
+
+def _run(argv) -> int:
     warnings.formatwarning = one_line_warning
     argv = sys.argv[1:] if argv is None else list(argv)
     args = None

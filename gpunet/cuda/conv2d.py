@@ -78,34 +78,43 @@ def _bias_runs(total, k):
     return runtime.runs(total, k, TARGET_BLOCKS, 1024)
 
 
-# kernels/conv2d.cu's TAP_PADDING and TAP_OUTSIDE: each tap list runs on past its end
-# with TAP_PADDING taps whose window offsets put them outside any input, so that a
-# kernel step reads TILE_K (8, or 16) taps with no bound on the index.
+# kernels/conv2d.cu's TAP_PADDING, TAP_OUTSIDE and WINDOW_EXTENT: a tap's place in its
+# window is given one-hot, bit i for offset i < WINDOW_EXTENT, so that the kernels test
+# a tap against a thread's window with two logic instructions (the bits of the rows and
+# columns inside the input); each tap list runs on past its end with TAP_PADDING taps
+# whose bits (TAP_OUTSIDE) no window holds, so that a kernel step reads TILE_K (8, or
+# 16) taps with no bound on the index.
 TAP_PADDING = 16
-TAP_OUTSIDE = 1 << 29
+WINDOW_EXTENT = 31
+TAP_OUTSIDE = -(1 << 31)  # bit 31, as an int32
 
 
 def forward_taps(c, h, w, r, s, dilation=(1, 1)):
     """Per reduction index t = (c, r, s), with ``(i, j) = (r d_h, s d_w)`` the tap's
-    place in the window: ``(c H W + i W + j, i, j, 0)``; then ``TAP_PADDING`` taps
-    ``(0, TAP_OUTSIDE, TAP_OUTSIDE, 0)``."""
+    place in the window: ``(c H W + i W + j, 1 << i, 1 << j, 0)``; then
+    ``TAP_PADDING`` taps ``(0, TAP_OUTSIDE, TAP_OUTSIDE, 0)``."""
     cc, rr, ss = numpy.meshgrid(numpy.arange(c), numpy.arange(r), numpy.arange(s), indexing="ij")
     ii, jj = rr * dilation[0], ss * dilation[1]
-    taps = numpy.stack([cc * h * w + ii * w + jj, ii, jj, numpy.zeros_like(cc)], -1)
-    return numpy.concatenate([taps.reshape(-1, 4), _padding_taps(0, TAP_OUTSIDE)]).ravel()
+    taps = numpy.stack([cc * h * w + ii * w + jj, 1 << ii, 1 << jj, numpy.zeros_like(cc)], -1)
+    return numpy.concatenate([taps.reshape(-1, 4), _padding_taps()]).ravel()
 
 
-def _padding_taps(y, z):
-    """``TAP_PADDING`` taps ``(0, y, z, 0)``: past a list's end, outside any input."""
-    return numpy.tile(numpy.array([0, y, z, 0], numpy.int64), (TAP_PADDING, 1))
+def _padding_taps():
+    """``TAP_PADDING`` taps ``(0, TAP_OUTSIDE, TAP_OUTSIDE, 0)``: past a list's end,
+    outside any window."""
+    return numpy.tile(numpy.array([0, TAP_OUTSIDE, TAP_OUTSIDE, 0], numpy.int64),
+                      (TAP_PADDING, 1))
 
 
 def data_phase_table(sizes, stride, pads, dilation, block_columns):
     """conv2d_bwd_data's table (kernels/conv2d.cu): per phase of dx (row phase major)
     three int4, ``{taps offset, taps count, first block, columns}``, ``{h0, w0, rows,
-    cols}``, ``{oh_top0, ow_top0, 0, 0}``, then each phase's taps, (k, r, s) in order
-    over the taps that reach it: ``{k OH OW - j OW - l, j, l, k C R S + r S + s}``, each
-    phase's followed by ``TAP_PADDING`` taps ``{0, TAP_OUTSIDE, TAP_OUTSIDE, 0}``;
+    cols}``, ``{oh_top0, ow_top0, weights offset, 0}``, then each phase's taps, (k, r,
+    s) in order over the taps that reach it: ``{k OH OW - j OW - l, 1 << j, 1 << l, k C
+    R S + r S + s}``, each phase's followed by ``TAP_PADDING`` taps ``{0, TAP_OUTSIDE,
+    TAP_OUTSIDE, 0}``; then each phase's weight indices (the taps' last column, the
+    padding's included) again as a list of int32 of its own, from ``weights offset``
+    (in int32, a multiple of 4: the kernel reads four at a time as one aligned vector);
     ``block_columns``: the GEMM tile's columns."""
     n, c, h, w, k, r, s, oh, ow = sizes
     phases = conv2d_plan.data_gemm_phases(sizes, stride, pads, dilation)
@@ -116,16 +125,23 @@ def data_phase_table(sizes, stride, pads, dilation, block_columns):
         kk, rr, ss = (a.reshape(shape) for a, shape in
                       ((kk, (-1, 1, 1)), (rr, (1, -1, 1)), (ss, (1, 1, -1))))
         jj, ll = jj.reshape(1, -1, 1), ll.reshape(1, 1, -1)
-        phase_taps = numpy.broadcast_arrays(kk * oh * ow - jj * ow - ll, jj + 0 * kk,
-                                            ll + 0 * kk, kk * c * r * s + rr * s + ss)
+        phase_taps = numpy.broadcast_arrays(kk * oh * ow - jj * ow - ll, (1 << jj) + 0 * kk,
+                                            (1 << ll) + 0 * kk, kk * c * r * s + rr * s + ss)
         count = phase_taps[0].size
         columns = n * rows * cols
-        head += [(offset, count, block, columns), (h0, w0, rows, cols), (oh0, ow0, 0, 0)]
+        head += [[offset, count, block, columns], [h0, w0, rows, cols], [oh0, ow0, 0, 0]]
         taps += [numpy.stack([a.ravel() for a in phase_taps], -1),
-                 _padding_taps(TAP_OUTSIDE, TAP_OUTSIDE)]
+                 _padding_taps()]
         offset += count + TAP_PADDING
         block += ceil_div(columns, block_columns)
-    return numpy.concatenate([numpy.array(head).reshape(-1, 4)] + taps).ravel()
+    weights = []
+    for p in range(len(phases)):
+        head[3 * p + 2][2] = 4 * offset
+        indices = numpy.concatenate(taps[2 * p:2 * p + 2])[:, 3]
+        weights.append(numpy.concatenate([indices, numpy.zeros(-len(indices) % 4, numpy.int64)]))
+        offset += len(weights[-1]) // 4
+    return numpy.concatenate([numpy.array(head).ravel()]
+                             + [a.ravel() for a in taps] + weights)
 
 
 def _pairs(reach):
@@ -140,11 +156,13 @@ def _check_sizes(where, n, c, h, w, k, r, s, oh, ow):
 
 
 def fits(x_shape, weight_shape, out_hw) -> bool:
-    """Whether the kernels' 32-bit indices and grids cover this convolution."""
+    """Whether the kernels' 32-bit indices and grids cover this convolution, and its
+    (dilated) filter, ``weight_shape[2:]``, the one-hot window offsets of the tap tables
+    (at most WINDOW_EXTENT rows and columns)."""
     n, c, h, w = x_shape
     k, _, r, s = weight_shape
     return indexable(n * c * h * w, k * c * r * s, n * k * out_hw[0] * out_hw[1]) and \
-        k <= runtime.MAX_GRID_ROWS
+        k <= runtime.MAX_GRID_ROWS and max(r, s) <= WINDOW_EXTENT
 
 
 def _zeros(xp, k, dtype):
@@ -177,6 +195,11 @@ def forward(x, weight, bias, stride, pads, out_hw, dilation=(1, 1)):
     oh, ow = out_hw
     sizes = (n, c, h, w, k, r, s, oh, ow)
     _check_sizes("conv2d", *sizes)
+    extent = (dilation[0] * (r - 1) + 1, dilation[1] * (s - 1) + 1)
+    if max(extent) > WINDOW_EXTENT:
+        raise ValueError(f"conv2d: the weight's window (dilated) spans {extent[0]} x "
+                         f"{extent[1]}; the CUDA kernels take at most {WINDOW_EXTENT} rows "
+                         f"and columns (use_kernels=False takes the xp path)")
     # no geometry for an input of no rows or columns: its divisors would be 0
     geom = _geometry(xp, sizes, stride, pads) if n * k * h * w else None
     if n * k == 0 or c * h * w == 0:

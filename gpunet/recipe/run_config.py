@@ -154,7 +154,6 @@ def flag_problem(name: str, value) -> str | None:
         return None if value in choices else f"takes {', '.join(choices)}; got {value!r}"
     if parse is None:  # --device, --data-root: opened or read as train does
         return None
-    number = parse in (float, finite_float)
     try:
         # a number given in Python, not its text: the checks below compare it as one
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -163,8 +162,14 @@ def flag_problem(name: str, value) -> str | None:
     except FlagTextError as exc:
         return str(exc)
     except ValueError:
-        return f"expected {'a number' if number else 'a whole number'}, got {value!r}"
+        return f"expected {NUMBER_KINDS.get(parse, 'a whole number')}, got {value!r}"
     return None
+
+
+# What a flag's reader takes, for a value of the wrong type given from Python (whole
+# numbers by default)
+NUMBER_KINDS = {float: "a number", finite_float: "a number",
+                dev_size: "a count (0 or more) or a fraction between 0 and 1"}
 
 
 # What each schedule's --decay must be for the rate never to rise above --lr.
