@@ -38,7 +38,8 @@ class Context:
 class BatchNormContext(Context):
     """What ``backward_of`` needs, and ``batch_stats``: the batch's (mean, biased var) or
     None. ``saved``: the input as the backend's backward reads it, ``x_hat`` (xp, CUDA)
-    or x centred on its chunk's shift (CPU, which derives ``x_hat`` from it)."""
+    or x less its chunk's own mean in training, the running mean in evaluation (CPU,
+    whose backward derives ``x_hat`` from it)."""
 
     __slots__ = ("saved", "inv_std", "weight", "training", "backward_of", "batch_stats")
 

@@ -387,7 +387,8 @@ def test_sizes_beyond_32_bit_indices(emulated, monkeypatch, rng):
     monkeypatch.setattr(common, "uses_kernels", lambda xp: True)
     ops.set_cpu_accelerators_enabled(True)  # the route NumPy arrays take by default
     assert common.route(numpy, None, conv_kernels.fits(x.shape, (2, 3, 3, 3), (3, 3))) == "cpu"
-    assert common.route(numpy, None, conv_kernels.fits((1, 3, 5, 5), (2, 3, 3, 3),
+    # (one filter: with 3 channels the weight gradient's scratch slice doubles K C R S)
+    assert common.route(numpy, None, conv_kernels.fits((1, 3, 5, 5), (1, 3, 3, 3),
                                                        (3, 3))) == "cuda"
 
 
@@ -1103,9 +1104,14 @@ def test_data_phase_table_pairs_each_dx_with_exactly_its_taps(stride, pads, dila
     phases = stride[0] * stride[1]
     got, covered, issued = [], [], 0
     for p in range(phases):
-        (offset, count, _, columns), (h0, w0, rows, cols), (oh0, ow0, _, _) = table[3 * p:3 * p + 3]
+        (offset, count, _, columns), (h0, w0, rows, cols), (oh0, ow0, weights, _) = \
+            table[3 * p:3 * p + 3]
         assert columns == n * rows * cols
         taps = table[offset:offset + count]
+        # the weight indices again, on their own from a multiple of 8 int32 (the kernel
+        # reads 4, or 8 at TILE_K 16, as one vector aligned to its size)
+        assert weights % 8 == 0
+        assert (table.ravel()[weights:weights + count] == taps[:, 3]).all()
         for hq in range(rows):
             for wq in range(cols):
                 hh, ww, oh_top, ow_top = h0 + hq * stride[0], w0 + wq * stride[1], oh0 + hq, \
@@ -1209,6 +1215,16 @@ def test_filters_wider_than_the_window_bits_take_the_xp_path():
     assert conv_kernels.fits((1, 1, 40, 40), (1, 1, extent, 1), (10, 40))
     assert not conv_kernels.fits((1, 1, 40, 40), (1, 1, extent + 1, 1), (9, 40))
     assert not conv_kernels.fits((1, 1, 40, 40), (1, 1, 1, extent + 1), (40, 9))
+
+
+def test_a_weight_gradient_whose_scratch_slice_would_pass_int32_takes_the_xp_path():
+    """Channels not a multiple of 4: the weight GEMM writes a scratch slice past its
+    partial sums, so K C R S twice must still fit the kernels' 32-bit offsets (the
+    weight alone did: the padded columns' sums were written past 2**31)."""
+    x_shape, out_hw = (1, 77777, 3, 3), (3, 3)
+    assert conv_kernels.fits(x_shape, (1500, 77777, 3, 3), out_hw)
+    assert not conv_kernels.fits(x_shape, (3000, 77777, 3, 3), out_hw)
+    assert conv_kernels.fits((1, 77776, 3, 3), (3000, 77776, 3, 3), out_hw)  # no padding
 
 
 @pytest.mark.parametrize("sms", [1, 8, 132])

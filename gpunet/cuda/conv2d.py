@@ -114,7 +114,7 @@ def data_phase_table(sizes, stride, pads, dilation, block_columns):
     R S + r S + s}``, each phase's followed by ``TAP_PADDING`` taps ``{0, TAP_OUTSIDE,
     TAP_OUTSIDE, 0}``; then each phase's weight indices (the taps' last column, the
     padding's included) again as a list of int32 of its own, from ``weights offset``
-    (in int32, a multiple of 4: the kernel reads four at a time as one aligned vector);
+    (in int32, a multiple of 8: the kernel reads four, or eight, as one aligned vector);
     ``block_columns``: the GEMM tile's columns."""
     n, c, h, w, k, r, s, oh, ow = sizes
     phases = conv2d_plan.data_gemm_phases(sizes, stride, pads, dilation)
@@ -134,11 +134,15 @@ def data_phase_table(sizes, stride, pads, dilation, block_columns):
                  _padding_taps()]
         offset += count + TAP_PADDING
         block += ceil_div(columns, block_columns)
-    weights = []
+    # each phase's weight indices start on a multiple of 8 int32: the kernel reads
+    # A_PER of them (4, or 8 with TILE_K 16) as one vector aligned to its size
+    gap = offset % 2
+    offset += gap
+    weights = [numpy.zeros(4 * gap, numpy.int64)]
     for p in range(len(phases)):
         head[3 * p + 2][2] = 4 * offset
         indices = numpy.concatenate(taps[2 * p:2 * p + 2])[:, 3]
-        weights.append(numpy.concatenate([indices, numpy.zeros(-len(indices) % 4, numpy.int64)]))
+        weights.append(numpy.concatenate([indices, numpy.zeros(-len(indices) % 8, numpy.int64)]))
         offset += len(weights[-1]) // 4
     return numpy.concatenate([numpy.array(head).ravel()]
                              + [a.ravel() for a in taps] + weights)
@@ -161,7 +165,10 @@ def fits(x_shape, weight_shape, out_hw) -> bool:
     (at most WINDOW_EXTENT rows and columns)."""
     n, c, h, w = x_shape
     k, _, r, s = weight_shape
-    return indexable(n * c * h * w, k * c * r * s, n * k * out_hw[0] * out_hw[1]) and \
+    # the weight gradient's partial sums hold a slice, and one of scratch where the
+    # GEMM pads the channels
+    weight_partial = (1 + conv2d_plan.weight_scratch(x_shape)) * k * c * r * s
+    return indexable(n * c * h * w, weight_partial, n * k * out_hw[0] * out_hw[1]) and \
         k <= runtime.MAX_GRID_ROWS and max(r, s) <= WINDOW_EXTENT
 
 
