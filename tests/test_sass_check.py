@@ -242,7 +242,8 @@ def nvrtc_builds(tmp_path_factory):
 # need more than 128 registers a thread and declare one.
 TWO_BLOCKS = {f"conv2d_{kernel}" for kernel in
               ("fwd", "fwd_wide", "fwd_tf32", "fwd_wide_split", "fwd_tf32_split",
-               "bwd_data_wide", "bwd_data_tf32", "bwd_weight_wide", "bwd_weight_tf32")}
+               "bwd_data_wide", "bwd_data_tf32", "bwd_weight_wide", "bwd_weight_tf32",
+               "bwd_weight_wide_vec", "bwd_weight_tf32_vec")}
 
 
 def test_what_cupy_builds_has_no_spill_no_stack_and_its_declared_occupancy(nvrtc_builds):
@@ -250,6 +251,21 @@ def test_what_cupy_builds_has_no_spill_no_stack_and_its_declared_occupancy(nvrtc
     assert not problems, "\n".join(problems)
     assert {code.kernel for code in nvrtc_builds} >= TWO_BLOCKS | {"bn_fwd_stats",
                                                                   "max_pool2d_fwd"}
+
+
+def test_the_plans_count_each_gemm_at_the_blocks_an_sm_it_declares(nvrtc_builds):
+    """conv2d_plan's wave figures count a GEMM's grid against the blocks an SM its
+    __launch_bounds__ declares: its name list must follow the kernels'."""
+    from gpunet.cuda import conv2d_plan
+    gemms = [code for code in nvrtc_builds if sass_check.GEMM_KERNELS.match(code.kernel)
+             and not sass_check.GEMM_EXCLUDED.search(code.kernel)]
+    assert len({code.kernel for code in gemms}) >= 15
+    dtypes = {"float": "float32", "double": "float64"}
+    counted = [(code, conv2d_plan.gemm_blocks_per_sm(code.kernel, dtypes[code.real]))
+               for code in gemms]
+    wrong = [f"{code.kernel} ({code.real}, {code.arch}): declares {code.min_blocks}, the "
+             f"plans count {blocks}" for code, blocks in counted if blocks != code.min_blocks]
+    assert not wrong, "\n".join(wrong)
 
 
 def test_what_cupy_builds_meets_the_main_loop_floors(nvrtc_builds):
