@@ -211,6 +211,19 @@ def _parameter_bytes(param: Param) -> int:
     return numpy.dtype(param.dtype).itemsize if param.dtype else 0
 
 
+def parameter_cell(kernel: str, i: int, param: Param, arg):
+    """The kernelParams cell of argument ``i``: a pointer's address, or a scalar's or
+    struct's bytes (at least 8, as a pointer's cell). The thunk copies the parameter
+    out of it, so a cell shorter than the parameter is refused, not read past."""
+    cell = (ctypes.c_void_p(arg.address) if isinstance(arg, Pointer)
+            else ctypes.create_string_buffer(arg.tobytes(), max(8, arg.itemsize)))
+    if ctypes.sizeof(cell) < _parameter_bytes(param):
+        raise LaunchError(f"{kernel} argument {i} ({param.declaration}): the kernel reads "
+                          f"{_parameter_bytes(param)} bytes, the argument holds "
+                          f"{ctypes.sizeof(cell)}")
+    return cell
+
+
 _launch_count = 0
 
 
@@ -223,13 +236,7 @@ def launch(lib: Library, kernel: str, grid, block, args, shared_mem: int = 0) ->
     check_arguments(kernel, params, args)
     storage, pointers = [], (ctypes.c_void_p * max(1, len(args)))()
     for i, (param, arg) in enumerate(zip(params, args)):
-        cell = (ctypes.c_void_p(arg.address) if isinstance(arg, Pointer)
-                else ctypes.create_string_buffer(arg.tobytes(), max(8, arg.itemsize)))
-        # the thunk copies the parameter out of its cell: a short cell is a read past it
-        if ctypes.sizeof(cell) < _parameter_bytes(param):
-            raise LaunchError(f"{kernel} argument {i} ({param.declaration}): the kernel reads "
-                              f"{_parameter_bytes(param)} bytes, the argument holds "
-                              f"{ctypes.sizeof(cell)}")
+        cell = parameter_cell(kernel, i, param, arg)
         storage.append(cell)
         pointers[i] = ctypes.cast(ctypes.pointer(cell), ctypes.c_void_p)
     thunk = ctypes.cast(getattr(lib.cdll, f"emu_thunk_{kernel}"), ctypes.c_void_p)
