@@ -6,7 +6,8 @@ through ctypes.
 takes NumPy arrays; the CuPy test double (``tests/cupy_double``) launches through
 :func:`launch` with the addresses of its arrays. Both check the arguments
 against the kernel's C signature first (count, pointer element types, scalar
-types), since the kernel would read garbage otherwise.
+types, structs of ints passed by value as a ``numpy.void`` of exactly their int32
+fields), since the kernel would read garbage otherwise.
 """
 from __future__ import annotations
 
