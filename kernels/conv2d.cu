@@ -16,7 +16,9 @@
 //                     summed by conv2d_bwd_weight_reduce
 //   conv2d_bwd_weight partial[z][k][(c,r,s)] over the z-th slice of the (n,oh,ow)
 //                     reduction (split-K: that reduction is long and M x N small);
-//                     conv2d_bwd_weight_reduce sums the slices in order z = 0, 1, ...
+//                     conv2d_bwd_weight_reduce sums the slices in order z = 0, 1, ...;
+//                     the GEMM's columns run (r,s,c), channels padded to 4, and
+//                     `_vec` kernels read dy as aligned vectors (see WeightOperands)
 //   conv2d_fwd_direct, conv2d_bwd_data_direct, conv2d_bwd_weight_direct: not GEMMs,
 //                     one thread per y, dx or dw element, for few filters, few
 //                     channels or few short filters, where a GEMM tile would be
@@ -51,9 +53,10 @@
 // (window_bits), so that the padding test is two logic instructions an element. The
 // forward and backward-data operands are stepped through pointers held in registers
 // (`opaque`), and every load is predicated, none behind a branch: the forward's
-// weights as scalar loads whatever the rows' alignment. The (n,oh,ow) of the weight
-// gradient's reduction index is split by multiply-high at each step. What division
-// is left is by a per-launch constant, through `divide`.
+// weights as scalar loads whatever the rows' alignment. The weight gradient carries
+// the (n,oh,ow) of its reduction index from step to step with a compare-and-subtract
+// per level (see WeightOperands). What division is left is by a per-launch constant,
+// through `divide`, or once a thread.
 // Accumulation in acc_t; deterministic: fixed reduction order, no atomics. Outputs
 // are written with `=`; parameter gradients are returned, the caller accumulates.
 #include "common.cuh"
@@ -831,115 +834,313 @@ conv2d_bwd_data_direct(const real_t* __restrict__ dy, const real_t* __restrict__
         (real_t)acc;
 }
 
-// ---- backward weight: rows k, columns (c,r,s), reduction (n,oh,ow) in one slice ----
-template <class Tile>
+// ---- backward weight: rows k, columns (r,s,c), reduction (n,oh,ow) in one slice ----
+// The GEMM's columns run channel-fastest over the channels padded to C4 = C rounded up
+// to 4: column j = (r S + s) C4 + c. A thread's B elements come in runs of 4 columns,
+// channels c .. c + 3 of one tap (r, s) at one reduction index: the run shares its
+// window test and its addresses differ by H W, so a step tests a window once a run.
+// A padded channel (c >= C; none when C % 4 == 0) reads channel C - 1, and its
+// column's sums go to a scratch slice past the last one (partial[gridDim.z], which
+// the launcher then allocates), never read.
+// No division in the loop: each thread carries the (n, oh, ow) of its reduction index
+// from step to step, as the window's corner and the offsets of x and dy, advanced by
+// TILE_K = d_n P + d_oh OW + d_ow with one compare-and-subtract carry into oh and one
+// into n (d_ow < OW, d_oh < OH: each carries at most once).
+// A (dy, rows k): with kPackedDy (the launcher's choice: OH OW % 4 == 0, dy aligned) a
+// thread reads VECA = min(A_PER, 4) consecutive reduction indices of a row as one
+// aligned vector, the vector holding the thread's B index: in one image (P % 4 == 0),
+// so B's carried dy offset addresses it; else A_PER rows at its B index, one load each.
+template <class Tile, bool kPackedDy>
 struct WeightOperands {
     static constexpr int BM = Tile::BM, BN = Tile::BN, A_PER = Tile::A_PER, B_PER = Tile::B_PER;
-    static constexpr int B_ROWS_PER_PASS = Tile::B_ROWS_PER_PASS;
-    static constexpr int A_ROWS_PER_PASS = GEMM_THREADS / TILE_K;
-    // A is stashed down columns: the 32 lanes of a warp write 4 rows (a_row0) of 8
-    // reduction indices (a_lane), BM apart, which hit one bank 8 times; rows padded by
-    // 4 put the lanes 4 banks apart (and keep the 4-wide reads 16-byte aligned).
-    static constexpr int A_PAD = 4;
+    static constexpr int RUN = 4, RUNS = B_PER / RUN;     // B: runs of 4 channels
+    static constexpr int GROUPS = GEMM_THREADS / TILE_K;  // threads per reduction index
+    static constexpr int VECA = A_PER < 4 ? A_PER : 4, PACKS = A_PER / VECA;
+    static constexpr int A_LOADS = kPackedDy ? PACKS : A_PER;
+    static_assert(RUNS * RUN == B_PER && GROUPS * B_PER == BN, "B's runs do not tile BN");
+    static_assert(sizeof(real_t) == sizeof(acc_t), "B is stashed as vectors of real_t");
+    // The thread's place (kk, group): a warp holds 4 reduction indices (kk) of 8 column
+    // groups, lane / 8 and lane % 8. So an eighth of a warp, whose 16-byte stores of a
+    // row of Bs are one phase, stores 8 runs of columns on 8 distinct sets of banks;
+    // and each of a warp's loads of x reads 4 neighbouring (oh, ow) of 8 runs, not 32
+    // scattered places. A is stashed down columns, each lane of a warp on its own bank
+    // when rows are padded by 8 (kk's lane / 8 moves 8 banks; the 4-wide reads stay
+    // 16-byte aligned).
+    static_assert(TILE_K % 4 == 0 && GROUPS % 8 == 0, "a warp: 4 indices x 8 groups");
+    static constexpr int A_PAD = 8;
+    static __device__ int thread_kk() {
+        return 4 * (threadIdx.x / 32 % (TILE_K / 4)) + threadIdx.x % 32 / 8;
+    }
+    static __device__ int thread_group() {
+        return 8 * (threadIdx.x / 32 / (TILE_K / 4)) + threadIdx.x % 8;
+    }
     struct Fragment {
         real_t a[A_PER], b[B_PER];
     };
-    const real_t* __restrict__ dy;
-    const real_t* __restrict__ x;
-    ConvGeometry g;
-    int P, t, col0;
-    int a_lane, a_row0, a_end;  // A: dy[n K P + k P + p], t + a_lane = n P + p, k = a_row0 + 32 i
-    BColumn<Tile> b;
-    int b_end;                  // the slice's end; 0 for a column past the GEMM's
-    int x_column, h_shift, w_shift;  // B: x[n C H W + x_column + h W + w], x_column = c H W,
-                                     // h = oh sh + h_shift, h_shift = r - pt (w: s - pl)
+    const ConvGeometry& geometry;  // the kernel's parameter, read by the epilogue only
+    int col0;
+    // The thread's reduction index t + kk (kk = thread_kk()): left = t_end - it,
+    // counting down; h, w: the window corner of its first run (oh sh + r - pt, ow sw +
+    // s - pl); x_at = x + n C H W + oh sh W + ow sw - (pt W + pl); dy_at = dy + n K P +
+    // oh OW + ow - a_lead (pointers, not offsets: a load adds an offset to one; the
+    // offsets below are unsigned, from a pointer set before them, so that the compiler
+    // widens them to 64 bits with a zero rather than hold a sign-extended copy)
+    int left, h, w;
+    const real_t* __restrict__ x_at;
+    const real_t* __restrict__ dy_at;
+    // Per step: w += w_step, carried into oh at w_limit (w -= w_span); h += h_step
+    // (h_step_row with that carry: sh more), carried into n at h_limit (h -= h_span);
+    // the pointers by their steps plus the carries' corrections.
+    int w_step, w_limit, w_span, h_step, h_step_row, h_limit, h_span;
+    int x_step, x_row, x_image, dy_step, dy_image;
+    unsigned H, W;
+    unsigned a_offset[A_LOADS];  // A: dy_at[a_offset[i]]
+    int a_lead;                  // packed: t + kk - a_lead starts the thread's vector
+    unsigned b_offset[B_PER];    // B: x_at[b_offset[e]]
+    int h_run[RUNS], w_run[RUNS];  // run q's corner: h + h_run[q], w + w_run[q]
 
-    __device__ WeightOperands(const real_t* dy_, const real_t* x_, const ConvGeometry& g_,
+    __device__ WeightOperands(const real_t* dy, const real_t* x,
+                              const ConvGeometry& g,
                               int t_begin, int t_end)
-        : dy(dy_), x(x_), g(g_), t(t_begin), col0(blockIdx.x * BN) {
-        P = g.OH * g.OW;
-        a_lane = threadIdx.x % TILE_K;
-        a_row0 = blockIdx.y * BM + threadIdx.x / TILE_K;
-        a_end = t_end;
-        const int j = col0 + b.col, RS = g.R * g.S;
-        b_end = j < g.C * RS ? t_end : 0;
-        const int c = divide(j, g.rs_magic, g.rs_shift), rs = j - c * RS;
-        const int r = divide(rs, g.s_magic, g.s_shift);
-        h_shift = r - g.pt;
-        w_shift = rs - r * g.S - g.pl;
-        x_column = c * g.H * g.W;
+        : geometry(g), col0(blockIdx.x * BN) {
+        const int P = g.OH * g.OW, RS = g.R * g.S, C4 = (g.C + 3) & ~3, HW = g.H * g.W;
+        const int kk = thread_kk(), group = thread_group();
+        H = g.H;
+        W = g.W;
+        // where the thread's reduction index starts, and the step TILE_K in (n, oh, ow)
+        const int tb = t_begin + kk;
+        left = t_end - tb;
+        const int n = divide(tb, g.p_magic, g.p_shift), p = tb - n * P;
+        const int oh = divide(p, g.ow_magic, g.ow_shift), ow = p - oh * g.OW;
+        const int d_n = divide(TILE_K, g.p_magic, g.p_shift), d_p = TILE_K - d_n * P;
+        const int d_oh = divide(d_p, g.ow_magic, g.ow_shift), d_ow = d_p - d_oh * g.OW;
+        w_step = d_ow * g.sw;
+        w_span = g.OW * g.sw;
+        h_step = d_oh * g.sh;
+        h_step_row = h_step + g.sh;
+        h_span = g.OH * g.sh;
+        x_step = d_n * g.C * HW + h_step * g.W + w_step;
+        x_row = g.sh * g.W - w_span;
+        x_image = g.C * HW - h_span * g.W;
+        dy_step = TILE_K + d_n * (g.K - 1) * P;
+        dy_image = (g.K - 1) * P;
+        // may point outside x or dy (a window over the border, an index past the slice):
+        // read only where inside
+        x_at = reread(x + (n * g.C * HW + oh * g.sh * g.W + ow * g.sw - (g.pt * g.W + g.pl)));
+        // B: run q holds columns q BN / RUNS + 4 group .. + 3 of the tile
+        int h0 = 0, w0 = 0;
+#pragma unroll
+        for (int q = 0; q < RUNS; ++q) {
+            int j = col0 + q * (BN / RUNS) + RUN * group;
+            if (j >= RS * C4) j = 0;  // a run past the GEMM's columns: read, never written
+            const int rs = j / C4, c = j - rs * C4;  // once a thread
+            const int r = divide(rs, g.s_magic, g.s_shift), s = rs - r * g.S;
+            const int hq = r - g.pt, wq = s - g.pl;
+            if (q == 0) {
+                h0 = hq;
+                w0 = wq;
+            }
+            h_run[q] = hq - h0;
+            w_run[q] = wq - w0;
+#pragma unroll
+            for (int e = 0; e < RUN; ++e)
+                b_offset[q * RUN + e] = min(c + e, g.C - 1) * HW + r * g.W + s;
+        }
+        h = oh * g.sh + h0;
+        w = ow * g.sw + w0;
+        w_limit = w_span + w0;
+        h_limit = h_span + h0;
+        // A: rows past K read row K - 1 (their sums are never written)
+        const int row0 = blockIdx.y * BM;
+        if constexpr (kPackedDy) {
+            a_lead = kk % VECA;
+#pragma unroll
+            for (int i = 0; i < PACKS; ++i) {
+                const int k = row0 + VECA * group + a_lead + VECA * GROUPS * i;
+                a_offset[i] = min(k, g.K - 1) * P;
+            }
+        } else {
+            a_lead = 0;
+#pragma unroll
+            for (int i = 0; i < A_PER; ++i)
+                a_offset[i] = min(row0 + group + GROUPS * i, g.K - 1) * P;
+        }
+        dy_at = reread(dy + (n * g.K * P + p - a_lead));
     }
 
-    // Each reduction index split into (n, oh, ow) afresh, by multiply-high (divide):
-    // a fixed sequence of instructions, where carrying (n, p) from step to step took
-    // a loop for each wrap of p past P. Loads predicated: no branch.
+    // Through the read-only data cache: x_at and dy_at went through reread, which hides
+    // that they point to global memory (and keeps the compiler from folding them back
+    // into a parameter plus a 64-bit offset at every load).
+    static __device__ __forceinline__ real_t load(const real_t* p) {
+#ifdef __CUDA_ARCH__
+        return __ldg(p);
+#else
+        return *p;
+#endif
+    }
+    static __device__ __forceinline__ Packet<VECA> load_packet(const real_t* p) {
+        Packet<VECA> v;
+#ifdef __CUDA_ARCH__
+        if constexpr (sizeof(real_t) == 4 && VECA == 4) {
+            const float4 u = __ldg(reinterpret_cast<const float4*>(p));
+            v.v[0] = u.x, v.v[1] = u.y, v.v[2] = u.z, v.v[3] = u.w;
+        } else if constexpr (sizeof(real_t) == 4 && VECA == 2) {
+            const float2 u = __ldg(reinterpret_cast<const float2*>(p));
+            v.v[0] = u.x, v.v[1] = u.y;
+        } else {  // doubles, two at a time
+#pragma unroll
+            for (int e = 0; e < VECA; e += 2) {
+                const double2 u = __ldg(reinterpret_cast<const double2*>(p + e));
+                v.v[e] = u.x, v.v[e + 1] = u.y;
+            }
+        }
+#else
+#pragma unroll
+        for (int e = 0; e < VECA; ++e) v.v[e] = p[e];
+#endif
+        return v;
+    }
+
+    // Predicated loads (a run's and a vector's on one test), then the carry: no branch.
     __device__ void fetch(Fragment& f) {
-        const int ta = t + a_lane, a_n = divide(ta, g.p_magic, g.p_shift);
-        const int a_offset = a_n * (g.K - 1) * P + ta;  // n K P + p, p = ta - n P
-        const bool a_in = ta < a_end;
+        const bool live = left > 0;
+        if constexpr (kPackedDy) {
+            // the vector starts a_lead before the thread's index: inside the slice when
+            // that index is (slices start and end on multiples of 4)
+            const bool a_live = left + a_lead > 0;
 #pragma unroll
-        for (int i = 0; i < A_PER; ++i) {
-            const int k = a_row0 + A_ROWS_PER_PASS * i;
-            f.a[i] = a_in && k < g.K ? dy[a_offset + k * P] : (real_t)0;
+            for (int i = 0; i < PACKS; ++i) {
+                Packet<VECA> v;
+                if (a_live)
+                    v = load_packet(dy_at + a_offset[i]);
+                else
+#pragma unroll
+                    for (int e = 0; e < VECA; ++e) v.v[e] = 0;
+#pragma unroll
+                for (int e = 0; e < VECA; ++e) f.a[i * VECA + e] = v.v[e];
+            }
+        } else {
+#pragma unroll
+            for (int i = 0; i < A_PER; ++i)
+                f.a[i] = live ? load(dy_at + a_offset[i]) : (real_t)0;
         }
 #pragma unroll
-        for (int i = 0; i < B_PER; ++i) {
-            const int tb = t + b.row + B_ROWS_PER_PASS * i;
-            const int n = divide(tb, g.p_magic, g.p_shift), p = tb - n * P;
-            const int oh = divide(p, g.ow_magic, g.ow_shift);
-            const int h = oh * g.sh + h_shift, w = (p - oh * g.OW) * g.sw + w_shift;
-            const bool in = tb < b_end && (unsigned)h < (unsigned)g.H && (unsigned)w < (unsigned)g.W;
-            f.b[i] = in ? x[n * g.C * g.H * g.W + x_column + h * g.W + w] : (real_t)0;
+        for (int q = 0; q < RUNS; ++q) {
+            const bool in = live && (unsigned)(h + h_run[q]) < H && (unsigned)(w + w_run[q]) < W;
+#pragma unroll
+            for (int e = 0; e < RUN; ++e)
+                f.b[q * RUN + e] = in ? load(x_at + b_offset[q * RUN + e]) : (real_t)0;
         }
-        t += TILE_K;
+        left -= TILE_K;
+        w += w_step;
+        const bool next_row = w >= w_limit;
+        if (next_row) w -= w_span;
+        h += next_row ? h_step_row : h_step;
+        const bool next_image = h >= h_limit;
+        if (next_image) h -= h_span;
+        // hidden again: the compiler would otherwise carry the sum of the steps as an offset
+        // and rebuild each address from it, with a 64-bit sign extension a load
+        x_at = reread(x_at + (x_step + (next_row ? x_row : 0) + (next_image ? x_image : 0)));
+        dy_at = reread(dy_at + (dy_step + (next_image ? dy_image : 0)));
     }
 
     template <class ARows, class BRows>  // As[k][m], Bs[k][j]: shared arrays of any row length
     __device__ void stash(const Fragment& f, ARows As, BRows Bs) const {
+        const int kk = thread_kk(), group = thread_group();
+        if constexpr (kPackedDy) {
+            const int first = kk - kk % VECA, row = VECA * group + kk % VECA;
 #pragma unroll
-        for (int i = 0; i < A_PER; ++i) As[a_lane][(a_row0 + A_ROWS_PER_PASS * i) % BM] = f.a[i];
+            for (int i = 0; i < PACKS; ++i)
 #pragma unroll
-        for (int i = 0; i < B_PER; ++i) Bs[b.row + B_ROWS_PER_PASS * i][b.col] = f.b[i];
+                for (int e = 0; e < VECA; ++e)
+                    As[first + e][row + VECA * GROUPS * i] = f.a[i * VECA + e];
+        } else {
+#pragma unroll
+            for (int i = 0; i < A_PER; ++i) As[kk][group + GROUPS * i] = f.a[i];
+        }
+#pragma unroll
+        for (int q = 0; q < RUNS; ++q) {
+            Packet<RUN> v;
+#pragma unroll
+            for (int e = 0; e < RUN; ++e) v.v[e] = f.b[q * RUN + e];
+            *reinterpret_cast<Packet<RUN>*>(&Bs[kk][q * (BN / RUNS) + RUN * group]) = v;
+        }
     }
 
-    GemmOut out;  // partial[z]
-    __device__ GemmOut output() const { return out; }
+    real_t* __restrict__ partial;
+    // partial[z], its rows and columns from the parameter after the main loop
+    __device__ GemmOut output() const {
+        const ConvGeometry& g = geometry;
+        const int CRS = g.C * g.R * g.S;
+        return {partial + blockIdx.z * g.K * CRS, g.K, g.R * g.S * ((g.C + 3) & ~3), CRS};
+    }
 
-    __device__ int column_offset(int j) const { return j; }  // partial[z][k][j]
+    // GEMM column j = (r S + s) C4 + c to dw's c R S + r S + s; a padded channel's to
+    // the scratch slice past the last (once a thread, in the epilogue)
+    __device__ int column_offset(int j) const {
+        const ConvGeometry& g = geometry;
+        const int RS = g.R * g.S, C4 = (g.C + 3) & ~3;
+        const int rs = j / C4, c = j - rs * C4;
+        if (c >= g.C) return (gridDim.z - blockIdx.z) * g.K * g.C * RS;
+        return c * RS + rs;
+    }
 };
 
-template <class Tile, bool kTF32>
+template <class Tile, bool kTF32, bool kPackedDy>
 __device__ __forceinline__ void conv2d_bwd_weight_tile(const real_t* dy, const real_t* x,
                                                        real_t* partial,
                                                        const ConvGeometry& g, int chunk) {
-    const int CRS = g.C * g.R * g.S, total = g.N * g.OH * g.OW;
+    const int total = g.N * g.OH * g.OW;
     const int t_begin = blockIdx.z * chunk;
     const int t_end = total - t_begin < chunk ? total : t_begin + chunk;
-    WeightOperands<Tile> ops(dy, x, g, t_begin, t_end);
-    ops.out = {partial + blockIdx.z * g.K * CRS, g.K, CRS, CRS};
+    WeightOperands<Tile, kPackedDy> ops(dy, x, g, t_begin, t_end);
+    ops.partial = partial;
     run_gemm<Tile, kTF32, false>(ops, (t_end - t_begin + TILE_K - 1) / TILE_K,
                                  (const real_t*)nullptr);
 }
 
+// `_vec`: dy read as aligned vectors (OH OW % 4 == 0 and dy aligned to 4 elements: the
+// launcher's choice); the others read it one element a load.
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 1)
 conv2d_bwd_weight(const real_t* __restrict__ dy, const real_t* __restrict__ x,
-                          real_t* __restrict__ partial, const ConvGeometry g,
-                          int chunk) {
-    conv2d_bwd_weight_tile<TileSquare, false>(dy, x, partial, g, chunk);
+                  real_t* __restrict__ partial, const ConvGeometry g,
+                  int chunk) {
+    conv2d_bwd_weight_tile<TileSquare, false, false>(dy, x, partial, g, chunk);
+}
+
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 1)
+conv2d_bwd_weight_vec(const real_t* __restrict__ dy, const real_t* __restrict__ x,
+                      real_t* __restrict__ partial, const ConvGeometry g,
+                      int chunk) {
+    conv2d_bwd_weight_tile<TileSquare, false, true>(dy, x, partial, g, chunk);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS)
 conv2d_bwd_weight_wide(const real_t* __restrict__ dy, const real_t* __restrict__ x,
-                         real_t* __restrict__ partial, const ConvGeometry g,
-                         int chunk) {
-    conv2d_bwd_weight_tile<TileWide, false>(dy, x, partial, g, chunk);
+                       real_t* __restrict__ partial, const ConvGeometry g,
+                       int chunk) {
+    conv2d_bwd_weight_tile<TileWide, false, false>(dy, x, partial, g, chunk);
+}
+
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS)
+conv2d_bwd_weight_wide_vec(const real_t* __restrict__ dy, const real_t* __restrict__ x,
+                           real_t* __restrict__ partial, const ConvGeometry g,
+                           int chunk) {
+    conv2d_bwd_weight_tile<TileWide, false, true>(dy, x, partial, g, chunk);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS)
 conv2d_bwd_weight_tf32(const real_t* __restrict__ dy, const real_t* __restrict__ x,
                        real_t* __restrict__ partial, const ConvGeometry g,
                        int chunk) {
-    conv2d_bwd_weight_tile<TileSquare, true>(dy, x, partial, g, chunk);
+    conv2d_bwd_weight_tile<TileSquare, true, false>(dy, x, partial, g, chunk);
+}
+
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS)
+conv2d_bwd_weight_tf32_vec(const real_t* __restrict__ dy, const real_t* __restrict__ x,
+                           real_t* __restrict__ partial, const ConvGeometry g,
+                           int chunk) {
+    conv2d_bwd_weight_tile<TileSquare, true, true>(dy, x, partial, g, chunk);
 }
 
 // ---- backward weight, direct: one thread per dw element, a slice of (n,oh,ow) each --

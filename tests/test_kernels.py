@@ -192,8 +192,90 @@ def test_conv2d_weight_at_an_unaligned_address(emulated, rng):
     assert_kernel_close(y, y_ref, "float64", "y")
 
 
+# The weight-gradient GEMMs, each on shapes its float plan picks it for: dy one element
+# a load (OH OW odd) or in vectors (`_vec`: OH OW % 4 == 0); channels a multiple of 4
+# or padded to one (their columns' sums in a scratch slice); a step that carries into
+# the next row (OW < 8) or several images on (OH OW = 1 or 4); split-K; two row tiles.
+WEIGHT_GEMM_CASES = [
+    ((2, 30, 5, 7, 100, 3, 3, (1, 1), 1), "conv2d_bwd_weight"),     # C = 30: 2 padded
+    ((11, 72, 2, 2, 200, 2, 2, (1, 1), 0), "conv2d_bwd_weight"),    # 8 images a step
+    ((3, 30, 15, 15, 120, 3, 3, (1, 1), 1), "conv2d_bwd_weight"),   # 3 slices, + scratch
+    ((2, 20, 7, 7, 48, 3, 3, (1, 1), 1), "conv2d_bwd_weight_wide"),
+    ((5, 32, 3, 3, 72, 2, 2, (1, 1), 0), "conv2d_bwd_weight_vec"),  # 2 images a step
+    ((3, 28, 9, 8, 66, 3, 3, (2, 2), 1), "conv2d_bwd_weight_vec"),
+    ((4, 28, 14, 14, 66, 3, 3, (1, 1), 1), "conv2d_bwd_weight_vec"),  # 4 slices
+    ((1, 24, 6, 6, 40, 3, 3, (1, 1), 0), "conv2d_bwd_weight_wide_vec"),
+    ((2, 25, 8, 8, 40, 3, 3, (1, 1), 1), "conv2d_bwd_weight_wide_vec"),  # C = 25
+]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("case,kernel", WEIGHT_GEMM_CASES, ids=str)
+def test_conv2d_weight_gemms_match_the_xp_path(device, case, kernel, dtype, rng):
+    """Each weight-gradient GEMM, on the shapes its plan picks it for, agrees with the
+    xp path, twice bitwise; the emulator launches it."""
+    n, c, h, w, k, r, s, stride, padding = case
+    x, weight = (device.put(rng.standard_normal(shape).astype(dtype))
+                 for shape in ((n, c, h, w), (k, c, r, s)))
+    y_ref, ctx_ref = ops.conv2d_forward(x, weight, None, stride, padding, use_kernels=False)
+    dy = device.put(rng.standard_normal(y_ref.shape).astype(dtype))
+    ref = device.get(ctx_ref.backward(dy)[1])
+    _, ctx = ops.conv2d_forward(x, weight, None, stride, padding, use_kernels=True)
+    assert _plans(ctx, dtype)[2].kernel == kernel
+    cuda_emulator.launches.clear()
+    (got,) = twice(lambda: (device.get(ctx.backward(dy)[1]),))
+    assert_kernel_close(got, ref, dtype, f"dweight ({dtype})")
+    if device.kind == "emulator":
+        assert kernel in {name for name, _, _ in cuda_emulator.launches}
+
+
+@needs_compiler
+@pytest.mark.parametrize("case,kernel", WEIGHT_GEMM_CASES, ids=str)
+def test_conv2d_weight_gemms_at_tile_k_16(emulated, monkeypatch, case, kernel, rng):
+    """bench/gpu_check.py also times the GEMMs built with -DTILE_K=16, where a thread
+    of the weight GEMMs loads two runs of channels, two dy vectors or twice the rows."""
+    monkeypatch.setattr(cuda_emulator, "compile_options",
+                        lambda dtype: (*runtime.compile_options(dtype), "-DTILE_K=16"))
+    n, c, h, w, k, r, s, stride, padding = case
+    x, weight = rng.standard_normal((n, c, h, w)), rng.standard_normal((k, c, r, s))
+    y_ref, ctx_ref = ops.conv2d_forward(x, weight, None, stride, padding, use_kernels=False)
+    dy = rng.standard_normal(y_ref.shape)
+    cuda_emulator.launches.clear()
+    _, ctx = ops.conv2d_forward(x, weight, None, stride, padding, use_kernels=True)
+    got = ctx.backward(dy)[1]
+    assert kernel in {name for name, _, _ in cuda_emulator.launches}
+    assert_kernel_close(got, ctx_ref.backward(dy)[1], "float64", "dweight")
+
+
+@needs_compiler
+def test_weight_gemm_padded_channels_sum_into_a_scratch_slice(emulated, monkeypatch, rng):
+    """C = 30: the weight GEMM's columns run over 32 channels a tap, and the 2 padded
+    ones' sums land in a slice past the split's, which the launcher allocates (the
+    reduce never reads it); C = 32 pads nothing and takes no scratch slice."""
+    seen = []
+
+    def record(name, kernel, dtype, grid, block, args, shared_mem=0):
+        if kernel.startswith("conv2d_bwd_weight") and not kernel.endswith(("_reduce", "_direct")):
+            seen.append((kernel, grid, args[2].shape))
+        cuda_emulator.emulated_launch(name, kernel, dtype, grid, block, args, shared_mem)
+
+    monkeypatch.setattr(runtime, "launch", record)
+    for c, scratch in ((30, 1), (32, 0)):
+        seen.clear()
+        x, weight = rng.standard_normal((3, c, 15, 15)), rng.standard_normal((120, c, 3, 3))
+        y, ctx = ops.conv2d_forward(x, weight, None, 1, 1, use_kernels=True)
+        dy = rng.standard_normal(y.shape)
+        _, ctx_ref = ops.conv2d_forward(x, weight, None, 1, 1, use_kernels=False)
+        assert_kernel_close(ctx.backward(dy)[1], ctx_ref.backward(dy)[1], "float64", "dweight")
+        [(kernel, grid, shape)] = seen
+        assert kernel == "conv2d_bwd_weight" and grid[0] == 3 and grid[2] > 1  # 288 columns
+        assert shape == (grid[2] + scratch, 120, c * 9)
+
+
 TF32_CASES = [(2, 3, 9, 9, 70, 3, 3, (1, 1), 1), (2, 5, 11, 10, 6, 3, 2, (2, 1), (1, 0)),
-              (1, 66, 6, 6, 9, 1, 1, (1, 1), 0)]
+              (1, 66, 6, 6, 9, 1, 1, (1, 1), 0),
+              # the weight gradient's tensor-core GEMMs: dy one element a load, in vectors
+              (2, 30, 5, 7, 100, 3, 3, (1, 1), 1), (5, 32, 3, 3, 72, 2, 2, (1, 1), 0)]
 
 
 def check_tf32_convolution(case, rng, to_device=lambda a: a):

@@ -261,8 +261,13 @@ def _weight_grad(dy, ctx: ConvContext, tensor_cores: bool):
                                    tensor_cores and runtime.allow_tf32(), runtime.sm_count(xp),
                                    ctx.dilation)
     splits = plan.split
-    partial = new_output(xp, (splits, k, crs), dtype)
-    block = (plan.tile[1], 1, 1) if plan.kernel.endswith("_direct") else GEMM_BLOCK
+    direct = plan.kernel.endswith("_direct")
+    # the GEMM's padded channels' sums land in a scratch slice past the split's
+    scratch = 0 if direct else conv2d_plan.weight_scratch(sizes)
+    partial = new_output(xp, (splits + scratch, k, crs), dtype)
+    block = (plan.tile[1], 1, 1) if direct else GEMM_BLOCK
+    if plan.kernel.endswith("_vec") and runtime.address(dy) % 16:
+        dy = dy.copy()  # the _vec kernels read dy as 16-byte aligned vectors
     runtime.launch("conv2d", plan.kernel, dtype, plan.grid, block,
                    (dy, ctx.x, partial, geom, numpy.int32(plan.chunk)))
     dweight = new_output(xp, weight.shape, dtype)

@@ -96,6 +96,7 @@ def gemm_blocks_per_sm(kernel: str, dtype) -> int:
     """The second argument of the kernel's ``__launch_bounds__`` (GEMM_MIN_BLOCKS:
     two in float, one in double; one for the float 128 x 128 backward kernels)."""
     if numpy.dtype(dtype).itemsize == 8 or kernel in ("conv2d_bwd_data", "conv2d_bwd_weight",
+                                                       "conv2d_bwd_weight_vec",
                                                        "conv2d_fwd_split"):
         return 1
     return 2
@@ -318,15 +319,17 @@ def data_plan(sizes, stride, pads, dtype, tf32: bool, sms: int, dilation=(1, 1))
 
 
 def split_k(total: int, tiles: int, slots: int, slice_size: int = 1,
-            min_slice: int = MIN_SLICE) -> tuple[int, int]:
+            min_slice: int = MIN_SLICE, spare: int = 0) -> tuple[int, int]:
     """``(splits, chunk)`` for a reduction of ``total`` terms over ``tiles`` output
     tiles on a GPU holding ``slots`` blocks at once: the split whose blocks fill the
     launched waves best (a grid one block past a wave runs a second wave for it),
     counting a grid under one wave by its share of one; the fewest slices among
     equals; slices of whole reduction steps, none under ``min_slice`` terms, fewer than
-    2**31 elements in the ``slice_size``-element partial results. From the shape and
-    the SM count: one GPU model always sums in the same order."""
-    most = max(1, min((INDEX_LIMIT - 1) // max(1, slice_size), ceil_div(total, min_slice),
+    2**31 elements in the ``slice_size``-element partial results and ``spare`` more
+    slices. From the shape and the SM count: one GPU model always sums in the same
+    order."""
+    most = max(1, min((INDEX_LIMIT - 1) // max(1, slice_size) - spare,
+                      ceil_div(total, min_slice),
                       ceil_div(MAX_WAVES * slots, tiles)))
     best = None
     for wanted in range(1, most + 1):
@@ -353,27 +356,48 @@ def direct_weight_plan(sizes, stride, pads, sms: int) -> Plan:
                 tiles * max(1, ceil_div(total, DIRECT_MIN_SLICE)))
 
 
+def weight_columns(c: int, r: int, s: int) -> int:
+    """The weight-gradient GEMM's columns: ``(r, s, c)``, channel fastest, over the
+    channels rounded up to 4 (kernels/conv2d.cu: a thread loads 4 channels of one
+    tap)."""
+    return ceil_div(c, 4) * 4 * r * s
+
+
+def weight_scratch(sizes) -> int:
+    """Slices of the GEMM's partial sums past the split's: one for the columns of
+    the channels past C that :func:`weight_columns` pads with, 0 without any."""
+    return int(sizes[1] % 4 != 0)
+
+
+def packed_dy(sizes) -> bool:
+    """Whether the weight-gradient GEMM reads dy as aligned vectors (the ``_vec``
+    kernels): each image's OH OW values a whole number of 4-element vectors."""
+    return sizes[7] * sizes[8] % 4 == 0
+
+
 @functools.lru_cache(maxsize=PLAN_CACHE_SIZE)
 def weight_plan(sizes, stride, pads, dtype, tf32: bool, sms: int, dilation=(1, 1)) -> Plan:
     """The GEMM, or the direct kernel where the GEMM's tiles would be under half
     used (few filters times short filters). Dilated: either on the spread filter,
-    its zero taps' gradients computed and dropped (issued, not useful)."""
+    its zero taps' gradients computed and dropped (issued, not useful). The GEMM
+    reads dy as vectors (``_vec``) where :func:`packed_dy`."""
     if tuple(dilation) != (1, 1):
         return dataclasses.replace(
             weight_plan(spread_sizes(sizes, dilation), stride, pads, dtype, tf32, sms),
             useful=useful_macs(sizes, stride, pads, dilation))
     n, c, h, w, k, r, s, oh, ow = sizes
-    crs, total = c * r * s, n * oh * ow
+    crs, total, columns = c * r * s, n * oh * ow, weight_columns(c, r, s)
     suffix, rows, cols = tile(k, dtype, tf32)
-    if 2 * k * crs < ceil_div(k, rows) * rows * ceil_div(crs, cols) * cols:
+    if 2 * k * crs < ceil_div(k, rows) * rows * ceil_div(columns, cols) * cols:
         return direct_weight_plan(sizes, stride, pads, sms)
-    tiles = ceil_div(crs, cols) * ceil_div(k, rows)
-    splits, chunk = split_k(total, tiles, sms * gemm_blocks_per_sm("conv2d_bwd_weight" + suffix,
-                                                                  dtype), k * crs)
-    grid = (ceil_div(crs, cols), ceil_div(k, rows), splits)
+    kernel = "conv2d_bwd_weight" + suffix + ("_vec" if packed_dy(sizes) else "")
+    tiles = ceil_div(columns, cols) * ceil_div(k, rows)
+    splits, chunk = split_k(total, tiles, sms * gemm_blocks_per_sm(kernel, dtype), k * crs,
+                            spare=weight_scratch(sizes))
+    grid = (ceil_div(columns, cols), ceil_div(k, rows), splits)
     # every slice but the last runs chunk / TILE_K steps
     steps = (splits - 1) * (chunk // TILE_K) + ceil_div(total - (splits - 1) * chunk, TILE_K)
-    plan = _gemm("conv2d_bwd_weight" + suffix, dtype, rows, cols, 0, grid, sms,
-                 useful_macs(sizes, stride, pads), splits, chunk)
+    plan = _gemm(kernel, dtype, rows, cols, 0, grid, sms, useful_macs(sizes, stride, pads),
+                 splits, chunk)
     return dataclasses.replace(plan, issued=grid[0] * grid[1] * rows * cols * steps * TILE_K,
                                most_blocks=tiles * max(1, ceil_div(total, MIN_SLICE)))
