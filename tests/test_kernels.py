@@ -1246,7 +1246,7 @@ def test_the_emulator_takes_a_struct_by_value_as_a_numpy_void_of_its_int32_field
     numpy.void of exactly its int32 fields (runtime.geometry), and refuses with the
     argument, the struct and what came: an array (a pointer: its address read as the
     sizes), a plain int32 (4 bytes where the kernel reads 12), too few fields, a field
-    not int32, a tuple."""
+    not int32, a tuple, overlapping fields."""
     lib = cuda_emulator.build(SIZES_KERNEL, ("-std=c++17",))
     struct = lib.signatures["copy_sizes"][1]
     assert (struct.pointer, struct.struct, struct.count) == (False, "Sizes", 3)
@@ -1269,6 +1269,9 @@ def test_the_emulator_takes_a_struct_by_value_as_a_numpy_void_of_its_int32_field
         "a numpy.void of 2 fields": runtime.geometry(SIZES_FIELDS[:2], (5, 7)),
         "field 'cols' of float32": numpy.array((5, 7.0, 2), mixed)[()],
         "a tuple value": (5, 7, 2),
+        r"fields at bytes \[0, 0, 4\] \(overlapping or apart\)": numpy.zeros((), numpy.dtype(
+            {"names": SIZES_FIELDS, "formats": [numpy.int32] * 3, "offsets": [0, 4, 0],
+             "itemsize": 12}))[()],
     }
     for got, arg in wrong.items():
         with pytest.raises(cuda_emulator.LaunchError,

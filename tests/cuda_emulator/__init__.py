@@ -193,11 +193,12 @@ def _struct_mismatch(param: Param, arg) -> str | None:
     fields = arg.dtype.fields
     if len(fields) != param.count:
         return f"a numpy.void of {len(fields)} fields"
-    for name, (dtype, offset, *_) in fields.items():
+    for name, (dtype, *_) in fields.items():
         if dtype != numpy.int32:
             return f"field {name!r} of {dtype}"
-        if offset % 4 or not 0 <= offset < 4 * param.count:
-            return f"field {name!r} at byte {offset}"
+    offsets = sorted(offset for _, offset, *_ in fields.values())
+    if offsets != list(range(0, 4 * param.count, 4)):
+        return f"fields at bytes {offsets} (overlapping or apart)"
     if arg.itemsize != 4 * param.count:
         return f"a numpy.void of {arg.itemsize} bytes"
     return None
