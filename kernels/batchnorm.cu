@@ -35,7 +35,8 @@
 // the parameter gradients are returned, not accumulated.
 #include "common.cuh"
 
-// Division by HW and by C, passed as pointer to 7 int32 (cached per shape).
+// Division by HW and by C; passed by value (the launcher's NumPy scalar of 7 int32
+// fields, cached per shape), in the kernel's parameter space: no load, no register.
 struct ChannelGeometry {
     int C, HW, M, hw_magic, hw_shift, c_magic, c_shift;
 };
@@ -62,10 +63,9 @@ __device__ __forceinline__ int channel_of(int i, const ChannelGeometry& g) {
 extern "C" __global__ void bn_fwd_stats(const real_t* __restrict__ x,
                                             real_t* __restrict__ offset_mean,
                                             real_t* __restrict__ squares,
-                                            const ChannelGeometry* __restrict__ geometry,
+                                            const ChannelGeometry g,
                                             const real_t* __restrict__ weights, int chunk) {
     DYNAMIC_SHARED(acc_t, scratch);
-    const ChannelGeometry g = *geometry;
     const int c = blockIdx.y, run = blockIdx.x, step = blockDim.x;
     const int begin = run * chunk, end = g.M - begin < chunk ? g.M : begin + chunk;
     const acc_t pivot = x[c * g.HW];
@@ -118,11 +118,10 @@ extern "C" __global__ void bn_fwd_stats_combine(const real_t* __restrict__ x,
                                             real_t* __restrict__ inv_std,
                                             real_t* __restrict__ running_mean,
                                             real_t* __restrict__ running_var,
-                                            const ChannelGeometry* __restrict__ geometry,
+                                            const ChannelGeometry g,
                                             const real_t* __restrict__ weights, int parts,
                                             acc_t inv_m, acc_t eps, acc_t momentum,
                                             acc_t var_momentum, int update_running) {
-    const ChannelGeometry g = *geometry;
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= g.C) return;
     acc_t offset = offset_mean[c * parts], m2 = squares[c * parts];
@@ -158,9 +157,8 @@ extern "C" __global__ void bn_fwd_apply(const real_t* __restrict__ x,
                                         const real_t* __restrict__ gamma,
                                         const real_t* __restrict__ beta,
                                         real_t* __restrict__ y, real_t* __restrict__ x_hat,
-                                        const ChannelGeometry* __restrict__ geometry, int total,
+                                        const ChannelGeometry g, int total,
                                         int vectors) {
-    const ChannelGeometry g = *geometry;
     const int t = blockIdx.x * blockDim.x + threadIdx.x;
     if (vectors) {
         const int i = t * VECTOR;
@@ -190,10 +188,9 @@ extern "C" __global__ void bn_bwd_reduce(const real_t* __restrict__ dy,
                                           const real_t* __restrict__ x_hat,
                                           real_t* __restrict__ sum_dy,
                                           real_t* __restrict__ sum_dy_xhat,
-                                          const ChannelGeometry* __restrict__ geometry,
+                                          const ChannelGeometry g,
                                           int chunk) {
     DYNAMIC_SHARED(acc_t, scratch);
-    const ChannelGeometry g = *geometry;
     const int c = blockIdx.y, run = blockIdx.x, step = blockDim.x;
     const int begin = run * chunk, end = g.M - begin < chunk ? g.M : begin + chunk;
     acc_t a = 0, b = 0;
@@ -253,9 +250,8 @@ extern "C" __global__ void bn_bwd_dx(const real_t* __restrict__ dy,
                                      const real_t* __restrict__ dbeta,
                                      const real_t* __restrict__ dgamma,
                                      real_t* __restrict__ dx,
-                                     const ChannelGeometry* __restrict__ geometry, int total,
+                                     const ChannelGeometry g, int total,
                                      acc_t inv_m, int training, int vectors) {
-    const ChannelGeometry g = *geometry;
     const int t = blockIdx.x * blockDim.x + threadIdx.x;
     const int i = vectors ? t * VECTOR : t;
     if (i >= total) return;

@@ -45,8 +45,10 @@ __device__ __forceinline__ int divide(int n, int magic, int shift) {
 // register pair and indexes it with one IMAD.WIDE (rather than re-reading the base
 // from the kernel's parameters and adding the offset again at every use); and what a
 // kernel reads through it is read there, not kept in registers from an earlier read
-// of the same place (a GEMM's epilogue re-reads its sizes rather than hold them
-// through the loop).
+// of the same place (the backward data's epilogue re-reads its phase's sizes from
+// the table rather than hold them through the loop). Never the address of a kernel's
+// by-value parameter (a geometry): escaping into the asm, it would make the compiler
+// copy the parameter to a stack frame; the parameter is read where used anyway.
 template <class T>
 __device__ __forceinline__ T* opaque(T* pointer) {
 #ifdef __CUDA_ARCH__

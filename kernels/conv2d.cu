@@ -99,8 +99,10 @@ __device__ __forceinline__ bool tap_inside(int4 tap, unsigned rows_in, unsigned 
     return (((unsigned)tap.y & ~rows_in) | ((unsigned)tap.z & ~cols_in)) == 0;
 }
 
-// Passed as a pointer to int32 in device memory (the launcher caches one per shape).
-// Each *_magic, *_shift pair divides by the size named (runtime.fast_divisor).
+// Passed by value (the launcher's NumPy scalar of 29 int32 fields, cached per shape):
+// the kernel's parameter space, read as an operand of the instruction that uses it,
+// with no load and no register. Device functions take it as `const ConvGeometry&`
+// (inlined, the reference is the parameter's address). Each *_magic, *_shift pair divides by the size named (runtime.fast_divisor).
 struct ConvGeometry {
     int N, C, H, W, K, R, S, OH, OW, sh, sw, pt, pl, ow_magic, ow_shift, p_magic, p_shift,
         w_magic, w_shift, hw_magic, hw_shift, s_magic, s_shift, rs_magic, rs_shift, sh_magic,
@@ -434,9 +436,9 @@ struct ForwardOperands : RowOperands<Tile> {
     using typename Base::Fragment;
     using Base::A_PER, Base::B_PER, Base::B_ROWS_PER_PASS, Base::a_row,
         Base::a_col, Base::a_valid, Base::b, Base::b_valid;
-    // Read again for the epilogue (output, column_offset) rather than held through the
-    // main loop: the loop keeps only what it uses, in registers.
-    const ConvGeometry* __restrict__ geometry;
+    // The kernel's parameter, read in the epilogue (output, column_offset) where it is
+    // used: an operand in the parameter space, so the loop holds no register for it.
+    const ConvGeometry& geometry;
     real_t* __restrict__ out;  // y, or the split slices' partial sums laid out as y
     // A: a_next[i] for i < a_left, the thread's next A_PER weights of its row (a_left
     // counts down to the slice's end; 0 from the start for a row past K). Scalar
@@ -453,10 +455,8 @@ struct ForwardOperands : RowOperands<Tile> {
     // The reduction indices t_begin .. t_end - 1 of (c, r, s) (all of them but in a
     // split-K slice)
     __device__ ForwardOperands(const real_t* x, const real_t* w, const int* taps,
-                               const ConvGeometry* geometry_, const ConvGeometry& g,
-                               real_t* out_, int t_begin, int t_end_)
-        : Base(g.K, g.N * g.OH * g.OW, blockIdx.x * Tile::BN),
-          geometry(geometry_), out(out_) {
+                               const ConvGeometry& g, real_t* out_, int t_begin, int t_end_)
+        : Base(g.K, g.N * g.OH * g.OW, blockIdx.x * Tile::BN), geometry(g), out(out_) {
         const int CRS = g.C * g.R * g.S;
         a_next = w + a_row * CRS + t_begin + a_col;
         a_left = (a_valid ? t_end_ : t_begin) - (t_begin + a_col);
@@ -493,13 +493,13 @@ struct ForwardOperands : RowOperands<Tile> {
 
     // y[n][k][p] at n K P + p + k P; slice z of a split at z N K P (grid.z is 1 unsplit)
     __device__ GemmOut output() const {
-        const ConvGeometry& g = *reread(geometry);
+        const ConvGeometry& g = geometry;
         const int P = g.OH * g.OW;
         return {out + blockIdx.z * g.N * g.K * P, g.K, g.N * P, P};
     }
 
     __device__ int column_offset(int j) const {
-        const ConvGeometry& g = *reread(geometry);
+        const ConvGeometry& g = geometry;
         const int P = g.OH * g.OW, n = divide(j, g.p_magic, g.p_shift);
         return n * g.K * P + (j - n * P);
     }
@@ -510,13 +510,12 @@ struct ForwardOperands : RowOperands<Tile> {
 template <class Tile, bool kTF32, bool kBias>
 __device__ __forceinline__ void conv2d_fwd_tile(const real_t* x, const real_t* w,
                                                 const real_t* bias, real_t* out,
-                                                const ConvGeometry* geometry, const int* taps,
+                                                const ConvGeometry& g, const int* taps,
                                                 int chunk) {
-    const ConvGeometry g = *geometry;
     const int CRS = g.C * g.R * g.S, t_begin = blockIdx.z * chunk;
     const int t_end = CRS - t_begin < chunk ? CRS : t_begin + chunk;
     run_gemm<Tile, kTF32, kBias>(
-        ForwardOperands<Tile>(x, w, taps, geometry, g, out, t_begin, t_end),
+        ForwardOperands<Tile>(x, w, taps, g, out, t_begin, t_end),
         (t_end - t_begin + TILE_K - 1) / TILE_K, bias);
 }
 
@@ -528,52 +527,52 @@ __device__ __forceinline__ void conv2d_fwd_tile(const real_t* x, const real_t* w
 template <class Tile, bool kTF32>
 __device__ __forceinline__ void conv2d_fwd_split_tile(const real_t* x, const real_t* w,
                                                       real_t* partial,
-                                                      const ConvGeometry* geometry,
+                                                      const ConvGeometry& g,
                                                       const int* taps, int chunk) {
-    conv2d_fwd_tile<Tile, kTF32, false>(x, w, (const real_t*)nullptr, partial, geometry, taps,
+    conv2d_fwd_tile<Tile, kTF32, false>(x, w, (const real_t*)nullptr, partial, g, taps,
                                         chunk);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS)
 conv2d_fwd(const real_t* __restrict__ x, const real_t* __restrict__ w, const real_t* __restrict__ bias,
-           real_t* __restrict__ y, const ConvGeometry* __restrict__ geometry,
+           real_t* __restrict__ y, const ConvGeometry g,
            const int* __restrict__ taps) {
-    conv2d_fwd_tile<TileSquare, false, true>(x, w, bias, y, geometry, taps, 1 << 30);
+    conv2d_fwd_tile<TileSquare, false, true>(x, w, bias, y, g, taps, 1 << 30);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 1)
 conv2d_fwd_split(const real_t* __restrict__ x, const real_t* __restrict__ w,
-                 real_t* __restrict__ partial, const ConvGeometry* __restrict__ geometry,
+                 real_t* __restrict__ partial, const ConvGeometry g,
                  const int* __restrict__ taps, int chunk) {
-    conv2d_fwd_split_tile<TileSquare, false>(x, w, partial, geometry, taps, chunk);
+    conv2d_fwd_split_tile<TileSquare, false>(x, w, partial, g, taps, chunk);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS)
 conv2d_fwd_wide(const real_t* __restrict__ x, const real_t* __restrict__ w, const real_t* __restrict__ bias,
-                real_t* __restrict__ y, const ConvGeometry* __restrict__ geometry,
+                real_t* __restrict__ y, const ConvGeometry g,
                 const int* __restrict__ taps) {
-    conv2d_fwd_tile<TileWide, false, true>(x, w, bias, y, geometry, taps, 1 << 30);
+    conv2d_fwd_tile<TileWide, false, true>(x, w, bias, y, g, taps, 1 << 30);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS)
 conv2d_fwd_wide_split(const real_t* __restrict__ x, const real_t* __restrict__ w,
-                      real_t* __restrict__ partial, const ConvGeometry* __restrict__ geometry,
+                      real_t* __restrict__ partial, const ConvGeometry g,
                       const int* __restrict__ taps, int chunk) {
-    conv2d_fwd_split_tile<TileWide, false>(x, w, partial, geometry, taps, chunk);
+    conv2d_fwd_split_tile<TileWide, false>(x, w, partial, g, taps, chunk);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS)
 conv2d_fwd_tf32(const real_t* __restrict__ x, const real_t* __restrict__ w, const real_t* __restrict__ bias,
-                real_t* __restrict__ y, const ConvGeometry* __restrict__ geometry,
+                real_t* __restrict__ y, const ConvGeometry g,
                 const int* __restrict__ taps) {
-    conv2d_fwd_tile<TileSquare, true, true>(x, w, bias, y, geometry, taps, 1 << 30);
+    conv2d_fwd_tile<TileSquare, true, true>(x, w, bias, y, g, taps, 1 << 30);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS)
 conv2d_fwd_tf32_split(const real_t* __restrict__ x, const real_t* __restrict__ w,
-                      real_t* __restrict__ partial, const ConvGeometry* __restrict__ geometry,
+                      real_t* __restrict__ partial, const ConvGeometry g,
                       const int* __restrict__ taps, int chunk) {
-    conv2d_fwd_split_tile<TileSquare, true>(x, w, partial, geometry, taps, chunk);
+    conv2d_fwd_split_tile<TileSquare, true>(x, w, partial, g, taps, chunk);
 }
 
 // y[n][k][p] = partial[0] + partial[1] + ... (in that order, over `splits` slices of
@@ -602,9 +601,8 @@ extern "C" __global__ void conv2d_fwd_reduce(const real_t* __restrict__ partial,
 extern "C" __global__ void __launch_bounds__(DIRECT_THREADS, 4)
 conv2d_fwd_direct(const real_t* __restrict__ x, const real_t* __restrict__ w,
                   const real_t* __restrict__ bias, real_t* __restrict__ y,
-                  const ConvGeometry* __restrict__ geometry) {
+                  const ConvGeometry g) {
     __shared__ real_t ws[FWD_DIRECT_TAPS];
-    const ConvGeometry g = *geometry;
     const int k = blockIdx.y, P = g.OH * g.OW, RS = g.R * g.S, HW = g.H * g.W;
     const int j = blockIdx.x * DIRECT_THREADS + threadIdx.x;
     const bool valid = j < g.N * P;
@@ -668,9 +666,8 @@ struct DataOperands : RowOperands<Tile> {
     using typename Base::Fragment;
     using Base::A_PER, Base::B_PER, Base::B_ROWS_PER_PASS, Base::a_row,
         Base::a_col, Base::a_valid, Base::b, Base::b_valid, Base::col0;
-    // Read again for the epilogue (column_offset) rather than held through the main
-    // loop (as the forward's)
-    const ConvGeometry* __restrict__ geometry;
+    // The kernel's parameter, read in the epilogue (column_offset), as the forward's
+    const ConvGeometry& geometry;
     const int4* __restrict__ place;  // the phase's {h0, w0, rows, cols}
     // A: w_row[a_indices->v[i]] for i < a_left (counting down to the slice's end; 0
     // from the start for a row past C); a_indices: the thread's weight indices of the
@@ -686,11 +683,10 @@ struct DataOperands : RowOperands<Tile> {
     unsigned rows_in, cols_in;
 
     __device__ DataOperands(const real_t* dy, const real_t* w, const int4* table,
-                            const ConvGeometry* geometry_, const ConvGeometry& g,
-                            const DataPhase& phase, const int4* place_, int t_begin,
-                            int t_end_)
+                            const ConvGeometry& g, const DataPhase& phase,
+                            const int4* place_, int t_begin, int t_end_)
         : Base(g.C, phase.head.w, (blockIdx.x - phase.head.z) * Tile::BN),
-          geometry(geometry_), place(place_) {
+          geometry(g), place(place_) {
         const int4* taps = table + phase.head.x;  // the phase's
         const int cols = phase.place.w, per_sample = phase.place.z * cols;
         // may point past w (a row past C): read only for rows inside it
@@ -735,7 +731,7 @@ struct DataOperands : RowOperands<Tile> {
     __device__ GemmOut output() const { return out; }
 
     __device__ int column_offset(int j) const {  // dx[n][c][h][w]: n C H W + h W + w (+ c H W)
-        const ConvGeometry& g = *reread(geometry);
+        const ConvGeometry& g = geometry;
         const int4 at = *reread(place);
         const int cols = at.w, per_sample = at.z * cols;
         const int n = j / per_sample, q = j - n * per_sample, hq = q / cols;
@@ -746,9 +742,8 @@ struct DataOperands : RowOperands<Tile> {
 template <class Tile, bool kTF32>
 __device__ __forceinline__ void conv2d_bwd_data_tile(const real_t* dy, const real_t* w,
                                                      real_t* partial,
-                                                     const ConvGeometry* geometry,
+                                                     const ConvGeometry& g,
                                                      const int* table_, int chunk) {
-    const ConvGeometry g = *geometry;
     const int4* table = reinterpret_cast<const int4*>(table_);
     const int phases = g.sh * g.sw;
     int p = 0;  // the phase of this block: the last whose first block is at most blockIdx.x
@@ -757,7 +752,7 @@ __device__ __forceinline__ void conv2d_bwd_data_tile(const real_t* dy, const rea
     const int t_begin = blockIdx.z * chunk;
     const int t_end = phase.head.y - t_begin < chunk ? max(phase.head.y, t_begin)
                                                      : t_begin + chunk;
-    DataOperands<Tile> ops(dy, w, table, geometry, g, phase, table + 3 * p + 1, t_begin, t_end);
+    DataOperands<Tile> ops(dy, w, table, g, phase, table + 3 * p + 1, t_begin, t_end);
     ops.out = {partial + blockIdx.z * g.N * g.C * g.H * g.W, g.C, phase.head.w, g.H * g.W};
     run_gemm<Tile, kTF32, false>(ops, (t_end - t_begin + TILE_K - 1) / TILE_K,
                                  (const real_t*)nullptr);
@@ -765,23 +760,23 @@ __device__ __forceinline__ void conv2d_bwd_data_tile(const real_t* dy, const rea
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 1)
 conv2d_bwd_data(const real_t* __restrict__ dy, const real_t* __restrict__ w,
-                real_t* __restrict__ partial, const ConvGeometry* __restrict__ geometry,
+                real_t* __restrict__ partial, const ConvGeometry g,
                 const int* __restrict__ table, int chunk) {
-    conv2d_bwd_data_tile<TileSquare, false>(dy, w, partial, geometry, table, chunk);
+    conv2d_bwd_data_tile<TileSquare, false>(dy, w, partial, g, table, chunk);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS)
 conv2d_bwd_data_wide(const real_t* __restrict__ dy, const real_t* __restrict__ w,
-                     real_t* __restrict__ partial, const ConvGeometry* __restrict__ geometry,
+                     real_t* __restrict__ partial, const ConvGeometry g,
                      const int* __restrict__ table, int chunk) {
-    conv2d_bwd_data_tile<TileWide, false>(dy, w, partial, geometry, table, chunk);
+    conv2d_bwd_data_tile<TileWide, false>(dy, w, partial, g, table, chunk);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS)
 conv2d_bwd_data_tf32(const real_t* __restrict__ dy, const real_t* __restrict__ w,
-                     real_t* __restrict__ partial, const ConvGeometry* __restrict__ geometry,
+                     real_t* __restrict__ partial, const ConvGeometry g,
                      const int* __restrict__ table, int chunk) {
-    conv2d_bwd_data_tile<TileSquare, true>(dy, w, partial, geometry, table, chunk);
+    conv2d_bwd_data_tile<TileSquare, true>(dy, w, partial, g, table, chunk);
 }
 
 // ---- backward data, direct: one thread per dx element, phase by phase --------------
@@ -799,9 +794,8 @@ conv2d_bwd_data_tf32(const real_t* __restrict__ dy, const real_t* __restrict__ w
 // sums the slices in order (unsplit, partial is dx).
 extern "C" __global__ void __launch_bounds__(DIRECT_THREADS, 4)
 conv2d_bwd_data_direct(const real_t* __restrict__ dy, const real_t* __restrict__ w,
-                       real_t* __restrict__ partial, const ConvGeometry* __restrict__ geometry,
+                       real_t* __restrict__ partial, const ConvGeometry g,
                        int k_chunk) {
-    const ConvGeometry g = *geometry;
     const int ph = blockIdx.z / g.sw, pw = blockIdx.z - ph * g.sw;
     // the first h >= 0 of the phase, the phase's rows, its taps along r (same along w)
     const int h0 = ((ph - g.pt) % g.sh + g.sh) % g.sh, w0 = ((pw - g.pl) % g.sw + g.sw) % g.sw;
@@ -883,7 +877,7 @@ struct WeightOperands {
     struct Fragment {
         real_t a[A_PER], b[B_PER];
     };
-    const ConvGeometry* __restrict__ geometry;  // read again by the epilogue only
+    const ConvGeometry& geometry;  // the kernel's parameter, read by the epilogue only
     int col0;
     // The thread's reduction index t + kk (kk = thread_kk()): left = t_end - it,
     // counting down; h, w: the window corner of its first run (oh sh + r - pt, ow sw +
@@ -906,9 +900,9 @@ struct WeightOperands {
     int h_run[RUNS], w_run[RUNS];  // run q's corner: h + h_run[q], w + w_run[q]
 
     __device__ WeightOperands(const real_t* dy, const real_t* x,
-                              const ConvGeometry* geometry_, const ConvGeometry& g,
+                              const ConvGeometry& g,
                               int t_begin, int t_end)
-        : geometry(geometry_), col0(blockIdx.x * BN) {
+        : geometry(g), col0(blockIdx.x * BN) {
         const int P = g.OH * g.OW, RS = g.R * g.S, C4 = (g.C + 3) & ~3, HW = g.H * g.W;
         const int kk = thread_kk(), group = thread_group();
         H = g.H;
@@ -1073,13 +1067,18 @@ struct WeightOperands {
         }
     }
 
-    GemmOut out;  // partial[z]
-    __device__ GemmOut output() const { return out; }
+    real_t* __restrict__ partial;
+    // partial[z], its rows and columns from the parameter after the main loop
+    __device__ GemmOut output() const {
+        const ConvGeometry& g = geometry;
+        const int CRS = g.C * g.R * g.S;
+        return {partial + blockIdx.z * g.K * CRS, g.K, g.R * g.S * ((g.C + 3) & ~3), CRS};
+    }
 
     // GEMM column j = (r S + s) C4 + c to dw's c R S + r S + s; a padded channel's to
     // the scratch slice past the last (once a thread, in the epilogue)
     __device__ int column_offset(int j) const {
-        const ConvGeometry& g = *reread(geometry);
+        const ConvGeometry& g = geometry;
         const int RS = g.R * g.S, C4 = (g.C + 3) & ~3;
         const int rs = j / C4, c = j - rs * C4;
         if (c >= g.C) return (gridDim.z - blockIdx.z) * g.K * g.C * RS;
@@ -1090,13 +1089,12 @@ struct WeightOperands {
 template <class Tile, bool kTF32, bool kPackedDy>
 __device__ __forceinline__ void conv2d_bwd_weight_tile(const real_t* dy, const real_t* x,
                                                        real_t* partial,
-                                                       const ConvGeometry* geometry, int chunk) {
-    const ConvGeometry g = *geometry;
-    const int CRS = g.C * g.R * g.S, total = g.N * g.OH * g.OW;
+                                                       const ConvGeometry& g, int chunk) {
+    const int total = g.N * g.OH * g.OW;
     const int t_begin = blockIdx.z * chunk;
     const int t_end = total - t_begin < chunk ? total : t_begin + chunk;
-    WeightOperands<Tile, kPackedDy> ops(dy, x, geometry, g, t_begin, t_end);
-    ops.out = {partial + blockIdx.z * g.K * CRS, g.K, g.R * g.S * ((g.C + 3) & ~3), CRS};
+    WeightOperands<Tile, kPackedDy> ops(dy, x, g, t_begin, t_end);
+    ops.partial = partial;
     run_gemm<Tile, kTF32, false>(ops, (t_end - t_begin + TILE_K - 1) / TILE_K,
                                  (const real_t*)nullptr);
 }
@@ -1105,44 +1103,44 @@ __device__ __forceinline__ void conv2d_bwd_weight_tile(const real_t* dy, const r
 // launcher's choice); the others read it one element a load.
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 1)
 conv2d_bwd_weight(const real_t* __restrict__ dy, const real_t* __restrict__ x,
-                  real_t* __restrict__ partial, const ConvGeometry* __restrict__ geometry,
+                  real_t* __restrict__ partial, const ConvGeometry g,
                   int chunk) {
-    conv2d_bwd_weight_tile<TileSquare, false, false>(dy, x, partial, geometry, chunk);
+    conv2d_bwd_weight_tile<TileSquare, false, false>(dy, x, partial, g, chunk);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 1)
 conv2d_bwd_weight_vec(const real_t* __restrict__ dy, const real_t* __restrict__ x,
-                      real_t* __restrict__ partial, const ConvGeometry* __restrict__ geometry,
+                      real_t* __restrict__ partial, const ConvGeometry g,
                       int chunk) {
-    conv2d_bwd_weight_tile<TileSquare, false, true>(dy, x, partial, geometry, chunk);
+    conv2d_bwd_weight_tile<TileSquare, false, true>(dy, x, partial, g, chunk);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS)
 conv2d_bwd_weight_wide(const real_t* __restrict__ dy, const real_t* __restrict__ x,
-                       real_t* __restrict__ partial, const ConvGeometry* __restrict__ geometry,
+                       real_t* __restrict__ partial, const ConvGeometry g,
                        int chunk) {
-    conv2d_bwd_weight_tile<TileWide, false, false>(dy, x, partial, geometry, chunk);
+    conv2d_bwd_weight_tile<TileWide, false, false>(dy, x, partial, g, chunk);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS)
 conv2d_bwd_weight_wide_vec(const real_t* __restrict__ dy, const real_t* __restrict__ x,
-                           real_t* __restrict__ partial, const ConvGeometry* __restrict__ geometry,
+                           real_t* __restrict__ partial, const ConvGeometry g,
                            int chunk) {
-    conv2d_bwd_weight_tile<TileWide, false, true>(dy, x, partial, geometry, chunk);
+    conv2d_bwd_weight_tile<TileWide, false, true>(dy, x, partial, g, chunk);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS)
 conv2d_bwd_weight_tf32(const real_t* __restrict__ dy, const real_t* __restrict__ x,
-                       real_t* __restrict__ partial, const ConvGeometry* __restrict__ geometry,
+                       real_t* __restrict__ partial, const ConvGeometry g,
                        int chunk) {
-    conv2d_bwd_weight_tile<TileSquare, true, false>(dy, x, partial, geometry, chunk);
+    conv2d_bwd_weight_tile<TileSquare, true, false>(dy, x, partial, g, chunk);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS)
 conv2d_bwd_weight_tf32_vec(const real_t* __restrict__ dy, const real_t* __restrict__ x,
-                           real_t* __restrict__ partial, const ConvGeometry* __restrict__ geometry,
+                           real_t* __restrict__ partial, const ConvGeometry g,
                            int chunk) {
-    conv2d_bwd_weight_tile<TileSquare, true, true>(dy, x, partial, geometry, chunk);
+    conv2d_bwd_weight_tile<TileSquare, true, true>(dy, x, partial, g, chunk);
 }
 
 // ---- backward weight, direct: one thread per dw element, a slice of (n,oh,ow) each --
@@ -1155,9 +1153,8 @@ conv2d_bwd_weight_tf32_vec(const real_t* __restrict__ dy, const real_t* __restri
 // (dy reads are the same address), and read x along s.
 extern "C" __global__ void __launch_bounds__(DIRECT_THREADS, 4)
 conv2d_bwd_weight_direct(const real_t* __restrict__ dy, const real_t* __restrict__ x,
-                         real_t* __restrict__ partial, const ConvGeometry* __restrict__ geometry,
+                         real_t* __restrict__ partial, const ConvGeometry g,
                          int chunk) {
-    const ConvGeometry g = *geometry;
     const int RS = g.R * g.S, CRS = g.C * RS, P = g.OH * g.OW, total = g.N * P;
     const int i = blockIdx.x * DIRECT_THREADS + threadIdx.x;
     if (i >= g.K * CRS) return;
@@ -1201,8 +1198,7 @@ extern "C" __global__ void conv2d_bwd_weight_reduce(const real_t* __restrict__ p
 
 extern "C" __global__ void conv2d_bwd_bias(const real_t* __restrict__ dy,
                                            real_t* __restrict__ partial,
-                                           const ConvGeometry* __restrict__ geometry, int chunk) {
-    const ConvGeometry g = *geometry;
+                                           const ConvGeometry g, int chunk) {
     DYNAMIC_SHARED(acc_t, scratch);
     const int k = blockIdx.y, run = blockIdx.x, P = g.OH * g.OW, total = g.N * P;
     const int begin = run * chunk, end = total - begin < chunk ? total : begin + chunk;

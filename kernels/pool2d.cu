@@ -20,8 +20,9 @@
 // through `divide`.
 #include "common.cuh"
 
-// Passed as a pointer to int32 in device memory (the launcher caches one per shape);
-// each *_magic, *_shift pair divides by the size named (runtime.fast_divisor);
+// Passed by value (the launcher's NumPy scalar of 28 int32 fields, cached per shape): it
+// lives in the kernel's parameter space, read as an operand of the instruction that
+// uses it, with no load and no register; each *_magic, *_shift pair divides by the size named (runtime.fast_divisor);
 // [h_lo, h_hi) x [w_lo, w_hi), in input coordinates, is what an average's divisor counts.
 struct PoolGeometry {
     int N, C, H, W, OH, OW, R, S, sh, sw, ph, pw, ow_magic, ow_shift, oh_magic, oh_shift,
@@ -80,8 +81,7 @@ __device__ __forceinline__ void visit_window(const real_t* __restrict__ x, const
 
 extern "C" __global__ void max_pool2d_fwd(const real_t* __restrict__ x, real_t* __restrict__ y,
                                           int* __restrict__ argmax,
-                                          const PoolGeometry* __restrict__ geometry, int pairs) {
-    const PoolGeometry g = *geometry;
+                                          const PoolGeometry g, int pairs) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= g.N * g.C * g.OH * g.OW) return;
     real_t best = 0;
@@ -129,22 +129,21 @@ struct ToArgmax {  // max pooling: all of dy[o] to the window's (first) maximum
 struct ToAll {  // average pooling: dy[o] over the window's divisor to each of its inputs
     const real_t* dy;
     const acc_t* reciprocal;
-    const PoolGeometry* g;
+    const PoolGeometry& g;  // the kernel's parameter
     __device__ acc_t operator()(int o, int oh, int ow, int) const {
-        return (acc_t)dy[o] * reciprocal[window_count(*g, oh, ow)];
+        return (acc_t)dy[o] * reciprocal[window_count(g, oh, ow)];
     }
 };
 
 extern "C" __global__ void max_pool2d_bwd(const real_t* __restrict__ dy,
                                           const int* __restrict__ argmax, real_t* __restrict__ dx,
-                                          const PoolGeometry* __restrict__ geometry) {
-    gather_windows(dx, *geometry, ToArgmax{dy, argmax});
+                                          const PoolGeometry g) {
+    gather_windows(dx, g, ToArgmax{dy, argmax});
 }
 
 extern "C" __global__ void avg_pool2d_fwd(const real_t* __restrict__ x, real_t* __restrict__ y,
-                                          const PoolGeometry* __restrict__ geometry,
+                                          const PoolGeometry g,
                                           const acc_t* __restrict__ reciprocal, int pairs) {
-    const PoolGeometry g = *geometry;
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= g.N * g.C * g.OH * g.OW) return;
     acc_t sum = 0;
@@ -155,7 +154,7 @@ extern "C" __global__ void avg_pool2d_fwd(const real_t* __restrict__ x, real_t* 
 }
 
 extern "C" __global__ void avg_pool2d_bwd(const real_t* __restrict__ dy, real_t* __restrict__ dx,
-                                          const PoolGeometry* __restrict__ geometry,
+                                          const PoolGeometry g,
                                           const acc_t* __restrict__ reciprocal) {
-    gather_windows(dx, *geometry, ToAll{dy, reciprocal, geometry});
+    gather_windows(dx, g, ToAll{dy, reciprocal, g});
 }

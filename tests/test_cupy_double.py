@@ -128,7 +128,8 @@ def test_raw_module_compiles_with_nvrtc_and_checks_launches(cp):
     for message, args in wrong_calls.items():
         with pytest.raises(LaunchError, match=message):
             scale((1,), (16,), args)
-    with pytest.raises(TypeError, match="Unsupported type"):
+    with pytest.raises(TypeError, match="Only numpy.ndarrays of size one can be passed by "
+                                        "value"):
         scale((1,), (16,), (x, numpy.zeros(10, numpy.float32), numpy.int32(10),
                             numpy.float32(2)))
     with pytest.raises(RuntimeError, match="blockDim.x = 1025"):
@@ -144,6 +145,54 @@ def test_raw_module_compiles_with_nvrtc_and_checks_launches(cp):
         divergent((1,), (128,), (y,))
     with pytest.raises(LaunchError, match="divergent __syncthreads"):
         divergent((1,), (64,), (cp.zeros(64, dtype=cp.float32),))
+
+
+SIZES_KERNEL = r"""
+struct Sizes { int rows, cols, stride; };
+extern "C" __global__ void copy_sizes(int* out, const Sizes s) {
+    out[0] = s.rows;
+    out[1] = s.cols;
+    out[2] = s.stride;
+}
+"""
+
+
+def test_a_struct_passes_by_value_as_cupy_passes_it(cp):
+    """As CuPy's _pointer: a structured NumPy scalar (numpy.void) or a NumPy array of
+    one element goes by value, its bytes checked against the PTX parameter's size
+    (`.param .align 4 .b8 name[12]`) and its fields against the struct (the
+    emulator); a tuple or a list is no scalar (CScalar: 'Unsupported type'), a longer
+    NumPy array no value, a device array a pointer of the wrong size."""
+    from .cuda_emulator import LaunchError
+    module = cp.RawModule(code=SIZES_KERNEL, options=("-std=c++17",))
+    assert module.kernels["copy_sizes"].param_bytes == (8, 12)
+    copy_sizes, out = module.get_function("copy_sizes"), cp.full(3, -1, dtype=cp.int32)
+    sizes = numpy.dtype([("rows", numpy.int32), ("cols", numpy.int32),
+                         ("stride", numpy.int32)])
+    copy_sizes((1,), (1,), (out, numpy.array((5, 7, 2), sizes)[()]))
+    assert out.get().tolist() == [5, 7, 2]
+    copy_sizes((1,), (1,), (out, numpy.array([(4, 3, 1)], sizes)))
+    assert out.get().tolist() == [4, 3, 1]
+    for wrong in ((5, 7, 2), [5, 7, 2]):
+        with pytest.raises(TypeError, match=f"argument 1: Unsupported type {type(wrong)}"):
+            copy_sizes((1,), (1,), (out, wrong))
+    with pytest.raises(TypeError, match=r"numpy.ndarray of shape \(3,\)"):
+        copy_sizes((1,), (1,), (out, numpy.array([5, 7, 2], numpy.int32)))
+    pair = numpy.dtype([("rows", numpy.int32), ("cols", numpy.int32)])
+    mixed = numpy.dtype([("rows", numpy.int32), ("cols", numpy.float32),
+                         ("stride", numpy.int32)])
+    refused = {
+        r"parameter is 12 bytes \(PTX\), but a numpy.void of 2 fields of 8 bytes":
+            numpy.array((5, 7), pair)[()],
+        r"parameter is 12 bytes \(PTX\), but a pointer of 8 bytes":
+            cp.asarray(numpy.array([5, 7, 2], numpy.int32)),
+        r"expected a Sizes by value, .* got field 'cols' of float32":
+            numpy.array((5, 7.0, 2), mixed)[()],
+    }
+    for message, wrong in refused.items():
+        with pytest.raises(LaunchError, match=message):
+            copy_sizes((1,), (1,), (out, wrong))
+    assert out.get().tolist() == [4, 3, 1]
 
 
 def test_thread_order_flips_between_launches(cp):

@@ -146,3 +146,27 @@ def test_no_tf32_launches_without_tensor_cores(monkeypatch, gpunet_settings):
         # "_tf32" inside the name too: the weight gradient's here is conv2d_bwd_weight_tf32_vec
         tf32 = [name for name, _, _ in cuda_emulator.launches if "_tf32" in name]
         assert len(tf32) == (3 if supported else 0), cuda_emulator.launches
+
+
+GEOMETRY_STRUCTS = {"conv2d": "ConvGeometry", "pool2d": "PoolGeometry",
+                    "batchnorm": "ChannelGeometry"}
+
+
+@pytest.mark.parametrize("name", sorted(GEOMETRY_STRUCTS))
+def test_each_geometry_struct_is_a_kernel_parameter_by_value_with_the_launchers_fields(name):
+    """The launcher's GEOMETRY_FIELDS are the C struct's, in order (runtime.geometry
+    packs them as its bytes), and every kernel that takes the struct takes it by value
+    (a pointer would read the packed sizes as an address)."""
+    import importlib
+    launcher = importlib.import_module(f"gpunet.cuda.{name}")
+    code = runtime.source(name)
+    struct = GEOMETRY_STRUCTS[name]
+    fields = dict(cuda_emulator._INT_STRUCT.findall(code))[struct]
+    assert tuple(f.strip() for f in fields.split(",")) == launcher.GEOMETRY_FIELDS
+    taking = {kernel: [p for p in params if p.struct == struct or struct in p.declaration]
+              for kernel, params in cuda_emulator.signatures(code, "float").items()}
+    taking = {kernel: params for kernel, params in taking.items() if params}
+    assert taking, f"no kernel of {name}.cu takes a {struct}"
+    for kernel, params in taking.items():
+        assert [(p.pointer, p.struct, p.count) for p in params] == \
+            [(False, struct, len(launcher.GEOMETRY_FIELDS))], (kernel, params)

@@ -10,6 +10,7 @@ the real launchers in gpunet/cuda. Outputs are poisoned with NaN before every
 launch, so an element a kernel fails to write shows; every kernel runs twice and
 must give bitwise-equal results. On a GPU the same comparisons run on CuPy.
 """
+import ctypes
 import re
 
 import numpy
@@ -1242,3 +1243,68 @@ def test_split_gemm_slices_end_on_whole_steps(case, sms):
                  conv_plan.data_plan(sizes, stride, pads, "float32", False, sms)):
         if plan.split > 1 and not plan.kernel.endswith("_direct"):
             assert plan.chunk % 16 == 0, plan
+
+
+SIZES_KERNEL = r"""
+struct Sizes { int rows, cols, stride; };
+extern "C" __global__ void copy_sizes(int* out, const Sizes s, int scale) {
+    out[0] = s.rows * scale;
+    out[1] = s.cols * scale;
+    out[2] = s.stride * scale;
+}
+"""
+SIZES_FIELDS = ("rows", "cols", "stride")
+
+
+@needs_compiler
+def test_the_emulator_takes_a_struct_by_value_as_a_numpy_void_of_its_int32_fields():
+    """A struct of ints passed by value (as the geometries are) takes the bytes of a
+    numpy.void of exactly its int32 fields (runtime.geometry), and refuses with the
+    argument, the struct and what came: an array (a pointer: its address read as the
+    sizes), a plain int32 (4 bytes where the kernel reads 12), too few fields, a field
+    not int32, a tuple, overlapping fields."""
+    lib = cuda_emulator.build(SIZES_KERNEL, ("-std=c++17",))
+    struct = lib.signatures["copy_sizes"][1]
+    assert (struct.pointer, struct.struct, struct.count) == (False, "Sizes", 3)
+    out = numpy.full(3, -1, numpy.int32)
+
+    def call(arg):
+        cuda_emulator.launch(lib, "copy_sizes", (1, 1, 1), (1, 1, 1),
+                             [cuda_emulator.Pointer(out.ctypes.data, "int32", 3), arg,
+                              numpy.int32(3)])
+
+    call(runtime.geometry(SIZES_FIELDS, (5, 7, 2)))
+    assert out.tolist() == [15, 21, 6]
+    mixed = numpy.dtype([("rows", numpy.int32), ("cols", numpy.float32),
+                         ("stride", numpy.int32)])
+    sizes = numpy.array([5, 7, 2], numpy.int32)
+    wrong = {
+        "an array of int32 .a device pointer": cuda_emulator.Pointer(sizes.ctypes.data,
+                                                                     "int32", 3),
+        "a int32 scalar": numpy.int32(5),
+        "a numpy.void of 2 fields": runtime.geometry(SIZES_FIELDS[:2], (5, 7)),
+        "field 'cols' of float32": numpy.array((5, 7.0, 2), mixed)[()],
+        "a tuple value": (5, 7, 2),
+        r"fields at bytes \[0, 0, 4\] \(overlapping or apart\)": numpy.zeros((), numpy.dtype(
+            {"names": SIZES_FIELDS, "formats": [numpy.int32] * 3, "offsets": [0, 4, 0],
+             "itemsize": 12}))[()],
+    }
+    for got, arg in wrong.items():
+        with pytest.raises(cuda_emulator.LaunchError,
+                           match=rf"copy_sizes argument 1 \(const Sizes s\): expected a Sizes "
+                                 rf"by value, a numpy.void of 3 int32 fields \(12 bytes\), "
+                                 rf"got {got}"):
+            call(arg)
+    assert out.tolist() == [15, 21, 6]  # nothing ran
+
+
+def test_the_emulator_refuses_a_kernel_parameter_cell_shorter_than_the_parameter():
+    """The thunk copies each parameter out of its kernelParams cell: a cell shorter than
+    the struct would be read past its end."""
+    struct = cuda_emulator.Param("const Sizes s", False, "int32", 3, "Sizes")
+    assert ctypes.sizeof(cuda_emulator.parameter_cell(
+        "k", 1, struct, runtime.geometry(SIZES_FIELDS, (1, 2, 3)))) == 12
+    with pytest.raises(cuda_emulator.LaunchError,
+                       match=r"k argument 1 \(const Sizes s\): the kernel reads 12 bytes, the "
+                             r"argument holds 8"):
+        cuda_emulator.parameter_cell("k", 1, struct, numpy.int32(1))

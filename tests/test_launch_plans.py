@@ -204,3 +204,47 @@ def test_the_device_tables_keep_the_shapes_used_last_and_no_more(monkeypatch):
     assert built == [0, 1, 2, 3]
     get(1)
     assert built == [0, 1, 2, 3, 1] and len(runtime._tables) == 3
+
+
+def test_a_geometry_is_a_cached_read_only_struct_of_int32_fields():
+    """runtime.geometry: the by-value kernel argument, one object per shape (a hit
+    builds nothing), packed as the C struct (4 bytes a field, in order), read-only
+    (every launch of the shape shares it), and bounded."""
+    fields, values = ("C", "HW", "M"), (3, 20, 40)
+    struct = runtime.geometry(fields, values)
+    assert isinstance(struct, numpy.void) and struct.dtype.names == fields
+    assert struct.itemsize == 12 and struct.tobytes() == numpy.array(values, "<i4").tobytes()
+    assert runtime.geometry(fields, values) is struct
+    with pytest.raises(ValueError, match="read-only"):
+        struct["C"] = 4
+    with pytest.raises(ValueError, match=r"geometry: 3 fields .* but 2 values"):
+        runtime.geometry(fields, (3, 20))
+    assert runtime.geometry.cache_info().maxsize == runtime.GEOMETRIES_KEPT
+
+
+@pytest.mark.parametrize("op", ["max pool", "avg pool", "batch norm", "conv2d"])
+def test_geometries_take_no_device_table(op, monkeypatch, gpunet_settings, rng):
+    """A shape's geometry goes by value: a forward and backward of a new shape puts on
+    the device only the tables that stay there (conv2d's taps and phases, batch norm's
+    merge weights, average pooling's reciprocals), no geometry."""
+    from . import cuda_emulator
+    monkeypatch.setattr(runtime, "launch", cuda_emulator.emulated_launch)
+    monkeypatch.setattr(runtime, "_tables", type(runtime._tables)())
+    gpunet_settings(poison=True)
+    x = rng.standard_normal((2, 3, 7, 6))
+    if op == "batch norm":
+        gamma, beta = rng.standard_normal(3), rng.standard_normal(3)
+        y, ctx = ops.batch_norm_forward(x, gamma, beta, numpy.zeros(3), numpy.ones(3),
+                                        training=True, use_kernels=True)
+        expected = {"batch_norm merge weights"}
+    elif op == "conv2d":
+        x = rng.standard_normal((2, 20, 7, 6))  # C, K > 16: GEMMs, which read tables
+        y, ctx = ops.conv2d_forward(x, rng.standard_normal((24, 20, 3, 3)), None, (2, 1), 1,
+                                    use_kernels=True)
+        expected = {"conv2d forward taps", "conv2d zero bias", "conv2d data phases"}
+    else:
+        pool = ops.max_pool2d_forward if op == "max pool" else ops.avg_pool2d_forward
+        y, ctx = pool(x, 3, 2, 1, use_kernels=True)
+        expected = set() if op == "max pool" else {"pool2d reciprocals"}
+    ctx.backward(numpy.ones_like(y))
+    assert {key[1][0] for key in runtime._tables} == expected

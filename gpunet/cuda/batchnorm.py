@@ -69,8 +69,12 @@ def merge_weights(m: int, parts: int, chunk: int) -> numpy.ndarray:
     return numpy.stack([1.0 / counts, counts / so_far, before * counts / so_far], -1).ravel()
 
 
-def _bn_geometry(xp, c, hw, m):
-    return geometry(xp, with_divisors((c, hw, m), (hw, c)))
+# ChannelGeometry's fields (kernels/batchnorm.cu), in its order
+GEOMETRY_FIELDS = ("C", "HW", "M", "hw_magic", "hw_shift", "c_magic", "c_shift")
+
+
+def _bn_geometry(c, hw, m):
+    return geometry(GEOMETRY_FIELDS, with_divisors((c, hw, m), (hw, c)))
 
 
 def _reduction(kernel, m, c, dtype) -> Launch:
@@ -147,7 +151,7 @@ def stats(x, eps: float = 0.0, running=None, momentum: float = 0.0):
     m = n * hw
     if x.size == 0:  # no channels (ops refuses training on fewer than 2 values a channel)
         return tuple(xp.zeros(c, x.dtype) for _ in range(5))
-    geom = _bn_geometry(xp, c, hw, m)
+    geom = _bn_geometry(c, hw, m)
     parts, chunk = runs(m, c)
     weights = table(xp, ("batch_norm merge weights", m, parts, chunk),
                     lambda: merge_weights(m, parts, chunk), x.dtype)
@@ -187,7 +191,7 @@ def apply(x, pivot, offset, inv_std, weight, bias):
     args = [xp.ascontiguousarray(a) for a in (pivot, offset, inv_std, weight, bias)]
     aligned = _aligned(x, y, x_hat)
     (plan,) = apply_plan(x.shape, x.dtype, aligned)
-    plan.run("batchnorm", x.dtype, (x, *args, y, x_hat, _bn_geometry(xp, c, hw, n * hw),
+    plan.run("batchnorm", x.dtype, (x, *args, y, x_hat, _bn_geometry(c, hw, n * hw),
                                     numpy.int32(x.size),
                                     numpy.int32(_vectors(hw, x.dtype, aligned))))
     return y, x_hat
@@ -224,7 +228,7 @@ def backward(dy, x_hat, weight, inv_std, training: bool, input_grad: bool = True
     if dy.size == 0:  # no values: zero parameter gradients, an empty dx, no launch
         zeros = xp.zeros(c, dy.dtype), xp.zeros(c, dy.dtype)
         return (new_output(xp, dy.shape, dy.dtype) if input_grad else None, *zeros)
-    geom = _bn_geometry(xp, c, hw, m)
+    geom = _bn_geometry(c, hw, m)
     parts, chunk = runs(m, c)
     sum_dy, sum_dy_xhat = (new_output(xp, (c, parts), dy.dtype) for _ in range(2))
     dx = new_output(xp, dy.shape, dy.dtype) if input_grad else None

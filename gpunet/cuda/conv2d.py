@@ -52,15 +52,24 @@ class ConvContext(Context):
             xp = get_array_module(self.weight)
             sizes = conv2d_plan.spread_sizes(self.sizes, self.dilation)
             self._spread = (dilate(xp, self.weight, self.dilation),
-                            _geometry(xp, sizes, self.stride, self.pads), sizes)
+                            _geometry(sizes, self.stride, self.pads), sizes)
         return self._spread
 
     def _backward(self, dy, input_grad):
         return backward(dy, self, input_grad)
 
 
-def _geometry(xp, sizes, stride, pads):
-    return geometry(xp, _geometry_values(tuple(sizes), tuple(stride), tuple(pads)))
+# ConvGeometry's fields (kernels/conv2d.cu), in its order
+GEOMETRY_FIELDS = ("N", "C", "H", "W", "K", "R", "S", "OH", "OW", "sh", "sw", "pt", "pl",
+                   "ow_magic", "ow_shift", "p_magic", "p_shift", "w_magic", "w_shift",
+                   "hw_magic", "hw_shift", "s_magic", "s_shift", "rs_magic", "rs_shift",
+                   "sh_magic", "sh_shift", "sw_magic", "sw_shift")
+
+
+def _geometry(sizes, stride, pads):
+    """The kernels' ConvGeometry argument (passed by value: runtime.geometry)."""
+    return geometry(GEOMETRY_FIELDS,
+                    _geometry_values(tuple(sizes), tuple(stride), tuple(pads)))
 
 
 @functools.lru_cache(maxsize=conv2d_plan.PLAN_CACHE_SIZE)
@@ -208,7 +217,7 @@ def forward(x, weight, bias, stride, pads, out_hw, dilation=(1, 1)):
                          f"{extent[1]}; the CUDA kernels take at most {WINDOW_EXTENT} rows "
                          f"and columns (use_kernels=False takes the xp path)")
     # no geometry for an input of no rows or columns: its divisors would be 0
-    geom = _geometry(xp, sizes, stride, pads) if n * k * h * w else None
+    geom = _geometry(sizes, stride, pads) if n * k * h * w else None
     if n * k == 0 or c * h * w == 0:
         # nothing to launch (a zero grid, or a GEMM with no reduction: the bias alone;
         # an input of height or width 0 is all padding)

@@ -35,14 +35,22 @@ class PoolKernelContext(Context):
         return (backward(dy, self),)
 
 
-def _pool_geometry(xp, x_shape, kernel, stride, pads, out_hw, count_include_pad=True):
+# PoolGeometry's fields (kernels/pool2d.cu), in its order
+GEOMETRY_FIELDS = ("N", "C", "H", "W", "OH", "OW", "R", "S", "sh", "sw", "ph", "pw",
+                   "ow_magic", "ow_shift", "oh_magic", "oh_shift", "w_magic", "w_shift",
+                   "h_magic", "h_shift", "sh_magic", "sh_shift", "sw_magic", "sw_shift",
+                   "h_lo", "h_hi", "w_lo", "w_hi")
+
+
+def _pool_geometry(x_shape, kernel, stride, pads, out_hw, count_include_pad=True):
     n, c, h, w = x_shape
     values = (n, c, h, w, out_hw[0], out_hw[1], kernel[0], kernel[1], stride[0], stride[1],
               pads[0][0], pads[1][0])
     (h_lo, h_hi), (w_lo, w_hi) = avg_pool_bounds(x_shape, (pads[0][0], pads[1][0]),
                                                  count_include_pad)
     # divisors in the order of PoolGeometry: OW, OH, W, H, sh, sw; then the bounds
-    return geometry(xp, with_divisors(values, (out_hw[1], out_hw[0], w, h, *stride))
+    return geometry(GEOMETRY_FIELDS,
+                    with_divisors(values, (out_hw[1], out_hw[0], w, h, *stride))
                     + (h_lo, h_hi, w_lo, w_hi))
 
 
@@ -101,7 +109,7 @@ def forward(kind: str, x, kernel, stride, pads, out_hw, count_include_pad=True):
     x = xp.ascontiguousarray(x)
     out_shape = (*x.shape[:2], *out_hw)
     check_indexable(f"{kind}_pool2d", x=x.size, y=numpy.prod(out_shape, dtype=numpy.int64))
-    geom = _pool_geometry(xp, x.shape, kernel, stride, pads, out_hw, count_include_pad)
+    geom = _pool_geometry(x.shape, kernel, stride, pads, out_hw, count_include_pad)
     y = new_output(xp, out_shape, x.dtype)
     if y.size == 0:  # no batch or no channels: nothing to launch (a zero grid)
         argmax = xp.zeros(out_shape, numpy.int32) if kind == "max" else None

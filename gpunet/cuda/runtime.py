@@ -4,7 +4,7 @@ from __future__ import annotations
 import collections
 import os
 import re
-from functools import cache
+from functools import cache, lru_cache
 from typing import NamedTuple
 
 import numpy
@@ -142,8 +142,8 @@ def divide(n: int, magic: int, shift: int) -> int:
 
 
 def with_divisors(values, divisors) -> tuple[int, ...]:
-    """``values`` followed by ``fast_divisor(d)`` of each of ``divisors``: the int32
-    geometry layouts of kernels/*.cu."""
+    """``values`` followed by ``fast_divisor(d)`` of each of ``divisors``: the values
+    of the geometry structs of kernels/*.cu (:func:`geometry`)."""
     result = [int(v) for v in values]
     for d in divisors:
         result += fast_divisor(d)
@@ -269,10 +269,22 @@ def table(xp, key: tuple, build, dtype) -> object:
     return found
 
 
-def geometry(xp, values) -> object:
-    """The int32 geometry array a kernel reads its sizes from, one per shape and device."""
-    values = tuple(int(v) for v in values)
-    return table(xp, ("geometry", values), lambda: values, numpy.int32)
+GEOMETRIES_KEPT = 4096  # per-shape geometry structs cached (least recently used dropped)
+
+
+@lru_cache(maxsize=GEOMETRIES_KEPT)
+def geometry(fields: tuple[str, ...], values: tuple[int, ...]) -> numpy.void:
+    """A kernel's geometry struct (``ConvGeometry``, ``PoolGeometry``,
+    ``ChannelGeometry`` of kernels/*.cu), passed by value: a read-only NumPy scalar of
+    one int32 field per name of ``fields`` (the struct's, in its order; a C struct of
+    ints has no padding), whose bytes CuPy copies into the launch's parameters, so a
+    shape needs no device allocation or copy. One per shape (a bounded cache)."""
+    if len(fields) != len(values):
+        raise ValueError(f"geometry: {len(fields)} fields {fields} but {len(values)} values")
+    struct = numpy.array(tuple(int(v) for v in values),
+                         numpy.dtype([(name, numpy.int32) for name in fields]))
+    struct.flags.writeable = False  # shared by every launch of the shape
+    return struct[()]
 
 
 class Launch(NamedTuple):

@@ -6,7 +6,8 @@ through ctypes.
 takes NumPy arrays; the CuPy test double (``tests/cupy_double``) launches through
 :func:`launch` with the addresses of its arrays. Both check the arguments
 against the kernel's C signature first (count, pointer element types, scalar
-types), since the kernel would read garbage otherwise.
+types, structs of ints passed by value as a ``numpy.void`` of exactly their int32
+fields), since the kernel would read garbage otherwise.
 """
 from __future__ import annotations
 
@@ -36,11 +37,14 @@ _SCALARS = {"float": "float32", "double": "float64", "int": "int32", "index_t": 
 @dataclass(frozen=True)
 class Param:
     """One kernel parameter: ``dtype`` of the value, or of the elements pointed to
-    (``None`` for a struct whose layout is unknown); ``count`` elements at least."""
+    (``None`` for a struct whose layout is unknown); ``count`` elements at least.
+    ``struct``: the name of a struct of ``count`` ints passed by value (``dtype``
+    int32), which takes a NumPy scalar of ``count`` int32 fields."""
     declaration: str
     pointer: bool
     dtype: str | None
     count: int = 1
+    struct: str | None = None
 
 
 def signatures(source: str, real: str) -> dict[str, tuple[Param, ...]]:
@@ -56,7 +60,8 @@ def signatures(source: str, real: str) -> dict[str, tuple[Param, ...]]:
             pointer = "*" in words
             base = " ".join(w for w in words[:-1] if w not in ("const", "__restrict__", "*"))
             if base in int_structs:
-                parsed.append(Param(declaration, pointer, "int32", int_structs[base]))
+                parsed.append(Param(declaration, pointer, "int32", int_structs[base],
+                                    None if pointer else base))
             else:
                 parsed.append(Param(declaration, pointer, scalars.get(base)))
         result[name] = tuple(parsed)
@@ -145,7 +150,8 @@ class Pointer:
 def check_arguments(kernel: str, params: tuple[Param, ...], args) -> None:
     """Raise ``LaunchError`` unless ``args`` (``Pointer``s and NumPy scalars) fit
     ``params``: the count, each pointer's element type, contiguity and length,
-    each scalar's exact type (a wrong size shifts every later argument)."""
+    each scalar's exact type (a wrong size shifts every later argument), each
+    struct passed by value a ``numpy.void`` of exactly its int32 fields."""
     if len(args) != len(params):
         raise LaunchError(f"{kernel} takes {len(params)} arguments, got {len(args)}")
     for i, (param, arg) in enumerate(zip(params, args)):
@@ -164,9 +170,60 @@ def check_arguments(kernel: str, params: tuple[Param, ...], args) -> None:
             elif not (isinstance(arg, numpy.uint64) and int(arg) == 0):
                 raise LaunchError(f"{where}: expected an array or a null pointer, got "
                                   f"{type(arg).__name__} {arg!r}")
+        elif param.struct is not None:
+            wrong = _struct_mismatch(param, arg)
+            if wrong:
+                raise LaunchError(f"{where}: expected a {param.struct} by value, a numpy.void "
+                                  f"of {param.count} int32 fields ({4 * param.count} bytes), "
+                                  f"got {wrong}")
         elif not isinstance(arg, numpy.generic) or arg.dtype.name != param.dtype:
             got = arg.dtype.name if isinstance(arg, numpy.generic) else type(arg).__name__
             raise LaunchError(f"{where}: expected a {param.dtype} scalar, got {got}")
+
+
+def _struct_mismatch(param: Param, arg) -> str | None:
+    """What is wrong with ``arg`` as the struct ``param`` passed by value (None: nothing):
+    the kernel copies its bytes as ``count`` packed ints."""
+    if isinstance(arg, Pointer):
+        return f"an array of {arg.dtype} (a device pointer: the kernel would read the " \
+               "address as its sizes)"
+    if not isinstance(arg, numpy.void) or arg.dtype.fields is None:
+        kind = arg.dtype.name if isinstance(arg, numpy.generic) else type(arg).__name__
+        return f"a {kind} {'scalar' if isinstance(arg, numpy.generic) else 'value'}"
+    fields = arg.dtype.fields
+    if len(fields) != param.count:
+        return f"a numpy.void of {len(fields)} fields"
+    for name, (dtype, *_) in fields.items():
+        if dtype != numpy.int32:
+            return f"field {name!r} of {dtype}"
+    offsets = sorted(offset for _, offset, *_ in fields.values())
+    if offsets != list(range(0, 4 * param.count, 4)):
+        return f"fields at bytes {offsets} (overlapping or apart)"
+    if arg.itemsize != 4 * param.count:
+        return f"a numpy.void of {arg.itemsize} bytes"
+    return None
+
+
+def _parameter_bytes(param: Param) -> int:
+    """The bytes the kernel reads from the parameter's kernelParams cell."""
+    if param.pointer:
+        return 8
+    if param.struct is not None:
+        return 4 * param.count
+    return numpy.dtype(param.dtype).itemsize if param.dtype else 0
+
+
+def parameter_cell(kernel: str, i: int, param: Param, arg):
+    """The kernelParams cell of argument ``i``: a pointer's address, or a scalar's or
+    struct's bytes (at least 8, as a pointer's cell). The thunk copies the parameter
+    out of it, so a cell shorter than the parameter is refused, not read past."""
+    cell = (ctypes.c_void_p(arg.address) if isinstance(arg, Pointer)
+            else ctypes.create_string_buffer(arg.tobytes(), max(8, arg.itemsize)))
+    if ctypes.sizeof(cell) < _parameter_bytes(param):
+        raise LaunchError(f"{kernel} argument {i} ({param.declaration}): the kernel reads "
+                          f"{_parameter_bytes(param)} bytes, the argument holds "
+                          f"{ctypes.sizeof(cell)}")
+    return cell
 
 
 _launch_count = 0
@@ -177,11 +234,11 @@ def launch(lib: Library, kernel: str, grid, block, args, shared_mem: int = 0) ->
     global _launch_count
     if kernel not in lib.signatures:
         raise LaunchError(f"the source has no kernel {kernel!r}")
-    check_arguments(kernel, lib.signatures[kernel], args)
+    params = lib.signatures[kernel]
+    check_arguments(kernel, params, args)
     storage, pointers = [], (ctypes.c_void_p * max(1, len(args)))()
-    for i, arg in enumerate(args):
-        cell = (ctypes.c_void_p(arg.address) if isinstance(arg, Pointer)
-                else ctypes.create_string_buffer(arg.tobytes(), max(8, arg.itemsize)))
+    for i, (param, arg) in enumerate(zip(params, args)):
+        cell = parameter_cell(kernel, i, param, arg)
         storage.append(cell)
         pointers[i] = ctypes.cast(ctypes.pointer(cell), ctypes.c_void_p)
     thunk = ctypes.cast(getattr(lib.cdll, f"emu_thunk_{kernel}"), ctypes.c_void_p)

@@ -26,7 +26,8 @@ MAX_GRID = (2**31 - 1, 65535, 65535)
 MAX_THREADS = 1024
 MAX_SHARED = 48 * 1024  # without cudaFuncSetAttribute, which gpunet does not call
 _PTX_BYTES = {"8": 1, "16": 2, "32": 4, "64": 8}
-_PARAM = r"\.param\s+\.[busf](\d+)[^\n,]*?(?:\[(\d+)\])?\s*(?:,|$)"  # .b8 name[12]: a struct
+# `.param .u64 name`, or a struct by value: `.param .align 4 .b8 name[12]`
+_PARAM = r"\.param\s+(?:\.align\s+\d+\s+)?\.[busf](\d+)[^\n,]*?(?:\[(\d+)\])?\s*(?:,|$)"
 
 launches: list = []  # (kernel, grid, block, shared_mem) of every launch, for tests
 
@@ -104,7 +105,10 @@ def _dim3(value, what: str) -> tuple[int, int, int]:
 
 
 def _argument(arg, where):
-    """What CuPy passes for ``arg``: a device pointer or a NumPy scalar."""
+    """What CuPy passes for ``arg`` (cupy/cuda/function.pyx, ``_pointer``): a device
+    pointer, or the bytes of a NumPy scalar (a structured one, ``numpy.void``, is a
+    struct by value) or of a NumPy array of one element; nothing else (``CScalar``:
+    a tuple or list is no struct)."""
     from tests.cuda_emulator import Pointer
     if isinstance(arg, ndarray):
         if arg._device != _core.current_device():
@@ -114,6 +118,14 @@ def _argument(arg, where):
                 f"{_core.current_device()} (cudaErrorIllegalAddress)")
         a = arg._a
         return Pointer(a.ctypes.data, a.dtype.name, a.size, a.flags.c_contiguous)
+    if isinstance(arg, numpy.ndarray):
+        if arg.size != 1:
+            raise TypeError(
+                f"{where}: You are trying to pass a numpy.ndarray of shape {arg.shape} as a "
+                "kernel parameter. Only numpy.ndarrays of size one can be passed by value. If "
+                "you meant to pass a pointer to __global__ memory, you need to pass a "
+                "cupy.ndarray instead.")
+        return arg.reshape(())[()]  # its bytes, by value (CNumpyArray)
     if isinstance(arg, numpy.generic):
         return arg
     if isinstance(arg, bool):
@@ -178,6 +190,8 @@ class RawKernel:
         for i, (arg, size) in enumerate(zip(converted, expected)):
             got = 8 if isinstance(arg, Pointer) else arg.itemsize
             if got != size:
-                what = "a pointer" if isinstance(arg, Pointer) else f"a {arg.dtype} scalar"
+                what = ("a pointer" if isinstance(arg, Pointer)
+                        else f"a numpy.void of {len(arg.dtype.fields or ())} fields"
+                        if isinstance(arg, numpy.void) else f"a {arg.dtype} scalar")
                 raise LaunchError(f"{self.name} argument {i}: the kernel's parameter is {size} "
                                   f"bytes (PTX), but {what} of {got} bytes was passed")
