@@ -211,6 +211,32 @@ def test_both_im2col_layouts_agree_in_float32_at_lenet_shapes(rng):
             assert float(numpy.abs(got - ref).max()) < 2e-6 * scale
 
 
+@pytest.mark.parametrize("x_shape, w_shape, pads", [
+    ((3, 6, 14, 14), (16, 6, 5, 5), ((0, 0), (0, 0))),  # LeNet-5's conv2
+    ((2, 3, 7, 9), (4, 3, 3, 4), ((2, 0), (1, 3))),  # uneven padding, rectangular kernel
+    ((1, 2, 4, 5), (3, 2, 1, 2), ((0, 1), (0, 0))),
+])
+def test_stride_1_input_gradient_in_row_frames_matches_the_reference(x_shape, w_shape, pads,
+                                                                     rng):
+    """The stride-1, few-filter path of input_gradient (dy shifted into padded-width
+    rows, one GEMM, R adds) against the loop reference, float64 and float32."""
+    from gpunet.cpu import conv2d as cpu_conv2d
+    from gpunet.cpu.conv2d import input_gradient
+    assert w_shape[0] < 2 * w_shape[3] * w_shape[1]  # the thin case this path takes
+    x = rng.standard_normal(x_shape)
+    weight = rng.standard_normal(w_shape)
+    out_hw = tuple(cpu_conv2d.output_size(n, f, 1, p)
+                   for n, f, p in zip(x_shape[2:], w_shape[2:], pads))
+    dy = rng.standard_normal((x_shape[0], w_shape[0], *out_hw))
+    ref, _, _ = conv2d_backward_ref(x, weight, dy, (1, 1), pads)
+    for dtype, tol in ((numpy.float64, 1e-12), (numpy.float32, 1e-5)):
+        dy_chwn = numpy.ascontiguousarray(dy.astype(dtype).transpose(1, 2, 3, 0)).reshape(
+            w_shape[0], -1)
+        dx = input_gradient(weight.astype(dtype), dy_chwn, x_shape, (1, 1), pads, out_hw)
+        assert dx.dtype == dtype and dx.flags.c_contiguous
+        assert_close(dx, ref, tol, tol, f"dx {dtype.__name__}")
+
+
 def test_gradcheck_through_a_chwn_layer(rng):
     """A small strided, padded Conv2d takes the CHWN path and passes the float64
     gradient check, input gradient included."""

@@ -232,7 +232,10 @@ def input_gradient(weight, dy_chwn, x_shape, stride, pads, out_hw):
     (pt, pb), (pl, pr) = pads
     oh, ow = out_hw
     padded_hw = (h + pt + pb, w + pl + pr)
-    kernel_rows = 1 if k < 2 * kernel_w * c else kernel_h  # per GEMM
+    thin = k < 2 * kernel_w * c
+    if thin and stride == (1, 1):
+        return _input_gradient_in_row_frames(weight, dy_chwn, x_shape, pads, out_hw)
+    kernel_rows = 1 if thin else kernel_h  # per GEMM
     # W^T's rows (r, s, c), kernel_rows kernel rows to a GEMM
     weight_rows = numpy.ascontiguousarray(weight.transpose(2, 3, 1, 0)).reshape(
         kernel_h // kernel_rows, kernel_rows * kernel_w * c, k)
@@ -254,3 +257,40 @@ def input_gradient(weight, dy_chwn, x_shape, stride, pads, out_hw):
     return numpy.ascontiguousarray(dx_padded[pt:pt + h, pl:pl + w].transpose(3, 2, 0, 1))
 
 
+
+
+def _input_gradient_in_row_frames(weight, dy_chwn, x_shape, pads, out_hw):
+    """:func:`input_gradient` for stride 1 and few filters (``K < 2*S*C``), where
+    its GEMMs have only ``K`` terms (LeNet-5's conv2: 16) and it makes ``R*S``
+    adds. Here ``dy`` is first copied ``S`` times, shifted by ``s`` columns
+    inside rows as wide as the padded input (``OW + S - 1``, the gaps zero).
+    One GEMM with ``K*S`` terms then sums over ``k`` and ``s`` at once, giving
+    per kernel row ``r`` and channel one run of ``OH`` whole padded rows, so only
+    ``R`` adds remain, each over long contiguous runs. The frame's zero columns
+    cost ``(S - 1) / OW`` more multiply-adds; at LeNet-5's conv2 this was
+    faster (bench/results/cpu-step-2026-12-06c.md).
+    """
+    n, c, h, w = x_shape
+    k, _, kernel_h, kernel_w = weight.shape
+    (pt, pb), (pl, pr) = pads
+    oh, ow = out_hw
+    padded_h, padded_w = h + pt + pb, w + pl + pr  # oh + R - 1, ow + S - 1 at stride 1
+    shifted = numpy.empty((k, kernel_w, oh, padded_w, n), dtype=dy_chwn.dtype)
+    dy_rows = dy_chwn.reshape(k, oh, ow, n)
+    for s in range(kernel_w):
+        shifted[:, s, :, :s] = 0
+        shifted[:, s, :, s:s + ow] = dy_rows
+        shifted[:, s, :, s + ow:] = 0
+    span = oh * padded_w * n  # OH padded rows: what one kernel row r reaches
+    # rows (r, c), columns (k, s): matching shifted's rows
+    weight_rows = numpy.ascontiguousarray(weight.transpose(2, 1, 0, 3)).reshape(
+        kernel_h * c, k * kernel_w)
+    products = (weight_rows @ shifted.reshape(k * kernel_w, span)).reshape(kernel_h, c, span)
+    dx_padded = numpy.empty((c, padded_h, padded_w, n), dtype=products.dtype)
+    planes = dx_padded.reshape(c, padded_h * padded_w * n)
+    row = padded_w * n
+    planes[:, :span] = products[0]
+    planes[:, span:] = 0
+    for r in range(1, kernel_h):
+        planes[:, r * row:r * row + span] += products[r]
+    return numpy.ascontiguousarray(dx_padded[:, pt:pt + h, pl:pl + w].transpose(3, 0, 1, 2))
