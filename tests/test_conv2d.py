@@ -216,12 +216,16 @@ def test_both_im2col_layouts_agree_in_float32_at_lenet_shapes(rng):
     ((2, 3, 7, 9), (4, 3, 3, 4), ((2, 0), (1, 3))),  # uneven padding, rectangular kernel
     ((1, 2, 4, 5), (3, 2, 1, 2), ((0, 1), (0, 0))),
 ])
-def test_stride_1_input_gradient_in_row_frames_matches_the_reference(x_shape, w_shape, pads,
-                                                                     rng):
+@pytest.mark.parametrize("one_row_blocks", [False, True])
+def test_stride_1_input_gradient_in_row_frames_matches_the_reference(
+        x_shape, w_shape, pads, one_row_blocks, rng, monkeypatch):
     """The stride-1, few-filter path of input_gradient (dy shifted into padded-width
-    rows, one GEMM, R adds) against the loop reference, float64 and float32."""
+    rows, one GEMM and R adds per block of output rows) against the loop
+    reference, float64 and float32, in one block and in blocks of one row."""
     from gpunet.cpu import conv2d as cpu_conv2d
     from gpunet.cpu.conv2d import input_gradient
+    if one_row_blocks:
+        monkeypatch.setattr(cpu_conv2d, "ROW_FRAME_BLOCK_BYTES", 1)
     assert w_shape[0] < 2 * w_shape[3] * w_shape[1]  # the thin case this path takes
     x = rng.standard_normal(x_shape)
     weight = rng.standard_normal(w_shape)

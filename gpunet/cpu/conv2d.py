@@ -259,38 +259,50 @@ def input_gradient(weight, dy_chwn, x_shape, stride, pads, out_hw):
 
 
 
+# _input_gradient_in_row_frames works through the output rows in blocks of at
+# most this many bytes of shifted dy and products: whole, at batch 128, they
+# (5.7 + 2.2 MB at LeNet-5's conv2) made it no faster than the kernel-row GEMMs,
+# in two blocks 1.2x (bench/results/cpu-step-2026-12-06c.md).
+ROW_FRAME_BLOCK_BYTES = 2**22
+
+
 def _input_gradient_in_row_frames(weight, dy_chwn, x_shape, pads, out_hw):
     """:func:`input_gradient` for stride 1 and few filters (``K < 2*S*C``), where
     its GEMMs have only ``K`` terms (LeNet-5's conv2: 16) and it makes ``R*S``
     adds. Here ``dy`` is first copied ``S`` times, shifted by ``s`` columns
     inside rows as wide as the padded input (``OW + S - 1``, the gaps zero).
     One GEMM with ``K*S`` terms then sums over ``k`` and ``s`` at once, giving
-    per kernel row ``r`` and channel one run of ``OH`` whole padded rows, so only
-    ``R`` adds remain, each over long contiguous runs. The frame's zero columns
-    cost ``(S - 1) / OW`` more multiply-adds; at LeNet-5's conv2 this was
-    faster (bench/results/cpu-step-2026-12-06c.md).
+    per kernel row ``r`` and channel one run of whole padded rows, so only ``R``
+    adds remain, each over long contiguous runs. The frame's zero columns cost
+    ``(S - 1) / OW`` more multiply-adds; at LeNet-5's conv2 this was faster
+    (bench/results/cpu-step-2026-12-06c.md). Blocks of output rows keep the
+    shifted copy and the products in cache (``ROW_FRAME_BLOCK_BYTES``).
     """
     n, c, h, w = x_shape
     k, _, kernel_h, kernel_w = weight.shape
     (pt, pb), (pl, pr) = pads
     oh, ow = out_hw
     padded_h, padded_w = h + pt + pb, w + pl + pr  # oh + R - 1, ow + S - 1 at stride 1
-    shifted = numpy.empty((k, kernel_w, oh, padded_w, n), dtype=dy_chwn.dtype)
-    dy_rows = dy_chwn.reshape(k, oh, ow, n)
-    for s in range(kernel_w):
-        shifted[:, s, :, :s] = 0
-        shifted[:, s, :, s:s + ow] = dy_rows
-        shifted[:, s, :, s + ow:] = 0
-    span = oh * padded_w * n  # OH padded rows: what one kernel row r reaches
-    # rows (r, c), columns (k, s): matching shifted's rows
+    row = padded_w * n  # one padded row of every image (CHWN)
+    bytes_per_row = row * (k * kernel_w + kernel_h * c) * dy_chwn.itemsize
+    rows_per_block = max(1, min(oh, ROW_FRAME_BLOCK_BYTES // max(1, bytes_per_row)))
+    # rows (r, c), columns (k, s): matching the shifted copy's rows
     weight_rows = numpy.ascontiguousarray(weight.transpose(2, 1, 0, 3)).reshape(
         kernel_h * c, k * kernel_w)
-    products = (weight_rows @ shifted.reshape(k * kernel_w, span)).reshape(kernel_h, c, span)
-    dx_padded = numpy.empty((c, padded_h, padded_w, n), dtype=products.dtype)
-    planes = dx_padded.reshape(c, padded_h * padded_w * n)
-    row = padded_w * n
-    planes[:, :span] = products[0]
-    planes[:, span:] = 0
-    for r in range(1, kernel_h):
-        planes[:, r * row:r * row + span] += products[r]
+    dy_rows = dy_chwn.reshape(k, oh, ow, n)
+    dx_padded = numpy.zeros((c, padded_h, padded_w, n),
+                            dtype=numpy.result_type(weight, dy_chwn))
+    planes = dx_padded.reshape(c, padded_h * row)
+    shifted_block = numpy.empty((k, kernel_w, rows_per_block, padded_w, n), dtype=dy_chwn.dtype)
+    for top in range(0, oh, rows_per_block):
+        rows = min(rows_per_block, oh - top)
+        shifted = shifted_block[:, :, :rows]
+        for s in range(kernel_w):
+            shifted[:, s, :, :s] = 0
+            shifted[:, s, :, s:s + ow] = dy_rows[:, top:top + rows]
+            shifted[:, s, :, s + ow:] = 0
+        span = rows * row
+        products = (weight_rows @ shifted.reshape(k * kernel_w, span)).reshape(kernel_h, c, span)
+        for r in range(kernel_h):
+            planes[:, (top + r) * row:(top + r) * row + span] += products[r]
     return numpy.ascontiguousarray(dx_padded[:, pt:pt + h, pl:pl + w].transpose(3, 0, 1, 2))
