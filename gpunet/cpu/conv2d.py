@@ -119,16 +119,19 @@ def _gemm_backward(dy, ctx, input_grad):
                                                ctx.has_bias, ctx.chwn)
     n, k = dy.shape[:2]
     out_hw = dy.shape[2:]
-    cols = (batch_columns(x, weight.shape[2:], stride, pads) if chwn
-            else image_columns(x, weight.shape[2:], stride, pads, ones_row=has_bias)[0])
     # dy as (K, OH*OW*N): the CHWN layout's GEMMs, and input_gradient's, take it
     dy_chwn = numpy.ascontiguousarray(dy.transpose(1, 2, 3, 0)).reshape(k, math.prod(out_hw) * n) \
         if chwn or input_grad else None
-    if chwn:
+    if chwn and stride == (1, 1):
+        dweight = weight_gradient_by_kernel_rows(x, dy_chwn, weight.shape[2:], pads, out_hw)
+        dbias = dy_chwn.sum(axis=1) if has_bias else None
+    elif chwn:
+        cols = batch_columns(x, weight.shape[2:], stride, pads)
         # cols @ dy^T, then transposed: BLAS ran dy @ cols^T slower
         dweight = numpy.ascontiguousarray((cols @ dy_chwn.T).T).reshape(weight.shape)
         dbias = dy_chwn.sum(axis=1) if has_bias else None
     else:
+        cols = image_columns(x, weight.shape[2:], stride, pads, ones_row=has_bias)[0]
         # dy (K, OH*OW) @ cols^T image by image, summed over the batch; the ones row
         # of cols gives the bias gradient as the last column. Tiny images make these
         # GEMMs too thin (64 x (256 x 16 @ 16 x 1729)), so below THIN_GEMM_PIXELS
@@ -145,6 +148,36 @@ def _gemm_backward(dy, ctx, input_grad):
     if not input_grad:
         return None, dweight, dbias
     return input_gradient(weight, dy_chwn, x.shape, stride, pads, out_hw), dweight, dbias
+
+
+def weight_gradient_by_kernel_rows(x, dy_chwn, kernel, pads, out_hw):
+    """``dweight`` ``(K, C, R, S)`` of a stride-1 convolution from ``x`` ``(N, C, H, W)``
+    and ``dy_chwn`` ``(K, OH*OW*N)``, without :func:`batch_columns`'s ``C*R*S``
+    rows: the input, in CHWN, is copied ``S`` times, shifted by ``s`` columns and
+    cut to ``OW`` wide, all padded rows kept (``C*S*H*OW*N`` values, a
+    ``H/(R*OH)`` share of the columns; LeNet-5's conv2: 0.28). Kernel row ``r``'s
+    columns are then rows ``r .. r+OH`` of that copy, a strided view BLAS reads
+    as it is, and one GEMM per kernel row gives ``dweight[:, :, r]``
+    (bench/results/cpu-step-2026-12-06c.md)."""
+    n, c, h, w = x.shape
+    kernel_h, kernel_w = kernel
+    (pt, pb), (pl, pr) = pads
+    oh, ow = out_hw
+    padded_h = h + pt + pb
+    k = dy_chwn.shape[0]
+    x_chwn = (numpy.zeros if pt or pb or pl or pr else numpy.empty)(
+        (c, padded_h, w + pl + pr, n), dtype=x.dtype)
+    x_chwn[:, pt:pt + h, pl:pl + w] = x.transpose(1, 2, 3, 0)
+    shifted = numpy.empty((c, kernel_w, padded_h, ow, n), dtype=x.dtype)
+    for s in range(kernel_w):
+        shifted[:, s] = x_chwn[:, :, s:s + ow]
+    rows = shifted.reshape(c * kernel_w, padded_h * ow * n)
+    row, span = ow * n, oh * ow * n
+    # (C*S, span) @ (span, K): BLAS ran this faster than dy @ columns^T
+    grads = numpy.empty((kernel_h, c * kernel_w, k), dtype=numpy.result_type(x, dy_chwn))
+    for r in range(kernel_h):
+        numpy.matmul(rows[:, r * row:r * row + span], dy_chwn.T, out=grads[r])
+    return numpy.ascontiguousarray(grads.reshape(kernel_h, c, kernel_w, k).transpose(3, 1, 0, 2))
 
 
 def image_columns(x, kernel, stride, pads, ones_row: bool = False):
