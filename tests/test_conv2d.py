@@ -50,10 +50,12 @@ def _run(xp, case, rng, dtype="float64", algorithm=None):
 WIDE = [(2, 2, 18, 17, 3, 3, 3, 1, 1), (1, 3, 40, 36, 2, 5, 5, (2, 1), 2)]
 # input_gradient forms W^T dy whole, not by kernel rows, once K >= 2*S*C (AWKWARD: below)
 MANY_FILTERS = [(2, 1, 7, 6, 8, 3, 3, 1, 1), (2, 2, 9, 8, 12, 3, 2, 2, 1)]
+# stride 1 with C*S >= KERNEL_ROWS_MIN_GEMM_ROWS: the CHWN weight gradient by kernel rows
+KERNEL_ROWS = [(2, 4, 7, 6, 3, 3, 4, 1, (1, 2)), (3, 6, 8, 8, 5, 3, 3, 1, 0)]
 
 
 @pytest.mark.parametrize("algorithm", [None, "im2col", "im2col_chwn"])
-@pytest.mark.parametrize("case", AWKWARD + WIDE + MANY_FILTERS, ids=str)
+@pytest.mark.parametrize("case", AWKWARD + WIDE + MANY_FILTERS + KERNEL_ROWS, ids=str)
 def test_conv2d_matches_naive_reference(xp, case, algorithm, rng):
     (x, w, b, dy, stride, pads), (y, dx, dw, db) = _run(xp, case, rng, algorithm=algorithm)
     assert_close(y, conv2d_ref(x, w, b, stride, pads), 1e-12, 1e-12, "y")

@@ -111,6 +111,10 @@ def _gemm_forward(x, weight, bias, stride, pads, out_hw, chwn):
 
 
 THIN_GEMM_PIXELS = 32
+# weight_gradient_by_kernel_rows's GEMMs have C*S rows: with 30 (LeNet-5's conv2)
+# and more they beat batch_columns' one GEMM, with 9 and fewer (3 or 1 input
+# channels) they lost (bench/results/cpu-step-2026-12-06c.md).
+KERNEL_ROWS_MIN_GEMM_ROWS = 16
 
 
 def _gemm_backward(dy, ctx, input_grad):
@@ -122,7 +126,7 @@ def _gemm_backward(dy, ctx, input_grad):
     # dy as (K, OH*OW*N): the CHWN layout's GEMMs, and input_gradient's, take it
     dy_chwn = numpy.ascontiguousarray(dy.transpose(1, 2, 3, 0)).reshape(k, math.prod(out_hw) * n) \
         if chwn or input_grad else None
-    if chwn and stride == (1, 1):
+    if chwn and stride == (1, 1) and weight.shape[1] * weight.shape[3] >= KERNEL_ROWS_MIN_GEMM_ROWS:
         dweight = weight_gradient_by_kernel_rows(x, dy_chwn, weight.shape[2:], pads, out_hw)
         dbias = dy_chwn.sum(axis=1) if has_bias else None
     elif chwn:
