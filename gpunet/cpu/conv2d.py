@@ -297,9 +297,10 @@ def input_gradient(weight, dy_chwn, x_shape, stride, pads, out_hw):
 
 
 # _input_gradient_in_row_frames works through the output rows in blocks of at
-# most this many bytes of shifted dy and products: whole, at batch 128, they
-# (5.7 + 2.2 MB at LeNet-5's conv2) made it no faster than the kernel-row GEMMs,
-# in two blocks 1.2x (bench/results/cpu-step-2026-12-06c.md).
+# most this many bytes of shifted dy and products: whole, at batch 128 (5.7 +
+# 2.2 MB at LeNet-5's conv2), they left the cache, and the gain over the
+# kernel-row GEMMs fell from about 1.25x to 1.1x at best
+# (bench/results/cpu-step-2026-12-06c.md).
 ROW_FRAME_BLOCK_BYTES = 2**22
 
 
