@@ -1,6 +1,7 @@
 """The CPU accelerators of 2-D convolution: im2col + GEMM image by image (its
 copies moving whole window rows at once), the backward over the whole batch in
-CHWN layout for small outputs, and Winograd (:mod:`.winograd`) where
+CHWN layout for small outputs (at stride 1 from shifted copies of the input and
+of ``dy``, not from every window), and Winograd (:mod:`.winograd`) where
 :func:`choose_algorithm` says so; each over batch chunks on gpunet's threads
 (:mod:`.parallel`). The textbook path they are tested against is
 :mod:`gpunet.ops.conv2d`; shapes and arguments are checked there.
@@ -73,8 +74,9 @@ def choose_algorithm(x_shape, weight_shape, stride, pads=((0, 0), (0, 0))) -> st
 
 class GemmContext(Context):
     """What the im2col backward needs; ``chwn``: the backward's GEMMs run over the
-    whole batch on :func:`batch_columns`'s columns, else image by image on
-    :func:`image_columns`'s.
+    whole batch on :func:`batch_columns`'s columns (at stride 1 with enough
+    channels, :func:`weight_gradient_by_kernel_rows`'s shifted copy instead), else
+    image by image on :func:`image_columns`'s.
 
     The input is kept, not its columns: the backward copies them again. They are
     R*S times the input's size (LeNet-5: 10.4 and 7.7 MB at batch 128), and kept
