@@ -10,9 +10,16 @@ module hooks, which see no backward of its first layer: its input needs no
 gradient). ``--before REV`` adds gpunet with ``gpunet/cpu/batchnorm.py`` as it
 was at git revision REV (loaded beside the current one, in the same process), for a
 before/after ratio measured side by side; REV must have its forward return ``(y,
-ctx)`` (from the commit "backends are leaves" on). ``--json PATH`` writes the rounds.
+ctx)`` (from the commit "backends are leaves" on). ``--modules batchnorm,conv2d,pool2d``
+names the ``gpunet/cpu`` modules ``--before`` takes from REV (default: batchnorm).
+``--no-batch-norm`` times plain LeNet-5 instead. ``--cpu-time`` times each turn of 20
+steps by the calling thread's CPU time (``time.thread_time``), which leaves out the
+time other processes held the core: meaningful with one thread each
+(``OMP_NUM_THREADS=1 GPUNET_NUM_THREADS=1``), where all the work runs on the calling
+thread. ``--json PATH`` writes the rounds.
 
     PYTHONPATH=. python bench/bn_step_cpu.py [--rounds 7] [--before REV] [--json out.json]
+                                             [--modules M,..] [--no-batch-norm] [--cpu-time]
                                              [--per-layer]
 """
 from __future__ import annotations
@@ -34,22 +41,32 @@ from gpunet.ops import batchnorm as ops_batchnorm
 NET = "lenet5_bn"
 
 
-def _cpu_batchnorm_at(rev: str):
-    """``gpunet/cpu/batchnorm.py`` of git revision ``rev``, as a module of gpunet.cpu."""
-    text = subprocess.run(["git", "show", f"{rev}:gpunet/cpu/batchnorm.py"], check=True,
+def _cpu_module_at(rev: str, name: str = "batchnorm"):
+    """``gpunet/cpu/<name>.py`` of git revision ``rev``, as a module of gpunet.cpu."""
+    text = subprocess.run(["git", "show", f"{rev}:gpunet/cpu/{name}.py"], check=True,
                           capture_output=True, text=True).stdout
-    path = os.path.join(tempfile.mkdtemp(), "batchnorm_before.py")
+    path = os.path.join(tempfile.mkdtemp(), f"{name}_before.py")
     with open(path, "w") as f:
         f.write(text)
-    spec = importlib.util.spec_from_file_location("gpunet.cpu.batchnorm_before", path)
+    spec = importlib.util.spec_from_file_location(f"gpunet.cpu.{name}_before", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def _with_cpu_batchnorm(step, implementation):
+def _cpu_modules(modules: dict):
+    """``{name: module}`` as the ops dispatch to them: batch norm through its
+    IMPLEMENTATIONS entry, the others through ``gpunet.ops.<name>.cpu_<name>``."""
+    for name, module in modules.items():
+        if name == "batchnorm":
+            ops_batchnorm.IMPLEMENTATIONS["cpu"] = module.forward
+        else:
+            setattr(importlib.import_module(f"gpunet.ops.{name}"), f"cpu_{name}", module)
+
+
+def _with_cpu_modules(step, modules: dict):
     def run():
-        ops_batchnorm.IMPLEMENTATIONS["cpu"] = implementation
+        _cpu_modules(modules)
         step()
     return run
 
@@ -127,29 +144,51 @@ def per_layer(rounds: int) -> None:
     print(f"load average {os.getloadavg()}")
 
 
+def _cpu_time_side_by_side(runners: dict, rounds: int, steps: int = 20) -> dict:
+    """Seconds of the calling thread's CPU time per call of each runner, one entry
+    per round, the runners taking turns as in ``benchmarks.time_side_by_side``."""
+    times = {name: [] for name in runners}
+    for round_ in range(rounds):
+        for name, run in runners.items():
+            time.sleep(benchmarks.timing.SWITCH_PAUSE_S)
+            for _ in range(3 if round_ == 0 else 1):
+                run()
+            start = time.thread_time()
+            for _ in range(steps):
+                run()
+            times[name].append((time.thread_time() - start) / steps)
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--before")
     parser.add_argument("--json")
     parser.add_argument("--per-layer", action="store_true")
+    parser.add_argument("--modules", default="batchnorm")
+    parser.add_argument("--no-batch-norm", action="store_true")
+    parser.add_argument("--cpu-time", action="store_true")
     args = parser.parse_args()
     benchmarks.STEP_WORKLOADS[NET] = (functools.partial(models.lenet5, batch_norm=True), 128,
                                       (1, 32, 32))
     if args.per_layer:
         per_layer(args.rounds)
         return
-    case = benchmarks.Case(NET, "train_step", "step", (128, 1, 32, 32))
+    net = "lenet5" if args.no_batch_norm else NET
+    case = benchmarks.Case(net, "train_step", "step", (128, 1, 32, 32))
     import torch
-    current = ops_batchnorm.IMPLEMENTATIONS["cpu"]
-    runners = {"gpunet": _with_cpu_batchnorm(benchmarks.gpunet_runner(case), current),
+    names = args.modules.split(",")
+    current = {name: importlib.import_module(f"gpunet.cpu.{name}") for name in names}
+    runners = {"gpunet": _with_cpu_modules(benchmarks.gpunet_runner(case), current),
                "torch": benchmarks.torch_runner(case, torch)}
     if args.before:
-        before = _cpu_batchnorm_at(args.before)
-        runners["gpunet_before"] = _with_cpu_batchnorm(benchmarks.gpunet_runner(case),
-                                                       before.forward)
-    times = benchmarks.time_side_by_side(runners, rounds=args.rounds)
-    row = {"case": "lenet5 batch_norm=True train_step, batch 128",
+        before = {name: _cpu_module_at(args.before, name) for name in names}
+        runners["gpunet_before"] = _with_cpu_modules(benchmarks.gpunet_runner(case), before)
+    times = (_cpu_time_side_by_side(runners, args.rounds) if args.cpu_time
+             else benchmarks.time_side_by_side(runners, rounds=args.rounds))
+    row = {"case": f"lenet5 batch_norm={not args.no_batch_norm} train_step, batch 128",
+           "clock": "thread CPU time" if args.cpu_time else "wall",
            "median_ms": {k: float(numpy.median(v)) * 1e3 for k, v in times.items()},
            "torch_over": {k: benchmarks.paired_ratio(times["torch"], v)
                           for k, v in times.items() if k != "torch"},

@@ -50,10 +50,12 @@ def _run(xp, case, rng, dtype="float64", algorithm=None):
 WIDE = [(2, 2, 18, 17, 3, 3, 3, 1, 1), (1, 3, 40, 36, 2, 5, 5, (2, 1), 2)]
 # input_gradient forms W^T dy whole, not by kernel rows, once K >= 2*S*C (AWKWARD: below)
 MANY_FILTERS = [(2, 1, 7, 6, 8, 3, 3, 1, 1), (2, 2, 9, 8, 12, 3, 2, 2, 1)]
+# stride 1 with C*S >= KERNEL_ROWS_MIN_GEMM_ROWS: the CHWN weight gradient by kernel rows
+KERNEL_ROWS = [(2, 4, 7, 6, 3, 3, 4, 1, (1, 2)), (3, 6, 8, 8, 5, 3, 3, 1, 0)]
 
 
 @pytest.mark.parametrize("algorithm", [None, "im2col", "im2col_chwn"])
-@pytest.mark.parametrize("case", AWKWARD + WIDE + MANY_FILTERS, ids=str)
+@pytest.mark.parametrize("case", AWKWARD + WIDE + MANY_FILTERS + KERNEL_ROWS, ids=str)
 def test_conv2d_matches_naive_reference(xp, case, algorithm, rng):
     (x, w, b, dy, stride, pads), (y, dx, dw, db) = _run(xp, case, rng, algorithm=algorithm)
     assert_close(y, conv2d_ref(x, w, b, stride, pads), 1e-12, 1e-12, "y")
@@ -209,6 +211,62 @@ def test_both_im2col_layouts_agree_in_float32_at_lenet_shapes(rng):
             # both round in float32, summing in different orders
             scale = float(numpy.abs(ref).max())
             assert float(numpy.abs(got - ref).max()) < 2e-6 * scale
+
+
+@pytest.mark.parametrize("x_shape, w_shape, pads", [
+    ((3, 6, 14, 14), (16, 6, 5, 5), ((0, 0), (0, 0))),  # LeNet-5's conv2
+    ((2, 3, 7, 9), (4, 3, 3, 4), ((2, 0), (1, 3))),  # uneven padding, rectangular kernel
+    ((1, 2, 4, 5), (3, 2, 1, 2), ((0, 1), (0, 0))),
+])
+@pytest.mark.parametrize("one_row_blocks", [False, True])
+def test_stride_1_input_gradient_in_row_frames_matches_the_reference(
+        x_shape, w_shape, pads, one_row_blocks, rng, monkeypatch):
+    """The stride-1, few-filter path of input_gradient (dy shifted into padded-width
+    rows, one GEMM and R adds per block of output rows) against the loop
+    reference, float64 and float32, in one block and in blocks of one row."""
+    from gpunet.cpu import conv2d as cpu_conv2d
+    from gpunet.cpu.conv2d import input_gradient
+    if one_row_blocks:
+        monkeypatch.setattr(cpu_conv2d, "ROW_FRAME_BLOCK_BYTES", 1)
+    assert w_shape[0] < 2 * w_shape[3] * w_shape[1]  # the thin case this path takes
+    x = rng.standard_normal(x_shape)
+    weight = rng.standard_normal(w_shape)
+    out_hw = tuple(cpu_conv2d.output_size(n, f, 1, p)
+                   for n, f, p in zip(x_shape[2:], w_shape[2:], pads))
+    dy = rng.standard_normal((x_shape[0], w_shape[0], *out_hw))
+    ref, _, _ = conv2d_backward_ref(x, weight, dy, (1, 1), pads)
+    # float32 sums hundreds of terms: its bound scales with the largest entry
+    for dtype, tol in ((numpy.float64, 1e-12), (numpy.float32, 1e-5 * float(numpy.abs(ref).max()))):
+        dy_chwn = numpy.ascontiguousarray(dy.astype(dtype).transpose(1, 2, 3, 0)).reshape(
+            w_shape[0], -1)
+        dx = input_gradient(weight.astype(dtype), dy_chwn, x_shape, (1, 1), pads, out_hw)
+        assert dx.dtype == dtype and dx.flags.c_contiguous
+        assert_close(dx, ref, tol, tol, f"dx {dtype.__name__}")
+
+
+@pytest.mark.parametrize("x_shape, w_shape, pads", [
+    ((3, 6, 14, 14), (16, 6, 5, 5), ((0, 0), (0, 0))),  # LeNet-5's conv2
+    ((2, 3, 7, 9), (4, 3, 3, 4), ((2, 0), (1, 3))),
+    ((1, 2, 4, 5), (3, 2, 1, 2), ((0, 1), (0, 0))),
+])
+def test_weight_gradient_by_kernel_rows_matches_the_reference(x_shape, w_shape, pads, rng):
+    """The stride-1 CHWN weight gradient (S shifted copies of the input, a GEMM
+    per kernel row on a strided view) against the loop reference."""
+    from gpunet.cpu import conv2d as cpu_conv2d
+    x = rng.standard_normal(x_shape)
+    weight = rng.standard_normal(w_shape)
+    out_hw = tuple(cpu_conv2d.output_size(n, f, 1, p)
+                   for n, f, p in zip(x_shape[2:], w_shape[2:], pads))
+    dy = rng.standard_normal((x_shape[0], w_shape[0], *out_hw))
+    _, ref, _ = conv2d_backward_ref(x, weight, dy, (1, 1), pads)
+    # float32 sums hundreds of terms: its bound scales with the largest entry
+    for dtype, tol in ((numpy.float64, 1e-12), (numpy.float32, 1e-5 * float(numpy.abs(ref).max()))):
+        dy_chwn = numpy.ascontiguousarray(dy.astype(dtype).transpose(1, 2, 3, 0)).reshape(
+            w_shape[0], -1)
+        dw = cpu_conv2d.weight_gradient_by_kernel_rows(x.astype(dtype), dy_chwn, w_shape[2:],
+                                                       pads, out_hw)
+        assert dw.dtype == dtype and dw.shape == w_shape and dw.flags.c_contiguous
+        assert_close(dw, ref, tol, tol, f"dweight {dtype.__name__}")
 
 
 def test_gradcheck_through_a_chwn_layer(rng):

@@ -1,6 +1,7 @@
 """The CPU accelerators of 2-D convolution: im2col + GEMM image by image (its
 copies moving whole window rows at once), the backward over the whole batch in
-CHWN layout for small outputs, and Winograd (:mod:`.winograd`) where
+CHWN layout for small outputs (at stride 1 from shifted copies of the input and
+of ``dy``, not from every window), and Winograd (:mod:`.winograd`) where
 :func:`choose_algorithm` says so; each over batch chunks on gpunet's threads
 (:mod:`.parallel`). The textbook path they are tested against is
 :mod:`gpunet.ops.conv2d`; shapes and arguments are checked there.
@@ -73,8 +74,9 @@ def choose_algorithm(x_shape, weight_shape, stride, pads=((0, 0), (0, 0))) -> st
 
 class GemmContext(Context):
     """What the im2col backward needs; ``chwn``: the backward's GEMMs run over the
-    whole batch on :func:`batch_columns`'s columns, else image by image on
-    :func:`image_columns`'s.
+    whole batch on :func:`batch_columns`'s columns (at stride 1 with enough
+    channels, :func:`weight_gradient_by_kernel_rows`'s shifted copy instead), else
+    image by image on :func:`image_columns`'s.
 
     The input is kept, not its columns: the backward copies them again. They are
     R*S times the input's size (LeNet-5: 10.4 and 7.7 MB at batch 128), and kept
@@ -111,6 +113,10 @@ def _gemm_forward(x, weight, bias, stride, pads, out_hw, chwn):
 
 
 THIN_GEMM_PIXELS = 32
+# weight_gradient_by_kernel_rows's GEMMs have C*S rows: with 30 (LeNet-5's conv2)
+# and more they beat batch_columns' one GEMM, with 9 and fewer (3 or 1 input
+# channels) they lost (bench/results/cpu-step-2026-12-06c.md).
+KERNEL_ROWS_MIN_GEMM_ROWS = 16
 
 
 def _gemm_backward(dy, ctx, input_grad):
@@ -119,16 +125,19 @@ def _gemm_backward(dy, ctx, input_grad):
                                                ctx.has_bias, ctx.chwn)
     n, k = dy.shape[:2]
     out_hw = dy.shape[2:]
-    cols = (batch_columns(x, weight.shape[2:], stride, pads) if chwn
-            else image_columns(x, weight.shape[2:], stride, pads, ones_row=has_bias)[0])
     # dy as (K, OH*OW*N): the CHWN layout's GEMMs, and input_gradient's, take it
     dy_chwn = numpy.ascontiguousarray(dy.transpose(1, 2, 3, 0)).reshape(k, math.prod(out_hw) * n) \
         if chwn or input_grad else None
-    if chwn:
+    if chwn and stride == (1, 1) and weight.shape[1] * weight.shape[3] >= KERNEL_ROWS_MIN_GEMM_ROWS:
+        dweight = weight_gradient_by_kernel_rows(x, dy_chwn, weight.shape[2:], pads, out_hw)
+        dbias = dy_chwn.sum(axis=1) if has_bias else None
+    elif chwn:
+        cols = batch_columns(x, weight.shape[2:], stride, pads)
         # cols @ dy^T, then transposed: BLAS ran dy @ cols^T slower
         dweight = numpy.ascontiguousarray((cols @ dy_chwn.T).T).reshape(weight.shape)
         dbias = dy_chwn.sum(axis=1) if has_bias else None
     else:
+        cols = image_columns(x, weight.shape[2:], stride, pads, ones_row=has_bias)[0]
         # dy (K, OH*OW) @ cols^T image by image, summed over the batch; the ones row
         # of cols gives the bias gradient as the last column. Tiny images make these
         # GEMMs too thin (64 x (256 x 16 @ 16 x 1729)), so below THIN_GEMM_PIXELS
@@ -145,6 +154,36 @@ def _gemm_backward(dy, ctx, input_grad):
     if not input_grad:
         return None, dweight, dbias
     return input_gradient(weight, dy_chwn, x.shape, stride, pads, out_hw), dweight, dbias
+
+
+def weight_gradient_by_kernel_rows(x, dy_chwn, kernel, pads, out_hw):
+    """``dweight`` ``(K, C, R, S)`` of a stride-1 convolution from ``x`` ``(N, C, H, W)``
+    and ``dy_chwn`` ``(K, OH*OW*N)``, without :func:`batch_columns`'s ``C*R*S``
+    rows: the input, in CHWN, is copied ``S`` times, shifted by ``s`` columns and
+    cut to ``OW`` wide, all padded rows kept (``C*S*H*OW*N`` values, a
+    ``H/(R*OH)`` share of the columns; LeNet-5's conv2: 0.28). Kernel row ``r``'s
+    columns are then rows ``r .. r+OH`` of that copy, a strided view BLAS reads
+    as it is, and one GEMM per kernel row gives ``dweight[:, :, r]``
+    (bench/results/cpu-step-2026-12-06c.md)."""
+    n, c, h, w = x.shape
+    kernel_h, kernel_w = kernel
+    (pt, pb), (pl, pr) = pads
+    oh, ow = out_hw
+    padded_h = h + pt + pb
+    k = dy_chwn.shape[0]
+    x_chwn = (numpy.zeros if pt or pb or pl or pr else numpy.empty)(
+        (c, padded_h, w + pl + pr, n), dtype=x.dtype)
+    x_chwn[:, pt:pt + h, pl:pl + w] = x.transpose(1, 2, 3, 0)
+    shifted = numpy.empty((c, kernel_w, padded_h, ow, n), dtype=x.dtype)
+    for s in range(kernel_w):
+        shifted[:, s] = x_chwn[:, :, s:s + ow]
+    rows = shifted.reshape(c * kernel_w, padded_h * ow * n)
+    row, span = ow * n, oh * ow * n
+    # (C*S, span) @ (span, K): BLAS ran this faster than dy @ columns^T
+    grads = numpy.empty((kernel_h, c * kernel_w, k), dtype=numpy.result_type(x, dy_chwn))
+    for r in range(kernel_h):
+        numpy.matmul(rows[:, r * row:r * row + span], dy_chwn.T, out=grads[r])
+    return numpy.ascontiguousarray(grads.reshape(kernel_h, c, kernel_w, k).transpose(3, 1, 0, 2))
 
 
 def image_columns(x, kernel, stride, pads, ones_row: bool = False):
@@ -232,7 +271,10 @@ def input_gradient(weight, dy_chwn, x_shape, stride, pads, out_hw):
     (pt, pb), (pl, pr) = pads
     oh, ow = out_hw
     padded_hw = (h + pt + pb, w + pl + pr)
-    kernel_rows = 1 if k < 2 * kernel_w * c else kernel_h  # per GEMM
+    thin = k < 2 * kernel_w * c
+    if thin and stride == (1, 1):
+        return _input_gradient_in_row_frames(weight, dy_chwn, x_shape, pads, out_hw)
+    kernel_rows = 1 if thin else kernel_h  # per GEMM
     # W^T's rows (r, s, c), kernel_rows kernel rows to a GEMM
     weight_rows = numpy.ascontiguousarray(weight.transpose(2, 3, 1, 0)).reshape(
         kernel_h // kernel_rows, kernel_rows * kernel_w * c, k)
@@ -254,3 +296,53 @@ def input_gradient(weight, dy_chwn, x_shape, stride, pads, out_hw):
     return numpy.ascontiguousarray(dx_padded[pt:pt + h, pl:pl + w].transpose(3, 2, 0, 1))
 
 
+
+
+# _input_gradient_in_row_frames works through the output rows in blocks of at
+# most this many bytes of shifted dy and products: whole, at batch 128 (5.7 +
+# 2.2 MB at LeNet-5's conv2), they left the cache, and the gain over the
+# kernel-row GEMMs fell from about 1.25x to 1.1x at best
+# (bench/results/cpu-step-2026-12-06c.md).
+ROW_FRAME_BLOCK_BYTES = 2**22
+
+
+def _input_gradient_in_row_frames(weight, dy_chwn, x_shape, pads, out_hw):
+    """:func:`input_gradient` for stride 1 and few filters (``K < 2*S*C``), where
+    its GEMMs have only ``K`` terms (LeNet-5's conv2: 16) and it makes ``R*S``
+    adds. Here ``dy`` is first copied ``S`` times, shifted by ``s`` columns
+    inside rows as wide as the padded input (``OW + S - 1``, the gaps zero).
+    One GEMM with ``K*S`` terms then sums over ``k`` and ``s`` at once, giving
+    per kernel row ``r`` and channel one run of whole padded rows, so only ``R``
+    adds remain, each over long contiguous runs. The frame's zero columns cost
+    ``(S - 1) / OW`` more multiply-adds; at LeNet-5's conv2 this was faster
+    (bench/results/cpu-step-2026-12-06c.md). Blocks of output rows keep the
+    shifted copy and the products in cache (``ROW_FRAME_BLOCK_BYTES``).
+    """
+    n, c, h, w = x_shape
+    k, _, kernel_h, kernel_w = weight.shape
+    (pt, pb), (pl, pr) = pads
+    oh, ow = out_hw
+    padded_h, padded_w = h + pt + pb, w + pl + pr  # oh + R - 1, ow + S - 1 at stride 1
+    row = padded_w * n  # one padded row of every image (CHWN)
+    bytes_per_row = row * (k * kernel_w + kernel_h * c) * dy_chwn.itemsize
+    rows_per_block = max(1, min(oh, ROW_FRAME_BLOCK_BYTES // max(1, bytes_per_row)))
+    # rows (r, c), columns (k, s): matching the shifted copy's rows
+    weight_rows = numpy.ascontiguousarray(weight.transpose(2, 1, 0, 3)).reshape(
+        kernel_h * c, k * kernel_w)
+    dy_rows = dy_chwn.reshape(k, oh, ow, n)
+    dx_padded = numpy.zeros((c, padded_h, padded_w, n),
+                            dtype=numpy.result_type(weight, dy_chwn))
+    planes = dx_padded.reshape(c, padded_h * row)
+    shifted_block = numpy.empty((k, kernel_w, rows_per_block, padded_w, n), dtype=dy_chwn.dtype)
+    for top in range(0, oh, rows_per_block):
+        rows = min(rows_per_block, oh - top)
+        shifted = shifted_block[:, :, :rows]
+        for s in range(kernel_w):
+            shifted[:, s, :, :s] = 0
+            shifted[:, s, :, s:s + ow] = dy_rows[:, top:top + rows]
+            shifted[:, s, :, s + ow:] = 0
+        span = rows * row
+        products = (weight_rows @ shifted.reshape(k * kernel_w, span)).reshape(kernel_h, c, span)
+        for r in range(kernel_h):
+            planes[:, (top + r) * row:(top + r) * row + span] += products[r]
+    return numpy.ascontiguousarray(dx_padded[:, pt:pt + h, pl:pl + w].transpose(3, 0, 1, 2))
