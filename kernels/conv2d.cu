@@ -968,16 +968,9 @@ struct WeightOperands {
         dy_at = reread(dy + (n * g.K * P + p - a_lead));
     }
 
-    // Through the read-only data cache: x_at and dy_at went through reread, which hides
-    // that they point to global memory (and keeps the compiler from folding them back
-    // into a parameter plus a 64-bit offset at every load).
-    static __device__ __forceinline__ real_t load(const real_t* p) {
-#ifdef __CUDA_ARCH__
-        return __ldg(p);
-#else
-        return *p;
-#endif
-    }
+    // Loads through load_global (the read-only data cache): x_at and dy_at went through
+    // reread, which hides that they point to global memory (and keeps the compiler
+    // from folding them back into a parameter plus a 64-bit offset at every load).
     static __device__ __forceinline__ Packet<VECA> load_packet(const real_t* p) {
         Packet<VECA> v;
 #ifdef __CUDA_ARCH__
@@ -1022,14 +1015,14 @@ struct WeightOperands {
         } else {
 #pragma unroll
             for (int i = 0; i < A_PER; ++i)
-                f.a[i] = live ? load(dy_at + a_offset[i]) : (real_t)0;
+                f.a[i] = live ? load_global(dy_at + a_offset[i]) : (real_t)0;
         }
 #pragma unroll
         for (int q = 0; q < RUNS; ++q) {
             const bool in = live && (unsigned)(h + h_run[q]) < H && (unsigned)(w + w_run[q]) < W;
 #pragma unroll
             for (int e = 0; e < RUN; ++e)
-                f.b[q * RUN + e] = in ? load(x_at + b_offset[q * RUN + e]) : (real_t)0;
+                f.b[q * RUN + e] = in ? load_global(x_at + b_offset[q * RUN + e]) : (real_t)0;
         }
         left -= TILE_K;
         w += w_step;
@@ -1099,8 +1092,8 @@ __device__ __forceinline__ void conv2d_bwd_weight_tile(const real_t* dy, const r
                                  (const real_t*)nullptr);
 }
 
-// `_vec`: dy read as aligned vectors (OH OW % 4 == 0 and dy aligned to 4 elements: the
-// launcher's choice); the others read it one element a load.
+// `_vec`: dy read as aligned vectors (OH OW % 4 == 0 and dy aligned to 16 bytes: the
+// launcher's choice, copying a misaligned dy); the others read it one element a load.
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 1)
 conv2d_bwd_weight(const real_t* __restrict__ dy, const real_t* __restrict__ x,
                   real_t* __restrict__ partial, const ConvGeometry g,

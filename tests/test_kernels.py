@@ -180,16 +180,30 @@ def test_conv2d_kernels_on_random_shapes(emulated, case, rng):
 
 
 @needs_compiler
-def test_conv2d_weight_at_an_unaligned_address(emulated, rng):
-    """Weight rows are read as 16-byte vectors only from an aligned address; a
-    contiguous view one element into its buffer takes the scalar loads."""
-    x = rng.standard_normal((2, 4, 6, 6))
-    buffer = rng.standard_normal(8 * 4 * 3 * 3 + 1)
-    weight = buffer[1:].reshape(8, 4, 3, 3)
-    assert weight.ctypes.data % 16 != 0 and weight.flags.c_contiguous
-    y, ctx = ops.conv2d_forward(x, weight, None, 1, 1, use_kernels=True)
-    y_ref, _ = ops.conv2d_forward(x, weight, None, 1, 1, use_kernels=False)
+def test_conv2d_at_unaligned_addresses(emulated, rng, monkeypatch):
+    """A weight and a dy one element into their buffers: the forward reads weights as
+    scalar loads whatever their alignment; the `_vec` weight gradient reads dy as
+    16-byte vectors, so the launcher hands it an aligned copy (the emulator reads a
+    vector element by element: the address launched is checked)."""
+    launched = []
+
+    def recording_launch(name, kernel, dtype, grid, block, args, shared_mem=0):
+        launched.append((kernel, args))
+        cuda_emulator.emulated_launch(name, kernel, dtype, grid, block, args, shared_mem)
+
+    monkeypatch.setattr(runtime, "launch", recording_launch)
+    x = rng.standard_normal((5, 32, 3, 3))
+    weight = rng.standard_normal(72 * 32 * 2 * 2 + 1)[1:].reshape(72, 32, 2, 2)
+    y, ctx = ops.conv2d_forward(x, weight, None, 1, 0, use_kernels=True)
+    y_ref, ctx_ref = ops.conv2d_forward(x, weight, None, 1, 0, use_kernels=False)
     assert_kernel_close(y, y_ref, "float64", "y")
+    dy = rng.standard_normal(y.size + 1)[1:].reshape(y.shape)
+    assert weight.ctypes.data % 16 and dy.ctypes.data % 16 and dy.flags.c_contiguous
+    _, dw, _ = ctx.backward(dy)
+    _, dw_ref, _ = ctx_ref.backward(dy)
+    assert_kernel_close(dw, dw_ref, "float64", "dw")
+    vec = [args for kernel, args in launched if kernel == "conv2d_bwd_weight_vec"]
+    assert vec and all(runtime.address(args[0]) % 16 == 0 for args in vec)
 
 
 # The weight-gradient GEMMs, each on shapes its float plan picks it for: dy one element
@@ -204,6 +218,7 @@ WEIGHT_GEMM_CASES = [
     ((5, 32, 3, 3, 72, 2, 2, (1, 1), 0), "conv2d_bwd_weight_vec"),  # 2 images a step
     ((3, 28, 9, 8, 66, 3, 3, (2, 2), 1), "conv2d_bwd_weight_vec"),
     ((4, 28, 14, 14, 66, 3, 3, (1, 1), 1), "conv2d_bwd_weight_vec"),  # 4 slices
+    ((3, 29, 8, 8, 100, 3, 3, (1, 1), 1), "conv2d_bwd_weight_vec"),  # C = 29: 3 padded
     ((1, 24, 6, 6, 40, 3, 3, (1, 1), 0), "conv2d_bwd_weight_wide_vec"),
     ((2, 25, 8, 8, 40, 3, 3, (1, 1), 1), "conv2d_bwd_weight_wide_vec"),  # C = 25
 ]
