@@ -36,20 +36,17 @@ class Context:
 
 
 class BatchNormContext(Context):
-    """What ``backward_of`` needs, and ``batch_stats``: the batch's (mean, biased var) or
-    None. ``saved``: the input as the backend's backward reads it, ``x_hat`` (xp, CUDA)
-    or x less its chunk's own mean in training, the running mean in evaluation (CPU,
-    whose backward derives ``x_hat`` from it)."""
+    """What ``backward_of`` needs, and ``batch_stats``: the batch's (mean, biased var) or None."""
 
-    __slots__ = ("saved", "inv_std", "weight", "training", "backward_of", "batch_stats")
+    __slots__ = ("x_hat", "inv_std", "weight", "training", "backward_of", "batch_stats")
 
-    def __init__(self, saved, inv_std, weight, training, backward_of, batch_stats=None):
-        super().__init__("batch_norm", saved.shape)
-        self.saved, self.inv_std, self.weight, self.training = saved, inv_std, weight, training
+    def __init__(self, x_hat, inv_std, weight, training, backward_of, batch_stats=None):
+        super().__init__("batch_norm", x_hat.shape)
+        self.x_hat, self.inv_std, self.weight, self.training = x_hat, inv_std, weight, training
         self.backward_of, self.batch_stats = backward_of, batch_stats
 
     def _backward(self, dy, input_grad):
-        return self.backward_of(dy, self.saved, self.weight, self.inv_std, self.training,
+        return self.backward_of(dy, self.x_hat, self.weight, self.inv_std, self.training,
                                 input_grad)
 
 

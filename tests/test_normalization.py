@@ -87,35 +87,6 @@ def test_float32_batch_norm_large_mean_small_std(xp, rng):
     assert_close(y.std(axis=(0, 2, 3)), numpy.ones(2), 1e-2, 1e-2, "std")
 
 
-@pytest.mark.parametrize("row_dots", ["numpy", "matmul"])
-@pytest.mark.parametrize("shape", [(16, 6, 28, 28), (9, 16, 5, 5), (32, 120), (7, 5, 3)],
-                         ids=str)
-def test_cpu_batch_norm_matches_the_textbook_path(monkeypatch, gpunet_settings, shape, row_dots,
-                                                  rng):
-    """gpunet/cpu/batchnorm.py (per-row sums by BLAS, the output from the centred values,
-    the backward from them too) gives the xp path's y, running statistics and gradients
-    in float32, in training and in evaluation; with NumPy's vecdot and with the batched
-    product it takes before NumPy 2."""
-    from gpunet.cpu import batchnorm as cpu_batchnorm
-    if row_dots == "matmul":
-        monkeypatch.setattr(cpu_batchnorm, "_row_dots", cpu_batchnorm._row_dots_by_matmul)
-    c = shape[1]
-    x = (rng.standard_normal(shape) * 3 + 5).astype("float32")
-    dy = rng.standard_normal(shape).astype("float32")
-    gamma, beta = (rng.standard_normal(c).astype("float32") for _ in range(2))
-    for training in (True, False):
-        results = []
-        for accelerated in (True, False):
-            gpunet_settings(cpu_accel=accelerated)
-            mean, var = numpy.full(c, 0.5, "float32"), numpy.full(c, 2.0, "float32")
-            y, ctx = ops.batch_norm_forward(x, gamma, beta, mean, var, training=training)
-            results.append((y, mean, var, *ctx.backward(dy)))
-        for got, want, name in zip(*results, ("y", "mean", "var", "dx", "dgamma", "dbeta")):
-            scale = float(numpy.abs(want).max())
-            numpy.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * scale,
-                                          err_msg=f"{name} (training={training})")
-
-
 class _ThreadRanks:
     """A distributed world of ``size`` ranks as threads of this process (what
     batch norm asks of ``gpunet.distributed.World``: ``size``, ``sum``, ``all_reduce``

@@ -9,7 +9,6 @@ import numpy
 import pytest
 
 from gpunet import nn
-from gpunet.cpu import batchnorm as cpu_batchnorm
 from gpunet.cpu import parallel
 from gpunet.ops import avg_pool2d_forward, conv2d_forward, max_pool2d_forward
 
@@ -23,14 +22,8 @@ def blas_threads():
 
 
 @pytest.fixture
-def split_everything(split_all_but_batch_norm, monkeypatch):
+def split_everything(monkeypatch):
     """Three threads and no minimum chunk: a batch of 5 runs as chunks of 2, 2, 1."""
-    monkeypatch.setattr(cpu_batchnorm, "MIN_VALUES_PER_CHUNK", 1)
-
-
-@pytest.fixture
-def split_all_but_batch_norm(monkeypatch):
-    """split_everything, batch norm keeping its own minimum chunk."""
     monkeypatch.setattr(parallel, "MIN_WORK_PER_CHUNK", 1)
     monkeypatch.setattr(parallel, "GEMM_MACS_PER_WORK", 1)
     monkeypatch.setattr(parallel._state, "blas", [object()])  # pretend BLAS is controllable
@@ -54,37 +47,6 @@ def test_batch_slices_cover_the_batch_in_equal_chunks(split_everything):
     # the remainder goes to the first chunk, the calling thread's
     assert parallel.batch_slices(5, 5) == [slice(0, 3), slice(3, 4), slice(4, 5)]
     assert parallel.batch_slices(1, 100) == [slice(0, 1)]
-
-
-def test_batch_slices_take_a_minimum_of_their_own(split_everything):
-    """An op whose chunk needs more work than MIN_WORK_PER_CHUNK (batch norm's) says so."""
-    assert parallel.batch_slices(6, 6, min_work=3) == [slice(0, 3), slice(3, 6)]
-    assert parallel.batch_slices(6, 6, min_work=7) == [slice(0, 6)]
-
-
-def test_batch_norm_under_its_minimum_stays_on_the_calling_thread(split_all_but_batch_norm,
-                                                                  monkeypatch, rng):
-    """Its passes are bound by memory bandwidth, which a second thread did not add:
-    below MIN_VALUES_PER_CHUNK a chunk, forward and backward run as one chunk where
-    the ops around it split (bench/results/bn-cpu-step-2026-12-06b.md)."""
-    from gpunet.ops import batch_norm_forward
-    chunk_counts, map_chunks = [], parallel.map_chunks
-
-    def counting(task, chunks):
-        chunk_counts.append(len(chunks))
-        return map_chunks(task, chunks)
-
-    monkeypatch.setattr(parallel, "map_chunks", counting)
-    x = rng.standard_normal((6, 3, 4, 4))
-    assert x.size < cpu_batchnorm.MIN_VALUES_PER_CHUNK
-    max_pool2d_forward(x, 2)
-    assert chunk_counts == [3], "the other ops should split here"
-    chunk_counts.clear()
-    for training in (True, False):
-        y, ctx = batch_norm_forward(x, numpy.ones(3), numpy.zeros(3), numpy.zeros(3),
-                                    numpy.ones(3), training=training)
-        ctx.backward(numpy.ones_like(y))
-    assert chunk_counts and set(chunk_counts) == {1}, chunk_counts
 
 
 def test_the_calling_threads_chunk_leads_by_a_workers_start(monkeypatch):
@@ -301,8 +263,7 @@ def test_batch_norm_over_row_chunks_matches_one_chunk(split_everything, rng, tra
     results = []
     for threads in (3, 1):
         parallel.set_num_threads(threads)
-        assert len(parallel.batch_slices(5, x.size, min_work=cpu_batchnorm.MIN_VALUES_PER_CHUNK)) \
-            == threads
+        assert len(parallel.batch_slices(5, x.size)) == threads
         mean, var = numpy.full(3, 0.5), numpy.full(3, 2.0)
         y, ctx = batch_norm_forward(x, gamma, beta, mean, var, training=training)
         results.append((y, mean, var, *ctx.backward(dy)))

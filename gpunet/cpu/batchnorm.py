@@ -1,21 +1,14 @@
-"""The CPU accelerator of batch normalisation: the passes of :mod:`gpunet.ops.batchnorm`
-over row chunks on gpunet's threads (:mod:`.parallel`; a single chunk below
-``MIN_VALUES_PER_CHUNK`` values a chunk, as for every layer of LeNet-5), each pass
-over ``(N, C*L)`` rows with per-channel values repeated to a sample's length, so that
-NumPy's inner loops run a whole sample long.
-
-Each chunk takes its own two-pass statistics (the sums of a sample's ``L`` values of
-a channel by BLAS, reading the array once), merged in order (Chan et al.), so any
-split gives the same values up to rounding, with one hand-over to the threads for
-the statistics and one for the output. The chunk's values, centred by its own mean,
-are kept for the backward instead of ``x_hat``: ``x_hat = (centred - shift) inv_std``
-with ``shift`` the chunk mean's offset from the batch's, so that the output takes
-two passes (``y = centred a + (beta - shift a)``, ``a = gamma inv_std``) and ``x_hat``
-is never written. Where the time goes: bench/results/bn-cpu-step-*.md.
+"""The CPU accelerator of batch normalisation: the textbook passes of
+:mod:`gpunet.ops.batchnorm` over row chunks on gpunet's threads (:mod:`.parallel`),
+each pass over ``(N, C*L)`` rows with per-channel values repeated to a sample's
+length, so that NumPy's inner loops run a whole sample long. Each chunk takes its
+own two-pass statistics, merged in order (Chan et al.), so any split gives the same
+values up to rounding, with one hand-over to the threads for the statistics and one
+for the normalisation; the backward's input gradient takes four passes and no
+array-sized temporary. Where the time goes: bench/results/bn-cpu-step-*.md.
 """
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy
@@ -23,48 +16,17 @@ import numpy
 from .._context import BatchNormContext
 from . import parallel
 
-# A chunk is worth a thread from this many values. Its passes are bound by memory
-# bandwidth, which a second core did not add on the 2-core VM: there two threads
-# lost to one up to 2**21 values and drew level at 2**23
-# (bench/results/bn-cpu-step-2026-12-06b.md).
-MIN_VALUES_PER_CHUNK = 2**23
+
+def _channel_sum(a2, channels):
+    """Per-channel sum of ``a2``, an ``(N, C*L)`` view of ``(N, C, ...)``: column sums
+    first (adding contiguous rows, which NumPy does fast), then one sum per channel."""
+    return a2.sum(axis=0).reshape(channels, a2.shape[1] // max(1, channels)).sum(axis=1)
 
 
-def _row_dots_by_matmul(a, b):
-    """``numpy.vecdot(a, b)`` of real arrays before NumPy 2: a batched (1, L) @ (L, 1)."""
-    return numpy.matmul(a[..., None, :], b[..., :, None])[..., 0, 0]
-
-
-# Either reduces each row in one vectorised loop, faster than einsum over (N, C*L)
-# (bench/results/bn-cpu-step-2026-12-06b.md).
-_row_dots = getattr(numpy, "vecdot", None) or _row_dots_by_matmul
-
-
-@functools.lru_cache(maxsize=64)
-def _ones(length, dtype):
-    ones = numpy.ones(length, dtype)
-    ones.flags.writeable = False  # shared by every call
-    return ones
-
-
-def _channel_sums(a2, channels):
-    """Per-channel sum of ``a2``, an ``(n, C*L)`` view of ``(n, C, ...)``: each
-    ``(n, c)`` row's ``L`` values by BLAS (a matrix-vector product with ones), then
-    the ``n`` row sums of each channel; with ``L = 1`` the columns' sums."""
-    rows, per_row = a2.shape[0], a2.shape[1] // channels
-    if per_row == 1:
-        return _ones(rows, a2.dtype) @ a2
-    row_sums = a2.reshape(rows * channels, per_row) @ _ones(per_row, a2.dtype)
-    return row_sums.reshape(rows, channels).sum(axis=0)
-
-
-def _channel_dots(a2, b2, channels):
-    """Per-channel sum of ``a2 * b2`` (both ``(n, C*L)``), without the product array."""
-    rows, per_row = a2.shape[0], a2.shape[1] // channels
-    if per_row == 1:
-        return numpy.einsum("nc,nc->c", a2, b2)
-    shape = (rows, channels, per_row)
-    return _row_dots(a2.reshape(shape), b2.reshape(shape)).sum(axis=0)
+def _channel_dot(a2, b2, channels):
+    """Per-channel sum of ``a2 * b2`` (both ``(N, C*L)``), without the product array."""
+    return numpy.einsum("nl,nl->l", a2, b2).reshape(channels, a2.shape[1] // max(1, channels)) \
+        .sum(axis=1)
 
 
 def _expand(per_channel, sample_size):
@@ -76,24 +38,30 @@ def _expand(per_channel, sample_size):
     return per_channel if repeats == 1 else numpy.repeat(per_channel, repeats)
 
 
-def _batch_stats(x2, channels, chunks, centred):
-    """``(mean, biased var, shifts)`` per channel of ``x2`` (``(N, C*L)``): each chunk
-    of rows takes two passes on its thread, its offset from one sample per channel
-    (the pivot; see :mod:`gpunet.ops.batchnorm`) and its squared deviations from its
-    own mean, which it leaves in ``centred``; the chunks are merged in order by
-    Chan, Golub and LeVeque's update, as kernels/batchnorm.cu merges its runs.
-    ``shifts[k]``: the batch's offset minus chunk ``k``'s, per channel (``None``
-    for a single chunk: nothing to shift)."""
+def _row_chunks(x2):
+    return parallel.batch_slices(x2.shape[0], x2.size)
+
+
+def _batch_stats(x2, channels, chunks):
+    """``(mean, biased var, centred, shifts)`` per channel of ``x2`` (``(N, C*L)``):
+    each chunk of rows takes two passes on its thread, its offset from one sample
+    per channel (the pivot; see :mod:`gpunet.ops.batchnorm`) and its squared
+    deviations from its own mean, left in ``centred``; the chunks are merged in order
+    by Chan, Golub and LeVeque's update, as kernels/batchnorm.cu merges its runs.
+    One hand-over to the threads, not two. ``shifts[k]``: what chunk ``k``'s rows of
+    ``centred`` still need subtracted to be ``(x - pivot) - offset`` (``None`` for a
+    single chunk)."""
     per_row = x2.shape[1] // channels  # values of a channel in one sample
     pivot = x2[0].reshape(channels, -1)[:, 0]
     pivot_row = _expand(pivot, x2.shape[1])
+    centred = numpy.empty_like(x2)
 
     def centre(rows):
         part = centred[rows]
         numpy.subtract(x2[rows], pivot_row, out=part)
-        offset = _channel_sums(part, channels) / ((rows.stop - rows.start) * per_row)
+        offset = _channel_sum(part, channels) / ((rows.stop - rows.start) * per_row)
         part -= _expand(offset, x2.shape[1])
-        return offset, _channel_dots(part, part, channels)
+        return offset, _channel_dot(part, part, channels)
 
     parts = parallel.map_chunks(centre, chunks)
     offset, m2 = parts[0]
@@ -104,89 +72,81 @@ def _batch_stats(x2, channels, chunks, centred):
         offset = offset + delta * (n / (seen + n))
         m2 = m2 + chunk_m2 + delta * delta * (seen * n / (seen + n))
         seen += n
-    shifts = [None] if len(chunks) == 1 else [offset - chunk_offset for chunk_offset, _ in parts]
-    return pivot + offset, m2 / seen, shifts
+    shifts = [None] if len(chunks) == 1 else \
+        [_expand(offset - chunk_offset, x2.shape[1]) for chunk_offset, _ in parts]
+    return pivot + offset, m2 / seen, centred, shifts
 
 
 def forward(x, weight, bias, running, eps):
     """``(y, ctx)`` for the NumPy array ``x``, as :func:`gpunet.ops.batchnorm._forward`:
     by the batch's statistics (``ctx.batch_stats``) when ``running`` is ``None``, else
     by ``running = (mean, var)``."""
-    channels, sample_size = weight.shape[0], math.prod(x.shape[1:])
-    x2 = x.reshape(x.shape[0], sample_size)  # (N, C*L): see _expand
-    chunks = parallel.batch_slices(x2.shape[0], x2.size, min_work=MIN_VALUES_PER_CHUNK)
-    centred = numpy.empty_like(x2)
-    shifts = [None] * len(chunks)  # None: centred by the batch's own mean
+    channels = weight.shape[0]
+    x2 = x.reshape(x.shape[0], math.prod(x.shape[1:]))  # (N, C*L): see _expand
+    chunks = _row_chunks(x2)
+    shifts = [None] * len(chunks)
     if running is None and channels == 0:  # training on no channels: no statistics
-        mean = var = numpy.zeros(0, x.dtype)
+        mean, var = (numpy.empty(0, x.dtype) for _ in range(2))
+        x_hat, stats = numpy.empty_like(x2), (mean, var)
     elif running is None:
-        mean, var, shifts = _batch_stats(x2, channels, chunks, centred)
-    else:  # evaluation centres x by the running mean below
+        mean, var, x_hat, shifts = _batch_stats(x2, channels, chunks)
+        stats = mean, var
+    else:
         mean, var = (a.astype(x.dtype) for a in running)
-    stats = (mean, var) if running is None else None
+        x_hat, stats = numpy.empty_like(x2), None
     inv_std = 1.0 / numpy.sqrt(var + eps)
-    scale = weight * inv_std
-    scale_row = _expand(scale, sample_size)
-    # (centred - shift) inv_std gamma + beta = centred scale + (beta - shift scale)
-    bias_rows = [_expand(bias if shift is None else bias - shift * scale, sample_size)
-                 for shift in shifts]
-    mean_row = _expand(mean, sample_size) if stats is None else None
+    inv_std_row = _expand(inv_std, x2.shape[1])
+    weight_row, bias_row = _expand(weight, x2.shape[1]), _expand(bias, x2.shape[1])
+    # training centred x already; evaluation centres it here (x_hat is normalised in place)
+    mean_row = _expand(mean, x2.shape[1]) if stats is None else None
     y = numpy.empty_like(x2)
 
     def normalise(k):
         rows = chunks[k]
         if mean_row is not None:
-            numpy.subtract(x2[rows], mean_row, out=centred[rows])
-        numpy.multiply(centred[rows], scale_row, out=y[rows])
-        y[rows] += bias_rows[k]
+            numpy.subtract(x2[rows], mean_row, out=x_hat[rows])
+        elif shifts[k] is not None:  # from the chunk's own mean to the batch's
+            x_hat[rows] -= shifts[k]
+        x_hat[rows] *= inv_std_row
+        numpy.multiply(x_hat[rows], weight_row, out=y[rows])
+        y[rows] += bias_row
 
     parallel.map_chunks(normalise, list(range(len(chunks))))
-    # saved centred, not as x_hat: the backward below knows the chunks' shifts
-    return y.reshape(x.shape), BatchNormContext(
-        centred.reshape(x.shape), inv_std, weight, running is None,
-        functools.partial(backward, chunks=chunks, shifts=shifts), stats)
+    return y.reshape(x.shape), BatchNormContext(x_hat.reshape(x.shape), inv_std, weight,
+                                                running is None, backward, stats)
 
 
-def backward(dy, centred, weight, inv_std, training, input_grad, chunks, shifts):
-    """``(dx, dweight, dbias)`` by the formula of :mod:`gpunet.ops.batchnorm`, in the
-    forward's row ``chunks``, from ``centred`` (``x_hat = (centred - shifts[k])
-    inv_std`` in chunk ``k``, ``centred inv_std`` where the shift is ``None``)."""
+def backward(dy, x_hat, weight, inv_std, training, input_grad):
+    """``(dx, dweight, dbias)`` by the formula of :mod:`gpunet.ops.batchnorm`, in row
+    chunks."""
     channels, sample_size = dy.shape[1], math.prod(dy.shape[1:])  # not size // N: N may be 0
-    dy2, centred2 = (a.reshape(dy.shape[0], sample_size) for a in (dy, centred))
-    if channels == 0:
-        sums = [(numpy.zeros(0, dy.dtype),) * 2 for _ in chunks]
-    else:
-        sums = parallel.map_chunks(
-            lambda rows: (_channel_sums(dy2[rows], channels),
-                          _channel_dots(dy2[rows], centred2[rows], channels)), chunks)
-    dbias = sum(dy_sum for dy_sum, _ in sums)
-    # sum(dy x_hat) = inv_std sum(dy (centred - shift)), the shift taken per chunk
-    dweight = inv_std * sum(dot if shift is None else dot - shift * dy_sum
-                            for (dy_sum, dot), shift in zip(sums, shifts))
+    dy2, x_hat2 = (a.reshape(dy.shape[0], sample_size) for a in (dy, x_hat))
+    chunks = _row_chunks(dy2)
+    sums = parallel.map_chunks(lambda rows: (_channel_sum(dy2[rows], channels),
+                                             _channel_dot(dy2[rows], x_hat2[rows], channels)),
+                               chunks)
+    dbias, dweight = (sum(parts) for parts in zip(*sums))
     if not input_grad:
         return None, dweight, dbias
-    g_row = _expand(weight * inv_std, sample_size)
+    g_scale = weight * inv_std
+    g_row = _expand(g_scale, sample_size)
     if training:  # the batch statistics' own gradients
         m = dy.shape[0] * math.prod(dy.shape[2:])
-        # dbias / m + x_hat dweight / m = centred k1 + k0, k0 taking the chunk's shift
-        k1 = inv_std * dweight / m
-        k1_row = _expand(k1, sample_size)
-        k0_rows = [_expand(dbias / m if shift is None else dbias / m - k1 * shift, sample_size)
-                   for shift in shifts]
+        x_hat_scale = _expand(dweight / m, sample_size)
+        shift = _expand(dbias / m, sample_size)
     dx = numpy.empty_like(dy2)
 
-    def input_gradient(k):
-        rows = chunks[k]
+    def input_gradient(rows):
         out = dx[rows]
         if not training:
             numpy.multiply(dy2[rows], g_row, out=out)
             return
         # gamma inv_std (dy - dbias / m - x_hat dweight / m), in four passes over dx
         # and no array-sized temporary
-        numpy.multiply(centred2[rows], k1_row, out=out)
-        out += k0_rows[k]
+        numpy.multiply(x_hat2[rows], x_hat_scale, out=out)
+        out += shift
         numpy.subtract(dy2[rows], out, out=out)
         out *= g_row
 
-    parallel.map_chunks(input_gradient, list(range(len(chunks))))
+    parallel.map_chunks(input_gradient, chunks)
     return dx.reshape(dy.shape), dweight, dbias

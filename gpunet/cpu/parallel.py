@@ -191,16 +191,13 @@ def map_chunks(task, chunks: list) -> list:
         return [first] + [future.result() for future in pending]
 
 
-def batch_slices(batch: int, work: int, min_rows: int = 1,
-                 min_work: int | None = None) -> list[slice]:
+def batch_slices(batch: int, work: int, min_rows: int = 1) -> list[slice]:
     """At most :func:`num_threads` slices of ``range(batch)``, each with at least
-    ``min_rows`` rows and ``min_work`` (by default ``MIN_WORK_PER_CHUNK``) of the
-    ``work`` (elements passed over, or GEMM multiply-adds / ``GEMM_MACS_PER_WORK``).
-    The slices are equal but for the first, the calling thread's, which is
-    ``WORKER_START_WORK`` of work larger than the others (at most by a quarter of
-    theirs)."""
-    min_work = MIN_WORK_PER_CHUNK if min_work is None else min_work
-    count = max(1, min(num_threads(), batch // min_rows, work // min_work))
+    ``min_rows`` rows and ``MIN_WORK_PER_CHUNK`` of the ``work`` (elements passed
+    over, or GEMM multiply-adds / ``GEMM_MACS_PER_WORK``). The slices are equal
+    but for the first, the calling thread's, which is ``WORKER_START_WORK`` of
+    work larger than the others (at most by a quarter of theirs)."""
+    count = max(1, min(num_threads(), batch // min_rows, work // MIN_WORK_PER_CHUNK))
     if count == 1:
         return [slice(0, batch)]
     lead = min(WORKER_START_WORK * batch // work, batch // (4 * count))
