@@ -9,6 +9,7 @@ import numpy
 import pytest
 
 from gpunet import nn
+from gpunet.cpu import batchnorm as cpu_batchnorm
 from gpunet.cpu import parallel
 from gpunet.ops import avg_pool2d_forward, conv2d_forward, max_pool2d_forward
 
@@ -26,6 +27,7 @@ def split_everything(monkeypatch):
     """Three threads and no minimum chunk: a batch of 5 runs as chunks of 2, 2, 1."""
     monkeypatch.setattr(parallel, "MIN_WORK_PER_CHUNK", 1)
     monkeypatch.setattr(parallel, "GEMM_MACS_PER_WORK", 1)
+    monkeypatch.setattr(cpu_batchnorm, "MIN_VALUES_PER_CHUNK", 1)
     monkeypatch.setattr(parallel._state, "blas", [object()])  # pretend BLAS is controllable
     monkeypatch.setattr(parallel, "single_threaded_blas", _no_limit)
     requested = parallel._state.requested
@@ -252,6 +254,25 @@ def test_a_split_inside_a_split_runs_on_its_own_thread(split_everything):
         assert len(names) == 1
     # and once the outer split is over, the threads split again
     assert len(set(parallel.map_chunks(inner, [0, 1, 2]))) > 1
+
+
+def test_a_batch_norm_under_its_minimum_stays_on_the_calling_thread(monkeypatch):
+    """Memory-bound: a batch norm splits over threads only from MIN_VALUES_PER_CHUNK
+    values a chunk (LeNet-5's, 602,112 values at batch 128, stays whole), where
+    other ops split from MIN_WORK_PER_CHUNK."""
+    monkeypatch.setattr(parallel._state, "blas", [object()])  # pretend BLAS is controllable
+    requested = parallel._state.requested
+    parallel.set_num_threads(2)
+    try:
+        lenet = numpy.broadcast_to(numpy.float32(0), (128, 6 * 28 * 28))
+        assert lenet.size > 4 * parallel.MIN_WORK_PER_CHUNK
+        assert len(parallel.batch_slices(128, lenet.size)) == 2  # as a pooling would
+        assert cpu_batchnorm._row_chunks(lenet) == [slice(0, 128)]
+        per_row = 2 * cpu_batchnorm.MIN_VALUES_PER_CHUNK // 128
+        big = numpy.broadcast_to(numpy.float32(0), (128, per_row))
+        assert len(cpu_batchnorm._row_chunks(big)) == 2
+    finally:
+        parallel.set_num_threads(requested)
 
 
 @pytest.mark.parametrize("training", [True, False])

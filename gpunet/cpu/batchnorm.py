@@ -38,8 +38,18 @@ def _expand(per_channel, sample_size):
     return per_channel if repeats == 1 else numpy.repeat(per_channel, repeats)
 
 
+# A batch norm's chunk is worth a thread only from this many values: its passes are
+# bound by memory bandwidth, which a second core did not add on the 2-core VM (two
+# threads lost to one up to 2**21 values a chunk and drew level at 2**23,
+# bench/results/bn-cpu-step-2026-12-06b.md). LeNet-5's training step with every
+# batch norm on the calling thread: bench/results/cpu-step-2026-12-06c.md.
+MIN_VALUES_PER_CHUNK = 2**23
+
+
 def _row_chunks(x2):
-    return parallel.batch_slices(x2.shape[0], x2.size)
+    # batch_slices gives a chunk MIN_WORK_PER_CHUNK of the work it is handed
+    work = x2.size * parallel.MIN_WORK_PER_CHUNK // MIN_VALUES_PER_CHUNK
+    return parallel.batch_slices(x2.shape[0], work)
 
 
 def _batch_stats(x2, channels, chunks):
