@@ -213,11 +213,34 @@ def test_both_im2col_layouts_agree_in_float32_at_lenet_shapes(rng):
             assert float(numpy.abs(got - ref).max()) < 2e-6 * scale
 
 
-@pytest.mark.parametrize("x_shape, w_shape, pads", [
+# stride-1 CPU paths of few filters: (x shape, weight shape, pads)
+STRIDE_1_THIN = [
     ((3, 6, 14, 14), (16, 6, 5, 5), ((0, 0), (0, 0))),  # LeNet-5's conv2
     ((2, 3, 7, 9), (4, 3, 3, 4), ((2, 0), (1, 3))),  # uneven padding, rectangular kernel
     ((1, 2, 4, 5), (3, 2, 1, 2), ((0, 1), (0, 0))),
-])
+]
+
+
+def _stride_1_case(x_shape, w_shape, pads, rng):
+    """``x, weight, out_hw``, the loop reference's ``dx, dw``, and ``(dtype, dy in
+    CHWN)`` in float64 and float32 to run."""
+    from gpunet.cpu import conv2d as cpu_conv2d
+    x, weight = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
+    out_hw = tuple(cpu_conv2d.output_size(n, f, 1, p)
+                   for n, f, p in zip(x_shape[2:], w_shape[2:], pads))
+    dy = rng.standard_normal((x_shape[0], w_shape[0], *out_hw))
+    dx_ref, dw_ref, _ = conv2d_backward_ref(x, weight, dy, (1, 1), pads)
+    return x, weight, out_hw, dx_ref, dw_ref, [
+        (dtype, numpy.ascontiguousarray(dy.astype(dtype).transpose(1, 2, 3, 0)).reshape(
+            w_shape[0], -1)) for dtype in (numpy.float64, numpy.float32)]
+
+
+def _tolerance(dtype, ref):
+    # float32 sums hundreds of terms: its bound scales with the largest entry
+    return 1e-12 if dtype is numpy.float64 else 1e-5 * float(numpy.abs(ref).max())
+
+
+@pytest.mark.parametrize("x_shape, w_shape, pads", STRIDE_1_THIN)
 @pytest.mark.parametrize("one_row_blocks", [False, True])
 def test_stride_1_input_gradient_in_row_frames_matches_the_reference(
         x_shape, w_shape, pads, one_row_blocks, rng, monkeypatch):
@@ -229,40 +252,22 @@ def test_stride_1_input_gradient_in_row_frames_matches_the_reference(
     if one_row_blocks:
         monkeypatch.setattr(cpu_conv2d, "ROW_FRAME_BLOCK_BYTES", 1)
     assert w_shape[0] < 2 * w_shape[3] * w_shape[1]  # the thin case this path takes
-    x = rng.standard_normal(x_shape)
-    weight = rng.standard_normal(w_shape)
-    out_hw = tuple(cpu_conv2d.output_size(n, f, 1, p)
-                   for n, f, p in zip(x_shape[2:], w_shape[2:], pads))
-    dy = rng.standard_normal((x_shape[0], w_shape[0], *out_hw))
-    ref, _, _ = conv2d_backward_ref(x, weight, dy, (1, 1), pads)
-    # float32 sums hundreds of terms: its bound scales with the largest entry
-    for dtype, tol in ((numpy.float64, 1e-12), (numpy.float32, 1e-5 * float(numpy.abs(ref).max()))):
-        dy_chwn = numpy.ascontiguousarray(dy.astype(dtype).transpose(1, 2, 3, 0)).reshape(
-            w_shape[0], -1)
+    _, weight, out_hw, ref, _, runs = _stride_1_case(x_shape, w_shape, pads, rng)
+    for dtype, dy_chwn in runs:
+        tol = _tolerance(dtype, ref)
         dx = input_gradient(weight.astype(dtype), dy_chwn, x_shape, (1, 1), pads, out_hw)
         assert dx.dtype == dtype and dx.flags.c_contiguous
         assert_close(dx, ref, tol, tol, f"dx {dtype.__name__}")
 
 
-@pytest.mark.parametrize("x_shape, w_shape, pads", [
-    ((3, 6, 14, 14), (16, 6, 5, 5), ((0, 0), (0, 0))),  # LeNet-5's conv2
-    ((2, 3, 7, 9), (4, 3, 3, 4), ((2, 0), (1, 3))),
-    ((1, 2, 4, 5), (3, 2, 1, 2), ((0, 1), (0, 0))),
-])
+@pytest.mark.parametrize("x_shape, w_shape, pads", STRIDE_1_THIN)
 def test_weight_gradient_by_kernel_rows_matches_the_reference(x_shape, w_shape, pads, rng):
     """The stride-1 CHWN weight gradient (S shifted copies of the input, a GEMM
     per kernel row on a strided view) against the loop reference."""
     from gpunet.cpu import conv2d as cpu_conv2d
-    x = rng.standard_normal(x_shape)
-    weight = rng.standard_normal(w_shape)
-    out_hw = tuple(cpu_conv2d.output_size(n, f, 1, p)
-                   for n, f, p in zip(x_shape[2:], w_shape[2:], pads))
-    dy = rng.standard_normal((x_shape[0], w_shape[0], *out_hw))
-    _, ref, _ = conv2d_backward_ref(x, weight, dy, (1, 1), pads)
-    # float32 sums hundreds of terms: its bound scales with the largest entry
-    for dtype, tol in ((numpy.float64, 1e-12), (numpy.float32, 1e-5 * float(numpy.abs(ref).max()))):
-        dy_chwn = numpy.ascontiguousarray(dy.astype(dtype).transpose(1, 2, 3, 0)).reshape(
-            w_shape[0], -1)
+    x, _, out_hw, _, ref, runs = _stride_1_case(x_shape, w_shape, pads, rng)
+    for dtype, dy_chwn in runs:
+        tol = _tolerance(dtype, ref)
         dw = cpu_conv2d.weight_gradient_by_kernel_rows(x.astype(dtype), dy_chwn, w_shape[2:],
                                                        pads, out_hw)
         assert dw.dtype == dtype and dw.shape == w_shape and dw.flags.c_contiguous
