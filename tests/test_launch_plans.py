@@ -248,3 +248,29 @@ def test_geometries_take_no_device_table(op, monkeypatch, gpunet_settings, rng):
         expected = set() if op == "max pool" else {"pool2d reciprocals"}
     ctx.backward(numpy.ones_like(y))
     assert {key[1][0] for key in runtime._tables} == expected
+
+
+@pytest.mark.parametrize("op", ["max pool", "batch norm", "conv2d"])
+def test_a_repeated_shape_computes_no_geometry(op, monkeypatch, gpunet_settings, rng):
+    """Issue 26.5: a second launch of a shape finds its geometry struct by one lookup;
+    no divisor is computed again (runtime.fast_divisor is not called)."""
+    from . import cuda_emulator
+    monkeypatch.setattr(runtime, "launch", cuda_emulator.emulated_launch)
+    gpunet_settings(poison=True)
+    x = rng.standard_normal((2, 3, 9, 11))
+
+    def run():
+        if op == "batch norm":
+            ops.batch_norm_forward(x, numpy.ones(3), numpy.zeros(3), numpy.zeros(3),
+                                   numpy.ones(3), training=True, use_kernels=True)
+        elif op == "conv2d":
+            ops.conv2d_forward(x, numpy.ones((4, 3, 3, 3)), None, 1, 1, use_kernels=True)
+        else:
+            ops.max_pool2d_forward(x, 3, 2, 1, use_kernels=True)
+
+    run()
+    divisions = []
+    real = runtime.fast_divisor
+    monkeypatch.setattr(runtime, "fast_divisor", lambda d: divisions.append(d) or real(d))
+    run()
+    assert divisions == []

@@ -2,6 +2,8 @@
 affine, and the backward reductions and input gradient."""
 from __future__ import annotations
 
+import functools
+
 import numpy
 
 from .._context import BatchNormContext
@@ -73,6 +75,7 @@ def merge_weights(m: int, parts: int, chunk: int) -> numpy.ndarray:
 GEOMETRY_FIELDS = ("C", "HW", "M", "hw_magic", "hw_shift", "c_magic", "c_shift")
 
 
+@functools.lru_cache(maxsize=runtime.GEOMETRIES_KEPT)  # one dict lookup a launch
 def _bn_geometry(c, hw, m):
     return geometry(GEOMETRY_FIELDS, with_divisors((c, hw, m), (hw, c)))
 

@@ -5,6 +5,8 @@ need only the top and left padding and the output size; average pooling's diviso
 come from :func:`~gpunet._context.avg_pool_bounds`."""
 from __future__ import annotations
 
+import functools
+
 import numpy
 
 from .._context import Context, avg_pool_bounds
@@ -43,6 +45,14 @@ GEOMETRY_FIELDS = ("N", "C", "H", "W", "OH", "OW", "R", "S", "sh", "sw", "ph", "
 
 
 def _pool_geometry(x_shape, kernel, stride, pads, out_hw, count_include_pad=True):
+    """The kernels' PoolGeometry argument: one dict lookup for a shape seen before."""
+    return _pool_geometry_of(tuple(x_shape), tuple(kernel), tuple(stride),
+                             tuple(tuple(p) for p in pads), tuple(out_hw),
+                             bool(count_include_pad))
+
+
+@functools.lru_cache(maxsize=runtime.GEOMETRIES_KEPT)
+def _pool_geometry_of(x_shape, kernel, stride, pads, out_hw, count_include_pad):
     n, c, h, w = x_shape
     values = (n, c, h, w, out_hw[0], out_hw[1], kernel[0], kernel[1], stride[0], stride[1],
               pads[0][0], pads[1][0])
