@@ -50,7 +50,7 @@ NVCC ?= nvcc
 kernels-check: install
 	NVCC=$(NVCC) $(BIN)/python bench/sass_check.py
 
-# On a machine with a GPU (bench/GPU.md): stages with time budgets, five minutes in
+# On a machine with a GPU (bench/GPU.md): stages with time budgets, six minutes in
 # all on an H200, a JSON report rewritten after each stage in bench/results and in
 # $(OUT). Installs nothing: the GPU image has no network and no build backend.
 OUT ?= /tmp/gpunet-gpu-check

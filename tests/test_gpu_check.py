@@ -165,7 +165,7 @@ def test_the_sanitizer_runs_each_tool_on_each_kernel_file_alone_without_the_pool
     log = tmp_path / "sanitizer.log"
     done, rows, _ = run_sanitizer_stage(tmp_path, FAKE_SANITIZER.format(python=sys.executable),
                                         240, SANITIZER_LOG=str(log))
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, (rows, done.stderr[-3000:])
     files = {"conv2d", "pool2d", "batchnorm", "optim"}
     assert set(rows) == {"memcheck", "racecheck", "synccheck"}
     for tool in rows:
@@ -178,6 +178,27 @@ def test_the_sanitizer_runs_each_tool_on_each_kernel_file_alone_without_the_pool
     for run in runs:
         assert run["blocking"] == "1", run
         assert run["allocators"] == ["None"], run  # cudaMalloc per array, no pool
+
+
+def test_a_slow_sanitizer_run_borrows_what_the_later_runs_do_not_need():
+    """The first conv2d run compiles its kernels when nothing is cached (30 s and
+    more on CI's two cores through the double): an even share of the budget (19 s
+    of 240 for 12 runs) stopped it while the other eleven runs took a second each."""
+    sanitizer = import_bench("gpu_stages.sanitizer")
+    floor = sanitizer.RUN_FLOOR_S
+    assert sanitizer.run_timeout(240, 12) == pytest.approx(239 - 11 * floor)
+    assert sanitizer.run_timeout(240, 12) > 100
+    # the last run gets everything left but the second kept for the stage's rows
+    assert sanitizer.run_timeout(50, 1) == pytest.approx(49)
+    # a budget too short for floors is shared evenly, never overdrawn
+    for left, runs in ((6, 12), (60, 12), (20, 3)):
+        assert 0 < sanitizer.run_timeout(left, runs) * runs <= left - 1 + 1e-9
+    # whatever the earlier runs took, the later ones keep their floor when it fits
+    left = 240.0
+    for runs_left in range(12, 0, -1):
+        timeout = sanitizer.run_timeout(left, runs_left)
+        assert left - timeout >= min(floor, (left - 1) / runs_left) * (runs_left - 1)
+        left -= timeout  # the worst case: each run takes all it may
 
 
 def alive(pid):

@@ -9,6 +9,21 @@ import sys
 
 from .common import BENCH, CUDA_HOMES, KERNEL_FILES, ROOT, StageContext, cuda_tool, run_bounded
 
+# What one sanitized process needs when nothing is compiled: Python, CuPy and a CUDA
+# context under instrumentation, kernels from CuPy's cache, one small launch each.
+RUN_FLOOR_S = 8.0
+
+
+def run_timeout(left_s: float, runs_left: int, floor_s: float = RUN_FLOOR_S) -> float:
+    """The time the next of ``runs_left`` runs may take: all that is left but what
+    the runs after it need at their floor (or at an even share, when the budget
+    is too short for floors). An even share would stop a run that compiles its
+    kernels first (the first conv2d run, with a cold cache) though the rest of the
+    stage has time to spare; one second stays for the stage to write its rows."""
+    usable = left_s - 1
+    reserve = min(floor_s, usable / runs_left)
+    return usable - reserve * (runs_left - 1)
+
 
 def stage_sanitizer(ctx: StageContext) -> None:
     """memcheck, racecheck and synccheck over one small launch of each kernel: one
@@ -25,7 +40,7 @@ def stage_sanitizer(ctx: StageContext) -> None:
             for name in KERNEL_FILES]
     bad = False
     for i, (tool, name) in enumerate(runs):
-        timeout = ctx.left_s() / (len(runs) - i) - 1
+        timeout = run_timeout(ctx.left_s(), len(runs) - i)
         try:
             done = run_bounded([sanitizer, "--tool", tool, "--error-exitcode", "1",
                                 sys.executable, script, name], timeout, cwd=ROOT, env=env,
