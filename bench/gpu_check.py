@@ -49,7 +49,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench")
 DOUBLE = os.path.join(ROOT, "tests", "cupy_double")
 # The sanitizer runs Python and CuPy twelve times under instrumentation (three tools,
-# four kernel files): two minutes, eight seconds a run and the rest for a slow one;
+# four kernel files): two minutes, an estimated eight seconds a run and the rest for a
+# slow one;
 # the suite on 16 cores about a minute and a half.
 BUDGETS = {"facts": 15, "smoke": 30, "tests": 90, "sanitizer": 120, "training": 45,
            "timings": 60}

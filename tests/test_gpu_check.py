@@ -193,12 +193,15 @@ def test_a_slow_sanitizer_run_borrows_what_the_later_runs_do_not_need():
     # a budget too short for floors is shared evenly, never overdrawn
     for left, runs in ((6, 12), (60, 12), (20, 3)):
         assert 0 < sanitizer.run_timeout(left, runs) * runs <= left - 1 + 1e-9
-    # whatever the earlier runs took, the later ones keep their floor when it fits
-    left = 240.0
+    # the worst case, each run taking all it may: the first takes the slack, and every
+    # later one still gets its floor (the last its floor and the stage's second)
+    left, timeouts = 240.0, []
     for runs_left in range(12, 0, -1):
-        timeout = sanitizer.run_timeout(left, runs_left)
-        assert left - timeout >= min(floor, (left - 1) / runs_left) * (runs_left - 1)
-        left -= timeout  # the worst case: each run takes all it may
+        timeouts.append(sanitizer.run_timeout(left, runs_left))
+        left -= timeouts[-1]
+    assert timeouts[0] == pytest.approx(239 - 11 * floor)
+    assert timeouts[1:] == pytest.approx([floor] * 11)
+    assert left == pytest.approx(1)
 
 
 def alive(pid):

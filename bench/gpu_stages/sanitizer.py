@@ -9,8 +9,9 @@ import sys
 
 from .common import BENCH, CUDA_HOMES, KERNEL_FILES, ROOT, StageContext, cuda_tool, run_bounded
 
-# What one sanitized process needs when nothing is compiled: Python, CuPy and a CUDA
-# context under instrumentation, kernels from CuPy's cache, one small launch each.
+# What one sanitized process should need when nothing is compiled: Python, CuPy and a
+# CUDA context under instrumentation, kernels from CuPy's cache, one small launch
+# each. An estimate: no GPU has run this stage yet; the first report's seconds will say.
 RUN_FLOOR_S = 8.0
 
 
