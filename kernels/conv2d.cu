@@ -109,23 +109,6 @@ struct ConvGeometry {
         sh_shift, sw_magic, sw_shift;
 };
 
-// How the forward's B operand steps its (c, r, s) through the reduction: the
-// launcher's per-shape values (gpunet/cuda/conv2d.py, forward_steps), passed by value
-// as ConvGeometry. A step of TILE_K indices is dc channels, dr rows and ds columns of
-// the filter (TILE_K = dc R S + dr S + ds, dr < R, ds < S), so each digit carries
-// at most once a step. A thread keeps, per B element, i = r d_h and j = s d_w (its
-// place in the window) and its offset c H W + i W + j into the sample's x:
-//   j += j_step (ds d_w); a column carry when j >= j_end (S d_w): j -= j_end;
-//   i += i_step (dr d_h), or i_step_carry (i_step + d_h) after a column carry; a row
-//   carry when i >= i_end (R d_h): i -= i_end;
-//   offset += offset_step (dc H W + dr d_h W + ds d_w), or offset_step_carry
-//   (offset_step + d_h W - S d_w) after a column carry, + i_carry (H W - R d_h W)
-//   after a row carry.
-struct TapSteps {
-    int dh, dw, j_step, j_end, i_step, i_step_carry, i_end, offset_step, offset_step_carry,
-        i_carry;
-};
-
 // A block of 16 x 16 threads computes BM x BN of C, each thread TM x TN of it.
 template <int TM_, int TN_>
 struct TileShape {
@@ -445,57 +428,44 @@ struct RowOperands {
 };
 
 // ---- forward: rows k, columns (n,oh,ow), reduction (c,r,s) --------------------------
-// B's (c, r, s) stepped in registers (TapSteps): per element and step, three digit
-// updates of adds, compares and selects, no table and no division.
+// taps[t] = {c*H*W + i*W + j, 1 << i, 1 << j, unused}, (i, j) = (r d_h, s d_w), then
+// TAP_PADDING taps {0, TAP_OUTSIDE, TAP_OUTSIDE, 0}
 template <class Tile>
 struct ForwardOperands : RowOperands<Tile> {
     using Base = RowOperands<Tile>;
     using typename Base::Fragment;
     using Base::A_PER, Base::B_PER, Base::B_ROWS_PER_PASS, Base::a_row,
         Base::a_col, Base::a_valid, Base::b, Base::b_valid;
-    // The kernel's parameters, read in the epilogue (output, column_offset) and the
-    // loop's steps: operands in the parameter space, so the loop holds no register
-    // for them.
+    // The kernel's parameter, read in the epilogue (output, column_offset) where it is
+    // used: an operand in the parameter space, so the loop holds no register for it.
     const ConvGeometry& geometry;
-    const TapSteps& steps;
     real_t* __restrict__ out;  // y, or the split slices' partial sums laid out as y
     // A: a_next[i] for i < a_left, the thread's next A_PER weights of its row (a_left
     // counts down to the slice's end; 0 from the start for a row past K). Scalar
     // predicated loads, whatever the row's alignment: one path, no branch.
     const real_t* __restrict__ a_next;
     int a_left;
-    // B: element e reads x_window[b_offset[e]] when row b_i[e] and column b_j[e] of the
-    // window are inside x (bits of rows_in, cols_in: row ih0 + i, column iw0 + j) and
-    // its reduction index is before the slice's end (B_ROWS_PER_PASS e < b_left)
+    // B: x_window[tap.x] when the tap is inside the window's rows_in, cols_in (bit i:
+    // row ih0 + i, column iw0 + i, inside x); next_taps: the thread's first tap of the
+    // next step
     const real_t* __restrict__ x_window;
-    int b_offset, b_i, b_j;
-    int b_left;
+    const int4* __restrict__ next_taps;
     unsigned rows_in, cols_in;
 
     // The reduction indices t_begin .. t_end - 1 of (c, r, s) (all of them but in a
     // split-K slice)
-    __device__ ForwardOperands(const real_t* x, const real_t* w, const TapSteps& st,
+    __device__ ForwardOperands(const real_t* x, const real_t* w, const int* taps,
                                const ConvGeometry& g, real_t* out_, int t_begin, int t_end_)
-        : Base(g.K, g.N * g.OH * g.OW, blockIdx.x * Tile::BN), geometry(g), steps(st),
-          out(out_) {
+        : Base(g.K, g.N * g.OH * g.OW, blockIdx.x * Tile::BN), geometry(g), out(out_) {
         const int CRS = g.C * g.R * g.S;
         a_next = w + a_row * CRS + t_begin + a_col;
         a_left = (a_valid ? t_end_ : t_begin) - (t_begin + a_col);
-        b_left = t_end_ - (t_begin + b.row);
-        // once a thread: the first element's (c, r, s), divided by per-launch constants
-        {
-            const int t = t_begin + b.row;
-            const int c = divide(t, g.rs_magic, g.rs_shift), rs = t - c * g.R * g.S;
-            const int r = divide(rs, g.s_magic, g.s_shift), s = rs - r * g.S;
-            b_i = r * st.dh;
-            b_j = s * st.dw;
-            b_offset = c * g.H * g.W + b_i * g.W + b_j;
-        }
+        next_taps = reinterpret_cast<const int4*>(taps) + t_begin + b.row;
         const int j = blockIdx.x * Tile::BN + b.col, P = g.OH * g.OW;
         const int n = divide(j, g.p_magic, g.p_shift), p = j - n * P;
         const int oh = divide(p, g.ow_magic, g.ow_shift), ow = p - oh * g.OW;
         const int ih0 = oh * g.sh - g.pt, iw0 = ow * g.sw - g.pl;
-        // may point before x (a window over the top border): only offsets that land
+        // may point before x (a window over the top border): only tap offsets that land
         // inside x are read through it
         x_window = opaque(x + (n * g.C * g.H * g.W + ih0 * g.W + iw0));
         // a column past the GEMM's reads nothing: no row of its window is inside
@@ -508,26 +478,17 @@ struct ForwardOperands : RowOperands<Tile> {
         for (int i = 0; i < A_PER; ++i) f.a[i] = i < a_left ? a_next[i] : (real_t)0;
         a_next += TILE_K;
         a_left -= TILE_K;
-        const TapSteps& st = steps;
-        // each element B_ROWS_PER_PASS indices past the last, the last TILE_K - (B_PER
-        // - 1) B_ROWS_PER_PASS = B_ROWS_PER_PASS before the next step's first
+        // No bound on t: a split slice ends on a whole step (chunks are multiples of
+        // 4 TILE_K), the last at C R S, past which the table holds TAP_PADDING taps
+        // outside every window. So each element is one tap load, its window test and
+        // a predicated load: no branch.
 #pragma unroll
-        for (int e = 0; e < B_PER; ++e) {
-            const int4 tap = {0, 1 << b_i, 1 << b_j, 0};
-            f.b[e] = tap_inside(tap, rows_in, cols_in) && B_ROWS_PER_PASS * e < b_left
-                         ? load_global(x_window + b_offset)
-                         : (real_t)0;
-            int j = b_j + st.j_step;
-            const bool column_carry = j >= st.j_end;
-            j -= column_carry ? st.j_end : 0;
-            int i = b_i + (column_carry ? st.i_step_carry : st.i_step);
-            const bool row_carry = i >= st.i_end;
-            b_i = i - (row_carry ? st.i_end : 0);
-            b_j = j;
-            b_offset += (column_carry ? st.offset_step_carry : st.offset_step) +
-                        (row_carry ? st.i_carry : 0);
+        for (int i = 0; i < B_PER; ++i) {
+            const int4 tap = next_taps[B_ROWS_PER_PASS * i];
+            f.b[i] = tap_inside(tap, rows_in, cols_in) ? load_global(x_window + tap.x)
+                                                        : (real_t)0;
         }
-        b_left -= TILE_K;
+        next_taps += TILE_K;
     }
 
     // y[n][k][p] at n K P + p + k P; slice z of a split at z N K P (grid.z is 1 unsplit)
@@ -549,12 +510,12 @@ struct ForwardOperands : RowOperands<Tile> {
 template <class Tile, bool kTF32, bool kBias>
 __device__ __forceinline__ void conv2d_fwd_tile(const real_t* x, const real_t* w,
                                                 const real_t* bias, real_t* out,
-                                                const ConvGeometry& g, const TapSteps& steps,
+                                                const ConvGeometry& g, const int* taps,
                                                 int chunk) {
     const int CRS = g.C * g.R * g.S, t_begin = blockIdx.z * chunk;
     const int t_end = CRS - t_begin < chunk ? CRS : t_begin + chunk;
     run_gemm<Tile, kTF32, kBias>(
-        ForwardOperands<Tile>(x, w, steps, g, out, t_begin, t_end),
+        ForwardOperands<Tile>(x, w, taps, g, out, t_begin, t_end),
         (t_end - t_begin + TILE_K - 1) / TILE_K, bias);
 }
 
@@ -567,51 +528,51 @@ template <class Tile, bool kTF32>
 __device__ __forceinline__ void conv2d_fwd_split_tile(const real_t* x, const real_t* w,
                                                       real_t* partial,
                                                       const ConvGeometry& g,
-                                                      const TapSteps& steps, int chunk) {
-    conv2d_fwd_tile<Tile, kTF32, false>(x, w, (const real_t*)nullptr, partial, g, steps,
+                                                      const int* taps, int chunk) {
+    conv2d_fwd_tile<Tile, kTF32, false>(x, w, (const real_t*)nullptr, partial, g, taps,
                                         chunk);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS)
 conv2d_fwd(const real_t* __restrict__ x, const real_t* __restrict__ w, const real_t* __restrict__ bias,
            real_t* __restrict__ y, const ConvGeometry g,
-           const TapSteps steps) {
-    conv2d_fwd_tile<TileSquare, false, true>(x, w, bias, y, g, steps, 1 << 30);
+           const int* __restrict__ taps) {
+    conv2d_fwd_tile<TileSquare, false, true>(x, w, bias, y, g, taps, 1 << 30);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 1)
 conv2d_fwd_split(const real_t* __restrict__ x, const real_t* __restrict__ w,
                  real_t* __restrict__ partial, const ConvGeometry g,
-                 const TapSteps steps, int chunk) {
-    conv2d_fwd_split_tile<TileSquare, false>(x, w, partial, g, steps, chunk);
+                 const int* __restrict__ taps, int chunk) {
+    conv2d_fwd_split_tile<TileSquare, false>(x, w, partial, g, taps, chunk);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS)
 conv2d_fwd_wide(const real_t* __restrict__ x, const real_t* __restrict__ w, const real_t* __restrict__ bias,
                 real_t* __restrict__ y, const ConvGeometry g,
-                const TapSteps steps) {
-    conv2d_fwd_tile<TileWide, false, true>(x, w, bias, y, g, steps, 1 << 30);
+                const int* __restrict__ taps) {
+    conv2d_fwd_tile<TileWide, false, true>(x, w, bias, y, g, taps, 1 << 30);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS)
 conv2d_fwd_wide_split(const real_t* __restrict__ x, const real_t* __restrict__ w,
                       real_t* __restrict__ partial, const ConvGeometry g,
-                      const TapSteps steps, int chunk) {
-    conv2d_fwd_split_tile<TileWide, false>(x, w, partial, g, steps, chunk);
+                      const int* __restrict__ taps, int chunk) {
+    conv2d_fwd_split_tile<TileWide, false>(x, w, partial, g, taps, chunk);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS)
 conv2d_fwd_tf32(const real_t* __restrict__ x, const real_t* __restrict__ w, const real_t* __restrict__ bias,
                 real_t* __restrict__ y, const ConvGeometry g,
-                const TapSteps steps) {
-    conv2d_fwd_tile<TileSquare, true, true>(x, w, bias, y, g, steps, 1 << 30);
+                const int* __restrict__ taps) {
+    conv2d_fwd_tile<TileSquare, true, true>(x, w, bias, y, g, taps, 1 << 30);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS)
 conv2d_fwd_tf32_split(const real_t* __restrict__ x, const real_t* __restrict__ w,
                       real_t* __restrict__ partial, const ConvGeometry g,
-                      const TapSteps steps, int chunk) {
-    conv2d_fwd_split_tile<TileSquare, true>(x, w, partial, g, steps, chunk);
+                      const int* __restrict__ taps, int chunk) {
+    conv2d_fwd_split_tile<TileSquare, true>(x, w, partial, g, taps, chunk);
 }
 
 // y[n][k][p] = partial[0] + partial[1] + ... (in that order, over `splits` slices of

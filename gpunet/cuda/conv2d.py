@@ -108,24 +108,6 @@ def forward_taps(c, h, w, r, s, dilation=(1, 1)):
     return numpy.concatenate([taps.reshape(-1, 4), _padding_taps()]).ravel()
 
 
-TAP_STEPS_FIELDS = ("dh", "dw", "j_step", "j_end", "i_step", "i_step_carry", "i_end",
-                    "offset_step", "offset_step_carry", "i_carry")
-
-
-@functools.lru_cache(maxsize=conv2d_plan.PLAN_CACHE_SIZE)
-def forward_steps(h, w, r, s, dilation, step):
-    """kernels/conv2d.cu's TapSteps: how a forward GEMM thread advances its B element's
-    ``(c, r, s)`` by ``step`` reduction indices (its tile's B rows a pass), as the
-    digits ``i = r d_h``, ``j = s d_w`` and the offset ``c H W + i W + j``."""
-    dh, dw = dilation
-    dc, rest = divmod(step, r * s)
-    dr, ds = divmod(rest, s)
-    offset_step = dc * h * w + dr * dh * w + ds * dw
-    values = (dh, dw, ds * dw, s * dw, dr * dh, dr * dh + dh, r * dh, offset_step,
-              offset_step + dh * w - s * dw, h * w - r * dh * w)
-    return geometry(TAP_STEPS_FIELDS, values)
-
-
 def _padding_taps():
     """``TAP_PADDING`` taps ``(0, TAP_OUTSIDE, TAP_OUTSIDE, 0)``: past a list's end,
     outside any window."""
@@ -253,7 +235,8 @@ def forward(x, weight, bias, stride, pads, out_hw, dilation=(1, 1)):
         runtime.launch("conv2d", plan.kernel, x.dtype, plan.grid, (plan.tile[1], 1, 1),
                        (x, spread_weight, bias_arg, y, spread_geom))
     else:
-        taps = forward_steps(h, w, r, s, dilation, GEMM_BLOCK[0] // plan.tile[1])
+        taps = table(xp, ("conv2d forward taps", c, h, w, r, s, dilation),
+                     lambda: forward_taps(c, h, w, r, s, dilation), numpy.int32)
         if plan.split == 1:
             runtime.launch("conv2d", plan.kernel, x.dtype, plan.grid, GEMM_BLOCK,
                            (x, weight, bias_arg, y, geom, taps))
