@@ -50,8 +50,7 @@ BENCH = os.path.join(ROOT, "bench")
 DOUBLE = os.path.join(ROOT, "tests", "cupy_double")
 # The sanitizer runs Python and CuPy twelve times under instrumentation (three tools,
 # four kernel files): two minutes, an estimated eight seconds a run and the rest for a
-# slow one;
-# the suite on 16 cores about a minute and a half.
+# slow one; the suite on 16 cores about a minute and a half.
 BUDGETS = {"facts": 15, "smoke": 30, "tests": 90, "sanitizer": 120, "training": 45,
            "timings": 60}
 # The dry run emulates the kernels on CI's two cores: same stages, looser clocks.
