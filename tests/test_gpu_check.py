@@ -7,6 +7,7 @@ import datetime
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -202,6 +203,9 @@ def test_a_slow_sanitizer_run_borrows_what_the_later_runs_do_not_need():
     assert timeouts[0] == pytest.approx(239 - 11 * floor)
     assert timeouts[1:] == pytest.approx([floor] * 11)
     assert left == pytest.approx(1)
+    # with only the stage's second left, or less, no run is started
+    for left in (1.0, 0.4, -3.0):
+        assert sanitizer.run_timeout(left, 3) == 0
 
 
 def alive(pid):
@@ -224,6 +228,12 @@ def test_the_sanitizer_is_stopped_at_its_budget_with_what_it_started(tmp_path):
     assert done.returncode == 1
     assert rows["memcheck"]["conv2d"]["exit_code"] is None
     assert rows["memcheck"]["conv2d"]["summary"].startswith("stopped after")
+    # runs the budget had no time for say so, rather than "stopped after -0 s"
+    summaries = [row["summary"] for tool in rows.values() for row in tool.values()]
+    assert len(summaries) == 12
+    for summary in summaries:
+        assert summary.startswith("not run: ") or \
+            float(re.fullmatch(r"stopped after (\S+) s", summary)[1]) > 0, summaries
     started = pids.read_text().split()
     assert started
     deadline = time.monotonic() + 5

@@ -20,8 +20,11 @@ def run_timeout(left_s: float, runs_left: int, floor_s: float = RUN_FLOOR_S) -> 
     the runs after it need at their floor (or at an even share, when the budget
     is too short for floors). An even share would stop a run that compiles its
     kernels first (the first conv2d run, with a cold cache) though the rest of the
-    stage has time to spare; one second stays for the stage to write its rows."""
+    stage has time to spare; one second stays for the stage to write its rows.
+    Zero once that second is all that is left: the run is then not started."""
     usable = left_s - 1
+    if usable <= 0:
+        return 0.0
     reserve = min(floor_s, usable / runs_left)
     return usable - reserve * (runs_left - 1)
 
@@ -35,26 +38,33 @@ def stage_sanitizer(ctx: StageContext) -> None:
         ctx.emit(error="compute-sanitizer is neither on PATH nor in "
                        + " or ".join(f"{home}/bin" for home in CUDA_HOMES))
         sys.exit(1)
-    script = os.path.join(BENCH, "sanitize_kernels.py")
     env = dict(os.environ, CUDA_LAUNCH_BLOCKING="1")
     runs = [(tool, name) for tool in ("memcheck", "racecheck", "synccheck")
             for name in KERNEL_FILES]
     bad = False
     for i, (tool, name) in enumerate(runs):
         timeout = run_timeout(ctx.left_s(), len(runs) - i)
-        try:
-            done = run_bounded([sanitizer, "--tool", tool, "--error-exitcode", "1",
-                                sys.executable, script, name], timeout, cwd=ROOT, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-            summary = re.findall(r"(?:ERROR|RACECHECK) SUMMARY: [^\n]*", done.stdout)
-            row = {"exit_code": done.returncode, "summary": summary[-1] if summary else None}
-            if done.returncode:
-                row["output_tail"] = done.stdout[-3000:]
-        except subprocess.TimeoutExpired as exc:
-            row = {"exit_code": None, "summary": f"stopped after {timeout:.0f} s",
-                   "output_tail": (exc.stdout or "")[-3000:]}
+        row = _sanitize(sanitizer, tool, name, timeout, env) if timeout > 0 else \
+            {"exit_code": None, "summary": "not run: the runs before took the stage's budget"}
         bad |= row["exit_code"] != 0
         ctx.emit(**{tool: dict(ctx.results.get(tool, {}), **{name: row})})
     if bad:
         sys.exit(1)
+
+
+def _sanitize(sanitizer, tool, name, timeout, env) -> dict:
+    """The row of one run: ``tool`` over one launch of each kernel of ``name``."""
+    script = os.path.join(BENCH, "sanitize_kernels.py")
+    try:
+        done = run_bounded([sanitizer, "--tool", tool, "--error-exitcode", "1",
+                            sys.executable, script, name], timeout, cwd=ROOT, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    except subprocess.TimeoutExpired as exc:
+        return {"exit_code": None, "summary": f"stopped after {timeout:.1f} s",
+                "output_tail": (exc.stdout or "")[-3000:]}
+    summary = re.findall(r"(?:ERROR|RACECHECK) SUMMARY: [^\n]*", done.stdout)
+    row = {"exit_code": done.returncode, "summary": summary[-1] if summary else None}
+    if done.returncode:
+        row["output_tail"] = done.stdout[-3000:]
+    return row
 
