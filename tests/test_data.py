@@ -418,6 +418,54 @@ def test_transforms():
         transforms.random_crop(f, 9, padding=2)
 
 
+def _windows_of(padded, crops):
+    """For each crop, the (top, left) offsets at which it is a window of ``padded``."""
+    h, w = crops.shape[-2:]
+    return [[(r, c) for r in range(padded.shape[2] - h + 1) for c in range(padded.shape[3] - w + 1)
+             if numpy.array_equal(padded[i, :, r:r + h, c:c + w], crops[i])]
+            for i in range(len(crops))]
+
+
+def test_crops_of_non_square_images_keep_their_shape(xp):
+    """augment crops back to (H, W), not (W, W); random_crop takes (h, w) too."""
+    x = numpy.random.default_rng(5).random((4, 3, 5, 7)).astype("float32")
+    augmented = transforms.augment(xp.asarray(x), crop_padding=2)
+    assert augmented.shape == x.shape
+    padded = numpy.pad(x, ((0, 0), (0, 0), (2, 2), (2, 2)))
+    found = _windows_of(numpy.concatenate([padded, padded[..., ::-1]]),
+                        numpy.concatenate([gpunet.backend.to_numpy(augmented)] * 2))
+    assert all(found[i] or found[i + 4] for i in range(4))  # flipped or not
+    crops = gpunet.backend.to_numpy(transforms.random_crop(xp.asarray(x), (2, 6), padding=1))
+    assert crops.shape == (4, 3, 2, 6)
+    assert all(_windows_of(numpy.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1))), crops))
+
+
+X8 = numpy.zeros((2, 3, 8, 8), "float32")
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: transforms.random_crop(X8, 0), "random_crop: size: expected a positive int, got 0"),
+    (lambda: transforms.random_crop(X8, -1), "size: expected a positive int, got -1"),
+    (lambda: transforms.random_crop(X8, 2.5), "size: expected a positive int, got 2.5"),
+    (lambda: transforms.random_crop(X8, (4, 0)), r"size\[1\]: expected a positive int, got 0"),
+    (lambda: transforms.random_crop(X8, 6, padding=-1),
+     "random_crop: padding: expected a non-negative int, got -1"),
+    (lambda: transforms.random_crop(X8, (6, 11), padding=1),
+     r"size 6x11 exceeds the padded image 10x10 \(8x8 padded by 1\)"),
+    (lambda: transforms.random_crop(X8[0], 4), r"x must be a 4-D .* \(N, C, H, W\), got shape \(3"),
+    (lambda: transforms.horizontal_flip(X8[0]), r"horizontal_flip: x must be a 4-D .*\(3, 8, 8\)"),
+    (lambda: transforms.horizontal_flip(X8, 2), r"horizontal_flip: p: expected a number in "
+                                                r"\[0, 1\], got 2"),
+    (lambda: transforms.horizontal_flip(X8, -0.1), r"p: expected a number in \[0, 1\], got -0.1"),
+    (lambda: transforms.augment(X8, flip=3), r"augment: flip: expected a number in \[0, 1\]"),
+    (lambda: transforms.augment(X8, crop_padding=-2), "augment: crop_padding: expected a non-neg"),
+    (lambda: transforms.augment(X8[0]), "augment: x must be a 4-D"),
+])
+def test_bad_transform_arguments_are_named(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
 
 
 def test_an_explicit_data_root_without_the_files_is_an_error(tmp_path):
