@@ -203,6 +203,67 @@ def test_real_fashion_mnist_from_debian(monkeypatch, tmp_path):
     assert numpy.bincount(yt).tolist() == [1000] * 10
 
 
+@pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist"),
+                    reason="Debian's dataset-fashion-mnist is not installed")
+def test_real_fashion_mnist_is_not_taken_for_mnist():
+    with pytest.raises(DatasetError, match="train-images-idx3-ubyte.gz: this is fashion-mnist's "
+                                           "train-images-idx3-ubyte .*not mnist's"):
+        gpunet.data.load_mnist("/usr/share/datasets/fashion-mnist", split="train")
+
+
+def _md5(path):
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def _pair_of_known_datasets(monkeypatch, tiny_dataset):
+    """Like Fashion-MNIST and MNIST: ``fashion`` has the tiny files' SHA-256s, ``mnist``
+    the MD5s of their .gz only (of the files in ``src``, as written); both known."""
+    tiny, _, tmp = tiny_dataset
+    fashion = datasets.IdxDataset("fashion-like", (), *tiny.resources)
+    mnist = datasets.IdxDataset("mnist-like", (), *(
+        datasets.Resource(r.filename, gz_md5=_md5(tmp / "src" / (r.filename + ".gz")))
+        for r in tiny.resources))
+    monkeypatch.setattr(datasets, "KNOWN_DATASETS", (fashion, mnist))
+    return fashion, mnist, tmp / "src"
+
+
+def test_a_found_gz_is_checked_against_the_official_md5(monkeypatch, tiny_dataset):
+    """The .gz files as published load; the same data gzipped again (another header)
+    does not; decompressed files cannot be checked by that MD5 and load."""
+    _, mnist, src = _pair_of_known_datasets(monkeypatch, tiny_dataset)
+    monkeypatch.setattr(datasets, "KNOWN_DATASETS", (mnist,))  # its files are fashion's too
+    (x, _), _ = datasets.load_idx_dataset(mnist, src)
+    name = "t10k-labels-idx1-ubyte"
+    data = read_idx(src / f"{name}.gz")
+    (src / f"{name}.gz").write_bytes(gzip.compress(idx_bytes(data), mtime=1))
+    expected = mnist.test_labels.gz_md5
+    with pytest.raises(DatasetError, match=rf"{name}.gz: checksum mismatch: MD5 of the .gz file "
+                                           rf"is [0-9a-f]{{32}}, expected {expected}"):
+        datasets.load_idx_dataset(mnist, src)
+    write_idx_set(src.parent / "plain", gz=False)
+    assert datasets.load_idx_dataset(mnist, src.parent / "plain")[0][0].shape == x.shape
+
+
+def test_a_file_of_another_known_dataset_is_refused_naming_it(monkeypatch, tiny_dataset):
+    """Files with no digest to check (here decompressed "MNIST") are still refused when
+    they are a known file of another dataset; a mismatch names the file it is."""
+    fashion, mnist, src = _pair_of_known_datasets(monkeypatch, tiny_dataset)
+    write_idx_set(src.parent / "plain", gz=False)  # the same data as src, decompressed
+    with pytest.raises(DatasetError, match=r"plain/train-images-idx3-ubyte: this is "
+                                           r"fashion-like's train-images-idx3-ubyte \(by the "
+                                           r"SHA-256 of its bytes\), not mnist-like's"):
+        datasets.load_idx_dataset(mnist, src.parent / "plain")
+    unknown_sha = datasets.IdxDataset("other", (), datasets.Resource(
+        "train-images-idx3-ubyte", "0" * 64), *fashion.resources[1:])
+    with pytest.raises(DatasetError, match="checksum mismatch.*; it is fashion-like's "
+                                           "train-images-idx3-ubyte$"):
+        datasets.load_idx_dataset(unknown_sha, src)  # found by its SHA-256
+    monkeypatch.setattr(datasets, "KNOWN_DATASETS", (mnist,))
+    with pytest.raises(DatasetError, match="checksum mismatch.*; it is mnist-like's "
+                                           "train-images-idx3-ubyte$"):
+        datasets.load_idx_dataset(unknown_sha, src)  # found by the MD5 of its .gz
+
+
 # -- CIFAR-10 --------------------------------------------------------------------------------
 def _cifar_batches(rng, n=4):
     return {name: (rng.integers(0, 256, (n, 3072), dtype="u1"), rng.integers(0, 10, n))
