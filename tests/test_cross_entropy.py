@@ -118,3 +118,32 @@ def test_bad_labels_and_weight_sizes_are_named():
     none(z, numpy.array([0, 1]))
     with pytest.raises(ValueError, match="needs dloss"):
         none.backward()
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("labels, w", [
+    ([-100, -100, -100], None),
+    ([-100, -100, -100], numpy.array([0.0, 2.0, 3.0])),
+    ([0, -100, 0], numpy.array([0.0, 2.0, 3.0])),  # the rows kept weigh 0
+], ids=["all-ignored", "all-ignored-weighted", "rest-weighs-zero"])
+def test_rows_of_zero_total_weight_as_torch(labels, w, reduction, smoothing):
+    """Every row ignored: the mean is 0/0 (NaN) but the gradient 0, the sum 0 with
+    gradient 0. Rows kept whose weights sum to 0: NaN gradient on them under "mean"."""
+    torch = pytest.importorskip("torch")
+    z = numpy.random.default_rng(2).standard_normal((3, 3))
+    y = numpy.array(labels)
+    ours = losses.SoftmaxCrossEntropy(weight=w, label_smoothing=smoothing, reduction=reduction)
+    tz = torch.from_numpy(z).requires_grad_(True)
+    tl = torch.nn.functional.cross_entropy(
+        tz, torch.from_numpy(y), weight=None if w is None else torch.from_numpy(w),
+        label_smoothing=smoothing, reduction=reduction)
+    tl.backward()
+    value, grad = ours(z, y), ours.backward()
+    expected, expected_grad = tl.item(), tz.grad.numpy()
+    assert math.isnan(value) == math.isnan(expected)
+    assert math.isnan(value) or math.isclose(value, expected, rel_tol=1e-12, abs_tol=1e-15)
+    assert numpy.array_equal(numpy.isnan(grad), numpy.isnan(expected_grad)), (grad, expected_grad)
+    finite = ~numpy.isnan(expected_grad)
+    assert_close(grad[finite], expected_grad[finite], 1e-12, 1e-15, "logits gradient")

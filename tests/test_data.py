@@ -203,6 +203,67 @@ def test_real_fashion_mnist_from_debian(monkeypatch, tmp_path):
     assert numpy.bincount(yt).tolist() == [1000] * 10
 
 
+@pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist"),
+                    reason="Debian's dataset-fashion-mnist is not installed")
+def test_real_fashion_mnist_is_not_taken_for_mnist():
+    with pytest.raises(DatasetError, match="train-images-idx3-ubyte.gz: this is fashion-mnist's "
+                                           "train-images-idx3-ubyte .*not mnist's"):
+        gpunet.data.load_mnist("/usr/share/datasets/fashion-mnist", split="train")
+
+
+def _md5(path):
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def _pair_of_known_datasets(monkeypatch, tiny_dataset):
+    """Like Fashion-MNIST and MNIST: ``fashion`` has the tiny files' SHA-256s, ``mnist``
+    the MD5s of their .gz only (of the files in ``src``, as written); both known."""
+    tiny, _, tmp = tiny_dataset
+    fashion = datasets.IdxDataset("fashion-like", (), *tiny.resources)
+    mnist = datasets.IdxDataset("mnist-like", (), *(
+        datasets.Resource(r.filename, gz_md5=_md5(tmp / "src" / (r.filename + ".gz")))
+        for r in tiny.resources))
+    monkeypatch.setattr(datasets, "KNOWN_DATASETS", (fashion, mnist))
+    return fashion, mnist, tmp / "src"
+
+
+def test_a_found_gz_is_checked_against_the_official_md5(monkeypatch, tiny_dataset):
+    """The .gz files as published load; the same data gzipped again (another header)
+    does not; decompressed files cannot be checked by that MD5 and load."""
+    _, mnist, src = _pair_of_known_datasets(monkeypatch, tiny_dataset)
+    monkeypatch.setattr(datasets, "KNOWN_DATASETS", (mnist,))  # its files are fashion's too
+    (x, _), _ = datasets.load_idx_dataset(mnist, src)
+    name = "t10k-labels-idx1-ubyte"
+    data = read_idx(src / f"{name}.gz")
+    (src / f"{name}.gz").write_bytes(gzip.compress(idx_bytes(data), mtime=1))
+    expected = mnist.test_labels.gz_md5
+    with pytest.raises(DatasetError, match=rf"{name}.gz: checksum mismatch: MD5 of the .gz file "
+                                           rf"is [0-9a-f]{{32}}, expected {expected}"):
+        datasets.load_idx_dataset(mnist, src)
+    write_idx_set(src.parent / "plain", gz=False)
+    assert datasets.load_idx_dataset(mnist, src.parent / "plain")[0][0].shape == x.shape
+
+
+def test_a_file_of_another_known_dataset_is_refused_naming_it(monkeypatch, tiny_dataset):
+    """Files with no digest to check (here decompressed "MNIST") are still refused when
+    they are a known file of another dataset; a mismatch names the file it is."""
+    fashion, mnist, src = _pair_of_known_datasets(monkeypatch, tiny_dataset)
+    write_idx_set(src.parent / "plain", gz=False)  # the same data as src, decompressed
+    with pytest.raises(DatasetError, match=r"plain/train-images-idx3-ubyte: this is "
+                                           r"fashion-like's train-images-idx3-ubyte \(by the "
+                                           r"SHA-256 of its bytes\), not mnist-like's"):
+        datasets.load_idx_dataset(mnist, src.parent / "plain")
+    unknown_sha = datasets.IdxDataset("other", (), datasets.Resource(
+        "train-images-idx3-ubyte", "0" * 64), *fashion.resources[1:])
+    with pytest.raises(DatasetError, match="checksum mismatch.*; it is fashion-like's "
+                                           "train-images-idx3-ubyte$"):
+        datasets.load_idx_dataset(unknown_sha, src)  # found by its SHA-256
+    monkeypatch.setattr(datasets, "KNOWN_DATASETS", (mnist,))
+    with pytest.raises(DatasetError, match="checksum mismatch.*; it is mnist-like's "
+                                           "train-images-idx3-ubyte$"):
+        datasets.load_idx_dataset(unknown_sha, src)  # found by the MD5 of its .gz
+
+
 # -- CIFAR-10 --------------------------------------------------------------------------------
 def _cifar_batches(rng, n=4):
     return {name: (rng.integers(0, 256, (n, 3072), dtype="u1"), rng.integers(0, 10, n))
@@ -416,6 +477,54 @@ def test_transforms():
     assert transforms.augment(f).shape == f.shape
     with pytest.raises(ValueError, match="exceeds"):
         transforms.random_crop(f, 9, padding=2)
+
+
+def _windows_of(padded, crops):
+    """For each crop, the (top, left) offsets at which it is a window of ``padded``."""
+    h, w = crops.shape[-2:]
+    return [[(r, c) for r in range(padded.shape[2] - h + 1) for c in range(padded.shape[3] - w + 1)
+             if numpy.array_equal(padded[i, :, r:r + h, c:c + w], crops[i])]
+            for i in range(len(crops))]
+
+
+def test_crops_of_non_square_images_keep_their_shape(xp):
+    """augment crops back to (H, W), not (W, W); random_crop takes (h, w) too."""
+    x = numpy.random.default_rng(5).random((4, 3, 5, 7)).astype("float32")
+    augmented = transforms.augment(xp.asarray(x), crop_padding=2)
+    assert augmented.shape == x.shape
+    padded = numpy.pad(x, ((0, 0), (0, 0), (2, 2), (2, 2)))
+    found = _windows_of(numpy.concatenate([padded, padded[..., ::-1]]),
+                        numpy.concatenate([gpunet.backend.to_numpy(augmented)] * 2))
+    assert all(found[i] or found[i + 4] for i in range(4))  # flipped or not
+    crops = gpunet.backend.to_numpy(transforms.random_crop(xp.asarray(x), (2, 6), padding=1))
+    assert crops.shape == (4, 3, 2, 6)
+    assert all(_windows_of(numpy.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1))), crops))
+
+
+X8 = numpy.zeros((2, 3, 8, 8), "float32")
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: transforms.random_crop(X8, 0), "random_crop: size: expected a positive int, got 0"),
+    (lambda: transforms.random_crop(X8, -1), "size: expected a positive int, got -1"),
+    (lambda: transforms.random_crop(X8, 2.5), "size: expected a positive int, got 2.5"),
+    (lambda: transforms.random_crop(X8, (4, 0)), r"size\[1\]: expected a positive int, got 0"),
+    (lambda: transforms.random_crop(X8, 6, padding=-1),
+     "random_crop: padding: expected a non-negative int, got -1"),
+    (lambda: transforms.random_crop(X8, (6, 11), padding=1),
+     r"size 6x11 exceeds the padded image 10x10 \(8x8 padded by 1\)"),
+    (lambda: transforms.random_crop(X8[0], 4), r"x must be a 4-D .* \(N, C, H, W\), got shape \(3"),
+    (lambda: transforms.horizontal_flip(X8[0]), r"horizontal_flip: x must be a 4-D .*\(3, 8, 8\)"),
+    (lambda: transforms.horizontal_flip(X8, 2), r"horizontal_flip: p: expected a number in "
+                                                r"\[0, 1\], got 2"),
+    (lambda: transforms.horizontal_flip(X8, -0.1), r"p: expected a number in \[0, 1\], got -0.1"),
+    (lambda: transforms.augment(X8, flip=3), r"augment: flip: expected a number in \[0, 1\]"),
+    (lambda: transforms.augment(X8, crop_padding=-2), "augment: crop_padding: expected a non-neg"),
+    (lambda: transforms.augment(X8[0]), "augment: x must be a 4-D"),
+])
+def test_bad_transform_arguments_are_named(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
 
 
 

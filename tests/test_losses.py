@@ -2,9 +2,9 @@
 import numpy
 import pytest
 
-from gpunet import losses, ops
+from gpunet import backend, losses, ops
 
-from .helpers import assert_close
+from .helpers import CUPY_DOUBLE, assert_close
 
 
 def test_softmax_of_the_notes_example():
@@ -74,3 +74,76 @@ def test_cross_entropy_errors(logits, targets, error, match):
 def test_backward_before_forward():
     with pytest.raises(RuntimeError, match="before forward"):
         losses.MSELoss().backward()
+
+
+@pytest.mark.parametrize("targets, message", [
+    (numpy.array([[0], [2]]), r"targets must be in \[0, 1\], got 2 at index \(1, 0\)"),
+    (numpy.array([[0], [-1]]), r"targets must be in \[0, 1\], got -1 at index \(1, 0\)"),
+    (numpy.array([[0.5], [numpy.nan]]), r"targets must be in \[0, 1\], got nan at index"),
+    (numpy.array([[1.0], [1.5]], "float32"), r"targets must be in \[0, 1\], got 1.5 at index"),
+])
+def test_binary_cross_entropy_targets_must_be_in_the_unit_interval(targets, message):
+    with pytest.raises(ValueError, match="BinaryCrossEntropy: " + message):
+        losses.BinaryCrossEntropy()(numpy.zeros((2, 1), "float32"), targets)
+
+
+def test_binary_cross_entropy_takes_soft_and_bool_targets():
+    loss = losses.BinaryCrossEntropy()
+    z = numpy.zeros((2, 1))
+    assert loss(z, numpy.array([[True], [False]])) == pytest.approx(numpy.log(2))
+    assert loss(z, numpy.array([[0.0], [1.0]])) == pytest.approx(numpy.log(2))
+    assert loss(numpy.ones((2, 1)), numpy.array([[0.25], [0.25]])) == pytest.approx(
+        numpy.log1p(numpy.exp(-1)) + 0.75)
+
+
+@pytest.mark.parametrize("loss, outputs, targets", [
+    (losses.MSELoss(), numpy.zeros((2, 3), "float32"), numpy.full((2, 3), numpy.nan)),
+    (losses.MSELoss(), numpy.zeros((2, 3)), numpy.array([[0, 1, 2], [3, numpy.inf, 0.0]])),
+    (losses.SoftmaxCrossEntropy(), numpy.zeros((2, 3), "float32"),
+     numpy.full((2, 3), numpy.nan, "float32")),
+    (losses.SoftmaxCrossEntropy(label_smoothing=0.1), numpy.zeros((2, 3)),
+     numpy.array([[0.5, 0.5, 0.0], [0.0, numpy.nan, 1.0]])),
+])
+def test_nan_or_inf_in_float_targets_is_named(loss, outputs, targets):
+    first = tuple(int(i) for i in numpy.argwhere(~numpy.isfinite(targets))[0])
+    with pytest.raises(ValueError, match=rf"{type(loss).__name__}: targets contain NaN or "
+                                         rf"Inf \(first at index \({first[0]}, {first[1]}\)"):
+        loss(outputs, targets)
+
+
+def test_nan_outputs_are_named_before_bad_targets():
+    with pytest.raises(ValueError, match="logits contain NaN"):
+        losses.BinaryCrossEntropy()(numpy.array([[numpy.nan]]), numpy.array([[2]]))
+
+
+CASES_FOR_TRANSFERS = [
+    # (loss, targets, host transfers in forward + backward): one for every check
+    # together, then the loss value (and, for weighted means, the divisor)
+    (losses.SoftmaxCrossEntropy, numpy.array([0, 3, 1, 1, 2]), 3),
+    (losses.SoftmaxCrossEntropy, numpy.eye(4)[[0, 3, 1, 1, 2]], 2),
+    (losses.BinaryCrossEntropy, numpy.eye(4)[[0, 3, 1, 1, 2]], 2),
+    (losses.MSELoss, numpy.eye(4)[[0, 3, 1, 1, 2]], 2),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUPY_DOUBLE, reason="counts transfers on the CuPy test double "
+                    "(GPUNET_CUPY_DOUBLE=1)")
+@pytest.mark.parametrize("loss_class, targets, transfers", CASES_FOR_TRANSFERS)
+def test_target_checks_add_no_host_transfer(monkeypatch, loss_class, targets, transfers):
+    """Each transfer waits for the device, once per training step: the target checks
+    share the one the check of the outputs takes."""
+    import cupy
+    backend.set_device("cuda")
+    z = cupy.asarray(numpy.random.default_rng(0).standard_normal((5, 4)))
+    y = cupy.asarray(targets)
+    counted = []
+    for method in ("__bool__", "__float__", "__int__", "item", "tolist", "get"):
+        original = getattr(cupy.ndarray, method)
+        monkeypatch.setattr(cupy.ndarray, method,
+                            lambda self, *a, _f=original, _m=method, **k:
+                            counted.append(_m) or _f(self, *a, **k))
+    loss = loss_class()
+    loss(z, y)
+    loss.backward()
+    assert len(counted) == transfers, counted

@@ -6,11 +6,15 @@ Search order for a dataset ``name``: ``root``, ``$GPUNET_DATA/<name>``,
 download from the official mirror (``$GPUNET_MIRROR`` overrides it) into the cache.
 
 Fashion-MNIST is verified by the SHA-256 of the *decompressed* files (Debian
-re-gzips its copy, so the ``.gz`` digests differ); MNIST downloads by the MD5 of
-the official ``.gz`` files, the digests its mirrors publish.
+re-gzips its copy, so the ``.gz`` digests differ); MNIST, downloaded or found, by the
+MD5 of the official ``.gz`` files, the digests its mirrors publish. A file whose
+decompressed bytes are those of another known dataset's file (the SHA-256s above) is
+refused naming that file, so a folder of Fashion-MNIST is not taken for MNIST even
+where no MNIST digest applies (a decompressed MNIST file).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 
@@ -64,6 +68,10 @@ MNIST = IdxDataset(
     Resource("train-labels-idx1-ubyte", gz_md5="d53e105ee54ea40749a09fcbcd1e9432"),
     Resource("t10k-images-idx3-ubyte", gz_md5="9fb629c4189551a2d022fa330f9573f3"),
     Resource("t10k-labels-idx1-ubyte", gz_md5="ec29112dd5afa0611ce80d1b7f02629c"))
+
+
+# every dataset with digests, for naming a file found in the wrong place
+KNOWN_DATASETS = (FASHION_MNIST, MNIST)
 
 
 def cache_dir() -> str:
@@ -125,12 +133,58 @@ def _locate(dataset: IdxDataset, root, resources=None) -> list[str]:
     return paths
 
 
-def _load(path: str, resource: Resource) -> numpy.ndarray:
+def _load(path: str, resource: Resource, dataset: IdxDataset) -> numpy.ndarray:
     data = read_bytes(path)
-    if resource.sha256 is not None and sha256(data) != resource.sha256:
-        raise DatasetError(f"{path}: checksum mismatch: SHA-256 of the decompressed "
-                           f"bytes is {sha256(data)}, expected {resource.sha256}")
+    # hashing the decompressed bytes takes a tenth of the time gunzip does
+    digest = sha256(data)
+    if resource.sha256 is not None and digest != resource.sha256:
+        raise DatasetError(f"{path}: checksum mismatch: SHA-256 of the decompressed bytes is "
+                           f"{digest}, expected {resource.sha256}{_known_as(path, digest)}")
+    if resource.sha256 is None:
+        known = _by_sha256(digest)
+        if known is not None and known != (dataset.name, resource.filename):
+            raise DatasetError(f"{path}: this is {known[0]}'s {known[1]} (by the SHA-256 of "
+                               f"its bytes), not {dataset.name}'s {resource.filename}")
+    if resource.gz_md5 is not None and path.endswith(".gz"):
+        md5 = _file_md5(path)
+        if md5 != resource.gz_md5:
+            raise DatasetError(f"{path}: checksum mismatch: MD5 of the .gz file is {md5}, "
+                               f"expected {resource.gz_md5} (the official download's; a copy "
+                               f"compressed again differs){_known_as(path, digest, md5)}")
     return parse_idx(data, path)
+
+
+def _by_sha256(digest: str) -> tuple[str, str] | None:
+    """``(dataset name, file name)`` of the known file whose decompressed bytes hash to
+    ``digest``."""
+    for known in KNOWN_DATASETS:
+        for r in known.resources:
+            if r.sha256 == digest:
+                return known.name, r.filename
+    return None
+
+
+def _known_as(path: str, digest: str, md5: str | None = None) -> str:
+    """``"; it is <dataset>'s <file>"`` when the file at ``path`` is another known one,
+    by the SHA-256 of its bytes or, for a ``.gz``, the MD5 of the file; else ``""``.
+    Only called on a mismatch, so the MD5 is computed then."""
+    known = _by_sha256(digest)
+    if known is None and path.endswith(".gz"):
+        md5 = _file_md5(path) if md5 is None else md5
+        known = next(((d.name, r.filename) for d in KNOWN_DATASETS for r in d.resources
+                      if r.gz_md5 == md5), None)
+    return "" if known is None else f"; it is {known[0]}'s {known[1]}"
+
+
+def _file_md5(path: str) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read: {exc}") from None
+    return digest.hexdigest()
 
 
 SPLITS = ("train", "test")
@@ -156,7 +210,8 @@ def load_idx_dataset(dataset: IdxDataset, root=None, split=None):
     out = []
     for i, part in enumerate(parts):
         pi, pl = paths[2 * i:2 * i + 2]
-        images, labels = _load(pi, pairs[part][0]), _load(pl, pairs[part][1])
+        images = _load(pi, pairs[part][0], dataset)
+        labels = _load(pl, pairs[part][1], dataset)
         if images.ndim != 3 or images.dtype != numpy.uint8:
             raise DatasetError(f"{pi}: expected uint8 images (N, H, W), got "
                                f"{images.dtype} {images.shape}")

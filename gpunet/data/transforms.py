@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy
 
+from .. import _checks
 from ..backend import device_of, generator, get_array_module, to_device, to_numpy
 
 
@@ -43,27 +44,40 @@ class Standardize:
         return {"mean": to_numpy(self.mean).tolist(), "std": to_numpy(self.std).tolist()}
 
 
-def random_crop(x, size: int, padding: int = 0, rng=None):
-    """A random ``size x size`` window of each image after zero-padding by ``padding``."""
+def _images(where: str, x) -> None:
+    if getattr(x, "ndim", None) != 4:
+        raise ValueError(f"{where}: x must be a 4-D batch of images (N, C, H, W), got "
+                         f"shape {tuple(getattr(x, 'shape', ())) or type(x).__name__}")
+
+
+def random_crop(x, size, padding: int = 0, rng=None):
+    """A random ``(h, w)`` window (``size``: an int for a square, or ``(h, w)``) of
+    each image of ``x`` ``(N, C, H, W)`` after zero-padding every side by ``padding``."""
+    where = "random_crop"
+    _images(where, x)
+    crop_h, crop_w = _checks.pair(f"{where}: size", size)
+    padding = _checks.non_negative_int(f"{where}: padding", padding)
     xp = get_array_module(x)
     rng = generator(numpy) if rng is None else rng
     n, c, h, w = x.shape
-    if size > h + 2 * padding or size > w + 2 * padding:
-        raise ValueError(f"random_crop: size {size} exceeds the padded image "
-                         f"{h + 2 * padding}x{w + 2 * padding}")
+    padded_h, padded_w = h + 2 * padding, w + 2 * padding
+    if crop_h > padded_h or crop_w > padded_w:
+        raise ValueError(f"{where}: size {crop_h}x{crop_w} exceeds the padded image "
+                         f"{padded_h}x{padded_w} ({h}x{w} padded by {padding})")
     padded = xp.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
     device = device_of(x)
-    top = to_device(rng.integers(0, h + 2 * padding - size + 1, n), device)
-    left = to_device(rng.integers(0, w + 2 * padding - size + 1, n), device)
-    span = xp.arange(size)
-    rows = (top[:, None] + span)[:, None, :, None]
-    cols = (left[:, None] + span)[:, None, None, :]
+    top = to_device(rng.integers(0, padded_h - crop_h + 1, n), device)
+    left = to_device(rng.integers(0, padded_w - crop_w + 1, n), device)
+    rows = (top[:, None] + xp.arange(crop_h))[:, None, :, None]
+    cols = (left[:, None] + xp.arange(crop_w))[:, None, None, :]
     return padded[xp.arange(n)[:, None, None, None], xp.arange(c)[None, :, None, None],
                   rows, cols]
 
 
 def horizontal_flip(x, p: float = 0.5, rng=None):
-    """Mirror each image left-right with probability ``p``."""
+    """Mirror each image of ``x`` ``(N, C, H, W)`` left-right with probability ``p``."""
+    _images("horizontal_flip", x)
+    p = _checks.probability("horizontal_flip: p", p)
     xp = get_array_module(x)
     rng = generator(numpy) if rng is None else rng
     flip = to_device(rng.random(x.shape[0]) < p, device_of(x))
@@ -71,6 +85,11 @@ def horizontal_flip(x, p: float = 0.5, rng=None):
 
 
 def augment(x, crop_padding: int = 4, flip: float = 0.5, rng=None):
-    """The usual CIFAR augmentation: pad-and-crop back to size, then a random flip."""
-    x = random_crop(x, x.shape[-1], crop_padding, rng)
+    """The usual CIFAR augmentation of ``x`` ``(N, C, H, W)``: pad by ``crop_padding``
+    and crop back to ``H x W``, then mirror with probability ``flip``."""
+    # checked here so that the messages name augment's arguments, not the helpers'
+    _images("augment", x)
+    crop_padding = _checks.non_negative_int("augment: crop_padding", crop_padding)
+    flip = _checks.probability("augment: flip", flip)
+    x = random_crop(x, tuple(x.shape[-2:]), crop_padding, rng)
     return horizontal_flip(x, flip, rng)
