@@ -163,7 +163,7 @@ def run_training(config: RunConfig, callbacks=(), *, test: bool = True, announce
         if schedule is not None and saved.get("schedule"):
             schedule.load_state_dict(saved["schedule"])
     val = (x_dev, y_dev) if len(x_dev) else None
-    status.saver = SaveEachEpoch(config.out, meta)
+    status.saver = SaveEachEpoch(config.out, meta, resumed=saved)
     run_callbacks = [status.saver]
     best = None
     if val is not None:
