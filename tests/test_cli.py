@@ -436,6 +436,24 @@ gpunet.recipe.files.SaveEachEpoch.on_epoch_end = on_epoch_end
 """
 
 
+# On PYTHONPATH as sitecustomize: Ctrl-C during epoch 2's validation, once its training
+# was saved (every rank)
+INTERRUPT_AT_VALIDATION_2 = """
+import gpunet.recipe.files
+
+_saved = gpunet.recipe.files.SaveEachEpoch.on_validation_start
+
+
+def on_validation_start(self, run):
+    _saved(self, run)
+    if run.history.partial["epoch"] == 2:
+        raise KeyboardInterrupt
+
+
+gpunet.recipe.files.SaveEachEpoch.on_validation_start = on_validation_start
+"""
+
+
 # On PYTHONPATH as sitecustomize: the disk fills up at the 4th checkpoint written
 # (epoch 1 writes last.npz before validating, last.npz and best.npz after it)
 DISK_FULL_AT_SAVE_4 = """
@@ -498,6 +516,26 @@ def test_resume_with_the_printed_command_trains_the_runs_own_epochs(tmp_path):
     code, _, err = cli("train", "--epochs", "4", "--resume", "--out", str(out))
     assert code == 0, err
     assert gpunet.io.read_checkpoint(str(out / "last.npz"))[0]["meta"]["flags"]["epochs"] == 4
+
+
+def test_ctrl_c_during_validation_says_the_epochs_training_was_saved(tmp_path):
+    out = tmp_path / "run"
+    code, _, err = cli("train", *SMALL_RUN, "--epochs", "3", "--out", str(out),
+                       env=_with_sitecustomize(tmp_path, INTERRUPT_AT_VALIDATION_2))
+    assert code == 130 and _epochs(out) == ["1"], err
+    # it said "saved last.npz after epoch 1" of a file holding epoch 2's training
+    assert f"interrupted; saved {out / 'last.npz'} with epoch 2's training, before its " \
+        "validation" in err
+    assert read_partial_epoch(out) == 2
+    done = subprocess.run(_printed_command(err), capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path, env={**os.environ, "GPUNET_DEVICE": "cpu"})
+    assert done.returncode == 0, done.stderr
+    assert _epochs(out) == ["1", "2", "3"] and "epoch 1/3" not in done.stderr
+
+
+def read_partial_epoch(out) -> int:
+    return gpunet.io.read_checkpoint(str(out / "last.npz"))[0]["meta"]["history"]["partial"][
+        "epoch"]
 
 
 # -- issue 25, items 1 and 3: a distributed run's hint, and no resume with another process count --
