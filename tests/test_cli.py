@@ -616,11 +616,32 @@ def test_mpiexec_without_distributed_is_refused(tmp_path):
 # -- issue 25, item 12: batch norm and a batch of one --------------------------------------
 def test_batch_norm_with_a_single_training_example_says_so(tmp_path):
     out = tmp_path / "run"
-    code, _, err = cli("train", "--dataset", "synthetic", "--limit", "1", "--dev-size", "0",
-                       "--batch-norm", "--no-progress", "--epochs", "1", "--out", str(out))
+    code, text, err = cli("train", "--dataset", "synthetic", "--limit", "1", "--dev-size", "0",
+                          "--batch-norm", "--no-progress", "--epochs", "1", "--out", str(out))
     line = _one_error_line(err)  # was a ZeroDivisionError traceback
-    assert code == 2 and "1 example(s) make no training batch" in line and "batch norm" in line
+    assert code == 2 and "--limit 1: leaves 1 training image(s)" in line
+    assert "--batch-norm needs at least 2" in line and "give --limit 2 or more" in line
+    assert text == ""  # refused from the flags: no "training lenet5 on ..." line first
     assert not (out / "last.npz").exists()
+
+
+def test_batch_norm_refusals_come_before_the_run_is_announced(tmp_path):
+    code, text, err = cli("train", "--dataset", "synthetic", "--batch-norm", "--batch-size", "1",
+                          "--limit", "100", "--no-progress", "--out", str(tmp_path / "a"))
+    assert code == 2 and text == "", text  # it said "training lenet5 on ... (90 images" first
+    assert "--batch-size 1: --batch-norm needs at least 2 examples per batch" \
+        in _one_error_line(err)
+    # a data root of one training image: known once read, still before the announcement
+    data = tmp_path / "data"
+    data.mkdir()
+    for part, n in (("train", 1), ("t10k", 5)):
+        (data / f"{part}-images-idx3-ubyte").write_bytes(idx_images(n))
+        (data / f"{part}-labels-idx1-ubyte").write_bytes(idx_labels(n))
+    code, text, err = cli("train", "--dataset", "mnist", "--data-root", str(data), "--batch-norm",
+                          "--dev-size", "0", "--no-progress", "--out", str(tmp_path / "b"))
+    assert code == 2 and text == "", text
+    assert "--dataset mnist: 1 training image(s) left after --dev-size 0; --batch-norm needs " \
+        "at least 2" in _one_error_line(err)
 
 
 # -- issue 25, item 15: a model that cannot take the dataset's images, before any data is read --

@@ -109,6 +109,14 @@ def test_a_library_resume_takes_the_saved_flags(tmp_path):
     ({"dev_size": "0.1"},
      "--dev-size: expected a count (0 or more) or a fraction between 0 and 1, got '0.1'"),
     ({"lr": True}, "--lr: expected a number, got True"),
+    # batch norm's variance needs two examples: known from the flags, before any data
+    ({"batch_norm": True, "batch_size": 1},
+     "--batch-size 1: --batch-norm needs at least 2 examples per batch in training"),
+    ({"batch_norm": True, "limit": 1},
+     "--limit 1: leaves 1 training image(s) after --dev-size 0.1; --batch-norm needs at "
+     "least 2, for its variance (give --limit 2 or more)"),
+    ({"batch_norm": True, "limit": 2, "dev_size": 1}, "--limit 2: leaves 1 training image(s) "
+     "after --dev-size 1; --batch-norm needs at least 2, for its variance (give --limit 3"),
 ])
 def test_run_config_checks_are_one_line_naming_the_flag(changes, message):
     with pytest.raises(RunConfigError, match="^" + re.escape(message)) as info:
@@ -238,3 +246,8 @@ def test_a_resume_conflict_names_the_flags_as_typed(tmp_path):
     assert "was trained with no --schedule, no --clip-grad-norm; drop --schedule cosine, " \
         "--clip-grad-norm 1.0 to continue it" in str(info.value)
     assert "None" not in str(info.value)  # it said --schedule None
+
+
+@pytest.mark.parametrize("limit, dev_size", [(2, 0.1), (3, 0.5), (3, 1), (4, 2)])
+def test_batch_norm_takes_a_limit_that_leaves_two_to_train_on(limit, dev_size):
+    RunConfig(batch_norm=True, batch_size=2, limit=limit, dev_size=dev_size).check()

@@ -27,7 +27,7 @@ from .building import (
 )
 from .device import use_device
 from .files import SaveEachEpoch, check_out, remove_earlier_run, resume_settings
-from .run_config import RESUME_FLAGS, SAVED_FLAGS, RunConfig, RunConfigError
+from .run_config import RESUME_FLAGS, SAVED_FLAGS, RunConfig, RunConfigError, held_out
 
 
 @dataclass
@@ -74,6 +74,20 @@ def one_line_warning(message, category, filename, lineno, line=None):
 
 def _typed(config: RunConfig) -> set[str]:
     return {f.name for f in dataclasses.fields(config) if getattr(config, f.name) != f.default}
+
+
+def _check_training_images(config: RunConfig, images: int, processes: int) -> None:
+    """Enough training images for a batch on every process (two with batch norm, for
+    its variance): found before the run is announced, not by ``fit`` after it."""
+    needed = (2 if config.batch_norm else 1) * processes
+    if images >= needed:
+        return
+    why = ("--batch-norm needs at least 2" + (" per process" if processes > 1 else "")
+           + ", for its variance") if config.batch_norm else \
+        f"each of the {processes} processes needs one"
+    raise RunConfigError(f"--dataset {config.dataset}: {images} training image(s) left after "
+                         + (f"--limit {config.limit} and " if config.limit else "")
+                         + f"--dev-size {config.dev_size}; {why}")
 
 
 def run_training(config: RunConfig, callbacks=(), *, test: bool = True, announce: bool = True,
@@ -130,9 +144,7 @@ def run_training(config: RunConfig, callbacks=(), *, test: bool = True, announce
                              f"files hold {tuple(x.shape[1:])}")
     if config.limit:
         x, y = x[:config.limit], y[:config.limit]
-    # a fraction as Keras' validation_split; the small epsilon keeps 0.1 * 30 at 3
-    dev_size = int(len(x) * config.dev_size + 1e-9) if isinstance(config.dev_size, float) \
-        else config.dev_size
+    dev_size = held_out(len(x), config.dev_size)
     if dev_size > len(x) // 2:
         raise RunConfigError(f"--dev-size {config.dev_size} would leave "
                              f"{max(len(x) - dev_size, 0)} of the {len(x):,} training images "
@@ -141,6 +153,7 @@ def run_training(config: RunConfig, callbacks=(), *, test: bool = True, announce
     dev_fraction = dev_size / len(x)
     (x, y), (x_dev, y_dev), _ = train_dev_test_split(x, y, (1 - dev_fraction, dev_fraction, 0),
                                                      seed=config.seed)
+    _check_training_images(config, len(x), processes)
     # the optimizer steps of the whole run, for the per-step cosine schedule
     total_steps = config.epochs * -(-len(x) // (config.batch_size * processes))
     if config.schedule == "cosine" and config.warmup >= total_steps:
