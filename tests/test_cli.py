@@ -657,7 +657,10 @@ def test_a_model_input_mismatch_is_found_before_the_data_and_names_the_input(tmp
     code, _, err = cli("evaluate", str(out / "last.npz"), "--dataset", "mnist",
                        "--data-root", str(tmp_path / "nowhere"))
     line = _one_error_line(err)  # a 3-channel lenet5 on 1-channel images
-    assert code == 2 and "holds a lenet5, which takes" in line and "mnist has 1x28x28" in line
+    # it said "takes 1x32x32 images" (lenet5's textbook input) and listed models to train
+    assert code == 2 and "holds a lenet5 trained on synthetic, which takes 3x32x32 images" \
+        in line and "mnist has 1x28x28" in line
+    assert line.endswith("; datasets of 3x32x32 images: cifar10, synthetic")
 
 
 # -- issue 25, item 17: --dev-size as a fraction, and a default that fits small data -------

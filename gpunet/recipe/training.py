@@ -18,11 +18,13 @@ from ..nn import Module
 from ..train import evaluate, fit
 from .building import (
     IMAGE_SHAPES,
+    INPUT_SHAPES,
     build_model,
     build_optimizer,
     build_schedule,
     check_model_input,
     load_dataset,
+    models_for,
     prepare,
 )
 from .device import use_device
@@ -132,7 +134,8 @@ def run_training(config: RunConfig, callbacks=(), *, test: bool = True, announce
     in_channels = image_shape[0]
     status.memory_model = (config.model, in_channels, config.batch_norm, image_shape)
     model = build_model(config.model, in_channels, config.batch_norm)
-    check_model_input(f"--model {config.model}", config.model, model, config.dataset)
+    check_model_input(f"--model {config.model}", INPUT_SHAPES[config.model], model,
+                      config.dataset, models_for(config.dataset))
     if config.sync_batch_norm:
         gpunet_distributed.sync_batch_norm(model)
     optimizer = build_optimizer(config, model.parameters())
