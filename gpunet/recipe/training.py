@@ -61,7 +61,7 @@ class RunStatus:
     interrupt: the ``phase`` it was in ("building the model", "loading the data",
     "training", "testing"), the ``config`` in effect, the model's ``(name,
     in_channels, batch_norm, input_shape)`` for a memory estimate, and the ``saver``
-    that knows the last epoch saved (None before training)."""
+    that knows what the run's last.npz holds (None before training)."""
 
     phase: str | None = None
     config: RunConfig | None = None
