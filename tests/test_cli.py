@@ -436,6 +436,24 @@ gpunet.recipe.files.SaveEachEpoch.on_epoch_end = on_epoch_end
 """
 
 
+# On PYTHONPATH as sitecustomize: Ctrl-C during epoch 2's validation, once its training
+# was saved (every rank)
+INTERRUPT_AT_VALIDATION_2 = """
+import gpunet.recipe.files
+
+_saved = gpunet.recipe.files.SaveEachEpoch.on_validation_start
+
+
+def on_validation_start(self, run):
+    _saved(self, run)
+    if run.history.partial["epoch"] == 2:
+        raise KeyboardInterrupt
+
+
+gpunet.recipe.files.SaveEachEpoch.on_validation_start = on_validation_start
+"""
+
+
 # On PYTHONPATH as sitecustomize: the disk fills up at the 4th checkpoint written
 # (epoch 1 writes last.npz before validating, last.npz and best.npz after it)
 DISK_FULL_AT_SAVE_4 = """
@@ -498,6 +516,26 @@ def test_resume_with_the_printed_command_trains_the_runs_own_epochs(tmp_path):
     code, _, err = cli("train", "--epochs", "4", "--resume", "--out", str(out))
     assert code == 0, err
     assert gpunet.io.read_checkpoint(str(out / "last.npz"))[0]["meta"]["flags"]["epochs"] == 4
+
+
+def test_ctrl_c_during_validation_says_the_epochs_training_was_saved(tmp_path):
+    out = tmp_path / "run"
+    code, _, err = cli("train", *SMALL_RUN, "--epochs", "3", "--out", str(out),
+                       env=_with_sitecustomize(tmp_path, INTERRUPT_AT_VALIDATION_2))
+    assert code == 130 and _epochs(out) == ["1"], err
+    # it said "saved last.npz after epoch 1" of a file holding epoch 2's training
+    assert f"interrupted; saved {out / 'last.npz'} with epoch 2's training, before its " \
+        "validation" in err
+    assert read_partial_epoch(out) == 2
+    done = subprocess.run(_printed_command(err), capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path, env={**os.environ, "GPUNET_DEVICE": "cpu"})
+    assert done.returncode == 0, done.stderr
+    assert _epochs(out) == ["1", "2", "3"] and "epoch 1/3" not in done.stderr
+
+
+def read_partial_epoch(out) -> int:
+    return gpunet.io.read_checkpoint(str(out / "last.npz"))[0]["meta"]["history"]["partial"][
+        "epoch"]
 
 
 # -- issue 25, items 1 and 3: a distributed run's hint, and no resume with another process count --
@@ -578,11 +616,32 @@ def test_mpiexec_without_distributed_is_refused(tmp_path):
 # -- issue 25, item 12: batch norm and a batch of one --------------------------------------
 def test_batch_norm_with_a_single_training_example_says_so(tmp_path):
     out = tmp_path / "run"
-    code, _, err = cli("train", "--dataset", "synthetic", "--limit", "1", "--dev-size", "0",
-                       "--batch-norm", "--no-progress", "--epochs", "1", "--out", str(out))
+    code, text, err = cli("train", "--dataset", "synthetic", "--limit", "1", "--dev-size", "0",
+                          "--batch-norm", "--no-progress", "--epochs", "1", "--out", str(out))
     line = _one_error_line(err)  # was a ZeroDivisionError traceback
-    assert code == 2 and "1 example(s) make no training batch" in line and "batch norm" in line
+    assert code == 2 and "--limit 1: leaves 1 training image(s)" in line
+    assert "--batch-norm needs at least 2" in line and "give --limit 2 or more" in line
+    assert text == ""  # refused from the flags: no "training lenet5 on ..." line first
     assert not (out / "last.npz").exists()
+
+
+def test_batch_norm_refusals_come_before_the_run_is_announced(tmp_path):
+    code, text, err = cli("train", "--dataset", "synthetic", "--batch-norm", "--batch-size", "1",
+                          "--limit", "100", "--no-progress", "--out", str(tmp_path / "a"))
+    assert code == 2 and text == "", text  # it said "training lenet5 on ... (90 images" first
+    assert "--batch-size 1: --batch-norm needs at least 2 examples per batch" \
+        in _one_error_line(err)
+    # a data root of one training image: known once read, still before the announcement
+    data = tmp_path / "data"
+    data.mkdir()
+    for part, n in (("train", 1), ("t10k", 5)):
+        (data / f"{part}-images-idx3-ubyte").write_bytes(idx_images(n))
+        (data / f"{part}-labels-idx1-ubyte").write_bytes(idx_labels(n))
+    code, text, err = cli("train", "--dataset", "mnist", "--data-root", str(data), "--batch-norm",
+                          "--dev-size", "0", "--no-progress", "--out", str(tmp_path / "b"))
+    assert code == 2 and text == "", text
+    assert "--dataset mnist: 1 training image(s) left after --dev-size 0; --batch-norm needs " \
+        "at least 2" in _one_error_line(err)
 
 
 # -- issue 25, item 15: a model that cannot take the dataset's images, before any data is read --
@@ -598,7 +657,10 @@ def test_a_model_input_mismatch_is_found_before_the_data_and_names_the_input(tmp
     code, _, err = cli("evaluate", str(out / "last.npz"), "--dataset", "mnist",
                        "--data-root", str(tmp_path / "nowhere"))
     line = _one_error_line(err)  # a 3-channel lenet5 on 1-channel images
-    assert code == 2 and "holds a lenet5, which takes" in line and "mnist has 1x28x28" in line
+    # it said "takes 1x32x32 images" (lenet5's textbook input) and listed models to train
+    assert code == 2 and "holds a lenet5 trained on synthetic, which takes 3x32x32 images" \
+        in line and "mnist has 1x28x28" in line
+    assert line.endswith("; datasets of 3x32x32 images: cifar10, synthetic")
 
 
 # -- issue 25, item 17: --dev-size as a fraction, and a default that fits small data -------

@@ -85,3 +85,24 @@ def test_the_summary_keeps_no_activations():
     model = models.lenet5(batch_norm=True)
     models.summary(model, (1, 28, 28), print_table=False)
     assert all(getattr(m, "_ctx", None) is None for m in model.modules())
+
+
+
+@pytest.mark.parametrize("model, shape, message", [
+    # it raised Conv2d's "input must be 4-D (N, C, H, W), got shape (1, 28, 28)"
+    (models.lenet5, (28, 28), "input_shape: expected (C, H, W) with C = 1 for the first "
+                              "layer (0: InputConv(1, 6"),
+    (models.lenet5, (3, 28, 28), "input_shape: expected (C, H, W) with C = 1"),
+    (lambda: nn.Sequential(nn.Linear(4, 3)), (5,),
+     "input_shape: expected (..., 4) for the first layer (0: Linear("),
+], ids=["no-channels", "channels", "linear"])
+def test_summary_names_input_shape_when_the_first_layer_cannot_take_it(model, shape, message):
+    with pytest.raises(ValueError) as info:
+        models.summary(model(), shape, print_table=False)
+    assert str(info.value).startswith(message) and str(info.value).endswith(f"got {shape}")
+
+
+@pytest.mark.parametrize("shape", ["abc", (1, 0, 28), (), (1.5, 28, 28), None])
+def test_summary_refuses_an_input_shape_that_is_no_shape(shape):
+    with pytest.raises(ValueError, match="^input_shape: expected one example's shape"):
+        models.summary(models.lenet5(), shape, print_table=False)

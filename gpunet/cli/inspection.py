@@ -15,9 +15,11 @@ from ..losses import SoftmaxCrossEntropy
 from ..models import MODELS, summary
 from ..recipe.building import (
     DATASETS,
+    IMAGE_SHAPES,
     INPUT_SHAPES,
     build_model,
     check_model_input,
+    datasets_of,
     load_dataset,
     prepare,
 )
@@ -54,8 +56,13 @@ def cmd_evaluate(args) -> int:
     args.memory_model = (meta["architecture"], in_channels, meta.get("batch_norm", False),
                          (in_channels, *INPUT_SHAPES[meta["architecture"]][1:]))
     model = build_model(meta["architecture"], in_channels, meta.get("batch_norm", False))
-    check_model_input(f"{args.checkpoint} holds a {meta['architecture']}, which",
-                      meta["architecture"], model, dataset)
+    trained_on = meta.get("dataset")
+    if trained_on in IMAGE_SHAPES:  # the images the run took, not the model's textbook ones
+        who, takes = f"{meta['architecture']} trained on {trained_on}", IMAGE_SHAPES[trained_on]
+    else:
+        who, takes = meta["architecture"], args.memory_model[3]
+    check_model_input(f"{args.checkpoint} holds a {who}, which", takes, model, dataset,
+                      datasets_of(takes))
     load(args.checkpoint, model, restore_rng=False)
     args.phase = "loading the data"
     x_test, y_test = load_dataset(dataset, args.data_root, split="test")  # no training files

@@ -47,7 +47,7 @@ def cmd_train(args) -> int:
     except KeyboardInterrupt:
         if status.saver is None:
             raise
-        message = f"gpunet: interrupted; {what_was_saved(status.config, status.saver.epoch)}"
+        message = f"gpunet: interrupted; {what_was_saved(status.config, status.saver)}"
         if not gpunet_distributed.end_interrupted(message):
             print(message, file=sys.stderr)
         return 130
@@ -55,7 +55,7 @@ def cmd_train(args) -> int:
         if status.saver is None:  # before training: nothing of this run was written
             raise
         # a full disk, mid-run: the one line says what the last good checkpoint is
-        raise OSError(f"{exc}; {what_was_saved(status.config, status.saver.epoch)}") from None
+        raise OSError(f"{exc}; {what_was_saved(status.config, status.saver)}") from None
     if not args.distributed or gpunet_distributed.world().is_root:
         scores = result.test
         print(f"test accuracy: {scores['accuracy']:.4f} (loss {scores['loss']:.4f}, "

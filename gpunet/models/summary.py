@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy
 
 from ..backend import get_device
-from ..nn import Conv2d, Module
+from ..nn import Conv2d, Linear, Module
 
 
 @dataclass
@@ -87,19 +87,45 @@ def _macs(module: Module, y, params: int) -> int:
     return params
 
 
+def _checked_input_shape(input_shape) -> tuple:
+    try:
+        shape = tuple(input_shape)
+        if all(isinstance(s, (int, numpy.integer)) and not isinstance(s, bool) and s > 0
+               for s in shape) and shape:
+            return tuple(int(s) for s in shape)
+    except TypeError:
+        pass
+    raise ValueError(f"input_shape: expected one example's shape, e.g. (C, H, W), of positive "
+                     f"ints, got {input_shape!r}")
+
+
+def _check_first_layer(name: str, module: Module, input_shape: tuple) -> None:
+    """``input_shape`` against what the first layer to run takes, so that the error
+    names the argument rather than the layer's array check (``must be 4-D``)."""
+    if isinstance(module, Conv2d):
+        if len(input_shape) != 3 or input_shape[0] != module.in_channels:
+            raise ValueError(f"input_shape: expected (C, H, W) with C = {module.in_channels} "
+                             f"for the first layer ({name}: {module!r}); got {input_shape}")
+    elif isinstance(module, Linear) and input_shape[-1] != module.in_features:
+        raise ValueError(f"input_shape: expected (..., {module.in_features}) for the first "
+                         f"layer ({name}: {module!r}); got {input_shape}")
+
+
 def summary(model: Module, input_shape, print_table: bool = True, dtype="float32",
             batch_size: int = 1) -> Summary:
     """Run one zero image of ``input_shape`` ``(C, H, W)`` through ``model`` in eval
     mode and tabulate every layer without submodules, in the order they run
     (blocks and containers are opened up, whatever their wiring); the totals are
     for ``batch_size`` images of ``dtype``."""
-    input_shape = tuple(int(s) for s in input_shape)
+    input_shape = _checked_input_shape(input_shape)
     rows: list[Row] = []
 
     def recorded(name, module):
         forward = module.forward
 
         def forward_and_record(x):
+            if not rows and tuple(x.shape[1:]) == input_shape:  # the layer fed the input
+                _check_first_layer(name, module, input_shape)
             y = forward(x)
             params = sum(int(p.data.size) for p in module.parameters())
             rows.append(Row(name, type(module).__name__, tuple(y.shape[1:]),

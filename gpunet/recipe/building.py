@@ -42,20 +42,37 @@ def load_dataset(name, root, split=None):
         loader(split=split)
 
 
-def check_model_input(who, model_name, model, dataset) -> None:
+def _shape_text(shape) -> str:
+    return "x".join(map(str, shape))
+
+
+def check_model_input(who, takes, model, dataset, instead) -> None:
     """The model can take the dataset's images, found before any data is read (the
     shape is known from the dataset's name) by one zero image through it; the
-    error says what the model takes, and which models take these images."""
+    error says what the model takes (``takes``, (C, H, W)), what the dataset holds,
+    and ``instead``, what would fit."""
     shape = IMAGE_SHAPES[dataset]
     try:
         summary(model, shape, print_table=False)
     except (ValueError, TypeError) as exc:
-        takes = "x".join(map(str, INPUT_SHAPES[model_name]))
-        fits = [m for m in sorted(MODELS) if m == "lenet5" or INPUT_SHAPES[m] == shape]
-        raise RunConfigError(
-            f"{who} takes {takes} images (C x H x W; gpunet summary "
-            f"{model_name}), but {dataset} has {'x'.join(map(str, shape))} ones ({exc}); "
-            f"models for them: {', '.join(fits)}") from None
+        raise RunConfigError(f"{who} takes {_shape_text(takes)} images (C x H x W), but "
+                             f"{dataset} has {_shape_text(shape)} ones ({exc}); "
+                             f"{instead}") from None
+
+
+def models_for(dataset) -> str:
+    """What ``gpunet train`` could train on ``dataset`` instead: lenet5 (built for any
+    number of channels) and the models made for its image size."""
+    shape = IMAGE_SHAPES[dataset]
+    fits = [m for m in sorted(MODELS) if m == "lenet5" or INPUT_SHAPES[m] == shape]
+    return f"models for them: {', '.join(fits)}"
+
+
+def datasets_of(shape) -> str:
+    """The datasets a model trained on ``shape`` images (C, H, W) can be evaluated on."""
+    names = [d for d in DATASET_NAMES if IMAGE_SHAPES[d] == tuple(shape)]
+    return (f"datasets of {_shape_text(shape)} images: {', '.join(names)}" if names
+            else f"no dataset here has {_shape_text(shape)} images")
 
 
 def prepare(x, stats: Standardize):

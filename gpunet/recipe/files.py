@@ -9,7 +9,7 @@ import sys
 from .. import distributed as gpunet_distributed
 from ..callbacks import Run
 from ..io import read_checkpoint
-from .run_config import RESUME_FLAGS, SAVED_FLAGS, RunConfig, RunConfigError
+from .run_config import RESUME_FLAGS, SAVED_FLAGS, RunConfig, RunConfigError, option
 
 RUN_FILES = ("last.npz", "best.npz", "metrics.csv", "curves.png")
 # save()'s temporary files (io.py), left behind only by a process killed mid-save
@@ -17,24 +17,34 @@ RUN_TEMPORARY = (".tmp-", ".npz")
 
 
 class SaveEachEpoch:
-    """After every epoch: ``last.npz`` (for resume), ``metrics.csv``, ``curves.png``."""
+    """After every epoch: ``last.npz`` (for resume), ``metrics.csv``, ``curves.png``;
+    and ``last.npz`` once more before each validation. It knows what ``last.npz``
+    holds, for :func:`what_was_saved`.
 
-    def __init__(self, out, meta):
+    ``resumed``: the meta of the checkpoint a resumed run started from (what
+    ``last.npz`` holds until this run saves)."""
+
+    def __init__(self, out, meta, resumed: dict | None = None):
         self.out, self.meta = out, meta
-        self.epoch = None  # the last epoch saved by this run
+        self.last = os.path.join(out, "last.npz")
+        self.resumed = resumed
+        # what last.npz holds: (the last epoch whose training it holds, whether that
+        # epoch was validated too); None: no checkpoint
+        self.holds = checkpoint_holds(resumed) if resumed is not None else None
+        self.saved = False  # whether this run wrote last.npz
+        self._saving = None  # (what the save under way holds, the file it replaces)
         self.plots = True  # False once plotting failed for want of matplotlib (said once)
 
     def on_validation_start(self, run: Run):
         # the epoch's training, saved before validating it: validation running out of
         # memory would otherwise lose it (--resume continues at the validation)
         if run.writer:
-            run.save(os.path.join(self.out, "last.npz"), **self.meta)
+            self._save_last(run, (run.history.partial["epoch"], False))
 
     def on_epoch_end(self, run: Run):
         if not run.writer:  # a distributed run's other ranks
             return False
-        run.save(os.path.join(self.out, "last.npz"), **self.meta)
-        self.epoch = run.epoch  # at once: what a failure further on leaves behind
+        self._save_last(run, (run.epoch, True))
         run.history.to_csv(os.path.join(self.out, "metrics.csv"))
         if self.plots:
             try:
@@ -44,6 +54,42 @@ class SaveEachEpoch:
                 print("gpunet: no curves.png: plotting needs matplotlib (pip install matplotlib)",
                       file=sys.stderr)
         return False
+
+    def _save_last(self, run: Run, holds: tuple[int, bool]) -> None:
+        self._saving = (holds, _file_identity(self.last))
+        run.save(self.last, **self.meta)
+        self.holds = holds
+        self.saved = True
+        self._saving = None
+
+    def holds_now(self) -> tuple[tuple[int, bool] | None, bool]:
+        """``(holds, saved)``: what ``last.npz`` holds, and whether this run wrote it."""
+        if self._saving is not None:
+            # Ctrl-C may land between the rename that publishes a save and the lines
+            # that record it: a file other than the one replaced is the new one
+            holds, replaced = self._saving
+            if _file_identity(self.last) != replaced:
+                return holds, True
+        return self.holds, self.saved
+
+
+def _file_identity(path) -> tuple | None:
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return None
+    # save() renames a new file over the old: another inode, even within one mtime tick
+    return info.st_ino, info.st_mtime_ns, info.st_size
+
+
+def checkpoint_holds(meta: dict) -> tuple[int, bool]:
+    """What a run's checkpoint (its ``meta``) holds: ``(epoch, validated)``, the last
+    epoch whose training it holds and whether that epoch was validated too (False:
+    saved before its validation, which a resumed run does first)."""
+    partial = (meta.get("history") or {}).get("partial")
+    if partial:
+        return partial["epoch"], False
+    return meta.get("epoch", 0), True
 
 
 def check_writable(option: str, folder: str) -> None:
@@ -90,10 +136,11 @@ def remove_earlier_run(out) -> list[str]:
 
 
 def _flag(name: str, value) -> str:
-    option = "--" + name.replace("_", "-")
-    if isinstance(value, bool):
-        return option if value else f"no {option}"
-    return f"{option} {value}"
+    """The flag as the user would type it: a switch off and an optional flag left out
+    (``--schedule``, ``--clip-grad-norm``: None) read ``no --schedule``."""
+    if isinstance(value, bool) or value is None:
+        return option(name) if value else f"no {option(name)}"
+    return f"{option(name)} {value}"
 
 
 def resume_settings(config: RunConfig, given, processes: int) -> tuple[RunConfig, dict]:
@@ -141,23 +188,44 @@ def _processes(n: int) -> str:
     return f"{n} process{'es' if n != 1 else ''}"
 
 
-def resume_command(out, processes: int) -> str:
+def resume_command(out, processes: int, flags: dict | None = None) -> str:
     """The command that continues the run in ``out`` as it was started: its flags come
-    from the checkpoint, the process count from ``mpiexec``."""
+    from the checkpoint, the process count from ``mpiexec``; ``flags`` (name: value)
+    are typed again, for those the checkpoint holds another value of."""
+    typed = "".join(f" {option(name)} {shlex.quote(str(value))}"
+                    for name, value in (flags or {}).items())
     if processes > 1:
-        return (f"mpiexec -n {processes} gpunet train --resume --out {shlex.quote(out)} "
-                "--distributed")
-    return f"gpunet train --resume --out {shlex.quote(out)}"
+        return (f"mpiexec -n {processes} gpunet train --resume --out {shlex.quote(out)}"
+                f"{typed} --distributed")
+    return f"gpunet train --resume --out {shlex.quote(out)}{typed}"
 
 
-def what_was_saved(config: RunConfig, epoch) -> str:
+def _what_it_holds(holds: tuple[int, bool]) -> str:
+    epoch, validated = holds
+    if validated:
+        return f"after epoch {epoch}"
+    return f"with epoch {epoch}'s training, before its validation (resuming validates it)"
+
+
+def what_was_saved(config: RunConfig, saver: SaveEachEpoch) -> str:
     """What an interrupted or failed run left in ``out``, and how to continue it."""
     out = config.out
-    if epoch is None:
-        return ("nothing of this run was saved (no epoch finished)"
+    holds, saved = saver.holds_now()
+    if holds is None:  # a new run (or one replacing another) that saved nothing yet
+        return ("nothing of this run was saved (no epoch's training finished)"
                 + ("" if config.overwrite else f"; {out} is as it was"))
-    best = os.path.join(out, "best.npz")
     processes = gpunet_distributed.world().size if config.distributed else 1
-    return (f"saved {os.path.join(out, 'last.npz')} after epoch {epoch}"
-            + (f" and {best}" if os.path.exists(best) else "")
-            + f"; continue with: {resume_command(out, processes)}")
+    flags = {}
+    if saved:
+        said = f"saved {saver.last} {_what_it_holds(holds)}"
+    else:  # a resumed run: the checkpoint it started from, with that run's flags
+        said = (f"nothing of this run was saved; {saver.last} is as it was "
+                f"({_what_it_holds(holds)})")
+        earlier = (saver.resumed or {}).get("flags", {})
+        # --epochs, --data-root typed for this run: the checkpoint still has the old ones
+        flags = {name: getattr(config, name) for name in RESUME_FLAGS
+                 if name in earlier and getattr(config, name) != earlier[name]
+                 and getattr(config, name) is not None}
+    best = os.path.join(out, "best.npz")
+    return (said + (f"; {best} holds the best epoch so far" if os.path.exists(best) else "")
+            + f"; continue with: {resume_command(out, processes, flags)}")

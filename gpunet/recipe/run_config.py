@@ -7,6 +7,7 @@ its trials against them, and :func:`gpunet.recipe.run_training` runs one.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -233,8 +234,38 @@ def check_flags(args) -> None:
                         f"{max(args.limit - args.dev_size, 0)} of the {args.limit:,} training "
                         f"images of --limit {args.limit} for training; hold out at most half "
                         f"(--dev-size {args.limit // 2} or less, 0 for none)")
+    problems += _batch_norm_problems(args)
     if problems:
         raise RunConfigError("; ".join(problems))
+
+
+def held_out(n: int, dev_size: int | float) -> int:
+    """How many of ``n`` training images ``--dev-size`` holds out for validation: a
+    count as it is, a fraction as Keras' validation_split (the small epsilon keeps
+    0.1 * 30 at 3)."""
+    return int(n * dev_size + 1e-9) if isinstance(dev_size, float) else dev_size
+
+
+def _batch_norm_problems(args) -> list[str]:
+    """Batch norm's training statistics need two examples in a batch: a batch size of
+    1, or a ``--limit`` leaving fewer to train on, can never train."""
+    if not getattr(args, "batch_norm", False):
+        return []
+    if args.batch_size == 1:
+        return ["--batch-size 1: --batch-norm needs at least 2 examples per batch in "
+                "training, for its variance"]
+    if not args.limit or held_out(args.limit, args.dev_size) > args.limit // 2:
+        return []  # no --limit: the data's size decides, checked once it is read
+    # fewer images than --limit leave no more for training: n - held_out(n) never falls
+    # as n grows
+    train = args.limit - held_out(args.limit, args.dev_size)
+    if train >= 2:
+        return []
+    enough = next(n for n in itertools.count(args.limit + 1)
+                  if n - held_out(n, args.dev_size) >= 2)
+    return [f"--limit {args.limit}: leaves {train} training image(s) after --dev-size "
+            f"{args.dev_size}; --batch-norm needs at least 2, for its variance (give "
+            f"--limit {enough} or more)"]
 
 
 def train_command(flags: dict) -> str:

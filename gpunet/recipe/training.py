@@ -18,16 +18,18 @@ from ..nn import Module
 from ..train import evaluate, fit
 from .building import (
     IMAGE_SHAPES,
+    INPUT_SHAPES,
     build_model,
     build_optimizer,
     build_schedule,
     check_model_input,
     load_dataset,
+    models_for,
     prepare,
 )
 from .device import use_device
 from .files import SaveEachEpoch, check_out, remove_earlier_run, resume_settings
-from .run_config import RESUME_FLAGS, SAVED_FLAGS, RunConfig, RunConfigError
+from .run_config import RESUME_FLAGS, SAVED_FLAGS, RunConfig, RunConfigError, held_out
 
 
 @dataclass
@@ -59,7 +61,7 @@ class RunStatus:
     interrupt: the ``phase`` it was in ("building the model", "loading the data",
     "training", "testing"), the ``config`` in effect, the model's ``(name,
     in_channels, batch_norm, input_shape)`` for a memory estimate, and the ``saver``
-    that knows the last epoch saved (None before training)."""
+    that knows what the run's last.npz holds (None before training)."""
 
     phase: str | None = None
     config: RunConfig | None = None
@@ -74,6 +76,20 @@ def one_line_warning(message, category, filename, lineno, line=None):
 
 def _typed(config: RunConfig) -> set[str]:
     return {f.name for f in dataclasses.fields(config) if getattr(config, f.name) != f.default}
+
+
+def _check_training_images(config: RunConfig, images: int, processes: int) -> None:
+    """Enough training images for a batch on every process (two with batch norm, for
+    its variance): found before the run is announced, not by ``fit`` after it."""
+    needed = (2 if config.batch_norm else 1) * processes
+    if images >= needed:
+        return
+    why = ("--batch-norm needs at least 2" + (" per process" if processes > 1 else "")
+           + ", for its variance") if config.batch_norm else \
+        f"each of the {processes} processes needs one"
+    raise RunConfigError(f"--dataset {config.dataset}: {images} training image(s) left after "
+                         + (f"--limit {config.limit} and " if config.limit else "")
+                         + f"--dev-size {config.dev_size}; {why}")
 
 
 def run_training(config: RunConfig, callbacks=(), *, test: bool = True, announce: bool = True,
@@ -118,7 +134,8 @@ def run_training(config: RunConfig, callbacks=(), *, test: bool = True, announce
     in_channels = image_shape[0]
     status.memory_model = (config.model, in_channels, config.batch_norm, image_shape)
     model = build_model(config.model, in_channels, config.batch_norm)
-    check_model_input(f"--model {config.model}", config.model, model, config.dataset)
+    check_model_input(f"--model {config.model}", INPUT_SHAPES[config.model], model,
+                      config.dataset, models_for(config.dataset))
     if config.sync_batch_norm:
         gpunet_distributed.sync_batch_norm(model)
     optimizer = build_optimizer(config, model.parameters())
@@ -130,9 +147,7 @@ def run_training(config: RunConfig, callbacks=(), *, test: bool = True, announce
                              f"files hold {tuple(x.shape[1:])}")
     if config.limit:
         x, y = x[:config.limit], y[:config.limit]
-    # a fraction as Keras' validation_split; the small epsilon keeps 0.1 * 30 at 3
-    dev_size = int(len(x) * config.dev_size + 1e-9) if isinstance(config.dev_size, float) \
-        else config.dev_size
+    dev_size = held_out(len(x), config.dev_size)
     if dev_size > len(x) // 2:
         raise RunConfigError(f"--dev-size {config.dev_size} would leave "
                              f"{max(len(x) - dev_size, 0)} of the {len(x):,} training images "
@@ -141,6 +156,7 @@ def run_training(config: RunConfig, callbacks=(), *, test: bool = True, announce
     dev_fraction = dev_size / len(x)
     (x, y), (x_dev, y_dev), _ = train_dev_test_split(x, y, (1 - dev_fraction, dev_fraction, 0),
                                                      seed=config.seed)
+    _check_training_images(config, len(x), processes)
     # the optimizer steps of the whole run, for the per-step cosine schedule
     total_steps = config.epochs * -(-len(x) // (config.batch_size * processes))
     if config.schedule == "cosine" and config.warmup >= total_steps:
@@ -163,7 +179,7 @@ def run_training(config: RunConfig, callbacks=(), *, test: bool = True, announce
         if schedule is not None and saved.get("schedule"):
             schedule.load_state_dict(saved["schedule"])
     val = (x_dev, y_dev) if len(x_dev) else None
-    status.saver = SaveEachEpoch(config.out, meta)
+    status.saver = SaveEachEpoch(config.out, meta, resumed=saved)
     run_callbacks = [status.saver]
     best = None
     if val is not None:
