@@ -642,6 +642,15 @@ def test_batch_norm_refusals_come_before_the_run_is_announced(tmp_path):
     assert code == 2 and text == "", text
     assert "--dataset mnist: 1 training image(s) left after --dev-size 0; --batch-norm needs " \
         "at least 2" in _one_error_line(err)
+    # none at all, without batch norm: was an internal ZeroDivisionError in the dev split
+    for part, n in (("train", 0), ("t10k", 5)):
+        (data / f"{part}-images-idx3-ubyte").write_bytes(idx_images(n))
+        (data / f"{part}-labels-idx1-ubyte").write_bytes(idx_labels(n))
+    code, text, err = cli("train", "--dataset", "mnist", "--data-root", str(data),
+                          "--dev-size", "0", "--no-progress", "--out", str(tmp_path / "c"))
+    assert code == 2 and text == "", text
+    assert "--dataset mnist: 0 training image(s) left after --dev-size 0; training needs one" \
+        in _one_error_line(err)
 
 
 # -- issue 25, item 15: a model that cannot take the dataset's images, before any data is read --

@@ -86,7 +86,8 @@ def _check_training_images(config: RunConfig, images: int, processes: int) -> No
         return
     why = ("--batch-norm needs at least 2" + (" per process" if processes > 1 else "")
            + ", for its variance") if config.batch_norm else \
-        f"each of the {processes} processes needs one"
+        (f"each of the {processes} processes needs one" if processes > 1
+         else "training needs one")
     raise RunConfigError(f"--dataset {config.dataset}: {images} training image(s) left after "
                          + (f"--limit {config.limit} and " if config.limit else "")
                          + f"--dev-size {config.dev_size}; {why}")
@@ -153,10 +154,11 @@ def run_training(config: RunConfig, callbacks=(), *, test: bool = True, announce
                              f"{max(len(x) - dev_size, 0)} of the {len(x):,} training images "
                              f"for training; hold out at most half (--dev-size {len(x) // 2} "
                              "or less, 0 for none)")
+    # before the split, whose fractions need a training image
+    _check_training_images(config, len(x) - dev_size, processes)
     dev_fraction = dev_size / len(x)
     (x, y), (x_dev, y_dev), _ = train_dev_test_split(x, y, (1 - dev_fraction, dev_fraction, 0),
                                                      seed=config.seed)
-    _check_training_images(config, len(x), processes)
     # the optimizer steps of the whole run, for the per-step cosine schedule
     total_steps = config.epochs * -(-len(x) // (config.batch_size * processes))
     if config.schedule == "cosine" and config.warmup >= total_steps:
