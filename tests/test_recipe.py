@@ -152,6 +152,10 @@ class _InterruptAt:
         if self.hook == "on_validation_start" and run.history.partial["epoch"] == self.epoch:
             raise KeyboardInterrupt
 
+    def on_epoch_end(self, run):
+        if self.hook == "on_epoch_end" and run.epoch == self.epoch:
+            raise KeyboardInterrupt
+
 
 def _interrupted(config, hook, epoch) -> tuple[str, RunStatus]:
     status = RunStatus()
@@ -194,6 +198,16 @@ def test_ctrl_c_in_a_resumed_run_says_whether_it_saved_and_how_to_go_on(tmp_path
     assert said.startswith(f"saved {out / 'last.npz'} with epoch 2's training"), said
     assert said.endswith(f"--resume --out {out}")  # the checkpoint has this run's --epochs 3
     assert read_checkpoint(str(out / "last.npz"))[0]["meta"]["flags"]["epochs"] == 3
+
+
+def test_ctrl_c_after_the_last_epoch_saved_offers_evaluate_not_a_refused_resume(tmp_path):
+    out = tmp_path / "run"
+    said, _ = _interrupted(RunConfig(**TINY, epochs=2, out=str(out)), "on_epoch_end", 2)
+    # it offered "gpunet train --resume --out run", refused: the run had done its 2 epochs
+    assert said == (f"saved {out / 'last.npz'} after epoch 2, the last: training is done; "
+                    f"test it with: gpunet evaluate {out / 'last.npz'}")
+    with pytest.raises(RunConfigError, match="has done 2 epoch"):
+        run_training(RunConfig(out=str(out), resume=True, progress=False), announce=False)
 
 
 class _Saves:

@@ -216,6 +216,9 @@ def what_was_saved(config: RunConfig, saver: SaveEachEpoch) -> str:
                 + ("" if config.overwrite else f"; {out} is as it was"))
     processes = gpunet_distributed.world().size if config.distributed else 1
     flags = {}
+    if saved and holds == (config.epochs, True):  # interrupted while testing: nothing to resume
+        return (f"saved {saver.last} after epoch {config.epochs}, the last: training is done; "
+                f"test it with: gpunet evaluate {shlex.quote(saver.last)}")
     if saved:
         said = f"saved {saver.last} {_what_it_holds(holds)}"
     else:  # a resumed run: the checkpoint it started from, with that run's flags
