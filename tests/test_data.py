@@ -227,21 +227,16 @@ def _pair_of_known_datasets(monkeypatch, tiny_dataset):
     return fashion, mnist, tmp / "src"
 
 
-def test_a_found_gz_is_checked_against_the_official_md5(monkeypatch, tiny_dataset):
-    """The .gz files as published load; the same data gzipped again (another header)
-    does not; decompressed files cannot be checked by that MD5 and load."""
+def test_a_found_mnist_gz_gzipped_again_loads(monkeypatch, tiny_dataset):
+    """A copy gzipped again (Debian re-gzips its dataset packages) has another .gz MD5
+    than the official download's: found on disk it loads, as before."""
     _, mnist, src = _pair_of_known_datasets(monkeypatch, tiny_dataset)
     monkeypatch.setattr(datasets, "KNOWN_DATASETS", (mnist,))  # its files are fashion's too
-    (x, _), _ = datasets.load_idx_dataset(mnist, src)
     name = "t10k-labels-idx1-ubyte"
     data = read_idx(src / f"{name}.gz")
     (src / f"{name}.gz").write_bytes(gzip.compress(idx_bytes(data), mtime=1))
-    expected = mnist.test_labels.gz_md5
-    with pytest.raises(DatasetError, match=rf"{name}.gz: checksum mismatch: MD5 of the .gz file "
-                                           rf"is [0-9a-f]{{32}}, expected {expected}"):
-        datasets.load_idx_dataset(mnist, src)
-    write_idx_set(src.parent / "plain", gz=False)
-    assert datasets.load_idx_dataset(mnist, src.parent / "plain")[0][0].shape == x.shape
+    assert _md5(src / f"{name}.gz") != mnist.test_labels.gz_md5
+    assert numpy.array_equal(datasets.load_idx_dataset(mnist, src)[1][1], data)
 
 
 def test_a_file_of_another_known_dataset_is_refused_naming_it(monkeypatch, tiny_dataset):
@@ -258,10 +253,6 @@ def test_a_file_of_another_known_dataset_is_refused_naming_it(monkeypatch, tiny_
     with pytest.raises(DatasetError, match="checksum mismatch.*; it is fashion-like's "
                                            "train-images-idx3-ubyte$"):
         datasets.load_idx_dataset(unknown_sha, src)  # found by its SHA-256
-    monkeypatch.setattr(datasets, "KNOWN_DATASETS", (mnist,))
-    with pytest.raises(DatasetError, match="checksum mismatch.*; it is mnist-like's "
-                                           "train-images-idx3-ubyte$"):
-        datasets.load_idx_dataset(unknown_sha, src)  # found by the MD5 of its .gz
 
 
 # -- CIFAR-10 --------------------------------------------------------------------------------
