@@ -208,6 +208,32 @@ def test_a_slow_sanitizer_run_borrows_what_the_later_runs_do_not_need():
         assert sanitizer.run_timeout(left, 3) == 0
 
 
+def test_a_sanitizer_run_with_under_a_second_left_is_not_started(tmp_path, monkeypatch):
+    """A run given a fraction of a second cannot start its Python: its row says it was
+    not run and why (it was started, killed at once and shown "stopped after -0 s")."""
+    sanitizer = import_bench("gpu_stages.sanitizer")
+    common = import_bench("gpu_stages.common")
+    monkeypatch.setattr(sanitizer, "cuda_tool", lambda name: "/bin/false")
+    started = []
+    monkeypatch.setattr(sanitizer, "_sanitize", lambda *args: started.append(args) or
+                        {"exit_code": 0, "summary": "ERROR SUMMARY: 0 errors"})
+    ctx = common.StageContext(dry=True, out=str(tmp_path), result_path=str(tmp_path / "r.json"),
+                              budget_s=13.0)
+    lefts = iter([20.0] + [1.5] * 11)  # the first run takes all but 1.5 s
+    monkeypatch.setattr(ctx, "left_s", lambda: next(lefts))
+    with pytest.raises(SystemExit) as info:
+        sanitizer.stage_sanitizer(ctx)
+    assert info.value.code == 1
+    assert len(started) == 1 and started[0][3] >= sanitizer.MIN_RUN_S
+    rows = [row for tool in ("memcheck", "racecheck", "synccheck")
+            for row in ctx.results[tool].values()]
+    assert len(rows) == 12 and rows[0]["exit_code"] == 0
+    for row in rows[1:]:
+        assert row["exit_code"] is None
+        assert re.fullmatch(r"not run: 0\.\d s of the stage's budget was left for it",
+                            row["summary"]), row
+
+
 def alive(pid):
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -223,7 +249,7 @@ def test_the_sanitizer_is_stopped_at_its_budget_with_what_it_started(tmp_path):
     pids = tmp_path / "pids"
     hanging = (f"#!/bin/sh\n/bin/sleep 120 &\necho $! >> {pids}\n"
                f"/bin/sleep 120\n")
-    done, rows, seconds = run_sanitizer_stage(tmp_path, hanging, 6)
+    done, rows, seconds = run_sanitizer_stage(tmp_path, hanging, 14)
     assert seconds < 30, done.stderr[-3000:]
     assert done.returncode == 1
     assert rows["memcheck"]["conv2d"]["exit_code"] is None

@@ -13,6 +13,8 @@ from .common import BENCH, CUDA_HOMES, KERNEL_FILES, ROOT, StageContext, cuda_to
 # CUDA context under instrumentation, kernels from CuPy's cache, one small launch
 # each. An estimate: no GPU has run this stage yet; the first report's seconds will say.
 RUN_FLOOR_S = 8.0
+# Under this, a run cannot even start its Python: it is not started, and its row says so.
+MIN_RUN_S = 1.0
 
 
 def run_timeout(left_s: float, runs_left: int, floor_s: float = RUN_FLOOR_S) -> float:
@@ -20,8 +22,8 @@ def run_timeout(left_s: float, runs_left: int, floor_s: float = RUN_FLOOR_S) -> 
     the runs after it need at their floor (or at an even share, when the budget
     is too short for floors). An even share would stop a run that compiles its
     kernels first (the first conv2d run, with a cold cache) though the rest of the
-    stage has time to spare; one second stays for the stage to write its rows.
-    Zero once that second is all that is left: the run is then not started."""
+    stage has time to spare; one second stays for the stage to write its rows
+    (zero once that second is all that is left)."""
     usable = left_s - 1
     if usable <= 0:
         return 0.0
@@ -44,8 +46,9 @@ def stage_sanitizer(ctx: StageContext) -> None:
     bad = False
     for i, (tool, name) in enumerate(runs):
         timeout = run_timeout(ctx.left_s(), len(runs) - i)
-        row = _sanitize(sanitizer, tool, name, timeout, env) if timeout > 0 else \
-            {"exit_code": None, "summary": "not run: the runs before took the stage's budget"}
+        row = _sanitize(sanitizer, tool, name, timeout, env) if timeout >= MIN_RUN_S else \
+            {"exit_code": None, "summary": f"not run: {max(timeout, 0):.1f} s of the stage's "
+                                           "budget was left for it"}
         bad |= row["exit_code"] != 0
         ctx.emit(**{tool: dict(ctx.results.get(tool, {}), **{name: row})})
     if bad:
