@@ -23,7 +23,9 @@ class Loss:
             raise RuntimeError(f"{type(self).__name__}.backward was called before forward")
         return self._ctx
 
-    def _check_outputs(self, outputs, targets, name="outputs"):
+    def _check_shapes(self, outputs, targets, name="outputs"):
+        """The array module of ``outputs`` (a non-empty float batch) and ``targets``
+        (as many rows); their values are :meth:`_check_values`' part."""
         where = type(self).__name__
         xp = common_array_module(**{name: outputs, "targets": targets})
         _checks.float_array(where, name, outputs)
@@ -101,7 +103,7 @@ class SoftmaxCrossEntropy(Loss):
     def forward(self, logits, targets):
         """A Python float, or the ``(N,)`` losses with ``reduction="none"``."""
         where = "SoftmaxCrossEntropy"
-        xp = self._check_outputs(logits, targets, "logits")
+        xp = self._check_shapes(logits, targets, "logits")
         _checks.rank(where, "logits", logits, 2, "(N, C)")
         n, classes = logits.shape
         w = xp.ones(classes, logits.dtype) if self.weight is None else \
@@ -174,7 +176,7 @@ class BinaryCrossEntropy(Loss):
     """
 
     def forward(self, logits, targets) -> float:
-        xp = self._check_outputs(logits, targets, "logits")
+        xp = self._check_shapes(logits, targets, "logits")
         _check_same_shape("BinaryCrossEntropy", logits, targets)
         if targets.dtype.kind == "b":
             self._check_values(xp, logits, "logits")
@@ -198,7 +200,7 @@ class MSELoss(Loss):
     ``backward = 2 (o - t) / size``."""
 
     def forward(self, outputs, targets) -> float:
-        xp = self._check_outputs(outputs, targets)
+        xp = self._check_shapes(outputs, targets)
         _check_same_shape("MSELoss", outputs, targets)
         self._check_finite_targets(xp, outputs, targets)
         diff = outputs - targets.astype(outputs.dtype)
