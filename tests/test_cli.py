@@ -93,6 +93,14 @@ def test_summary_gradcheck_info(capsys):
     assert "numpy" in out and "auto device:" in out
 
 
+def test_summary_names_the_input_shape_flag(capsys):
+    assert main(["summary", "alexnet_cifar", "--input-shape", "1,28,28"]) == 2
+    err = capsys.readouterr().err.strip()
+    # it named summary()'s argument, input_shape, which the user did not type
+    assert err.startswith("gpunet: error: --input-shape 1,28,28: expected (C, H, W) with C = 3 "
+                          "for the first layer"), err
+
+
 @pytest.mark.parametrize("spec,fragment", [
     ("bogus", "GPUNET_DEVICE: expected 'cpu', 'cuda', 'cuda:N' or 'auto', got 'bogus'"),
     ("cuda:7", "GPUNET_DEVICE=cuda:7: cannot use cuda:7")])

@@ -80,8 +80,14 @@ def cmd_evaluate(args) -> int:
 def cmd_summary(args) -> int:
     backend.set_device("cpu")
     shape = args.input_shape or INPUT_SHAPES[args.model]
-    summary(build_model(args.model, shape[0], args.batch_norm), shape,
-            batch_size=args.batch_size)
+    try:
+        summary(build_model(args.model, shape[0], args.batch_norm), shape,
+                batch_size=args.batch_size)
+    except ValueError as exc:  # summary names its argument; the user typed the flag
+        if args.input_shape and str(exc).startswith("input_shape:"):
+            raise UsageError(f"--input-shape {','.join(map(str, shape))}: "
+                             f"{str(exc).removeprefix('input_shape:').strip()}") from None
+        raise
     return 0
 
 
