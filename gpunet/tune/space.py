@@ -53,6 +53,12 @@ class Param:
             return "choice:" + ",".join(str(o) for o in self.options)
         return f"{self.kind}:{_number(self.low)}:{_number(self.high)}"
 
+    def contains(self, value) -> bool:
+        """Whether ``value`` is one this parameter samples."""
+        if self.kind == "choice":
+            return value in self.options
+        return isinstance(value, (int, float)) and self.low <= value <= self.high
+
     def sample(self, trial):
         """The value for an Optuna ``trial``; what Optuna samples uniformly is the
         scale: r for ``log`` (named ``name``), log10(1 - beta) (named ``1-name``)."""

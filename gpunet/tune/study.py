@@ -123,6 +123,29 @@ class Study:
                 closed += 1
         return closed
 
+    def rerun_interrupted(self, limit: int) -> int:
+        """Interrupted trials that no trial reruns yet, each enqueued with its
+        hyperparameters (where the current space still holds them), so that those a
+        Ctrl-C cut short run again rather than new draws; with the trials already
+        waiting, at most ``limit``. Returns how many were enqueued."""
+        states = require_optuna().trial.TrialState
+        study = self.load()
+        space = {param.name: param for param in self.space()}
+        trials = study.get_trials(deepcopy=False)
+        rerun = {t.user_attrs.get("rerun_of") for t in trials}
+        waiting = sum(1 for t in trials if t.state == states.WAITING)
+
+        def reruns(trial) -> bool:
+            values = trial.user_attrs.get("hyperparameters") or {}
+            return (trial.state == states.FAIL and trial.user_attrs.get("interrupted")
+                    and trial.number not in rerun and values.keys() == space.keys()
+                    and all(space[name].contains(v) for name, v in values.items()))
+
+        again = [trial for trial in trials if reruns(trial)][:max(0, limit - waiting)]
+        for trial in again:
+            study.enqueue_trial(trial.params, user_attrs={"rerun_of": trial.number})
+        return len(again)
+
     def finished(self) -> int:
         """Trials that count: complete, pruned, or failed on their own (not interrupted)."""
         optuna = require_optuna()
@@ -139,6 +162,7 @@ class Study:
         remaining = trials - self.finished()
         if remaining <= 0:
             return
+        self.rerun_interrupted(remaining)
         settings = self.settings()
         specs = settings["rounds"][-1]["space"]
         workers = min(workers, remaining)
