@@ -12,7 +12,7 @@ import signal
 from .. import config
 from ..recipe import train_command
 from .space import Param, parse_param
-from .trials import _row, _show, _storage, _worker, require_optuna
+from .trials import TRIAL_FOLDER, TUNE_FILES, _row, _show, _storage, _worker, require_optuna
 
 # The study name of runs from before each run had its own (tune.json without "study").
 STUDY = "gpunet"
@@ -71,18 +71,28 @@ class Study:
 
     def remove(self) -> None:
         """The run's study, from its storage (another run's in a shared one stay), then
-        its files."""
+        the files and trial folders tune wrote (:data:`~gpunet.tune.trials.TUNE_FILES`,
+        ``trials/NNN``); anything else in ``out``, ``trials/`` included, stays."""
         import shutil
         optuna = require_optuna()
         try:
             optuna.delete_study(study_name=self.name, storage=_storage(optuna, self.storage))
         except KeyError:
             pass  # removed already: what overwriting wants
-        for name in ("tune.json", "study.db", "trials.txt", "tune.png"):
+        for name in TUNE_FILES:
             path = os.path.join(self.out, name)
-            if os.path.exists(path):
+            if os.path.isfile(path):
                 os.remove(path)
-        shutil.rmtree(os.path.join(self.out, "trials"), ignore_errors=True)
+        trials = os.path.join(self.out, "trials")
+        if not os.path.isdir(trials):
+            return
+        for name in os.listdir(trials):
+            path = os.path.join(trials, name)
+            if TRIAL_FOLDER.fullmatch(name) and os.path.isdir(path) \
+                    and not os.path.islink(path):
+                shutil.rmtree(path)
+        if not os.listdir(trials):
+            os.rmdir(trials)
 
     def space(self) -> list[Param]:
         rounds = self.settings()["rounds"]

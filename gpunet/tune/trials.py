@@ -5,6 +5,7 @@ processes that share the study's RDB storage."""
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 import warnings
@@ -17,6 +18,17 @@ from .space import Param, parse_param
 # A running trial's worker writes a heartbeat this often; one silent for GRACE_S is
 # taken for dead (a killed worker, a machine gone) and failed by the next --resume.
 HEARTBEAT_S, GRACE_S = 10, 40
+
+# The names of what tune writes in OUT, which --overwrite removes and nothing else: a
+# trial's folder OUT/trials/NNN (trial_folder), the run's files (a write's temporary
+# ".partial" and SQLite's journals included).
+TRIAL_FOLDER = re.compile(r"\d{3,}")
+TUNE_FILES = ("tune.json", "tune.json.partial", "study.db", "study.db-journal", "study.db-wal",
+              "study.db-shm", "trials.txt", "tune.png", "tune.png.partial.png")
+
+
+def trial_folder(out: str, number: int) -> str:
+    return os.path.join(out, "trials", f"{number:03d}")
 
 
 def require_optuna():
@@ -58,7 +70,7 @@ def _objective(space: list[Param], train: dict, out: str, optuna, interrupts: In
         trial.set_user_attr("hyperparameters", values)
         trial.set_user_attr("cpu_threads", cpu.num_threads())
         config = RunConfig(**{**train, **values}, overwrite=True, progress=False,
-                           out=os.path.join(out, "trials", f"{trial.number:03d}"))
+                           out=trial_folder(out, trial.number))
         start = time.perf_counter()
         try:
             with interrupts.live():
