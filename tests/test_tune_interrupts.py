@@ -69,13 +69,27 @@ MOMENTS = {
 }
 
 
-@pytest.mark.parametrize("moment", [*MOMENTS, "swallowed", "training"])
+def swallowing(function):
+    """``function`` with a SIGINT at its start whose KeyboardInterrupt is swallowed."""
+    def wrapped(*args, **kwargs):
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt:
+            pass
+        return function(*args, **kwargs)
+    return wrapped
+
+
+@pytest.mark.parametrize("moment", [*MOMENTS, "swallowed", "swallowed loading", "training"])
 def test_ctrl_c_anywhere_stops_the_study_and_resume_reruns_what_it_cut(
         tmp_path, monkeypatch, moment):
     monkeypatch.setattr(tune_trials, "run_training",
                         fake_training(swallow_at=0 if moment == "swallowed" else None))
     if moment in MOMENTS:
         fired = sigint_at(monkeypatch, *MOMENTS[moment])
+    elif moment == "swallowed loading":  # as the worker loads the study, before any trial
+        monkeypatch.setattr(optuna, "load_study", swallowing(optuna.load_study))
+        fired = [True]
     elif moment == "training":
         fired = sigint_at(monkeypatch, tune_trials._ReportEpochs, "on_epoch_end",
                           lambda *a: True)

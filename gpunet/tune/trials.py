@@ -138,19 +138,20 @@ def _worker(storage: str, name: str, specs: dict, train: dict, out: str, trials:
     the parent's ``settings`` given in Python (``gpunet.config.given()``: a spawned
     process sees only the environment), and a Ctrl-C ends it quietly (the parent
     reports it)."""
-    if child:
-        from .. import config, cpu
-        config.update(**(settings or {}))
-        cpu.set_num_threads(threads)
-        warnings.formatwarning = one_line_warning  # as the parent prints them
-    optuna = require_optuna()
-    space = [parse_param(f"{name}={spec}") for name, spec in specs.items()]
-    study = optuna.load_study(study_name=name, storage=_storage(optuna, storage),
-                              sampler=_sampler(optuna, sampler, seed),
-                              pruner=_pruner(optuna, pruner))
     interrupts = Interrupts()
     try:
-        with interrupts.installed():
+        with interrupts.installed():  # from the start: a SIGINT while loading is not lost
+            if child:
+                from .. import config, cpu
+                config.update(**(settings or {}))
+                cpu.set_num_threads(threads)
+                warnings.formatwarning = one_line_warning  # as the parent prints them
+            optuna = require_optuna()
+            space = [parse_param(f"{name}={spec}") for name, spec in specs.items()]
+            study = optuna.load_study(study_name=name, storage=_storage(optuna, storage),
+                                      sampler=_sampler(optuna, sampler, seed),
+                                      pruner=_pruner(optuna, pruner))
+            interrupts.check()
             study.optimize(_objective(space, train, out, optuna, interrupts), n_trials=trials,
                            catch=(Exception,),
                            callbacks=[_announce, lambda study, trial: interrupts.check()])
