@@ -67,6 +67,7 @@ def test_whole_numbers_powers_of_two_and_choices():
     ("batch_size=pow2:16:100", "pow2 needs powers of two"),
     ("batch_size=int:1.5:4", "int needs whole bounds"),
     ("lr=cubic:1:2", "the kind must be one of log, beta, uniform, int, pow2, choice"),
+    ("lr=5", "--param 'lr=5': the kind must be one of log, beta, uniform, int, pow2, choice"),
     ("lr", "expected NAME=KIND:LOW:HIGH"),
     ("lr=log:1", "log takes LOW:HIGH"),
     ("lr=log:a:b", "LOW and HIGH must be numbers"),
@@ -85,6 +86,40 @@ def test_a_space_file_in_json_or_yaml(tmp_path):
     (tmp_path / "bad.json").write_text('["lr"]')
     with pytest.raises(ValueError, match="expected a mapping of NAME: SPEC"):
         tune.read_space(str(tmp_path / "bad.json"))
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("missing.json", None, "--space {path}: cannot read it: No such file or directory"),
+    ("number.json", '{"lr": 5}', "--space {path}: 'lr': expected a spec KIND:LOW:HIGH or "
+     "choice:A,B in quotes (KIND one of log, beta"),
+    ("number.yaml", "lr: 0.1\n", "--space {path}: 'lr': expected a spec KIND:LOW:HIGH"),
+    ("kind.json", '{"lr": "1e-4:1"}', "--space {path}: 'lr': the kind must be one of log, "
+     "beta, uniform, int, pow2, choice (KIND:LOW:HIGH or choice:A,B), got '1e-4'"),
+    ("bounds.json", '{"lr": "log:1"}', "--space {path}: 'lr': log takes LOW:HIGH, got '1'"),
+    ("range.json", '{"lr": "log:1:0.5"}', "--space {path}: 'lr': lr=log:1:0.5: low must be "
+     "below high"),
+    ("broken.json", '{"lr"', "--space {path}: expected JSON, got: Expecting ':' delimiter"),
+    ("broken.yaml", "lr: [1, 2\n", "--space {path}: expected YAML, got: while parsing a "
+     "flow sequence"),
+])
+def test_a_bad_space_file_is_one_line_naming_the_file_and_key(tmp_path, name, text, message):
+    """It said "[Errno 2] No such file or directory: 'missing.json'" without --space,
+    and "--param 'lr=5': 5 takes LOW:HIGH, got ''" for a space file's {"lr": 5}."""
+    path = tmp_path / name
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(ValueError) as caught:
+        tune.read_space(str(path))
+    assert str(caught.value).startswith(message.format(path=path)), str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_space_file_error_reaches_the_cli_as_one_line(tmp_path, capsys):
+    from gpunet import cli
+    missing = tmp_path / "missing.json"
+    assert cli.main(["tune", "--space", str(missing), "--out", str(tmp_path / "t")]) == 2
+    assert capsys.readouterr().err == \
+        f"gpunet: error: --space {missing}: cannot read it: No such file or directory\n"
 
 
 def test_refine_narrows_each_range_around_the_best_on_its_scale():

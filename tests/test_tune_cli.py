@@ -323,3 +323,25 @@ def test_each_trial_is_a_line_as_it_ends(tmp_path):
     assert rest.startswith("trial 1 complete: ")
 
 
+
+
+def test_overwrite_removes_what_tune_wrote_and_nothing_else(tmp_path):
+    """--overwrite removed all of OUT/trials/, a user's own trials/mine/ with it, where
+    train --overwrite removes only its own named files."""
+    out = tmp_path / "t"
+    common = [*SMALL, "--epochs", "1", "--pruner", "none", "--out", str(out)]
+    first = run_tune(*common, "--param", "lr=log:1e-3:1e-2", "--trials", "2")
+    assert first.returncode == 0, first.stderr
+    assert (out / "trials" / "001" / "metrics.csv").exists()
+    (out / "trials" / "mine").mkdir()
+    (out / "trials" / "mine" / "notes.txt").write_text("mine")
+    (out / "trials" / "0123.txt").write_text("a file, not a trial's folder")
+    (out / "README").write_text("mine too")
+    refused = run_tune(*common, "--param", "lr=log:1e-3:1e-2", "--dev-size", "0", "--overwrite")
+    assert refused.returncode == 2 and (out / "trials" / "001" / "metrics.csv").exists()
+    again = run_tune(*common, "--param", "lr=choice:0.005", "--trials", "1", "--overwrite")
+    assert again.returncode == 0, again.stderr
+    assert sorted(p.name for p in (out / "trials").iterdir()) == ["000", "0123.txt", "mine"]
+    assert (out / "trials" / "mine" / "notes.txt").read_text() == "mine"
+    assert (out / "README").read_text() == "mine too"
+    assert [r["hyperparameters"] for r in tune.Study(str(out)).rows()] == [{"lr": 0.005}]

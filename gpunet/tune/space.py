@@ -53,6 +53,12 @@ class Param:
             return "choice:" + ",".join(str(o) for o in self.options)
         return f"{self.kind}:{_number(self.low)}:{_number(self.high)}"
 
+    def contains(self, value) -> bool:
+        """Whether ``value`` is one this parameter samples."""
+        if self.kind == "choice":
+            return value in self.options
+        return isinstance(value, (int, float)) and self.low <= value <= self.high
+
     def sample(self, trial):
         """The value for an Optuna ``trial``; what Optuna samples uniformly is the
         scale: r for ``log`` (named ``name``), log10(1 - beta) (named ``1-name``)."""
@@ -137,39 +143,66 @@ def _option(text: str):
     return {"true": True, "false": False}.get(text.lower(), text)
 
 
-def parse_param(text: str) -> Param:
-    """``name=kind:low:high`` or ``name=choice:a,b,c``, as ``--param`` takes it."""
+def parse_param(text: str, where: str | None = None) -> Param:
+    """``name=kind:low:high`` or ``name=choice:a,b,c``, as ``--param`` takes it; errors
+    start with ``where`` (default: ``--param 'TEXT'``)."""
+    where = where or f"--param {text!r}"
     name, sep, rest = text.partition("=")
     kind, _, bounds = rest.partition(":")
     if not sep or not name or not kind:
-        raise ValueError(f"--param {text!r}: expected NAME=KIND:LOW:HIGH or NAME=choice:A,B "
+        raise ValueError(f"{where}: expected NAME=KIND:LOW:HIGH or NAME=choice:A,B "
                          f"(KIND one of {', '.join(KINDS)})")
+    if kind not in KINDS:
+        raise ValueError(f"{where}: the kind must be one of {', '.join(KINDS)} "
+                         f"(KIND:LOW:HIGH or choice:A,B), got {kind!r}")
     name = name.strip().replace("-", "_")
     if kind == "choice":
         return choice(name, [_option(o) for o in bounds.split(",") if o])
     parts = bounds.split(":")
     if len(parts) != 2:
-        raise ValueError(f"--param {text!r}: {kind} takes LOW:HIGH, got {bounds!r}")
+        raise ValueError(f"{where}: {kind} takes LOW:HIGH, got {bounds!r}")
     try:
         low, high = (float(p) for p in parts)
     except ValueError:
-        raise ValueError(f"--param {text!r}: LOW and HIGH must be numbers") from None
+        raise ValueError(f"{where}: LOW and HIGH must be numbers") from None
     return Param(name, kind, low, high)
 
 
 def read_space(path: str) -> list[Param]:
     """A JSON or YAML (``.yaml``, ``.yml``) mapping of NAME: SPEC, e.g.
     ``{"lr": "log:1e-4:1", "optimizer": "choice:sgd,adam"}``."""
-    with open(path) as f:
-        if path.endswith((".yaml", ".yml")):
-            import yaml  # Optuna brings PyYAML
-            entries = yaml.safe_load(f)
-        else:
-            entries = json.load(f)
+    malformed = (ValueError,)  # json's JSONDecodeError, a UnicodeDecodeError
+    if path.endswith((".yaml", ".yml")):
+        import yaml  # Optuna brings PyYAML
+        load, form, malformed = yaml.safe_load, "YAML", malformed + (yaml.YAMLError,)
+    else:
+        load, form = json.load, "JSON"
+    try:
+        with open(path) as f:
+            entries = load(f)
+    except OSError as exc:
+        raise ValueError(f"--space {path}: cannot read it: {exc.strerror or exc}") from None
+    except malformed as exc:
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__  # YAML's: lines
+        raise ValueError(f"--space {path}: expected {form}, got: {reason}") from None
+    example = '{"lr": "log:1e-4:1", "optimizer": "choice:sgd,adam"}'
     if not isinstance(entries, dict) or not entries:
-        raise ValueError(f"--space {path}: expected a mapping of NAME: SPEC, "
-                         f"e.g. {{\"lr\": \"log:1e-4:1\"}}")
-    return [parse_param(f"{name}={spec}") for name, spec in entries.items()]
+        raise ValueError(f"--space {path}: expected a mapping of NAME: SPEC, e.g. {example}, "
+                         f"got {entries!r}"[:300])
+    space = []
+    for name, spec in entries.items():
+        where = f"--space {path}: {name!r}"
+        if not isinstance(spec, str):
+            raise ValueError(f"{where}: expected a spec KIND:LOW:HIGH or choice:A,B in quotes "
+                             f"(KIND one of {', '.join(KINDS)}; e.g. {example}), "
+                             f"got {spec!r}")
+        try:
+            space.append(parse_param(f"{name}={spec}", where))
+        except ValueError as exc:
+            message = str(exc)
+            raise ValueError(message if message.startswith(where)
+                             else f"{where}: {message}") from None
+    return space
 
 
 def refine(space: list[Param], best: list[dict], margin: float = 0.1) -> list[Param]:

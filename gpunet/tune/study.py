@@ -12,7 +12,7 @@ import signal
 from .. import config
 from ..recipe import train_command
 from .space import Param, parse_param
-from .trials import _row, _show, _storage, _worker, require_optuna
+from .trials import TRIAL_FOLDER, TUNE_FILES, _row, _show, _storage, _worker, require_optuna
 
 # The study name of runs from before each run had its own (tune.json without "study").
 STUDY = "gpunet"
@@ -71,18 +71,28 @@ class Study:
 
     def remove(self) -> None:
         """The run's study, from its storage (another run's in a shared one stay), then
-        its files."""
+        the files and trial folders tune wrote (:data:`~gpunet.tune.trials.TUNE_FILES`,
+        ``trials/NNN``); anything else in ``out``, ``trials/`` included, stays."""
         import shutil
         optuna = require_optuna()
         try:
             optuna.delete_study(study_name=self.name, storage=_storage(optuna, self.storage))
         except KeyError:
             pass  # removed already: what overwriting wants
-        for name in ("tune.json", "study.db", "trials.txt", "tune.png"):
+        for name in TUNE_FILES:
             path = os.path.join(self.out, name)
-            if os.path.exists(path):
+            if os.path.isfile(path):
                 os.remove(path)
-        shutil.rmtree(os.path.join(self.out, "trials"), ignore_errors=True)
+        trials = os.path.join(self.out, "trials")
+        if not os.path.isdir(trials):
+            return
+        for name in os.listdir(trials):
+            path = os.path.join(trials, name)
+            if TRIAL_FOLDER.fullmatch(name) and os.path.isdir(path) \
+                    and not os.path.islink(path):
+                shutil.rmtree(path)
+        if not os.listdir(trials):
+            os.rmdir(trials)
 
     def space(self) -> list[Param]:
         rounds = self.settings()["rounds"]
@@ -123,6 +133,29 @@ class Study:
                 closed += 1
         return closed
 
+    def rerun_interrupted(self, limit: int) -> int:
+        """Interrupted trials that no trial reruns yet, each enqueued with its
+        hyperparameters (where the current space still holds them), so that those a
+        Ctrl-C cut short run again rather than new draws; with the trials already
+        waiting, at most ``limit``. Returns how many were enqueued."""
+        states = require_optuna().trial.TrialState
+        study = self.load()
+        space = {param.name: param for param in self.space()}
+        trials = study.get_trials(deepcopy=False)
+        rerun = {t.user_attrs.get("rerun_of") for t in trials}
+        waiting = sum(1 for t in trials if t.state == states.WAITING)
+
+        def reruns(trial) -> bool:
+            values = trial.user_attrs.get("hyperparameters") or {}
+            return (trial.state == states.FAIL and trial.user_attrs.get("interrupted")
+                    and trial.number not in rerun and values.keys() == space.keys()
+                    and all(space[name].contains(v) for name, v in values.items()))
+
+        again = [trial for trial in trials if reruns(trial)][:max(0, limit - waiting)]
+        for trial in again:
+            study.enqueue_trial(trial.params, user_attrs={"rerun_of": trial.number})
+        return len(again)
+
     def finished(self) -> int:
         """Trials that count: complete, pruned, or failed on their own (not interrupted)."""
         optuna = require_optuna()
@@ -139,6 +172,7 @@ class Study:
         remaining = trials - self.finished()
         if remaining <= 0:
             return
+        self.rerun_interrupted(remaining)
         settings = self.settings()
         specs = settings["rounds"][-1]["space"]
         workers = min(workers, remaining)

@@ -5,17 +5,30 @@ processes that share the study's RDB storage."""
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 import warnings
 
 from ..recipe import RunConfig, run_training
 from ..recipe.training import one_line_warning
+from .interrupts import Interrupts
 from .space import Param, parse_param
 
 # A running trial's worker writes a heartbeat this often; one silent for GRACE_S is
 # taken for dead (a killed worker, a machine gone) and failed by the next --resume.
 HEARTBEAT_S, GRACE_S = 10, 40
+
+# The names of what tune writes in OUT, which --overwrite removes and nothing else: a
+# trial's folder OUT/trials/NNN (trial_folder), the run's files (a write's temporary
+# ".partial" and SQLite's journals included).
+TRIAL_FOLDER = re.compile(r"\d{3,}")
+TUNE_FILES = ("tune.json", "tune.json.partial", "study.db", "study.db-journal", "study.db-wal",
+              "study.db-shm", "trials.txt", "tune.png", "tune.png.partial.png")
+
+
+def trial_folder(out: str, number: int) -> str:
+    return os.path.join(out, "trials", f"{number:03d}")
 
 
 def require_optuna():
@@ -32,38 +45,47 @@ def require_optuna():
 class _ReportEpochs:
     """A fit callback: each epoch's validation accuracy to Optuna, which may prune,
     except after the last of the trial's ``epochs``: that trial has finished, and
-    stopping it would save nothing but lose a complete result."""
+    stopping it would save nothing but lose a complete result. A Ctrl-C waits for
+    the report's write, and one that something swallowed stops the trial here."""
 
-    def __init__(self, trial, optuna, epochs: int):
+    def __init__(self, trial, optuna, epochs: int, interrupts: Interrupts | None = None):
         self.trial, self.optuna, self.epochs = trial, optuna, epochs
+        self.interrupts = interrupts or Interrupts()
 
     def on_epoch_end(self, run):
         accuracy = run.history["val_accuracy"][-1]
-        self.trial.report(accuracy, run.epoch)
-        if run.epoch < self.epochs and self.trial.should_prune():
+        with self.interrupts.held():
+            self.trial.report(accuracy, run.epoch)
+            prune = run.epoch < self.epochs and self.trial.should_prune()
+        if prune:
             raise self.optuna.TrialPruned(f"validation accuracy {accuracy:.4f} at epoch "
                                           f"{run.epoch}")
         return False
 
 
-def _objective(space: list[Param], train: dict, out: str, optuna):
+def _objective(space: list[Param], train: dict, out: str, optuna, interrupts: Interrupts):
     def objective(trial):
         from .. import cpu
         values = {param.name: param.sample(trial) for param in space}
         trial.set_user_attr("hyperparameters", values)
         trial.set_user_attr("cpu_threads", cpu.num_threads())
         config = RunConfig(**{**train, **values}, overwrite=True, progress=False,
-                           out=os.path.join(out, "trials", f"{trial.number:03d}"))
+                           out=trial_folder(out, trial.number))
         start = time.perf_counter()
         try:
-            result = run_training(config, [_ReportEpochs(trial, optuna, config.epochs)],
-                                  test=False, announce=False, given=())
+            with interrupts.live():
+                result = run_training(
+                    config, [_ReportEpochs(trial, optuna, config.epochs, interrupts)],
+                    test=False, announce=False, given=())
         except KeyboardInterrupt:
             trial.set_user_attr("interrupted", True)
             raise
         except optuna.TrialPruned:
             raise
         except Exception as exc:
+            if interrupts.pending:  # a Ctrl-C that a library wrapped (an import under way)
+                trial.set_user_attr("interrupted", True)
+                raise KeyboardInterrupt from exc
             trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:500])
             raise
         finally:
@@ -116,19 +138,23 @@ def _worker(storage: str, name: str, specs: dict, train: dict, out: str, trials:
     the parent's ``settings`` given in Python (``gpunet.config.given()``: a spawned
     process sees only the environment), and a Ctrl-C ends it quietly (the parent
     reports it)."""
-    if child:
-        from .. import config, cpu
-        config.update(**(settings or {}))
-        cpu.set_num_threads(threads)
-        warnings.formatwarning = one_line_warning  # as the parent prints them
-    optuna = require_optuna()
-    space = [parse_param(f"{name}={spec}") for name, spec in specs.items()]
-    study = optuna.load_study(study_name=name, storage=_storage(optuna, storage),
-                              sampler=_sampler(optuna, sampler, seed),
-                              pruner=_pruner(optuna, pruner))
+    interrupts = Interrupts()
     try:
-        study.optimize(_objective(space, train, out, optuna), n_trials=trials,
-                       catch=(Exception,), callbacks=[_announce])
+        with interrupts.installed():  # from the start: a SIGINT while loading is not lost
+            if child:
+                from .. import config, cpu
+                config.update(**(settings or {}))
+                cpu.set_num_threads(threads)
+                warnings.formatwarning = one_line_warning  # as the parent prints them
+            optuna = require_optuna()
+            space = [parse_param(f"{name}={spec}") for name, spec in specs.items()]
+            study = optuna.load_study(study_name=name, storage=_storage(optuna, storage),
+                                      sampler=_sampler(optuna, sampler, seed),
+                                      pruner=_pruner(optuna, pruner))
+            interrupts.check()
+            study.optimize(_objective(space, train, out, optuna, interrupts), n_trials=trials,
+                           catch=(Exception,),
+                           callbacks=[_announce, lambda study, trial: interrupts.check()])
     except KeyboardInterrupt:
         if not child:
             raise  # the trial is recorded as interrupted; --resume runs it again
