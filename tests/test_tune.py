@@ -272,3 +272,13 @@ def test_a_spawned_worker_takes_the_settings_given_in_python(monkeypatch):
         trials._worker("sqlite:///unused.db", "study", {}, {}, ".", 1, "random", "none",
                        0, 1, child=True, settings={"kernels": False})
     assert applied == [{"kernels": False}]
+
+
+def test_a_param_contains_only_what_it_samples():
+    """--resume reruns an interrupted trial with its values only while the space (after
+    --refine, narrower) still holds them: Param.contains decides."""
+    lr = tune.log_uniform("lr", 1e-4, 1e-1)
+    assert lr.contains(1e-3) and lr.contains(1e-4) and lr.contains(0.1)
+    assert not lr.contains(0.5) and not lr.contains(1e-5) and not lr.contains("0.01")
+    optimizer = tune.choice("optimizer", ["sgd", "adam"])
+    assert optimizer.contains("adam") and not optimizer.contains("rmsprop")
